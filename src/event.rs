@@ -1,0 +1,532 @@
+//! The event model: what a stream entry means, and the inbox row that tracks its handling.
+//!
+//! Two entry styles are accepted (see the crate docs): one `data` field holding a JSON object, or
+//! "flattened" fields, one per attribute, where a value that looks like a JSON object or array is
+//! parsed as JSON. Parsing is strict about what the inbox needs (a precise [`EntryError`] names
+//! the missing or bad field) and lenient where the reference contract is: a missing or non-object
+//! `payload` means `{}`.
+
+use crate::transport::StreamEntry;
+use chrono::{DateTime, NaiveDateTime, Utc};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use serde_json::{Map, Value};
+use uuid::Uuid;
+
+/// Longest `event_id`, `correlation_id` and `causation_id` the table stores (characters).
+pub const MAX_ID_LEN: usize = 255;
+/// Longest `event_type` the table stores (characters).
+pub const MAX_EVENT_TYPE_LEN: usize = 128;
+
+/// A domain event as producers publish it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Event {
+    /// Producer-chosen unique id; the inbox handles each `event_id` once.
+    pub event_id: String,
+    /// What happened, e.g. `OrderCreated`.
+    pub event_type: String,
+    /// The entity the event is about.
+    pub aggregate_id: Uuid,
+    /// When it happened, by the producer's clock.
+    pub occurred_on: DateTime<Utc>,
+    /// The event's data; always a JSON object.
+    pub payload: Value,
+    /// Id shared by all events of one business operation, if the producer set one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub correlation_id: Option<String>,
+    /// Id of the event or command that caused this one, if the producer set one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub causation_id: Option<String>,
+}
+
+/// Why a stream entry is not a valid event.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum EntryError {
+    /// A required attribute is absent.
+    #[error("missing required field `{field}`")]
+    Missing {
+        /// The attribute's name.
+        field: &'static str,
+    },
+    /// An attribute is present but unusable.
+    #[error("field `{field}` is invalid: {reason}")]
+    Invalid {
+        /// The attribute's name.
+        field: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+}
+
+impl EntryError {
+    fn invalid(field: impl Into<String>, reason: impl Into<String>) -> Self {
+        Self::Invalid {
+            field: field.into(),
+            reason: reason.into(),
+        }
+    }
+}
+
+impl Event {
+    /// A new event that happened now, with a random v4 `event_id` and no correlation.
+    ///
+    /// `payload` should be a JSON object; anything else is stored as `{}` by the inbox.
+    pub fn new(event_type: impl Into<String>, aggregate_id: Uuid, payload: Value) -> Self {
+        Self {
+            event_id: Uuid::new_v4().to_string(),
+            event_type: event_type.into(),
+            aggregate_id,
+            occurred_on: Utc::now(),
+            payload,
+            correlation_id: None,
+            causation_id: None,
+        }
+    }
+
+    /// The payload deserialized into `T`.
+    ///
+    /// ```
+    /// # use eventflow::Event;
+    /// #[derive(serde::Deserialize)]
+    /// struct OrderCreated { order_id: String }
+    ///
+    /// let event = Event::new("OrderCreated", uuid::Uuid::nil(), serde_json::json!({"order_id": "o-1"}));
+    /// let order: OrderCreated = event.payload_as().unwrap();
+    /// assert_eq!(order.order_id, "o-1");
+    /// ```
+    pub fn payload_as<T: DeserializeOwned>(&self) -> Result<T, serde_json::Error> {
+        T::deserialize(&self.payload)
+    }
+
+    /// Parses a stream entry in either accepted style.
+    pub fn from_entry(entry: &StreamEntry) -> Result<Self, EntryError> {
+        let attributes = match entry.field("data") {
+            Some(data) => {
+                let text = utf8("data", data)?;
+                match serde_json::from_str::<Value>(text) {
+                    Ok(Value::Object(map)) => map,
+                    Ok(other) => {
+                        return Err(EntryError::invalid(
+                            "data",
+                            format!("expected a JSON object, got {}", json_kind(&other)),
+                        ))
+                    }
+                    Err(error) => {
+                        return Err(EntryError::invalid("data", format!("not JSON: {error}")))
+                    }
+                }
+            }
+            None => flattened(entry)?,
+        };
+        Self::from_attributes(&attributes)
+    }
+
+    /// Builds an event from its attributes as a JSON object (the `data` style's content).
+    pub fn from_attributes(attributes: &Map<String, Value>) -> Result<Self, EntryError> {
+        let event = Self {
+            event_id: required_string(attributes, "event_id", MAX_ID_LEN)?,
+            event_type: required_string(attributes, "event_type", MAX_EVENT_TYPE_LEN)?,
+            aggregate_id: {
+                let text = required_string(attributes, "aggregate_id", usize::MAX)?;
+                Uuid::parse_str(&text).map_err(|error| {
+                    EntryError::invalid("aggregate_id", format!("not a UUID: {error}"))
+                })?
+            },
+            occurred_on: parse_timestamp(&required_string(attributes, "occurred_on", usize::MAX)?)?,
+            payload: match attributes.get("payload") {
+                Some(Value::Object(map)) => Value::Object(map.clone()),
+                _ => Value::Object(Map::new()),
+            },
+            correlation_id: optional_string(attributes, "correlation_id")?,
+            causation_id: optional_string(attributes, "causation_id")?,
+        };
+        Ok(event)
+    }
+
+    /// Checks what the inbox and outbox tables require: non-empty ids and type within their
+    /// column lengths, and an object payload.
+    pub fn validate(&self) -> Result<(), EntryError> {
+        check_text("event_id", &self.event_id, MAX_ID_LEN)?;
+        check_text("event_type", &self.event_type, MAX_EVENT_TYPE_LEN)?;
+        for (field, value) in [
+            ("correlation_id", &self.correlation_id),
+            ("causation_id", &self.causation_id),
+        ] {
+            if let Some(value) = value {
+                check_text(field, value, MAX_ID_LEN)?;
+            }
+        }
+        if !self.payload.is_object() {
+            return Err(EntryError::invalid(
+                "payload",
+                format!("expected a JSON object, got {}", json_kind(&self.payload)),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The event as the JSON object producers put in the `data` field.
+    pub fn to_json(&self) -> Value {
+        serde_json::to_value(self).expect("an Event always serializes")
+    }
+
+    /// The event as stream entry fields in the recommended style: one `data` field of JSON.
+    pub fn to_entry_fields(&self) -> Vec<(String, Vec<u8>)> {
+        vec![("data".to_string(), self.to_json().to_string().into_bytes())]
+    }
+}
+
+/// Where an event stands in the inbox. The names are the `status` column's values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum EventStatus {
+    /// Stored, not yet handled.
+    Pending,
+    /// Allowed by the reference schema; eventflow holds rows by lock instead and never sets it.
+    Processing,
+    /// Handled; the handler's writes are committed.
+    Processed,
+    /// The last attempt failed; retried at `next_retry_at`.
+    Failed,
+    /// Given up on: out of retries or the handler said so. Requeue it once the cause is fixed.
+    DeadLetter,
+}
+
+impl EventStatus {
+    /// Every status, in lifecycle order.
+    pub const ALL: [EventStatus; 5] = [
+        Self::Pending,
+        Self::Processing,
+        Self::Processed,
+        Self::Failed,
+        Self::DeadLetter,
+    ];
+
+    /// The `status` column's value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Pending => "pending",
+            Self::Processing => "processing",
+            Self::Processed => "processed",
+            Self::Failed => "failed",
+            Self::DeadLetter => "dead_letter",
+        }
+    }
+
+    /// Parses a `status` column value.
+    pub fn parse(value: &str) -> Option<Self> {
+        Self::ALL
+            .into_iter()
+            .find(|status| status.as_str() == value)
+    }
+}
+
+impl std::fmt::Display for EventStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// An event as the inbox holds it: the event plus where its handling stands.
+#[derive(Debug, Clone, PartialEq)]
+pub struct InboxRow {
+    /// The row's own id.
+    pub id: Uuid,
+    /// The stream entry id the event arrived with.
+    pub stream_id: String,
+    /// The event.
+    pub event: Event,
+    /// Where handling stands.
+    pub status: EventStatus,
+    /// Failed attempts so far (reset to 0 when processed).
+    pub retry_count: i32,
+    /// Attempts after which the row is dead-lettered; 0 retries for ever.
+    pub max_retries: i32,
+    /// When the inbox stored the event.
+    pub received_at: DateTime<Utc>,
+    /// When the handler's transaction committed.
+    pub processed_at: Option<DateTime<Utc>>,
+    /// When a failed row becomes due again.
+    pub next_retry_at: Option<DateTime<Utc>>,
+    /// The last failure, at most 1000 characters.
+    pub error_message: Option<String>,
+    /// When the last failure happened.
+    pub last_error_at: Option<DateTime<Utc>>,
+}
+
+fn flattened(entry: &StreamEntry) -> Result<Map<String, Value>, EntryError> {
+    let mut attributes = Map::new();
+    for (name, raw) in &entry.fields {
+        let text = utf8(name, raw)?;
+        let trimmed = text.trim_start();
+        let value = if trimmed.starts_with('{') || trimmed.starts_with('[') {
+            serde_json::from_str(text).map_err(|error| {
+                EntryError::invalid(
+                    name.as_str(),
+                    format!("looks like JSON but is not: {error}"),
+                )
+            })?
+        } else {
+            Value::String(text.to_string())
+        };
+        attributes.insert(name.clone(), value);
+    }
+    Ok(attributes)
+}
+
+fn utf8<'a>(field: &str, raw: &'a [u8]) -> Result<&'a str, EntryError> {
+    std::str::from_utf8(raw)
+        .map_err(|error| EntryError::invalid(field, format!("not UTF-8: {error}")))
+}
+
+fn required_string(
+    attributes: &Map<String, Value>,
+    field: &'static str,
+    max: usize,
+) -> Result<String, EntryError> {
+    match attributes.get(field) {
+        None | Some(Value::Null) => Err(EntryError::Missing { field }),
+        Some(Value::String(text)) => {
+            check_text(field, text, max)?;
+            Ok(text.clone())
+        }
+        Some(other) => Err(EntryError::invalid(
+            field,
+            format!("expected a string, got {}", json_kind(other)),
+        )),
+    }
+}
+
+fn optional_string(
+    attributes: &Map<String, Value>,
+    field: &'static str,
+) -> Result<Option<String>, EntryError> {
+    match attributes.get(field) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(text)) if text.is_empty() => Ok(None),
+        Some(_) => required_string(attributes, field, MAX_ID_LEN).map(Some),
+    }
+}
+
+fn check_text(field: &str, text: &str, max: usize) -> Result<(), EntryError> {
+    if text.trim().is_empty() {
+        return Err(EntryError::invalid(field, "empty"));
+    }
+    let len = text.chars().count();
+    if len > max {
+        return Err(EntryError::invalid(
+            field,
+            format!("{len} characters, at most {max} allowed"),
+        ));
+    }
+    Ok(())
+}
+
+/// ISO-8601 / RFC 3339 with an offset or `Z`; a timestamp without an offset is taken as UTC.
+fn parse_timestamp(text: &str) -> Result<DateTime<Utc>, EntryError> {
+    if let Ok(parsed) = DateTime::parse_from_rfc3339(text) {
+        return Ok(parsed.to_utc());
+    }
+    for format in ["%Y-%m-%dT%H:%M:%S%.f", "%Y-%m-%d %H:%M:%S%.f"] {
+        if let Ok(naive) = NaiveDateTime::parse_from_str(text, format) {
+            return Ok(naive.and_utc());
+        }
+    }
+    Err(EntryError::invalid(
+        "occurred_on",
+        format!("{text:?} is not an ISO-8601 timestamp such as 2025-01-01T00:00:00Z"),
+    ))
+}
+
+fn json_kind(value: &Value) -> &'static str {
+    match value {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    const AGGREGATE: &str = "7c8f0a6a-7b7c-4c74-9cfb-2e2e2b9b1d33";
+
+    fn entry(fields: &[(&str, &str)]) -> StreamEntry {
+        StreamEntry {
+            id: "1-0".into(),
+            fields: fields
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.as_bytes().to_vec()))
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn parses_the_data_style() {
+        let data = json!({"event_id": "e-1", "event_type": "OrderCreated", "aggregate_id": AGGREGATE,
+            "occurred_on": "2025-01-01T00:00:00Z", "payload": {"order_id": "o-123"},
+            "correlation_id": "c-1"});
+        let event = Event::from_entry(&entry(&[("data", &data.to_string())])).unwrap();
+        assert_eq!(event.event_id, "e-1");
+        assert_eq!(event.event_type, "OrderCreated");
+        assert_eq!(event.aggregate_id.to_string(), AGGREGATE);
+        assert_eq!(event.occurred_on.to_rfc3339(), "2025-01-01T00:00:00+00:00");
+        assert_eq!(event.payload, json!({"order_id": "o-123"}));
+        assert_eq!(event.correlation_id.as_deref(), Some("c-1"));
+        assert_eq!(event.causation_id, None);
+    }
+
+    #[test]
+    fn parses_the_flattened_style_with_a_json_payload_field() {
+        let event = Event::from_entry(&entry(&[
+            ("event_id", "e-2"),
+            ("event_type", "OrderPaid"),
+            ("aggregate_id", AGGREGATE),
+            ("occurred_on", "2025-01-01T10:00:00.250+02:00"),
+            ("payload", r#"{"amount": 5}"#),
+            ("causation_id", "e-1"),
+        ]))
+        .unwrap();
+        assert_eq!(event.payload, json!({"amount": 5}));
+        assert_eq!(
+            event.occurred_on.to_rfc3339(),
+            "2025-01-01T08:00:00.250+00:00"
+        );
+        assert_eq!(event.causation_id.as_deref(), Some("e-1"));
+    }
+
+    #[test]
+    fn missing_or_non_object_payload_means_empty_object() {
+        let base = [
+            ("event_id", "e"),
+            ("event_type", "T"),
+            ("aggregate_id", AGGREGATE),
+            ("occurred_on", "2025-01-01T00:00:00"),
+        ];
+        assert_eq!(Event::from_entry(&entry(&base)).unwrap().payload, json!({}));
+        let mut with_text = base.to_vec();
+        with_text.push(("payload", "plain text"));
+        assert_eq!(
+            Event::from_entry(&entry(&with_text)).unwrap().payload,
+            json!({})
+        );
+    }
+
+    #[test]
+    fn errors_name_the_field() {
+        let missing = Event::from_entry(&entry(&[("event_id", "e"), ("aggregate_id", AGGREGATE)]))
+            .unwrap_err();
+        assert_eq!(
+            missing,
+            EntryError::Missing {
+                field: "event_type"
+            }
+        );
+
+        let bad_uuid = Event::from_entry(&entry(&[
+            ("event_id", "e"),
+            ("event_type", "T"),
+            ("aggregate_id", "nope"),
+            ("occurred_on", "2025-01-01T00:00:00Z"),
+        ]))
+        .unwrap_err();
+        assert!(
+            matches!(&bad_uuid, EntryError::Invalid { field, .. } if field == "aggregate_id"),
+            "{bad_uuid}"
+        );
+
+        let bad_time = Event::from_entry(&entry(&[
+            ("event_id", "e"),
+            ("event_type", "T"),
+            ("aggregate_id", AGGREGATE),
+            ("occurred_on", "yesterday"),
+        ]))
+        .unwrap_err();
+        assert!(bad_time.to_string().contains("occurred_on"), "{bad_time}");
+
+        let not_object = Event::from_entry(&entry(&[("data", "[1,2]")])).unwrap_err();
+        assert!(
+            not_object
+                .to_string()
+                .contains("expected a JSON object, got an array"),
+            "{not_object}"
+        );
+
+        let not_json = Event::from_entry(&entry(&[("data", "{oops")])).unwrap_err();
+        assert!(matches!(&not_json, EntryError::Invalid { field, .. } if field == "data"));
+
+        let number_id = Event::from_entry(&entry(&[("data", &json!({"event_id": 5}).to_string())]))
+            .unwrap_err();
+        assert!(
+            number_id
+                .to_string()
+                .contains("expected a string, got a number"),
+            "{number_id}"
+        );
+
+        let long_type = "x".repeat(129);
+        let too_long = Event::from_entry(&entry(&[("event_id", "e"), ("event_type", &long_type)]))
+            .unwrap_err();
+        assert!(too_long.to_string().contains("at most 128"), "{too_long}");
+    }
+
+    #[test]
+    fn non_utf8_values_are_an_error_not_a_panic() {
+        let entry = StreamEntry {
+            id: "1-0".into(),
+            fields: vec![("data".into(), vec![0xff, 0xfe])],
+        };
+        assert!(Event::from_entry(&entry)
+            .unwrap_err()
+            .to_string()
+            .contains("not UTF-8"));
+    }
+
+    #[test]
+    fn entry_fields_round_trip() {
+        let mut event = Event::new("OrderCreated", Uuid::new_v4(), json!({"order_id": "o-1"}));
+        event.correlation_id = Some("c".into());
+        let entry = StreamEntry {
+            id: "1-0".into(),
+            fields: event.to_entry_fields(),
+        };
+        let parsed = Event::from_entry(&entry).unwrap();
+        assert_eq!(parsed, event);
+    }
+
+    #[test]
+    fn payload_as_reports_shape_mismatch() {
+        #[derive(serde::Deserialize, Debug)]
+        #[allow(dead_code)]
+        struct Needs {
+            order_id: String,
+        }
+        let event = Event::new("T", Uuid::nil(), json!({"other": 1}));
+        assert!(event.payload_as::<Needs>().is_err());
+    }
+
+    #[test]
+    fn status_names_match_the_column_values() {
+        let names: Vec<&str> = EventStatus::ALL.iter().map(|s| s.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "pending",
+                "processing",
+                "processed",
+                "failed",
+                "dead_letter"
+            ]
+        );
+        assert_eq!(
+            EventStatus::parse("dead_letter"),
+            Some(EventStatus::DeadLetter)
+        );
+        assert_eq!(EventStatus::parse("nope"), None);
+    }
+}

@@ -1,0 +1,408 @@
+//! Configuring a consumer: [`ConsumerBuilder`].
+//!
+//! The store is chosen first (`.postgres(..)`, `.sqlite(..)`, `.sqlite_in_memory()` or
+//! `.store(..)`), because it decides the transaction type the handler receives; then the handler.
+//! All other settings can come in any order. Setters never fail: `build()` checks everything
+//! once and names the setting at fault.
+
+use super::consumer::{Handler, InboxConsumer, Runtime};
+use super::settings::Settings;
+use crate::clock::Clock;
+use crate::error::{Error, Result};
+use crate::event::InboxRow;
+use crate::handler::HandlerResult;
+use crate::retry::RetryPolicy;
+use crate::store::InboxStore;
+use crate::transport::Transport;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Builds an [`InboxConsumer`]. Start with [`InboxConsumer::builder`].
+pub struct ConsumerBuilder<B = NoStore, H = ()> {
+    source: B,
+    handler: H,
+    transport: Option<TransportChoice>,
+    table: Option<String>,
+    pool_size: Option<u32>,
+    settings: Settings,
+}
+
+enum TransportChoice {
+    #[cfg(feature = "redis")]
+    Redis(String),
+    Given(Arc<dyn Transport>),
+}
+
+/// No store chosen yet.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct NoStore;
+
+/// A PostgreSQL store to open at `build()`.
+#[derive(Debug, Clone)]
+pub struct PostgresUrl(String);
+
+/// A SQLite store to open at `build()`: a file, or in memory when `None`.
+#[derive(Debug, Clone)]
+pub struct SqlitePath(Option<PathBuf>);
+
+/// A store the application opened itself.
+#[derive(Debug)]
+pub struct Prebuilt<S>(Arc<S>);
+
+/// What the builder needs from the store it opens.
+#[derive(Debug, Clone)]
+pub struct StoreOptions {
+    /// The inbox table name, when set with [`ConsumerBuilder::table`].
+    pub table: Option<String>,
+    /// The pool size, when set with [`ConsumerBuilder::pool_size`].
+    pub pool_size: Option<u32>,
+    /// Connections the readers and workers hold at once.
+    pub connections_needed: u32,
+}
+
+/// Something that yields the consumer's store at `build()`.
+pub trait StoreSource {
+    /// The store it yields.
+    type Store: InboxStore;
+    /// Opens the store.
+    fn open(self, options: &StoreOptions) -> Result<Arc<Self::Store>>;
+}
+
+#[cfg(feature = "postgres")]
+impl StoreSource for PostgresUrl {
+    type Store = crate::store::PostgresStore;
+
+    fn open(self, options: &StoreOptions) -> Result<Arc<Self::Store>> {
+        let mut builder = crate::store::PostgresStore::builder(self.0);
+        if let Some(table) = &options.table {
+            builder = builder.table(table);
+        }
+        // Two spare connections for health checks and the application's own use of the pool.
+        let pool_size = options.pool_size.unwrap_or(options.connections_needed + 2);
+        Ok(Arc::new(builder.pool_size(pool_size).build()?))
+    }
+}
+
+#[cfg(feature = "sqlite")]
+impl StoreSource for SqlitePath {
+    type Store = crate::store::SqliteStore;
+
+    fn open(self, options: &StoreOptions) -> Result<Arc<Self::Store>> {
+        if options.pool_size.is_some() {
+            return Err(Error::config(
+                "pool_size",
+                "SQLite uses one connection; remove .pool_size()",
+            ));
+        }
+        let store = match self.0 {
+            Some(path) => crate::store::SqliteStore::open(path)?,
+            None => crate::store::SqliteStore::open_in_memory()?,
+        };
+        let store = match &options.table {
+            Some(table) => store.with_table(table)?,
+            None => store,
+        };
+        Ok(Arc::new(store))
+    }
+}
+
+impl<S: InboxStore> StoreSource for Prebuilt<S> {
+    type Store = S;
+
+    fn open(self, options: &StoreOptions) -> Result<Arc<S>> {
+        if options.table.is_some() {
+            return Err(Error::config(
+                "table",
+                "set the table on the store passed to .store()",
+            ));
+        }
+        if options.pool_size.is_some() {
+            return Err(Error::config(
+                "pool_size",
+                "set the pool size on the store passed to .store()",
+            ));
+        }
+        Ok(self.0)
+    }
+}
+
+impl InboxConsumer {
+    /// Starts configuring a consumer.
+    ///
+    /// ```no_run
+    /// use eventflow::{InboxConsumer, HandlerResult};
+    /// use std::time::Duration;
+    ///
+    /// let consumer = InboxConsumer::builder()
+    ///     .redis("redis://127.0.0.1:6379")
+    ///     .postgres("host=127.0.0.1 user=postgres dbname=app")
+    ///     .stream("orders")
+    ///     .group("billing")
+    ///     .workers(4)
+    ///     .handler(|tx, row| -> HandlerResult {
+    ///         tx.execute("INSERT INTO invoices (order_event) VALUES ($1)", &[&row.event.event_id])?;
+    ///         Ok(())
+    ///     })
+    ///     .build()?;
+    /// let handle = consumer.start()?;
+    /// // ... until the service stops:
+    /// handle.shutdown(Duration::from_secs(10))?;
+    /// # Ok::<(), eventflow::Error>(())
+    /// ```
+    pub fn builder() -> ConsumerBuilder<NoStore, ()> {
+        ConsumerBuilder {
+            source: NoStore,
+            handler: (),
+            transport: None,
+            table: None,
+            pool_size: None,
+            settings: Settings::default(),
+        }
+    }
+}
+
+impl<H> ConsumerBuilder<NoStore, H> {
+    fn with_source<B>(self, source: B) -> ConsumerBuilder<B, H> {
+        ConsumerBuilder {
+            source,
+            handler: self.handler,
+            transport: self.transport,
+            table: self.table,
+            pool_size: self.pool_size,
+            settings: self.settings,
+        }
+    }
+
+    /// Keeps the inbox in PostgreSQL at `url` (`postgresql://user@host/db` or
+    /// `host=... user=... dbname=...`). Handlers receive a `postgres::Transaction`.
+    #[cfg(feature = "postgres")]
+    pub fn postgres(self, url: impl Into<String>) -> ConsumerBuilder<PostgresUrl, H> {
+        self.with_source(PostgresUrl(url.into()))
+    }
+
+    /// Keeps the inbox in the SQLite file at `path`. Handlers receive a `rusqlite::Transaction`.
+    #[cfg(feature = "sqlite")]
+    pub fn sqlite(self, path: impl Into<PathBuf>) -> ConsumerBuilder<SqlitePath, H> {
+        self.with_source(SqlitePath(Some(path.into())))
+    }
+
+    /// Keeps the inbox in a private in-memory SQLite database, for tests and demos.
+    #[cfg(feature = "sqlite")]
+    pub fn sqlite_in_memory(self) -> ConsumerBuilder<SqlitePath, H> {
+        self.with_source(SqlitePath(None))
+    }
+
+    /// Keeps the inbox in a store the application opened (to share its pool, or to query it in
+    /// tests).
+    pub fn store<S: InboxStore>(self, store: impl Into<Arc<S>>) -> ConsumerBuilder<Prebuilt<S>, H> {
+        self.with_source(Prebuilt(store.into()))
+    }
+}
+
+impl<B: StoreSource> ConsumerBuilder<B, ()> {
+    /// The function run for each event, inside the transaction that marks it processed.
+    ///
+    /// Return `Ok(())` to commit its writes with the row; return an error (any error converts
+    /// with `?`) to roll them back and retry later, or [`crate::HandlerError::give_up`] to
+    /// dead-letter the event now. A panic counts as a failed attempt and never kills a worker.
+    /// The handler may run more than once for one event (after a failure, or a crash before
+    /// commit), so effects outside the transaction should be idempotent.
+    pub fn handler<F>(self, handler: F) -> ConsumerBuilder<B, F>
+    where
+        F: Fn(&mut <B::Store as InboxStore>::Tx<'_>, &InboxRow) -> HandlerResult
+            + Send
+            + Sync
+            + 'static,
+    {
+        ConsumerBuilder {
+            source: self.source,
+            handler,
+            transport: self.transport,
+            table: self.table,
+            pool_size: self.pool_size,
+            settings: self.settings,
+        }
+    }
+}
+
+impl<B, H> ConsumerBuilder<B, H> {
+    /// Reads from the Redis server at `url` (`redis://[:password@]host:port[/db]`).
+    #[cfg(feature = "redis")]
+    pub fn redis(mut self, url: impl Into<String>) -> Self {
+        self.transport = Some(TransportChoice::Redis(url.into()));
+        self
+    }
+
+    /// Reads from `transport`, for example a [`crate::transport::MemoryStream`] in tests.
+    pub fn transport(mut self, transport: impl Transport) -> Self {
+        self.transport = Some(TransportChoice::Given(Arc::new(transport)));
+        self
+    }
+
+    /// The stream to read. Required.
+    pub fn stream(mut self, stream: impl Into<String>) -> Self {
+        self.settings.stream = stream.into();
+        self
+    }
+
+    /// The consumer group, shared by every process of one service. Required.
+    pub fn group(mut self, group: impl Into<String>) -> Self {
+        self.settings.group = group.into();
+        self
+    }
+
+    /// Consumer names are `{prefix}-{hostname}-{pid}`. Defaults to `eventflow`.
+    pub fn consumer_prefix(mut self, prefix: impl Into<String>) -> Self {
+        self.settings.consumer_prefix = prefix.into();
+        self
+    }
+
+    /// Worker threads running handlers. Defaults to 4.
+    pub fn workers(mut self, workers: usize) -> Self {
+        self.settings.workers = workers;
+        self
+    }
+
+    /// Reader threads, each a consumer of the group. Defaults to 1, which keeps up with many
+    /// workers since it stores whole batches.
+    pub fn readers(mut self, readers: usize) -> Self {
+        self.settings.readers = readers;
+        self
+    }
+
+    /// Most entries per read (`XREADGROUP COUNT`), stored in one transaction. Defaults to 100.
+    pub fn read_batch(mut self, entries: usize) -> Self {
+        self.settings.read_batch = entries;
+        self
+    }
+
+    /// How long a read waits for new entries (`XREADGROUP BLOCK`); also bounds how long
+    /// shutdown waits for readers. Defaults to 1 s.
+    pub fn block(mut self, block: Duration) -> Self {
+        self.settings.block = block;
+        self
+    }
+
+    /// Most rows a worker handles in one transaction (one savepoint each). Larger batches mean
+    /// fewer commits; keep it under 64 on PostgreSQL when handlers write, since more
+    /// subtransactions than that per transaction slow the server down. Defaults to 32.
+    pub fn claim_batch(mut self, rows: usize) -> Self {
+        self.settings.claim_batch = rows;
+        self
+    }
+
+    /// How often idle workers look for due rows: retries whose time has come, rows left by a
+    /// crashed process, rows stored by other processes. New rows read by this process reach
+    /// workers at once, not on this tick. Defaults to 500 ms.
+    pub fn poll_interval(mut self, interval: Duration) -> Self {
+        self.settings.poll_interval = interval;
+        self
+    }
+
+    /// Entries another consumer read but has not acknowledged for this long are taken over
+    /// (`XAUTOCLAIM`): that consumer most likely died. Must be longer than `block`.
+    /// Defaults to 60 s.
+    pub fn reclaim_idle(mut self, idle: Duration) -> Self {
+        self.settings.reclaim_idle = idle;
+        self
+    }
+
+    /// How often readers look for stale entries to take over. Defaults to 15 s.
+    pub fn reclaim_interval(mut self, interval: Duration) -> Self {
+        self.settings.reclaim_interval = interval;
+        self
+    }
+
+    /// `max_retries` of newly stored rows: the failed attempts after which a row is
+    /// dead-lettered; 0 retries for ever. Defaults to 3.
+    pub fn max_retries(mut self, max_retries: i32) -> Self {
+        self.settings.max_retries = max_retries;
+        self
+    }
+
+    /// When failed events are retried. Defaults to [`crate::ExponentialBackoff::default`]:
+    /// 60 s doubling to at most 15 min, ±10 % jitter.
+    pub fn retry_policy(mut self, policy: impl RetryPolicy) -> Self {
+        self.settings.retry_policy = Arc::new(policy);
+        self
+    }
+
+    /// The clock for `received_at`, retry times and due checks. Defaults to the system clock;
+    /// tests pass a [`crate::ManualClock`].
+    pub fn clock(mut self, clock: impl Clock) -> Self {
+        self.settings.clock = Arc::new(clock);
+        self
+    }
+
+    /// Whether `start()` applies the embedded migrations first. Defaults to true.
+    pub fn migrate(mut self, migrate: bool) -> Self {
+        self.settings.migrate = migrate;
+        self
+    }
+
+    /// The inbox table's name, for stores opened by the builder. Defaults to `event_inbox`.
+    pub fn table(mut self, table: impl Into<String>) -> Self {
+        self.table = Some(table.into());
+        self
+    }
+
+    /// Database pool size, for a PostgreSQL store opened by the builder; at least readers +
+    /// workers. Defaults to readers + workers + 2.
+    pub fn pool_size(mut self, size: u32) -> Self {
+        self.pool_size = Some(size);
+        self
+    }
+}
+
+impl<B, H> ConsumerBuilder<B, H>
+where
+    B: StoreSource,
+    H: Handler<B::Store>,
+{
+    /// Checks the configuration and opens the store and transport (connections are made on
+    /// first use, so this succeeds while the servers are down).
+    pub fn build(self) -> Result<InboxConsumer> {
+        let settings = self.settings;
+        settings.validate()?;
+        let transport: Arc<dyn Transport> = match self.transport {
+            None => {
+                return Err(Error::config(
+                    "transport",
+                    "required: call .redis(url), or .transport(MemoryStream::new()) for tests",
+                ))
+            }
+            #[cfg(feature = "redis")]
+            Some(TransportChoice::Redis(url)) => Arc::new(
+                crate::transport::RedisStreams::builder(url)
+                    // One blocking connection per reader, plus room for acks and publishes.
+                    .pool_size(settings.readers as u32 + 4)
+                    .build()?,
+            ),
+            Some(TransportChoice::Given(transport)) => transport,
+        };
+        let needed = settings.connections_needed();
+        let store = self.source.open(&StoreOptions {
+            table: self.table,
+            pool_size: self.pool_size,
+            connections_needed: needed,
+        })?;
+        if let Some(max) = store.max_connections() {
+            if max < needed {
+                return Err(Error::config(
+                    "pool_size",
+                    format!(
+                        "{max} connections cannot serve {} readers and {} workers; use at least {needed}",
+                        settings.readers, settings.workers
+                    ),
+                ));
+            }
+        }
+        Ok(InboxConsumer::new(Runtime {
+            store,
+            transport,
+            handler: Arc::new(self.handler),
+            settings: Arc::new(settings),
+        }))
+    }
+}

@@ -1,0 +1,210 @@
+//! A running consumer: its threads, and stopping them.
+
+use super::stats::{ConsumerStats, Counters};
+use crate::error::{Error, Result};
+use crossbeam_channel::{Receiver, Sender};
+use parking_lot::Mutex;
+use std::collections::BTreeSet;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+/// What [`ConsumerHandle::shutdown`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ShutdownReport {
+    /// False when an earlier call had already stopped the consumer.
+    pub stopped_now: bool,
+    /// Rows committed as processed between the shutdown request and the threads' exit: the
+    /// in-flight and queued work that was drained.
+    pub drained: u64,
+    /// Threads joined.
+    pub threads_joined: usize,
+    /// The consumer's counters at the end.
+    pub stats: ConsumerStats,
+}
+
+/// The threads of a running consumer and the signals that stop them.
+pub(crate) struct Threads {
+    stop: Arc<AtomicBool>,
+    /// Never sent on: dropping it tells workers to stop after their current batch.
+    halt: Option<Sender<()>>,
+    halt_rx: Receiver<()>,
+    done_tx: Sender<String>,
+    done_rx: Receiver<String>,
+    running: Vec<(String, JoinHandle<()>)>,
+}
+
+/// Tells the handle a thread has ended, even when it ends by panicking.
+struct ExitNotice {
+    name: String,
+    done: Sender<String>,
+}
+
+impl Drop for ExitNotice {
+    fn drop(&mut self) {
+        let _ = self.done.send(std::mem::take(&mut self.name));
+    }
+}
+
+impl Threads {
+    pub fn new(stop: Arc<AtomicBool>) -> Self {
+        let (halt, halt_rx) = crossbeam_channel::bounded(0);
+        let (done_tx, done_rx) = crossbeam_channel::unbounded();
+        Self {
+            stop,
+            halt: Some(halt),
+            halt_rx,
+            done_tx,
+            done_rx,
+            running: Vec::new(),
+        }
+    }
+
+    pub fn halt_signal(&self) -> Receiver<()> {
+        self.halt_rx.clone()
+    }
+
+    /// Spawns a named thread whose end the handle hears about.
+    pub fn spawn(&mut self, name: String, body: impl FnOnce() + Send + 'static) -> Result<()> {
+        let notice = ExitNotice {
+            name: name.clone(),
+            done: self.done_tx.clone(),
+        };
+        let spawned = std::thread::Builder::new()
+            .name(name.clone())
+            .spawn(move || {
+                let _notice = notice;
+                body();
+            });
+        match spawned {
+            Ok(handle) => {
+                self.running.push((name, handle));
+                Ok(())
+            }
+            Err(source) => {
+                // Stop what did start before reporting.
+                self.stop.store(true, Ordering::SeqCst);
+                self.halt.take();
+                Err(Error::Spawn { name, source })
+            }
+        }
+    }
+}
+
+/// A running consumer. Call [`shutdown`](ConsumerHandle::shutdown) to stop it; dropping the
+/// handle also stops it (waiting up to 30 s), as a safety net.
+pub struct ConsumerHandle {
+    threads: Mutex<Option<Threads>>,
+    counters: Arc<Counters>,
+    consumer: String,
+}
+
+impl std::fmt::Debug for ConsumerHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ConsumerHandle")
+            .field("consumer", &self.consumer)
+            .field("running", &self.is_running())
+            .finish()
+    }
+}
+
+impl ConsumerHandle {
+    pub(crate) fn new(threads: Threads, counters: Arc<Counters>, consumer: String) -> Self {
+        Self {
+            threads: Mutex::new(Some(threads)),
+            counters,
+            consumer,
+        }
+    }
+
+    /// This process's consumer name in the group (`{prefix}-{hostname}-{pid}`).
+    pub fn consumer_name(&self) -> &str {
+        &self.consumer
+    }
+
+    /// What the consumer has done so far.
+    pub fn stats(&self) -> ConsumerStats {
+        self.counters.snapshot()
+    }
+
+    /// Whether the threads are running (shutdown not yet called).
+    pub fn is_running(&self) -> bool {
+        self.threads.lock().is_some()
+    }
+
+    /// Stops the consumer: readers stop reading (within the block time), workers finish the
+    /// batches in flight and the rows already handed to them, then every thread is joined.
+    ///
+    /// Safe to call more than once; later calls report `stopped_now: false`. When `timeout`
+    /// runs out first, returns [`Error::ShutdownTimedOut`] naming the busy threads, which then
+    /// stop after their current batch. Nothing is lost either way: unhandled rows stay pending
+    /// in the inbox, and unacknowledged entries stay pending in the stream.
+    pub fn shutdown(&self, timeout: Duration) -> Result<ShutdownReport> {
+        let Some(mut threads) = self.threads.lock().take() else {
+            return Ok(ShutdownReport {
+                stopped_now: false,
+                drained: 0,
+                threads_joined: 0,
+                stats: self.stats(),
+            });
+        };
+        let deadline = Instant::now() + timeout;
+        let processed_before = self.counters.snapshot().processed;
+        threads.stop.store(true, Ordering::SeqCst);
+
+        let mut alive: BTreeSet<String> = threads
+            .running
+            .iter()
+            .map(|(name, _)| name.clone())
+            .collect();
+        while !alive.is_empty() {
+            match threads.done_rx.recv_deadline(deadline) {
+                Ok(name) => {
+                    alive.remove(&name);
+                }
+                Err(_) => break,
+            }
+        }
+        // Workers still busy stop after their current batch; readers have stopped reading.
+        threads.halt.take();
+
+        let mut joined = 0;
+        for (name, handle) in threads.running {
+            if alive.contains(&name) {
+                continue; // detached: joining would wait past the timeout
+            }
+            if handle.join().is_err() {
+                tracing::error!(thread = %name, "consumer thread panicked");
+            }
+            joined += 1;
+        }
+        if !alive.is_empty() {
+            tracing::warn!(still_running = ?alive, ?timeout, "inbox consumer shutdown timed out");
+            return Err(Error::ShutdownTimedOut {
+                timeout,
+                still_running: alive.into_iter().collect(),
+            });
+        }
+        let stats = self.stats();
+        let drained = stats.processed - processed_before;
+        tracing::info!(consumer = %self.consumer, drained, "inbox consumer stopped");
+        Ok(ShutdownReport {
+            stopped_now: true,
+            drained,
+            threads_joined: joined,
+            stats,
+        })
+    }
+}
+
+impl Drop for ConsumerHandle {
+    fn drop(&mut self) {
+        if self.is_running() {
+            tracing::warn!(consumer = %self.consumer, "ConsumerHandle dropped without shutdown(); stopping it now");
+            if let Err(error) = self.shutdown(Duration::from_secs(30)) {
+                tracing::error!(%error, "stopping the inbox consumer on drop failed");
+            }
+        }
+    }
+}

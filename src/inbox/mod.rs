@@ -1,0 +1,21 @@
+//! The inbox consumer: stream → inbox table → worker pool.
+//!
+//! Reader threads ([`receiver`]) read batches with the consumer group, store them in one
+//! transaction and acknowledge them only after it commits, then hand the new rows to a fixed pool
+//! of worker threads ([`worker`]) over bounded channels, so readers wait when workers fall behind.
+//! Workers also claim due rows on a tick (retries whose time has come, rows left by a crashed
+//! process, rows stored by other processes). Each row is locked by one worker from claim to
+//! commit, and the handler's writes commit with the row's move to `processed`.
+
+mod builder;
+mod consumer;
+mod handle;
+mod receiver;
+mod settings;
+mod stats;
+mod worker;
+
+pub use builder::{ConsumerBuilder, NoStore, PostgresUrl, Prebuilt, SqlitePath, StoreSource};
+pub use consumer::{Handler, InboxConsumer};
+pub use handle::{ConsumerHandle, ShutdownReport};
+pub use stats::ConsumerStats;

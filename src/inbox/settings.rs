@@ -1,0 +1,180 @@
+//! The consumer's settings: every default in one place, validated once.
+
+use crate::clock::{Clock, SystemClock};
+use crate::error::{Error, Result};
+use crate::retry::{ExponentialBackoff, RetryPolicy};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Validated settings shared by the reader and worker threads.
+#[derive(Clone)]
+pub(crate) struct Settings {
+    pub stream: String,
+    pub group: String,
+    pub consumer_prefix: String,
+    pub readers: usize,
+    pub workers: usize,
+    pub read_batch: usize,
+    pub block: Duration,
+    pub claim_batch: usize,
+    pub poll_interval: Duration,
+    pub reclaim_idle: Duration,
+    pub reclaim_interval: Duration,
+    pub max_retries: i32,
+    pub retry_policy: Arc<dyn RetryPolicy>,
+    pub clock: Arc<dyn Clock>,
+    pub migrate: bool,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            stream: String::new(),
+            group: String::new(),
+            consumer_prefix: "eventflow".to_string(),
+            readers: 1,
+            workers: 4,
+            read_batch: 100,
+            block: Duration::from_millis(1000),
+            claim_batch: 32,
+            poll_interval: Duration::from_millis(500),
+            reclaim_idle: Duration::from_secs(60),
+            reclaim_interval: Duration::from_secs(15),
+            max_retries: 3,
+            retry_policy: Arc::new(ExponentialBackoff::default()),
+            clock: Arc::new(SystemClock),
+            migrate: true,
+        }
+    }
+}
+
+impl Settings {
+    /// Checks each setting and the rules between them; the error names the setter.
+    pub fn validate(&self) -> Result<()> {
+        if self.stream.trim().is_empty() {
+            return Err(Error::config(
+                "stream",
+                "required: the stream to read, e.g. .stream(\"orders\")",
+            ));
+        }
+        if self.group.trim().is_empty() {
+            return Err(Error::config(
+                "group",
+                "required: the consumer group, usually the service's name",
+            ));
+        }
+        if self.consumer_prefix.trim().is_empty() {
+            return Err(Error::config("consumer_prefix", "must not be empty"));
+        }
+        if self.readers == 0 {
+            return Err(Error::config("readers", "at least 1"));
+        }
+        if !(1..=1024).contains(&self.workers) {
+            return Err(Error::config("workers", "between 1 and 1024"));
+        }
+        if !(1..=10_000).contains(&self.read_batch) {
+            return Err(Error::config("read_batch", "between 1 and 10000 entries"));
+        }
+        if self.block.is_zero() {
+            return Err(Error::config(
+                "block",
+                "must be positive, or readers spin on an empty stream",
+            ));
+        }
+        if !(1..=1000).contains(&self.claim_batch) {
+            return Err(Error::config("claim_batch", "between 1 and 1000 rows"));
+        }
+        if self.poll_interval.is_zero() {
+            return Err(Error::config("poll_interval", "must be positive"));
+        }
+        if self.reclaim_idle <= self.block {
+            return Err(Error::config(
+                "reclaim_idle",
+                format!(
+                    "must be longer than block ({:?}), or live readers would take each other's entries",
+                    self.block
+                ),
+            ));
+        }
+        if self.reclaim_interval.is_zero() {
+            return Err(Error::config("reclaim_interval", "must be positive"));
+        }
+        if self.max_retries < 0 {
+            return Err(Error::config("max_retries", "0 (retry for ever) or more"));
+        }
+        Ok(())
+    }
+
+    /// Database connections the readers and workers hold at once.
+    pub fn connections_needed(&self) -> u32 {
+        (self.readers + self.workers) as u32
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn valid() -> Settings {
+        Settings {
+            stream: "s".into(),
+            group: "g".into(),
+            ..Settings::default()
+        }
+    }
+
+    fn field_of(settings: Settings) -> &'static str {
+        match settings.validate() {
+            Err(Error::Config { field, .. }) => field,
+            other => panic!("expected a config error, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn defaults_are_valid_once_stream_and_group_are_set() {
+        assert!(valid().validate().is_ok());
+        assert_eq!(field_of(Settings::default()), "stream");
+    }
+
+    #[test]
+    fn errors_name_the_field() {
+        assert_eq!(
+            field_of(Settings {
+                workers: 0,
+                ..valid()
+            }),
+            "workers"
+        );
+        assert_eq!(
+            field_of(Settings {
+                claim_batch: 0,
+                ..valid()
+            }),
+            "claim_batch"
+        );
+        assert_eq!(
+            field_of(Settings {
+                max_retries: -1,
+                ..valid()
+            }),
+            "max_retries"
+        );
+        assert_eq!(
+            field_of(Settings {
+                group: " ".into(),
+                ..valid()
+            }),
+            "group"
+        );
+    }
+
+    #[test]
+    fn reclaim_idle_must_exceed_block() {
+        let settings = Settings {
+            block: Duration::from_secs(5),
+            reclaim_idle: Duration::from_secs(5),
+            ..valid()
+        };
+        assert_eq!(field_of(settings), "reclaim_idle");
+    }
+}

@@ -1,0 +1,174 @@
+//! Worker threads: claim rows, run the handler in the row's transaction, record the outcome.
+//!
+//! A worker waits on three things: row ids from the readers, a tick on which it claims due rows
+//! itself, and the halt signal. A handler error or panic is recorded as a failed attempt with the
+//! retry policy's delay, or as a dead letter once out of retries; the worker goes on either way.
+
+use super::consumer::Handler;
+use super::settings::Settings;
+use super::stats::Counters;
+use crate::backoff::{random_unit, Backoff};
+use crate::event::{EventStatus, InboxRow};
+use crate::store::{truncate_error, Claim, ClaimParams, Failure, InboxStore, RowHandler, Verdict};
+use crossbeam_channel::{select, Receiver};
+use std::any::Any;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use uuid::Uuid;
+
+pub(crate) struct Worker<S: InboxStore> {
+    pub store: Arc<S>,
+    pub handler: Arc<dyn Handler<S>>,
+    pub settings: Arc<Settings>,
+    pub counters: Arc<Counters>,
+    pub work: Receiver<Vec<Uuid>>,
+    pub halt: Receiver<()>,
+    pub stop: Arc<AtomicBool>,
+}
+
+impl<S: InboxStore> Worker<S> {
+    pub fn run(self) {
+        let tick = crossbeam_channel::tick(self.settings.poll_interval);
+        let mut backoff = Backoff::new();
+        loop {
+            select! {
+                recv(self.work) -> rows => match rows {
+                    Ok(rows) => { self.process(Claim::Rows(&rows), &mut backoff); }
+                    // Every reader has stopped and the queue is drained.
+                    Err(_) => break,
+                },
+                recv(tick) -> _ => self.drain_due(&mut backoff),
+                recv(self.halt) -> _ => break,
+            }
+        }
+        tracing::debug!("worker stopped");
+    }
+
+    /// Claims due rows batch after batch until there are none left (or shutdown begins).
+    fn drain_due(&self, backoff: &mut Backoff) {
+        let limit = self.settings.claim_batch;
+        while !self.stop.load(Ordering::Relaxed) {
+            if self.process(Claim::Due { limit }, backoff) < limit {
+                return;
+            }
+        }
+    }
+
+    /// Claims and handles one batch; returns how many rows it settled.
+    fn process(&self, claim: Claim<'_>, backoff: &mut Backoff) -> usize {
+        let mut attempt = Attempt {
+            handler: self.handler.as_ref(),
+            settings: &self.settings,
+        };
+        let params = ClaimParams {
+            claim,
+            clock: self.settings.clock.as_ref(),
+        };
+        match self.store.process_claimed(&params, &mut attempt) {
+            Ok(settled) => {
+                backoff.reset();
+                for outcome in &settled {
+                    self.record(&outcome.row, &outcome.verdict);
+                }
+                settled.len()
+            }
+            Err(error) => {
+                // The batch rolled back: its rows stay due and are claimed again after the pause.
+                tracing::error!(%error, "worker could not process a batch; backing off");
+                let pause = backoff.next_pause();
+                let _ = self.halt.recv_timeout(pause);
+                0
+            }
+        }
+    }
+
+    fn record(&self, row: &InboxRow, verdict: &Verdict) {
+        let event = &row.event;
+        match verdict {
+            Verdict::Processed => {
+                Counters::add(&self.counters.processed, 1);
+                tracing::debug!(event_id = %event.event_id, event_type = %event.event_type, stream_id = %row.stream_id, "event processed");
+            }
+            Verdict::Failed(failure) if failure.status == EventStatus::DeadLetter => {
+                Counters::add(&self.counters.dead_lettered, 1);
+                tracing::error!(
+                    event_id = %event.event_id, event_type = %event.event_type,
+                    aggregate_id = %event.aggregate_id, correlation_id = ?event.correlation_id,
+                    attempts = failure.retry_count, error = %failure.error_message,
+                    "event dead-lettered"
+                );
+            }
+            Verdict::Failed(failure) => {
+                Counters::add(&self.counters.failed, 1);
+                tracing::warn!(
+                    event_id = %event.event_id, event_type = %event.event_type,
+                    attempts = failure.retry_count, next_retry_at = ?failure.next_retry_at,
+                    error = %failure.error_message, "event handling failed; will retry"
+                );
+            }
+        }
+    }
+}
+
+/// Runs the user's handler for the store and turns its result into a [`Verdict`].
+struct Attempt<'a, S: InboxStore> {
+    handler: &'a dyn Handler<S>,
+    settings: &'a Settings,
+}
+
+impl<S: InboxStore> RowHandler<S> for Attempt<'_, S> {
+    fn handle(&mut self, tx: &mut S::Tx<'_>, row: &InboxRow) -> Verdict {
+        let outcome = catch_unwind(AssertUnwindSafe(|| self.handler.handle(tx, row)));
+        match outcome {
+            Ok(Ok(())) => Verdict::Processed,
+            Ok(Err(error)) => self.failure(row, error.to_string(), error.is_give_up()),
+            Err(panic) => self.failure(
+                row,
+                format!("handler panicked: {}", panic_message(&panic)),
+                false,
+            ),
+        }
+    }
+
+    fn failed_after(&mut self, row: &InboxRow, error: String) -> Verdict {
+        self.failure(row, error, false)
+    }
+}
+
+impl<S: InboxStore> Attempt<'_, S> {
+    /// The reference rule: one more failure; dead-lettered when it reaches a positive
+    /// `max_retries` (or the handler gave up), else retried after the policy's delay.
+    fn failure(&self, row: &InboxRow, message: String, give_up: bool) -> Verdict {
+        let failures = row.retry_count.saturating_add(1);
+        let now = self.settings.clock.now();
+        let dead = give_up || (row.max_retries > 0 && failures >= row.max_retries);
+        let next_retry_at = (!dead).then(|| {
+            let delay = self
+                .settings
+                .retry_policy
+                .delay(failures as u32, random_unit());
+            let delay = chrono::Duration::from_std(delay).unwrap_or(chrono::Duration::days(365));
+            now.checked_add_signed(delay).unwrap_or(now)
+        });
+        Verdict::Failed(Failure {
+            status: if dead {
+                EventStatus::DeadLetter
+            } else {
+                EventStatus::Failed
+            },
+            retry_count: failures,
+            next_retry_at,
+            error_message: truncate_error(&message),
+            failed_at: now,
+        })
+    }
+}
+
+fn panic_message(panic: &(dyn Any + Send)) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a non-string panic payload".to_string())
+}

@@ -1,0 +1,70 @@
+//! eventflow acts on each event from a Redis Stream exactly once: an event's handler runs in the
+//! database transaction that marks the event processed, so its database writes commit once and
+//! only once, however often the event is delivered and whatever crashes in between.
+//!
+//! It implements the **transactional inbox** for blocking Rust services, with no async runtime:
+//! reader threads read stream batches with a consumer group and store them in an `event_inbox`
+//! table keyed by `event_id` (duplicates are skipped), acknowledging entries only once stored;
+//! a fixed pool of worker threads claims the stored rows (`FOR UPDATE SKIP LOCKED` on
+//! PostgreSQL), runs your handler in the row's transaction, and on failure retries with
+//! exponential backoff (60 s doubling to 15 min) or dead-letters the event. Malformed entries
+//! are kept in a quarantine table, never dropped.
+//!
+//! # Quick start
+//! ```
+//! use eventflow::transport::{MemoryStream, Transport};
+//! use eventflow::{Event, HandlerResult, InboxConsumer};
+//! use std::time::Duration;
+//!
+//! let stream = MemoryStream::new();
+//! let consumer = InboxConsumer::builder()
+//!     .transport(stream.clone())          // or .redis("redis://127.0.0.1:6379")
+//!     .sqlite_in_memory()                 // or .postgres(url) / .sqlite("app.db")
+//!     .stream("orders")
+//!     .group("billing")
+//!     .handler(|tx, row| -> HandlerResult {
+//!         tx.execute("CREATE TABLE IF NOT EXISTS seen (event_id TEXT)", [])?;
+//!         tx.execute("INSERT INTO seen VALUES (?1)", [&row.event.event_id])?;
+//!         Ok(())
+//!     })
+//!     .build()?;
+//! let handle = consumer.start()?;
+//!
+//! let event = Event::new("OrderCreated", uuid::Uuid::new_v4(), serde_json::json!({"order_id": "o-1"}));
+//! stream.publish("orders", event.to_entry_fields())?;
+//! # let deadline = std::time::Instant::now() + Duration::from_secs(10);
+//! # while handle.stats().processed < 1 && std::time::Instant::now() < deadline {
+//! #     std::thread::sleep(Duration::from_millis(10));
+//! # }
+//! let report = handle.shutdown(Duration::from_secs(10))?;
+//! assert_eq!(report.stats.processed, 1);
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+//!
+//! # Features
+//! `postgres`, `sqlite` and `redis` (all on by default) each enable one backend.
+#![forbid(unsafe_code)]
+#![deny(missing_docs)]
+
+mod backoff;
+pub mod clock;
+mod error;
+pub mod event;
+mod handler;
+pub mod inbox;
+pub mod quarantine;
+pub mod retry;
+pub mod store;
+pub mod transport;
+
+pub use clock::{Clock, ManualClock, SystemClock};
+pub use error::{Error, Result};
+pub use event::{EntryError, Event, EventStatus, InboxRow};
+pub use handler::{BoxError, HandlerError, HandlerResult};
+pub use inbox::{ConsumerHandle, ConsumerStats, InboxConsumer, ShutdownReport};
+pub use retry::{ExponentialBackoff, RetryPolicy};
+pub use store::InboxStore;
+#[cfg(feature = "postgres")]
+pub use store::PostgresStore;
+#[cfg(feature = "sqlite")]
+pub use store::SqliteStore;

@@ -1,0 +1,358 @@
+//! Where the inbox lives: the [`InboxStore`] contract and its backends.
+//!
+//! A store keeps the `event_inbox` table (and its quarantine table) and offers the handful of
+//! operations the runtime needs, each one statement or one transaction. Every backend passes the
+//! same conformance suite (`tests/store_conformance.rs`). The runtime never asks which backend it
+//! has; SQL lives in the backend's own file.
+
+mod migrations;
+#[cfg(feature = "postgres")]
+mod postgres;
+#[cfg(feature = "sqlite")]
+mod sqlite;
+
+#[cfg(feature = "postgres")]
+pub use self::postgres::{PostgresStore, PostgresStoreBuilder};
+#[cfg(feature = "sqlite")]
+pub use self::sqlite::SqliteStore;
+pub use migrations::Migration;
+
+use crate::clock::Clock;
+use crate::event::{Event, EventStatus, InboxRow};
+use crate::quarantine::QuarantinedEntry;
+use chrono::{DateTime, Utc};
+use std::collections::BTreeMap;
+use uuid::Uuid;
+
+/// The inbox table's default name, the reference one.
+pub const DEFAULT_INBOX_TABLE: &str = "event_inbox";
+
+/// A database that holds the inbox.
+///
+/// Implementations must be safe to share between the reader and worker threads, and every
+/// operation must be atomic: a failed call leaves the table as it was.
+pub trait InboxStore: Send + Sync + 'static {
+    /// The transaction handlers write in. It commits together with the row's move to
+    /// `processed`; a handler must not commit or roll it back itself.
+    type Tx<'t>;
+
+    /// Creates or upgrades the tables by applying the embedded migrations not yet applied.
+    /// Idempotent, and safe to run from several processes at once.
+    fn migrate(&self) -> Result<(), StoreError>;
+
+    /// Stores a read batch in one transaction: new events as `pending` (an `event_id` already
+    /// present is a duplicate and left alone) and malformed entries in the quarantine table
+    /// (an entry already quarantined is left alone).
+    fn store_received(&self, batch: &ReceivedBatch<'_>) -> Result<Stored, StoreError>;
+
+    /// Claims rows and runs `handler` on each inside one transaction, with a savepoint per row:
+    /// a row's handler writes and its move to `processed` commit together; a failed row's writes
+    /// are rolled back to its savepoint and its failure recorded. Claimed rows are locked from
+    /// claim to commit, so no other worker (in this process or another) can hold them.
+    ///
+    /// Returns every claimed row with what became of it, once the transaction has committed.
+    fn process_claimed(
+        &self,
+        claim: &ClaimParams<'_>,
+        handler: &mut dyn RowHandler<Self>,
+    ) -> Result<Vec<Settled>, StoreError>
+    where
+        Self: Sized;
+
+    /// How many rows are in each status.
+    fn count_by_status(&self) -> Result<StatusCounts, StoreError>;
+
+    /// The row holding `event_id`, if any.
+    fn find_by_event_id(&self, event_id: &str) -> Result<Option<InboxRow>, StoreError>;
+
+    /// Quarantined entries, oldest first, at most `limit`, from `offset`.
+    fn list_quarantined(
+        &self,
+        limit: usize,
+        offset: usize,
+    ) -> Result<Vec<QuarantinedEntry>, StoreError>;
+
+    /// One quarantined entry.
+    fn find_quarantined(&self, id: Uuid) -> Result<Option<QuarantinedEntry>, StoreError>;
+
+    /// Stores `event` (parsed from a fixed quarantined entry) as a new pending row and marks the
+    /// quarantined entry replayed, in one transaction. Returns `false`, changing nothing, when
+    /// the entry does not exist or was replayed already.
+    fn replay_quarantined(&self, replay: &QuarantineReplay<'_>) -> Result<bool, StoreError>;
+
+    /// Checks that the database answers.
+    fn ping(&self) -> Result<(), StoreError>;
+
+    /// The most connections the store can hand out at once, when it has a fixed pool.
+    /// The consumer checks its readers and workers fit.
+    fn max_connections(&self) -> Option<u32> {
+        None
+    }
+}
+
+/// What the store calls for each claimed row, inside the batch transaction.
+pub trait RowHandler<S: InboxStore> {
+    /// Runs the user's handler on `row` in `tx` and says what to record.
+    fn handle(&mut self, tx: &mut S::Tx<'_>, row: &InboxRow) -> Verdict;
+
+    /// What to record for a row whose handler returned success but whose writes the database
+    /// refused afterwards (for example a handler that swallowed a database error, leaving the
+    /// transaction aborted). Its writes have been rolled back.
+    fn failed_after(&mut self, row: &InboxRow, error: String) -> Verdict;
+}
+
+/// A read batch to store: parsed events and entries that did not parse.
+#[derive(Debug, Clone, Copy)]
+pub struct ReceivedBatch<'a> {
+    /// The stream the entries came from.
+    pub stream: &'a str,
+    /// Entries that parsed into events.
+    pub events: &'a [ReceivedEvent],
+    /// Entries that did not.
+    pub malformed: &'a [MalformedEntry],
+    /// The `received_at` of every row stored.
+    pub received_at: DateTime<Utc>,
+    /// The `max_retries` of every event stored.
+    pub max_retries: i32,
+}
+
+/// An event read from the stream, with the id its row gets if it is new.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ReceivedEvent {
+    /// The row id to use; time-ordered (UUID v7) so rows sort in arrival order.
+    pub row_id: Uuid,
+    /// The stream entry id.
+    pub stream_id: String,
+    /// The event.
+    pub event: Event,
+}
+
+/// A stream entry that did not parse.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MalformedEntry {
+    /// The quarantine row id to use.
+    pub id: Uuid,
+    /// The stream entry id.
+    pub stream_id: String,
+    /// The raw fields, encoded by [`crate::quarantine::encode_fields`].
+    pub raw_fields: serde_json::Value,
+    /// Why it did not parse.
+    pub reason: String,
+}
+
+/// What [`InboxStore::store_received`] did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Stored {
+    /// Row ids of the events that were new, in the batch's order.
+    pub inserted: Vec<Uuid>,
+    /// Events whose `event_id` was already in the inbox.
+    pub duplicates: usize,
+    /// Malformed entries newly quarantined.
+    pub quarantined: usize,
+}
+
+/// Which rows a worker claims.
+#[derive(Debug, Clone, Copy)]
+pub enum Claim<'a> {
+    /// These rows, those of them still due and not held by another worker; how new rows reach
+    /// the worker that the reader handed them to.
+    Rows(&'a [Uuid]),
+    /// Up to `limit` due rows, oldest first; how retries, rows left by a crashed process and
+    /// rows stored by other processes are found.
+    Due {
+        /// Most rows to claim.
+        limit: usize,
+    },
+}
+
+/// Parameters of [`InboxStore::process_claimed`].
+#[derive(Clone, Copy)]
+pub struct ClaimParams<'a> {
+    /// Which rows.
+    pub claim: Claim<'a>,
+    /// A row is due when `next_retry_at` is null or not after this clock's time.
+    pub clock: &'a dyn Clock,
+}
+
+/// What to record for a claimed row.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Verdict {
+    /// Handled: mark `processed`.
+    Processed,
+    /// Not handled: record the failed attempt.
+    Failed(Failure),
+}
+
+/// A failed attempt to record.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Failure {
+    /// [`EventStatus::Failed`] to retry at `next_retry_at`, or [`EventStatus::DeadLetter`].
+    pub status: EventStatus,
+    /// The row's new `retry_count`.
+    pub retry_count: i32,
+    /// When the row is due again; `None` for a dead letter.
+    pub next_retry_at: Option<DateTime<Utc>>,
+    /// The error, at most 1000 characters.
+    pub error_message: String,
+    /// When the attempt failed.
+    pub failed_at: DateTime<Utc>,
+}
+
+/// A claimed row and what was recorded for it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Settled {
+    /// The row as claimed.
+    pub row: InboxRow,
+    /// What was recorded.
+    pub verdict: Verdict,
+}
+
+/// Row counts by status.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StatusCounts(pub BTreeMap<EventStatus, u64>);
+
+impl StatusCounts {
+    /// Rows in `status`.
+    pub fn get(&self, status: EventStatus) -> u64 {
+        self.0.get(&status).copied().unwrap_or(0)
+    }
+
+    /// All rows.
+    pub fn total(&self) -> u64 {
+        self.0.values().sum()
+    }
+}
+
+/// Parameters of [`InboxStore::replay_quarantined`].
+#[derive(Debug, Clone, Copy)]
+pub struct QuarantineReplay<'a> {
+    /// The quarantined entry.
+    pub id: Uuid,
+    /// The event it parses into now.
+    pub event: &'a ReceivedEvent,
+    /// When the replay happens; the new row's `received_at`.
+    pub now: DateTime<Utc>,
+    /// The new row's `max_retries`.
+    pub max_retries: i32,
+}
+
+/// Errors from a store.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    /// A PostgreSQL statement failed.
+    #[cfg(feature = "postgres")]
+    #[error("PostgreSQL, {context}: {source}")]
+    Postgres {
+        /// What was being done.
+        context: &'static str,
+        /// The driver's error.
+        #[source]
+        source: ::postgres::Error,
+    },
+    /// No pooled connection could be had in time: the database is down, unreachable, or every
+    /// connection is busy.
+    #[error("no database connection available: {0}")]
+    Pool(#[source] r2d2::Error),
+    /// A SQLite statement failed.
+    #[cfg(feature = "sqlite")]
+    #[error("SQLite, {context}: {source}")]
+    Sqlite {
+        /// What was being done.
+        context: &'static str,
+        /// The driver's error.
+        #[source]
+        source: rusqlite::Error,
+    },
+    /// An embedded migration failed; nothing of it was applied.
+    #[error("migration {version} ({name}) failed: {source}")]
+    Migration {
+        /// Its version.
+        version: u32,
+        /// Its file name.
+        name: &'static str,
+        /// Why.
+        #[source]
+        source: Box<StoreError>,
+    },
+    /// A configured table name is not a plain SQL identifier.
+    #[error("invalid table name {name:?}: {reason}")]
+    InvalidTableName {
+        /// The name given.
+        name: String,
+        /// What is wrong with it.
+        reason: &'static str,
+    },
+    /// The connection string could not be understood.
+    #[error("invalid database configuration: {0}")]
+    InvalidConfig(String),
+    /// A row holds data eventflow cannot read (edited by hand, or from an incompatible writer).
+    #[error("unreadable row {row}: {reason}")]
+    Corrupt {
+        /// The row's id or event id.
+        row: String,
+        /// What is wrong.
+        reason: String,
+    },
+}
+
+/// Checks that `name` can be used as a table name without quoting: lowercase ASCII letters,
+/// digits and `_`, starting with a letter or `_`, at most 48 characters (room for the index
+/// names derived from it within PostgreSQL's 63).
+pub fn validate_table_name(name: &str) -> Result<(), StoreError> {
+    let invalid = |reason| StoreError::InvalidTableName {
+        name: name.to_string(),
+        reason,
+    };
+    let mut chars = name.chars();
+    match chars.next() {
+        None => return Err(invalid("empty")),
+        Some(first) if !(first.is_ascii_lowercase() || first == '_') => {
+            return Err(invalid("must start with a lowercase letter or '_'"))
+        }
+        Some(_) => {}
+    }
+    if !chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_') {
+        return Err(invalid(
+            "only lowercase ASCII letters, digits and '_' are allowed",
+        ));
+    }
+    if name.len() > 48 {
+        return Err(invalid("longer than 48 characters"));
+    }
+    Ok(())
+}
+
+/// The first 1000 characters of an error, as the `error_message` column keeps.
+pub fn truncate_error(message: &str) -> String {
+    message.chars().take(1000).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn table_names_must_be_plain_identifiers() {
+        for good in ["event_inbox", "_x", "orders_inbox_2"] {
+            assert!(validate_table_name(good).is_ok(), "{good}");
+        }
+        for bad in [
+            "",
+            "Inbox",
+            "1inbox",
+            "inbox; DROP TABLE x",
+            "a\"b",
+            "schema.table",
+            &"x".repeat(49),
+        ] {
+            assert!(validate_table_name(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn errors_are_cut_to_a_thousand_characters() {
+        assert_eq!(truncate_error(&"é".repeat(1500)).chars().count(), 1000);
+        assert_eq!(truncate_error("short"), "short");
+    }
+}

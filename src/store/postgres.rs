@@ -1,0 +1,633 @@
+//! The PostgreSQL store: an r2d2 pool of `postgres` clients, claims with
+//! `FOR UPDATE SKIP LOCKED`, one transaction per claimed batch with a savepoint per row.
+
+use super::migrations::{Migration, MIGRATIONS_TABLE};
+use super::{
+    validate_table_name, Claim, ClaimParams, Failure, InboxStore, QuarantineReplay, ReceivedBatch,
+    RowHandler, Settled, StatusCounts, StoreError, Stored, Verdict, DEFAULT_INBOX_TABLE,
+};
+use crate::event::{Event, EventStatus, InboxRow};
+use crate::quarantine::{decode_fields, QuarantinedEntry};
+use chrono::{DateTime, Utc};
+use postgres::error::SqlState;
+use postgres::{NoTls, Row, Transaction};
+use r2d2_postgres::PostgresConnectionManager;
+use std::collections::HashSet;
+use std::str::FromStr;
+use std::time::Duration;
+use uuid::Uuid;
+
+type Pool = r2d2::Pool<PostgresConnectionManager<NoTls>>;
+
+/// The embedded inbox migrations for PostgreSQL, from `sql/postgres/inbox/`.
+pub const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        name: "0001_event_inbox.sql",
+        sql: include_str!("../../sql/postgres/inbox/0001_event_inbox.sql"),
+    },
+    Migration {
+        version: 2,
+        name: "0002_eventflow_additions.sql",
+        sql: include_str!("../../sql/postgres/inbox/0002_eventflow_additions.sql"),
+    },
+];
+
+/// Any constant works, as long as every eventflow process uses the same one; it serializes
+/// concurrent `migrate()` calls.
+const MIGRATION_LOCK_KEY: i64 = 0x6576_656e_7466_6c6f; // "eventflo"
+
+const SAVEPOINT: &str = "SAVEPOINT eventflow_row";
+const RELEASE_AND_RENEW: &str = "RELEASE SAVEPOINT eventflow_row; SAVEPOINT eventflow_row";
+const RELEASE: &str = "RELEASE SAVEPOINT eventflow_row";
+const ROLLBACK_TO: &str = "ROLLBACK TO SAVEPOINT eventflow_row";
+
+const COLUMNS: &str =
+    "id, event_id, stream_id, event_type, aggregate_id, correlation_id, causation_id, \
+     occurred_on, payload, status, retry_count, max_retries, received_at, processed_at, \
+     next_retry_at, error_message, last_error_at";
+const QUARANTINE_COLUMNS: &str =
+    "id, stream, stream_id, raw_fields, reason, received_at, replayed_at, replayed_event_id";
+
+/// Configures a [`PostgresStore`].
+#[derive(Debug, Clone)]
+pub struct PostgresStoreBuilder {
+    url: String,
+    pool_size: u32,
+    connect_timeout: Duration,
+    table: String,
+}
+
+impl PostgresStoreBuilder {
+    /// Most pooled connections. Each reader and each worker holds one while it works.
+    /// Defaults to 10.
+    pub fn pool_size(mut self, size: u32) -> Self {
+        self.pool_size = size;
+        self
+    }
+
+    /// How long to wait for a connection before reporting the database unavailable.
+    /// Defaults to 5 s.
+    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
+        self.connect_timeout = timeout;
+        self
+    }
+
+    /// The inbox table's name; the quarantine table is named `<table>_quarantine`.
+    /// Defaults to `event_inbox`.
+    pub fn table(mut self, name: impl Into<String>) -> Self {
+        self.table = name.into();
+        self
+    }
+
+    /// Validates the settings and creates the pool. Connections are made on first use, so this
+    /// succeeds while the database is down.
+    pub fn build(self) -> Result<PostgresStore, StoreError> {
+        validate_table_name(&self.table)?;
+        if self.pool_size == 0 {
+            return Err(StoreError::InvalidConfig(
+                "pool_size must be at least 1".into(),
+            ));
+        }
+        let config = postgres::Config::from_str(&self.url).map_err(|error| {
+            // The driver's message never repeats the URL, so no password can leak here.
+            StoreError::InvalidConfig(format!("PostgreSQL connection string: {error}"))
+        })?;
+        let manager = PostgresConnectionManager::new(config, NoTls);
+        let pool = r2d2::Pool::builder()
+            .max_size(self.pool_size)
+            .min_idle(Some(0))
+            .connection_timeout(self.connect_timeout)
+            .build_unchecked(manager);
+        Ok(PostgresStore {
+            pool,
+            sql: Queries::new(&self.table),
+            table: self.table,
+            pool_size: self.pool_size,
+        })
+    }
+}
+
+/// The inbox in PostgreSQL.
+///
+/// Handlers receive a [`postgres::Transaction`]; `postgres::GenericClient` lets one function
+/// take it or a plain client.
+pub struct PostgresStore {
+    pool: Pool,
+    table: String,
+    sql: Queries,
+    pool_size: u32,
+}
+
+impl std::fmt::Debug for PostgresStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // No connection string: it may hold a password.
+        f.debug_struct("PostgresStore")
+            .field("table", &self.table)
+            .finish_non_exhaustive()
+    }
+}
+
+impl PostgresStore {
+    /// Settings for a store at `url` (`postgresql://user@host/db` or `host=... user=...`).
+    pub fn builder(url: impl Into<String>) -> PostgresStoreBuilder {
+        PostgresStoreBuilder {
+            url: url.into(),
+            pool_size: 10,
+            connect_timeout: Duration::from_secs(5),
+            table: DEFAULT_INBOX_TABLE.to_string(),
+        }
+    }
+
+    /// A store at `url` with default settings.
+    pub fn connect(url: impl Into<String>) -> Result<Self, StoreError> {
+        Self::builder(url).build()
+    }
+
+    /// The connection pool, for the application's own queries.
+    pub fn pool(&self) -> &Pool {
+        &self.pool
+    }
+
+    /// The inbox table's name.
+    pub fn table(&self) -> &str {
+        &self.table
+    }
+
+    fn connection(
+        &self,
+    ) -> Result<r2d2::PooledConnection<PostgresConnectionManager<NoTls>>, StoreError> {
+        self.pool.get().map_err(StoreError::Pool)
+    }
+}
+
+fn pg(context: &'static str) -> impl FnOnce(postgres::Error) -> StoreError {
+    move |source| StoreError::Postgres { context, source }
+}
+
+/// The transaction was aborted by an earlier statement: the handler swallowed a database error.
+fn is_aborted(error: &postgres::Error) -> bool {
+    error.code() == Some(&SqlState::IN_FAILED_SQL_TRANSACTION)
+}
+
+impl InboxStore for PostgresStore {
+    type Tx<'t> = Transaction<'t>;
+
+    fn migrate(&self) -> Result<(), StoreError> {
+        let mut conn = self.connection()?;
+        let mut tx = conn.transaction().map_err(pg("begin migration"))?;
+        tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK_KEY])
+            .map_err(pg("take the migration lock"))?;
+        tx.batch_execute(&format!(
+            "CREATE TABLE IF NOT EXISTS {MIGRATIONS_TABLE} (
+                target VARCHAR(255) NOT NULL,
+                version INTEGER NOT NULL,
+                name VARCHAR(255) NOT NULL,
+                applied_at TIMESTAMP WITH TIME ZONE NOT NULL DEFAULT NOW(),
+                PRIMARY KEY (target, version))"
+        ))
+        .map_err(pg("create the migrations table"))?;
+        let target = format!("inbox:{}", self.table);
+        let applied: HashSet<i32> = tx
+            .query(
+                &format!("SELECT version FROM {MIGRATIONS_TABLE} WHERE target = $1"),
+                &[&target],
+            )
+            .map_err(pg("read applied migrations"))?
+            .iter()
+            .map(|row| row.get(0))
+            .collect();
+        for migration in MIGRATIONS {
+            if applied.contains(&(migration.version as i32)) {
+                continue;
+            }
+            let failed = |source| StoreError::Migration {
+                version: migration.version,
+                name: migration.name,
+                source: Box::new(source),
+            };
+            tx.batch_execute(&migration.render(&self.table))
+                .map_err(|e| failed(pg("apply")(e)))?;
+            tx.execute(
+                &format!(
+                    "INSERT INTO {MIGRATIONS_TABLE} (target, version, name) VALUES ($1, $2, $3)"
+                ),
+                &[&target, &(migration.version as i32), &migration.name],
+            )
+            .map_err(|e| failed(pg("record")(e)))?;
+            tracing::info!(table = %self.table, version = migration.version, name = migration.name, "applied migration");
+        }
+        tx.commit().map_err(pg("commit migration"))
+    }
+
+    fn store_received(&self, batch: &ReceivedBatch<'_>) -> Result<Stored, StoreError> {
+        let mut conn = self.connection()?;
+        let mut tx = conn.transaction().map_err(pg("begin storing a batch"))?;
+        let mut stored = Stored::default();
+        if !batch.events.is_empty() {
+            let events = batch.events;
+            let ids: Vec<Uuid> = events.iter().map(|e| e.row_id).collect();
+            let event_ids: Vec<&str> = events.iter().map(|e| e.event.event_id.as_str()).collect();
+            let stream_ids: Vec<&str> = events.iter().map(|e| e.stream_id.as_str()).collect();
+            let types: Vec<&str> = events.iter().map(|e| e.event.event_type.as_str()).collect();
+            let aggregates: Vec<Uuid> = events.iter().map(|e| e.event.aggregate_id).collect();
+            let correlations: Vec<Option<&str>> = events
+                .iter()
+                .map(|e| e.event.correlation_id.as_deref())
+                .collect();
+            let causations: Vec<Option<&str>> = events
+                .iter()
+                .map(|e| e.event.causation_id.as_deref())
+                .collect();
+            let occurred: Vec<DateTime<Utc>> = events.iter().map(|e| e.event.occurred_on).collect();
+            let payloads: Vec<String> =
+                events.iter().map(|e| e.event.payload.to_string()).collect();
+            let inserted: HashSet<Uuid> = tx
+                .query(
+                    &self.sql.insert_events,
+                    &[
+                        &ids,
+                        &event_ids,
+                        &stream_ids,
+                        &types,
+                        &aggregates,
+                        &correlations,
+                        &causations,
+                        &occurred,
+                        &payloads,
+                        &batch.max_retries,
+                        &batch.received_at,
+                    ],
+                )
+                .map_err(pg("insert events"))?
+                .iter()
+                .map(|row| row.get(0))
+                .collect();
+            stored.inserted = ids.into_iter().filter(|id| inserted.contains(id)).collect();
+            stored.duplicates = events.len() - stored.inserted.len();
+        }
+        if !batch.malformed.is_empty() {
+            let entries = batch.malformed;
+            let ids: Vec<Uuid> = entries.iter().map(|m| m.id).collect();
+            let stream_ids: Vec<&str> = entries.iter().map(|m| m.stream_id.as_str()).collect();
+            let fields: Vec<String> = entries.iter().map(|m| m.raw_fields.to_string()).collect();
+            let reasons: Vec<&str> = entries.iter().map(|m| m.reason.as_str()).collect();
+            stored.quarantined =
+                tx.execute(
+                    &self.sql.insert_quarantine,
+                    &[
+                        &batch.stream,
+                        &ids,
+                        &stream_ids,
+                        &fields,
+                        &reasons,
+                        &batch.received_at,
+                    ],
+                )
+                .map_err(pg("quarantine malformed entries"))? as usize;
+        }
+        tx.commit().map_err(pg("commit a received batch"))?;
+        Ok(stored)
+    }
+
+    fn process_claimed(
+        &self,
+        params: &ClaimParams<'_>,
+        handler: &mut dyn RowHandler<Self>,
+    ) -> Result<Vec<Settled>, StoreError> {
+        let mut conn = self.connection()?;
+        let mut tx = conn.transaction().map_err(pg("begin a claim"))?;
+        let now = params.clock.now();
+        let claimed = match params.claim {
+            Claim::Rows(ids) => tx.query(&self.sql.claim_rows, &[&ids, &now]),
+            Claim::Due { limit } => tx.query(&self.sql.claim_due, &[&now, &(limit as i64)]),
+        }
+        .map_err(pg("claim rows"))?;
+        if claimed.is_empty() {
+            return Ok(Vec::new());
+        }
+        let rows = claimed
+            .iter()
+            .map(inbox_row)
+            .collect::<Result<Vec<_>, _>>()?;
+
+        let mut settled: Vec<Settled> = Vec::with_capacity(rows.len());
+        // The savepoint of a row whose handler succeeded is released together with the next
+        // row's new savepoint, one round trip per row. A release that finds the transaction
+        // aborted means that handler swallowed a database error: its row fails instead.
+        let mut unreleased: Option<usize> = None;
+        tx.batch_execute(SAVEPOINT).map_err(pg("set a savepoint"))?;
+        for row in rows {
+            if let Some(index) = unreleased.take() {
+                release(&mut tx, RELEASE_AND_RENEW, &mut settled[index], handler)?;
+            }
+            let verdict = handler.handle(&mut tx, &row);
+            match verdict {
+                Verdict::Processed => unreleased = Some(settled.len()),
+                Verdict::Failed(_) => tx
+                    .batch_execute(ROLLBACK_TO)
+                    .map_err(pg("roll back a failed row"))?,
+            }
+            settled.push(Settled { row, verdict });
+        }
+        if let Some(index) = unreleased {
+            release(&mut tx, RELEASE, &mut settled[index], handler)?;
+        }
+
+        let finished_at = params.clock.now();
+        let processed: Vec<Uuid> = settled
+            .iter()
+            .filter(|s| s.verdict == Verdict::Processed)
+            .map(|s| s.row.id)
+            .collect();
+        if !processed.is_empty() {
+            tx.execute(&self.sql.mark_processed, &[&processed, &finished_at])
+                .map_err(pg("mark rows processed"))?;
+        }
+        let failures: Vec<(Uuid, &Failure)> = settled
+            .iter()
+            .filter_map(|s| match &s.verdict {
+                Verdict::Failed(failure) => Some((s.row.id, failure)),
+                Verdict::Processed => None,
+            })
+            .collect();
+        if !failures.is_empty() {
+            let ids: Vec<Uuid> = failures.iter().map(|(id, _)| *id).collect();
+            let statuses: Vec<&str> = failures.iter().map(|(_, f)| f.status.as_str()).collect();
+            let counts: Vec<i32> = failures.iter().map(|(_, f)| f.retry_count).collect();
+            let next: Vec<Option<DateTime<Utc>>> =
+                failures.iter().map(|(_, f)| f.next_retry_at).collect();
+            let errors: Vec<&str> = failures
+                .iter()
+                .map(|(_, f)| f.error_message.as_str())
+                .collect();
+            let at: Vec<DateTime<Utc>> = failures.iter().map(|(_, f)| f.failed_at).collect();
+            tx.execute(
+                &self.sql.record_failures,
+                &[&ids, &statuses, &counts, &next, &errors, &at],
+            )
+            .map_err(pg("record failed attempts"))?;
+        }
+        tx.commit().map_err(pg("commit handled rows"))?;
+        Ok(settled)
+    }
+
+    fn count_by_status(&self) -> Result<StatusCounts, StoreError> {
+        let mut conn = self.connection()?;
+        let rows = conn
+            .query(&self.sql.count_by_status, &[])
+            .map_err(pg("count rows by status"))?;
+        let mut counts = StatusCounts::default();
+        for row in rows {
+            let status: String = row.get(0);
+            let count: i64 = row.get(1);
+            let status = EventStatus::parse(&status).ok_or_else(|| StoreError::Corrupt {
+                row: format!("status {status:?}"),
+                reason: "unknown status".into(),
+            })?;
+            counts.0.insert(status, count as u64);
+        }
+        Ok(counts)
+    }
+
+    fn find_by_event_id(&self, event_id: &str) -> Result<Option<InboxRow>, StoreError> {
+        let mut conn = self.connection()?;
+        conn.query_opt(&self.sql.find_by_event_id, &[&event_id])
+            .map_err(pg("find a row"))?
+            .as_ref()
+            .map(inbox_row)
+            .transpose()
+    }
+
+    fn list_quarantined(
+        &self,
+        limit: usize,
+        offset: usize,
+    ) -> Result<Vec<QuarantinedEntry>, StoreError> {
+        let mut conn = self.connection()?;
+        conn.query(
+            &self.sql.list_quarantined,
+            &[&(limit as i64), &(offset as i64)],
+        )
+        .map_err(pg("list quarantined entries"))?
+        .iter()
+        .map(quarantined_entry)
+        .collect()
+    }
+
+    fn find_quarantined(&self, id: Uuid) -> Result<Option<QuarantinedEntry>, StoreError> {
+        let mut conn = self.connection()?;
+        conn.query_opt(&self.sql.find_quarantined, &[&id])
+            .map_err(pg("find a quarantined entry"))?
+            .as_ref()
+            .map(quarantined_entry)
+            .transpose()
+    }
+
+    fn replay_quarantined(&self, replay: &QuarantineReplay<'_>) -> Result<bool, StoreError> {
+        let mut conn = self.connection()?;
+        let mut tx = conn.transaction().map_err(pg("begin a replay"))?;
+        let marked = tx
+            .execute(
+                &self.sql.mark_replayed,
+                &[&replay.id, &replay.now, &replay.event.event.event_id],
+            )
+            .map_err(pg("mark a quarantined entry replayed"))?;
+        if marked == 0 {
+            return Ok(false);
+        }
+        let received = replay.event;
+        let event = &received.event;
+        tx.execute(
+            &self.sql.insert_one,
+            &[
+                &received.row_id,
+                &event.event_id,
+                &received.stream_id,
+                &event.event_type,
+                &event.aggregate_id,
+                &event.correlation_id,
+                &event.causation_id,
+                &event.occurred_on,
+                &event.payload,
+                &replay.max_retries,
+                &replay.now,
+            ],
+        )
+        .map_err(pg("store a replayed event"))?;
+        tx.commit().map_err(pg("commit a replay"))?;
+        Ok(true)
+    }
+
+    fn ping(&self) -> Result<(), StoreError> {
+        self.connection()?
+            .simple_query("SELECT 1")
+            .map_err(pg("ping"))
+            .map(drop)
+    }
+
+    fn max_connections(&self) -> Option<u32> {
+        Some(self.pool_size)
+    }
+}
+
+/// Releases the savepoint of the row at `settled`, whose handler succeeded; when the database
+/// refuses because that handler left the transaction aborted, rolls the row back and fails it.
+fn release(
+    tx: &mut Transaction<'_>,
+    statement: &str,
+    settled: &mut Settled,
+    handler: &mut dyn RowHandler<PostgresStore>,
+) -> Result<(), StoreError> {
+    match tx.batch_execute(statement) {
+        Ok(()) => Ok(()),
+        Err(error) if is_aborted(&error) => {
+            tx.batch_execute(ROLLBACK_TO)
+                .map_err(pg("roll back an aborted row"))?;
+            settled.verdict = handler.failed_after(
+                &settled.row,
+                "the handler returned success but a statement it ran had failed, aborting its transaction"
+                    .to_string(),
+            );
+            if statement == RELEASE_AND_RENEW {
+                tx.batch_execute(RELEASE_AND_RENEW)
+                    .map_err(pg("set a savepoint"))?;
+            }
+            Ok(())
+        }
+        Err(error) => Err(pg("release a savepoint")(error)),
+    }
+}
+
+fn inbox_row(row: &Row) -> Result<InboxRow, StoreError> {
+    let id: Uuid = row.get(0);
+    let status: String = row.get(9);
+    let status = EventStatus::parse(&status).ok_or_else(|| StoreError::Corrupt {
+        row: id.to_string(),
+        reason: format!("unknown status {status:?}"),
+    })?;
+    let payload: serde_json::Value = row.get(8);
+    Ok(InboxRow {
+        id,
+        event: Event {
+            event_id: row.get(1),
+            event_type: row.get(3),
+            aggregate_id: row.get(4),
+            correlation_id: row.get(5),
+            causation_id: row.get(6),
+            occurred_on: row.get(7),
+            payload: if payload.is_object() {
+                payload
+            } else {
+                serde_json::json!({})
+            },
+        },
+        stream_id: row.get(2),
+        status,
+        retry_count: row.get(10),
+        max_retries: row.get(11),
+        received_at: row.get(12),
+        processed_at: row.get(13),
+        next_retry_at: row.get(14),
+        error_message: row.get(15),
+        last_error_at: row.get(16),
+    })
+}
+
+fn quarantined_entry(row: &Row) -> Result<QuarantinedEntry, StoreError> {
+    let id: Uuid = row.get(0);
+    let raw: serde_json::Value = row.get(3);
+    Ok(QuarantinedEntry {
+        id,
+        stream: row.get(1),
+        stream_id: row.get(2),
+        fields: decode_fields(&raw).map_err(|reason| StoreError::Corrupt {
+            row: id.to_string(),
+            reason,
+        })?,
+        reason: row.get(4),
+        received_at: row.get(5),
+        replayed_at: row.get(6),
+        replayed_event_id: row.get(7),
+    })
+}
+
+/// Every statement, with the table names filled in once.
+struct Queries {
+    insert_events: String,
+    insert_one: String,
+    insert_quarantine: String,
+    claim_rows: String,
+    claim_due: String,
+    mark_processed: String,
+    record_failures: String,
+    count_by_status: String,
+    find_by_event_id: String,
+    list_quarantined: String,
+    find_quarantined: String,
+    mark_replayed: String,
+}
+
+impl Queries {
+    fn new(t: &str) -> Self {
+        const DUE: &str =
+            "status IN ('pending', 'failed') AND (next_retry_at IS NULL OR next_retry_at <= ";
+        Self {
+            insert_events: format!(
+                "INSERT INTO {t} (id, event_id, stream_id, event_type, aggregate_id, correlation_id, \
+                 causation_id, occurred_on, payload, status, retry_count, max_retries, received_at) \
+                 SELECT e.id, e.event_id, e.stream_id, e.event_type, e.aggregate_id, e.correlation_id, \
+                 e.causation_id, e.occurred_on, e.payload::jsonb, 'pending', 0, $10, $11 \
+                 FROM unnest($1::uuid[], $2::varchar[], $3::varchar[], $4::varchar[], $5::uuid[], \
+                 $6::varchar[], $7::varchar[], $8::timestamptz[], $9::text[]) \
+                 AS e(id, event_id, stream_id, event_type, aggregate_id, correlation_id, causation_id, \
+                 occurred_on, payload) \
+                 ON CONFLICT (event_id) DO NOTHING RETURNING id"
+            ),
+            insert_one: format!(
+                "INSERT INTO {t} (id, event_id, stream_id, event_type, aggregate_id, correlation_id, \
+                 causation_id, occurred_on, payload, status, retry_count, max_retries, received_at) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, 'pending', 0, $10, $11) \
+                 ON CONFLICT (event_id) DO NOTHING"
+            ),
+            insert_quarantine: format!(
+                "INSERT INTO {t}_quarantine (id, stream, stream_id, raw_fields, reason, received_at) \
+                 SELECT q.id, $1, q.stream_id, q.raw_fields::jsonb, q.reason, $6 \
+                 FROM unnest($2::uuid[], $3::varchar[], $4::text[], $5::text[]) \
+                 AS q(id, stream_id, raw_fields, reason) \
+                 ON CONFLICT (stream, stream_id) DO NOTHING"
+            ),
+            claim_rows: format!(
+                "SELECT {COLUMNS} FROM {t} WHERE id = ANY($1) AND {DUE}$2) \
+                 ORDER BY received_at, id FOR UPDATE SKIP LOCKED"
+            ),
+            claim_due: format!(
+                "SELECT {COLUMNS} FROM {t} WHERE {DUE}$1) \
+                 ORDER BY received_at, id LIMIT $2 FOR UPDATE SKIP LOCKED"
+            ),
+            mark_processed: format!(
+                "UPDATE {t} SET status = 'processed', processed_at = $2, retry_count = 0, \
+                 next_retry_at = NULL, error_message = NULL, last_error_at = NULL WHERE id = ANY($1)"
+            ),
+            record_failures: format!(
+                "UPDATE {t} AS t SET status = f.status, retry_count = f.retry_count, \
+                 next_retry_at = f.next_retry_at, error_message = f.error_message, \
+                 last_error_at = f.failed_at \
+                 FROM unnest($1::uuid[], $2::varchar[], $3::int4[], $4::timestamptz[], $5::text[], \
+                 $6::timestamptz[]) AS f(id, status, retry_count, next_retry_at, error_message, failed_at) \
+                 WHERE t.id = f.id"
+            ),
+            count_by_status: format!("SELECT status, count(*) FROM {t} GROUP BY status"),
+            find_by_event_id: format!("SELECT {COLUMNS} FROM {t} WHERE event_id = $1"),
+            list_quarantined: format!(
+                "SELECT {QUARANTINE_COLUMNS} FROM {t}_quarantine ORDER BY received_at, stream_id \
+                 LIMIT $1 OFFSET $2"
+            ),
+            find_quarantined: format!("SELECT {QUARANTINE_COLUMNS} FROM {t}_quarantine WHERE id = $1"),
+            mark_replayed: format!(
+                "UPDATE {t}_quarantine SET replayed_at = $2, replayed_event_id = $3 \
+                 WHERE id = $1 AND replayed_at IS NULL"
+            ),
+        }
+    }
+}

@@ -1,0 +1,595 @@
+//! The SQLite store: one connection behind a mutex, so handlers run one at a time (SQLite has a
+//! single writer anyway). Meant for unit-testing handlers and for small single-process services.
+//!
+//! Columns hold UUIDs as lowercase hyphenated text, timestamps as UTC RFC 3339 text with
+//! microseconds (`2025-01-01T00:00:00.000000Z`, so text order is time order) and JSON as text.
+
+use super::migrations::{Migration, MIGRATIONS_TABLE};
+use super::{
+    validate_table_name, Claim, ClaimParams, InboxStore, QuarantineReplay, ReceivedBatch,
+    RowHandler, Settled, StatusCounts, StoreError, Stored, Verdict, DEFAULT_INBOX_TABLE,
+};
+use crate::event::{Event, EventStatus, InboxRow};
+use crate::quarantine::{decode_fields, QuarantinedEntry};
+use chrono::{DateTime, SecondsFormat, Utc};
+use parking_lot::Mutex;
+use rusqlite::{params, Connection, OptionalExtension, Row, Transaction, TransactionBehavior};
+use std::path::Path;
+use std::time::Duration;
+use uuid::Uuid;
+
+/// The embedded inbox migrations for SQLite, from `sql/sqlite/inbox/`.
+pub const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        name: "0001_event_inbox.sql",
+        sql: include_str!("../../sql/sqlite/inbox/0001_event_inbox.sql"),
+    },
+    Migration {
+        version: 2,
+        name: "0002_eventflow_additions.sql",
+        sql: include_str!("../../sql/sqlite/inbox/0002_eventflow_additions.sql"),
+    },
+];
+
+const COLUMNS: &str =
+    "id, event_id, stream_id, event_type, aggregate_id, correlation_id, causation_id, \
+     occurred_on, payload, status, retry_count, max_retries, received_at, processed_at, \
+     next_retry_at, error_message, last_error_at";
+const QUARANTINE_COLUMNS: &str =
+    "id, stream, stream_id, raw_fields, reason, received_at, replayed_at, replayed_event_id";
+
+/// The inbox in SQLite.
+///
+/// Handlers receive a [`rusqlite::Transaction`], which derefs to [`rusqlite::Connection`], so
+/// functions taking `&Connection` work inside it.
+pub struct SqliteStore {
+    conn: Mutex<Connection>,
+    table: String,
+    sql: Queries,
+}
+
+impl std::fmt::Debug for SqliteStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SqliteStore")
+            .field("table", &self.table)
+            .finish_non_exhaustive()
+    }
+}
+
+fn lite(context: &'static str) -> impl FnOnce(rusqlite::Error) -> StoreError {
+    move |source| StoreError::Sqlite { context, source }
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the database file at `path`, in WAL mode, with the default
+    /// table name `event_inbox`.
+    pub fn open(path: impl AsRef<Path>) -> Result<Self, StoreError> {
+        let conn = Connection::open(path).map_err(lite("open the database file"))?;
+        // WAL lets readers in other processes (an operator's sqlite3 shell) work alongside.
+        conn.pragma_update(None, "journal_mode", "WAL")
+            .map_err(lite("enable WAL"))?;
+        Self::from_connection(conn, DEFAULT_INBOX_TABLE)
+    }
+
+    /// A private in-memory database, gone when the store is dropped.
+    pub fn open_in_memory() -> Result<Self, StoreError> {
+        let conn = Connection::open_in_memory().map_err(lite("open an in-memory database"))?;
+        Self::from_connection(conn, DEFAULT_INBOX_TABLE)
+    }
+
+    /// The same database with the inbox table named `table` (the quarantine table is
+    /// `<table>_quarantine`).
+    pub fn with_table(self, table: impl Into<String>) -> Result<Self, StoreError> {
+        Self::from_connection(self.conn.into_inner(), &table.into())
+    }
+
+    fn from_connection(conn: Connection, table: &str) -> Result<Self, StoreError> {
+        validate_table_name(table)?;
+        conn.busy_timeout(Duration::from_secs(5))
+            .map_err(lite("set the busy timeout"))?;
+        Ok(Self {
+            conn: Mutex::new(conn),
+            table: table.to_string(),
+            sql: Queries::new(table),
+        })
+    }
+
+    /// Runs `f` with the store's connection, for the application's own queries. Blocks while a
+    /// worker holds it.
+    pub fn with_connection<T>(&self, f: impl FnOnce(&Connection) -> T) -> T {
+        f(&self.conn.lock())
+    }
+
+    /// The inbox table's name.
+    pub fn table(&self) -> &str {
+        &self.table
+    }
+}
+
+/// A timestamp as the SQLite columns hold it.
+fn ts(at: DateTime<Utc>) -> String {
+    at.to_rfc3339_opts(SecondsFormat::Micros, true)
+}
+
+fn parse_ts(text: &str) -> Result<DateTime<Utc>, StoreError> {
+    DateTime::parse_from_rfc3339(text)
+        .map(|at| at.to_utc())
+        .map_err(|error| StoreError::Corrupt {
+            row: text.to_string(),
+            reason: format!("not an RFC 3339 timestamp: {error}"),
+        })
+}
+
+fn parse_opt_ts(text: Option<String>) -> Result<Option<DateTime<Utc>>, StoreError> {
+    text.as_deref().map(parse_ts).transpose()
+}
+
+fn parse_uuid(text: &str) -> Result<Uuid, StoreError> {
+    Uuid::parse_str(text).map_err(|error| StoreError::Corrupt {
+        row: text.to_string(),
+        reason: format!("not a UUID: {error}"),
+    })
+}
+
+fn ids_json(ids: impl IntoIterator<Item = Uuid>) -> String {
+    serde_json::Value::Array(ids.into_iter().map(|id| id.to_string().into()).collect()).to_string()
+}
+
+impl InboxStore for SqliteStore {
+    type Tx<'t> = Transaction<'t>;
+
+    fn migrate(&self) -> Result<(), StoreError> {
+        let mut conn = self.conn.lock();
+        // IMMEDIATE takes the write lock first, which serializes migrating processes.
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(lite("begin migration"))?;
+        tx.execute_batch(&format!(
+            "CREATE TABLE IF NOT EXISTS {MIGRATIONS_TABLE} (
+                target TEXT NOT NULL,
+                version INTEGER NOT NULL,
+                name TEXT NOT NULL,
+                applied_at TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now')),
+                PRIMARY KEY (target, version))"
+        ))
+        .map_err(lite("create the migrations table"))?;
+        let target = format!("inbox:{}", self.table);
+        let applied: Vec<u32> = {
+            let mut statement = tx
+                .prepare(&format!(
+                    "SELECT version FROM {MIGRATIONS_TABLE} WHERE target = ?1"
+                ))
+                .map_err(lite("read applied migrations"))?;
+            let versions = statement
+                .query_map([&target], |row| row.get(0))
+                .map_err(lite("read applied migrations"))?;
+            versions
+                .collect::<Result<_, _>>()
+                .map_err(lite("read applied migrations"))?
+        };
+        for migration in MIGRATIONS.iter().filter(|m| !applied.contains(&m.version)) {
+            let failed = |source| StoreError::Migration {
+                version: migration.version,
+                name: migration.name,
+                source: Box::new(source),
+            };
+            tx.execute_batch(&migration.render(&self.table))
+                .map_err(|e| failed(lite("apply")(e)))?;
+            tx.execute(
+                &format!(
+                    "INSERT INTO {MIGRATIONS_TABLE} (target, version, name) VALUES (?1, ?2, ?3)"
+                ),
+                params![target, migration.version, migration.name],
+            )
+            .map_err(|e| failed(lite("record")(e)))?;
+            tracing::info!(table = %self.table, version = migration.version, name = migration.name, "applied migration");
+        }
+        tx.commit().map_err(lite("commit migration"))
+    }
+
+    fn store_received(&self, batch: &ReceivedBatch<'_>) -> Result<Stored, StoreError> {
+        let mut conn = self.conn.lock();
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(lite("begin storing a batch"))?;
+        let mut stored = Stored::default();
+        let received_at = ts(batch.received_at);
+        {
+            let mut insert = tx
+                .prepare_cached(&self.sql.insert_event)
+                .map_err(lite("prepare insert"))?;
+            for received in batch.events {
+                let event = &received.event;
+                let changed = insert
+                    .execute(params![
+                        received.row_id.to_string(),
+                        event.event_id,
+                        received.stream_id,
+                        event.event_type,
+                        event.aggregate_id.to_string(),
+                        event.correlation_id,
+                        event.causation_id,
+                        ts(event.occurred_on),
+                        event.payload.to_string(),
+                        batch.max_retries,
+                        received_at,
+                    ])
+                    .map_err(lite("insert an event"))?;
+                if changed == 1 {
+                    stored.inserted.push(received.row_id);
+                } else {
+                    stored.duplicates += 1;
+                }
+            }
+            let mut quarantine = tx
+                .prepare_cached(&self.sql.insert_quarantine)
+                .map_err(lite("prepare quarantine"))?;
+            for entry in batch.malformed {
+                stored.quarantined += quarantine
+                    .execute(params![
+                        entry.id.to_string(),
+                        batch.stream,
+                        entry.stream_id,
+                        entry.raw_fields.to_string(),
+                        entry.reason,
+                        received_at,
+                    ])
+                    .map_err(lite("quarantine an entry"))?;
+            }
+        }
+        tx.commit().map_err(lite("commit a received batch"))?;
+        Ok(stored)
+    }
+
+    fn process_claimed(
+        &self,
+        params: &ClaimParams<'_>,
+        handler: &mut dyn RowHandler<Self>,
+    ) -> Result<Vec<Settled>, StoreError> {
+        let mut conn = self.conn.lock();
+        let mut tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(lite("begin a claim"))?;
+        let now = ts(params.clock.now());
+        let rows = {
+            let (sql, limit_or_ids) = match params.claim {
+                Claim::Rows(ids) => (
+                    &self.sql.claim_rows,
+                    rusqlite::types::Value::Text(ids_json(ids.iter().copied())),
+                ),
+                Claim::Due { limit } => (
+                    &self.sql.claim_due,
+                    rusqlite::types::Value::Integer(limit as i64),
+                ),
+            };
+            let mut statement = tx.prepare_cached(sql).map_err(lite("prepare claim"))?;
+            let raw = statement
+                .query_map(params![now, limit_or_ids], RawRow::read)
+                .map_err(lite("claim rows"))?
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(lite("claim rows"))?;
+            raw.into_iter()
+                .map(RawRow::into_row)
+                .collect::<Result<Vec<_>, _>>()?
+        };
+        if rows.is_empty() {
+            return Ok(Vec::new());
+        }
+
+        let mut settled = Vec::with_capacity(rows.len());
+        for row in rows {
+            tx.execute_batch("SAVEPOINT eventflow_row")
+                .map_err(lite("set a savepoint"))?;
+            let mut verdict = handler.handle(&mut tx, &row);
+            if verdict == Verdict::Processed {
+                if let Err(error) = tx.execute_batch("RELEASE eventflow_row") {
+                    verdict = handler.failed_after(
+                        &row,
+                        format!("the handler's writes could not be kept: {error}"),
+                    );
+                }
+            }
+            if verdict != Verdict::Processed {
+                tx.execute_batch("ROLLBACK TO eventflow_row; RELEASE eventflow_row")
+                    .map_err(lite("roll back a failed row"))?;
+            }
+            settled.push(Settled { row, verdict });
+        }
+
+        let finished_at = ts(params.clock.now());
+        let processed = ids_json(
+            settled
+                .iter()
+                .filter(|s| s.verdict == Verdict::Processed)
+                .map(|s| s.row.id),
+        );
+        tx.execute(&self.sql.mark_processed, params![processed, finished_at])
+            .map_err(lite("mark rows processed"))?;
+        {
+            let mut record = tx
+                .prepare_cached(&self.sql.record_failure)
+                .map_err(lite("prepare failure"))?;
+            for s in &settled {
+                if let Verdict::Failed(failure) = &s.verdict {
+                    record
+                        .execute(params![
+                            s.row.id.to_string(),
+                            failure.status.as_str(),
+                            failure.retry_count,
+                            failure.next_retry_at.map(ts),
+                            failure.error_message,
+                            ts(failure.failed_at),
+                        ])
+                        .map_err(lite("record a failed attempt"))?;
+                }
+            }
+        }
+        tx.commit().map_err(lite("commit handled rows"))?;
+        Ok(settled)
+    }
+
+    fn count_by_status(&self) -> Result<StatusCounts, StoreError> {
+        let conn = self.conn.lock();
+        let mut statement = conn
+            .prepare_cached(&self.sql.count_by_status)
+            .map_err(lite("count rows"))?;
+        let rows = statement
+            .query_map([], |row| {
+                Ok((row.get::<_, String>(0)?, row.get::<_, i64>(1)?))
+            })
+            .map_err(lite("count rows"))?;
+        let mut counts = StatusCounts::default();
+        for row in rows {
+            let (status, count) = row.map_err(lite("count rows"))?;
+            let status = EventStatus::parse(&status).ok_or_else(|| StoreError::Corrupt {
+                row: format!("status {status:?}"),
+                reason: "unknown status".into(),
+            })?;
+            counts.0.insert(status, count as u64);
+        }
+        Ok(counts)
+    }
+
+    fn find_by_event_id(&self, event_id: &str) -> Result<Option<InboxRow>, StoreError> {
+        let conn = self.conn.lock();
+        conn.query_row(&self.sql.find_by_event_id, [event_id], RawRow::read)
+            .optional()
+            .map_err(lite("find a row"))?
+            .map(RawRow::into_row)
+            .transpose()
+    }
+
+    fn list_quarantined(
+        &self,
+        limit: usize,
+        offset: usize,
+    ) -> Result<Vec<QuarantinedEntry>, StoreError> {
+        let conn = self.conn.lock();
+        let mut statement = conn
+            .prepare_cached(&self.sql.list_quarantined)
+            .map_err(lite("list quarantined entries"))?;
+        let raw = statement
+            .query_map(params![limit as i64, offset as i64], RawQuarantined::read)
+            .map_err(lite("list quarantined entries"))?
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(lite("list quarantined entries"))?;
+        raw.into_iter().map(RawQuarantined::into_entry).collect()
+    }
+
+    fn find_quarantined(&self, id: Uuid) -> Result<Option<QuarantinedEntry>, StoreError> {
+        let conn = self.conn.lock();
+        conn.query_row(
+            &self.sql.find_quarantined,
+            [id.to_string()],
+            RawQuarantined::read,
+        )
+        .optional()
+        .map_err(lite("find a quarantined entry"))?
+        .map(RawQuarantined::into_entry)
+        .transpose()
+    }
+
+    fn replay_quarantined(&self, replay: &QuarantineReplay<'_>) -> Result<bool, StoreError> {
+        let mut conn = self.conn.lock();
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(lite("begin a replay"))?;
+        let received = replay.event;
+        let event = &received.event;
+        let marked = tx
+            .execute(
+                &self.sql.mark_replayed,
+                params![replay.id.to_string(), ts(replay.now), event.event_id],
+            )
+            .map_err(lite("mark a quarantined entry replayed"))?;
+        if marked == 0 {
+            return Ok(false);
+        }
+        tx.execute(
+            &self.sql.insert_event,
+            params![
+                received.row_id.to_string(),
+                event.event_id,
+                received.stream_id,
+                event.event_type,
+                event.aggregate_id.to_string(),
+                event.correlation_id,
+                event.causation_id,
+                ts(event.occurred_on),
+                event.payload.to_string(),
+                replay.max_retries,
+                ts(replay.now),
+            ],
+        )
+        .map_err(lite("store a replayed event"))?;
+        tx.commit().map_err(lite("commit a replay"))?;
+        Ok(true)
+    }
+
+    fn ping(&self) -> Result<(), StoreError> {
+        let conn = self.conn.lock();
+        conn.query_row("SELECT 1", [], |_| Ok(()))
+            .map_err(lite("ping"))
+    }
+
+    fn max_connections(&self) -> Option<u32> {
+        None
+    }
+}
+
+/// A row's columns as SQLite returns them, converted outside rusqlite's error type.
+struct RawRow {
+    text: [Option<String>; 17],
+    retry_count: i32,
+    max_retries: i32,
+}
+
+impl RawRow {
+    fn read(row: &Row<'_>) -> rusqlite::Result<Self> {
+        let mut text: [Option<String>; 17] = Default::default();
+        for (index, slot) in text.iter_mut().enumerate() {
+            if index != 10 && index != 11 {
+                *slot = row.get(index)?;
+            }
+        }
+        Ok(Self {
+            text,
+            retry_count: row.get(10)?,
+            max_retries: row.get(11)?,
+        })
+    }
+
+    fn into_row(self) -> Result<InboxRow, StoreError> {
+        let [id, event_id, stream_id, event_type, aggregate_id, correlation_id, causation_id, occurred_on, payload, status, _, _, received_at, processed_at, next_retry_at, error_message, last_error_at] =
+            self.text;
+        let id = id.unwrap_or_default();
+        let corrupt = |reason: String| StoreError::Corrupt {
+            row: id.clone(),
+            reason,
+        };
+        let status_text = status.unwrap_or_default();
+        let status = EventStatus::parse(&status_text)
+            .ok_or_else(|| corrupt(format!("unknown status {status_text:?}")))?;
+        let payload = serde_json::from_str::<serde_json::Value>(&payload.unwrap_or_default())
+            .map_err(|error| corrupt(format!("payload is not JSON: {error}")))?;
+        Ok(InboxRow {
+            id: parse_uuid(&id)?,
+            stream_id: stream_id.unwrap_or_default(),
+            event: Event {
+                event_id: event_id.unwrap_or_default(),
+                event_type: event_type.unwrap_or_default(),
+                aggregate_id: parse_uuid(&aggregate_id.unwrap_or_default())?,
+                occurred_on: parse_ts(&occurred_on.unwrap_or_default())?,
+                payload: if payload.is_object() {
+                    payload
+                } else {
+                    serde_json::json!({})
+                },
+                correlation_id,
+                causation_id,
+            },
+            status,
+            retry_count: self.retry_count,
+            max_retries: self.max_retries,
+            received_at: parse_ts(&received_at.unwrap_or_default())?,
+            processed_at: parse_opt_ts(processed_at)?,
+            next_retry_at: parse_opt_ts(next_retry_at)?,
+            error_message,
+            last_error_at: parse_opt_ts(last_error_at)?,
+        })
+    }
+}
+
+struct RawQuarantined([Option<String>; 8]);
+
+impl RawQuarantined {
+    fn read(row: &Row<'_>) -> rusqlite::Result<Self> {
+        let mut text: [Option<String>; 8] = Default::default();
+        for (index, slot) in text.iter_mut().enumerate() {
+            *slot = row.get(index)?;
+        }
+        Ok(Self(text))
+    }
+
+    fn into_entry(self) -> Result<QuarantinedEntry, StoreError> {
+        let [id, stream, stream_id, raw_fields, reason, received_at, replayed_at, replayed_event_id] =
+            self.0;
+        let id = parse_uuid(&id.unwrap_or_default())?;
+        let corrupt = |reason: String| StoreError::Corrupt {
+            row: id.to_string(),
+            reason,
+        };
+        let raw: serde_json::Value = serde_json::from_str(&raw_fields.unwrap_or_default())
+            .map_err(|error| corrupt(format!("raw fields are not JSON: {error}")))?;
+        Ok(QuarantinedEntry {
+            id,
+            stream: stream.unwrap_or_default(),
+            stream_id: stream_id.unwrap_or_default(),
+            fields: decode_fields(&raw).map_err(corrupt)?,
+            reason: reason.unwrap_or_default(),
+            received_at: parse_ts(&received_at.unwrap_or_default())?,
+            replayed_at: parse_opt_ts(replayed_at)?,
+            replayed_event_id,
+        })
+    }
+}
+
+/// Every statement, with the table names filled in once.
+struct Queries {
+    insert_event: String,
+    insert_quarantine: String,
+    claim_rows: String,
+    claim_due: String,
+    mark_processed: String,
+    record_failure: String,
+    count_by_status: String,
+    find_by_event_id: String,
+    list_quarantined: String,
+    find_quarantined: String,
+    mark_replayed: String,
+}
+
+impl Queries {
+    fn new(t: &str) -> Self {
+        const DUE: &str =
+            "status IN ('pending', 'failed') AND (next_retry_at IS NULL OR next_retry_at <= ?1)";
+        Self {
+            insert_event: format!(
+                "INSERT INTO {t} (id, event_id, stream_id, event_type, aggregate_id, correlation_id, \
+                 causation_id, occurred_on, payload, status, retry_count, max_retries, received_at) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, 'pending', 0, ?10, ?11) \
+                 ON CONFLICT (event_id) DO NOTHING"
+            ),
+            insert_quarantine: format!(
+                "INSERT INTO {t}_quarantine (id, stream, stream_id, raw_fields, reason, received_at) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6) ON CONFLICT (stream, stream_id) DO NOTHING"
+            ),
+            claim_rows: format!(
+                "SELECT {COLUMNS} FROM {t} WHERE {DUE} \
+                 AND id IN (SELECT value FROM json_each(?2)) ORDER BY received_at, id"
+            ),
+            claim_due: format!("SELECT {COLUMNS} FROM {t} WHERE {DUE} ORDER BY received_at, id LIMIT ?2"),
+            mark_processed: format!(
+                "UPDATE {t} SET status = 'processed', processed_at = ?2, retry_count = 0, \
+                 next_retry_at = NULL, error_message = NULL, last_error_at = NULL \
+                 WHERE id IN (SELECT value FROM json_each(?1))"
+            ),
+            record_failure: format!(
+                "UPDATE {t} SET status = ?2, retry_count = ?3, next_retry_at = ?4, error_message = ?5, \
+                 last_error_at = ?6 WHERE id = ?1"
+            ),
+            count_by_status: format!("SELECT status, count(*) FROM {t} GROUP BY status"),
+            find_by_event_id: format!("SELECT {COLUMNS} FROM {t} WHERE event_id = ?1"),
+            list_quarantined: format!(
+                "SELECT {QUARANTINE_COLUMNS} FROM {t}_quarantine ORDER BY received_at, stream_id \
+                 LIMIT ?1 OFFSET ?2"
+            ),
+            find_quarantined: format!("SELECT {QUARANTINE_COLUMNS} FROM {t}_quarantine WHERE id = ?1"),
+            mark_replayed: format!(
+                "UPDATE {t}_quarantine SET replayed_at = ?2, replayed_event_id = ?3 \
+                 WHERE id = ?1 AND replayed_at IS NULL"
+            ),
+        }
+    }
+}

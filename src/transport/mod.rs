@@ -1,0 +1,160 @@
+//! Transports: the streams events arrive on.
+//!
+//! A [`Transport`] is the small contract eventflow needs from a broker with consumer groups:
+//! create a group, read new entries for a named consumer, acknowledge them, and take over entries
+//! that another consumer read but never acknowledged. [`RedisStreams`] is the production
+//! implementation and [`MemoryStream`] an in-process one with the same semantics for tests and
+//! demos; both pass one conformance suite (`tests/transport_conformance.rs`). Implement the trait
+//! to bring another broker.
+
+mod memory;
+#[cfg(feature = "redis")]
+mod redis_streams;
+
+pub use memory::MemoryStream;
+#[cfg(feature = "redis")]
+pub use redis_streams::{RedisStreams, RedisStreamsBuilder};
+
+use std::time::Duration;
+
+/// One stream entry as the broker delivered it: its id and its raw fields, in order.
+///
+/// Values are kept as bytes so that an entry that is not valid UTF-8 can still be quarantined
+/// exactly as it arrived.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StreamEntry {
+    /// The broker's entry id, for Redis `<millis>-<seq>`.
+    pub id: String,
+    /// Field names and raw values, in the order the producer wrote them.
+    pub fields: Vec<(String, Vec<u8>)>,
+}
+
+impl StreamEntry {
+    /// The raw value of the first field named `name`.
+    pub fn field(&self, name: &str) -> Option<&[u8]> {
+        self.fields
+            .iter()
+            .find(|(field, _)| field == name)
+            .map(|(_, value)| value.as_slice())
+    }
+}
+
+/// What a reader asks for: up to `count` entries never delivered to the group before.
+#[derive(Debug, Clone, Copy)]
+pub struct ReadRequest<'a> {
+    /// Stream name.
+    pub stream: &'a str,
+    /// Consumer group name.
+    pub group: &'a str,
+    /// This consumer's name within the group.
+    pub consumer: &'a str,
+    /// Most entries to return.
+    pub count: usize,
+    /// How long to wait for an entry when there is none; zero returns at once.
+    pub block: Duration,
+}
+
+/// What a reader asks for when it takes over stale entries (Redis `XAUTOCLAIM`).
+#[derive(Debug, Clone, Copy)]
+pub struct ReclaimRequest<'a> {
+    /// Stream name.
+    pub stream: &'a str,
+    /// Consumer group name.
+    pub group: &'a str,
+    /// The consumer that takes the entries over.
+    pub consumer: &'a str,
+    /// Only entries delivered at least this long ago and still unacknowledged are taken.
+    pub min_idle: Duration,
+    /// Cursor: `"0-0"` to start, then [`Reclaimed::next_cursor`] to go on.
+    pub cursor: &'a str,
+    /// Most entries to take in this call.
+    pub count: usize,
+}
+
+/// The answer to a [`ReclaimRequest`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Reclaimed {
+    /// Entries now owned by the requesting consumer, with their fields.
+    pub entries: Vec<StreamEntry>,
+    /// Where the next call continues; `"0-0"` when the pending list has been walked through.
+    pub next_cursor: String,
+    /// Ids that were pending but whose entries had been trimmed or deleted from the stream.
+    /// They are removed from the pending list; their content is gone and cannot be stored.
+    pub deleted: Vec<String>,
+}
+
+/// Counts for one consumer group, for tests, health checks and the `status` command.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct GroupStats {
+    /// Entries delivered to the group's consumers and not yet acknowledged.
+    pub pending: u64,
+    /// Entries in the stream not yet delivered to the group, when the broker can tell.
+    pub lag: Option<u64>,
+}
+
+/// Errors from a transport.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum TransportError {
+    /// The broker could not be reached or the connection broke. Readers back off and reconnect.
+    #[error("cannot reach the stream broker: {0}")]
+    Unavailable(#[source] Box<dyn std::error::Error + Send + Sync>),
+    /// The consumer group does not exist (for Redis: the server restarted without persistence,
+    /// or someone destroyed the group). Readers create it again and go on.
+    #[error("consumer group {group:?} does not exist on stream {stream:?}")]
+    NoGroup {
+        /// Stream name.
+        stream: String,
+        /// Group name.
+        group: String,
+    },
+    /// The broker answered with an error or with a reply this transport does not understand.
+    #[error("stream broker error: {0}")]
+    Broker(#[source] Box<dyn std::error::Error + Send + Sync>),
+}
+
+/// A stream broker with consumer groups.
+///
+/// Every method may be called from several threads at once; an implementation that needs one
+/// connection per caller (as Redis does for blocking reads) keeps a pool.
+pub trait Transport: Send + Sync + 'static {
+    /// Creates the consumer group reading from the start of the stream, creating the stream if
+    /// needed. A group that already exists is not an error.
+    fn ensure_group(&self, stream: &str, group: &str) -> Result<(), TransportError>;
+
+    /// Reads entries never delivered to the group (Redis `XREADGROUP ... >`), waiting up to
+    /// `request.block` when there are none. Returned entries are pending for `request.consumer`
+    /// until acknowledged.
+    fn read_group(&self, request: &ReadRequest<'_>) -> Result<Vec<StreamEntry>, TransportError>;
+
+    /// Acknowledges entries in one call; returns how many were pending.
+    fn ack(&self, stream: &str, group: &str, ids: &[String]) -> Result<u64, TransportError>;
+
+    /// Takes over entries that have been pending longer than `request.min_idle`
+    /// (Redis `XAUTOCLAIM`).
+    fn reclaim_stale(&self, request: &ReclaimRequest<'_>) -> Result<Reclaimed, TransportError>;
+
+    /// Appends entries to a stream in one round trip and returns their ids in order.
+    fn publish_batch(
+        &self,
+        stream: &str,
+        entries: &[Vec<(String, Vec<u8>)>],
+    ) -> Result<Vec<String>, TransportError>;
+
+    /// Appends one entry to a stream and returns its id.
+    fn publish(
+        &self,
+        stream: &str,
+        fields: Vec<(String, Vec<u8>)>,
+    ) -> Result<String, TransportError> {
+        let mut ids = self.publish_batch(stream, &[fields])?;
+        ids.pop()
+            .ok_or_else(|| TransportError::Broker("publish returned no entry id".into()))
+    }
+
+    /// Trims the stream to about `max_len` entries, oldest first; returns how many were removed.
+    fn trim(&self, stream: &str, max_len: usize) -> Result<u64, TransportError>;
+
+    /// Pending and lag counts of a consumer group.
+    fn group_stats(&self, stream: &str, group: &str) -> Result<GroupStats, TransportError>;
+}

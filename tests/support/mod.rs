@@ -1,0 +1,77 @@
+//! Shared test plumbing: service URLs from the environment, and skipping (or failing, under
+//! `EVENTFLOW_REQUIRE_SERVICES=1`) when a service is not there.
+#![allow(dead_code)]
+
+use std::time::{Duration, Instant};
+
+/// PostgreSQL URL for tests: `EVENTFLOW_TEST_DATABASE_URL`, else `EVENTFLOW_DATABASE_URL`,
+/// else the local default.
+pub fn postgres_url() -> String {
+    std::env::var("EVENTFLOW_TEST_DATABASE_URL")
+        .or_else(|_| std::env::var("EVENTFLOW_DATABASE_URL"))
+        .unwrap_or_else(|_| "host=127.0.0.1 port=5432 user=postgres dbname=test".to_string())
+}
+
+/// Redis URL for tests: `EVENTFLOW_TEST_REDIS_URL`, else `EVENTFLOW_REDIS_URL`, else the local default.
+pub fn redis_url() -> String {
+    std::env::var("EVENTFLOW_TEST_REDIS_URL")
+        .or_else(|_| std::env::var("EVENTFLOW_REDIS_URL"))
+        .unwrap_or_else(|_| "redis://127.0.0.1:6379".to_string())
+}
+
+fn services_required() -> bool {
+    std::env::var("EVENTFLOW_REQUIRE_SERVICES").is_ok_and(|v| v == "1" || v == "true")
+}
+
+/// Whether PostgreSQL answers. When it does not: panics under `EVENTFLOW_REQUIRE_SERVICES=1`,
+/// otherwise prints why the test is skipped and returns false.
+pub fn postgres_available(test: &str) -> bool {
+    let url = postgres_url();
+    let result = postgres::Client::connect(&url, postgres::NoTls)
+        .and_then(|mut client| client.simple_query("SELECT 1").map(|_| ()));
+    available("PostgreSQL", test, result.map_err(|e| e.to_string()))
+}
+
+/// Whether Redis answers; same rules as [`postgres_available`].
+pub fn redis_available(test: &str) -> bool {
+    let url = redis_url();
+    let result = redis::Client::open(url.as_str())
+        .and_then(|client| client.get_connection_with_timeout(Duration::from_secs(2)))
+        .and_then(|mut conn| redis::cmd("PING").query::<String>(&mut conn).map(|_| ()));
+    available("Redis", test, result.map_err(|e| e.to_string()))
+}
+
+fn available(service: &str, test: &str, result: Result<(), String>) -> bool {
+    match result {
+        Ok(()) => true,
+        Err(error) if services_required() => {
+            panic!("{test}: {service} is required (EVENTFLOW_REQUIRE_SERVICES=1) but unreachable: {error}")
+        }
+        Err(error) => {
+            eprintln!("SKIPPED {test}: {service} unreachable ({error}); set its URL or start it");
+            false
+        }
+    }
+}
+
+/// A name unique to this test run, for tables and streams, so tests can run in parallel.
+pub fn unique_name(prefix: &str) -> String {
+    format!("{prefix}_{}", uuid::Uuid::new_v4().simple())
+        .chars()
+        .take(40)
+        .collect()
+}
+
+/// Polls `check` until it returns true or `timeout` passes; returns whether it did.
+pub fn wait_until(timeout: Duration, mut check: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if check() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
