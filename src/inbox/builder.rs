@@ -195,8 +195,8 @@ impl<H> ConsumerBuilder<NoStore, H> {
 
     /// Keeps the inbox in a store the application opened (to share its pool, or to query it in
     /// tests).
-    pub fn store<S: InboxStore>(self, store: impl Into<Arc<S>>) -> ConsumerBuilder<Prebuilt<S>, H> {
-        self.with_source(Prebuilt(store.into()))
+    pub fn store<S: InboxStore>(self, store: Arc<S>) -> ConsumerBuilder<Prebuilt<S>, H> {
+        self.with_source(Prebuilt(store))
     }
 }
 

@@ -125,7 +125,7 @@ impl<S: InboxStore> RowHandler<S> for Attempt<'_, S> {
             Ok(Err(error)) => self.failure(row, error.to_string(), error.is_give_up()),
             Err(panic) => self.failure(
                 row,
-                format!("handler panicked: {}", panic_message(&panic)),
+                format!("handler panicked: {}", panic_message(panic.as_ref())),
                 false,
             ),
         }

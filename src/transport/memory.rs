@@ -4,8 +4,8 @@
 //! the commands eventflow uses: `<millis>-<seq>` entry ids that only grow, one last-delivered id
 //! and one pending-entries list per group, `XAUTOCLAIM` cursors that walk the pending list in id
 //! order, and trimming that leaves pending records of trimmed entries behind. It passes the same
-//! conformance suite as the Redis transport, so code tested against it behaves
-//! the same against Redis. Nothing is persisted.
+//! conformance suite as the Redis transport, so code tested against it behaves the same against
+//! Redis. Nothing is persisted.
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
@@ -234,7 +234,7 @@ impl Transport for MemoryStream {
     }
 
     fn read_group(&self, request: &ReadRequest<'_>) -> Result<Vec<StreamEntry>, TransportError> {
-        // Redis rejects or misreads a count of 0; one entry is the harmless reading of it.
+        // Redis reads COUNT 0 as "no limit"; both transports read it as 1, the harmless choice.
         let count = request.count.max(1);
         // `None` only for a block so long that it overflows: wait without a deadline.
         let deadline = Instant::now().checked_add(request.block);

@@ -2,9 +2,9 @@
 //!
 //! A [`Transport`] is the small contract eventflow needs from a broker with consumer groups:
 //! create a group, read new entries for a named consumer, acknowledge them, and take over entries
-//! that another consumer read but never acknowledged. [`RedisStreams`] is the production
+//! that another consumer read but never acknowledged. `RedisStreams` is the production
 //! implementation and [`MemoryStream`] an in-process one with the same semantics for tests and
-//! demos; both pass one conformance suite (`tests/transport_conformance.rs`). Implement the trait
+//! demos (`RedisStreams` needs the `redis` feature); both pass one conformance suite (`tests/transport_conformance.rs`). Implement the trait
 //! to bring another broker.
 
 mod memory;
@@ -48,7 +48,7 @@ pub struct ReadRequest<'a> {
     pub group: &'a str,
     /// This consumer's name within the group.
     pub consumer: &'a str,
-    /// Most entries to return.
+    /// Most entries to return; at least 1.
     pub count: usize,
     /// How long to wait for an entry when there is none; zero returns at once.
     pub block: Duration,
@@ -67,7 +67,7 @@ pub struct ReclaimRequest<'a> {
     pub min_idle: Duration,
     /// Cursor: `"0-0"` to start, then [`Reclaimed::next_cursor`] to go on.
     pub cursor: &'a str,
-    /// Most entries to take in this call.
+    /// Most entries to take in this call; at least 1.
     pub count: usize,
 }
 
@@ -130,11 +130,12 @@ pub trait Transport: Send + Sync + 'static {
     /// Acknowledges entries in one call; returns how many were pending.
     fn ack(&self, stream: &str, group: &str, ids: &[String]) -> Result<u64, TransportError>;
 
-    /// Takes over entries that have been pending longer than `request.min_idle`
+    /// Takes over entries that have been pending at least `request.min_idle`
     /// (Redis `XAUTOCLAIM`).
     fn reclaim_stale(&self, request: &ReclaimRequest<'_>) -> Result<Reclaimed, TransportError>;
 
-    /// Appends entries to a stream in one round trip and returns their ids in order.
+    /// Appends entries to a stream in one round trip and returns their ids in order. An entry
+    /// with no fields is refused before anything is sent.
     fn publish_batch(
         &self,
         stream: &str,
@@ -152,7 +153,7 @@ pub trait Transport: Send + Sync + 'static {
             .ok_or_else(|| TransportError::Broker("publish returned no entry id".into()))
     }
 
-    /// Trims the stream to about `max_len` entries, oldest first; returns how many were removed.
+    /// Trims the stream to exactly `max_len` entries, oldest first; returns how many were removed.
     fn trim(&self, stream: &str, max_len: usize) -> Result<u64, TransportError>;
 
     /// Pending and lag counts of a consumer group.

@@ -1,0 +1,679 @@
+//! The consumer end to end on the embedded backends: SQLite and the in-process stream.
+//! Each test counts what happened to every event it published.
+
+mod support;
+
+use eventflow::store::{InboxStore, SqliteStore};
+use eventflow::transport::{GroupStats, MemoryStream, ReadRequest, Transport};
+use eventflow::{
+    ConsumerHandle, Error, Event, EventStatus, HandlerError, HandlerResult, InboxConsumer,
+    InboxRow, ManualClock,
+};
+use parking_lot::Mutex;
+use serde_json::json;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use support::wait_until;
+use uuid::Uuid;
+
+const STREAM: &str = "orders";
+const GROUP: &str = "billing";
+const WAIT: Duration = Duration::from_secs(30);
+
+fn event(event_id: &str, event_type: &str) -> Event {
+    let mut event = Event::new(event_type, Uuid::new_v4(), json!({ "n": event_id }));
+    event.event_id = event_id.to_string();
+    event
+}
+
+fn flattened(event: &Event) -> Vec<(String, Vec<u8>)> {
+    vec![
+        ("event_id".into(), event.event_id.clone().into_bytes()),
+        ("event_type".into(), event.event_type.clone().into_bytes()),
+        (
+            "aggregate_id".into(),
+            event.aggregate_id.to_string().into_bytes(),
+        ),
+        (
+            "occurred_on".into(),
+            event.occurred_on.to_rfc3339().into_bytes(),
+        ),
+        ("payload".into(), event.payload.to_string().into_bytes()),
+    ]
+}
+
+/// An in-memory SQLite store with a `handled` table the handlers write to.
+fn store() -> Arc<SqliteStore> {
+    let store = SqliteStore::open_in_memory().unwrap();
+    store.with_connection(|conn| {
+        conn.execute_batch("CREATE TABLE handled (event_id TEXT NOT NULL, attempt INTEGER)")
+            .unwrap()
+    });
+    Arc::new(store)
+}
+
+fn handled(store: &SqliteStore) -> (u64, u64) {
+    store.with_connection(|conn| {
+        conn.query_row(
+            "SELECT count(*), count(DISTINCT event_id) FROM handled",
+            [],
+            |row| Ok((row.get(0)?, row.get(1)?)),
+        )
+        .unwrap()
+    })
+}
+
+fn count(store: &SqliteStore, status: EventStatus) -> u64 {
+    store.count_by_status().unwrap().get(status)
+}
+
+fn record(tx: &rusqlite::Transaction<'_>, row: &InboxRow) -> rusqlite::Result<usize> {
+    tx.execute(
+        "INSERT INTO handled (event_id, attempt) VALUES (?1, ?2)",
+        rusqlite::params![row.event.event_id, row.retry_count + 1],
+    )
+}
+
+fn group_stats(stream: &MemoryStream) -> GroupStats {
+    stream.group_stats(STREAM, GROUP).unwrap()
+}
+
+#[test]
+fn every_event_is_handled_once_across_duplicates_styles_and_malformed_entries() {
+    let stream = MemoryStream::new();
+    let store = store();
+    let handle = InboxConsumer::builder()
+        .transport(stream.clone())
+        .store(store.clone())
+        .stream(STREAM)
+        .group(GROUP)
+        .workers(4)
+        .read_batch(50)
+        .handler(|tx, row| -> HandlerResult {
+            record(tx, row)?;
+            Ok(())
+        })
+        .build()
+        .unwrap()
+        .start()
+        .unwrap();
+
+    let events: Vec<Event> = (0..300)
+        .map(|i| event(&format!("e-{i}"), "OrderCreated"))
+        .collect();
+    for (i, event) in events.iter().enumerate() {
+        let fields = if i % 3 == 0 {
+            flattened(event)
+        } else {
+            event.to_entry_fields()
+        };
+        stream.publish(STREAM, fields).unwrap();
+    }
+    // The same events again, as a producer retrying its XADD would send them.
+    for event in &events[..50] {
+        stream.publish(STREAM, event.to_entry_fields()).unwrap();
+    }
+    let malformed: Vec<Vec<(String, Vec<u8>)>> = vec![
+        vec![("data".into(), b"{not json".to_vec())],
+        vec![("event_id".into(), b"x-1".to_vec())],
+        vec![("data".into(), vec![0xff, 0x00, 0xfe])],
+    ];
+    for fields in &malformed {
+        stream.publish(STREAM, fields.clone()).unwrap();
+    }
+
+    assert!(
+        wait_until(WAIT, || count(&store, EventStatus::Processed) == 300
+            && handle.stats().quarantined == 3),
+        "stats: {:?}",
+        handle.stats()
+    );
+    let report = handle.shutdown(Duration::from_secs(10)).unwrap();
+    assert_eq!(
+        handled(&store),
+        (300, 300),
+        "each event handled exactly once"
+    );
+    assert_eq!(report.stats.received, 353);
+    assert_eq!(report.stats.duplicates, 50);
+    assert_eq!(report.stats.processed, 300);
+    assert_eq!(group_stats(&stream).pending, 0, "every entry acknowledged");
+
+    let quarantined = store.list_quarantined(10, 0).unwrap();
+    assert_eq!(quarantined.len(), 3);
+    let kept: Vec<_> = quarantined.iter().map(|q| q.fields.clone()).collect();
+    for fields in &malformed {
+        assert!(kept.contains(fields), "raw fields kept exactly: {fields:?}");
+    }
+    assert!(quarantined
+        .iter()
+        .any(|q| q.reason.contains("missing required field `event_type`")));
+    assert!(quarantined
+        .iter()
+        .all(|q| q.stream == STREAM && !q.stream_id.is_empty()));
+}
+
+#[test]
+fn a_fixed_quarantined_entry_can_be_replayed_and_is_then_handled() {
+    let stream = MemoryStream::new();
+    let store = store();
+    let handle = InboxConsumer::builder()
+        .transport(stream.clone())
+        .store(store.clone())
+        .stream(STREAM)
+        .group(GROUP)
+        .poll_interval(Duration::from_millis(20))
+        .handler(|tx, row| -> HandlerResult {
+            record(tx, row)?;
+            Ok(())
+        })
+        .build()
+        .unwrap()
+        .start()
+        .unwrap();
+    let good = event("fixed-1", "OrderCreated");
+    let mut data = good.to_json();
+    data.as_object_mut().unwrap().remove("aggregate_id");
+    stream
+        .publish(STREAM, vec![("data".into(), data.to_string().into_bytes())])
+        .unwrap();
+    assert!(wait_until(WAIT, || handle.stats().quarantined == 1));
+
+    let entry = store.list_quarantined(10, 0).unwrap().remove(0);
+    assert!(entry.reason.contains("aggregate_id"), "{}", entry.reason);
+    let replayed = eventflow::quarantine::replay(
+        store.as_ref(),
+        entry.id,
+        Some(good.to_entry_fields()),
+        3,
+        chrono::Utc::now(),
+    )
+    .unwrap();
+    assert_eq!(replayed, "fixed-1");
+    // Workers find the replayed row on their own: no stream entry announces it.
+    assert!(wait_until(WAIT, || count(&store, EventStatus::Processed) == 1));
+    handle.shutdown(Duration::from_secs(10)).unwrap();
+    assert_eq!(handled(&store), (1, 1));
+    let entry = store.find_quarantined(entry.id).unwrap().unwrap();
+    assert_eq!(entry.replayed_event_id.as_deref(), Some("fixed-1"));
+    assert!(matches!(
+        eventflow::quarantine::replay(store.as_ref(), entry.id, None, 3, chrono::Utc::now()),
+        Err(Error::NotFound(_)) | Err(Error::Entry(_))
+    ));
+}
+
+#[test]
+fn failures_follow_the_retry_schedule_then_dead_letter_and_panics_never_kill_the_worker() {
+    let stream = MemoryStream::new();
+    let store = store();
+    let clock = ManualClock::starting_now();
+    let attempts: Arc<Mutex<HashMap<String, u32>>> = Arc::default();
+    let seen = attempts.clone();
+    let handle = InboxConsumer::builder()
+        .transport(stream.clone())
+        .store(store.clone())
+        .stream(STREAM)
+        .group(GROUP)
+        .workers(1) // one worker: the panic must not take it down
+        .clock(clock.clone())
+        .poll_interval(Duration::from_millis(10))
+        .handler(move |tx, row| -> HandlerResult {
+            let attempt = {
+                let mut attempts = seen.lock();
+                let n = attempts.entry(row.event.event_id.clone()).or_default();
+                *n += 1;
+                *n
+            };
+            record(tx, row)?; // rolled back whenever the attempt fails
+            match row.event.event_type.as_str() {
+                "Flaky" if attempt < 3 => {
+                    Err(HandlerError::retry(format!("flaky attempt {attempt}")))
+                }
+                "Broken" => Err("always broken".into()),
+                "Hopeless" => Err(HandlerError::give_up("cannot ever work")),
+                "Panics" if attempt == 1 => panic!("boom on first attempt"),
+                _ => Ok(()),
+            }
+        })
+        .build()
+        .unwrap()
+        .start()
+        .unwrap();
+
+    for (id, kind) in [
+        ("flaky", "Flaky"),
+        ("broken", "Broken"),
+        ("hopeless", "Hopeless"),
+        ("panics", "Panics"),
+    ] {
+        stream
+            .publish(STREAM, event(id, kind).to_entry_fields())
+            .unwrap();
+    }
+    let row = |id: &str| store.find_by_event_id(id).unwrap().unwrap();
+    let is = |id: &str, check: &dyn Fn(&InboxRow) -> bool| {
+        store
+            .find_by_event_id(id)
+            .unwrap()
+            .is_some_and(|r| check(&r))
+    };
+    assert!(wait_until(WAIT, || is("flaky", &|r| r.retry_count == 1)
+        && is("broken", &|r| r.retry_count == 1)
+        && is("hopeless", &|r| r.status == EventStatus::DeadLetter)
+        && is("panics", &|r| r.retry_count == 1)));
+
+    let flaky = row("flaky");
+    assert_eq!(flaky.status, EventStatus::Failed);
+    assert_eq!(flaky.error_message.as_deref(), Some("flaky attempt 1"));
+    let delay = flaky.next_retry_at.unwrap() - flaky.last_error_at.unwrap();
+    assert!(
+        (54..=66).contains(&delay.num_seconds()),
+        "first retry after 60 s ± 10 %, got {delay}"
+    );
+    let hopeless = row("hopeless");
+    assert_eq!(
+        (hopeless.retry_count, hopeless.next_retry_at),
+        (1, None),
+        "given up at once"
+    );
+    let panicked = row("panics");
+    assert_eq!(panicked.status, EventStatus::Failed);
+    let message = panicked.error_message.unwrap();
+    assert!(
+        message.contains("handler panicked: boom on first attempt"),
+        "{message}"
+    );
+
+    // The worker survived the panic: a new event is handled.
+    stream
+        .publish(STREAM, event("after-panic", "Plain").to_entry_fields())
+        .unwrap();
+    assert!(wait_until(WAIT, || is("after-panic", &|r| r.status
+        == EventStatus::Processed)));
+
+    // Nothing is retried before its time.
+    clock.advance(Duration::from_secs(50));
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(row("flaky").retry_count, 1);
+
+    clock.advance(Duration::from_secs(20)); // 70 s: past 60 s + 10 %
+    assert!(wait_until(WAIT, || row("flaky").retry_count == 2
+        && row("panics").status == EventStatus::Processed));
+    let flaky = row("flaky");
+    let delay = flaky.next_retry_at.unwrap() - flaky.last_error_at.unwrap();
+    assert!(
+        (108..=132).contains(&delay.num_seconds()),
+        "second retry after 120 s ± 10 %, got {delay}"
+    );
+
+    clock.advance(Duration::from_secs(140));
+    assert!(wait_until(WAIT, || row("flaky").status
+        == EventStatus::Processed
+        && row("broken").status == EventStatus::DeadLetter));
+    handle.shutdown(Duration::from_secs(10)).unwrap();
+
+    let flaky = row("flaky");
+    assert_eq!(
+        (flaky.retry_count, flaky.error_message, flaky.next_retry_at),
+        (0, None, None)
+    );
+    let broken = row("broken");
+    assert_eq!(
+        (broken.retry_count, broken.next_retry_at),
+        (3, None),
+        "dead-lettered after max_retries = 3"
+    );
+    assert_eq!(broken.error_message.as_deref(), Some("always broken"));
+    let attempts = attempts.lock();
+    assert_eq!(
+        (
+            attempts["flaky"],
+            attempts["broken"],
+            attempts["hopeless"],
+            attempts["panics"]
+        ),
+        (3, 3, 1, 2)
+    );
+    // Only the successful attempts' writes survived.
+    let kept: Vec<(String, i64)> = store.with_connection(|conn| {
+        let mut statement = conn
+            .prepare("SELECT event_id, attempt FROM handled ORDER BY event_id")
+            .unwrap();
+        let rows = statement
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+            .unwrap();
+        rows.map(Result::unwrap).collect()
+    });
+    assert_eq!(
+        kept,
+        vec![
+            ("after-panic".into(), 1),
+            ("flaky".into(), 3),
+            ("panics".into(), 2)
+        ]
+    );
+}
+
+#[test]
+fn shutdown_drains_in_flight_work_and_can_be_called_twice() {
+    let stream = MemoryStream::new();
+    let store = store();
+    let handle = InboxConsumer::builder()
+        .transport(stream.clone())
+        .store(store.clone())
+        .stream(STREAM)
+        .group(GROUP)
+        .workers(2)
+        .read_batch(20)
+        .block(Duration::from_millis(100))
+        .reclaim_idle(Duration::from_secs(5))
+        .handler(|tx, row| -> HandlerResult {
+            std::thread::sleep(Duration::from_millis(3));
+            record(tx, row)?;
+            Ok(())
+        })
+        .build()
+        .unwrap()
+        .start()
+        .unwrap();
+    for i in 0..400 {
+        stream
+            .publish(STREAM, event(&format!("d-{i}"), "Slow").to_entry_fields())
+            .unwrap();
+    }
+    assert!(wait_until(WAIT, || handle.stats().processed >= 20));
+    let report = handle.shutdown(Duration::from_secs(30)).unwrap();
+    assert!(report.stopped_now);
+    assert_eq!(report.threads_joined, 3);
+    assert!(
+        report.drained > 0,
+        "queued rows were handled during shutdown: {report:?}"
+    );
+
+    // Everything stored was handled; everything not read is still in the stream, undelivered.
+    assert_eq!(count(&store, EventStatus::Pending), 0);
+    let processed = count(&store, EventStatus::Processed);
+    assert_eq!(processed, report.stats.processed);
+    assert_eq!(handled(&store), (processed, processed));
+    let stats = group_stats(&stream);
+    assert_eq!(stats.pending, 0, "nothing read was left unacknowledged");
+    assert_eq!(processed + stats.lag.unwrap(), 400, "no event lost");
+
+    let again = handle.shutdown(Duration::from_secs(1)).unwrap();
+    assert!(!again.stopped_now);
+    assert!(!handle.is_running());
+}
+
+#[test]
+fn entries_a_dead_consumer_left_pending_are_reclaimed() {
+    let stream = MemoryStream::new();
+    let store = store();
+    stream.ensure_group(STREAM, GROUP).unwrap();
+    for i in 0..30 {
+        stream
+            .publish(STREAM, event(&format!("r-{i}"), "T").to_entry_fields())
+            .unwrap();
+    }
+    // A consumer reads ten entries and dies before storing or acknowledging them.
+    let read = stream
+        .read_group(&ReadRequest {
+            stream: STREAM,
+            group: GROUP,
+            consumer: "dead",
+            count: 10,
+            block: Duration::ZERO,
+        })
+        .unwrap();
+    assert_eq!(read.len(), 10);
+
+    let handle = InboxConsumer::builder()
+        .transport(stream.clone())
+        .store(store.clone())
+        .stream(STREAM)
+        .group(GROUP)
+        .block(Duration::from_millis(20))
+        .reclaim_idle(Duration::from_millis(200))
+        .reclaim_interval(Duration::from_millis(50))
+        .handler(|tx, row| -> HandlerResult {
+            record(tx, row)?;
+            Ok(())
+        })
+        .build()
+        .unwrap()
+        .start()
+        .unwrap();
+    assert!(
+        wait_until(WAIT, || count(&store, EventStatus::Processed) == 30),
+        "{:?}",
+        handle.stats()
+    );
+    let report = handle.shutdown(Duration::from_secs(10)).unwrap();
+    assert_eq!(report.stats.reclaimed, 10);
+    assert_eq!(handled(&store), (30, 30));
+    assert_eq!(group_stats(&stream).pending, 0);
+}
+
+#[test]
+fn a_lost_consumer_group_is_created_again_and_redelivery_is_deduplicated() {
+    let stream = MemoryStream::new();
+    let store = store();
+    let handle = InboxConsumer::builder()
+        .transport(stream.clone())
+        .store(store.clone())
+        .stream(STREAM)
+        .group(GROUP)
+        .block(Duration::from_millis(20))
+        .reclaim_idle(Duration::from_secs(5))
+        .handler(|tx, row| -> HandlerResult {
+            record(tx, row)?;
+            Ok(())
+        })
+        .build()
+        .unwrap()
+        .start()
+        .unwrap();
+    for i in 0..5 {
+        stream
+            .publish(STREAM, event(&format!("g-{i}"), "T").to_entry_fields())
+            .unwrap();
+    }
+    assert!(wait_until(WAIT, || count(&store, EventStatus::Processed) == 5));
+    assert!(stream.destroy_group(STREAM, GROUP));
+    for i in 5..10 {
+        stream
+            .publish(STREAM, event(&format!("g-{i}"), "T").to_entry_fields())
+            .unwrap();
+    }
+    assert!(
+        wait_until(WAIT, || count(&store, EventStatus::Processed) == 10),
+        "{:?}",
+        handle.stats()
+    );
+    let report = handle.shutdown(Duration::from_secs(10)).unwrap();
+    // The new group starts at the beginning: the first five arrive again and are skipped.
+    assert_eq!(report.stats.duplicates, 5);
+    assert_eq!(handled(&store), (10, 10));
+}
+
+/// A transport that fails every call while `down` is set, as a broker outage would.
+#[derive(Clone)]
+struct Outage {
+    inner: MemoryStream,
+    down: Arc<AtomicBool>,
+    failures: Arc<AtomicUsize>,
+}
+
+impl Outage {
+    fn check(&self) -> Result<(), eventflow::transport::TransportError> {
+        if self.down.load(Ordering::SeqCst) {
+            self.failures.fetch_add(1, Ordering::SeqCst);
+            return Err(eventflow::transport::TransportError::Unavailable(
+                "connection refused".into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl Transport for Outage {
+    fn ensure_group(
+        &self,
+        stream: &str,
+        group: &str,
+    ) -> Result<(), eventflow::transport::TransportError> {
+        self.check()?;
+        self.inner.ensure_group(stream, group)
+    }
+    fn read_group(
+        &self,
+        request: &ReadRequest<'_>,
+    ) -> Result<Vec<eventflow::transport::StreamEntry>, eventflow::transport::TransportError> {
+        self.check()?;
+        self.inner.read_group(request)
+    }
+    fn ack(
+        &self,
+        stream: &str,
+        group: &str,
+        ids: &[String],
+    ) -> Result<u64, eventflow::transport::TransportError> {
+        self.check()?;
+        self.inner.ack(stream, group, ids)
+    }
+    fn reclaim_stale(
+        &self,
+        request: &eventflow::transport::ReclaimRequest<'_>,
+    ) -> Result<eventflow::transport::Reclaimed, eventflow::transport::TransportError> {
+        self.check()?;
+        self.inner.reclaim_stale(request)
+    }
+    fn publish_batch(
+        &self,
+        stream: &str,
+        entries: &[Vec<(String, Vec<u8>)>],
+    ) -> Result<Vec<String>, eventflow::transport::TransportError> {
+        self.inner.publish_batch(stream, entries)
+    }
+    fn trim(
+        &self,
+        stream: &str,
+        max_len: usize,
+    ) -> Result<u64, eventflow::transport::TransportError> {
+        self.inner.trim(stream, max_len)
+    }
+    fn group_stats(
+        &self,
+        stream: &str,
+        group: &str,
+    ) -> Result<GroupStats, eventflow::transport::TransportError> {
+        self.inner.group_stats(stream, group)
+    }
+}
+
+#[test]
+fn a_broker_outage_is_waited_out_without_losing_events() {
+    let outage = Outage {
+        inner: MemoryStream::new(),
+        down: Arc::default(),
+        failures: Arc::default(),
+    };
+    let store = store();
+    let handle: ConsumerHandle = InboxConsumer::builder()
+        .transport(outage.clone())
+        .store(store.clone())
+        .stream(STREAM)
+        .group(GROUP)
+        .block(Duration::from_millis(20))
+        .reclaim_idle(Duration::from_secs(5))
+        .handler(|tx, row| -> HandlerResult {
+            record(tx, row)?;
+            Ok(())
+        })
+        .build()
+        .unwrap()
+        .start()
+        .unwrap();
+    outage.down.store(true, Ordering::SeqCst);
+    for i in 0..50 {
+        outage
+            .publish(STREAM, event(&format!("o-{i}"), "T").to_entry_fields())
+            .unwrap();
+    }
+    assert!(wait_until(WAIT, || outage.failures.load(Ordering::SeqCst) >= 3));
+    assert!(handle.is_running(), "an outage does not stop the consumer");
+    outage.down.store(false, Ordering::SeqCst);
+    assert!(wait_until(WAIT, || count(&store, EventStatus::Processed) == 50));
+    handle.shutdown(Duration::from_secs(10)).unwrap();
+    assert_eq!(handled(&store), (50, 50));
+}
+
+#[test]
+fn build_rejects_bad_configuration_naming_the_field() {
+    let field = |result: Result<eventflow::InboxConsumer, Error>| match result {
+        Err(Error::Config { field, .. }) => field,
+        other => panic!("expected a configuration error, got {other:?}"),
+    };
+    let ok = |_: &mut rusqlite::Transaction<'_>, _: &InboxRow| -> HandlerResult { Ok(()) };
+    assert_eq!(
+        field(
+            InboxConsumer::builder()
+                .sqlite_in_memory()
+                .stream("s")
+                .group("g")
+                .handler(ok)
+                .build()
+        ),
+        "transport"
+    );
+    assert_eq!(
+        field(
+            InboxConsumer::builder()
+                .transport(MemoryStream::new())
+                .sqlite_in_memory()
+                .group("g")
+                .handler(ok)
+                .build()
+        ),
+        "stream"
+    );
+    assert_eq!(
+        field(
+            InboxConsumer::builder()
+                .transport(MemoryStream::new())
+                .sqlite_in_memory()
+                .stream("s")
+                .group("g")
+                .block(Duration::from_secs(5))
+                .reclaim_idle(Duration::from_secs(2))
+                .handler(ok)
+                .build()
+        ),
+        "reclaim_idle"
+    );
+    let pg = InboxConsumer::builder()
+        .transport(MemoryStream::new())
+        .postgres("host=127.0.0.1 user=postgres")
+        .stream("s")
+        .group("g")
+        .workers(8)
+        .pool_size(4)
+        .handler(|_, _| Ok(()))
+        .build();
+    assert_eq!(field(pg), "pool_size");
+    let bad_table = InboxConsumer::builder()
+        .transport(MemoryStream::new())
+        .sqlite_in_memory()
+        .table("inbox; DROP TABLE users")
+        .stream("s")
+        .group("g")
+        .handler(ok)
+        .build();
+    assert!(matches!(
+        bad_table,
+        Err(Error::Store(
+            eventflow::store::StoreError::InvalidTableName { .. }
+        ))
+    ));
+}
