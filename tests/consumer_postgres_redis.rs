@@ -1,0 +1,275 @@
+//! The consumer end to end against the real servers: PostgreSQL and Redis.
+//! Skipped with a message when they are not reachable, unless `EVENTFLOW_REQUIRE_SERVICES=1`.
+
+mod support;
+
+use eventflow::store::{InboxStore, PostgresStore};
+use eventflow::transport::{RedisStreams, Transport};
+use eventflow::{ConsumerHandle, Event, EventStatus, HandlerResult, InboxConsumer};
+use postgres::{Client, NoTls};
+use serde_json::json;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use support::{postgres_url, redis_url, unique_name, wait_until};
+use uuid::Uuid;
+
+fn services(test: &str) -> bool {
+    support::postgres_available(test) && support::redis_available(test)
+}
+
+fn pg() -> Client {
+    Client::connect(&postgres_url(), NoTls).unwrap()
+}
+
+fn scalar(client: &mut Client, sql: &str) -> i64 {
+    client.query_one(sql, &[]).unwrap().get(0)
+}
+
+/// `url` with `application_name` set, in either connection-string style.
+fn with_application_name(url: &str, name: &str) -> String {
+    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        let separator = if url.contains('?') { '&' } else { '?' };
+        format!("{url}{separator}application_name={name}")
+    } else {
+        format!("{url} application_name={name}")
+    }
+}
+
+fn publish_events(redis: &RedisStreams, stream: &str, events: &[Event]) {
+    for chunk in events.chunks(500) {
+        let entries: Vec<_> = chunk.iter().map(Event::to_entry_fields).collect();
+        redis.publish_batch(stream, &entries).unwrap();
+    }
+}
+
+struct Fixture {
+    stream: String,
+    table: String,
+    handled: String,
+    redis: RedisStreams,
+    store: Arc<PostgresStore>,
+}
+
+impl Fixture {
+    fn new(url: &str) -> Self {
+        let table = unique_name("inbox");
+        let handled = format!("{table}_handled");
+        pg().batch_execute(&format!(
+            "CREATE TABLE {handled} (event_id TEXT NOT NULL, consumer TEXT NOT NULL)"
+        ))
+        .unwrap();
+        let store = PostgresStore::builder(url)
+            .table(&table)
+            .pool_size(10)
+            .build()
+            .unwrap();
+        Self {
+            stream: unique_name("stream"),
+            table,
+            handled,
+            redis: RedisStreams::connect(&redis_url()).unwrap(),
+            store: Arc::new(store),
+        }
+    }
+
+    fn consumer(&self, prefix: &str, workers: usize) -> ConsumerHandle {
+        let insert = format!(
+            "INSERT INTO {} (event_id, consumer) VALUES ($1, $2)",
+            self.handled
+        );
+        let name = prefix.to_string();
+        InboxConsumer::builder()
+            .redis(redis_url())
+            .store(self.store.clone())
+            .stream(&self.stream)
+            .group("exactly-once")
+            .consumer_prefix(prefix)
+            .workers(workers)
+            .block(Duration::from_millis(200))
+            .reclaim_idle(Duration::from_secs(2))
+            .reclaim_interval(Duration::from_millis(500))
+            .poll_interval(Duration::from_millis(100))
+            .handler(move |tx, row| -> HandlerResult {
+                tx.execute(&insert, &[&row.event.event_id, &name])?;
+                Ok(())
+            })
+            .build()
+            .unwrap()
+            .start()
+            .unwrap()
+    }
+
+    fn processed(&self) -> u64 {
+        self.store
+            .count_by_status()
+            .unwrap()
+            .get(EventStatus::Processed)
+    }
+
+    fn handled_counts(&self) -> (i64, i64) {
+        let row = pg()
+            .query_one(
+                &format!(
+                    "SELECT count(*), count(DISTINCT event_id) FROM {}",
+                    self.handled
+                ),
+                &[],
+            )
+            .unwrap();
+        (row.get(0), row.get(1))
+    }
+}
+
+impl Drop for Fixture {
+    fn drop(&mut self) {
+        let _ = pg().batch_execute(&format!(
+            "DROP TABLE IF EXISTS {0}; DROP TABLE IF EXISTS {1}; DROP TABLE IF EXISTS {1}_quarantine; \
+             DELETE FROM eventflow_migrations WHERE target = 'inbox:{1}'",
+            self.handled, self.table
+        ));
+        if let Ok(client) = redis::Client::open(redis_url()) {
+            if let Ok(mut conn) = client.get_connection() {
+                let _: redis::RedisResult<()> =
+                    redis::cmd("DEL").arg(&self.stream).query(&mut conn);
+            }
+        }
+    }
+}
+
+fn events(prefix: &str, n: usize) -> Vec<Event> {
+    (0..n)
+        .map(|i| {
+            let mut event = Event::new("OrderCreated", Uuid::new_v4(), json!({ "i": i }));
+            event.event_id = format!("{prefix}-{i}");
+            event
+        })
+        .collect()
+}
+
+#[test]
+fn two_consumers_with_four_workers_each_handle_20000_events_exactly_once() {
+    if !services("two_consumers_with_four_workers_each_handle_20000_events_exactly_once") {
+        return;
+    }
+    let fixture = Fixture::new(&postgres_url());
+    let a = fixture.consumer("a", 4);
+    let b = fixture.consumer("b", 4);
+
+    let all = events("x", 20_000);
+    // Produced while both consumers run, with the first thousand sent twice, as a producer
+    // retrying after a timeout would.
+    let producer = {
+        let redis = fixture.redis.clone();
+        let stream = fixture.stream.clone();
+        let all = all.clone();
+        std::thread::spawn(move || {
+            publish_events(&redis, &stream, &all);
+            publish_events(&redis, &stream, &all[..1000]);
+        })
+    };
+    producer.join().unwrap();
+    assert!(
+        wait_until(Duration::from_secs(240), || fixture.processed() == 20_000
+            && a.stats().received + b.stats().received == 21_000),
+        "processed {} of 20000; a: {:?}, b: {:?}",
+        fixture.processed(),
+        a.stats(),
+        b.stats()
+    );
+    let a = a.shutdown(Duration::from_secs(30)).unwrap().stats;
+    let b = b.shutdown(Duration::from_secs(30)).unwrap().stats;
+
+    assert_eq!(
+        fixture.handled_counts(),
+        (20_000, 20_000),
+        "every event handled exactly once"
+    );
+    assert_eq!(a.processed + b.processed, 20_000);
+    assert_eq!(a.duplicates + b.duplicates, 1_000);
+    assert!(
+        a.processed > 0 && b.processed > 0,
+        "both consumers worked: a {a:?}, b {b:?}"
+    );
+    let counts = fixture.store.count_by_status().unwrap();
+    assert_eq!(
+        (counts.get(EventStatus::Processed), counts.total()),
+        (20_000, 20_000)
+    );
+    let group = fixture
+        .redis
+        .group_stats(&fixture.stream, "exactly-once")
+        .unwrap();
+    assert_eq!(group.pending, 0, "nothing left pending in the group");
+    assert_eq!(group.lag, Some(0));
+}
+
+#[test]
+fn killed_database_connections_are_reconnected_without_losing_or_repeating_events() {
+    let test = "killed_database_connections_are_reconnected_without_losing_or_repeating_events";
+    if !services(test) {
+        return;
+    }
+    let app = unique_name("efkill");
+    let fixture = Fixture::new(&with_application_name(&postgres_url(), &app));
+    let handle = fixture.consumer("k", 4);
+    let stop = Arc::new(AtomicBool::new(false));
+    let killer = {
+        let stop = stop.clone();
+        let app = app.clone();
+        std::thread::spawn(move || {
+            let mut client = pg();
+            let mut kills = 0;
+            while !stop.load(Ordering::SeqCst) {
+                std::thread::sleep(Duration::from_millis(150));
+                let killed: i64 = client
+                    .query_one(
+                        "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE application_name = $1",
+                        &[&app],
+                    )
+                    .unwrap()
+                    .get(0);
+                kills += killed;
+            }
+            kills
+        })
+    };
+    let all = events("k", 3_000);
+    for chunk in all.chunks(100) {
+        publish_events(&fixture.redis, &fixture.stream, chunk);
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    stop.store(true, Ordering::SeqCst);
+    let kills = killer.join().unwrap();
+    assert!(
+        wait_until(Duration::from_secs(120), || fixture.processed() == 3_000),
+        "processed {}",
+        fixture.processed()
+    );
+    let report = handle.shutdown(Duration::from_secs(30)).unwrap();
+    assert!(kills > 0, "the test killed no connection");
+    assert_eq!(
+        fixture.handled_counts(),
+        (3_000, 3_000),
+        "after {kills} killed connections"
+    );
+    assert_eq!(report.stats.processed, 3_000);
+    assert_eq!(
+        fixture
+            .redis
+            .group_stats(&fixture.stream, "exactly-once")
+            .unwrap()
+            .pending,
+        0
+    );
+    let mut client = pg();
+    let failed = scalar(
+        &mut client,
+        &format!(
+            "SELECT count(*) FROM {} WHERE status <> 'processed'",
+            fixture.table
+        ),
+    );
+    assert_eq!(failed, 0);
+}
