@@ -254,7 +254,9 @@ fn killed_database_connections_are_reconnected_without_losing_or_repeating_event
         (3_000, 3_000),
         "after {kills} killed connections"
     );
-    assert_eq!(report.stats.processed, 3_000);
+    // A connection killed during COMMIT leaves the outcome unknown to the worker: the database
+    // may have committed. The table is the truth; the counter only counts confirmed commits.
+    assert!(report.stats.processed <= 3_000, "{:?}", report.stats);
     assert_eq!(
         fixture
             .redis

@@ -284,11 +284,26 @@ impl<B, H> ConsumerBuilder<B, H> {
         self
     }
 
-    /// Most rows a worker handles in one transaction (one savepoint each). Larger batches mean
-    /// fewer commits; keep it under 64 on PostgreSQL when handlers write, since more
-    /// subtransactions than that per transaction slow the server down. Defaults to 32.
+    /// Most rows a worker claims and handles in one transaction. Larger batches mean fewer
+    /// commits but more handlers run again when one fails (see
+    /// [`optimistic_batches`](Self::optimistic_batches)); on PostgreSQL, more than 64 writing
+    /// handlers under savepoints in one transaction overflow the server's subtransaction cache
+    /// and slow it down. Defaults to 64.
     pub fn claim_batch(mut self, rows: usize) -> Self {
         self.settings.claim_batch = rows;
+        self
+    }
+
+    /// Whether a batch's handlers run straight in its transaction, without a savepoint per
+    /// event. When a handler fails, the batch is rolled back and redone with a savepoint per
+    /// event, so a failure undoes only its own event's writes; the handlers that had succeeded
+    /// run again, their first writes having been rolled back, so database effects still happen
+    /// once. A worker whose last batch had a failure uses savepoints from the start.
+    ///
+    /// This saves a round trip per event on PostgreSQL. Turn it off when handlers have costly
+    /// effects outside the database and failures are common. Defaults to true.
+    pub fn optimistic_batches(mut self, optimistic: bool) -> Self {
+        self.settings.optimistic_batches = optimistic;
         self
     }
 

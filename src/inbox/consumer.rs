@@ -96,6 +96,7 @@ impl<S: InboxStore> Start for Runtime<S> {
                 work: work_rx.clone(),
                 halt: threads.halt_signal(),
                 stop: stop.clone(),
+                recent_failure: Default::default(),
             };
             threads.spawn(format!("eventflow-worker-{index}"), move || worker.run())?;
         }

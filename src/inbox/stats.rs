@@ -13,7 +13,8 @@ pub struct ConsumerStats {
     pub quarantined: u64,
     /// Entries taken over from consumers that stopped without acknowledging them.
     pub reclaimed: u64,
-    /// Rows handled and committed as processed.
+    /// Rows handled and committed as processed, as confirmed by the database. A commit whose
+    /// answer was lost with its connection is not counted, though it may have happened.
     pub processed: u64,
     /// Failed attempts scheduled for retry.
     pub failed: u64,

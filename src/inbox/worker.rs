@@ -12,6 +12,7 @@ use crate::event::{EventStatus, InboxRow};
 use crate::store::{truncate_error, Claim, ClaimParams, Failure, InboxStore, RowHandler, Verdict};
 use crossbeam_channel::{select, Receiver};
 use std::any::Any;
+use std::cell::Cell;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -25,6 +26,9 @@ pub(crate) struct Worker<S: InboxStore> {
     pub work: Receiver<Vec<Uuid>>,
     pub halt: Receiver<()>,
     pub stop: Arc<AtomicBool>,
+    /// Set when the last batch had a failure: the next batch runs with a savepoint per event
+    /// from the start, since failures tend to come in runs (a dependency is down).
+    pub recent_failure: Cell<bool>,
 }
 
 impl<S: InboxStore> Worker<S> {
@@ -64,10 +68,13 @@ impl<S: InboxStore> Worker<S> {
         let params = ClaimParams {
             claim,
             clock: self.settings.clock.as_ref(),
+            optimistic: self.settings.optimistic_batches && !self.recent_failure.get(),
         };
         match self.store.process_claimed(&params, &mut attempt) {
             Ok(settled) => {
                 backoff.reset();
+                let failed = settled.iter().any(|s| s.verdict != Verdict::Processed);
+                self.recent_failure.set(failed);
                 for outcome in &settled {
                     self.record(&outcome.row, &outcome.verdict);
                 }

@@ -12,7 +12,7 @@ mod postgres;
 mod sqlite;
 
 #[cfg(feature = "postgres")]
-pub use self::postgres::{PostgresStore, PostgresStoreBuilder};
+pub use self::postgres::{PgConnection, PgManager, PostgresStore, PostgresStoreBuilder};
 #[cfg(feature = "sqlite")]
 pub use self::sqlite::SqliteStore;
 pub use migrations::Migration;
@@ -172,6 +172,10 @@ pub struct ClaimParams<'a> {
     pub claim: Claim<'a>,
     /// A row is due when `next_retry_at` is null or not after this clock's time.
     pub clock: &'a dyn Clock,
+    /// Whether the store may run the batch's handlers without a savepoint each, redoing the
+    /// batch with savepoints when one fails (handlers that had succeeded then run again; their
+    /// first writes were rolled back). A hint: a store whose savepoints cost nothing ignores it.
+    pub optimistic: bool,
 }
 
 /// What to record for a claimed row.

@@ -159,3 +159,39 @@ pub trait Transport: Send + Sync + 'static {
     /// Pending and lag counts of a consumer group.
     fn group_stats(&self, stream: &str, group: &str) -> Result<GroupStats, TransportError>;
 }
+
+/// A shared transport is a transport, so one broker connection pool can serve a consumer and the
+/// application's own publishing.
+impl<T: Transport + ?Sized> Transport for std::sync::Arc<T> {
+    fn ensure_group(&self, stream: &str, group: &str) -> Result<(), TransportError> {
+        (**self).ensure_group(stream, group)
+    }
+
+    fn read_group(&self, request: &ReadRequest<'_>) -> Result<Vec<StreamEntry>, TransportError> {
+        (**self).read_group(request)
+    }
+
+    fn ack(&self, stream: &str, group: &str, ids: &[String]) -> Result<u64, TransportError> {
+        (**self).ack(stream, group, ids)
+    }
+
+    fn reclaim_stale(&self, request: &ReclaimRequest<'_>) -> Result<Reclaimed, TransportError> {
+        (**self).reclaim_stale(request)
+    }
+
+    fn publish_batch(
+        &self,
+        stream: &str,
+        entries: &[Vec<(String, Vec<u8>)>],
+    ) -> Result<Vec<String>, TransportError> {
+        (**self).publish_batch(stream, entries)
+    }
+
+    fn trim(&self, stream: &str, max_len: usize) -> Result<u64, TransportError> {
+        (**self).trim(stream, max_len)
+    }
+
+    fn group_stats(&self, stream: &str, group: &str) -> Result<GroupStats, TransportError> {
+        (**self).group_stats(stream, group)
+    }
+}

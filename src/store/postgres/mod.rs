@@ -1,10 +1,17 @@
-//! The PostgreSQL store: an r2d2 pool of `postgres` clients, claims with
-//! `FOR UPDATE SKIP LOCKED`, one transaction per claimed batch with a savepoint per row.
+//! The PostgreSQL store: an r2d2 pool of `postgres` clients keeping their prepared statements,
+//! claims with `FOR UPDATE SKIP LOCKED`, one transaction per claimed batch (see [`batch`]).
+
+mod batch;
+mod connection;
+mod queries;
+
+pub use connection::{PgConnection, PgManager};
+use queries::Queries;
 
 use super::migrations::{Migration, MIGRATIONS_TABLE};
 use super::{
-    validate_table_name, Claim, ClaimParams, Failure, InboxStore, QuarantineReplay, ReceivedBatch,
-    RowHandler, Settled, StatusCounts, StoreError, Stored, Verdict, DEFAULT_INBOX_TABLE,
+    validate_table_name, ClaimParams, InboxStore, QuarantineReplay, ReceivedBatch, RowHandler,
+    Settled, StatusCounts, StoreError, Stored, DEFAULT_INBOX_TABLE,
 };
 use crate::event::{Event, EventStatus, InboxRow};
 use crate::quarantine::{decode_fields, QuarantinedEntry};
@@ -17,19 +24,20 @@ use std::str::FromStr;
 use std::time::Duration;
 use uuid::Uuid;
 
-type Pool = r2d2::Pool<PostgresConnectionManager<NoTls>>;
+/// The store's connection pool.
+pub type Pool = r2d2::Pool<PgManager>;
 
 /// The embedded inbox migrations for PostgreSQL, from `sql/postgres/inbox/`.
 pub const MIGRATIONS: &[Migration] = &[
     Migration {
         version: 1,
         name: "0001_event_inbox.sql",
-        sql: include_str!("../../sql/postgres/inbox/0001_event_inbox.sql"),
+        sql: include_str!("../../../sql/postgres/inbox/0001_event_inbox.sql"),
     },
     Migration {
         version: 2,
         name: "0002_eventflow_additions.sql",
-        sql: include_str!("../../sql/postgres/inbox/0002_eventflow_additions.sql"),
+        sql: include_str!("../../../sql/postgres/inbox/0002_eventflow_additions.sql"),
     },
 ];
 
@@ -37,16 +45,12 @@ pub const MIGRATIONS: &[Migration] = &[
 /// concurrent `migrate()` calls.
 const MIGRATION_LOCK_KEY: i64 = 0x6576_656e_7466_6c6f; // "eventflo"
 
-const SAVEPOINT: &str = "SAVEPOINT eventflow_row";
-const RELEASE_AND_RENEW: &str = "RELEASE SAVEPOINT eventflow_row; SAVEPOINT eventflow_row";
-const RELEASE: &str = "RELEASE SAVEPOINT eventflow_row";
-const ROLLBACK_TO: &str = "ROLLBACK TO SAVEPOINT eventflow_row";
 
-const COLUMNS: &str =
+pub(super) const COLUMNS: &str =
     "id, event_id, stream_id, event_type, aggregate_id, correlation_id, causation_id, \
      occurred_on, payload, status, retry_count, max_retries, received_at, processed_at, \
      next_retry_at, error_message, last_error_at";
-const QUARANTINE_COLUMNS: &str =
+pub(super) const QUARANTINE_COLUMNS: &str =
     "id, stream, stream_id, raw_fields, reason, received_at, replayed_at, replayed_event_id";
 
 /// Configures a [`PostgresStore`].
@@ -93,7 +97,7 @@ impl PostgresStoreBuilder {
             // The driver's message never repeats the URL, so no password can leak here.
             StoreError::InvalidConfig(format!("PostgreSQL connection string: {error}"))
         })?;
-        let manager = PostgresConnectionManager::new(config, NoTls);
+        let manager = PgManager(PostgresConnectionManager::new(config, NoTls));
         let pool = r2d2::Pool::builder()
             .max_size(self.pool_size)
             .min_idle(Some(0))
@@ -154,19 +158,17 @@ impl PostgresStore {
         &self.table
     }
 
-    fn connection(
-        &self,
-    ) -> Result<r2d2::PooledConnection<PostgresConnectionManager<NoTls>>, StoreError> {
+    fn connection(&self) -> Result<r2d2::PooledConnection<PgManager>, StoreError> {
         self.pool.get().map_err(StoreError::Pool)
     }
 }
 
-fn pg(context: &'static str) -> impl FnOnce(postgres::Error) -> StoreError {
+pub(super) fn pg(context: &'static str) -> impl FnOnce(postgres::Error) -> StoreError {
     move |source| StoreError::Postgres { context, source }
 }
 
 /// The transaction was aborted by an earlier statement: the handler swallowed a database error.
-fn is_aborted(error: &postgres::Error) -> bool {
+pub(super) fn is_aborted(error: &postgres::Error) -> bool {
     error.code() == Some(&SqlState::IN_FAILED_SQL_TRANSACTION)
 }
 
@@ -222,6 +224,9 @@ impl InboxStore for PostgresStore {
 
     fn store_received(&self, batch: &ReceivedBatch<'_>) -> Result<Stored, StoreError> {
         let mut conn = self.connection()?;
+        let (_, insert_events) = conn.prepared(&self.sql.insert_events).map_err(pg("prepare insert"))?;
+        let (_, insert_quarantine) =
+            conn.prepared(&self.sql.insert_quarantine).map_err(pg("prepare quarantine"))?;
         let mut tx = conn.transaction().map_err(pg("begin storing a batch"))?;
         let mut stored = Stored::default();
         if !batch.events.is_empty() {
@@ -244,7 +249,7 @@ impl InboxStore for PostgresStore {
                 events.iter().map(|e| e.event.payload.to_string()).collect();
             let inserted: HashSet<Uuid> = tx
                 .query(
-                    &self.sql.insert_events,
+                    &insert_events,
                     &[
                         &ids,
                         &event_ids,
@@ -274,7 +279,7 @@ impl InboxStore for PostgresStore {
             let reasons: Vec<&str> = entries.iter().map(|m| m.reason.as_str()).collect();
             stored.quarantined =
                 tx.execute(
-                    &self.sql.insert_quarantine,
+                    &insert_quarantine,
                     &[
                         &batch.stream,
                         &ids,
@@ -295,81 +300,7 @@ impl InboxStore for PostgresStore {
         params: &ClaimParams<'_>,
         handler: &mut dyn RowHandler<Self>,
     ) -> Result<Vec<Settled>, StoreError> {
-        let mut conn = self.connection()?;
-        let mut tx = conn.transaction().map_err(pg("begin a claim"))?;
-        let now = params.clock.now();
-        let claimed = match params.claim {
-            Claim::Rows(ids) => tx.query(&self.sql.claim_rows, &[&ids, &now]),
-            Claim::Due { limit } => tx.query(&self.sql.claim_due, &[&now, &(limit as i64)]),
-        }
-        .map_err(pg("claim rows"))?;
-        if claimed.is_empty() {
-            return Ok(Vec::new());
-        }
-        let rows = claimed
-            .iter()
-            .map(inbox_row)
-            .collect::<Result<Vec<_>, _>>()?;
-
-        let mut settled: Vec<Settled> = Vec::with_capacity(rows.len());
-        // The savepoint of a row whose handler succeeded is released together with the next
-        // row's new savepoint, one round trip per row. A release that finds the transaction
-        // aborted means that handler swallowed a database error: its row fails instead.
-        let mut unreleased: Option<usize> = None;
-        tx.batch_execute(SAVEPOINT).map_err(pg("set a savepoint"))?;
-        for row in rows {
-            if let Some(index) = unreleased.take() {
-                release(&mut tx, RELEASE_AND_RENEW, &mut settled[index], handler)?;
-            }
-            let verdict = handler.handle(&mut tx, &row);
-            match verdict {
-                Verdict::Processed => unreleased = Some(settled.len()),
-                Verdict::Failed(_) => tx
-                    .batch_execute(ROLLBACK_TO)
-                    .map_err(pg("roll back a failed row"))?,
-            }
-            settled.push(Settled { row, verdict });
-        }
-        if let Some(index) = unreleased {
-            release(&mut tx, RELEASE, &mut settled[index], handler)?;
-        }
-
-        let finished_at = params.clock.now();
-        let processed: Vec<Uuid> = settled
-            .iter()
-            .filter(|s| s.verdict == Verdict::Processed)
-            .map(|s| s.row.id)
-            .collect();
-        if !processed.is_empty() {
-            tx.execute(&self.sql.mark_processed, &[&processed, &finished_at])
-                .map_err(pg("mark rows processed"))?;
-        }
-        let failures: Vec<(Uuid, &Failure)> = settled
-            .iter()
-            .filter_map(|s| match &s.verdict {
-                Verdict::Failed(failure) => Some((s.row.id, failure)),
-                Verdict::Processed => None,
-            })
-            .collect();
-        if !failures.is_empty() {
-            let ids: Vec<Uuid> = failures.iter().map(|(id, _)| *id).collect();
-            let statuses: Vec<&str> = failures.iter().map(|(_, f)| f.status.as_str()).collect();
-            let counts: Vec<i32> = failures.iter().map(|(_, f)| f.retry_count).collect();
-            let next: Vec<Option<DateTime<Utc>>> =
-                failures.iter().map(|(_, f)| f.next_retry_at).collect();
-            let errors: Vec<&str> = failures
-                .iter()
-                .map(|(_, f)| f.error_message.as_str())
-                .collect();
-            let at: Vec<DateTime<Utc>> = failures.iter().map(|(_, f)| f.failed_at).collect();
-            tx.execute(
-                &self.sql.record_failures,
-                &[&ids, &statuses, &counts, &next, &errors, &at],
-            )
-            .map_err(pg("record failed attempts"))?;
-        }
-        tx.commit().map_err(pg("commit handled rows"))?;
-        Ok(settled)
+        batch::process(self, params, handler)
     }
 
     fn count_by_status(&self) -> Result<StatusCounts, StoreError> {
@@ -471,35 +402,7 @@ impl InboxStore for PostgresStore {
     }
 }
 
-/// Releases the savepoint of the row at `settled`, whose handler succeeded; when the database
-/// refuses because that handler left the transaction aborted, rolls the row back and fails it.
-fn release(
-    tx: &mut Transaction<'_>,
-    statement: &str,
-    settled: &mut Settled,
-    handler: &mut dyn RowHandler<PostgresStore>,
-) -> Result<(), StoreError> {
-    match tx.batch_execute(statement) {
-        Ok(()) => Ok(()),
-        Err(error) if is_aborted(&error) => {
-            tx.batch_execute(ROLLBACK_TO)
-                .map_err(pg("roll back an aborted row"))?;
-            settled.verdict = handler.failed_after(
-                &settled.row,
-                "the handler returned success but a statement it ran had failed, aborting its transaction"
-                    .to_string(),
-            );
-            if statement == RELEASE_AND_RENEW {
-                tx.batch_execute(RELEASE_AND_RENEW)
-                    .map_err(pg("set a savepoint"))?;
-            }
-            Ok(())
-        }
-        Err(error) => Err(pg("release a savepoint")(error)),
-    }
-}
-
-fn inbox_row(row: &Row) -> Result<InboxRow, StoreError> {
+pub(super) fn inbox_row(row: &Row) -> Result<InboxRow, StoreError> {
     let id: Uuid = row.get(0);
     let status: String = row.get(9);
     let status = EventStatus::parse(&status).ok_or_else(|| StoreError::Corrupt {
@@ -552,82 +455,3 @@ fn quarantined_entry(row: &Row) -> Result<QuarantinedEntry, StoreError> {
     })
 }
 
-/// Every statement, with the table names filled in once.
-struct Queries {
-    insert_events: String,
-    insert_one: String,
-    insert_quarantine: String,
-    claim_rows: String,
-    claim_due: String,
-    mark_processed: String,
-    record_failures: String,
-    count_by_status: String,
-    find_by_event_id: String,
-    list_quarantined: String,
-    find_quarantined: String,
-    mark_replayed: String,
-}
-
-impl Queries {
-    fn new(t: &str) -> Self {
-        const DUE: &str =
-            "status IN ('pending', 'failed') AND (next_retry_at IS NULL OR next_retry_at <= ";
-        Self {
-            insert_events: format!(
-                "INSERT INTO {t} (id, event_id, stream_id, event_type, aggregate_id, correlation_id, \
-                 causation_id, occurred_on, payload, status, retry_count, max_retries, received_at) \
-                 SELECT e.id, e.event_id, e.stream_id, e.event_type, e.aggregate_id, e.correlation_id, \
-                 e.causation_id, e.occurred_on, e.payload::jsonb, 'pending', 0, $10, $11 \
-                 FROM unnest($1::uuid[], $2::varchar[], $3::varchar[], $4::varchar[], $5::uuid[], \
-                 $6::varchar[], $7::varchar[], $8::timestamptz[], $9::text[]) \
-                 AS e(id, event_id, stream_id, event_type, aggregate_id, correlation_id, causation_id, \
-                 occurred_on, payload) \
-                 ON CONFLICT (event_id) DO NOTHING RETURNING id"
-            ),
-            insert_one: format!(
-                "INSERT INTO {t} (id, event_id, stream_id, event_type, aggregate_id, correlation_id, \
-                 causation_id, occurred_on, payload, status, retry_count, max_retries, received_at) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, 'pending', 0, $10, $11) \
-                 ON CONFLICT (event_id) DO NOTHING"
-            ),
-            insert_quarantine: format!(
-                "INSERT INTO {t}_quarantine (id, stream, stream_id, raw_fields, reason, received_at) \
-                 SELECT q.id, $1, q.stream_id, q.raw_fields::jsonb, q.reason, $6 \
-                 FROM unnest($2::uuid[], $3::varchar[], $4::text[], $5::text[]) \
-                 AS q(id, stream_id, raw_fields, reason) \
-                 ON CONFLICT (stream, stream_id) DO NOTHING"
-            ),
-            claim_rows: format!(
-                "SELECT {COLUMNS} FROM {t} WHERE id = ANY($1) AND {DUE}$2) \
-                 ORDER BY received_at, id FOR UPDATE SKIP LOCKED"
-            ),
-            claim_due: format!(
-                "SELECT {COLUMNS} FROM {t} WHERE {DUE}$1) \
-                 ORDER BY received_at, id LIMIT $2 FOR UPDATE SKIP LOCKED"
-            ),
-            mark_processed: format!(
-                "UPDATE {t} SET status = 'processed', processed_at = $2, retry_count = 0, \
-                 next_retry_at = NULL, error_message = NULL, last_error_at = NULL WHERE id = ANY($1)"
-            ),
-            record_failures: format!(
-                "UPDATE {t} AS t SET status = f.status, retry_count = f.retry_count, \
-                 next_retry_at = f.next_retry_at, error_message = f.error_message, \
-                 last_error_at = f.failed_at \
-                 FROM unnest($1::uuid[], $2::varchar[], $3::int4[], $4::timestamptz[], $5::text[], \
-                 $6::timestamptz[]) AS f(id, status, retry_count, next_retry_at, error_message, failed_at) \
-                 WHERE t.id = f.id"
-            ),
-            count_by_status: format!("SELECT status, count(*) FROM {t} GROUP BY status"),
-            find_by_event_id: format!("SELECT {COLUMNS} FROM {t} WHERE event_id = $1"),
-            list_quarantined: format!(
-                "SELECT {QUARANTINE_COLUMNS} FROM {t}_quarantine ORDER BY received_at, stream_id \
-                 LIMIT $1 OFFSET $2"
-            ),
-            find_quarantined: format!("SELECT {QUARANTINE_COLUMNS} FROM {t}_quarantine WHERE id = $1"),
-            mark_replayed: format!(
-                "UPDATE {t}_quarantine SET replayed_at = $2, replayed_event_id = $3 \
-                 WHERE id = $1 AND replayed_at IS NULL"
-            ),
-        }
-    }
-}
