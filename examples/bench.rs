@@ -81,11 +81,16 @@ fn parse_options() -> Options {
         workers: 4,
         database_url: std::env::var("EVENTFLOW_DATABASE_URL")
             .unwrap_or_else(|_| "host=127.0.0.1 user=postgres dbname=test".into()),
-        redis_url: std::env::var("EVENTFLOW_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into()),
+        redis_url: std::env::var("EVENTFLOW_REDIS_URL")
+            .unwrap_or_else(|_| "redis://127.0.0.1:6379".into()),
     };
     let args: Vec<String> = std::env::args().skip(1).collect();
     for pair in args.chunks(2) {
-        let value = || pair.get(1).and_then(|v| v.parse().ok()).expect("a number after the flag");
+        let value = || {
+            pair.get(1)
+                .and_then(|v| v.parse().ok())
+                .expect("a number after the flag")
+        };
         match pair[0].as_str() {
             "--events" => options.events = value(),
             "--baseline-events" => options.baseline_events = value(),
@@ -97,11 +102,17 @@ fn parse_options() -> Options {
 }
 
 fn micros_now() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_micros() as u64
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_micros() as u64
 }
 
 fn unique(prefix: &str) -> String {
-    format!("{prefix}_{}", &uuid::Uuid::new_v4().simple().to_string()[..12])
+    format!(
+        "{prefix}_{}",
+        &uuid::Uuid::new_v4().simple().to_string()[..12]
+    )
 }
 
 /// Produces `n` events in batches of 100 from another thread, each stamped with its send time.
@@ -115,7 +126,11 @@ fn produce(redis: &RedisStreams, stream: &str, n: usize) -> Instant {
             let sent_at = micros_now();
             let entries: Vec<_> = (start..(start + 100).min(n))
                 .map(|i| {
-                    let mut event = Event::new("BenchEvent", uuid::Uuid::new_v4(), json!({ "sent_at_us": sent_at, "i": i }));
+                    let mut event = Event::new(
+                        "BenchEvent",
+                        uuid::Uuid::new_v4(),
+                        json!({ "sent_at_us": sent_at, "i": i }),
+                    );
                     event.event_id = format!("{stream}-{i}");
                     event.to_entry_fields()
                 })
@@ -154,7 +169,11 @@ fn eventflow_run(options: &Options, write: bool) -> Outcome {
     );
     store.migrate().unwrap();
     let mut client = Client::connect(&options.database_url, NoTls).unwrap();
-    client.batch_execute(&format!("CREATE TABLE {table}_effects (event_id TEXT NOT NULL)")).unwrap();
+    client
+        .batch_execute(&format!(
+            "CREATE TABLE {table}_effects (event_id TEXT NOT NULL)"
+        ))
+        .unwrap();
     let redis = RedisStreams::connect(&options.redis_url).unwrap();
     let latencies = Arc::new(Mutex::new(Vec::with_capacity(options.events)));
     let seen = latencies.clone();
@@ -204,10 +223,17 @@ fn eventflow_run(options: &Options, write: bool) -> Outcome {
 fn baseline(options: &Options) -> Outcome {
     let table = unique("bench_base");
     let stream = unique("bench_base_stream");
-    let store = PostgresStore::builder(&options.database_url).table(&table).build().unwrap();
+    let store = PostgresStore::builder(&options.database_url)
+        .table(&table)
+        .build()
+        .unwrap();
     store.migrate().unwrap();
     let mut client = Client::connect(&options.database_url, NoTls).unwrap();
-    client.batch_execute(&format!("CREATE TABLE {table}_effects (event_id TEXT NOT NULL)")).unwrap();
+    client
+        .batch_execute(&format!(
+            "CREATE TABLE {table}_effects (event_id TEXT NOT NULL)"
+        ))
+        .unwrap();
     let redis = RedisStreams::connect(&options.redis_url).unwrap();
     redis.ensure_group(&stream, "bench").unwrap();
     let n = options.baseline_events;
@@ -217,8 +243,13 @@ fn baseline(options: &Options) -> Outcome {
 
     let mut threads = Vec::new();
     {
-        let (redis, stream, stop, url, table) =
-            (redis.clone(), stream.clone(), stop.clone(), options.database_url.clone(), table.clone());
+        let (redis, stream, stop, url, table) = (
+            redis.clone(),
+            stream.clone(),
+            stop.clone(),
+            options.database_url.clone(),
+            table.clone(),
+        );
         threads.push(std::thread::spawn(move || {
             let mut db = Client::connect(&url, NoTls).unwrap();
             let insert = db
@@ -243,8 +274,13 @@ fn baseline(options: &Options) -> Outcome {
         }));
     }
     for _ in 0..options.workers {
-        let (stop, done, latencies, url, table) =
-            (stop.clone(), done.clone(), latencies.clone(), options.database_url.clone(), table.clone());
+        let (stop, done, latencies, url, table) = (
+            stop.clone(),
+            done.clone(),
+            latencies.clone(),
+            options.database_url.clone(),
+            table.clone(),
+        );
         threads.push(std::thread::spawn(move || {
             let mut db = Client::connect(&url, NoTls).unwrap();
             while !stop.load(Ordering::Relaxed) {
@@ -290,7 +326,10 @@ fn baseline(options: &Options) -> Outcome {
     cleanup(options, &table, &stream);
     let latencies_us = std::mem::take(&mut *latencies.lock());
     Outcome {
-        name: format!("baseline: one transaction per event, {} workers", options.workers),
+        name: format!(
+            "baseline: one transaction per event, {} workers",
+            options.workers
+        ),
         events: n,
         elapsed,
         latencies_us,

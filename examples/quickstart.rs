@@ -32,7 +32,9 @@ struct OrderCreated {
 
 fn main() -> Result<(), Box<dyn Error>> {
     tracing_subscriber::fmt()
-        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("eventflow=info")))
+        .with_env_filter(
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("eventflow=info")),
+        )
         .init();
 
     let transport: Arc<dyn Transport> = match std::env::var("EVENTFLOW_REDIS_URL") {
@@ -73,7 +75,10 @@ fn main() -> Result<(), Box<dyn Error>> {
             let path = std::env::var("EVENTFLOW_SQLITE_PATH")
                 .map(std::path::PathBuf::from)
                 .unwrap_or_else(|_| std::env::temp_dir().join("eventflow-quickstart.db"));
-            println!("inbox: SQLite file {} (set EVENTFLOW_DATABASE_URL to use PostgreSQL)", path.display());
+            println!(
+                "inbox: SQLite file {} (set EVENTFLOW_DATABASE_URL to use PostgreSQL)",
+                path.display()
+            );
             let db = rusqlite::Connection::open(&path)?;
             db.execute_batch(
                 "CREATE TABLE IF NOT EXISTS quickstart_orders (order_id TEXT PRIMARY KEY, amount_cents INTEGER)",
@@ -95,7 +100,10 @@ fn main() -> Result<(), Box<dyn Error>> {
                 .start()?
         }
     };
-    println!("consumer {} started with 4 workers\n", handle.consumer_name());
+    println!(
+        "consumer {} started with 4 workers\n",
+        handle.consumer_name()
+    );
 
     produce(transport.as_ref())?;
     wait_for(&handle, ORDERS as u64 + 1)?;
@@ -122,11 +130,20 @@ fn produce(transport: &dyn Transport) -> Result<(), Box<dyn Error>> {
         entries.push(event.to_entry_fields());
     }
     entries.push(entries[0].clone()); // a producer retrying its XADD: deduplicated by event_id
-    let invalid = Event::new("OrderCreated", uuid::Uuid::new_v4(), json!({ "order_id": "o-bad" }));
+    let invalid = Event::new(
+        "OrderCreated",
+        uuid::Uuid::new_v4(),
+        json!({ "order_id": "o-bad" }),
+    );
     entries.push(invalid.to_entry_fields()); // no amount: the handler gives up, dead letter
     entries.push(vec![("data".to_string(), b"{this is not json".to_vec())]); // quarantined
     let ids = transport.publish_batch(STREAM, &entries)?;
-    println!("produced {} entries to stream {STREAM} ({} .. {})", ids.len(), ids[0], ids[ids.len() - 1]);
+    println!(
+        "produced {} entries to stream {STREAM} ({} .. {})",
+        ids.len(),
+        ids[0],
+        ids[ids.len() - 1]
+    );
     Ok(())
 }
 

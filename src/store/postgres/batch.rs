@@ -53,7 +53,10 @@ pub(super) fn process(
             Pass::Committed(settled) => return Ok(settled),
             Pass::Redo { claimed, known } => {
                 tracing::debug!(rows = claimed.len(), "a handler failed in an optimistic batch; redoing it with a savepoint per event");
-                let redo = ClaimParams { claim: Claim::Rows(&claimed), ..*params };
+                let redo = ClaimParams {
+                    claim: Claim::Rows(&claimed),
+                    ..*params
+                };
                 return isolated(&mut conn, &prepared, &redo, handler, known);
             }
         }
@@ -62,7 +65,11 @@ pub(super) fn process(
 }
 
 fn prepare(store: &PostgresStore, conn: &mut PgConnection) -> Result<Prepared, StoreError> {
-    let mut statement = |sql: &str| conn.prepared(sql).map(|(_, s)| s).map_err(pg("prepare a statement"));
+    let mut statement = |sql: &str| {
+        conn.prepared(sql)
+            .map(|(_, s)| s)
+            .map_err(pg("prepare a statement"))
+    };
     Ok(Prepared {
         claim_rows: statement(&store.sql.claim_rows)?,
         claim_due: statement(&store.sql.claim_due)?,
@@ -157,7 +164,9 @@ fn isolated(
         let verdict = handler.handle(&mut tx, &row);
         match verdict {
             Verdict::Processed => unreleased = Some(settled.len()),
-            Verdict::Failed(_) => tx.batch_execute(ROLLBACK_TO).map_err(pg("roll back a failed row"))?,
+            Verdict::Failed(_) => tx
+                .batch_execute(ROLLBACK_TO)
+                .map_err(pg("roll back a failed row"))?,
         }
         settled.push(Settled { row, verdict });
     }
@@ -180,14 +189,16 @@ fn release(
     match tx.batch_execute(statement) {
         Ok(()) => Ok(()),
         Err(error) if is_aborted(&error) => {
-            tx.batch_execute(ROLLBACK_TO).map_err(pg("roll back an aborted row"))?;
+            tx.batch_execute(ROLLBACK_TO)
+                .map_err(pg("roll back an aborted row"))?;
             settled.verdict = handler.failed_after(
                 &settled.row,
                 "the handler returned success but a statement it ran had failed, aborting its transaction"
                     .to_string(),
             );
             if statement == RELEASE_AND_RENEW {
-                tx.batch_execute(RELEASE_AND_RENEW).map_err(pg("set a savepoint"))?;
+                tx.batch_execute(RELEASE_AND_RENEW)
+                    .map_err(pg("set a savepoint"))?;
             }
             Ok(())
         }
@@ -223,11 +234,18 @@ fn complete(
         let ids: Vec<Uuid> = failures.iter().map(|(id, _)| *id).collect();
         let statuses: Vec<&str> = failures.iter().map(|(_, f)| f.status.as_str()).collect();
         let counts: Vec<i32> = failures.iter().map(|(_, f)| f.retry_count).collect();
-        let next: Vec<Option<DateTime<Utc>>> = failures.iter().map(|(_, f)| f.next_retry_at).collect();
-        let errors: Vec<&str> = failures.iter().map(|(_, f)| f.error_message.as_str()).collect();
+        let next: Vec<Option<DateTime<Utc>>> =
+            failures.iter().map(|(_, f)| f.next_retry_at).collect();
+        let errors: Vec<&str> = failures
+            .iter()
+            .map(|(_, f)| f.error_message.as_str())
+            .collect();
         let at: Vec<DateTime<Utc>> = failures.iter().map(|(_, f)| f.failed_at).collect();
-        tx.execute(&prepared.record_failures, &[&ids, &statuses, &counts, &next, &errors, &at])
-            .map_err(pg("record failed attempts"))?;
+        tx.execute(
+            &prepared.record_failures,
+            &[&ids, &statuses, &counts, &next, &errors, &at],
+        )
+        .map_err(pg("record failed attempts"))?;
     }
     Ok(())
 }

@@ -30,7 +30,10 @@ impl std::fmt::Debug for PgConnection {
 
 impl PgConnection {
     /// The client and `sql` prepared on it, from the cache when it was prepared before.
-    pub(super) fn prepared(&mut self, sql: &str) -> Result<(&mut Client, Statement), postgres::Error> {
+    pub(super) fn prepared(
+        &mut self,
+        sql: &str,
+    ) -> Result<(&mut Client, Statement), postgres::Error> {
         let statement = match self.statements.get(sql) {
             Some(statement) => statement.clone(),
             None => {

@@ -45,7 +45,6 @@ pub const MIGRATIONS: &[Migration] = &[
 /// concurrent `migrate()` calls.
 const MIGRATION_LOCK_KEY: i64 = 0x6576_656e_7466_6c6f; // "eventflo"
 
-
 pub(super) const COLUMNS: &str =
     "id, event_id, stream_id, event_type, aggregate_id, correlation_id, causation_id, \
      occurred_on, payload, status, retry_count, max_retries, received_at, processed_at, \
@@ -224,9 +223,12 @@ impl InboxStore for PostgresStore {
 
     fn store_received(&self, batch: &ReceivedBatch<'_>) -> Result<Stored, StoreError> {
         let mut conn = self.connection()?;
-        let (_, insert_events) = conn.prepared(&self.sql.insert_events).map_err(pg("prepare insert"))?;
-        let (_, insert_quarantine) =
-            conn.prepared(&self.sql.insert_quarantine).map_err(pg("prepare quarantine"))?;
+        let (_, insert_events) = conn
+            .prepared(&self.sql.insert_events)
+            .map_err(pg("prepare insert"))?;
+        let (_, insert_quarantine) = conn
+            .prepared(&self.sql.insert_quarantine)
+            .map_err(pg("prepare quarantine"))?;
         let mut tx = conn.transaction().map_err(pg("begin storing a batch"))?;
         let mut stored = Stored::default();
         if !batch.events.is_empty() {
@@ -454,4 +456,3 @@ fn quarantined_entry(row: &Row) -> Result<QuarantinedEntry, StoreError> {
         replayed_event_id: row.get(7),
     })
 }
-
