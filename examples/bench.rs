@@ -5,10 +5,13 @@
 //!
 //! ```text
 //! cargo run --release --example bench -- [--events 20000] [--baseline-events 3000] [--workers 4]
+//!                                         [--readers 1] [--rate 2000]
 //! ```
 //! URLs come from `EVENTFLOW_DATABASE_URL` and `EVENTFLOW_REDIS_URL` (local defaults).
-//! Throughput is measured from the first XADD to the last row committed as processed; latency
-//! from each event's XADD to the start of its handler.
+//! Throughput is measured from the first XADD to the last row committed as processed, with the
+//! producer sending as fast as it can; latency from each event's XADD to the start of its
+//! handler. Under a flood, latency is mostly time spent queued, so a last run paces the producer
+//! at `--rate` events per second to show the latency of a consumer that keeps up.
 
 use eventflow::store::{InboxStore, PostgresStore};
 use eventflow::transport::{ReadRequest, RedisStreams, Transport};
@@ -24,6 +27,8 @@ struct Options {
     events: usize,
     baseline_events: usize,
     workers: usize,
+    readers: usize,
+    rate: usize,
     database_url: String,
     redis_url: String,
 }
@@ -51,8 +56,9 @@ impl Outcome {
 fn main() {
     let options = parse_options();
     let mut outcomes = vec![baseline(&options)];
-    outcomes.push(eventflow_run(&options, false));
-    outcomes.push(eventflow_run(&options, true));
+    outcomes.push(eventflow_run(&options, false, None));
+    outcomes.push(eventflow_run(&options, true, None));
+    outcomes.push(eventflow_run(&options, true, Some(options.rate)));
 
     let base = outcomes[0].rate();
     println!(
@@ -79,6 +85,8 @@ fn parse_options() -> Options {
         events: 20_000,
         baseline_events: 3_000,
         workers: 4,
+        readers: 1,
+        rate: 2000,
         database_url: std::env::var("EVENTFLOW_DATABASE_URL")
             .unwrap_or_else(|_| "host=127.0.0.1 user=postgres dbname=test".into()),
         redis_url: std::env::var("EVENTFLOW_REDIS_URL")
@@ -95,6 +103,8 @@ fn parse_options() -> Options {
             "--events" => options.events = value(),
             "--baseline-events" => options.baseline_events = value(),
             "--workers" => options.workers = value(),
+            "--readers" => options.readers = value(),
+            "--rate" => options.rate = value(),
             other => panic!("unknown option {other}; see the file's doc comment"),
         }
     }
@@ -115,16 +125,22 @@ fn unique(prefix: &str) -> String {
     )
 }
 
-/// Produces `n` events in batches of 100 from another thread, each stamped with its send time.
-/// Returns the time of the first XADD.
-fn produce(redis: &RedisStreams, stream: &str, n: usize) -> Instant {
+/// Produces `n` events from another thread, each stamped with its send time: in batches of 100
+/// as fast as possible, or in batches of 10 paced to `rate` events per second. Returns the time
+/// of the first XADD.
+fn produce(redis: &RedisStreams, stream: &str, n: usize, rate: Option<usize>) -> Instant {
     let started = Instant::now();
     let redis = redis.clone();
     let stream = stream.to_string();
+    let batch = if rate.is_some() { 10 } else { 100 };
     std::thread::spawn(move || {
-        for start in (0..n).step_by(100) {
+        for (k, start) in (0..n).step_by(batch).enumerate() {
+            if let Some(rate) = rate {
+                let due = started + Duration::from_secs_f64((k * batch) as f64 / rate as f64);
+                std::thread::sleep(due.saturating_duration_since(Instant::now()));
+            }
             let sent_at = micros_now();
-            let entries: Vec<_> = (start..(start + 100).min(n))
+            let entries: Vec<_> = (start..(start + batch).min(n))
                 .map(|i| {
                     let mut event = Event::new(
                         "BenchEvent",
@@ -157,13 +173,13 @@ fn cleanup(options: &Options, table: &str, stream: &str) {
     let _: redis::RedisResult<()> = redis::cmd("DEL").arg(stream).query(&mut conn);
 }
 
-fn eventflow_run(options: &Options, write: bool) -> Outcome {
+fn eventflow_run(options: &Options, write: bool, rate: Option<usize>) -> Outcome {
     let table = unique("bench");
     let stream = unique("bench_stream");
     let store = Arc::new(
         PostgresStore::builder(&options.database_url)
             .table(&table)
-            .pool_size(options.workers as u32 + 3)
+            .pool_size((options.workers + options.readers) as u32 + 2)
             .build()
             .unwrap(),
     );
@@ -184,6 +200,7 @@ fn eventflow_run(options: &Options, write: bool) -> Outcome {
         .stream(&stream)
         .group("bench")
         .workers(options.workers)
+        .readers(options.readers)
         .read_batch(500)
         .block(Duration::from_millis(100))
         .handler(move |tx, row| -> HandlerResult {
@@ -197,7 +214,7 @@ fn eventflow_run(options: &Options, write: bool) -> Outcome {
         .unwrap()
         .start()
         .unwrap();
-    let started = produce(&redis, &stream, options.events);
+    let started = produce(&redis, &stream, options.events, rate);
     while handle.stats().processed < options.events as u64 {
         std::thread::sleep(Duration::from_micros(500));
     }
@@ -207,9 +224,10 @@ fn eventflow_run(options: &Options, write: bool) -> Outcome {
     let latencies_us = std::mem::take(&mut *latencies.lock());
     Outcome {
         name: format!(
-            "eventflow, {} workers, {} handler",
+            "eventflow, {} workers, {} handler{}",
             options.workers,
-            if write { "one-row write" } else { "no-op" }
+            if write { "one-row write" } else { "no-op" },
+            rate.map(|r| format!(", paced {r}/s")).unwrap_or_default()
         ),
         events: options.events,
         elapsed,
@@ -314,7 +332,7 @@ fn baseline(options: &Options) -> Outcome {
             }
         }));
     }
-    let started = produce(&redis, &stream, n);
+    let started = produce(&redis, &stream, n, None);
     while done.load(Ordering::Relaxed) < n as u64 {
         std::thread::sleep(Duration::from_micros(500));
     }

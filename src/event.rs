@@ -135,7 +135,11 @@ impl Event {
             },
             occurred_on: parse_timestamp(&required_string(attributes, "occurred_on", usize::MAX)?)?,
             payload: match attributes.get("payload") {
-                Some(Value::Object(map)) => Value::Object(map.clone()),
+                Some(Value::Object(map)) => {
+                    let payload = Value::Object(map.clone());
+                    check_no_nul(&payload)?;
+                    payload
+                }
                 _ => Value::Object(Map::new()),
             },
             correlation_id: optional_string(attributes, "correlation_id")?,
@@ -163,7 +167,7 @@ impl Event {
                 format!("expected a JSON object, got {}", json_kind(&self.payload)),
             ));
         }
-        Ok(())
+        check_no_nul(&self.payload)
     }
 
     /// The event as the JSON object producers put in the `data` field.
@@ -312,12 +316,36 @@ fn check_text(field: &str, text: &str, max: usize) -> Result<(), EntryError> {
     if text.trim().is_empty() {
         return Err(EntryError::invalid(field, "empty"));
     }
+    if text.contains('\0') {
+        return Err(EntryError::invalid(field, NUL_REASON));
+    }
     let len = text.chars().count();
     if len > max {
         return Err(EntryError::invalid(
             field,
             format!("{len} characters, at most {max} allowed"),
         ));
+    }
+    Ok(())
+}
+
+const NUL_REASON: &str = "contains a NUL character (U+0000), which PostgreSQL cannot store";
+
+/// PostgreSQL's `jsonb` refuses U+0000 in strings and keys, so such an event could never be
+/// stored: it is malformed, and quarantined with its raw fields instead.
+fn check_no_nul(payload: &Value) -> Result<(), EntryError> {
+    fn has_nul(value: &Value) -> bool {
+        match value {
+            Value::String(text) => text.contains('\0'),
+            Value::Array(items) => items.iter().any(has_nul),
+            Value::Object(map) => map
+                .iter()
+                .any(|(key, value)| key.contains('\0') || has_nul(value)),
+            _ => false,
+        }
+    }
+    if has_nul(payload) {
+        return Err(EntryError::invalid("payload", NUL_REASON));
     }
     Ok(())
 }
@@ -473,6 +501,24 @@ mod tests {
         let too_long = Event::from_entry(&entry(&[("event_id", "e"), ("event_type", &long_type)]))
             .unwrap_err();
         assert!(too_long.to_string().contains("at most 128"), "{too_long}");
+    }
+
+    #[test]
+    fn nul_characters_are_refused_in_ids_and_payload() {
+        let data = json!({"event_id": "e\u{0}1", "event_type": "T", "aggregate_id": AGGREGATE,
+            "occurred_on": "2025-01-01T00:00:00Z"});
+        let error = Event::from_entry(&entry(&[("data", &data.to_string())])).unwrap_err();
+        assert!(
+            matches!(&error, EntryError::Invalid { field, .. } if field == "event_id"),
+            "{error}"
+        );
+        let data = json!({"event_id": "e", "event_type": "T", "aggregate_id": AGGREGATE,
+            "occurred_on": "2025-01-01T00:00:00Z", "payload": {"deep": [{"k\u{0}": 1}]}});
+        let error = Event::from_entry(&entry(&[("data", &data.to_string())])).unwrap_err();
+        assert!(
+            matches!(&error, EntryError::Invalid { field, .. } if field == "payload"),
+            "{error}"
+        );
     }
 
     #[test]

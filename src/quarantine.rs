@@ -2,8 +2,9 @@
 //!
 //! An entry that does not parse into an [`Event`](crate::Event) is stored in the inbox's
 //! quarantine table with its raw fields, stream id and the reason, and only then acknowledged.
-//! Raw fields are stored as a JSON array of `[name, value]` pairs in stream order; a value that is
-//! not UTF-8 is stored as `{"hex": "..."}` so that nothing is lost.
+//! Raw fields are stored as a JSON array of `[name, value]` pairs in stream order; a name or value
+//! that is not UTF-8, or holds a NUL character (which PostgreSQL's `jsonb` refuses), is stored as
+//! `{"hex": "..."}` so that nothing is lost.
 
 use crate::error::{Error, Result};
 use crate::event::Event;
@@ -49,15 +50,24 @@ pub fn encode_fields(fields: &[(String, Vec<u8>)]) -> Value {
     Value::Array(
         fields
             .iter()
-            .map(|(name, raw)| {
-                let value = match std::str::from_utf8(raw) {
-                    Ok(text) => Value::String(text.to_string()),
-                    Err(_) => json!({ "hex": hex(raw) }),
-                };
-                json!([name, value])
-            })
+            .map(|(name, raw)| json!([encode_text(name.as_bytes()), encode_text(raw)]))
             .collect(),
     )
+}
+
+fn encode_text(raw: &[u8]) -> Value {
+    match std::str::from_utf8(raw) {
+        Ok(text) if !text.contains('\0') => Value::String(text.to_string()),
+        _ => json!({ "hex": hex(raw) }),
+    }
+}
+
+fn decode_text(value: &Value) -> Option<Vec<u8>> {
+    match value {
+        Value::String(text) => Some(text.clone().into_bytes()),
+        Value::Object(map) => unhex(map.get("hex")?.as_str()?),
+        _ => None,
+    }
 }
 
 /// Decodes the quarantine table's JSON back into raw fields.
@@ -65,22 +75,16 @@ pub fn decode_fields(value: &Value) -> Result<Vec<(String, Vec<u8>)>, String> {
     let pairs = value.as_array().ok_or("raw fields are not a JSON array")?;
     pairs
         .iter()
-        .map(|pair| {
-            let (name, value) = match pair.as_array().map(Vec::as_slice) {
-                Some([Value::String(name), value]) => (name.clone(), value),
-                _ => return Err(format!("raw field {pair} is not a [name, value] pair")),
-            };
-            let raw = match value {
-                Value::String(text) => text.clone().into_bytes(),
-                Value::Object(map) => match map.get("hex").and_then(Value::as_str) {
-                    Some(digits) => {
-                        unhex(digits).ok_or_else(|| format!("field {name}: bad hex"))?
-                    }
-                    None => return Err(format!("field {name}: unknown value encoding")),
-                },
-                _ => return Err(format!("field {name}: unknown value encoding")),
-            };
-            Ok((name, raw))
+        .map(|pair| match pair.as_array().map(Vec::as_slice) {
+            Some([name, value]) => {
+                let name = decode_text(name)
+                    .and_then(|raw| String::from_utf8(raw).ok())
+                    .ok_or_else(|| format!("raw field name {name} is not text or hex text"))?;
+                let raw = decode_text(value)
+                    .ok_or_else(|| format!("field {name}: value {value} is not text or hex"))?;
+                Ok((name, raw))
+            }
+            _ => Err(format!("raw field {pair} is not a [name, value] pair")),
         })
         .collect()
 }
@@ -145,9 +149,18 @@ mod tests {
             ("data".to_string(), b"{not json".to_vec()),
             ("blob".to_string(), vec![0x00, 0xff, 0x10]),
             ("data".to_string(), "é".as_bytes().to_vec()),
+            ("nul\0name".to_string(), b"a\0b".to_vec()),
         ];
         let encoded = encode_fields(&fields);
         assert_eq!(encoded[1][1], json!({"hex": "00ff10"}));
+        assert_eq!(
+            encoded[3],
+            json!([{"hex": "6e756c006e616d65"}, {"hex": "610062"}])
+        );
+        assert!(
+            !encoded.to_string().contains("\\u0000"),
+            "no NUL reaches jsonb"
+        );
         assert_eq!(decode_fields(&encoded).unwrap(), fields);
     }
 

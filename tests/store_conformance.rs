@@ -74,7 +74,7 @@ impl Backend for SqliteStore {
             [key],
         )
         .map(drop)
-        .map_err(|error| error.to_string())
+        .map_err(|error| chain(&error))
     }
 
     fn markers(&self) -> Vec<String> {
@@ -134,7 +134,7 @@ impl Backend for PostgresStore {
             &[&key],
         )
         .map(drop)
-        .map_err(|error| error.to_string())
+        .map_err(|error| chain(&error))
     }
 
     fn markers(&self) -> Vec<String> {
@@ -1833,8 +1833,7 @@ macro_rules! backend_suite {
     (
         $backend:ident, $store:ty,
         fresh: [$($fresh:ident),* $(,)?],
-        migrated: [$($check:ident),* $(,)?],
-        postgres_bugs: [$($bug:ident = $why:literal),* $(,)?] $(,)?
+        migrated: [$($check:ident),* $(,)?] $(,)?
     ) => {
         mod $backend {
             $(
@@ -1857,34 +1856,7 @@ macro_rules! backend_suite {
                     );
                 }
             )*
-            known_bugs!($backend, $store, $($bug = $why),*);
         }
-    };
-}
-
-/// Checks that find a known bug in one backend: ignored there (with the bug as the reason, run
-/// them with `--ignored`), run as usual elsewhere.
-macro_rules! known_bugs {
-    (postgres, $store:ty, $($bug:ident = $why:literal),*) => {
-        $(
-            #[test]
-            #[ignore = $why]
-            fn $bug() {
-                super::run::<$store>(concat!("postgres::", stringify!($bug)), true, super::$bug);
-            }
-        )*
-    };
-    ($backend:ident, $store:ty, $($bug:ident = $why:literal),*) => {
-        $(
-            #[test]
-            fn $bug() {
-                super::run::<$store>(
-                    concat!(stringify!($backend), "::", stringify!($bug)),
-                    true,
-                    super::$bug,
-                );
-            }
-        )*
     };
 }
 
@@ -1913,11 +1885,7 @@ conformance!(
         optimistic_claims_are_exclusive_under_concurrency,
         counts_and_lookups,
         replaying_a_quarantined_entry_happens_once,
-    ],
-    postgres_bugs: [
-        quarantine_keeps_nul_characters = "bug: quarantine::encode_fields writes U+0000 as a JSON \
-            \\u0000 escape, which PostgreSQL's jsonb refuses, so the whole batch fails to store",
-        parsed_events_with_nul_characters_are_stored = "bug: Event::from_entry accepts U+0000, \
-            which PostgreSQL's jsonb payload and varchar columns refuse, so the batch fails to store",
+        quarantine_keeps_nul_characters,
+        parsed_events_with_nul_characters_are_stored,
     ],
 );

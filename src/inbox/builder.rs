@@ -14,6 +14,7 @@ use crate::handler::HandlerResult;
 use crate::retry::RetryPolicy;
 use crate::store::InboxStore;
 use crate::transport::Transport;
+#[cfg(feature = "sqlite")]
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -39,10 +40,12 @@ enum TransportChoice {
 pub struct NoStore;
 
 /// A PostgreSQL store to open at `build()`.
+#[cfg(feature = "postgres")]
 #[derive(Debug, Clone)]
 pub struct PostgresUrl(String);
 
 /// A SQLite store to open at `build()`: a file, or in memory when `None`.
+#[cfg(feature = "sqlite")]
 #[derive(Debug, Clone)]
 pub struct SqlitePath(Option<PathBuf>);
 

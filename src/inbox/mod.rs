@@ -15,7 +15,11 @@ mod settings;
 mod stats;
 mod worker;
 
-pub use builder::{ConsumerBuilder, NoStore, PostgresUrl, Prebuilt, SqlitePath, StoreSource};
+#[cfg(feature = "postgres")]
+pub use builder::PostgresUrl;
+#[cfg(feature = "sqlite")]
+pub use builder::SqlitePath;
+pub use builder::{ConsumerBuilder, NoStore, Prebuilt, StoreOptions, StoreSource};
 pub use consumer::{Handler, InboxConsumer};
 pub use handle::{ConsumerHandle, ShutdownReport};
 pub use stats::ConsumerStats;

@@ -20,6 +20,7 @@ impl Migration {
 }
 
 /// The table recording applied migrations, per inbox table.
+#[cfg(any(feature = "postgres", feature = "sqlite"))]
 pub(crate) const MIGRATIONS_TABLE: &str = "eventflow_migrations";
 
 #[cfg(test)]

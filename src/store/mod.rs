@@ -76,8 +76,9 @@ pub trait InboxStore: Send + Sync + 'static {
     fn find_quarantined(&self, id: Uuid) -> Result<Option<QuarantinedEntry>, StoreError>;
 
     /// Stores `event` (parsed from a fixed quarantined entry) as a new pending row and marks the
-    /// quarantined entry replayed, in one transaction. Returns `false`, changing nothing, when
-    /// the entry does not exist or was replayed already.
+    /// quarantined entry replayed, in one transaction. An `event_id` already in the inbox is a
+    /// duplicate, as on the stream: the entry is marked replayed and no row is added. Returns
+    /// `false`, changing nothing, when the entry does not exist or was replayed already.
     fn replay_quarantined(&self, replay: &QuarantineReplay<'_>) -> Result<bool, StoreError>;
 
     /// Checks that the database answers.
@@ -246,7 +247,7 @@ pub struct QuarantineReplay<'a> {
 pub enum StoreError {
     /// A PostgreSQL statement failed.
     #[cfg(feature = "postgres")]
-    #[error("PostgreSQL, {context}: {source}")]
+    #[error("PostgreSQL, {context}: {}", postgres_detail(source))]
     Postgres {
         /// What was being done.
         context: &'static str,
@@ -298,6 +299,16 @@ pub enum StoreError {
         /// What is wrong.
         reason: String,
     },
+}
+
+/// The server's own words (severity, SQLSTATE, message) when there are any; the driver's
+/// `Display` says only "db error" for those.
+#[cfg(feature = "postgres")]
+fn postgres_detail(error: &::postgres::Error) -> String {
+    match error.as_db_error() {
+        Some(db) => format!("{} {}: {}", db.severity(), db.code().code(), db.message()),
+        None => error.to_string(),
+    }
 }
 
 /// Checks that `name` can be used as a table name without quoting: lowercase ASCII letters,

@@ -1,13 +1,14 @@
 //! Running a claimed batch on PostgreSQL: claim, handle, complete, commit, all in one
 //! transaction that holds the rows' locks from claim to commit.
 //!
-//! Two passes exist. The optimistic pass runs every handler straight in the transaction: no
-//! round trip per event beyond the handler's own. When a handler fails, that transaction is
-//! rolled back and the same rows are claimed again for the isolated pass, which gives each event
-//! a savepoint so that a failure undoes only its own writes. The handlers that had succeeded in
-//! the optimistic pass run again there; their first writes were rolled back, so their database
-//! effects still happen once. The failure already seen is recorded without running that handler
-//! again.
+//! Two passes exist. The optimistic pass runs every handler straight in the transaction, under
+//! one savepoint for the whole batch: no round trip per event beyond the handler's own. When a
+//! handler fails (or one left the transaction aborted), the batch is rolled back to that
+//! savepoint, keeping the row locks taken by the claim, and the isolated pass runs every handler
+//! again with a savepoint each, so that a failure undoes only its own writes. The handlers that
+//! had succeeded run twice, but their first writes were rolled back, so their database effects
+//! still happen once. The failed handler runs again too: its failure may have been caused by an
+//! earlier handler that swallowed a database error.
 
 use super::connection::PgConnection;
 use super::{is_aborted, pg, PostgresStore};
@@ -16,9 +17,11 @@ use crate::event::InboxRow;
 use crate::store::{Claim, ClaimParams, Failure, RowHandler, Settled, StoreError, Verdict};
 use chrono::{DateTime, Utc};
 use postgres::{Statement, Transaction};
-use std::collections::HashMap;
 use uuid::Uuid;
 
+const BATCH_SAVEPOINT: &str = "SAVEPOINT eventflow_batch";
+const BATCH_RELEASE: &str = "RELEASE SAVEPOINT eventflow_batch";
+const BATCH_ROLLBACK: &str = "ROLLBACK TO SAVEPOINT eventflow_batch";
 const SAVEPOINT: &str = "SAVEPOINT eventflow_row";
 const RELEASE_AND_RENEW: &str = "RELEASE SAVEPOINT eventflow_row; SAVEPOINT eventflow_row";
 const RELEASE: &str = "RELEASE SAVEPOINT eventflow_row";
@@ -32,15 +35,6 @@ struct Prepared {
     record_failures: Statement,
 }
 
-enum Pass {
-    Committed(Vec<Settled>),
-    /// Rolled back: run these rows again in the isolated pass, with the verdicts already known.
-    Redo {
-        claimed: Vec<Uuid>,
-        known: HashMap<Uuid, Verdict>,
-    },
-}
-
 pub(super) fn process(
     store: &PostgresStore,
     params: &ClaimParams<'_>,
@@ -48,20 +42,28 @@ pub(super) fn process(
 ) -> Result<Vec<Settled>, StoreError> {
     let mut conn = store.connection()?;
     let prepared = prepare(store, &mut conn)?;
-    if params.optimistic {
-        match optimistic(&mut conn, &prepared, params, handler)? {
-            Pass::Committed(settled) => return Ok(settled),
-            Pass::Redo { claimed, known } => {
-                tracing::debug!(rows = claimed.len(), "a handler failed in an optimistic batch; redoing it with a savepoint per event");
-                let redo = ClaimParams {
-                    claim: Claim::Rows(&claimed),
-                    ..*params
-                };
-                return isolated(&mut conn, &prepared, &redo, handler, known);
-            }
-        }
+    let mut tx = conn.transaction().map_err(pg("begin a claim"))?;
+    let rows = claim(&mut tx, &prepared, params.claim, params.clock.now())?;
+    if rows.is_empty() {
+        return Ok(Vec::new());
     }
-    isolated(&mut conn, &prepared, params, handler, HashMap::new())
+    let settled = match params.optimistic {
+        true => match optimistic(&mut tx, &rows, handler)? {
+            Some(verdicts) => rows
+                .into_iter()
+                .zip(verdicts)
+                .map(|(row, verdict)| Settled { row, verdict })
+                .collect(),
+            None => {
+                tracing::debug!(rows = rows.len(), "a handler failed in an optimistic batch; redoing it with a savepoint per event");
+                isolated(&mut tx, rows, handler)?
+            }
+        },
+        false => isolated(&mut tx, rows, handler)?,
+    };
+    complete(&mut tx, &prepared, &settled, params.clock)?;
+    tx.commit().map_err(pg("commit handled rows"))?;
+    Ok(settled)
 }
 
 fn prepare(store: &PostgresStore, conn: &mut PgConnection) -> Result<Prepared, StoreError> {
@@ -92,78 +94,56 @@ fn claim(
     rows.iter().map(super::inbox_row).collect()
 }
 
+/// Runs every handler under one savepoint; `None` when the batch must be redone isolated (it
+/// has been rolled back to the savepoint, the row locks kept).
 fn optimistic(
-    conn: &mut PgConnection,
-    prepared: &Prepared,
-    params: &ClaimParams<'_>,
+    tx: &mut Transaction<'_>,
+    rows: &[InboxRow],
     handler: &mut dyn RowHandler<PostgresStore>,
-) -> Result<Pass, StoreError> {
-    let mut tx = conn.transaction().map_err(pg("begin a claim"))?;
-    let rows = claim(&mut tx, prepared, params.claim, params.clock.now())?;
-    let claimed: Vec<Uuid> = rows.iter().map(|row| row.id).collect();
-    let mut settled = Vec::with_capacity(rows.len());
+) -> Result<Option<Vec<Verdict>>, StoreError> {
+    tx.batch_execute(BATCH_SAVEPOINT)
+        .map_err(pg("set a savepoint"))?;
+    let mut verdicts = Vec::with_capacity(rows.len());
     for row in rows {
-        let verdict = handler.handle(&mut tx, &row);
-        if let Verdict::Failed(_) = verdict {
-            tx.rollback().map_err(pg("roll back an optimistic batch"))?;
-            return Ok(Pass::Redo {
-                claimed,
-                known: HashMap::from([(row.id, verdict)]),
-            });
+        let verdict = handler.handle(tx, row);
+        if verdict != Verdict::Processed {
+            tx.batch_execute(BATCH_ROLLBACK)
+                .map_err(pg("roll back a batch"))?;
+            return Ok(None);
         }
-        settled.push(Settled { row, verdict });
+        verdicts.push(verdict);
     }
-    if settled.is_empty() {
-        return Ok(Pass::Committed(settled));
-    }
-    match complete(&mut tx, prepared, &settled, params.clock) {
-        Ok(()) => {}
+    match tx.batch_execute(BATCH_RELEASE) {
+        Ok(()) => Ok(Some(verdicts)),
         // A handler swallowed a database error; the isolated pass finds which.
-        Err(StoreError::Postgres { source, .. }) if is_aborted(&source) => {
-            tx.rollback().map_err(pg("roll back an optimistic batch"))?;
-            return Ok(Pass::Redo {
-                claimed,
-                known: HashMap::new(),
-            });
+        Err(error) if is_aborted(&error) => {
+            tx.batch_execute(BATCH_ROLLBACK)
+                .map_err(pg("roll back a batch"))?;
+            Ok(None)
         }
-        Err(error) => return Err(error),
+        Err(error) => Err(pg("release a savepoint")(error)),
     }
-    tx.commit().map_err(pg("commit handled rows"))?;
-    Ok(Pass::Committed(settled))
 }
 
 fn isolated(
-    conn: &mut PgConnection,
-    prepared: &Prepared,
-    params: &ClaimParams<'_>,
+    tx: &mut Transaction<'_>,
+    rows: Vec<InboxRow>,
     handler: &mut dyn RowHandler<PostgresStore>,
-    mut known: HashMap<Uuid, Verdict>,
 ) -> Result<Vec<Settled>, StoreError> {
-    let mut tx = conn.transaction().map_err(pg("begin a claim"))?;
-    let rows = claim(&mut tx, prepared, params.claim, params.clock.now())?;
-    if rows.is_empty() {
-        return Ok(Vec::new());
-    }
     let mut settled: Vec<Settled> = Vec::with_capacity(rows.len());
     // The savepoint of a row whose handler succeeded is released together with the next row's
     // new savepoint, one round trip per row. A release that finds the transaction aborted means
     // that handler swallowed a database error: its row fails instead.
     let mut unreleased: Option<usize> = None;
-    let mut savepoint_set = false;
+    tx.batch_execute(SAVEPOINT).map_err(pg("set a savepoint"))?;
     for row in rows {
-        if let Some(verdict) = known.remove(&row.id) {
-            settled.push(Settled { row, verdict });
-            continue;
+        if let Some(index) = unreleased.take() {
+            release(tx, RELEASE_AND_RENEW, &mut settled[index], handler)?;
         }
-        match unreleased.take() {
-            Some(index) => release(&mut tx, RELEASE_AND_RENEW, &mut settled[index], handler)?,
-            None if !savepoint_set => tx.batch_execute(SAVEPOINT).map_err(pg("set a savepoint"))?,
-            None => {} // the savepoint survives the previous row's rollback to it
-        }
-        savepoint_set = true;
-        let verdict = handler.handle(&mut tx, &row);
+        let verdict = handler.handle(tx, &row);
         match verdict {
             Verdict::Processed => unreleased = Some(settled.len()),
+            // The savepoint survives a rollback to it, ready for the next row.
             Verdict::Failed(_) => tx
                 .batch_execute(ROLLBACK_TO)
                 .map_err(pg("roll back a failed row"))?,
@@ -171,10 +151,8 @@ fn isolated(
         settled.push(Settled { row, verdict });
     }
     if let Some(index) = unreleased {
-        release(&mut tx, RELEASE, &mut settled[index], handler)?;
+        release(tx, RELEASE, &mut settled[index], handler)?;
     }
-    complete(&mut tx, prepared, &settled, params.clock)?;
-    tx.commit().map_err(pg("commit handled rows"))?;
     Ok(settled)
 }
 
