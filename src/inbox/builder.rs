@@ -267,8 +267,10 @@ impl<B, H> ConsumerBuilder<B, H> {
         self
     }
 
-    /// Reader threads, each a consumer of the group. Defaults to 1, which keeps up with many
-    /// workers since it stores whole batches.
+    /// Reader threads, each a consumer of the group (`{prefix}-{hostname}-{pid}`, then `-1`,
+    /// `-2`, ... for the others). Defaults to 2, so that one reader reads the next batch while
+    /// the other stores its own; on the 2-core benchmark machine a second reader added about a
+    /// quarter to the throughput.
     pub fn readers(mut self, readers: usize) -> Self {
         self.settings.readers = readers;
         self

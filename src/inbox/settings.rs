@@ -33,7 +33,7 @@ impl Default for Settings {
             stream: String::new(),
             group: String::new(),
             consumer_prefix: "eventflow".to_string(),
-            readers: 1,
+            readers: 2,
             workers: 4,
             read_batch: 100,
             block: Duration::from_millis(1000),

@@ -12,7 +12,9 @@ mod postgres;
 mod sqlite;
 
 #[cfg(feature = "postgres")]
-pub use self::postgres::{PgConnection, PgManager, PostgresStore, PostgresStoreBuilder};
+pub use self::postgres::{
+    PgConnection, PgManager, PgTransaction, PostgresStore, PostgresStoreBuilder,
+};
 #[cfg(feature = "sqlite")]
 pub use self::sqlite::SqliteStore;
 pub use migrations::Migration;

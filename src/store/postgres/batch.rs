@@ -11,12 +11,13 @@
 //! earlier handler that swallowed a database error.
 
 use super::connection::PgConnection;
+use super::connection::PgTransaction;
 use super::{is_aborted, pg, PostgresStore};
 use crate::clock::Clock;
 use crate::event::InboxRow;
 use crate::store::{Claim, ClaimParams, Failure, RowHandler, Settled, StoreError, Verdict};
 use chrono::{DateTime, Utc};
-use postgres::{Statement, Transaction};
+use postgres::Statement;
 use uuid::Uuid;
 
 const BATCH_SAVEPOINT: &str = "SAVEPOINT eventflow_batch";
@@ -81,7 +82,7 @@ fn prepare(store: &PostgresStore, conn: &mut PgConnection) -> Result<Prepared, S
 }
 
 fn claim(
-    tx: &mut Transaction<'_>,
+    tx: &mut PgTransaction<'_>,
     prepared: &Prepared,
     claim: Claim<'_>,
     now: DateTime<Utc>,
@@ -97,7 +98,7 @@ fn claim(
 /// Runs every handler under one savepoint; `None` when the batch must be redone isolated (it
 /// has been rolled back to the savepoint, the row locks kept).
 fn optimistic(
-    tx: &mut Transaction<'_>,
+    tx: &mut PgTransaction<'_>,
     rows: &[InboxRow],
     handler: &mut dyn RowHandler<PostgresStore>,
 ) -> Result<Option<Vec<Verdict>>, StoreError> {
@@ -126,7 +127,7 @@ fn optimistic(
 }
 
 fn isolated(
-    tx: &mut Transaction<'_>,
+    tx: &mut PgTransaction<'_>,
     rows: Vec<InboxRow>,
     handler: &mut dyn RowHandler<PostgresStore>,
 ) -> Result<Vec<Settled>, StoreError> {
@@ -159,7 +160,7 @@ fn isolated(
 /// Releases the savepoint of the row at `settled`, whose handler succeeded; when the database
 /// refuses because that handler left the transaction aborted, rolls the row back and fails it.
 fn release(
-    tx: &mut Transaction<'_>,
+    tx: &mut PgTransaction<'_>,
     statement: &str,
     settled: &mut Settled,
     handler: &mut dyn RowHandler<PostgresStore>,
@@ -186,7 +187,7 @@ fn release(
 
 /// Records every row's verdict: one statement for the processed rows, one for the failures.
 fn complete(
-    tx: &mut Transaction<'_>,
+    tx: &mut PgTransaction<'_>,
     prepared: &Prepared,
     settled: &[Settled],
     clock: &dyn Clock,

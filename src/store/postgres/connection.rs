@@ -4,7 +4,7 @@
 //! store's statements are prepared once per connection and reused, which halves the round trips
 //! of every claim, completion and insert.
 
-use postgres::{Client, NoTls, Statement};
+use postgres::{Client, NoTls, Statement, Transaction};
 use r2d2_postgres::PostgresConnectionManager;
 use std::collections::HashMap;
 use std::ops::{Deref, DerefMut};
@@ -43,6 +43,71 @@ impl PgConnection {
             }
         };
         Ok((&mut self.client, statement))
+    }
+}
+
+impl PgConnection {
+    /// Begins a transaction that can prepare statements into this connection's cache.
+    pub(super) fn transaction(&mut self) -> Result<PgTransaction<'_>, postgres::Error> {
+        Ok(PgTransaction {
+            tx: self.client.transaction()?,
+            statements: &mut self.statements,
+        })
+    }
+}
+
+/// The transaction a PostgreSQL handler writes in: a [`postgres::Transaction`] (it derefs to
+/// one, so `tx.execute(sql, params)` works as usual) that can also reuse prepared statements.
+///
+/// A statement given as text is prepared on every call, which costs a round trip;
+/// [`prepare_cached`](Self::prepare_cached) prepares it once per pooled connection.
+/// Pass `&mut **tx` to functions that take a `postgres::GenericClient`.
+pub struct PgTransaction<'t> {
+    tx: Transaction<'t>,
+    statements: &'t mut HashMap<String, Statement>,
+}
+
+impl std::fmt::Debug for PgTransaction<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PgTransaction").finish_non_exhaustive()
+    }
+}
+
+impl<'t> PgTransaction<'t> {
+    /// `sql` prepared on this connection, from its cache when prepared before.
+    ///
+    /// ```no_run
+    /// # fn handler(tx: &mut eventflow::store::PgTransaction<'_>, row: &eventflow::InboxRow) -> eventflow::HandlerResult {
+    /// let insert = tx.prepare_cached("INSERT INTO invoices (event_id) VALUES ($1)")?;
+    /// tx.execute(&insert, &[&row.event.event_id])?;
+    /// # Ok(()) }
+    /// ```
+    pub fn prepare_cached(&mut self, sql: &str) -> Result<Statement, postgres::Error> {
+        if let Some(statement) = self.statements.get(sql) {
+            return Ok(statement.clone());
+        }
+        let statement = self.tx.prepare(sql)?;
+        self.statements.insert(sql.to_string(), statement.clone());
+        Ok(statement)
+    }
+
+    /// Commits, consuming the transaction.
+    pub(super) fn commit(self) -> Result<(), postgres::Error> {
+        self.tx.commit()
+    }
+}
+
+impl<'t> Deref for PgTransaction<'t> {
+    type Target = Transaction<'t>;
+
+    fn deref(&self) -> &Transaction<'t> {
+        &self.tx
+    }
+}
+
+impl<'t> DerefMut for PgTransaction<'t> {
+    fn deref_mut(&mut self) -> &mut Transaction<'t> {
+        &mut self.tx
     }
 }
 

@@ -5,7 +5,7 @@ mod batch;
 mod connection;
 mod queries;
 
-pub use connection::{PgConnection, PgManager};
+pub use connection::{PgConnection, PgManager, PgTransaction};
 use queries::Queries;
 
 use super::migrations::{Migration, MIGRATIONS_TABLE};
@@ -17,7 +17,7 @@ use crate::event::{Event, EventStatus, InboxRow};
 use crate::quarantine::{decode_fields, QuarantinedEntry};
 use chrono::{DateTime, Utc};
 use postgres::error::SqlState;
-use postgres::{NoTls, Row, Transaction};
+use postgres::{NoTls, Row};
 use r2d2_postgres::PostgresConnectionManager;
 use std::collections::HashSet;
 use std::str::FromStr;
@@ -113,8 +113,8 @@ impl PostgresStoreBuilder {
 
 /// The inbox in PostgreSQL.
 ///
-/// Handlers receive a [`postgres::Transaction`]; `postgres::GenericClient` lets one function
-/// take it or a plain client.
+/// Handlers receive a [`PgTransaction`], which derefs to a [`postgres::Transaction`] and keeps
+/// prepared statements per connection.
 pub struct PostgresStore {
     pool: Pool,
     table: String,
@@ -172,7 +172,7 @@ pub(super) fn is_aborted(error: &postgres::Error) -> bool {
 }
 
 impl InboxStore for PostgresStore {
-    type Tx<'t> = Transaction<'t>;
+    type Tx<'t> = PgTransaction<'t>;
 
     fn migrate(&self) -> Result<(), StoreError> {
         let mut conn = self.connection()?;
