@@ -275,3 +275,125 @@ fn killed_database_connections_are_reconnected_without_losing_or_repeating_event
     );
     assert_eq!(failed, 0);
 }
+
+/// A private Redis server on a free port, so the test can kill and restart it without
+/// disturbing other tests.
+struct PrivateRedis {
+    port: u16,
+    child: std::process::Child,
+}
+
+impl PrivateRedis {
+    fn start(port: u16) -> Option<Self> {
+        let child = std::process::Command::new("redis-server")
+            .args([
+                "--port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .ok()?;
+        let server = Self { port, child };
+        let url = server.url();
+        let up = wait_until(Duration::from_secs(10), || {
+            redis::Client::open(url.as_str())
+                .and_then(|c| c.get_connection())
+                .and_then(|mut c| redis::cmd("PING").query::<String>(&mut c))
+                .is_ok()
+        });
+        up.then_some(server)
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    fn kill(&mut self) {
+        let _ = self.child.kill(); // SIGKILL: no goodbye to clients
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for PrivateRedis {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+#[test]
+fn a_redis_restart_is_waited_out_and_the_lost_group_recreated() {
+    let test = "a_redis_restart_is_waited_out_and_the_lost_group_recreated";
+    if !support::postgres_available(test) {
+        return;
+    }
+    let port = free_port();
+    let Some(mut server) = PrivateRedis::start(port) else {
+        let message = format!("{test}: cannot start a private redis-server");
+        if std::env::var("EVENTFLOW_REQUIRE_SERVICES").is_ok_and(|v| v == "1") {
+            panic!("{message}");
+        }
+        eprintln!("SKIPPED {message}");
+        return;
+    };
+    let fixture = Fixture::new(&postgres_url());
+    let insert = format!(
+        "INSERT INTO {} (event_id, consumer) VALUES ($1, 'r')",
+        fixture.handled
+    );
+    let handle = InboxConsumer::builder()
+        .redis(server.url())
+        .store(fixture.store.clone())
+        .stream(&fixture.stream)
+        .group("restart")
+        .block(Duration::from_millis(200))
+        .reclaim_idle(Duration::from_secs(2))
+        .handler(move |tx, row| -> HandlerResult {
+            tx.execute(&insert, &[&row.event.event_id])?;
+            Ok(())
+        })
+        .build()
+        .unwrap()
+        .start()
+        .unwrap();
+    let redis = RedisStreams::connect(&server.url()).unwrap();
+    publish_events(&redis, &fixture.stream, &events("before", 500));
+    assert!(wait_until(Duration::from_secs(30), || fixture.processed() == 500));
+
+    server.kill();
+    std::thread::sleep(Duration::from_secs(1)); // the consumer sees the outage and backs off
+    assert!(handle.is_running());
+    let mut server = PrivateRedis::start(port).expect("restart redis-server on the same port");
+    // Without persistence the stream and its group are gone; new events arrive on a new stream.
+    publish_events(&redis, &fixture.stream, &events("after", 500));
+    assert!(
+        wait_until(Duration::from_secs(60), || fixture.processed() == 1000),
+        "processed {} of 1000 after the restart; {:?}",
+        fixture.processed(),
+        handle.stats()
+    );
+    let report = handle.shutdown(Duration::from_secs(30)).unwrap();
+    assert_eq!(fixture.handled_counts(), (1000, 1000));
+    assert_eq!(report.stats.processed, 1000);
+    assert_eq!(
+        redis
+            .group_stats(&fixture.stream, "restart")
+            .unwrap()
+            .pending,
+        0
+    );
+    server.kill();
+}
