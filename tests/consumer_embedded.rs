@@ -3,6 +3,7 @@
 
 mod support;
 
+use eventflow::inbox::{ConsumerBuilder, Prebuilt};
 use eventflow::store::{InboxStore, SqliteStore};
 use eventflow::transport::{GroupStats, MemoryStream, ReadRequest, Transport};
 use eventflow::{
@@ -76,6 +77,32 @@ fn record(tx: &rusqlite::Transaction<'_>, row: &InboxRow) -> rusqlite::Result<us
     )
 }
 
+type Builder = ConsumerBuilder<Prebuilt<SqliteStore>, ()>;
+
+/// Starts a consumer of `transport` into `store` whose handler records each event, with the
+/// settings `tune` adds.
+fn start_recording(
+    transport: impl Transport,
+    store: &Arc<SqliteStore>,
+    tune: impl FnOnce(Builder) -> Builder,
+) -> ConsumerHandle {
+    tune(
+        InboxConsumer::builder()
+            .transport(transport)
+            .store(store.clone())
+            .stream(STREAM)
+            .group(GROUP),
+    )
+    .handler(|tx, row| -> HandlerResult {
+        record(tx, row)?;
+        Ok(())
+    })
+    .build()
+    .unwrap()
+    .start()
+    .unwrap()
+}
+
 fn group_stats(stream: &MemoryStream) -> GroupStats {
     stream.group_stats(STREAM, GROUP).unwrap()
 }
@@ -84,21 +111,9 @@ fn group_stats(stream: &MemoryStream) -> GroupStats {
 fn every_event_is_handled_once_across_duplicates_styles_and_malformed_entries() {
     let stream = MemoryStream::new();
     let store = store();
-    let handle = InboxConsumer::builder()
-        .transport(stream.clone())
-        .store(store.clone())
-        .stream(STREAM)
-        .group(GROUP)
-        .workers(4)
-        .read_batch(50)
-        .handler(|tx, row| -> HandlerResult {
-            record(tx, row)?;
-            Ok(())
-        })
-        .build()
-        .unwrap()
-        .start()
-        .unwrap();
+    let handle = start_recording(stream.clone(), &store, |builder| {
+        builder.workers(4).read_batch(50)
+    });
 
     let events: Vec<Event> = (0..300)
         .map(|i| event(&format!("e-{i}"), "OrderCreated"))
@@ -159,20 +174,9 @@ fn every_event_is_handled_once_across_duplicates_styles_and_malformed_entries() 
 fn a_fixed_quarantined_entry_can_be_replayed_and_is_then_handled() {
     let stream = MemoryStream::new();
     let store = store();
-    let handle = InboxConsumer::builder()
-        .transport(stream.clone())
-        .store(store.clone())
-        .stream(STREAM)
-        .group(GROUP)
-        .poll_interval(Duration::from_millis(20))
-        .handler(|tx, row| -> HandlerResult {
-            record(tx, row)?;
-            Ok(())
-        })
-        .build()
-        .unwrap()
-        .start()
-        .unwrap();
+    let handle = start_recording(stream.clone(), &store, |builder| {
+        builder.poll_interval(Duration::from_millis(20))
+    });
     let good = event("fixed-1", "OrderCreated");
     let mut data = good.to_json();
     data.as_object_mut().unwrap().remove("aggregate_id");
@@ -428,22 +432,12 @@ fn entries_a_dead_consumer_left_pending_are_reclaimed() {
         .unwrap();
     assert_eq!(read.len(), 10);
 
-    let handle = InboxConsumer::builder()
-        .transport(stream.clone())
-        .store(store.clone())
-        .stream(STREAM)
-        .group(GROUP)
-        .block(Duration::from_millis(20))
-        .reclaim_idle(Duration::from_millis(200))
-        .reclaim_interval(Duration::from_millis(50))
-        .handler(|tx, row| -> HandlerResult {
-            record(tx, row)?;
-            Ok(())
-        })
-        .build()
-        .unwrap()
-        .start()
-        .unwrap();
+    let handle = start_recording(stream.clone(), &store, |builder| {
+        builder
+            .block(Duration::from_millis(20))
+            .reclaim_idle(Duration::from_millis(200))
+            .reclaim_interval(Duration::from_millis(50))
+    });
     assert!(
         wait_until(WAIT, || count(&store, EventStatus::Processed) == 30),
         "{:?}",
@@ -459,21 +453,11 @@ fn entries_a_dead_consumer_left_pending_are_reclaimed() {
 fn a_lost_consumer_group_is_created_again_and_redelivery_is_deduplicated() {
     let stream = MemoryStream::new();
     let store = store();
-    let handle = InboxConsumer::builder()
-        .transport(stream.clone())
-        .store(store.clone())
-        .stream(STREAM)
-        .group(GROUP)
-        .block(Duration::from_millis(20))
-        .reclaim_idle(Duration::from_secs(5))
-        .handler(|tx, row| -> HandlerResult {
-            record(tx, row)?;
-            Ok(())
-        })
-        .build()
-        .unwrap()
-        .start()
-        .unwrap();
+    let handle = start_recording(stream.clone(), &store, |builder| {
+        builder
+            .block(Duration::from_millis(20))
+            .reclaim_idle(Duration::from_secs(5))
+    });
     for i in 0..5 {
         stream
             .publish(STREAM, event(&format!("g-{i}"), "T").to_entry_fields())
@@ -580,21 +564,11 @@ fn a_broker_outage_is_waited_out_without_losing_events() {
         failures: Arc::default(),
     };
     let store = store();
-    let handle: ConsumerHandle = InboxConsumer::builder()
-        .transport(outage.clone())
-        .store(store.clone())
-        .stream(STREAM)
-        .group(GROUP)
-        .block(Duration::from_millis(20))
-        .reclaim_idle(Duration::from_secs(5))
-        .handler(|tx, row| -> HandlerResult {
-            record(tx, row)?;
-            Ok(())
-        })
-        .build()
-        .unwrap()
-        .start()
-        .unwrap();
+    let handle = start_recording(outage.clone(), &store, |builder| {
+        builder
+            .block(Duration::from_millis(20))
+            .reclaim_idle(Duration::from_secs(5))
+    });
     outage.down.store(true, Ordering::SeqCst);
     for i in 0..50 {
         outage

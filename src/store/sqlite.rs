@@ -7,7 +7,8 @@
 use super::migrations::{Migration, MIGRATIONS_TABLE};
 use super::{
     validate_table_name, Claim, ClaimParams, InboxStore, QuarantineReplay, ReceivedBatch,
-    RowHandler, Settled, StatusCounts, StoreError, Stored, Verdict, DEFAULT_INBOX_TABLE,
+    ReceivedEvent, RowHandler, Settled, StatusCounts, StoreError, Stored, Verdict,
+    DEFAULT_INBOX_TABLE,
 };
 use crate::event::{Event, EventStatus, InboxRow};
 use crate::quarantine::{decode_fields, QuarantinedEntry};
@@ -200,21 +201,7 @@ impl InboxStore for SqliteStore {
                 .prepare_cached(&self.sql.insert_event)
                 .map_err(lite("prepare insert"))?;
             for received in batch.events {
-                let event = &received.event;
-                let changed = insert
-                    .execute(params![
-                        received.row_id.to_string(),
-                        event.event_id,
-                        received.stream_id,
-                        event.event_type,
-                        event.aggregate_id.to_string(),
-                        event.correlation_id,
-                        event.causation_id,
-                        ts(event.occurred_on),
-                        event.payload.to_string(),
-                        batch.max_retries,
-                        received_at,
-                    ])
+                let changed = insert_event(&mut insert, received, batch.max_retries, &received_at)
                     .map_err(lite("insert an event"))?;
                 if changed == 1 {
                     stored.inserted.push(received.row_id);
@@ -406,23 +393,13 @@ impl InboxStore for SqliteStore {
         if marked == 0 {
             return Ok(false);
         }
-        tx.execute(
-            &self.sql.insert_event,
-            params![
-                received.row_id.to_string(),
-                event.event_id,
-                received.stream_id,
-                event.event_type,
-                event.aggregate_id.to_string(),
-                event.correlation_id,
-                event.causation_id,
-                ts(event.occurred_on),
-                event.payload.to_string(),
-                replay.max_retries,
-                ts(replay.now),
-            ],
-        )
-        .map_err(lite("store a replayed event"))?;
+        {
+            let mut insert = tx
+                .prepare_cached(&self.sql.insert_event)
+                .map_err(lite("prepare insert"))?;
+            insert_event(&mut insert, received, replay.max_retries, &ts(replay.now))
+                .map_err(lite("store a replayed event"))?;
+        }
         tx.commit().map_err(lite("commit a replay"))?;
         Ok(true)
     }
@@ -436,6 +413,30 @@ impl InboxStore for SqliteStore {
     fn max_connections(&self) -> Option<u32> {
         None
     }
+}
+
+/// Inserts a received event as a pending row unless its `event_id` is there; returns the rows
+/// changed (0 for a duplicate).
+fn insert_event(
+    insert: &mut rusqlite::CachedStatement<'_>,
+    received: &ReceivedEvent,
+    max_retries: i32,
+    received_at: &str,
+) -> rusqlite::Result<usize> {
+    let event = &received.event;
+    insert.execute(params![
+        received.row_id.to_string(),
+        event.event_id,
+        received.stream_id,
+        event.event_type,
+        event.aggregate_id.to_string(),
+        event.correlation_id,
+        event.causation_id,
+        ts(event.occurred_on),
+        event.payload.to_string(),
+        max_retries,
+        received_at,
+    ])
 }
 
 /// A row's columns as SQLite returns them, converted outside rusqlite's error type.

@@ -349,12 +349,7 @@ impl Transport for MemoryStream {
         stream: &str,
         entries: &[Vec<(String, Vec<u8>)>],
     ) -> Result<Vec<String>, TransportError> {
-        // Checked before anything is added, so a bad batch leaves the stream untouched.
-        if entries.iter().any(Vec::is_empty) {
-            return Err(TransportError::Broker(
-                "cannot publish an entry without fields; Redis XADD needs at least one".into(),
-            ));
-        }
+        super::refuse_empty_entries(entries)?;
         if entries.is_empty() {
             return Ok(Vec::new());
         }

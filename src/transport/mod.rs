@@ -113,6 +113,19 @@ pub enum TransportError {
     Broker(#[source] Box<dyn std::error::Error + Send + Sync>),
 }
 
+/// Refuses a batch holding an entry without fields, before anything is sent: Redis `XADD` needs
+/// at least one field, and a pipeline would have added the entries before it.
+pub(crate) fn refuse_empty_entries(
+    entries: &[Vec<(String, Vec<u8>)>],
+) -> Result<(), TransportError> {
+    if entries.iter().any(Vec::is_empty) {
+        return Err(TransportError::Broker(
+            "cannot publish an entry without fields; Redis XADD needs at least one".into(),
+        ));
+    }
+    Ok(())
+}
+
 /// A stream broker with consumer groups.
 ///
 /// Every method may be called from several threads at once; an implementation that needs one

@@ -471,12 +471,7 @@ impl Transport for RedisStreams {
         stream: &str,
         entries: &[Vec<(String, Vec<u8>)>],
     ) -> Result<Vec<String>, TransportError> {
-        // Refused up front: inside the pipeline the entries before it would already be added.
-        if entries.iter().any(Vec::is_empty) {
-            return Err(TransportError::Broker(
-                "cannot publish an entry without fields; Redis XADD needs at least one".into(),
-            ));
-        }
+        super::refuse_empty_entries(entries)?;
         if entries.is_empty() {
             return Ok(Vec::new());
         }
