@@ -152,6 +152,7 @@ impl Event {
     /// column lengths, and an object payload.
     pub fn validate(&self) -> Result<(), EntryError> {
         check_text("event_id", &self.event_id, MAX_ID_LEN)?;
+        check_year(self.occurred_on)?;
         check_text("event_type", &self.event_type, MAX_EVENT_TYPE_LEN)?;
         for (field, value) in [
             ("correlation_id", &self.correlation_id),
@@ -352,18 +353,35 @@ fn check_no_nul(payload: &Value) -> Result<(), EntryError> {
 
 /// ISO-8601 / RFC 3339 with an offset or `Z`; a timestamp without an offset is taken as UTC.
 fn parse_timestamp(text: &str) -> Result<DateTime<Utc>, EntryError> {
-    if let Ok(parsed) = DateTime::parse_from_rfc3339(text) {
-        return Ok(parsed.to_utc());
-    }
-    for format in ["%Y-%m-%dT%H:%M:%S%.f", "%Y-%m-%d %H:%M:%S%.f"] {
-        if let Ok(naive) = NaiveDateTime::parse_from_str(text, format) {
-            return Ok(naive.and_utc());
-        }
+    let parsed = DateTime::parse_from_rfc3339(text)
+        .map(|at| at.to_utc())
+        .ok()
+        .or_else(|| {
+            ["%Y-%m-%dT%H:%M:%S%.f", "%Y-%m-%d %H:%M:%S%.f"]
+                .iter()
+                .find_map(|format| NaiveDateTime::parse_from_str(text, format).ok())
+                .map(|naive| naive.and_utc())
+        });
+    if let Some(at) = parsed {
+        check_year(at)?;
+        return Ok(at);
     }
     Err(EntryError::invalid(
         "occurred_on",
         format!("{text:?} is not an ISO-8601 timestamp such as 2025-01-01T00:00:00Z"),
     ))
+}
+
+/// Years 1 to 9999: what both stores can hold and read back (SQLite keeps four-digit text).
+fn check_year(at: DateTime<Utc>) -> Result<(), EntryError> {
+    use chrono::Datelike;
+    if !(1..=9999).contains(&at.year()) {
+        return Err(EntryError::invalid(
+            "occurred_on",
+            format!("year {} is outside 1..=9999", at.year()),
+        ));
+    }
+    Ok(())
 }
 
 fn json_kind(value: &Value) -> &'static str {
@@ -466,6 +484,25 @@ mod tests {
         assert!(
             matches!(&bad_uuid, EntryError::Invalid { field, .. } if field == "aggregate_id"),
             "{bad_uuid}"
+        );
+
+        let far = Event::from_entry(&entry(&[
+            ("event_id", "e"),
+            ("event_type", "T"),
+            ("aggregate_id", AGGREGATE),
+            ("occurred_on", "+10000-01-01T00:00:00Z"),
+        ]));
+        assert!(far.is_err(), "{far:?}");
+        let ancient = Event::from_entry(&entry(&[
+            ("event_id", "e"),
+            ("event_type", "T"),
+            ("aggregate_id", AGGREGATE),
+            ("occurred_on", "-5000-01-01T00:00:00"),
+        ]))
+        .unwrap_err();
+        assert!(
+            ancient.to_string().contains("outside 1..=9999"),
+            "{ancient}"
         );
 
         let bad_time = Event::from_entry(&entry(&[

@@ -2,8 +2,10 @@
 //!
 //! A [`RetryPolicy`] is a pure function from the number of failed attempts to the delay before
 //! the next one. The default, [`ExponentialBackoff`], is the reference schedule: 60 s, 120 s,
-//! 240 s, 480 s, then 15 min for every later attempt, each spread by ±10 % jitter so that events
-//! that failed together (a database restart, say) are not all retried in the same instant.
+//! 240 s, 480 s, then 15 min for every later attempt, with up to 10 % jitter so that events that
+//! failed together (a database restart, say) are not all retried in the same instant. Jitter
+//! lengthens a delay, never shortens it below the reference schedule, except at the 15 min cap,
+//! which it never exceeds: there it shortens the delay by up to 10 %.
 //!
 //! Whether there is a next attempt at all is decided by the row's `max_retries`, not here: when
 //! the failure count reaches a positive `max_retries` the row is dead-lettered.
@@ -19,11 +21,11 @@ pub trait RetryPolicy: Send + Sync + 'static {
     fn delay(&self, failures: u32, jitter: f64) -> Duration;
 }
 
-/// Exponential backoff: `initial * 2^(failures - 1)`, capped at `max`, spread by
-/// `± jitter_ratio`.
+/// Exponential backoff: `initial * 2^(failures - 1)`, capped at `max`, with up to
+/// `jitter_ratio` added (below the cap) or taken off (at the cap).
 ///
 /// The default is the reference schedule: initial 60 s, max 15 min, jitter 0.1, that is
-/// 60 s, 120 s, 240 s, 480 s, 900 s, 900 s, ... (each ±10 %, never above 15 min).
+/// 60–66 s, 120–132 s, 240–264 s, 480–528 s, then 810–900 s for every later attempt.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct ExponentialBackoff {
     /// Delay after the first failure. Defaults to 60 s.
@@ -57,10 +59,13 @@ impl ExponentialBackoff {
 
 impl RetryPolicy for ExponentialBackoff {
     fn delay(&self, failures: u32, jitter: f64) -> Duration {
-        let base = self.base_delay(failures).as_secs_f64();
-        let ratio = self.jitter_ratio.clamp(0.0, 1.0);
-        let spread = 1.0 + ratio * (2.0 * jitter.clamp(0.0, 1.0) - 1.0);
-        Duration::from_secs_f64((base * spread).max(0.0)).min(self.max)
+        let base = self.base_delay(failures);
+        let spread = self.jitter_ratio.clamp(0.0, 1.0) * jitter.clamp(0.0, 1.0);
+        if base < self.max {
+            base.mul_f64(1.0 + spread).min(self.max)
+        } else {
+            base.mul_f64(1.0 - spread)
+        }
     }
 }
 
@@ -77,13 +82,26 @@ mod tests {
     }
 
     #[test]
-    fn jitter_spreads_within_ten_percent_and_never_exceeds_the_cap() {
+    fn jitter_never_shortens_the_reference_schedule_nor_exceeds_the_cap() {
         let policy = ExponentialBackoff::default();
-        assert_eq!(policy.delay(1, 0.0).as_secs_f64(), 54.0);
-        assert_eq!(policy.delay(1, 0.5).as_secs_f64(), 60.0);
+        assert_eq!(policy.delay(1, 0.0).as_secs_f64(), 60.0);
+        assert_eq!(policy.delay(1, 0.5).as_secs_f64(), 63.0);
         assert!((policy.delay(1, 0.999_999).as_secs_f64() - 66.0).abs() < 0.001);
-        assert_eq!(policy.delay(9, 0.999).as_secs(), 900);
-        assert!(policy.delay(9, 0.0).as_secs() >= 810);
+        assert!((policy.delay(4, 0.999_999).as_secs_f64() - 528.0).abs() < 0.001);
+        assert_eq!(policy.delay(9, 0.0).as_secs(), 900);
+        assert!((policy.delay(9, 0.999_999).as_secs_f64() - 810.0).abs() < 0.001);
+        // Just below the cap, jitter stops at the cap.
+        let steep = ExponentialBackoff {
+            initial: Duration::from_secs(500),
+            ..policy
+        };
+        assert_eq!(steep.delay(1, 0.999), Duration::from_millis(549_950));
+        assert_eq!(steep.delay(2, 0.0), Duration::from_secs(900));
+        let near = ExponentialBackoff {
+            initial: Duration::from_secs(850),
+            ..policy
+        };
+        assert_eq!(near.delay(1, 0.999), Duration::from_secs(900));
     }
 
     #[test]

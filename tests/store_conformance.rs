@@ -1431,7 +1431,7 @@ fn replaying_a_quarantined_entry_happens_once<B: Backend>(store: &B) {
 
 /// Gets a store that was never migrated; builds its own.
 fn invalid_table_names_are_rejected<B: Backend>(_fresh: &B) {
-    let too_long = "x".repeat(49);
+    let too_long = "x".repeat(41);
     for bad in [
         "",
         "Inbox",
@@ -1457,7 +1457,7 @@ fn invalid_table_names_are_rejected<B: Backend>(_fresh: &B) {
             Ok(_) => panic!("building with {bad:?} succeeded"),
         }
     }
-    for good in ["event_inbox", "_x", "orders_inbox_2", &"x".repeat(48)] {
+    for good in ["event_inbox", "_x", "orders_inbox_2", &"x".repeat(40)] {
         validate_table_name(good).unwrap_or_else(|e| panic!("{good:?}: {e}"));
         B::with_table(good).unwrap_or_else(|e| panic!("building with {good:?}: {e}"));
     }
@@ -1466,10 +1466,10 @@ fn invalid_table_names_are_rejected<B: Backend>(_fresh: &B) {
 /// Gets a store that was never migrated; builds its own with the longest name allowed.
 fn the_longest_table_name_works<B: Backend>(_fresh: &B) {
     let mut name = support::unique_name("t");
-    while name.len() < 48 {
+    while name.len() < 40 {
         name.push('x');
     }
-    let store = TestStore(B::with_table(&name).expect("a 48-character name is valid"));
+    let store = TestStore(B::with_table(&name).expect("a 40-character name is valid"));
     setup(&*store);
     store.migrate().expect("migrate again");
     let (entry, _) = malformed(&sid(9), &[("data", b"{")]);

@@ -282,8 +282,9 @@ impl<B, H> ConsumerBuilder<B, H> {
         self
     }
 
-    /// How long a read waits for new entries (`XREADGROUP BLOCK`); also bounds how long
-    /// shutdown waits for readers. Defaults to 1 s.
+    /// How long a read waits for new entries (`XREADGROUP BLOCK`), at most 60 s. A reader
+    /// notices shutdown between reads, so this is roughly how long shutdown waits for an idle
+    /// reader (a reader storing a batch finishes it first). Defaults to 1 s.
     pub fn block(mut self, block: Duration) -> Self {
         self.settings.block = block;
         self
@@ -342,7 +343,7 @@ impl<B, H> ConsumerBuilder<B, H> {
     }
 
     /// When failed events are retried. Defaults to [`crate::ExponentialBackoff::default`]:
-    /// 60 s doubling to at most 15 min, ±10 % jitter.
+    /// 60 s doubling to at most 15 min, with up to 10 % jitter.
     pub fn retry_policy(mut self, policy: impl RetryPolicy) -> Self {
         self.settings.retry_policy = Arc::new(policy);
         self

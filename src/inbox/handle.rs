@@ -149,9 +149,10 @@ impl ConsumerHandle {
                 stats: self.stats(),
             });
         };
-        let deadline = Instant::now() + timeout;
-        let processed_before = self.counters.snapshot().processed;
         threads.stop.store(true, Ordering::SeqCst);
+        let processed_before = self.counters.snapshot().processed;
+        // A timeout too large to add (Duration::MAX, say) means no deadline.
+        let deadline = Instant::now().checked_add(timeout);
 
         let mut alive: BTreeSet<String> = threads
             .running
@@ -159,11 +160,15 @@ impl ConsumerHandle {
             .map(|(name, _)| name.clone())
             .collect();
         while !alive.is_empty() {
-            match threads.done_rx.recv_deadline(deadline) {
-                Ok(name) => {
+            let done = match deadline {
+                Some(deadline) => threads.done_rx.recv_deadline(deadline).ok(),
+                None => threads.done_rx.recv().ok(),
+            };
+            match done {
+                Some(name) => {
                     alive.remove(&name);
                 }
-                Err(_) => break,
+                None => break,
             }
         }
         // Workers still busy stop after their current batch; readers have stopped reading.

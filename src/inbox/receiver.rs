@@ -9,12 +9,16 @@
 
 use super::settings::Settings;
 use super::stats::Counters;
+use super::worker::panic_message;
 use crate::backoff::Backoff;
 use crate::event::Event;
 use crate::quarantine::encode_fields;
-use crate::store::{InboxStore, MalformedEntry, ReceivedBatch, ReceivedEvent};
+use crate::store::{
+    printable, InboxStore, MalformedEntry, ReceivedBatch, ReceivedEvent, StoreError, Stored,
+};
 use crate::transport::{ReadRequest, ReclaimRequest, StreamEntry, Transport, TransportError};
 use crossbeam_channel::Sender;
+use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
@@ -32,55 +36,70 @@ pub(crate) struct Reader<S: InboxStore> {
 
 impl<S: InboxStore> Reader<S> {
     pub fn run(self) {
-        let settings = &self.settings;
         let mut backoff = Backoff::new();
         let mut group_ready = true; // start() created it
                                     // Reclaim at once: entries left by a consumer that died before this one started.
         let mut next_reclaim = Instant::now();
         while !self.stopping() {
-            if !group_ready {
-                match self
-                    .transport
-                    .ensure_group(&settings.stream, &settings.group)
-                {
-                    Ok(()) => {
-                        tracing::info!(stream = %settings.stream, group = %settings.group, "consumer group created again");
-                        group_ready = true;
-                    }
-                    Err(error) => {
-                        tracing::warn!(%error, "cannot create the consumer group; retrying");
-                        backoff.wait(&self.stop);
-                        continue;
-                    }
-                }
-            }
-            if Instant::now() >= next_reclaim {
-                match self.reclaim() {
-                    Ok(()) => next_reclaim = Instant::now() + settings.reclaim_interval,
-                    Err(error) => {
-                        group_ready = self.on_transport_error(error, &mut backoff);
-                        continue;
-                    }
-                }
-            }
-            let request = ReadRequest {
-                stream: &settings.stream,
-                group: &settings.group,
-                consumer: &self.consumer,
-                count: settings.read_batch,
-                block: settings.block,
-            };
-            match self.transport.read_group(&request) {
-                Ok(entries) => {
-                    backoff.reset();
-                    if !entries.is_empty() {
-                        self.take(entries);
-                    }
-                }
-                Err(error) => group_ready = self.on_transport_error(error, &mut backoff),
+            // A panic in a clock, a store or a transport must not end the reader silently; what
+            // it was storing stays unacknowledged and is read again later.
+            let step = catch_unwind(AssertUnwindSafe(|| {
+                self.step(&mut group_ready, &mut next_reclaim, &mut backoff)
+            }));
+            if let Err(panic) = step {
+                tracing::error!(panic = %panic_message(panic.as_ref()), consumer = %self.consumer, "reader panicked; going on after a pause");
+                backoff.wait(&self.stop);
             }
         }
         tracing::debug!(consumer = %self.consumer, "reader stopped");
+    }
+
+    /// One turn of the loop: recreate the group if lost, reclaim when due, read and store a batch.
+    fn step(&self, group_ready: &mut bool, next_reclaim: &mut Instant, backoff: &mut Backoff) {
+        let settings = &self.settings;
+        if !*group_ready {
+            match self
+                .transport
+                .ensure_group(&settings.stream, &settings.group)
+            {
+                Ok(()) => {
+                    tracing::info!(stream = %settings.stream, group = %settings.group, "consumer group created again");
+                    *group_ready = true;
+                }
+                Err(error) => {
+                    tracing::warn!(%error, "cannot create the consumer group; retrying");
+                    backoff.wait(&self.stop);
+                    return;
+                }
+            }
+        }
+        if Instant::now() >= *next_reclaim {
+            // A failed reclaim is tried again next interval; reading goes on meanwhile.
+            *next_reclaim = Instant::now() + settings.reclaim_interval;
+            if let Err(error) = self.reclaim() {
+                tracing::warn!(%error, "reclaiming stale entries failed; trying again later");
+                if let TransportError::NoGroup { .. } = error {
+                    *group_ready = false;
+                    return;
+                }
+            }
+        }
+        let request = ReadRequest {
+            stream: &settings.stream,
+            group: &settings.group,
+            consumer: &self.consumer,
+            count: settings.read_batch,
+            block: settings.block,
+        };
+        match self.transport.read_group(&request) {
+            Ok(entries) => {
+                backoff.reset();
+                if !entries.is_empty() {
+                    self.take(entries);
+                }
+            }
+            Err(error) => *group_ready = self.on_transport_error(error, backoff),
+        }
     }
 
     fn stopping(&self) -> bool {
@@ -134,47 +153,43 @@ impl<S: InboxStore> Reader<S> {
     fn take(&self, entries: Vec<StreamEntry>) {
         let settings = &self.settings;
         Counters::add(&self.counters.received, entries.len());
-        let ids: Vec<String> = entries.iter().map(|entry| entry.id.clone()).collect();
         let mut events = Vec::with_capacity(entries.len());
+        let mut raw_fields = Vec::with_capacity(entries.len());
         let mut malformed = Vec::new();
         for entry in entries {
             match Event::from_entry(&entry) {
-                Ok(event) => events.push(ReceivedEvent {
-                    row_id: Uuid::now_v7(),
-                    stream_id: entry.id,
-                    event,
-                }),
+                Ok(event) => {
+                    raw_fields.push(entry.fields);
+                    events.push(ReceivedEvent {
+                        row_id: Uuid::now_v7(),
+                        stream_id: entry.id,
+                        event,
+                    });
+                }
                 Err(reason) => {
                     tracing::warn!(stream = %settings.stream, stream_id = %entry.id, %reason, "malformed entry quarantined");
-                    malformed.push(MalformedEntry {
-                        id: Uuid::now_v7(),
-                        raw_fields: encode_fields(&entry.fields),
-                        stream_id: entry.id,
-                        reason: reason.to_string(),
-                    });
+                    malformed.push(quarantined(&entry.id, &entry.fields, reason.to_string()));
                 }
             }
         }
 
-        let mut backoff = Backoff::new();
-        let stored = loop {
-            let batch = ReceivedBatch {
-                stream: &settings.stream,
-                events: &events,
-                malformed: &malformed,
-                received_at: settings.clock.now(),
-                max_retries: settings.max_retries,
-            };
-            match self.store.store_received(&batch) {
-                Ok(stored) => break stored,
-                Err(error) => {
-                    tracing::error!(%error, entries = ids.len(), "cannot store a read batch; it stays unacknowledged and is retried");
-                    if !backoff.wait(&self.stop) {
-                        // Unacknowledged, so this or another consumer reclaims it later.
-                        return;
-                    }
+        let (stored, ids) = match self.store_batch(&events, &malformed) {
+            Attempt::Stored(stored) => {
+                let ids = events
+                    .iter()
+                    .map(|e| &e.stream_id)
+                    .chain(malformed.iter().map(|m| &m.stream_id));
+                (stored, ids.cloned().collect())
+            }
+            Attempt::Refused(error) => {
+                tracing::warn!(%error, "the database refused part of a read batch; storing its entries one by one");
+                match self.store_each(events, raw_fields, malformed) {
+                    Some(outcome) => outcome,
+                    None => return,
                 }
             }
+            // Unacknowledged, so this or another consumer reclaims the batch later.
+            Attempt::Stopped => return,
         };
         Counters::add(&self.counters.duplicates, stored.duplicates);
         Counters::add(&self.counters.quarantined, stored.quarantined);
@@ -199,5 +214,89 @@ impl<S: InboxStore> Reader<S> {
                 return; // workers halted; the rows stay pending for the next start
             }
         }
+    }
+
+    /// Stores events and quarantined entries in one transaction, retrying (with backoff) while
+    /// the database is unavailable; a refusal of the data itself is returned, not retried.
+    fn store_batch(&self, events: &[ReceivedEvent], malformed: &[MalformedEntry]) -> Attempt {
+        let mut backoff = Backoff::new();
+        loop {
+            let batch = ReceivedBatch {
+                stream: &self.settings.stream,
+                events,
+                malformed,
+                received_at: self.settings.clock.now(),
+                max_retries: self.settings.max_retries,
+            };
+            match self.store.store_received(&batch) {
+                Ok(stored) => return Attempt::Stored(stored),
+                Err(error) if error.is_data_error() => return Attempt::Refused(error),
+                Err(error) => {
+                    tracing::error!(%error, entries = events.len() + malformed.len(), "cannot store a read batch; it stays unacknowledged and is retried");
+                    if !backoff.wait(&self.stop) {
+                        return Attempt::Stopped;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Stores a batch entry by entry, so that an entry the database refuses (a timestamp out of
+    /// its range, say) is quarantined with the database's reason instead of holding back the
+    /// rest. Returns what was stored and the ids to acknowledge; `None` if shutdown began.
+    fn store_each(
+        &self,
+        events: Vec<ReceivedEvent>,
+        raw_fields: Vec<Vec<(String, Vec<u8>)>>,
+        malformed: Vec<MalformedEntry>,
+    ) -> Option<(Stored, Vec<String>)> {
+        let mut total = Stored::default();
+        let mut ids = Vec::new();
+        let mut keep = |stored: Stored, stream_id: &str| {
+            total.inserted.extend(stored.inserted);
+            total.duplicates += stored.duplicates;
+            total.quarantined += stored.quarantined;
+            ids.push(stream_id.to_string());
+        };
+        let mut to_quarantine = malformed;
+        for (event, fields) in events.into_iter().zip(raw_fields) {
+            match self.store_batch(std::slice::from_ref(&event), &[]) {
+                Attempt::Stored(stored) => keep(stored, &event.stream_id),
+                Attempt::Refused(error) => {
+                    let reason = format!("refused by the database: {error}");
+                    tracing::warn!(stream_id = %event.stream_id, %reason, "entry quarantined");
+                    to_quarantine.push(quarantined(&event.stream_id, &fields, reason));
+                }
+                Attempt::Stopped => return None,
+            }
+        }
+        for entry in to_quarantine {
+            match self.store_batch(&[], std::slice::from_ref(&entry)) {
+                Attempt::Stored(stored) => keep(stored, &entry.stream_id),
+                Attempt::Refused(error) => {
+                    // Left unacknowledged: reclaimed and tried again later, never dropped.
+                    tracing::error!(stream_id = %entry.stream_id, %error, "cannot quarantine an entry; it stays pending in the stream");
+                }
+                Attempt::Stopped => return None,
+            }
+        }
+        Some((total, ids))
+    }
+}
+
+/// What became of an attempt to store entries.
+enum Attempt {
+    Stored(Stored),
+    /// The database refused the data; retrying the same statement cannot succeed.
+    Refused(StoreError),
+    Stopped,
+}
+
+fn quarantined(stream_id: &str, fields: &[(String, Vec<u8>)], reason: String) -> MalformedEntry {
+    MalformedEntry {
+        id: Uuid::now_v7(),
+        stream_id: stream_id.to_string(),
+        raw_fields: encode_fields(fields),
+        reason: printable(&reason),
     }
 }

@@ -6,6 +6,10 @@ use crate::retry::{ExponentialBackoff, RetryPolicy};
 use std::sync::Arc;
 use std::time::Duration;
 
+const MAX_BLOCK: Duration = Duration::from_secs(60);
+const MAX_INTERVAL: Duration = Duration::from_secs(3600);
+const MAX_RECLAIM_IDLE: Duration = Duration::from_secs(7 * 24 * 3600);
+
 /// Validated settings shared by the reader and worker threads.
 #[derive(Clone)]
 pub(crate) struct Settings {
@@ -77,17 +81,18 @@ impl Settings {
         if !(1..=10_000).contains(&self.read_batch) {
             return Err(Error::config("read_batch", "between 1 and 10000 entries"));
         }
-        if self.block.is_zero() {
+        if self.block.is_zero() || self.block > MAX_BLOCK {
             return Err(Error::config(
                 "block",
-                "must be positive, or readers spin on an empty stream",
+                "between 1 ms and 60 s: positive, or readers spin on an empty stream; short, \
+                 since shutdown waits for it",
             ));
         }
         if !(1..=1000).contains(&self.claim_batch) {
             return Err(Error::config("claim_batch", "between 1 and 1000 rows"));
         }
-        if self.poll_interval.is_zero() {
-            return Err(Error::config("poll_interval", "must be positive"));
+        if self.poll_interval.is_zero() || self.poll_interval > MAX_INTERVAL {
+            return Err(Error::config("poll_interval", "between 1 ms and 1 hour"));
         }
         if self.reclaim_idle <= self.block {
             return Err(Error::config(
@@ -98,8 +103,11 @@ impl Settings {
                 ),
             ));
         }
-        if self.reclaim_interval.is_zero() {
-            return Err(Error::config("reclaim_interval", "must be positive"));
+        if self.reclaim_idle > MAX_RECLAIM_IDLE {
+            return Err(Error::config("reclaim_idle", "at most 7 days"));
+        }
+        if self.reclaim_interval.is_zero() || self.reclaim_interval > MAX_INTERVAL {
+            return Err(Error::config("reclaim_interval", "between 1 ms and 1 hour"));
         }
         if self.max_retries < 0 {
             return Err(Error::config("max_retries", "0 (retry for ever) or more"));
@@ -167,6 +175,38 @@ mod tests {
                 ..valid()
             }),
             "group"
+        );
+    }
+
+    #[test]
+    fn durations_too_large_to_add_to_an_instant_are_refused() {
+        assert_eq!(
+            field_of(Settings {
+                reclaim_interval: Duration::MAX,
+                ..valid()
+            }),
+            "reclaim_interval"
+        );
+        assert_eq!(
+            field_of(Settings {
+                poll_interval: Duration::MAX,
+                ..valid()
+            }),
+            "poll_interval"
+        );
+        assert_eq!(
+            field_of(Settings {
+                block: Duration::MAX,
+                ..valid()
+            }),
+            "block"
+        );
+        assert_eq!(
+            field_of(Settings {
+                reclaim_idle: Duration::MAX,
+                ..valid()
+            }),
+            "reclaim_idle"
         );
     }
 

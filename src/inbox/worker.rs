@@ -9,7 +9,9 @@ use super::settings::Settings;
 use super::stats::Counters;
 use crate::backoff::{random_unit, Backoff};
 use crate::event::{EventStatus, InboxRow};
-use crate::store::{truncate_error, Claim, ClaimParams, Failure, InboxStore, RowHandler, Verdict};
+use crate::store::{
+    truncate_error, Claim, ClaimParams, Failure, InboxStore, RowHandler, StoreError, Verdict,
+};
 use crossbeam_channel::{select, Receiver};
 use std::any::Any;
 use std::cell::Cell;
@@ -70,7 +72,16 @@ impl<S: InboxStore> Worker<S> {
             clock: self.settings.clock.as_ref(),
             optimistic: self.settings.optimistic_batches && !self.recent_failure.get(),
         };
-        match self.store.process_claimed(&params, &mut attempt) {
+        // Handler panics are caught per row; this catches the rest (a retry policy, a clock, a
+        // store), which roll the batch back, so one bad row cannot end the worker.
+        let outcome = catch_unwind(AssertUnwindSafe(|| {
+            self.store.process_claimed(&params, &mut attempt)
+        }))
+        .unwrap_or_else(|panic| {
+            tracing::error!(panic = %panic_message(panic.as_ref()), "worker panicked outside the handler; the batch rolled back");
+            Err(StoreError::Panicked(panic_message(panic.as_ref())))
+        });
+        match outcome {
             Ok(settled) => {
                 backoff.reset();
                 let failed = settled.iter().any(|s| s.verdict != Verdict::Processed);
@@ -172,7 +183,7 @@ impl<S: InboxStore> Attempt<'_, S> {
     }
 }
 
-fn panic_message(panic: &(dyn Any + Send)) -> String {
+pub(crate) fn panic_message(panic: &(dyn Any + Send)) -> String {
     panic
         .downcast_ref::<&str>()
         .map(|s| s.to_string())

@@ -47,9 +47,10 @@ pub trait InboxStore: Send + Sync + 'static {
     /// (an entry already quarantined is left alone).
     fn store_received(&self, batch: &ReceivedBatch<'_>) -> Result<Stored, StoreError>;
 
-    /// Claims rows and runs `handler` on each inside one transaction, with a savepoint per row:
-    /// a row's handler writes and its move to `processed` commit together; a failed row's writes
-    /// are rolled back to its savepoint and its failure recorded. Claimed rows are locked from
+    /// Claims rows and runs `handler` on each inside one transaction: a row's handler writes and
+    /// its move to `processed` commit together; a failed row's writes are rolled back (to its
+    /// own savepoint) and its failure recorded. With `optimistic`, a store may first run the
+    /// handlers without savepoints and redo the batch with them when one fails. Claimed rows are locked from
     /// claim to commit, so no other worker (in this process or another) can hold them.
     ///
     /// Returns every claimed row with what became of it, once the transaction has committed.
@@ -293,6 +294,10 @@ pub enum StoreError {
     /// The connection string could not be understood.
     #[error("invalid database configuration: {0}")]
     InvalidConfig(String),
+    /// Code called while the store held a transaction (a retry policy, a clock) panicked; the
+    /// transaction rolled back.
+    #[error("panicked while processing a batch: {0}")]
+    Panicked(String),
     /// A row holds data eventflow cannot read (edited by hand, or from an incompatible writer).
     #[error("unreadable row {row}: {reason}")]
     Corrupt {
@@ -313,9 +318,40 @@ fn postgres_detail(error: &::postgres::Error) -> String {
     }
 }
 
+impl StoreError {
+    /// Whether the database refused the data itself (a value out of range, a constraint): the
+    /// same statement will fail again, unlike after a lost connection.
+    pub fn is_data_error(&self) -> bool {
+        match self {
+            #[cfg(feature = "postgres")]
+            Self::Postgres { source, .. } => source.code().is_some_and(|code| {
+                let class = &code.code()[..2];
+                class == "22" || class == "23"
+            }),
+            #[cfg(feature = "sqlite")]
+            Self::Sqlite { source, .. } => matches!(
+                source,
+                rusqlite::Error::ToSqlConversionFailure(_)
+                    | rusqlite::Error::SqliteFailure(
+                        rusqlite::ffi::Error {
+                            code: rusqlite::ErrorCode::ConstraintViolation
+                                | rusqlite::ErrorCode::TypeMismatch
+                                | rusqlite::ErrorCode::TooBig,
+                            ..
+                        },
+                        _
+                    )
+            ),
+            Self::Migration { source, .. } => source.is_data_error(),
+            _ => false,
+        }
+    }
+}
+
 /// Checks that `name` can be used as a table name without quoting: lowercase ASCII letters,
-/// digits and `_`, starting with a letter or `_`, at most 48 characters (room for the index
-/// names derived from it within PostgreSQL's 63).
+/// digits and `_`, starting with a letter or `_`, not a reserved SQL word, at most 40 characters
+/// (the longest name derived from it, `ix_<name>_quarantine_received`, then fits PostgreSQL's
+/// 63).
 pub fn validate_table_name(name: &str) -> Result<(), StoreError> {
     let invalid = |reason| StoreError::InvalidTableName {
         name: name.to_string(),
@@ -334,15 +370,131 @@ pub fn validate_table_name(name: &str) -> Result<(), StoreError> {
             "only lowercase ASCII letters, digits and '_' are allowed",
         ));
     }
-    if name.len() > 48 {
-        return Err(invalid("longer than 48 characters"));
+    if name.len() > MAX_TABLE_NAME_LEN {
+        return Err(invalid("longer than 40 characters"));
+    }
+    if RESERVED_WORDS.contains(&name) {
+        return Err(invalid("a reserved SQL word"));
     }
     Ok(())
 }
 
-/// The first 1000 characters of an error, as the `error_message` column keeps.
+const MAX_TABLE_NAME_LEN: usize = 40;
+
+/// PostgreSQL's reserved key words, which cannot name a table unquoted (SQLite's are a subset).
+const RESERVED_WORDS: &[&str] = &[
+    "all",
+    "analyse",
+    "analyze",
+    "and",
+    "any",
+    "array",
+    "as",
+    "asc",
+    "asymmetric",
+    "authorization",
+    "binary",
+    "both",
+    "case",
+    "cast",
+    "check",
+    "collate",
+    "collation",
+    "column",
+    "concurrently",
+    "constraint",
+    "create",
+    "cross",
+    "current_catalog",
+    "current_date",
+    "current_role",
+    "current_schema",
+    "current_time",
+    "current_timestamp",
+    "current_user",
+    "default",
+    "deferrable",
+    "desc",
+    "distinct",
+    "do",
+    "else",
+    "end",
+    "except",
+    "false",
+    "fetch",
+    "for",
+    "foreign",
+    "freeze",
+    "from",
+    "full",
+    "grant",
+    "group",
+    "having",
+    "ilike",
+    "in",
+    "initially",
+    "inner",
+    "intersect",
+    "into",
+    "is",
+    "isnull",
+    "join",
+    "lateral",
+    "leading",
+    "left",
+    "like",
+    "limit",
+    "localtime",
+    "localtimestamp",
+    "natural",
+    "not",
+    "notnull",
+    "null",
+    "offset",
+    "on",
+    "only",
+    "or",
+    "order",
+    "outer",
+    "overlaps",
+    "placing",
+    "primary",
+    "references",
+    "returning",
+    "right",
+    "select",
+    "session_user",
+    "similar",
+    "some",
+    "symmetric",
+    "system_user",
+    "table",
+    "tablesample",
+    "then",
+    "to",
+    "trailing",
+    "true",
+    "union",
+    "unique",
+    "user",
+    "using",
+    "variadic",
+    "verbose",
+    "when",
+    "where",
+    "window",
+    "with",
+];
+
+/// The first 1000 characters of an error, as the `error_message` column keeps, made storable.
 pub fn truncate_error(message: &str) -> String {
-    message.chars().take(1000).collect()
+    printable(&message.chars().take(1000).collect::<String>())
+}
+
+/// `text` with NUL characters written as `\0`: PostgreSQL cannot store U+0000 in text, and a
+/// message quoting bad input may hold one.
+pub fn printable(text: &str) -> String {
+    text.replace('\0', "\\0")
 }
 
 #[cfg(test)]
@@ -361,7 +513,9 @@ mod tests {
             "inbox; DROP TABLE x",
             "a\"b",
             "schema.table",
-            &"x".repeat(49),
+            &"x".repeat(41),
+            "order",
+            "user",
         ] {
             assert!(validate_table_name(bad).is_err(), "{bad}");
         }
@@ -371,5 +525,6 @@ mod tests {
     fn errors_are_cut_to_a_thousand_characters() {
         assert_eq!(truncate_error(&"é".repeat(1500)).chars().count(), 1000);
         assert_eq!(truncate_error("short"), "short");
+        assert_eq!(truncate_error("a\0b"), "a\\0b");
     }
 }

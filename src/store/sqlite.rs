@@ -43,7 +43,9 @@ const QUARANTINE_COLUMNS: &str =
 /// The inbox in SQLite.
 ///
 /// Handlers receive a [`rusqlite::Transaction`], which derefs to [`rusqlite::Connection`], so
-/// functions taking `&Connection` work inside it.
+/// functions taking `&Connection` work inside it. A handler must write through that
+/// transaction, never through the store (`with_connection` or any store method): the store's one
+/// connection is held by the handler's batch, so such a call would wait for ever.
 pub struct SqliteStore {
     conn: Mutex<Connection>,
     table: String,
@@ -97,7 +99,7 @@ impl SqliteStore {
     }
 
     /// Runs `f` with the store's connection, for the application's own queries. Blocks while a
-    /// worker holds it.
+    /// worker holds it, so never call it from a handler (use the handler's transaction).
     pub fn with_connection<T>(&self, f: impl FnOnce(&Connection) -> T) -> T {
         f(&self.conn.lock())
     }

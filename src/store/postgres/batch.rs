@@ -42,7 +42,24 @@ pub(super) fn process(
     handler: &mut dyn RowHandler<PostgresStore>,
 ) -> Result<Vec<Settled>, StoreError> {
     let mut conn = store.connection()?;
-    let prepared = prepare(store, &mut conn)?;
+    let result = run(store, &mut conn, params, handler);
+    let failed = match &result {
+        Ok(settled) => settled.iter().any(|s| s.verdict != Verdict::Processed),
+        Err(_) => true,
+    };
+    if failed {
+        conn.forget_statements();
+    }
+    result
+}
+
+fn run(
+    store: &PostgresStore,
+    conn: &mut PgConnection,
+    params: &ClaimParams<'_>,
+    handler: &mut dyn RowHandler<PostgresStore>,
+) -> Result<Vec<Settled>, StoreError> {
+    let prepared = prepare(store, conn)?;
     let mut tx = conn.transaction().map_err(pg("begin a claim"))?;
     let rows = claim(&mut tx, &prepared, params.claim, params.clock.now())?;
     if rows.is_empty() {

@@ -34,16 +34,37 @@ impl PgConnection {
         &mut self,
         sql: &str,
     ) -> Result<(&mut Client, Statement), postgres::Error> {
-        let statement = match self.statements.get(sql) {
-            Some(statement) => statement.clone(),
-            None => {
-                let statement = self.client.prepare(sql)?;
-                self.statements.insert(sql.to_string(), statement.clone());
-                statement
-            }
-        };
+        let client = &mut self.client;
+        let statement = cached(&mut self.statements, sql, |sql| client.prepare(sql))?;
         Ok((&mut self.client, statement))
     }
+
+    /// Drops every cached statement. Called after a batch that failed, since a cached statement
+    /// can go stale (a table altered under it fails with "cached plan must not change result
+    /// type" until it is prepared again).
+    pub(super) fn forget_statements(&mut self) {
+        self.statements.clear();
+    }
+}
+
+/// Most statements cached per connection; past that the cache starts over, so SQL built at run
+/// time cannot pile up prepared statements on the server.
+const MAX_CACHED: usize = 256;
+
+fn cached(
+    statements: &mut HashMap<String, Statement>,
+    sql: &str,
+    prepare: impl FnOnce(&str) -> Result<Statement, postgres::Error>,
+) -> Result<Statement, postgres::Error> {
+    if let Some(statement) = statements.get(sql) {
+        return Ok(statement.clone());
+    }
+    let statement = prepare(sql)?;
+    if statements.len() >= MAX_CACHED {
+        statements.clear();
+    }
+    statements.insert(sql.to_string(), statement.clone());
+    Ok(statement)
 }
 
 impl PgConnection {
@@ -82,13 +103,12 @@ impl<'t> PgTransaction<'t> {
     /// tx.execute(&insert, &[&row.event.event_id])?;
     /// # Ok(()) }
     /// ```
+    ///
+    /// The cache is cleared after any batch with a failure, so a statement that went stale
+    /// (its table altered) is prepared again on the next batch.
     pub fn prepare_cached(&mut self, sql: &str) -> Result<Statement, postgres::Error> {
-        if let Some(statement) = self.statements.get(sql) {
-            return Ok(statement.clone());
-        }
-        let statement = self.tx.prepare(sql)?;
-        self.statements.insert(sql.to_string(), statement.clone());
-        Ok(statement)
+        let tx = &mut self.tx;
+        cached(self.statements, sql, |sql| tx.prepare(sql))
     }
 
     /// Commits, consuming the transaction.

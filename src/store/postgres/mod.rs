@@ -171,58 +171,12 @@ pub(super) fn is_aborted(error: &postgres::Error) -> bool {
     error.code() == Some(&SqlState::IN_FAILED_SQL_TRANSACTION)
 }
 
-impl InboxStore for PostgresStore {
-    type Tx<'t> = PgTransaction<'t>;
-
-    fn migrate(&self) -> Result<(), StoreError> {
-        let mut conn = self.connection()?;
-        let mut tx = conn.transaction().map_err(pg("begin migration"))?;
-        tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK_KEY])
-            .map_err(pg("take the migration lock"))?;
-        tx.batch_execute(&format!(
-            "CREATE TABLE IF NOT EXISTS {MIGRATIONS_TABLE} (
-                target VARCHAR(255) NOT NULL,
-                version INTEGER NOT NULL,
-                name VARCHAR(255) NOT NULL,
-                applied_at TIMESTAMP WITH TIME ZONE NOT NULL DEFAULT NOW(),
-                PRIMARY KEY (target, version))"
-        ))
-        .map_err(pg("create the migrations table"))?;
-        let target = format!("inbox:{}", self.table);
-        let applied: HashSet<i32> = tx
-            .query(
-                &format!("SELECT version FROM {MIGRATIONS_TABLE} WHERE target = $1"),
-                &[&target],
-            )
-            .map_err(pg("read applied migrations"))?
-            .iter()
-            .map(|row| row.get(0))
-            .collect();
-        for migration in MIGRATIONS {
-            if applied.contains(&(migration.version as i32)) {
-                continue;
-            }
-            let failed = |source| StoreError::Migration {
-                version: migration.version,
-                name: migration.name,
-                source: Box::new(source),
-            };
-            tx.batch_execute(&migration.render(&self.table))
-                .map_err(|e| failed(pg("apply")(e)))?;
-            tx.execute(
-                &format!(
-                    "INSERT INTO {MIGRATIONS_TABLE} (target, version, name) VALUES ($1, $2, $3)"
-                ),
-                &[&target, &(migration.version as i32), &migration.name],
-            )
-            .map_err(|e| failed(pg("record")(e)))?;
-            tracing::info!(table = %self.table, version = migration.version, name = migration.name, "applied migration");
-        }
-        tx.commit().map_err(pg("commit migration"))
-    }
-
-    fn store_received(&self, batch: &ReceivedBatch<'_>) -> Result<Stored, StoreError> {
-        let mut conn = self.connection()?;
+impl PostgresStore {
+    fn store_received_on(
+        &self,
+        conn: &mut PgConnection,
+        batch: &ReceivedBatch<'_>,
+    ) -> Result<Stored, StoreError> {
         let (_, insert_events) = conn
             .prepared(&self.sql.insert_events)
             .map_err(pg("prepare insert"))?;
@@ -296,7 +250,66 @@ impl InboxStore for PostgresStore {
         tx.commit().map_err(pg("commit a received batch"))?;
         Ok(stored)
     }
+}
 
+impl InboxStore for PostgresStore {
+    type Tx<'t> = PgTransaction<'t>;
+
+    fn migrate(&self) -> Result<(), StoreError> {
+        let mut conn = self.connection()?;
+        let mut tx = conn.transaction().map_err(pg("begin migration"))?;
+        tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK_KEY])
+            .map_err(pg("take the migration lock"))?;
+        tx.batch_execute(&format!(
+            "CREATE TABLE IF NOT EXISTS {MIGRATIONS_TABLE} (
+                target VARCHAR(255) NOT NULL,
+                version INTEGER NOT NULL,
+                name VARCHAR(255) NOT NULL,
+                applied_at TIMESTAMP WITH TIME ZONE NOT NULL DEFAULT NOW(),
+                PRIMARY KEY (target, version))"
+        ))
+        .map_err(pg("create the migrations table"))?;
+        let target = format!("inbox:{}", self.table);
+        let applied: HashSet<i32> = tx
+            .query(
+                &format!("SELECT version FROM {MIGRATIONS_TABLE} WHERE target = $1"),
+                &[&target],
+            )
+            .map_err(pg("read applied migrations"))?
+            .iter()
+            .map(|row| row.get(0))
+            .collect();
+        for migration in MIGRATIONS {
+            if applied.contains(&(migration.version as i32)) {
+                continue;
+            }
+            let failed = |source| StoreError::Migration {
+                version: migration.version,
+                name: migration.name,
+                source: Box::new(source),
+            };
+            tx.batch_execute(&migration.render(&self.table))
+                .map_err(|e| failed(pg("apply")(e)))?;
+            tx.execute(
+                &format!(
+                    "INSERT INTO {MIGRATIONS_TABLE} (target, version, name) VALUES ($1, $2, $3)"
+                ),
+                &[&target, &(migration.version as i32), &migration.name],
+            )
+            .map_err(|e| failed(pg("record")(e)))?;
+            tracing::info!(table = %self.table, version = migration.version, name = migration.name, "applied migration");
+        }
+        tx.commit().map_err(pg("commit migration"))
+    }
+
+    fn store_received(&self, batch: &ReceivedBatch<'_>) -> Result<Stored, StoreError> {
+        let mut conn = self.connection()?;
+        let stored = self.store_received_on(&mut conn, batch);
+        if stored.is_err() {
+            conn.forget_statements(); // they may have gone stale
+        }
+        stored
+    }
     fn process_claimed(
         &self,
         params: &ClaimParams<'_>,
