@@ -1212,6 +1212,163 @@ fn run_workers<B: Backend>(store: &B, optimistic: bool, fail_first_every: Option
     );
 }
 
+/// Rows as `store_received` stored `events`, the way a reader hands them to workers.
+fn fresh(events: &[ReceivedEvent], received_at: DateTime<Utc>) -> Vec<InboxRow> {
+    events
+        .iter()
+        .map(|e| InboxRow {
+            id: e.row_id,
+            stream_id: e.stream_id.clone(),
+            event: e.event.clone(),
+            status: EventStatus::Pending,
+            retry_count: 0,
+            max_retries: MAX_RETRIES,
+            received_at,
+            processed_at: None,
+            next_retry_at: None,
+            error_message: None,
+            last_error_at: None,
+        })
+        .collect()
+}
+
+/// A fresh claim marks rows processed with their handler writes and records failures over
+/// that in the same transaction; rows touched since they were stored are not fresh.
+fn fresh_claims_commit_processed_rows_and_failures<B: Backend>(store: &B) {
+    let clock = ManualClock::new(t0() + secs(30));
+    let events = store_events(store, &["f-1", "f-2", "f-3", "f-4"], t0());
+    let rows = fresh(&events, t0());
+
+    // f-4 is claimed and processed by another worker first: no longer fresh.
+    let mut ok = marking(store, HashMap::new());
+    let settled = process(store, Claim::Rows(&[events[3].row_id]), &clock, &mut ok);
+    assert_eq!(event_ids(&settled), ["f-4"]);
+
+    for optimistic in [true, false] {
+        let mut h = marking(
+            store,
+            script(&[("f-2", retry_at(1, t0() + secs(90), "nope", t0() + secs(30)))]),
+        );
+        let settled = process_with(store, Claim::Fresh(&rows[..3]), &clock, optimistic, &mut h);
+        if optimistic {
+            assert_eq!(event_ids(&settled), ["f-1", "f-2", "f-3"]);
+            assert_eq!(
+                settled[1].row.retry_count, 0,
+                "the row as the reader handed it"
+            );
+        } else {
+            assert_eq!(settled, vec![], "nothing is fresh any more");
+        }
+    }
+    let mut markers = store.markers();
+    markers.sort();
+    assert_eq!(
+        markers,
+        ["f-1", "f-3", "f-4"],
+        "the failed row's write rolled back"
+    );
+    let f1 = row(store, "f-1");
+    assert_eq!(f1.status, EventStatus::Processed);
+    assert!(f1.processed_at.is_some());
+    let f2 = row(store, "f-2");
+    assert_eq!(
+        (f2.status, f2.retry_count, f2.processed_at, f2.next_retry_at),
+        (EventStatus::Failed, 1, None, Some(t0() + secs(90)))
+    );
+    assert_eq!(f2.error_message.as_deref(), Some("nope"));
+    assert_eq!(
+        store.count_by_status().unwrap(),
+        counts(&[(EventStatus::Processed, 3), (EventStatus::Failed, 1)])
+    );
+}
+
+/// Readers hand fresh rows to two workers while two pollers claim due rows from the same
+/// table, some handlers failing once: every event's marker is committed exactly once.
+fn fresh_and_due_claims_are_exclusive_under_concurrency<B: Backend>(store: &B) {
+    const EVENTS: usize = 2_000;
+    let clock = ManualClock::new(t0() + secs(60));
+    let mut rows = Vec::new();
+    for batch in 0..EVENTS / 100 {
+        let ids: Vec<String> = (0..100).map(|n| format!("x-{batch:02}-{n:02}")).collect();
+        let refs: Vec<&str> = ids.iter().map(String::as_str).collect();
+        rows.extend(fresh(
+            &store_events(store, &refs, t0() + secs(batch as i64)),
+            t0(),
+        ));
+    }
+    let failed_once = std::sync::Mutex::new(HashSet::<String>::new());
+    let settled: Vec<Vec<Settled>> = thread::scope(|scope| {
+        let mut threads = Vec::new();
+        for worker in 0..4 {
+            let (clock, failed_once, rows) = (&clock, &failed_once, &rows);
+            threads.push(scope.spawn(move || {
+                let mut h = handler::<B, _>(|tx, row| {
+                    let id = &row.event.event_id;
+                    store.write_marker(tx, id).expect("write a marker");
+                    if id.ends_with('7') && failed_once.lock().unwrap().insert(id.clone()) {
+                        return retry_at(row.retry_count + 1, clock.now(), "once", clock.now());
+                    }
+                    Verdict::Processed
+                });
+                let params = |claim| ClaimParams {
+                    claim,
+                    clock,
+                    optimistic: true,
+                };
+                let mut mine = Vec::new();
+                if worker < 2 {
+                    // Workers fed by readers: every other chunk of 25 fresh rows.
+                    for chunk in rows.chunks(25).skip(worker).step_by(2) {
+                        mine.extend(
+                            store
+                                .process_claimed(&params(Claim::Fresh(chunk)), &mut h)
+                                .unwrap(),
+                        );
+                    }
+                }
+                loop {
+                    let settled = store
+                        .process_claimed(&params(Claim::Due { limit: 25 }), &mut h)
+                        .unwrap();
+                    if settled.is_empty() {
+                        return mine;
+                    }
+                    mine.extend(settled);
+                }
+            }));
+        }
+        threads
+            .into_iter()
+            .map(|t| t.join().expect("worker"))
+            .collect()
+    });
+    let processed: Vec<Uuid> = settled
+        .concat()
+        .iter()
+        .filter(|s| s.verdict == Verdict::Processed)
+        .map(|s| s.row.id)
+        .collect();
+    assert_eq!(processed.len(), EVENTS);
+    assert_eq!(
+        processed.iter().collect::<HashSet<_>>().len(),
+        EVENTS,
+        "no row processed twice"
+    );
+    let mut per_event: HashMap<String, usize> = HashMap::new();
+    for marker in store.markers() {
+        *per_event.entry(marker).or_default() += 1;
+    }
+    assert_eq!(per_event.len(), EVENTS, "every event handled");
+    assert!(
+        per_event.values().all(|n| *n == 1),
+        "an event's write committed twice"
+    );
+    assert_eq!(
+        store.count_by_status().unwrap(),
+        counts(&[(EventStatus::Processed, EVENTS as u64)])
+    );
+}
+
 fn counts_and_lookups<B: Backend>(store: &B) {
     assert_eq!(store.count_by_status().unwrap(), StatusCounts::default());
     assert_eq!(store.count_by_status().unwrap().total(), 0);
@@ -1883,6 +2040,8 @@ conformance!(
         due_claims_follow_the_clock_order_and_limit,
         claims_are_exclusive_under_concurrency,
         optimistic_claims_are_exclusive_under_concurrency,
+        fresh_claims_commit_processed_rows_and_failures,
+        fresh_and_due_claims_are_exclusive_under_concurrency,
         counts_and_lookups,
         replaying_a_quarantined_entry_happens_once,
         quarantine_keeps_nul_characters,

@@ -11,13 +11,15 @@ use super::settings::Settings;
 use super::stats::Counters;
 use super::worker::panic_message;
 use crate::backoff::Backoff;
-use crate::event::Event;
+use crate::event::{Event, EventStatus, InboxRow};
 use crate::quarantine::encode_fields;
 use crate::store::{
     printable, InboxStore, MalformedEntry, ReceivedBatch, ReceivedEvent, StoreError, Stored,
 };
 use crate::transport::{ReadRequest, ReclaimRequest, StreamEntry, Transport, TransportError};
+use chrono::{DateTime, Utc};
 use crossbeam_channel::Sender;
+use std::collections::HashSet;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -30,7 +32,7 @@ pub(crate) struct Reader<S: InboxStore> {
     pub settings: Arc<Settings>,
     pub counters: Arc<Counters>,
     pub consumer: String,
-    pub work: Sender<Vec<Uuid>>,
+    pub work: Sender<Vec<InboxRow>>,
     pub stop: Arc<AtomicBool>,
 }
 
@@ -173,7 +175,8 @@ impl<S: InboxStore> Reader<S> {
             }
         }
 
-        let (stored, ids) = match self.store_batch(&events, &malformed) {
+        let received_at = settings.clock.now();
+        let (stored, ids) = match self.store_batch(&events, &malformed, received_at) {
             Attempt::Stored(stored) => {
                 let ids = events
                     .iter()
@@ -183,7 +186,7 @@ impl<S: InboxStore> Reader<S> {
             }
             Attempt::Refused(error) => {
                 tracing::warn!(%error, "the database refused part of a read batch; storing its entries one by one");
-                match self.store_each(events, raw_fields, malformed) {
+                match self.store_each(&events, &raw_fields, malformed, received_at) {
                     Some(outcome) => outcome,
                     None => return,
                 }
@@ -204,12 +207,12 @@ impl<S: InboxStore> Reader<S> {
             tracing::warn!(%error, entries = ids.len(), "acknowledging a stored batch failed; it will be reclaimed and deduplicated");
         }
         // Spread the rows over the workers; a full channel makes the reader wait here.
-        let chunk = stored
-            .inserted
+        let fresh = fresh_rows(events, &stored.inserted, received_at, settings.max_retries);
+        let chunk = fresh
             .len()
             .div_ceil(settings.workers)
             .clamp(1, settings.claim_batch);
-        for rows in stored.inserted.chunks(chunk) {
+        for rows in fresh.chunks(chunk) {
             if self.work.send(rows.to_vec()).is_err() {
                 return; // workers halted; the rows stay pending for the next start
             }
@@ -218,14 +221,19 @@ impl<S: InboxStore> Reader<S> {
 
     /// Stores events and quarantined entries in one transaction, retrying (with backoff) while
     /// the database is unavailable; a refusal of the data itself is returned, not retried.
-    fn store_batch(&self, events: &[ReceivedEvent], malformed: &[MalformedEntry]) -> Attempt {
+    fn store_batch(
+        &self,
+        events: &[ReceivedEvent],
+        malformed: &[MalformedEntry],
+        received_at: DateTime<Utc>,
+    ) -> Attempt {
         let mut backoff = Backoff::new();
         loop {
             let batch = ReceivedBatch {
                 stream: &self.settings.stream,
                 events,
                 malformed,
-                received_at: self.settings.clock.now(),
+                received_at,
                 max_retries: self.settings.max_retries,
             };
             match self.store.store_received(&batch) {
@@ -246,9 +254,10 @@ impl<S: InboxStore> Reader<S> {
     /// rest. Returns what was stored and the ids to acknowledge; `None` if shutdown began.
     fn store_each(
         &self,
-        events: Vec<ReceivedEvent>,
-        raw_fields: Vec<Vec<(String, Vec<u8>)>>,
+        events: &[ReceivedEvent],
+        raw_fields: &[Vec<(String, Vec<u8>)>],
         malformed: Vec<MalformedEntry>,
+        received_at: DateTime<Utc>,
     ) -> Option<(Stored, Vec<String>)> {
         let mut total = Stored::default();
         let mut ids = Vec::new();
@@ -259,19 +268,19 @@ impl<S: InboxStore> Reader<S> {
             ids.push(stream_id.to_string());
         };
         let mut to_quarantine = malformed;
-        for (event, fields) in events.into_iter().zip(raw_fields) {
-            match self.store_batch(std::slice::from_ref(&event), &[]) {
+        for (event, fields) in events.iter().zip(raw_fields) {
+            match self.store_batch(std::slice::from_ref(event), &[], received_at) {
                 Attempt::Stored(stored) => keep(stored, &event.stream_id),
                 Attempt::Refused(error) => {
                     let reason = format!("refused by the database: {error}");
                     tracing::warn!(stream_id = %event.stream_id, %reason, "entry quarantined");
-                    to_quarantine.push(quarantined(&event.stream_id, &fields, reason));
+                    to_quarantine.push(quarantined(&event.stream_id, fields, reason));
                 }
                 Attempt::Stopped => return None,
             }
         }
         for entry in to_quarantine {
-            match self.store_batch(&[], std::slice::from_ref(&entry)) {
+            match self.store_batch(&[], std::slice::from_ref(&entry), received_at) {
                 Attempt::Stored(stored) => keep(stored, &entry.stream_id),
                 Attempt::Refused(error) => {
                     // Left unacknowledged: reclaimed and tried again later, never dropped.
@@ -290,6 +299,33 @@ enum Attempt {
     /// The database refused the data; retrying the same statement cannot succeed.
     Refused(StoreError),
     Stopped,
+}
+
+/// The rows just inserted, as they now stand in the inbox, for the workers.
+fn fresh_rows(
+    events: Vec<ReceivedEvent>,
+    inserted: &[Uuid],
+    received_at: DateTime<Utc>,
+    max_retries: i32,
+) -> Vec<InboxRow> {
+    let inserted: HashSet<&Uuid> = inserted.iter().collect();
+    events
+        .into_iter()
+        .filter(|received| inserted.contains(&received.row_id))
+        .map(|received| InboxRow {
+            id: received.row_id,
+            stream_id: received.stream_id,
+            event: received.event,
+            status: EventStatus::Pending,
+            retry_count: 0,
+            max_retries,
+            received_at,
+            processed_at: None,
+            next_retry_at: None,
+            error_message: None,
+            last_error_at: None,
+        })
+        .collect()
 }
 
 fn quarantined(stream_id: &str, fields: &[(String, Vec<u8>)], reason: String) -> MalformedEntry {

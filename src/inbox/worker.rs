@@ -18,14 +18,13 @@ use std::cell::Cell;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use uuid::Uuid;
 
 pub(crate) struct Worker<S: InboxStore> {
     pub store: Arc<S>,
     pub handler: Arc<dyn Handler<S>>,
     pub settings: Arc<Settings>,
     pub counters: Arc<Counters>,
-    pub work: Receiver<Vec<Uuid>>,
+    pub work: Receiver<Vec<InboxRow>>,
     pub halt: Receiver<()>,
     pub stop: Arc<AtomicBool>,
     /// Set when the last batch had a failure: the next batch runs with a savepoint per event
@@ -40,7 +39,7 @@ impl<S: InboxStore> Worker<S> {
         loop {
             select! {
                 recv(self.work) -> rows => match rows {
-                    Ok(rows) => { self.process(Claim::Rows(&rows), &mut backoff); }
+                    Ok(rows) => { self.process(Claim::Fresh(&rows), &mut backoff); }
                     // Every reader has stopped and the queue is drained.
                     Err(_) => break,
                 },

@@ -158,9 +158,13 @@ pub struct Stored {
 /// Which rows a worker claims.
 #[derive(Debug, Clone, Copy)]
 pub enum Claim<'a> {
-    /// These rows, those of them still due and not held by another worker; how new rows reach
-    /// the worker that the reader handed them to.
+    /// These rows, those of them still due and not held by another worker.
     Rows(&'a [Uuid]),
+    /// Rows just returned by [`InboxStore::store_received`], as stored: those of them nobody has
+    /// touched since (still pending, never attempted). How new rows reach the worker that the
+    /// reader handed them to. A store may mark them processed as it claims them, in the same
+    /// transaction, and record failures over that (`processed_at` is then the claim's time).
+    Fresh(&'a [InboxRow]),
     /// Up to `limit` due rows, oldest first; how retries, rows left by a crashed process and
     /// rows stored by other processes are found.
     Due {

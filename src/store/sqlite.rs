@@ -247,6 +247,12 @@ impl InboxStore for SqliteStore {
                     &self.sql.claim_rows,
                     rusqlite::types::Value::Text(ids_json(ids.iter().copied())),
                 ),
+                // One connection, so nothing can touch them between claim and commit: fresh rows
+                // are claimed like any others (still due, read back as they stand).
+                Claim::Fresh(rows) => (
+                    &self.sql.claim_rows,
+                    rusqlite::types::Value::Text(ids_json(rows.iter().map(|row| row.id))),
+                ),
                 Claim::Due { limit } => (
                     &self.sql.claim_due,
                     rusqlite::types::Value::Integer(limit as i64),
@@ -580,7 +586,7 @@ impl Queries {
             ),
             record_failure: format!(
                 "UPDATE {t} SET status = ?2, retry_count = ?3, next_retry_at = ?4, error_message = ?5, \
-                 last_error_at = ?6 WHERE id = ?1"
+                 last_error_at = ?6, processed_at = NULL WHERE id = ?1"
             ),
             count_by_status: format!("SELECT status, count(*) FROM {t} GROUP BY status"),
             find_by_event_id: format!("SELECT {COLUMNS} FROM {t} WHERE event_id = ?1"),

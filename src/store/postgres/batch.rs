@@ -18,6 +18,7 @@ use crate::event::InboxRow;
 use crate::store::{Claim, ClaimParams, Failure, RowHandler, Settled, StoreError, Verdict};
 use chrono::{DateTime, Utc};
 use postgres::Statement;
+use std::collections::HashSet;
 use uuid::Uuid;
 
 const BATCH_SAVEPOINT: &str = "SAVEPOINT eventflow_batch";
@@ -31,6 +32,7 @@ const ROLLBACK_TO: &str = "ROLLBACK TO SAVEPOINT eventflow_row";
 /// The statements a batch uses, prepared on its connection.
 struct Prepared {
     claim_rows: Statement,
+    claim_fresh: Statement,
     claim_due: Statement,
     mark_processed: Statement,
     record_failures: Statement,
@@ -61,7 +63,7 @@ fn run(
 ) -> Result<Vec<Settled>, StoreError> {
     let prepared = prepare(store, conn)?;
     let mut tx = conn.transaction().map_err(pg("begin a claim"))?;
-    let rows = claim(&mut tx, &prepared, params.claim, params.clock.now())?;
+    let (rows, marked) = claim(&mut tx, &prepared, params.claim, params.clock.now())?;
     if rows.is_empty() {
         return Ok(Vec::new());
     }
@@ -79,7 +81,7 @@ fn run(
         },
         false => isolated(&mut tx, rows, handler)?,
     };
-    complete(&mut tx, &prepared, &settled, params.clock)?;
+    complete(&mut tx, &prepared, &settled, params.clock, marked)?;
     tx.commit().map_err(pg("commit handled rows"))?;
     Ok(settled)
 }
@@ -92,24 +94,55 @@ fn prepare(store: &PostgresStore, conn: &mut PgConnection) -> Result<Prepared, S
     };
     Ok(Prepared {
         claim_rows: statement(&store.sql.claim_rows)?,
+        claim_fresh: statement(&store.sql.claim_fresh)?,
         claim_due: statement(&store.sql.claim_due)?,
         mark_processed: statement(&store.sql.mark_processed)?,
         record_failures: statement(&store.sql.record_failures)?,
     })
 }
 
+/// Locks the claimed rows; returns them, and whether they are already marked processed.
 fn claim(
     tx: &mut PgTransaction<'_>,
     prepared: &Prepared,
     claim: Claim<'_>,
     now: DateTime<Utc>,
-) -> Result<Vec<InboxRow>, StoreError> {
+) -> Result<(Vec<InboxRow>, bool), StoreError> {
     let rows = match claim {
+        Claim::Fresh(rows) => return claim_fresh(tx, prepared, rows, now).map(|rows| (rows, true)),
         Claim::Rows(ids) => tx.query(&prepared.claim_rows, &[&ids, &now]),
         Claim::Due { limit } => tx.query(&prepared.claim_due, &[&now, &(limit as i64)]),
     }
     .map_err(pg("claim rows"))?;
-    rows.iter().map(super::inbox_row).collect()
+    let rows = rows
+        .iter()
+        .map(super::inbox_row)
+        .collect::<Result<_, _>>()?;
+    Ok((rows, false))
+}
+
+/// Claims fresh rows by marking them processed: one write per row instead of a lock and then
+/// an update. A row another worker holds (a poller that found it due) makes this wait for that
+/// worker's commit, after which the row is no longer fresh and is skipped; pollers skip locked
+/// rows, so nobody waits in a circle.
+fn claim_fresh(
+    tx: &mut PgTransaction<'_>,
+    prepared: &Prepared,
+    rows: &[InboxRow],
+    now: DateTime<Utc>,
+) -> Result<Vec<InboxRow>, StoreError> {
+    let ids: Vec<Uuid> = rows.iter().map(|row| row.id).collect();
+    let claimed: HashSet<Uuid> = tx
+        .query(&prepared.claim_fresh, &[&ids, &now])
+        .map_err(pg("claim fresh rows"))?
+        .iter()
+        .map(|row| row.get(0))
+        .collect();
+    Ok(rows
+        .iter()
+        .filter(|row| claimed.contains(&row.id))
+        .cloned()
+        .collect())
 }
 
 /// Runs every handler under one savepoint; `None` when the batch must be redone isolated (it
@@ -202,12 +235,14 @@ fn release(
     }
 }
 
-/// Records every row's verdict: one statement for the processed rows, one for the failures.
+/// Records every row's verdict: one statement for the processed rows (unless the claim marked
+/// them already), one for the failures.
 fn complete(
     tx: &mut PgTransaction<'_>,
     prepared: &Prepared,
     settled: &[Settled],
     clock: &dyn Clock,
+    marked: bool,
 ) -> Result<(), StoreError> {
     let finished_at = clock.now();
     let processed: Vec<Uuid> = settled
@@ -215,7 +250,7 @@ fn complete(
         .filter(|s| s.verdict == Verdict::Processed)
         .map(|s| s.row.id)
         .collect();
-    if !processed.is_empty() {
+    if !processed.is_empty() && !marked {
         tx.execute(&prepared.mark_processed, &[&processed, &finished_at])
             .map_err(pg("mark rows processed"))?;
     }

@@ -8,6 +8,7 @@ pub(super) struct Queries {
     pub insert_one: String,
     pub insert_quarantine: String,
     pub claim_rows: String,
+    pub claim_fresh: String,
     pub claim_due: String,
     pub mark_processed: String,
     pub record_failures: String,
@@ -51,6 +52,14 @@ impl Queries {
                 "SELECT {COLUMNS} FROM {t} WHERE id = ANY($1) AND {DUE}$2) \
                  ORDER BY received_at, id FOR UPDATE SKIP LOCKED"
             ),
+            // The claim and the move to processed in one write: a failure is recorded over it
+            // in the same transaction. Only rows exactly as stored qualify, so the retry count
+            // the reader handed over is the row's.
+            claim_fresh: format!(
+                "UPDATE {t} SET status = 'processed', processed_at = $2 \
+                 WHERE id = ANY($1) AND status = 'pending' AND retry_count = 0 \
+                 AND next_retry_at IS NULL RETURNING id"
+            ),
             claim_due: format!(
                 "SELECT {COLUMNS} FROM {t} WHERE {DUE}$1) \
                  ORDER BY received_at, id LIMIT $2 FOR UPDATE SKIP LOCKED"
@@ -62,7 +71,7 @@ impl Queries {
             record_failures: format!(
                 "UPDATE {t} AS t SET status = f.status, retry_count = f.retry_count, \
                  next_retry_at = f.next_retry_at, error_message = f.error_message, \
-                 last_error_at = f.failed_at \
+                 last_error_at = f.failed_at, processed_at = NULL \
                  FROM unnest($1::uuid[], $2::varchar[], $3::int4[], $4::timestamptz[], $5::text[], \
                  $6::timestamptz[]) AS f(id, status, retry_count, next_retry_at, error_message, failed_at) \
                  WHERE t.id = f.id"
