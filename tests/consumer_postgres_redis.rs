@@ -397,3 +397,190 @@ fn a_redis_restart_is_waited_out_and_the_lost_group_recreated() {
     );
     server.kill();
 }
+
+/// A private PostgreSQL server in a temporary directory, so the test can crash and restart it
+/// without disturbing other tests. Runs as the `postgres` user (PostgreSQL refuses root).
+struct PrivatePostgres {
+    dir: String,
+    port: u16,
+    bin: std::path::PathBuf,
+}
+
+impl PrivatePostgres {
+    fn start() -> Result<Self, String> {
+        let bin = std::fs::read_dir("/usr/lib/postgresql")
+            .map_err(|e| format!("no /usr/lib/postgresql: {e}"))?
+            .filter_map(Result::ok)
+            .map(|entry| entry.path().join("bin"))
+            .find(|bin| bin.join("initdb").exists())
+            .ok_or("no initdb under /usr/lib/postgresql")?;
+        let server = Self {
+            dir: format!("/tmp/eventflow-pg-{}", Uuid::new_v4().simple()),
+            port: free_port(),
+            bin,
+        };
+        server.run("mkdir", &["-p", &server.dir])?;
+        let initdb = server.bin.join("initdb");
+        server.run(
+            initdb.to_str().unwrap(),
+            &["-D", &server.dir, "-A", "trust", "-U", "postgres"],
+        )?;
+        server.pg_ctl(&["start", "-w"])?;
+        Ok(server)
+    }
+
+    /// Runs a command as the postgres user (or as is, when not root).
+    fn run(&self, program: &str, args: &[&str]) -> Result<(), String> {
+        let is_root = std::env::var("USER").map_or(true, |user| user == "root");
+        let mut command = if is_root {
+            let mut command = std::process::Command::new("runuser");
+            command.args(["-u", "postgres", "--", program]);
+            command
+        } else {
+            std::process::Command::new(program)
+        };
+        let output = command
+            .args(args)
+            .output()
+            .map_err(|e| format!("{program}: {e}"))?;
+        if !output.status.success() {
+            return Err(format!(
+                "{program} {args:?}: {}",
+                String::from_utf8_lossy(&output.stderr)
+            ));
+        }
+        Ok(())
+    }
+
+    fn pg_ctl(&self, action: &[&str]) -> Result<(), String> {
+        let options = format!(
+            "-p {} -k {} -c listen_addresses=127.0.0.1",
+            self.port, self.dir
+        );
+        let log = format!("{}/server.log", self.dir);
+        let mut args = vec!["-D", &self.dir, "-o", &options, "-l", &log];
+        args.extend_from_slice(action);
+        self.run(self.bin.join("pg_ctl").to_str().unwrap(), &args)
+    }
+
+    fn url(&self) -> String {
+        format!(
+            "host=127.0.0.1 port={} user=postgres dbname=postgres",
+            self.port
+        )
+    }
+
+    /// Stops the server the way a crash does: no checkpoint, WAL replayed at the next start.
+    fn crash(&self) {
+        self.pg_ctl(&["stop", "-m", "immediate"])
+            .expect("crash PostgreSQL");
+    }
+
+    fn restart(&self) {
+        self.pg_ctl(&["start", "-w"])
+            .expect("start PostgreSQL again");
+    }
+}
+
+impl Drop for PrivatePostgres {
+    fn drop(&mut self) {
+        let _ = self.pg_ctl(&["stop", "-m", "immediate"]);
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+#[test]
+fn a_postgres_crash_and_restart_loses_and_repeats_nothing() {
+    let test = "a_postgres_crash_and_restart_loses_and_repeats_nothing";
+    if !support::redis_available(test) {
+        return;
+    }
+    let server = match PrivatePostgres::start() {
+        Ok(server) => server,
+        Err(error) if std::env::var("EVENTFLOW_REQUIRE_SERVICES").is_ok_and(|v| v == "1") => {
+            panic!("{test}: cannot start a private PostgreSQL: {error}")
+        }
+        Err(error) => {
+            eprintln!("SKIPPED {test}: cannot start a private PostgreSQL: {error}");
+            return;
+        }
+    };
+    let url = server.url();
+    let mut db = Client::connect(&url, NoTls).unwrap();
+    db.batch_execute("CREATE TABLE handled (event_id TEXT NOT NULL)")
+        .unwrap();
+    let stream = unique_name("pgcrash");
+    let handle = InboxConsumer::builder()
+        .redis(redis_url())
+        .postgres(&url)
+        .stream(&stream)
+        .group("pgcrash")
+        .block(Duration::from_millis(200))
+        .reclaim_idle(Duration::from_secs(2))
+        .reclaim_interval(Duration::from_millis(500))
+        .poll_interval(Duration::from_millis(100))
+        .handler(|tx, row| -> HandlerResult {
+            let insert = tx.prepare_cached("INSERT INTO handled (event_id) VALUES ($1)")?;
+            tx.execute(&insert, &[&row.event.event_id])?;
+            Ok(())
+        })
+        .build()
+        .unwrap()
+        .start()
+        .unwrap();
+    let redis = RedisStreams::connect(&redis_url()).unwrap();
+    let all = events("p", 4_000);
+    for (n, chunk) in all.chunks(100).enumerate() {
+        publish_events(&redis, &stream, chunk);
+        std::thread::sleep(Duration::from_millis(10));
+        if n == 15 {
+            let busy = handle.stats().processed;
+            assert!(busy > 0, "the consumer was working when the server crashed");
+            server.crash();
+            std::thread::sleep(Duration::from_millis(1500));
+            server.restart();
+        }
+    }
+    let mut db = Client::connect(&url, NoTls).unwrap();
+    let counts = |db: &mut Client| -> (i64, i64) {
+        let row = db
+            .query_one(
+                "SELECT count(*), count(DISTINCT event_id) FROM handled",
+                &[],
+            )
+            .unwrap();
+        (row.get(0), row.get(1))
+    };
+    assert!(
+        wait_until(Duration::from_secs(120), || counts(&mut db).1 == 4_000),
+        "handled {:?} of 4000 after the restart; {:?}",
+        counts(&mut db),
+        handle.stats()
+    );
+    handle.shutdown(Duration::from_secs(30)).unwrap();
+    let log = std::fs::read_to_string(format!("{}/server.log", server.dir)).unwrap_or_default();
+    assert!(
+        log.contains("automatic recovery in progress"),
+        "the server did crash:\n{log}"
+    );
+    assert_eq!(
+        counts(&mut db),
+        (4_000, 4_000),
+        "each event's write committed once"
+    );
+    let processed: i64 = db
+        .query_one(
+            "SELECT count(*) FROM event_inbox WHERE status = 'processed'",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(processed, 4_000);
+    assert_eq!(redis.group_stats(&stream, "pgcrash").unwrap().pending, 0);
+    let _: redis::RedisResult<()> = redis::cmd("DEL").arg(&stream).query(
+        &mut redis::Client::open(redis_url())
+            .unwrap()
+            .get_connection()
+            .unwrap(),
+    );
+}
