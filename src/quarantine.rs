@@ -1,6 +1,6 @@
 //! Malformed stream entries, kept instead of dropped.
 //!
-//! An entry that does not parse into an [`Event`](crate::Event) is stored in the inbox's
+//! An entry that does not parse into an [`Event`] is stored in the inbox's
 //! quarantine table with its raw fields, stream id and the reason, and only then acknowledged.
 //! Raw fields are stored as a JSON array of `[name, value]` pairs in stream order; a name or value
 //! that is not UTF-8, or holds a NUL character (which PostgreSQL's `jsonb` refuses), is stored as

@@ -1,8 +1,8 @@
 //! The inbox consumer: stream → inbox table → worker pool.
 //!
-//! Reader threads ([`receiver`]) read batches with the consumer group, store them in one
+//! Reader threads (`receiver.rs`) read batches with the consumer group, store them in one
 //! transaction and acknowledge them only after it commits, then hand the new rows to a fixed pool
-//! of worker threads ([`worker`]) over bounded channels, so readers wait when workers fall behind.
+//! of worker threads (`worker.rs`) over bounded channels, so readers wait when workers fall behind.
 //! Workers also claim due rows on a tick (retries whose time has come, rows left by a crashed
 //! process, rows stored by other processes). Each row is locked by one worker from claim to
 //! commit, and the handler's writes commit with the row's move to `processed`.
