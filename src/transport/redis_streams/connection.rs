@@ -1,0 +1,250 @@
+//! The connection pool's side of the Redis transport: opening connections with socket
+//! timeouts, telling r2d2 which ones to drop, and classifying a failed command as "Redis is not
+//! usable now" ([`TransportError::Unavailable`], which callers retry with back-off) or "Redis
+//! refused this request" ([`TransportError::Broker`], or `NoGroup` for a missing group).
+//!
+//! Both jobs rest on one rule, `is_unavailable`, which is why they live together: a failure
+//! that leaves the socket in an unknown state both breaks the connection and makes the call
+//! worth retrying.
+
+use std::time::Duration;
+
+use redis::{ConnectionLike, ErrorKind, RedisError, RedisResult, Value};
+
+use crate::transport::TransportError;
+
+/// Server error codes that say "not now" rather than "wrong request": a server loading its
+/// data, a cluster or replica without a master, a failover in progress. Callers back off on
+/// [`TransportError::Unavailable`], which is what these need.
+const TRANSIENT_SERVER_CODES: &[&str] = &[
+    "LOADING",
+    "MASTERDOWN",
+    "TRYAGAIN",
+    "CLUSTERDOWN",
+    "READONLY",
+];
+
+/// Opens connections for the pool with socket timeouts set, and tells it which ones to drop.
+pub(super) struct ConnectionManager {
+    pub(super) client: redis::Client,
+    pub(super) connect_timeout: Duration,
+    pub(super) io_timeout: Duration,
+}
+
+/// A pooled connection and whether a failure has made it unusable.
+pub(super) struct Connection {
+    inner: redis::Connection,
+    /// Set after a failure that was not a server reply. After a timed-out read the reply may
+    /// still arrive later and would be taken as the answer to the next command, so such a
+    /// connection must never be reused even though the socket looks open.
+    broken: bool,
+}
+
+impl Connection {
+    /// Runs `command`, marking the connection broken when it fails in a way that leaves the
+    /// socket in an unknown state.
+    pub(super) fn run<R>(
+        &mut self,
+        command: impl FnOnce(&mut redis::Connection) -> RedisResult<R>,
+    ) -> RedisResult<R> {
+        let result = command(&mut self.inner);
+        if let Err(error) = &result {
+            if is_unavailable(error) {
+                self.broken = true;
+            }
+        }
+        result
+    }
+
+    /// Whether a failure has made this connection unusable; the pool drops it on return.
+    pub(super) fn is_broken(&self) -> bool {
+        self.broken
+    }
+}
+
+impl r2d2::ManageConnection for ConnectionManager {
+    type Connection = Connection;
+    type Error = RedisError;
+
+    fn connect(&self) -> Result<Connection, RedisError> {
+        let inner = self
+            .client
+            .get_connection_with_timeout(self.connect_timeout)?;
+        inner.set_read_timeout(Some(self.io_timeout))?;
+        inner.set_write_timeout(Some(self.io_timeout))?;
+        tracing::debug!("redis streams: opened a connection");
+        Ok(Connection {
+            inner,
+            broken: false,
+        })
+    }
+
+    fn is_valid(&self, conn: &mut Connection) -> Result<(), RedisError> {
+        match conn.run(|c| redis::cmd("PING").query::<Value>(c))? {
+            Value::SimpleString(pong) if pong == "PONG" => Ok(()),
+            other => Err(RedisError::from((
+                ErrorKind::UnexpectedReturnType,
+                "PING did not answer PONG",
+                format!("{other:?}"),
+            ))),
+        }
+    }
+
+    fn has_broken(&self, conn: &mut Connection) -> bool {
+        let broken = conn.broken || !conn.inner.is_open();
+        if broken {
+            tracing::debug!("redis streams: discarding a broken connection");
+        }
+        broken
+    }
+}
+
+/// Sends the pool's connection failures to `tracing` instead of the `log` crate.
+#[derive(Debug)]
+pub(super) struct TraceConnectErrors;
+
+impl r2d2::HandleError<RedisError> for TraceConnectErrors {
+    fn handle_error(&self, error: RedisError) {
+        tracing::debug!(%error, "redis streams: cannot open a connection");
+    }
+}
+
+/// Whether a failure means the connection or the server is not usable right now, rather than
+/// that the server refused this request.
+fn is_unavailable(error: &RedisError) -> bool {
+    let server_reply = matches!(error.kind(), ErrorKind::Server(_) | ErrorKind::Extension);
+    !server_reply
+        || error
+            .code()
+            .is_some_and(|code| TRANSIENT_SERVER_CODES.contains(&code))
+}
+
+/// Maps a failed command to the transport's error.
+pub(super) fn command_error(error: RedisError) -> TransportError {
+    if is_unavailable(&error) {
+        TransportError::Unavailable(Box::new(error))
+    } else {
+        TransportError::Broker(Box::new(error))
+    }
+}
+
+/// Maps a failed command on a consumer group, telling a missing group apart.
+pub(super) fn group_error(error: RedisError, stream: &str, group: &str) -> TransportError {
+    if error.code() == Some("NOGROUP") {
+        no_group(stream, group)
+    } else {
+        command_error(error)
+    }
+}
+
+pub(super) fn no_group(stream: &str, group: &str) -> TransportError {
+    TransportError::NoGroup {
+        stream: stream.to_owned(),
+        group: group.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::{BufRead, BufReader, Write};
+    use std::net::TcpListener;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use crate::transport::{RedisStreams, Transport, TransportError};
+
+    /// A fake Redis on an ephemeral port: `reply` gives the raw answer to a command by name and
+    /// how long to wait before sending it. Returns its URL and how many connections it accepted.
+    fn fake_redis(reply: fn(&str) -> (&'static str, Duration)) -> (String, Arc<AtomicUsize>) {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("redis://{}", listener.local_addr().unwrap());
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let counter = Arc::clone(&accepted);
+        std::thread::spawn(move || {
+            for socket in listener.incoming() {
+                let socket = socket.unwrap();
+                counter.fetch_add(1, Ordering::SeqCst);
+                std::thread::spawn(move || {
+                    let mut writer = socket.try_clone().unwrap();
+                    let mut reader = BufReader::new(socket);
+                    while let Some(name) = read_command(&mut reader) {
+                        let (answer, delay) = reply(&name);
+                        std::thread::sleep(delay);
+                        if writer.write_all(answer.as_bytes()).is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        (url, accepted)
+    }
+
+    /// Reads one RESP command and returns its name, upper-cased; `None` at end of input.
+    fn read_command(reader: &mut impl BufRead) -> Option<String> {
+        let mut line = String::new();
+        reader.read_line(&mut line).ok().filter(|read| *read > 0)?;
+        let args: usize = line.trim_end().strip_prefix('*')?.parse().ok()?;
+        let mut name = None;
+        for _ in 0..args {
+            line.clear();
+            reader.read_line(&mut line).ok()?;
+            let len: usize = line.trim_end().strip_prefix('$')?.parse().ok()?;
+            let mut arg = vec![0; len + 2];
+            reader.read_exact(&mut arg).ok()?;
+            name.get_or_insert_with(|| String::from_utf8_lossy(&arg[..len]).to_uppercase());
+        }
+        name
+    }
+
+    /// Answers like a healthy Redis, except `XTRIM` fails and `slow` answers after 300 ms.
+    fn answer(slow: &str, name: &str) -> (&'static str, Duration) {
+        let delay = if name == slow {
+            Duration::from_millis(300)
+        } else {
+            Duration::ZERO
+        };
+        let answer = match name {
+            "PING" => "+PONG\r\n",
+            "XTRIM" => "-ERR boom\r\n",
+            _ => "+OK\r\n",
+        };
+        (answer, delay)
+    }
+
+    #[test]
+    fn a_connection_that_timed_out_is_never_reused() {
+        let (url, accepted) = fake_redis(|name| answer("XGROUP", name));
+        let redis = RedisStreams::builder(url)
+            .pool_size(1)
+            .io_timeout(Duration::from_millis(200))
+            .build()
+            .unwrap();
+        for attempt in 1..=2 {
+            let result = redis.ensure_group("s", "g");
+            assert!(
+                matches!(result, Err(TransportError::Unavailable(_))),
+                "{result:?}"
+            );
+            // The late reply arrives after the timeout and could be read as the answer to the
+            // next command, so the next call must get a new connection.
+            assert_eq!(accepted.load(Ordering::SeqCst), attempt);
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    #[test]
+    fn a_server_error_is_a_broker_error_and_keeps_the_connection() {
+        let (url, accepted) = fake_redis(|name| answer("", name));
+        let redis = RedisStreams::builder(url).pool_size(1).build().unwrap();
+        for _ in 0..2 {
+            let result = redis.trim("s", 1);
+            assert!(
+                matches!(result, Err(TransportError::Broker(_))),
+                "{result:?}"
+            );
+        }
+        assert_eq!(accepted.load(Ordering::SeqCst), 1);
+    }
+}
