@@ -174,8 +174,11 @@ fn every_event_is_handled_once_across_duplicates_styles_and_malformed_entries() 
 fn a_fixed_quarantined_entry_can_be_replayed_and_is_then_handled() {
     let stream = MemoryStream::new();
     let store = store();
+    // The replayed row was handed to no worker: a poll takes it once it counts as orphaned.
     let handle = start_recording(stream.clone(), &store, |builder| {
-        builder.poll_interval(Duration::from_millis(20))
+        builder
+            .poll_interval(Duration::from_millis(20))
+            .orphan_after(Duration::from_millis(100))
     });
     let good = event("fixed-1", "OrderCreated");
     let mut data = good.to_json();

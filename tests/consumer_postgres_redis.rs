@@ -90,6 +90,8 @@ impl Fixture {
             .reclaim_idle(Duration::from_secs(2))
             .reclaim_interval(Duration::from_millis(500))
             .poll_interval(Duration::from_millis(100))
+            // Rows a dead process (or a failed batch) left pending are taken after 1 s, not 10.
+            .orphan_after(Duration::from_secs(1))
             .handler(move |tx, row| -> HandlerResult {
                 tx.execute(&insert, &[&row.event.event_id, &name])?;
                 Ok(())
@@ -519,6 +521,8 @@ fn a_postgres_crash_and_restart_loses_and_repeats_nothing() {
         .reclaim_idle(Duration::from_secs(2))
         .reclaim_interval(Duration::from_millis(500))
         .poll_interval(Duration::from_millis(100))
+        // Rows a dead process (or a failed batch) left pending are taken after 1 s, not 10.
+        .orphan_after(Duration::from_secs(1))
         .handler(|tx, row| -> HandlerResult {
             let insert = tx.prepare_cached("INSERT INTO handled (event_id) VALUES ($1)")?;
             tx.execute(&insert, &[&row.event.event_id])?;

@@ -45,6 +45,8 @@ fn crash_child() {
         .reclaim_idle(Duration::from_secs(1))
         .reclaim_interval(Duration::from_millis(300))
         .poll_interval(Duration::from_millis(100))
+        // Rows a dead process (or a failed batch) left pending are taken after 1 s, not 10.
+        .orphan_after(Duration::from_secs(1))
         .handler(move |tx, row| -> HandlerResult {
             tx.execute(&insert, &[&row.event.event_id, &process])?;
             Ok(())

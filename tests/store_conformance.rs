@@ -813,7 +813,15 @@ fn processed_rows_commit_with_their_handler_writes<B: Backend>(store: &B) {
     // Nothing is handled twice.
     assert_eq!(process(store, Claim::Rows(&ids), &clock, &mut h), vec![]);
     assert_eq!(
-        process(store, Claim::Due { limit: 10 }, &clock, &mut h),
+        process(
+            store,
+            Claim::Due {
+                limit: 10,
+                orphan_after: std::time::Duration::ZERO
+            },
+            &clock,
+            &mut h
+        ),
         vec![]
     );
     assert_eq!(h.calls.len(), 3);
@@ -945,7 +953,16 @@ fn optimistic_batches_keep_each_write_once<B: Backend>(store: &B) {
     let clock = ManualClock::new(t0() + secs(30));
     store_events(store, &["o-1", "o-2", "o-3"], t0());
     let mut h = marking(store, HashMap::new());
-    let settled = process_with(store, Claim::Due { limit: 10 }, &clock, true, &mut h);
+    let settled = process_with(
+        store,
+        Claim::Due {
+            limit: 10,
+            orphan_after: std::time::Duration::ZERO,
+        },
+        &clock,
+        true,
+        &mut h,
+    );
     assert_eq!(event_ids(&settled), ["o-1", "o-2", "o-3"]);
     assert!(settled.iter().all(|s| s.verdict == Verdict::Processed));
     assert_eq!(
@@ -1040,14 +1057,46 @@ fn due_claims_follow_the_clock_order_and_limit<B: Backend>(store: &B) {
         ]),
     );
 
-    let settled = process(store, Claim::Due { limit: 1 }, &clock, &mut h);
+    let settled = process(
+        store,
+        Claim::Due {
+            limit: 1,
+            orphan_after: std::time::Duration::ZERO,
+        },
+        &clock,
+        &mut h,
+    );
     assert_eq!(event_ids(&settled), ["early-1"], "oldest received first");
-    let settled = process(store, Claim::Due { limit: 2 }, &clock, &mut h);
+    let settled = process(
+        store,
+        Claim::Due {
+            limit: 2,
+            orphan_after: std::time::Duration::ZERO,
+        },
+        &clock,
+        &mut h,
+    );
     assert_eq!(event_ids(&settled), ["early-2", "late-1"]);
-    let settled = process(store, Claim::Due { limit: 10 }, &clock, &mut h);
+    let settled = process(
+        store,
+        Claim::Due {
+            limit: 10,
+            orphan_after: std::time::Duration::ZERO,
+        },
+        &clock,
+        &mut h,
+    );
     assert_eq!(event_ids(&settled), ["late-2"]);
     assert_eq!(
-        process(store, Claim::Due { limit: 10 }, &clock, &mut h),
+        process(
+            store,
+            Claim::Due {
+                limit: 10,
+                orphan_after: std::time::Duration::ZERO
+            },
+            &clock,
+            &mut h
+        ),
         vec![],
         "a failed row is not due before next_retry_at; processed and dead rows never are"
     );
@@ -1055,7 +1104,15 @@ fn due_claims_follow_the_clock_order_and_limit<B: Backend>(store: &B) {
     let mut ok = marking(store, HashMap::new());
     clock.advance(std_secs(119));
     assert_eq!(
-        process(store, Claim::Due { limit: 10 }, &clock, &mut ok),
+        process(
+            store,
+            Claim::Due {
+                limit: 10,
+                orphan_after: std::time::Duration::ZERO
+            },
+            &clock,
+            &mut ok
+        ),
         vec![]
     );
     assert_eq!(
@@ -1064,7 +1121,15 @@ fn due_claims_follow_the_clock_order_and_limit<B: Backend>(store: &B) {
     );
     clock.advance(std_secs(1));
     assert_eq!(clock.now(), early_retry);
-    let settled = process(store, Claim::Due { limit: 10 }, &clock, &mut ok);
+    let settled = process(
+        store,
+        Claim::Due {
+            limit: 10,
+            orphan_after: std::time::Duration::ZERO,
+        },
+        &clock,
+        &mut ok,
+    );
     assert_eq!(
         event_ids(&settled),
         ["early-1"],
@@ -1076,7 +1141,15 @@ fn due_claims_follow_the_clock_order_and_limit<B: Backend>(store: &B) {
 
     clock.advance(std_secs(86_400));
     assert_eq!(
-        process(store, Claim::Due { limit: 10 }, &clock, &mut ok),
+        process(
+            store,
+            Claim::Due {
+                limit: 10,
+                orphan_after: std::time::Duration::ZERO
+            },
+            &clock,
+            &mut ok
+        ),
         vec![]
     );
     assert_eq!(
@@ -1123,7 +1196,7 @@ fn optimistic_claims_are_exclusive_under_concurrency<B: Backend>(store: &B) {
     run_workers(store, true, Some(37));
 }
 
-/// 2,000 events, four threads each claiming `Claim::Due { limit: 25 }` until nothing is left;
+/// 2,000 events, four threads each claiming `Claim::Due { limit: 25, orphan_after: std::time::Duration::ZERO }` until nothing is left;
 /// every `fail_first_every`-th event fails its first attempt and is due again at once.
 /// Every event's marker must be committed exactly once.
 fn run_workers<B: Backend>(store: &B, optimistic: bool, fail_first_every: Option<usize>) {
@@ -1159,7 +1232,10 @@ fn run_workers<B: Backend>(store: &B, optimistic: bool, fail_first_every: Option
                         let settled = store
                             .process_claimed(
                                 &ClaimParams {
-                                    claim: Claim::Due { limit: 25 },
+                                    claim: Claim::Due {
+                                        limit: 25,
+                                        orphan_after: std::time::Duration::ZERO,
+                                    },
                                     clock,
                                     optimistic,
                                 },
@@ -1328,7 +1404,13 @@ fn fresh_and_due_claims_are_exclusive_under_concurrency<B: Backend>(store: &B) {
                 }
                 loop {
                     let settled = store
-                        .process_claimed(&params(Claim::Due { limit: 25 }), &mut h)
+                        .process_claimed(
+                            &params(Claim::Due {
+                                limit: 25,
+                                orphan_after: std::time::Duration::ZERO,
+                            }),
+                            &mut h,
+                        )
                         .unwrap();
                     if settled.is_empty() {
                         return mine;
@@ -1366,6 +1448,65 @@ fn fresh_and_due_claims_are_exclusive_under_concurrency<B: Backend>(store: &B) {
     assert_eq!(
         store.count_by_status().unwrap(),
         counts(&[(EventStatus::Processed, EVENTS as u64)])
+    );
+}
+
+/// A due claim leaves pending rows younger than `orphan_after` to the workers their reader
+/// handed them to, but takes failed rows whose retry time has come whatever their age.
+fn due_claims_leave_young_pending_rows_alone<B: Backend>(store: &B) {
+    let clock = ManualClock::new(t0() + secs(5));
+    store_events(store, &["y-1", "y-2"], t0());
+    let ten = std::time::Duration::from_secs(10);
+    // y-2 fails (at t0 + 1 s) and is due again at t0 + 3 s.
+    let mut fail = marking(
+        store,
+        script(&[("y-2", retry_at(1, t0() + secs(3), "x", t0() + secs(1)))]),
+    );
+    let y2 = row(store, "y-2").id;
+    process(store, Claim::Rows(&[y2]), &clock, &mut fail);
+
+    let mut ok = marking(store, HashMap::new());
+    let settled = process(
+        store,
+        Claim::Due {
+            limit: 10,
+            orphan_after: ten,
+        },
+        &clock,
+        &mut ok,
+    );
+    assert_eq!(
+        event_ids(&settled),
+        ["y-2"],
+        "the retry is due; y-1 is only 5 s old"
+    );
+    clock.set(t0() + secs(10));
+    let settled = process(
+        store,
+        Claim::Due {
+            limit: 10,
+            orphan_after: ten,
+        },
+        &clock,
+        &mut ok,
+    );
+    assert_eq!(
+        event_ids(&settled),
+        ["y-1"],
+        "10 s after it was stored, y-1 counts as orphaned"
+    );
+    let huge = std::time::Duration::MAX;
+    assert_eq!(
+        process(
+            store,
+            Claim::Due {
+                limit: 10,
+                orphan_after: huge
+            },
+            &clock,
+            &mut ok
+        ),
+        vec![]
     );
 }
 
@@ -1529,7 +1670,15 @@ fn replaying_a_quarantined_entry_happens_once<B: Backend>(store: &B) {
     // The replayed row is an ordinary pending row.
     let clock = ManualClock::new(now);
     let mut h = marking(store, HashMap::new());
-    let settled = process(store, Claim::Due { limit: 10 }, &clock, &mut h);
+    let settled = process(
+        store,
+        Claim::Due {
+            limit: 10,
+            orphan_after: std::time::Duration::ZERO,
+        },
+        &clock,
+        &mut h,
+    );
     assert_eq!(event_ids(&settled), ["replayed-a"]);
 
     // The public helper, with corrected fields.
@@ -1636,7 +1785,15 @@ fn the_longest_table_name_works<B: Backend>(_fresh: &B) {
     assert_eq!(stored.quarantined, 1);
     let clock = ManualClock::new(t0());
     let mut h = marking(&*store, HashMap::new());
-    let settled = process(&*store, Claim::Due { limit: 10 }, &clock, &mut h);
+    let settled = process(
+        &*store,
+        Claim::Due {
+            limit: 10,
+            orphan_after: std::time::Duration::ZERO,
+        },
+        &clock,
+        &mut h,
+    );
     assert_eq!(event_ids(&settled), ["long-1"]);
     assert_eq!(store.markers(), ["long-1"]);
     assert_eq!(store.list_quarantined(10, 0).unwrap().len(), 1);
@@ -1724,7 +1881,15 @@ CREATE INDEX ix_event_inbox_aggregate_received ON event_inbox(aggregate_id, rece
             let events = store_events(&racers[3], &["race-1"], t0());
             let clock = ManualClock::new(t0());
             let mut h = marking(&racers[0], HashMap::new());
-            let settled = process(&racers[0], Claim::Due { limit: 10 }, &clock, &mut h);
+            let settled = process(
+                &racers[0],
+                Claim::Due {
+                    limit: 10,
+                    orphan_after: std::time::Duration::ZERO,
+                },
+                &clock,
+                &mut h,
+            );
             assert_eq!(event_ids(&settled), ["race-1"]);
             assert_eq!(row(&*guard, "race-1").id, events[0].row_id);
         }
@@ -1793,7 +1958,15 @@ CREATE INDEX ix_event_inbox_aggregate_received ON event_inbox(aggregate_id, rece
             Some("cause-new-1")
         );
         let mut h = marking(&*store, HashMap::new());
-        let settled = process(&*store, Claim::Due { limit: 10 }, &clock, &mut h);
+        let settled = process(
+            &*store,
+            Claim::Due {
+                limit: 10,
+                orphan_after: std::time::Duration::ZERO,
+            },
+            &clock,
+            &mut h,
+        );
         assert_eq!(event_ids(&settled), ["legacy-1", "new-1", "new-2"]);
         assert_eq!(settled[0].row.id, legacy.id);
         assert_eq!(settled[1].row.id, new[0].row_id);
@@ -1968,7 +2141,15 @@ CREATE INDEX ix_event_inbox_aggregate_received ON event_inbox(aggregate_id, rece
             let settled = process(store, Claim::Rows(&both), clock, &mut h);
             assert_eq!(event_ids(&settled), ["h-2"], "h-1 is held, so skipped");
             assert_eq!(
-                process(store, Claim::Due { limit: 10 }, clock, &mut h),
+                process(
+                    store,
+                    Claim::Due {
+                        limit: 10,
+                        orphan_after: std::time::Duration::ZERO
+                    },
+                    clock,
+                    &mut h
+                ),
                 vec![]
             );
             release.send(()).unwrap();
@@ -2041,6 +2222,7 @@ conformance!(
         claims_are_exclusive_under_concurrency,
         optimistic_claims_are_exclusive_under_concurrency,
         fresh_claims_commit_processed_rows_and_failures,
+        due_claims_leave_young_pending_rows_alone,
         fresh_and_due_claims_are_exclusive_under_concurrency,
         counts_and_lookups,
         replaying_a_quarantined_entry_happens_once,

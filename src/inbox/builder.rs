@@ -321,6 +321,16 @@ impl<B, H> ConsumerBuilder<B, H> {
         self
     }
 
+    /// A pending row that no worker has claimed this long after it was stored is taken by any
+    /// worker's poll: the process whose reader stored it most likely died. Until then it is left
+    /// to the workers its reader handed it to, since a poller taking it would only make them
+    /// wait. Retries are not affected: a failed row is due at its `next_retry_at`. Zero lets
+    /// polls take every pending row at once. At most 7 days. Defaults to 10 s.
+    pub fn orphan_after(mut self, after: Duration) -> Self {
+        self.settings.orphan_after = after;
+        self
+    }
+
     /// Entries another consumer read but has not acknowledged for this long are taken over
     /// (`XAUTOCLAIM`): that consumer most likely died. Must be longer than `block`.
     /// Defaults to 60 s.

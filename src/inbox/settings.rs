@@ -23,6 +23,7 @@ pub(crate) struct Settings {
     pub claim_batch: usize,
     pub optimistic_batches: bool,
     pub poll_interval: Duration,
+    pub orphan_after: Duration,
     pub reclaim_idle: Duration,
     pub reclaim_interval: Duration,
     pub max_retries: i32,
@@ -44,6 +45,7 @@ impl Default for Settings {
             claim_batch: 64,
             optimistic_batches: true,
             poll_interval: Duration::from_millis(500),
+            orphan_after: Duration::from_secs(10),
             reclaim_idle: Duration::from_secs(60),
             reclaim_interval: Duration::from_secs(15),
             max_retries: 3,
@@ -102,6 +104,9 @@ impl Settings {
                     self.block
                 ),
             ));
+        }
+        if self.orphan_after > MAX_RECLAIM_IDLE {
+            return Err(Error::config("orphan_after", "at most 7 days"));
         }
         if self.reclaim_idle > MAX_RECLAIM_IDLE {
             return Err(Error::config("reclaim_idle", "at most 7 days"));

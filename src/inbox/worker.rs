@@ -19,6 +19,9 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
+/// Tries at a batch of handed-over rows before leaving them to the orphan polls.
+const FRESH_ATTEMPTS: usize = 3;
+
 pub(crate) struct Worker<S: InboxStore> {
     pub store: Arc<S>,
     pub handler: Arc<dyn Handler<S>>,
@@ -39,7 +42,7 @@ impl<S: InboxStore> Worker<S> {
         loop {
             select! {
                 recv(self.work) -> rows => match rows {
-                    Ok(rows) => { self.process(Claim::Fresh(&rows), &mut backoff); }
+                    Ok(rows) => self.handle_fresh(&rows, &mut backoff),
                     // Every reader has stopped and the queue is drained.
                     Err(_) => break,
                 },
@@ -50,18 +53,47 @@ impl<S: InboxStore> Worker<S> {
         tracing::debug!("worker stopped");
     }
 
-    /// Claims due rows batch after batch until there are none left (or shutdown begins).
-    fn drain_due(&self, backoff: &mut Backoff) {
-        let limit = self.settings.claim_batch;
-        while !self.stop.load(Ordering::Relaxed) {
-            if self.process(Claim::Due { limit }, backoff) < limit {
+    /// Handles rows a reader handed over. A batch that fails on a database error is tried again
+    /// after a pause (the rows are still fresh), a few times, before they are left to the polls
+    /// that pick up orphaned rows.
+    fn handle_fresh(&self, rows: &[InboxRow], backoff: &mut Backoff) {
+        for _ in 0..FRESH_ATTEMPTS {
+            if self.process(Claim::Fresh(rows), backoff).is_some() {
+                return;
+            }
+            if self.halted() {
                 return;
             }
         }
     }
 
-    /// Claims and handles one batch; returns how many rows it settled.
-    fn process(&self, claim: Claim<'_>, backoff: &mut Backoff) -> usize {
+    fn halted(&self) -> bool {
+        matches!(
+            self.halt.try_recv(),
+            Err(crossbeam_channel::TryRecvError::Disconnected)
+        )
+    }
+
+    /// Claims due rows batch after batch until there are none left (or shutdown begins).
+    fn drain_due(&self, backoff: &mut Backoff) {
+        let limit = self.settings.claim_batch;
+        while !self.stop.load(Ordering::Relaxed) {
+            let claim = Claim::Due {
+                limit,
+                orphan_after: self.settings.orphan_after,
+            };
+            if self
+                .process(claim, backoff)
+                .is_none_or(|settled| settled < limit)
+            {
+                return;
+            }
+        }
+    }
+
+    /// Claims and handles one batch; returns how many rows it settled, or `None` when it failed
+    /// (after pausing).
+    fn process(&self, claim: Claim<'_>, backoff: &mut Backoff) -> Option<usize> {
         let mut attempt = Attempt {
             handler: self.handler.as_ref(),
             settings: &self.settings,
@@ -88,14 +120,14 @@ impl<S: InboxStore> Worker<S> {
                 for outcome in &settled {
                     self.record(&outcome.row, &outcome.verdict);
                 }
-                settled.len()
+                Some(settled.len())
             }
             Err(error) => {
                 // The batch rolled back: its rows stay due and are claimed again after the pause.
                 tracing::error!(%error, "worker could not process a batch; backing off");
                 let pause = backoff.next_pause();
                 let _ = self.halt.recv_timeout(pause);
-                0
+                None
             }
         }
     }

@@ -165,11 +165,15 @@ pub enum Claim<'a> {
     /// reader handed them to. A store may mark them processed as it claims them, in the same
     /// transaction, and record failures over that (`processed_at` is then the claim's time).
     Fresh(&'a [InboxRow]),
-    /// Up to `limit` due rows, oldest first; how retries, rows left by a crashed process and
-    /// rows stored by other processes are found.
+    /// Up to `limit` due rows, oldest first: failed rows whose retry time has come, and pending
+    /// rows received at least `orphan_after` ago. How retries and rows left by a crashed process
+    /// are found; younger pending rows are on their way to the worker their reader handed them
+    /// to, and taking them would only make that worker wait.
     Due {
         /// Most rows to claim.
         limit: usize,
+        /// How long a pending row is left to its reader's workers before anyone may take it.
+        orphan_after: std::time::Duration,
     },
 }
 
@@ -217,6 +221,18 @@ pub struct Settled {
     pub row: InboxRow,
     /// What was recorded.
     pub verdict: Verdict,
+}
+
+/// The `received_at` before which a pending row counts as orphaned, for [`Claim::Due`]. Zero
+/// means every pending row, even one stamped ahead of this clock by another machine's; an
+/// `orphan_after` beyond a century is taken as a century, to stay within the databases' range.
+pub fn orphaned_before(now: DateTime<Utc>, orphan_after: std::time::Duration) -> DateTime<Utc> {
+    let century = chrono::Duration::days(36_525);
+    if orphan_after.is_zero() {
+        return now + century;
+    }
+    let after = chrono::Duration::from_std(orphan_after).map_or(century, |d| d.min(century));
+    now - after
 }
 
 /// Row counts by status.

@@ -6,8 +6,8 @@
 
 use super::migrations::{Migration, MIGRATIONS_TABLE};
 use super::{
-    validate_table_name, Claim, ClaimParams, InboxStore, QuarantineReplay, ReceivedBatch,
-    ReceivedEvent, RowHandler, Settled, StatusCounts, StoreError, Stored, Verdict,
+    orphaned_before, validate_table_name, Claim, ClaimParams, InboxStore, QuarantineReplay,
+    ReceivedBatch, ReceivedEvent, RowHandler, Settled, StatusCounts, StoreError, Stored, Verdict,
     DEFAULT_INBOX_TABLE,
 };
 use crate::event::{Event, EventStatus, InboxRow};
@@ -240,27 +240,36 @@ impl InboxStore for SqliteStore {
         let mut tx = conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .map_err(lite("begin a claim"))?;
-        let now = ts(params.clock.now());
+        let clock_now = params.clock.now();
+        let now = ts(clock_now);
         let rows = {
-            let (sql, limit_or_ids) = match params.claim {
+            let (sql, args) = match params.claim {
                 Claim::Rows(ids) => (
                     &self.sql.claim_rows,
-                    rusqlite::types::Value::Text(ids_json(ids.iter().copied())),
+                    vec![now.into(), ids_json(ids.iter().copied()).into()],
                 ),
                 // One connection, so nothing can touch them between claim and commit: fresh rows
                 // are claimed like any others (still due, read back as they stand).
                 Claim::Fresh(rows) => (
                     &self.sql.claim_rows,
-                    rusqlite::types::Value::Text(ids_json(rows.iter().map(|row| row.id))),
+                    vec![now.into(), ids_json(rows.iter().map(|row| row.id)).into()],
                 ),
-                Claim::Due { limit } => (
+                Claim::Due {
+                    limit,
+                    orphan_after,
+                } => (
                     &self.sql.claim_due,
-                    rusqlite::types::Value::Integer(limit as i64),
+                    vec![
+                        now.into(),
+                        (limit as i64).into(),
+                        ts(orphaned_before(clock_now, orphan_after)).into(),
+                    ],
                 ),
             };
             let mut statement = tx.prepare_cached(sql).map_err(lite("prepare claim"))?;
+            let args: Vec<rusqlite::types::Value> = args;
             let raw = statement
-                .query_map(params![now, limit_or_ids], RawRow::read)
+                .query_map(rusqlite::params_from_iter(args), RawRow::read)
                 .map_err(lite("claim rows"))?
                 .collect::<Result<Vec<_>, _>>()
                 .map_err(lite("claim rows"))?;
@@ -578,7 +587,10 @@ impl Queries {
                 "SELECT {COLUMNS} FROM {t} WHERE {DUE} \
                  AND id IN (SELECT value FROM json_each(?2)) ORDER BY received_at, id"
             ),
-            claim_due: format!("SELECT {COLUMNS} FROM {t} WHERE {DUE} ORDER BY received_at, id LIMIT ?2"),
+            claim_due: format!(
+                "SELECT {COLUMNS} FROM {t} WHERE {DUE} AND (status = 'failed' OR received_at <= ?3) \
+                 ORDER BY received_at, id LIMIT ?2"
+            ),
             mark_processed: format!(
                 "UPDATE {t} SET status = 'processed', processed_at = ?2, retry_count = 0, \
                  next_retry_at = NULL, error_message = NULL, last_error_at = NULL \

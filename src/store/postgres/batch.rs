@@ -15,7 +15,9 @@ use super::connection::PgTransaction;
 use super::{is_aborted, pg, PostgresStore};
 use crate::clock::Clock;
 use crate::event::InboxRow;
-use crate::store::{Claim, ClaimParams, Failure, RowHandler, Settled, StoreError, Verdict};
+use crate::store::{
+    orphaned_before, Claim, ClaimParams, Failure, RowHandler, Settled, StoreError, Verdict,
+};
 use chrono::{DateTime, Utc};
 use postgres::Statement;
 use std::collections::HashSet;
@@ -111,7 +113,16 @@ fn claim(
     let rows = match claim {
         Claim::Fresh(rows) => return claim_fresh(tx, prepared, rows, now).map(|rows| (rows, true)),
         Claim::Rows(ids) => tx.query(&prepared.claim_rows, &[&ids, &now]),
-        Claim::Due { limit } => tx.query(&prepared.claim_due, &[&now, &(limit as i64)]),
+        Claim::Due {
+            limit,
+            orphan_after,
+        } => {
+            let orphaned_before = orphaned_before(now, orphan_after);
+            tx.query(
+                &prepared.claim_due,
+                &[&now, &(limit as i64), &orphaned_before],
+            )
+        }
     }
     .map_err(pg("claim rows"))?;
     let rows = rows

@@ -62,6 +62,7 @@ impl Queries {
             ),
             claim_due: format!(
                 "SELECT {COLUMNS} FROM {t} WHERE {DUE}$1) \
+                 AND (status = 'failed' OR received_at <= $3) \
                  ORDER BY received_at, id LIMIT $2 FOR UPDATE SKIP LOCKED"
             ),
             mark_processed: format!(
