@@ -348,7 +348,7 @@ fn a_redis_restart_is_waited_out_and_the_lost_group_recreated() {
         if std::env::var("EVENTFLOW_REQUIRE_SERVICES").is_ok_and(|v| v == "1") {
             panic!("{message}");
         }
-        eprintln!("SKIPPED {message}");
+        support::skipped(&message);
         return;
     };
     let fixture = Fixture::new(&postgres_url());
@@ -503,7 +503,9 @@ fn a_postgres_crash_and_restart_loses_and_repeats_nothing() {
             panic!("{test}: cannot start a private PostgreSQL: {error}")
         }
         Err(error) => {
-            eprintln!("SKIPPED {test}: cannot start a private PostgreSQL: {error}");
+            support::skipped(&format!(
+                "{test}: cannot start a private PostgreSQL: {error}"
+            ));
             return;
         }
     };
