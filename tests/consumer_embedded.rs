@@ -898,3 +898,40 @@ fn a_panic_outside_the_handler_rolls_back_the_batch_and_the_worker_goes_on() {
         "only the good event's write committed"
     );
 }
+
+#[test]
+fn a_sqlite_handler_that_calls_its_store_fails_instead_of_hanging() {
+    let stream = MemoryStream::new();
+    let store = store();
+    let inner = store.clone();
+    let handle = InboxConsumer::builder()
+        .transport(stream.clone())
+        .store(store.clone())
+        .stream(STREAM)
+        .group(GROUP)
+        .handler(move |_tx, _row| -> HandlerResult {
+            inner.with_connection(|_| ());
+            Ok(())
+        })
+        .build()
+        .unwrap()
+        .start()
+        .unwrap();
+    stream
+        .publish(STREAM, event("self-call", "T").to_entry_fields())
+        .unwrap();
+    let failed = || {
+        store
+            .find_by_event_id("self-call")
+            .unwrap()
+            .is_some_and(|r| r.retry_count == 1)
+    };
+    assert!(wait_until(WAIT, failed), "{:?}", handle.stats());
+    handle.shutdown(Duration::from_secs(10)).unwrap();
+    let row = store.find_by_event_id("self-call").unwrap().unwrap();
+    assert_eq!(row.status, EventStatus::Failed);
+    assert!(row
+        .error_message
+        .unwrap()
+        .contains("called the SQLite store it runs in"));
+}

@@ -45,7 +45,8 @@ const QUARANTINE_COLUMNS: &str =
 /// Handlers receive a [`rusqlite::Transaction`], which derefs to [`rusqlite::Connection`], so
 /// functions taking `&Connection` work inside it. A handler must write through that
 /// transaction, never through the store (`with_connection` or any store method): the store's one
-/// connection is held by the handler's batch, so such a call would wait for ever.
+/// connection is held by the handler's batch, so such a call panics (recorded as a failed
+/// attempt) rather than waiting for ever.
 pub struct SqliteStore {
     conn: Mutex<Connection>,
     table: String,
@@ -98,15 +99,49 @@ impl SqliteStore {
         })
     }
 
+    /// The connection, refusing loudly (a panic, which a worker records as a failed attempt)
+    /// when this thread already holds it: a handler calling the store would otherwise wait for
+    /// ever on the lock its own batch holds.
+    fn lock(&self) -> parking_lot::MutexGuard<'_, Connection> {
+        if HANDLING.get() {
+            panic!(
+                "a handler called the SQLite store it runs in; write through the handler's \
+                 transaction instead (the store's one connection is busy with that batch)"
+            );
+        }
+        self.conn.lock()
+    }
+
     /// Runs `f` with the store's connection, for the application's own queries. Blocks while a
-    /// worker holds it, so never call it from a handler (use the handler's transaction).
+    /// worker holds it; from a handler it panics (use the handler's transaction).
     pub fn with_connection<T>(&self, f: impl FnOnce(&Connection) -> T) -> T {
-        f(&self.conn.lock())
+        f(&self.lock())
     }
 
     /// The inbox table's name.
     pub fn table(&self) -> &str {
         &self.table
+    }
+}
+
+thread_local! {
+    /// Set while this thread runs handlers inside a batch holding the connection.
+    static HANDLING: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Marks the current thread as running handlers until dropped (also when a panic unwinds).
+struct Handling;
+
+impl Handling {
+    fn begin() -> Self {
+        HANDLING.set(true);
+        Handling
+    }
+}
+
+impl Drop for Handling {
+    fn drop(&mut self) {
+        HANDLING.set(false);
     }
 }
 
@@ -143,7 +178,7 @@ impl InboxStore for SqliteStore {
     type Tx<'t> = Transaction<'t>;
 
     fn migrate(&self) -> Result<(), StoreError> {
-        let mut conn = self.conn.lock();
+        let mut conn = self.lock();
         // IMMEDIATE takes the write lock first, which serializes migrating processes.
         let tx = conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
@@ -192,7 +227,7 @@ impl InboxStore for SqliteStore {
     }
 
     fn store_received(&self, batch: &ReceivedBatch<'_>) -> Result<Stored, StoreError> {
-        let mut conn = self.conn.lock();
+        let mut conn = self.lock();
         let tx = conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .map_err(lite("begin storing a batch"))?;
@@ -236,7 +271,7 @@ impl InboxStore for SqliteStore {
         params: &ClaimParams<'_>,
         handler: &mut dyn RowHandler<Self>,
     ) -> Result<Vec<Settled>, StoreError> {
-        let mut conn = self.conn.lock();
+        let mut conn = self.lock();
         let mut tx = conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .map_err(lite("begin a claim"))?;
@@ -282,6 +317,7 @@ impl InboxStore for SqliteStore {
         }
 
         let mut settled = Vec::with_capacity(rows.len());
+        let handling = Handling::begin();
         for row in rows {
             tx.execute_batch("SAVEPOINT eventflow_row")
                 .map_err(lite("set a savepoint"))?;
@@ -300,6 +336,7 @@ impl InboxStore for SqliteStore {
             }
             settled.push(Settled { row, verdict });
         }
+        drop(handling);
 
         let finished_at = ts(params.clock.now());
         let processed = ids_json(
@@ -334,7 +371,7 @@ impl InboxStore for SqliteStore {
     }
 
     fn count_by_status(&self) -> Result<StatusCounts, StoreError> {
-        let conn = self.conn.lock();
+        let conn = self.lock();
         let mut statement = conn
             .prepare_cached(&self.sql.count_by_status)
             .map_err(lite("count rows"))?;
@@ -356,7 +393,7 @@ impl InboxStore for SqliteStore {
     }
 
     fn find_by_event_id(&self, event_id: &str) -> Result<Option<InboxRow>, StoreError> {
-        let conn = self.conn.lock();
+        let conn = self.lock();
         conn.query_row(&self.sql.find_by_event_id, [event_id], RawRow::read)
             .optional()
             .map_err(lite("find a row"))?
@@ -369,7 +406,7 @@ impl InboxStore for SqliteStore {
         limit: usize,
         offset: usize,
     ) -> Result<Vec<QuarantinedEntry>, StoreError> {
-        let conn = self.conn.lock();
+        let conn = self.lock();
         let mut statement = conn
             .prepare_cached(&self.sql.list_quarantined)
             .map_err(lite("list quarantined entries"))?;
@@ -382,7 +419,7 @@ impl InboxStore for SqliteStore {
     }
 
     fn find_quarantined(&self, id: Uuid) -> Result<Option<QuarantinedEntry>, StoreError> {
-        let conn = self.conn.lock();
+        let conn = self.lock();
         conn.query_row(
             &self.sql.find_quarantined,
             [id.to_string()],
@@ -395,7 +432,7 @@ impl InboxStore for SqliteStore {
     }
 
     fn replay_quarantined(&self, replay: &QuarantineReplay<'_>) -> Result<bool, StoreError> {
-        let mut conn = self.conn.lock();
+        let mut conn = self.lock();
         let tx = conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .map_err(lite("begin a replay"))?;
@@ -422,7 +459,7 @@ impl InboxStore for SqliteStore {
     }
 
     fn ping(&self) -> Result<(), StoreError> {
-        let conn = self.conn.lock();
+        let conn = self.lock();
         conn.query_row("SELECT 1", [], |_| Ok(()))
             .map_err(lite("ping"))
     }
