@@ -495,6 +495,15 @@ struct Outage {
 }
 
 impl Outage {
+    fn new(no_reclaim: bool) -> Self {
+        Self {
+            inner: MemoryStream::new(),
+            down: Arc::default(),
+            failures: Arc::default(),
+            no_reclaim,
+        }
+    }
+
     fn check(&self) -> Result<(), eventflow::transport::TransportError> {
         if self.down.load(Ordering::SeqCst) {
             self.failures.fetch_add(1, Ordering::SeqCst);
@@ -569,12 +578,7 @@ impl Transport for Outage {
 
 #[test]
 fn a_broker_outage_is_waited_out_without_losing_events() {
-    let outage = Outage {
-        inner: MemoryStream::new(),
-        down: Arc::default(),
-        failures: Arc::default(),
-        no_reclaim: false,
-    };
+    let outage = Outage::new(false);
     let store = store();
     let handle = start_recording(outage.clone(), &store, |builder| {
         builder
@@ -811,12 +815,7 @@ fn an_entry_the_database_refuses_is_quarantined_without_holding_back_its_batch()
 
 #[test]
 fn a_broker_without_reclaim_still_gets_read() {
-    let outage = Outage {
-        inner: MemoryStream::new(),
-        down: Arc::default(),
-        failures: Arc::default(),
-        no_reclaim: true,
-    };
+    let outage = Outage::new(true);
     let store = store();
     let handle = start_recording(outage.clone(), &store, |builder| {
         builder

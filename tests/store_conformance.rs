@@ -812,18 +812,7 @@ fn processed_rows_commit_with_their_handler_writes<B: Backend>(store: &B) {
 
     // Nothing is handled twice.
     assert_eq!(process(store, Claim::Rows(&ids), &clock, &mut h), vec![]);
-    assert_eq!(
-        process(
-            store,
-            Claim::Due {
-                limit: 10,
-                orphan_after: std::time::Duration::ZERO
-            },
-            &clock,
-            &mut h
-        ),
-        vec![]
-    );
+    assert_eq!(process(store, due(10), &clock, &mut h), vec![]);
     assert_eq!(h.calls.len(), 3);
 
     // Processing after a failed attempt clears what the failure recorded.
@@ -953,16 +942,7 @@ fn optimistic_batches_keep_each_write_once<B: Backend>(store: &B) {
     let clock = ManualClock::new(t0() + secs(30));
     store_events(store, &["o-1", "o-2", "o-3"], t0());
     let mut h = marking(store, HashMap::new());
-    let settled = process_with(
-        store,
-        Claim::Due {
-            limit: 10,
-            orphan_after: std::time::Duration::ZERO,
-        },
-        &clock,
-        true,
-        &mut h,
-    );
+    let settled = process_with(store, due(10), &clock, true, &mut h);
     assert_eq!(event_ids(&settled), ["o-1", "o-2", "o-3"]);
     assert!(settled.iter().all(|s| s.verdict == Verdict::Processed));
     assert_eq!(
@@ -1057,79 +1037,28 @@ fn due_claims_follow_the_clock_order_and_limit<B: Backend>(store: &B) {
         ]),
     );
 
-    let settled = process(
-        store,
-        Claim::Due {
-            limit: 1,
-            orphan_after: std::time::Duration::ZERO,
-        },
-        &clock,
-        &mut h,
-    );
+    let settled = process(store, due(1), &clock, &mut h);
     assert_eq!(event_ids(&settled), ["early-1"], "oldest received first");
-    let settled = process(
-        store,
-        Claim::Due {
-            limit: 2,
-            orphan_after: std::time::Duration::ZERO,
-        },
-        &clock,
-        &mut h,
-    );
+    let settled = process(store, due(2), &clock, &mut h);
     assert_eq!(event_ids(&settled), ["early-2", "late-1"]);
-    let settled = process(
-        store,
-        Claim::Due {
-            limit: 10,
-            orphan_after: std::time::Duration::ZERO,
-        },
-        &clock,
-        &mut h,
-    );
+    let settled = process(store, due(10), &clock, &mut h);
     assert_eq!(event_ids(&settled), ["late-2"]);
     assert_eq!(
-        process(
-            store,
-            Claim::Due {
-                limit: 10,
-                orphan_after: std::time::Duration::ZERO
-            },
-            &clock,
-            &mut h
-        ),
+        process(store, due(10), &clock, &mut h),
         vec![],
         "a failed row is not due before next_retry_at; processed and dead rows never are"
     );
 
     let mut ok = marking(store, HashMap::new());
     clock.advance(std_secs(119));
-    assert_eq!(
-        process(
-            store,
-            Claim::Due {
-                limit: 10,
-                orphan_after: std::time::Duration::ZERO
-            },
-            &clock,
-            &mut ok
-        ),
-        vec![]
-    );
+    assert_eq!(process(store, due(10), &clock, &mut ok), vec![]);
     assert_eq!(
         process(store, Claim::Rows(&[early[0].row_id]), &clock, &mut ok),
         vec![]
     );
     clock.advance(std_secs(1));
     assert_eq!(clock.now(), early_retry);
-    let settled = process(
-        store,
-        Claim::Due {
-            limit: 10,
-            orphan_after: std::time::Duration::ZERO,
-        },
-        &clock,
-        &mut ok,
-    );
+    let settled = process(store, due(10), &clock, &mut ok);
     assert_eq!(
         event_ids(&settled),
         ["early-1"],
@@ -1140,18 +1069,7 @@ fn due_claims_follow_the_clock_order_and_limit<B: Backend>(store: &B) {
     assert_eq!(settled[0].row.next_retry_at, Some(early_retry));
 
     clock.advance(std_secs(86_400));
-    assert_eq!(
-        process(
-            store,
-            Claim::Due {
-                limit: 10,
-                orphan_after: std::time::Duration::ZERO
-            },
-            &clock,
-            &mut ok
-        ),
-        vec![]
-    );
+    assert_eq!(process(store, due(10), &clock, &mut ok), vec![]);
     assert_eq!(
         store.markers(),
         ["early-2", "late-1", "early-1"],
@@ -1196,7 +1114,7 @@ fn optimistic_claims_are_exclusive_under_concurrency<B: Backend>(store: &B) {
     run_workers(store, true, Some(37));
 }
 
-/// 2,000 events, four threads each claiming `Claim::Due { limit: 25, orphan_after: std::time::Duration::ZERO }` until nothing is left;
+/// 2,000 events, four threads each claiming `due(25)` until nothing is left;
 /// every `fail_first_every`-th event fails its first attempt and is due again at once.
 /// Every event's marker must be committed exactly once.
 fn run_workers<B: Backend>(store: &B, optimistic: bool, fail_first_every: Option<usize>) {
@@ -1232,10 +1150,7 @@ fn run_workers<B: Backend>(store: &B, optimistic: bool, fail_first_every: Option
                         let settled = store
                             .process_claimed(
                                 &ClaimParams {
-                                    claim: Claim::Due {
-                                        limit: 25,
-                                        orphan_after: std::time::Duration::ZERO,
-                                    },
+                                    claim: due(25),
                                     clock,
                                     optimistic,
                                 },
@@ -1292,20 +1207,16 @@ fn run_workers<B: Backend>(store: &B, optimistic: bool, fail_first_every: Option
 fn fresh(events: &[ReceivedEvent], received_at: DateTime<Utc>) -> Vec<InboxRow> {
     events
         .iter()
-        .map(|e| InboxRow {
-            id: e.row_id,
-            stream_id: e.stream_id.clone(),
-            event: e.event.clone(),
-            status: EventStatus::Pending,
-            retry_count: 0,
-            max_retries: MAX_RETRIES,
-            received_at,
-            processed_at: None,
-            next_retry_at: None,
-            error_message: None,
-            last_error_at: None,
-        })
+        .map(|e| e.clone().into_pending_row(received_at, MAX_RETRIES))
         .collect()
+}
+
+/// Every due row, however young, up to `limit`.
+fn due(limit: usize) -> Claim<'static> {
+    Claim::Due {
+        limit,
+        orphan_after: std::time::Duration::ZERO,
+    }
 }
 
 /// A fresh claim marks rows processed with their handler writes and records failures over
@@ -1403,15 +1314,7 @@ fn fresh_and_due_claims_are_exclusive_under_concurrency<B: Backend>(store: &B) {
                     }
                 }
                 loop {
-                    let settled = store
-                        .process_claimed(
-                            &params(Claim::Due {
-                                limit: 25,
-                                orphan_after: std::time::Duration::ZERO,
-                            }),
-                            &mut h,
-                        )
-                        .unwrap();
+                    let settled = store.process_claimed(&params(due(25)), &mut h).unwrap();
                     if settled.is_empty() {
                         return mine;
                     }
@@ -1670,15 +1573,7 @@ fn replaying_a_quarantined_entry_happens_once<B: Backend>(store: &B) {
     // The replayed row is an ordinary pending row.
     let clock = ManualClock::new(now);
     let mut h = marking(store, HashMap::new());
-    let settled = process(
-        store,
-        Claim::Due {
-            limit: 10,
-            orphan_after: std::time::Duration::ZERO,
-        },
-        &clock,
-        &mut h,
-    );
+    let settled = process(store, due(10), &clock, &mut h);
     assert_eq!(event_ids(&settled), ["replayed-a"]);
 
     // The public helper, with corrected fields.
@@ -1785,15 +1680,7 @@ fn the_longest_table_name_works<B: Backend>(_fresh: &B) {
     assert_eq!(stored.quarantined, 1);
     let clock = ManualClock::new(t0());
     let mut h = marking(&*store, HashMap::new());
-    let settled = process(
-        &*store,
-        Claim::Due {
-            limit: 10,
-            orphan_after: std::time::Duration::ZERO,
-        },
-        &clock,
-        &mut h,
-    );
+    let settled = process(&*store, due(10), &clock, &mut h);
     assert_eq!(event_ids(&settled), ["long-1"]);
     assert_eq!(store.markers(), ["long-1"]);
     assert_eq!(store.list_quarantined(10, 0).unwrap().len(), 1);
@@ -1881,15 +1768,7 @@ CREATE INDEX ix_event_inbox_aggregate_received ON event_inbox(aggregate_id, rece
             let events = store_events(&racers[3], &["race-1"], t0());
             let clock = ManualClock::new(t0());
             let mut h = marking(&racers[0], HashMap::new());
-            let settled = process(
-                &racers[0],
-                Claim::Due {
-                    limit: 10,
-                    orphan_after: std::time::Duration::ZERO,
-                },
-                &clock,
-                &mut h,
-            );
+            let settled = process(&racers[0], due(10), &clock, &mut h);
             assert_eq!(event_ids(&settled), ["race-1"]);
             assert_eq!(row(&*guard, "race-1").id, events[0].row_id);
         }
@@ -1958,15 +1837,7 @@ CREATE INDEX ix_event_inbox_aggregate_received ON event_inbox(aggregate_id, rece
             Some("cause-new-1")
         );
         let mut h = marking(&*store, HashMap::new());
-        let settled = process(
-            &*store,
-            Claim::Due {
-                limit: 10,
-                orphan_after: std::time::Duration::ZERO,
-            },
-            &clock,
-            &mut h,
-        );
+        let settled = process(&*store, due(10), &clock, &mut h);
         assert_eq!(event_ids(&settled), ["legacy-1", "new-1", "new-2"]);
         assert_eq!(settled[0].row.id, legacy.id);
         assert_eq!(settled[1].row.id, new[0].row_id);
@@ -2140,18 +2011,7 @@ CREATE INDEX ix_event_inbox_aggregate_received ON event_inbox(aggregate_id, rece
             let both = [events[0].row_id, events[1].row_id];
             let settled = process(store, Claim::Rows(&both), clock, &mut h);
             assert_eq!(event_ids(&settled), ["h-2"], "h-1 is held, so skipped");
-            assert_eq!(
-                process(
-                    store,
-                    Claim::Due {
-                        limit: 10,
-                        orphan_after: std::time::Duration::ZERO
-                    },
-                    clock,
-                    &mut h
-                ),
-                vec![]
-            );
+            assert_eq!(process(store, due(10), clock, &mut h), vec![]);
             release.send(()).unwrap();
             let settled = holder.join().expect("holder");
             assert_eq!(event_ids(&settled), ["h-1"]);

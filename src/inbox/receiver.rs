@@ -11,7 +11,7 @@ use super::settings::Settings;
 use super::stats::Counters;
 use super::worker::panic_message;
 use crate::backoff::Backoff;
-use crate::event::{Event, EventStatus, InboxRow};
+use crate::event::{Event, InboxRow};
 use crate::quarantine::encode_fields;
 use crate::store::{
     printable, InboxStore, MalformedEntry, ReceivedBatch, ReceivedEvent, StoreError, Stored,
@@ -312,19 +312,7 @@ fn fresh_rows(
     events
         .into_iter()
         .filter(|received| inserted.contains(&received.row_id))
-        .map(|received| InboxRow {
-            id: received.row_id,
-            stream_id: received.stream_id,
-            event: received.event,
-            status: EventStatus::Pending,
-            retry_count: 0,
-            max_retries,
-            received_at,
-            processed_at: None,
-            next_retry_at: None,
-            error_message: None,
-            last_error_at: None,
-        })
+        .map(|received| received.into_pending_row(received_at, max_retries))
         .collect()
 }
 

@@ -131,6 +131,25 @@ pub struct ReceivedEvent {
     pub event: Event,
 }
 
+impl ReceivedEvent {
+    /// The row [`InboxStore::store_received`] makes of this event when it is new.
+    pub fn into_pending_row(self, received_at: DateTime<Utc>, max_retries: i32) -> InboxRow {
+        InboxRow {
+            id: self.row_id,
+            stream_id: self.stream_id,
+            event: self.event,
+            status: EventStatus::Pending,
+            retry_count: 0,
+            max_retries,
+            received_at,
+            processed_at: None,
+            next_retry_at: None,
+            error_message: None,
+            last_error_at: None,
+        }
+    }
+}
+
 /// A stream entry that did not parse.
 #[derive(Debug, Clone, PartialEq)]
 pub struct MalformedEntry {
