@@ -1728,6 +1728,124 @@ CREATE INDEX ix_event_inbox_aggregate_received ON event_inbox(aggregate_id, rece
         Some(store)
     }
 
+    /// A handler whose write passes but fails at commit (a deferred constraint) must not hold
+    /// up its batch for ever: the batch is split, the others commit, and that row's refusal is
+    /// recorded as a failed attempt.
+    #[test]
+    fn a_batch_refused_at_commit_is_split_and_the_refused_row_failed() {
+        let Some(store) =
+            open("postgres_only::a_batch_refused_at_commit_is_split_and_the_refused_row_failed")
+        else {
+            return;
+        };
+        let store = &*store;
+        let t = store.table();
+        let mut conn = store.pool().get().unwrap();
+        conn.batch_execute(&format!(
+            "CREATE TABLE {t}_parent (key TEXT PRIMARY KEY); INSERT INTO {t}_parent VALUES ('ok'); \
+             CREATE TABLE {t}_child (key TEXT REFERENCES {t}_parent (key) DEFERRABLE INITIALLY DEFERRED)"
+        ))
+        .unwrap();
+        drop(conn);
+        let clock = ManualClock::new(t0() + secs(30));
+        let events = store_events(store, &["r-1", "r-bad", "r-2"], t0());
+        for optimistic in [true, false] {
+            let mut h = handler::<PostgresStore, _>(|tx, row| {
+                store.write_marker(tx, &row.event.event_id).unwrap();
+                let key = if row.event.event_id == "r-bad" {
+                    "missing"
+                } else {
+                    "ok"
+                };
+                tx.execute(&format!("INSERT INTO {t}_child VALUES ($1)"), &[&key])
+                    .unwrap();
+                Verdict::Processed
+            });
+            let rows = fresh(&events, t0());
+            let claim = if optimistic {
+                Claim::Fresh(&rows)
+            } else {
+                due(10)
+            };
+            let settled = process_with(store, claim, &clock, optimistic, &mut h);
+            if optimistic {
+                assert_eq!(event_ids(&settled), ["r-1", "r-bad", "r-2"]);
+                assert_eq!(h.failed_after.len(), 1, "{:?}", h.failed_after);
+                assert_eq!(h.failed_after[0].0, "r-bad");
+                assert!(
+                    h.failed_after[0].1.contains("23503"),
+                    "{}",
+                    h.failed_after[0].1
+                );
+            } else {
+                assert_eq!(settled, vec![], "r-bad is failed and not yet due again");
+            }
+        }
+        let mut markers = store.markers();
+        markers.sort();
+        assert_eq!(
+            markers,
+            ["r-1", "r-2"],
+            "each write once; the refused row's rolled back"
+        );
+        let bad = row(store, "r-bad");
+        assert_eq!((bad.status, bad.retry_count), (EventStatus::Failed, 1));
+        assert_eq!(
+            store.count_by_status().unwrap(),
+            counts(&[(EventStatus::Processed, 2), (EventStatus::Failed, 1)])
+        );
+        let mut conn = store.pool().get().unwrap();
+        let _ = conn.batch_execute(&format!("DROP TABLE {t}_child; DROP TABLE {t}_parent"));
+    }
+
+    /// A row holding a value eventflow cannot read is dead-lettered with the reason instead of
+    /// failing every claim that reaches it.
+    #[test]
+    fn an_unreadable_row_is_dead_lettered_not_blocking_the_rest() {
+        let Some(store) =
+            open("postgres_only::an_unreadable_row_is_dead_lettered_not_blocking_the_rest")
+        else {
+            return;
+        };
+        let store = &*store;
+        store_events(store, &["u-1", "u-bad", "u-2"], t0());
+        let mut conn = store.pool().get().unwrap();
+        conn.execute(
+            &format!(
+                "UPDATE {} SET occurred_on = 'infinity' WHERE event_id = 'u-bad'",
+                store.table()
+            ),
+            &[],
+        )
+        .unwrap();
+        drop(conn);
+        let clock = ManualClock::new(t0() + secs(30));
+        let mut ok = marking(store, HashMap::new());
+        let settled = process(store, due(10), &clock, &mut ok);
+        assert_eq!(event_ids(&settled), ["u-1", "u-2"]);
+        let statuses: Vec<(String, String, Option<String>)> = store
+            .pool()
+            .get()
+            .unwrap()
+            .query(
+                &format!(
+                    "SELECT event_id, status, error_message FROM {} ORDER BY event_id",
+                    store.table()
+                ),
+                &[],
+            )
+            .unwrap()
+            .iter()
+            .map(|r| (r.get(0), r.get(1), r.get(2)))
+            .collect();
+        assert_eq!(statuses[2].0, "u-bad");
+        assert_eq!(statuses[2].1, "dead_letter");
+        assert!(
+            statuses[2].2.as_deref().unwrap().contains("unreadable row"),
+            "{statuses:?}"
+        );
+    }
+
     #[test]
     fn migrate_is_safe_from_racing_processes() {
         if !support::postgres_available("postgres_only::migrate_is_safe_from_racing_processes") {
@@ -2090,3 +2208,32 @@ conformance!(
         parsed_events_with_nul_characters_are_stored,
     ],
 );
+
+/// On SQLite too, a row eventflow cannot read is dead-lettered instead of blocking the claims.
+#[test]
+fn sqlite_unreadable_row_is_dead_lettered_not_blocking_the_rest() {
+    let store = SqliteStore::open_in_memory().unwrap();
+    setup(&store);
+    store_events(&store, &["u-1", "u-bad", "u-2"], t0());
+    store.with_connection(|conn| {
+        conn.execute(
+            "UPDATE event_inbox SET occurred_on = 'not a time' WHERE event_id = 'u-bad'",
+            [],
+        )
+        .unwrap()
+    });
+    let clock = ManualClock::new(t0() + secs(30));
+    let mut ok = marking(&store, HashMap::new());
+    let settled = process(&store, due(10), &clock, &mut ok);
+    assert_eq!(event_ids(&settled), ["u-1", "u-2"]);
+    let (status, message): (String, String) = store.with_connection(|conn| {
+        conn.query_row(
+            "SELECT status, error_message FROM event_inbox WHERE event_id = 'u-bad'",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .unwrap()
+    });
+    assert_eq!(status, "dead_letter");
+    assert!(message.contains("unreadable row"), "{message}");
+}

@@ -210,7 +210,10 @@ impl<B: StoreSource> ConsumerBuilder<B, ()> {
     /// with `?`) to roll them back and retry later, or [`crate::HandlerError::give_up`] to
     /// dead-letter the event now. A panic counts as a failed attempt and never kills a worker.
     /// The handler may run more than once for one event (after a failure, or a crash before
-    /// commit), so effects outside the transaction should be idempotent.
+    /// commit), so effects outside the transaction should be idempotent. On PostgreSQL a row
+    /// fresh from a reader is claimed by marking it processed, so a handler that reads its own
+    /// inbox row in the transaction sees `processed` (the `InboxRow` it is given shows the row
+    /// as stored); a failure is recorded over that mark before commit.
     pub fn handler<F>(self, handler: F) -> ConsumerBuilder<B, F>
     where
         F: Fn(&mut <B::Store as InboxStore>::Tx<'_>, &InboxRow) -> HandlerResult

@@ -220,7 +220,8 @@ impl<S: InboxStore> Reader<S> {
     }
 
     /// Stores events and quarantined entries in one transaction, retrying (with backoff) while
-    /// the database is unavailable; a refusal of the data itself is returned, not retried.
+    /// the database is unavailable; a refusal of the data itself is returned at once, another
+    /// refusal after the third attempt.
     fn store_batch(
         &self,
         events: &[ReceivedEvent],
@@ -228,6 +229,7 @@ impl<S: InboxStore> Reader<S> {
         received_at: DateTime<Utc>,
     ) -> Attempt {
         let mut backoff = Backoff::new();
+        let mut refusals = 0;
         loop {
             let batch = ReceivedBatch {
                 stream: &self.settings.stream,
@@ -239,7 +241,13 @@ impl<S: InboxStore> Reader<S> {
             match self.store.store_received(&batch) {
                 Ok(stored) => return Attempt::Stored(stored),
                 Err(error) if error.is_data_error() => return Attempt::Refused(error),
+                // Refused for another reason (a batch too large for the server, say) more than
+                // once: the batch itself may be the problem, so it is split.
+                Err(error) if error.is_refusal() && refusals >= 2 => {
+                    return Attempt::Refused(error)
+                }
                 Err(error) => {
+                    refusals += usize::from(error.is_refusal());
                     tracing::error!(%error, entries = events.len() + malformed.len(), "cannot store a read batch; it stays unacknowledged and is retried");
                     if !backoff.wait(&self.stop) {
                         return Attempt::Stopped;

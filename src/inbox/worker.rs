@@ -19,6 +19,9 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
+/// The longest delay before a retry, whatever the policy says.
+const MAX_RETRY_DELAY: chrono::Duration = chrono::Duration::days(365);
+
 /// Tries at a batch of handed-over rows before leaving them to the orphan polls.
 const FRESH_ATTEMPTS: usize = 3;
 
@@ -197,8 +200,12 @@ impl<S: InboxStore> Attempt<'_, S> {
                 .settings
                 .retry_policy
                 .delay(failures as u32, random_unit());
-            let delay = chrono::Duration::from_std(delay).unwrap_or(chrono::Duration::days(365));
-            now.checked_add_signed(delay).unwrap_or(now)
+            // A year at most: beyond that a custom policy's delay is a bug, and a far-off time
+            // could overflow the stores' timestamp ranges.
+            let delay = chrono::Duration::from_std(delay)
+                .unwrap_or(MAX_RETRY_DELAY)
+                .min(MAX_RETRY_DELAY);
+            now + delay
         });
         Verdict::Failed(Failure {
             status: if dead {

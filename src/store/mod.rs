@@ -8,6 +8,7 @@
 mod migrations;
 #[cfg(feature = "postgres")]
 mod postgres;
+mod refusal;
 #[cfg(feature = "sqlite")]
 mod sqlite;
 
@@ -382,6 +383,36 @@ impl StoreError {
                     )
             ),
             Self::Migration { source, .. } => source.is_data_error(),
+            _ => false,
+        }
+    }
+
+    /// Whether the database answered and refused what was asked, rather than being out of
+    /// reach: a data error, a deferred constraint failing at commit, a statement the server
+    /// cannot run. Retrying the same work as it is may fail the same way, so callers split it.
+    /// Connection loss, shutdown, lack of resources and serialization failures are not
+    /// refusals: those pass.
+    pub fn is_refusal(&self) -> bool {
+        match self {
+            #[cfg(feature = "postgres")]
+            Self::Postgres { source, .. } => source
+                .code()
+                .is_some_and(|code| !matches!(&code.code()[..2], "08" | "40" | "53" | "57" | "58")),
+            #[cfg(feature = "sqlite")]
+            Self::Sqlite { source, .. } => match source {
+                rusqlite::Error::SqliteFailure(error, _) => !matches!(
+                    error.code,
+                    rusqlite::ErrorCode::DatabaseBusy
+                        | rusqlite::ErrorCode::DatabaseLocked
+                        | rusqlite::ErrorCode::OutOfMemory
+                        | rusqlite::ErrorCode::SystemIoFailure
+                        | rusqlite::ErrorCode::DiskFull
+                        | rusqlite::ErrorCode::CannotOpen
+                ),
+                _ => self.is_data_error(),
+            },
+            Self::Migration { source, .. } => source.is_refusal(),
+            Self::Corrupt { .. } | Self::Panicked(_) => true,
             _ => false,
         }
     }

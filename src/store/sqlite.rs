@@ -5,10 +5,11 @@
 //! microseconds (`2025-01-01T00:00:00.000000Z`, so text order is time order) and JSON as text.
 
 use super::migrations::{Migration, MIGRATIONS_TABLE};
+use super::refusal::{split_refused, Retry};
 use super::{
-    orphaned_before, validate_table_name, Claim, ClaimParams, InboxStore, QuarantineReplay,
-    ReceivedBatch, ReceivedEvent, RowHandler, Settled, StatusCounts, StoreError, Stored, Verdict,
-    DEFAULT_INBOX_TABLE,
+    orphaned_before, truncate_error, validate_table_name, Claim, ClaimParams, InboxStore,
+    QuarantineReplay, ReceivedBatch, ReceivedEvent, RowHandler, Settled, StatusCounts, StoreError,
+    Stored, Verdict, DEFAULT_INBOX_TABLE,
 };
 use crate::event::{Event, EventStatus, InboxRow};
 use crate::quarantine::{decode_fields, QuarantinedEntry};
@@ -103,7 +104,7 @@ impl SqliteStore {
     /// when this thread already holds it: a handler calling the store would otherwise wait for
     /// ever on the lock its own batch holds.
     fn lock(&self) -> parking_lot::MutexGuard<'_, Connection> {
-        if HANDLING.get() {
+        if HANDLING.get() == self as *const Self as usize {
             panic!(
                 "a handler called the SQLite store it runs in; write through the handler's \
                  transaction instead (the store's one connection is busy with that batch)"
@@ -125,23 +126,24 @@ impl SqliteStore {
 }
 
 thread_local! {
-    /// Set while this thread runs handlers inside a batch holding the connection.
-    static HANDLING: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+    /// The address of the store whose batch this thread is running handlers in, or 0.
+    static HANDLING: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
 }
 
-/// Marks the current thread as running handlers until dropped (also when a panic unwinds).
+/// Marks the current thread as running handlers in a store's batch until dropped (also when a
+/// panic unwinds). Another store may be used meanwhile; this one may not.
 struct Handling;
 
 impl Handling {
-    fn begin() -> Self {
-        HANDLING.set(true);
+    fn begin(store: &SqliteStore) -> Self {
+        HANDLING.set(store as *const SqliteStore as usize);
         Handling
     }
 }
 
 impl Drop for Handling {
     fn drop(&mut self) {
-        HANDLING.set(false);
+        HANDLING.set(0);
     }
 }
 
@@ -271,103 +273,7 @@ impl InboxStore for SqliteStore {
         params: &ClaimParams<'_>,
         handler: &mut dyn RowHandler<Self>,
     ) -> Result<Vec<Settled>, StoreError> {
-        let mut conn = self.lock();
-        let mut tx = conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(lite("begin a claim"))?;
-        let clock_now = params.clock.now();
-        let now = ts(clock_now);
-        let rows = {
-            let (sql, args) = match params.claim {
-                Claim::Rows(ids) => (
-                    &self.sql.claim_rows,
-                    vec![now.into(), ids_json(ids.iter().copied()).into()],
-                ),
-                // One connection, so nothing can touch them between claim and commit: fresh rows
-                // are claimed like any others (still due, read back as they stand).
-                Claim::Fresh(rows) => (
-                    &self.sql.claim_rows,
-                    vec![now.into(), ids_json(rows.iter().map(|row| row.id)).into()],
-                ),
-                Claim::Due {
-                    limit,
-                    orphan_after,
-                } => (
-                    &self.sql.claim_due,
-                    vec![
-                        now.into(),
-                        (limit as i64).into(),
-                        ts(orphaned_before(clock_now, orphan_after)).into(),
-                    ],
-                ),
-            };
-            let mut statement = tx.prepare_cached(sql).map_err(lite("prepare claim"))?;
-            let args: Vec<rusqlite::types::Value> = args;
-            let raw = statement
-                .query_map(rusqlite::params_from_iter(args), RawRow::read)
-                .map_err(lite("claim rows"))?
-                .collect::<Result<Vec<_>, _>>()
-                .map_err(lite("claim rows"))?;
-            raw.into_iter()
-                .map(RawRow::into_row)
-                .collect::<Result<Vec<_>, _>>()?
-        };
-        if rows.is_empty() {
-            return Ok(Vec::new());
-        }
-
-        let mut settled = Vec::with_capacity(rows.len());
-        let handling = Handling::begin();
-        for row in rows {
-            tx.execute_batch("SAVEPOINT eventflow_row")
-                .map_err(lite("set a savepoint"))?;
-            let mut verdict = handler.handle(&mut tx, &row);
-            if verdict == Verdict::Processed {
-                if let Err(error) = tx.execute_batch("RELEASE eventflow_row") {
-                    verdict = handler.failed_after(
-                        &row,
-                        format!("the handler's writes could not be kept: {error}"),
-                    );
-                }
-            }
-            if verdict != Verdict::Processed {
-                tx.execute_batch("ROLLBACK TO eventflow_row; RELEASE eventflow_row")
-                    .map_err(lite("roll back a failed row"))?;
-            }
-            settled.push(Settled { row, verdict });
-        }
-        drop(handling);
-
-        let finished_at = ts(params.clock.now());
-        let processed = ids_json(
-            settled
-                .iter()
-                .filter(|s| s.verdict == Verdict::Processed)
-                .map(|s| s.row.id),
-        );
-        tx.execute(&self.sql.mark_processed, params![processed, finished_at])
-            .map_err(lite("mark rows processed"))?;
-        {
-            let mut record = tx
-                .prepare_cached(&self.sql.record_failure)
-                .map_err(lite("prepare failure"))?;
-            for s in &settled {
-                if let Verdict::Failed(failure) = &s.verdict {
-                    record
-                        .execute(params![
-                            s.row.id.to_string(),
-                            failure.status.as_str(),
-                            failure.retry_count,
-                            failure.next_retry_at.map(ts),
-                            failure.error_message,
-                            ts(failure.failed_at),
-                        ])
-                        .map_err(lite("record a failed attempt"))?;
-                }
-            }
-        }
-        tx.commit().map_err(lite("commit handled rows"))?;
-        Ok(settled)
+        split_refused(&mut Batches(self), params, handler)
     }
 
     fn count_by_status(&self) -> Result<StatusCounts, StoreError> {
@@ -493,6 +399,192 @@ fn insert_event(
     ])
 }
 
+impl SqliteStore {
+    /// One claim in one transaction (see [`InboxStore::process_claimed`]).
+    fn run_batch(
+        &self,
+        params: &ClaimParams<'_>,
+        handler: &mut dyn RowHandler<Self>,
+        claimed: &mut Vec<Uuid>,
+    ) -> Result<Vec<Settled>, StoreError> {
+        let mut conn = self.lock();
+        let mut tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(lite("begin a claim"))?;
+        let clock_now = params.clock.now();
+        let now = ts(clock_now);
+        let rows = {
+            let (sql, args) = match params.claim {
+                Claim::Rows(ids) => (
+                    &self.sql.claim_rows,
+                    vec![now.clone().into(), ids_json(ids.iter().copied()).into()],
+                ),
+                // One connection, so nothing can touch them between claim and commit: fresh rows
+                // are claimed like any others (still due, read back as they stand).
+                Claim::Fresh(rows) => (
+                    &self.sql.claim_rows,
+                    vec![
+                        now.clone().into(),
+                        ids_json(rows.iter().map(|row| row.id)).into(),
+                    ],
+                ),
+                Claim::Due {
+                    limit,
+                    orphan_after,
+                } => (
+                    &self.sql.claim_due,
+                    vec![
+                        now.clone().into(),
+                        (limit as i64).into(),
+                        ts(orphaned_before(clock_now, orphan_after)).into(),
+                    ],
+                ),
+            };
+            let mut statement = tx.prepare_cached(sql).map_err(lite("prepare claim"))?;
+            let args: Vec<rusqlite::types::Value> = args;
+            let raw = statement
+                .query_map(rusqlite::params_from_iter(args), RawRow::read)
+                .map_err(lite("claim rows"))?
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(lite("claim rows"))?;
+            let mut readable = Vec::with_capacity(raw.len());
+            for raw in raw {
+                let id = raw.text[0].clone().unwrap_or_default();
+                match raw.into_row() {
+                    Ok(row) => readable.push(row),
+                    // A row nobody can read would fail every claim that reaches it, holding up
+                    // every row behind it: it is dead-lettered with the reason instead.
+                    Err(StoreError::Corrupt { reason, .. }) => {
+                        tracing::error!(row = %id, %reason, "unreadable inbox row dead-lettered");
+                        let message = truncate_error(&format!("unreadable row: {reason}"));
+                        tx.execute(&self.sql.dead_letter, params![id, message, now])
+                            .map_err(lite("dead-letter an unreadable row"))?;
+                    }
+                    Err(error) => return Err(error),
+                }
+            }
+            readable
+        };
+        if rows.is_empty() {
+            return Ok(Vec::new());
+        }
+        claimed.extend(rows.iter().map(|row| row.id));
+
+        let mut settled = Vec::with_capacity(rows.len());
+        let handling = Handling::begin(self);
+        for row in rows {
+            tx.execute_batch("SAVEPOINT eventflow_row")
+                .map_err(lite("set a savepoint"))?;
+            let mut verdict = handler.handle(&mut tx, &row);
+            if verdict == Verdict::Processed {
+                if let Err(error) = tx.execute_batch("RELEASE eventflow_row") {
+                    verdict = handler.failed_after(
+                        &row,
+                        format!("the handler's writes could not be kept: {error}"),
+                    );
+                }
+            }
+            if verdict != Verdict::Processed {
+                tx.execute_batch("ROLLBACK TO eventflow_row; RELEASE eventflow_row")
+                    .map_err(lite("roll back a failed row"))?;
+            }
+            settled.push(Settled { row, verdict });
+        }
+        drop(handling);
+
+        let finished_at = ts(params.clock.now());
+        let processed = ids_json(
+            settled
+                .iter()
+                .filter(|s| s.verdict == Verdict::Processed)
+                .map(|s| s.row.id),
+        );
+        tx.execute(&self.sql.mark_processed, params![processed, finished_at])
+            .map_err(lite("mark rows processed"))?;
+        for s in &settled {
+            if let Verdict::Failed(failure) = &s.verdict {
+                record_failure(&tx, &self.sql.record_failure, s.row.id, failure)
+                    .map_err(lite("record a failed attempt"))?;
+            }
+        }
+        tx.commit().map_err(lite("commit handled rows"))?;
+        Ok(settled)
+    }
+
+    /// Records a failed attempt for row `id`, if it is still due, in a transaction of its own.
+    fn record_refusal(
+        &self,
+        params: &ClaimParams<'_>,
+        handler: &mut dyn RowHandler<Self>,
+        id: Uuid,
+        reason: &str,
+    ) -> Result<Option<Settled>, StoreError> {
+        let mut conn = self.lock();
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(lite("begin recording a refusal"))?;
+        let now = params.clock.now();
+        let row = tx
+            .query_row(
+                &self.sql.claim_rows,
+                params![ts(now), ids_json([id])],
+                RawRow::read,
+            )
+            .optional()
+            .map_err(lite("claim a refused row"))?;
+        let Some(row) = row.map(RawRow::into_row).transpose()? else {
+            return Ok(None);
+        };
+        let verdict = handler.failed_after(&row, reason.to_string());
+        if let Verdict::Failed(failure) = &verdict {
+            record_failure(&tx, &self.sql.record_failure, row.id, failure)
+                .map_err(lite("record a refused row"))?;
+        }
+        tx.commit().map_err(lite("commit a refusal"))?;
+        Ok(Some(Settled { row, verdict }))
+    }
+}
+
+/// Batches on the store's one connection.
+struct Batches<'a>(&'a SqliteStore);
+
+impl Retry<SqliteStore> for Batches<'_> {
+    fn run(
+        &mut self,
+        params: &ClaimParams<'_>,
+        handler: &mut dyn RowHandler<SqliteStore>,
+        claimed: &mut Vec<Uuid>,
+    ) -> Result<Vec<Settled>, StoreError> {
+        self.0.run_batch(params, handler, claimed)
+    }
+
+    fn record_refusal(
+        &mut self,
+        params: &ClaimParams<'_>,
+        handler: &mut dyn RowHandler<SqliteStore>,
+        id: Uuid,
+        reason: &str,
+    ) -> Result<Option<Settled>, StoreError> {
+        self.0.record_refusal(params, handler, id, reason)
+    }
+}
+
+fn record_failure(
+    tx: &rusqlite::Connection,
+    sql: &str,
+    id: Uuid,
+    failure: &crate::store::Failure,
+) -> rusqlite::Result<usize> {
+    tx.prepare_cached(sql)?.execute(params![
+        id.to_string(),
+        failure.status.as_str(),
+        failure.retry_count,
+        failure.next_retry_at.map(ts),
+        failure.error_message,
+        ts(failure.failed_at),
+    ])
+}
+
 /// A row's columns as SQLite returns them, converted outside rusqlite's error type.
 struct RawRow {
     text: [Option<String>; 17],
@@ -598,6 +690,7 @@ struct Queries {
     claim_due: String,
     mark_processed: String,
     record_failure: String,
+    dead_letter: String,
     count_by_status: String,
     find_by_event_id: String,
     list_quarantined: String,
@@ -636,6 +729,10 @@ impl Queries {
             record_failure: format!(
                 "UPDATE {t} SET status = ?2, retry_count = ?3, next_retry_at = ?4, error_message = ?5, \
                  last_error_at = ?6, processed_at = NULL WHERE id = ?1"
+            ),
+            dead_letter: format!(
+                "UPDATE {t} SET status = 'dead_letter', next_retry_at = NULL, error_message = ?2, \
+                 last_error_at = ?3 WHERE id = ?1"
             ),
             count_by_status: format!("SELECT status, count(*) FROM {t} GROUP BY status"),
             find_by_event_id: format!("SELECT {COLUMNS} FROM {t} WHERE event_id = ?1"),

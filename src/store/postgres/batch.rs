@@ -15,8 +15,10 @@ use super::connection::PgTransaction;
 use super::{is_aborted, pg, PostgresStore};
 use crate::clock::Clock;
 use crate::event::InboxRow;
+use crate::store::refusal::{split_refused, Retry};
 use crate::store::{
-    orphaned_before, Claim, ClaimParams, Failure, RowHandler, Settled, StoreError, Verdict,
+    orphaned_before, truncate_error, Claim, ClaimParams, Failure, RowHandler, Settled, StoreError,
+    Verdict,
 };
 use chrono::{DateTime, Utc};
 use postgres::Statement;
@@ -38,6 +40,7 @@ struct Prepared {
     claim_due: Statement,
     mark_processed: Statement,
     record_failures: Statement,
+    dead_letter: Statement,
 }
 
 pub(super) fn process(
@@ -46,15 +49,74 @@ pub(super) fn process(
     handler: &mut dyn RowHandler<PostgresStore>,
 ) -> Result<Vec<Settled>, StoreError> {
     let mut conn = store.connection()?;
-    let result = run(store, &mut conn, params, handler);
-    let failed = match &result {
-        Ok(settled) => settled.iter().any(|s| s.verdict != Verdict::Processed),
-        Err(_) => true,
-    };
-    if failed {
-        conn.forget_statements();
+    split_refused(
+        &mut Batches {
+            store,
+            conn: &mut conn,
+        },
+        params,
+        handler,
+    )
+}
+
+/// Batches on one pooled connection.
+struct Batches<'a> {
+    store: &'a PostgresStore,
+    conn: &'a mut PgConnection,
+}
+
+impl Retry<PostgresStore> for Batches<'_> {
+    fn run(
+        &mut self,
+        params: &ClaimParams<'_>,
+        handler: &mut dyn RowHandler<PostgresStore>,
+        claimed: &mut Vec<Uuid>,
+    ) -> Result<Vec<Settled>, StoreError> {
+        let result = run(self.store, self.conn, params, handler, claimed);
+        let failed = match &result {
+            Ok(settled) => settled.iter().any(|s| s.verdict != Verdict::Processed),
+            Err(_) => true,
+        };
+        if failed {
+            self.conn.forget_statements();
+        }
+        result
     }
-    result
+
+    fn record_refusal(
+        &mut self,
+        params: &ClaimParams<'_>,
+        handler: &mut dyn RowHandler<PostgresStore>,
+        id: Uuid,
+        reason: &str,
+    ) -> Result<Option<Settled>, StoreError> {
+        record_refusal(self.store, self.conn, params, handler, id, reason)
+    }
+}
+
+/// Records a failed attempt for row `id` without running its handler again.
+fn record_refusal(
+    store: &PostgresStore,
+    conn: &mut PgConnection,
+    params: &ClaimParams<'_>,
+    handler: &mut dyn RowHandler<PostgresStore>,
+    id: Uuid,
+    reason: &str,
+) -> Result<Option<Settled>, StoreError> {
+    let prepared = prepare(store, conn)?;
+    let mut tx = conn
+        .transaction()
+        .map_err(pg("begin recording a refusal"))?;
+    let (rows, _) = claim(&mut tx, &prepared, Claim::Rows(&[id]), params.clock.now())?;
+    let Some(row) = rows.into_iter().next() else {
+        return Ok(None); // settled meanwhile by someone else
+    };
+    let verdict = handler.failed_after(&row, reason.to_string());
+    let settled = [Settled { row, verdict }];
+    complete(&mut tx, &prepared, &settled, params.clock, false)?;
+    tx.commit().map_err(pg("commit a refusal"))?;
+    let [settled] = settled;
+    Ok(Some(settled))
 }
 
 fn run(
@@ -62,6 +124,7 @@ fn run(
     conn: &mut PgConnection,
     params: &ClaimParams<'_>,
     handler: &mut dyn RowHandler<PostgresStore>,
+    claimed: &mut Vec<Uuid>,
 ) -> Result<Vec<Settled>, StoreError> {
     let prepared = prepare(store, conn)?;
     let mut tx = conn.transaction().map_err(pg("begin a claim"))?;
@@ -69,6 +132,7 @@ fn run(
     if rows.is_empty() {
         return Ok(Vec::new());
     }
+    claimed.extend(rows.iter().map(|row| row.id));
     let settled = match params.optimistic {
         true => match optimistic(&mut tx, &rows, handler)? {
             Some(verdicts) => rows
@@ -78,6 +142,9 @@ fn run(
                 .collect(),
             None => {
                 tracing::debug!(rows = rows.len(), "a handler failed in an optimistic batch; redoing it with a savepoint per event");
+                // A handler's cached statement may have gone stale (its table altered): the
+                // redo prepares afresh.
+                tx.forget_statements();
                 isolated(&mut tx, rows, handler)?
             }
         },
@@ -100,6 +167,7 @@ fn prepare(store: &PostgresStore, conn: &mut PgConnection) -> Result<Prepared, S
         claim_due: statement(&store.sql.claim_due)?,
         mark_processed: statement(&store.sql.mark_processed)?,
         record_failures: statement(&store.sql.record_failures)?,
+        dead_letter: statement(&store.sql.dead_letter)?,
     })
 }
 
@@ -125,11 +193,23 @@ fn claim(
         }
     }
     .map_err(pg("claim rows"))?;
-    let rows = rows
-        .iter()
-        .map(super::inbox_row)
-        .collect::<Result<_, _>>()?;
-    Ok((rows, false))
+    let mut readable = Vec::with_capacity(rows.len());
+    for row in &rows {
+        match super::inbox_row(row) {
+            Ok(row) => readable.push(row),
+            // A row nobody can read would fail every claim that reaches it, holding up every
+            // row behind it: it is dead-lettered with the reason instead.
+            Err(StoreError::Corrupt { reason, .. }) => {
+                let id: Uuid = row.try_get(0).map_err(pg("read a row id"))?;
+                tracing::error!(row = %id, %reason, "unreadable inbox row dead-lettered");
+                let message = truncate_error(&format!("unreadable row: {reason}"));
+                tx.execute(&prepared.dead_letter, &[&id, &message, &now])
+                    .map_err(pg("dead-letter an unreadable row"))?;
+            }
+            Err(error) => return Err(error),
+        }
+    }
+    Ok((readable, false))
 }
 
 /// Claims fresh rows by marking them processed: one write per row instead of a lock and then

@@ -69,9 +69,17 @@ fn cached(
 
 impl PgConnection {
     /// Begins a transaction that can prepare statements into this connection's cache.
+    ///
+    /// Always READ COMMITTED, whatever the role's or database's default: claims rely on its
+    /// re-check of a row that changed while they waited for it.
     pub(super) fn transaction(&mut self) -> Result<PgTransaction<'_>, postgres::Error> {
+        let tx = self
+            .client
+            .build_transaction()
+            .isolation_level(postgres::IsolationLevel::ReadCommitted)
+            .start()?;
         Ok(PgTransaction {
-            tx: self.client.transaction()?,
+            tx,
             statements: &mut self.statements,
         })
     }
@@ -109,6 +117,11 @@ impl<'t> PgTransaction<'t> {
     pub fn prepare_cached(&mut self, sql: &str) -> Result<Statement, postgres::Error> {
         let tx = &mut self.tx;
         cached(self.statements, sql, |sql| tx.prepare(sql))
+    }
+
+    /// Drops the connection's cached statements.
+    pub(super) fn forget_statements(&mut self) {
+        self.statements.clear();
     }
 
     /// Commits, consuming the transaction.

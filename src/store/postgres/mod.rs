@@ -417,39 +417,53 @@ impl InboxStore for PostgresStore {
     }
 }
 
+/// Reads an inbox row; a value eventflow cannot hold (an `infinity` timestamp, a status of
+/// its own) is an error naming the row, never a panic.
 pub(super) fn inbox_row(row: &Row) -> Result<InboxRow, StoreError> {
-    let id: Uuid = row.get(0);
-    let status: String = row.get(9);
+    let id: Uuid = row.try_get(0).map_err(|e| corrupt(&"?", "id", e))?;
+    macro_rules! column {
+        ($index:expr, $name:literal) => {
+            row.try_get($index).map_err(|e| corrupt(&id, $name, e))?
+        };
+    }
+    let status: String = column!(9, "status");
     let status = EventStatus::parse(&status).ok_or_else(|| StoreError::Corrupt {
         row: id.to_string(),
         reason: format!("unknown status {status:?}"),
     })?;
-    let payload: serde_json::Value = row.get(8);
+    let payload: serde_json::Value = column!(8, "payload");
     Ok(InboxRow {
         id,
         event: Event {
-            event_id: row.get(1),
-            event_type: row.get(3),
-            aggregate_id: row.get(4),
-            correlation_id: row.get(5),
-            causation_id: row.get(6),
-            occurred_on: row.get(7),
+            event_id: column!(1, "event_id"),
+            event_type: column!(3, "event_type"),
+            aggregate_id: column!(4, "aggregate_id"),
+            correlation_id: column!(5, "correlation_id"),
+            causation_id: column!(6, "causation_id"),
+            occurred_on: column!(7, "occurred_on"),
             payload: if payload.is_object() {
                 payload
             } else {
                 serde_json::json!({})
             },
         },
-        stream_id: row.get(2),
+        stream_id: column!(2, "stream_id"),
         status,
-        retry_count: row.get(10),
-        max_retries: row.get(11),
-        received_at: row.get(12),
-        processed_at: row.get(13),
-        next_retry_at: row.get(14),
-        error_message: row.get(15),
-        last_error_at: row.get(16),
+        retry_count: column!(10, "retry_count"),
+        max_retries: column!(11, "max_retries"),
+        received_at: column!(12, "received_at"),
+        processed_at: column!(13, "processed_at"),
+        next_retry_at: column!(14, "next_retry_at"),
+        error_message: column!(15, "error_message"),
+        last_error_at: column!(16, "last_error_at"),
     })
+}
+
+fn corrupt(row: &dyn std::fmt::Display, column: &str, error: postgres::Error) -> StoreError {
+    StoreError::Corrupt {
+        row: row.to_string(),
+        reason: format!("column {column}: {error}"),
+    }
 }
 
 fn quarantined_entry(row: &Row) -> Result<QuarantinedEntry, StoreError> {

@@ -12,6 +12,7 @@ pub(super) struct Queries {
     pub claim_due: String,
     pub mark_processed: String,
     pub record_failures: String,
+    pub dead_letter: String,
     pub count_by_status: String,
     pub find_by_event_id: String,
     pub list_quarantined: String,
@@ -76,6 +77,10 @@ impl Queries {
                  FROM unnest($1::uuid[], $2::varchar[], $3::int4[], $4::timestamptz[], $5::text[], \
                  $6::timestamptz[]) AS f(id, status, retry_count, next_retry_at, error_message, failed_at) \
                  WHERE t.id = f.id"
+            ),
+            dead_letter: format!(
+                "UPDATE {t} SET status = 'dead_letter', next_retry_at = NULL, error_message = $2, \
+                 last_error_at = $3 WHERE id = $1"
             ),
             count_by_status: format!("SELECT status, count(*) FROM {t} GROUP BY status"),
             find_by_event_id: format!("SELECT {COLUMNS} FROM {t} WHERE event_id = $1"),
