@@ -934,3 +934,52 @@ fn a_sqlite_handler_that_calls_its_store_fails_instead_of_hanging() {
         .unwrap()
         .contains("called the SQLite store it runs in"));
 }
+
+#[test]
+fn readers_wait_for_slow_workers_so_stored_but_unhandled_rows_stay_bounded() {
+    let stream = MemoryStream::new();
+    let store = store();
+    let handle = InboxConsumer::builder()
+        .transport(stream.clone())
+        .store(store.clone())
+        .stream(STREAM)
+        .group(GROUP)
+        .readers(1)
+        .workers(1)
+        .read_batch(50)
+        .handler(|tx, row| -> HandlerResult {
+            std::thread::sleep(Duration::from_millis(1));
+            record(tx, row)?;
+            Ok(())
+        })
+        .build()
+        .unwrap()
+        .start()
+        .unwrap();
+    let entries: Vec<_> = (0..1500)
+        .map(|i| event(&format!("b-{i}"), "T").to_entry_fields())
+        .collect();
+    stream.publish_batch(STREAM, &entries).unwrap();
+    // One worker, a channel of two 50-row batches: at most one batch being handled, two queued
+    // and one the reader holds while it waits to hand it over.
+    let bound = 4 * 50;
+    let mut most_pending = 0;
+    let mut most_lag = 0;
+    let deadline = std::time::Instant::now() + WAIT;
+    while count(&store, EventStatus::Processed) < 1500 {
+        assert!(std::time::Instant::now() < deadline, "{:?}", handle.stats());
+        most_pending = most_pending.max(count(&store, EventStatus::Pending));
+        most_lag = most_lag.max(group_stats(&stream).lag.unwrap_or(0));
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    handle.shutdown(Duration::from_secs(10)).unwrap();
+    assert!(
+        most_lag > 500,
+        "the stream was ahead of the workers (lag {most_lag})"
+    );
+    assert!(
+        most_pending <= bound,
+        "{most_pending} rows stored but unhandled, bound {bound}"
+    );
+    assert_eq!(handled(&store), (1500, 1500));
+}
