@@ -83,6 +83,7 @@ impl Retry<PostgresStore> for Batches<'_> {
         result
     }
 
+    /// Records a failed attempt for row `id` without running its handler again.
     fn record_refusal(
         &mut self,
         params: &ClaimParams<'_>,
@@ -90,33 +91,22 @@ impl Retry<PostgresStore> for Batches<'_> {
         id: Uuid,
         reason: &str,
     ) -> Result<Option<Settled>, StoreError> {
-        record_refusal(self.store, self.conn, params, handler, id, reason)
+        let prepared = prepare(self.store, self.conn)?;
+        let mut tx = self
+            .conn
+            .transaction()
+            .map_err(pg("begin recording a refusal"))?;
+        let (rows, _) = claim(&mut tx, &prepared, Claim::Rows(&[id]), params.clock.now())?;
+        let Some(row) = rows.into_iter().next() else {
+            return Ok(None); // settled meanwhile by someone else
+        };
+        let verdict = handler.failed_after(&row, reason.to_string());
+        let settled = [Settled { row, verdict }];
+        complete(&mut tx, &prepared, &settled, params.clock, false)?;
+        tx.commit().map_err(pg("commit a refusal"))?;
+        let [settled] = settled;
+        Ok(Some(settled))
     }
-}
-
-/// Records a failed attempt for row `id` without running its handler again.
-fn record_refusal(
-    store: &PostgresStore,
-    conn: &mut PgConnection,
-    params: &ClaimParams<'_>,
-    handler: &mut dyn RowHandler<PostgresStore>,
-    id: Uuid,
-    reason: &str,
-) -> Result<Option<Settled>, StoreError> {
-    let prepared = prepare(store, conn)?;
-    let mut tx = conn
-        .transaction()
-        .map_err(pg("begin recording a refusal"))?;
-    let (rows, _) = claim(&mut tx, &prepared, Claim::Rows(&[id]), params.clock.now())?;
-    let Some(row) = rows.into_iter().next() else {
-        return Ok(None); // settled meanwhile by someone else
-    };
-    let verdict = handler.failed_after(&row, reason.to_string());
-    let settled = [Settled { row, verdict }];
-    complete(&mut tx, &prepared, &settled, params.clock, false)?;
-    tx.commit().map_err(pg("commit a refusal"))?;
-    let [settled] = settled;
-    Ok(Some(settled))
 }
 
 fn run(
@@ -156,11 +146,7 @@ fn run(
 }
 
 fn prepare(store: &PostgresStore, conn: &mut PgConnection) -> Result<Prepared, StoreError> {
-    let mut statement = |sql: &str| {
-        conn.prepared(sql)
-            .map(|(_, s)| s)
-            .map_err(pg("prepare a statement"))
-    };
+    let mut statement = |sql: &str| conn.prepared(sql).map_err(pg("prepare a statement"));
     Ok(Prepared {
         claim_rows: statement(&store.sql.claim_rows)?,
         claim_fresh: statement(&store.sql.claim_fresh)?,

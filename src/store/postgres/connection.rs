@@ -29,14 +29,10 @@ impl std::fmt::Debug for PgConnection {
 }
 
 impl PgConnection {
-    /// The client and `sql` prepared on it, from the cache when it was prepared before.
-    pub(super) fn prepared(
-        &mut self,
-        sql: &str,
-    ) -> Result<(&mut Client, Statement), postgres::Error> {
+    /// `sql` prepared on this connection, from the cache when it was prepared before.
+    pub(super) fn prepared(&mut self, sql: &str) -> Result<Statement, postgres::Error> {
         let client = &mut self.client;
-        let statement = cached(&mut self.statements, sql, |sql| client.prepare(sql))?;
-        Ok((&mut self.client, statement))
+        cached(&mut self.statements, sql, |sql| client.prepare(sql))
     }
 
     /// Drops every cached statement. Called after a batch that failed, since a cached statement

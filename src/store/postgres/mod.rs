@@ -177,10 +177,10 @@ impl PostgresStore {
         conn: &mut PgConnection,
         batch: &ReceivedBatch<'_>,
     ) -> Result<Stored, StoreError> {
-        let (_, insert_events) = conn
+        let insert_events = conn
             .prepared(&self.sql.insert_events)
             .map_err(pg("prepare insert"))?;
-        let (_, insert_quarantine) = conn
+        let insert_quarantine = conn
             .prepared(&self.sql.insert_quarantine)
             .map_err(pg("prepare quarantine"))?;
         let mut tx = conn.transaction().map_err(pg("begin storing a batch"))?;
