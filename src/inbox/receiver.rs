@@ -39,8 +39,9 @@ pub(crate) struct Reader<S: InboxStore> {
 impl<S: InboxStore> Reader<S> {
     pub fn run(self) {
         let mut backoff = Backoff::new();
-        let mut group_ready = true; // start() created it
-                                    // Reclaim at once: entries left by a consumer that died before this one started.
+        // start() created the group.
+        let mut group_ready = true;
+        // Reclaim at once: entries left by a consumer that died before this one started.
         let mut next_reclaim = Instant::now();
         while !self.stopping() {
             // A panic in a clock, a store or a transport must not end the reader silently; what

@@ -1,7 +1,7 @@
 //! Worker threads: claim rows, run the handler in the row's transaction, record the outcome.
 //!
-//! A worker waits on three things: row ids from the readers, a tick on which it claims due rows
-//! itself, and the halt signal. A handler error or panic is recorded as a failed attempt with the
+//! A worker waits on three things: rows a reader has just stored, a tick on which it claims due
+//! rows itself (retries, orphans), and the halt signal. A handler error or panic is recorded as a failed attempt with the
 //! retry policy's delay, or as a dead letter once out of retries; the worker goes on either way.
 
 use super::consumer::Handler;
