@@ -553,12 +553,14 @@ impl Transport for Outage {
         }
         self.inner.reclaim_stale(request)
     }
-    fn publish_batch(
+    fn publish_entries(
         &self,
-        stream: &str,
-        entries: &[Vec<(String, Vec<u8>)>],
-    ) -> Result<Vec<String>, eventflow::transport::TransportError> {
-        self.inner.publish_batch(stream, entries)
+        entries: &[eventflow::transport::OutgoingEntry<'_>],
+    ) -> Result<
+        Vec<Result<String, eventflow::transport::TransportError>>,
+        eventflow::transport::TransportError,
+    > {
+        self.inner.publish_entries(entries)
     }
     fn trim(
         &self,
@@ -566,6 +568,13 @@ impl Transport for Outage {
         max_len: usize,
     ) -> Result<u64, eventflow::transport::TransportError> {
         self.inner.trim(stream, max_len)
+    }
+    fn trim_consumed(
+        &self,
+        stream: &str,
+        before: &str,
+    ) -> Result<u64, eventflow::transport::TransportError> {
+        self.inner.trim_consumed(stream, before)
     }
     fn group_stats(
         &self,

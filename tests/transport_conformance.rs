@@ -13,7 +13,8 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use eventflow::transport::{
-    MemoryStream, ReadRequest, ReclaimRequest, RedisStreams, StreamEntry, Transport, TransportError,
+    MemoryStream, OutgoingEntry, ReadRequest, ReclaimRequest, RedisStreams, StreamEntry, Transport,
+    TransportError,
 };
 
 const GROUP: &str = "workers";
@@ -432,6 +433,93 @@ fn lag_counts_undelivered_entries<T: Harness>(t: &T, stream: &str) {
     assert_eq!(t.group_stats(stream, GROUP).unwrap(), stats(0, 0));
 }
 
+fn publish_entries_reports_each_entry_across_streams<T: Harness>(t: &T, stream: &str) {
+    let other = format!("{stream}.b");
+    let one = fields(&[("n", b"1")]);
+    let two = fields(&[("n", b"2")]);
+    let results = t
+        .publish_entries(&[
+            OutgoingEntry {
+                stream,
+                fields: &one,
+            },
+            OutgoingEntry {
+                stream,
+                fields: &[],
+            },
+            OutgoingEntry {
+                stream: &other,
+                fields: &two,
+            },
+        ])
+        .unwrap();
+    assert_eq!(results.len(), 3);
+    assert!(
+        matches!(results[1], Err(TransportError::Broker(_))),
+        "{results:?}"
+    );
+    let first = results[0].as_ref().expect("first entry appended").clone();
+    let third = results[2].as_ref().expect("third entry appended").clone();
+
+    t.ensure_group(stream, GROUP).unwrap();
+    t.ensure_group(&other, GROUP).unwrap();
+    let got = read(t, stream, "c1", 10, Duration::ZERO);
+    assert_eq!(ids(&got), vec![first]);
+    assert_eq!(got[0].field("n"), Some(&b"1"[..]));
+    let got = read(t, &other, "c1", 10, Duration::ZERO);
+    assert_eq!(ids(&got), vec![third]);
+    assert_eq!(got[0].field("n"), Some(&b"2"[..]));
+}
+
+fn trim_consumed_keeps_what_a_group_has_not_read_or_acknowledged<T: Harness>(t: &T, stream: &str) {
+    const LATER: &str = "99999999999999-0";
+    let published = publish_numbered(t, stream, 6);
+    assert_eq!(
+        t.trim_consumed(stream, LATER).unwrap(),
+        0,
+        "no group: nobody read it"
+    );
+    assert_eq!(t.trim_consumed("ef_tc_no_such_stream", LATER).unwrap(), 0);
+
+    t.ensure_group(stream, GROUP).unwrap();
+    let delivered = read(t, stream, "c1", 4, Duration::ZERO);
+    assert_eq!(ids(&delivered), published[..4]);
+    t.ack(stream, GROUP, &published[..2]).unwrap();
+    assert_eq!(
+        t.trim_consumed(stream, LATER).unwrap(),
+        2,
+        "only acknowledged entries go"
+    );
+    t.ack(stream, GROUP, &published[2..4]).unwrap();
+    assert_eq!(
+        t.trim_consumed(stream, &published[3]).unwrap(),
+        1,
+        "nothing at or after `before` goes"
+    );
+    assert_eq!(t.trim_consumed(stream, LATER).unwrap(), 1);
+    assert_eq!(
+        t.trim_consumed(stream, LATER).unwrap(),
+        0,
+        "unread entries stay"
+    );
+
+    // A second group that has read nothing holds everything left.
+    t.ensure_group(stream, "late").unwrap();
+    read(t, stream, "c1", 10, Duration::ZERO);
+    t.ack(stream, GROUP, &published[4..]).unwrap();
+    assert_eq!(t.trim_consumed(stream, LATER).unwrap(), 0);
+    let late = t
+        .read_group(&ReadRequest {
+            stream,
+            group: "late",
+            consumer: "c9",
+            count: 10,
+            block: Duration::ZERO,
+        })
+        .unwrap();
+    assert_eq!(ids(&late), published[4..]);
+}
+
 /// Deletes a test's Redis stream when the test ends, passed or not.
 struct DropStream(String);
 
@@ -439,6 +527,7 @@ impl Drop for DropStream {
     fn drop(&mut self) {
         let _ = redis::cmd("DEL")
             .arg(&self.0)
+            .arg(format!("{}.b", self.0))
             .query::<i64>(&mut raw_redis());
     }
 }
@@ -492,4 +581,41 @@ conformance!(
     missing_group_gives_no_group_until_ensured_again,
     publish_batch_returns_increasing_ids,
     lag_counts_undelivered_entries,
+    publish_entries_reports_each_entry_across_streams,
+    trim_consumed_keeps_what_a_group_has_not_read_or_acknowledged,
 );
+
+/// Redis refuses an `XADD` to a key holding another type; the other entries of the pipeline
+/// are still appended and reported one by one.
+#[test]
+fn redis_refuses_one_entry_and_appends_the_rest() {
+    if !support::redis_available("redis_refuses_one_entry_and_appends_the_rest") {
+        return;
+    }
+    let stream = support::unique_name("ef_tc");
+    let _cleanup = DropStream(stream.clone());
+    let wrong_type = format!("{stream}.b");
+    redis::cmd("SET")
+        .arg(&wrong_type)
+        .arg("not a stream")
+        .query::<()>(&mut raw_redis())
+        .unwrap();
+    let entry = fields(&[("n", b"1")]);
+    let results = redis_transport()
+        .publish_entries(&[
+            OutgoingEntry {
+                stream: &wrong_type,
+                fields: &entry,
+            },
+            OutgoingEntry {
+                stream: &stream,
+                fields: &entry,
+            },
+        ])
+        .unwrap();
+    assert!(
+        matches!(results[0], Err(TransportError::Broker(_))),
+        "{results:?}"
+    );
+    assert!(results[1].is_ok(), "{results:?}");
+}

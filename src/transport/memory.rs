@@ -16,7 +16,8 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 use parking_lot::{Condvar, Mutex};
 
 use super::{
-    GroupStats, ReadRequest, ReclaimRequest, Reclaimed, StreamEntry, Transport, TransportError,
+    GroupStats, OutgoingEntry, ReadRequest, ReclaimRequest, Reclaimed, StreamEntry, Transport,
+    TransportError,
 };
 
 /// How many pending entries one reclaim call looks at per entry it may return. Redis hard-codes
@@ -344,33 +345,33 @@ impl Transport for MemoryStream {
         Ok(reclaimed)
     }
 
-    fn publish_batch(
+    fn publish_entries(
         &self,
-        stream: &str,
-        entries: &[Vec<(String, Vec<u8>)>],
-    ) -> Result<Vec<String>, TransportError> {
-        super::refuse_empty_entries(entries)?;
-        if entries.is_empty() {
-            return Ok(Vec::new());
-        }
-        let mut ids = Vec::with_capacity(entries.len());
+        entries: &[OutgoingEntry<'_>],
+    ) -> Result<Vec<Result<String, TransportError>>, TransportError> {
+        let mut results = Vec::with_capacity(entries.len());
         {
             let mut streams = self.shared.streams.lock();
-            let target = streams.entry(stream.to_owned()).or_default();
             let now = now_millis();
-            for fields in entries {
-                let id = EntryId::next_after(target.last_id, now).ok_or_else(|| {
-                    TransportError::Broker(
-                        format!("stream {stream:?} has used up its id space").into(),
-                    )
-                })?;
+            for entry in entries {
+                if entry.fields.is_empty() {
+                    results.push(Err(super::no_fields_error()));
+                    continue;
+                }
+                let target = streams.entry(entry.stream.to_owned()).or_default();
+                let Some(id) = EntryId::next_after(target.last_id, now) else {
+                    results.push(Err(TransportError::Broker(
+                        format!("stream {:?} has used up its id space", entry.stream).into(),
+                    )));
+                    continue;
+                };
                 target.last_id = id;
-                target.entries.insert(id, fields.clone());
-                ids.push(id.to_string());
+                target.entries.insert(id, entry.fields.to_vec());
+                results.push(Ok(id.to_string()));
             }
         }
         self.shared.changed.notify_all();
-        Ok(ids)
+        Ok(results)
     }
 
     fn trim(&self, stream: &str, max_len: usize) -> Result<u64, TransportError> {
@@ -384,6 +385,36 @@ impl Transport for MemoryStream {
             target.entries.pop_first();
             removed += 1;
         }
+        Ok(removed)
+    }
+
+    fn trim_consumed(&self, stream: &str, before: &str) -> Result<u64, TransportError> {
+        let before = parse_id(before)?;
+        let mut streams = self.shared.streams.lock();
+        let Some(target) = streams.get_mut(stream) else {
+            return Ok(0);
+        };
+        if target.groups.is_empty() {
+            return Ok(0);
+        }
+        // The first entry some group still needs: its oldest unacknowledged one, or the one
+        // after the last it was given.
+        let needed = target
+            .groups
+            .values()
+            .map(|group| match group.pending.keys().next() {
+                Some(oldest_pending) => *oldest_pending,
+                None => EntryId {
+                    millis: group.last_delivered.millis,
+                    seq: group.last_delivered.seq.saturating_add(1),
+                },
+            })
+            .min()
+            .unwrap_or(before);
+        let floor = needed.min(before);
+        let keep = target.entries.split_off(&floor);
+        let removed = target.entries.len() as u64;
+        target.entries = keep;
         Ok(removed)
     }
 

@@ -83,6 +83,22 @@ pub struct Reclaimed {
     pub deleted: Vec<String>,
 }
 
+/// One entry to append with [`Transport::publish_entries`].
+#[derive(Debug, Clone, Copy)]
+pub struct OutgoingEntry<'a> {
+    /// The stream to append to.
+    pub stream: &'a str,
+    /// Field names and raw values, in order.
+    pub fields: &'a [(String, Vec<u8>)],
+}
+
+/// The error for an entry without fields: Redis `XADD` needs at least one.
+pub(crate) fn no_fields_error() -> TransportError {
+    TransportError::Broker(
+        "cannot publish an entry without fields; Redis XADD needs at least one".into(),
+    )
+}
+
 /// Counts for one consumer group, for tests, health checks and the `status` command.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct GroupStats {
@@ -119,9 +135,7 @@ pub(crate) fn refuse_empty_entries(
     entries: &[Vec<(String, Vec<u8>)>],
 ) -> Result<(), TransportError> {
     if entries.iter().any(Vec::is_empty) {
-        return Err(TransportError::Broker(
-            "cannot publish an entry without fields; Redis XADD needs at least one".into(),
-        ));
+        return Err(no_fields_error());
     }
     Ok(())
 }
@@ -147,13 +161,30 @@ pub trait Transport: Send + Sync + 'static {
     /// (Redis `XAUTOCLAIM`).
     fn reclaim_stale(&self, request: &ReclaimRequest<'_>) -> Result<Reclaimed, TransportError>;
 
+    /// Appends entries, to one stream or several, in one round trip. Returns one result per
+    /// entry, in order: the broker may refuse one entry (a key holding another type, an entry
+    /// without fields) and append the rest. The outer error means the round trip failed as a
+    /// whole, and then nothing can be said about which entries were appended.
+    fn publish_entries(
+        &self,
+        entries: &[OutgoingEntry<'_>],
+    ) -> Result<Vec<Result<String, TransportError>>, TransportError>;
+
     /// Appends entries to a stream in one round trip and returns their ids in order. An entry
-    /// with no fields is refused before anything is sent.
+    /// with no fields is refused before anything is sent; any other refused entry fails the
+    /// call (entries before it may have been appended).
     fn publish_batch(
         &self,
         stream: &str,
         entries: &[Vec<(String, Vec<u8>)>],
-    ) -> Result<Vec<String>, TransportError>;
+    ) -> Result<Vec<String>, TransportError> {
+        refuse_empty_entries(entries)?;
+        let outgoing: Vec<OutgoingEntry<'_>> = entries
+            .iter()
+            .map(|fields| OutgoingEntry { stream, fields })
+            .collect();
+        self.publish_entries(&outgoing)?.into_iter().collect()
+    }
 
     /// Appends one entry to a stream and returns its id.
     fn publish(
@@ -168,6 +199,12 @@ pub trait Transport: Send + Sync + 'static {
 
     /// Trims the stream to exactly `max_len` entries, oldest first; returns how many were removed.
     fn trim(&self, stream: &str, max_len: usize) -> Result<u64, TransportError>;
+
+    /// Removes the entries of `stream` with ids below `before` (`<millis>-<seq>`) that every
+    /// consumer group of the stream has read and acknowledged; returns how many went. Entries a
+    /// group has not read yet, or read and not acknowledged, stay. A stream without consumer
+    /// groups is left whole: nobody has read it yet.
+    fn trim_consumed(&self, stream: &str, before: &str) -> Result<u64, TransportError>;
 
     /// Pending and lag counts of a consumer group.
     fn group_stats(&self, stream: &str, group: &str) -> Result<GroupStats, TransportError>;
@@ -192,16 +229,19 @@ impl<T: Transport + ?Sized> Transport for std::sync::Arc<T> {
         (**self).reclaim_stale(request)
     }
 
-    fn publish_batch(
+    fn publish_entries(
         &self,
-        stream: &str,
-        entries: &[Vec<(String, Vec<u8>)>],
-    ) -> Result<Vec<String>, TransportError> {
-        (**self).publish_batch(stream, entries)
+        entries: &[OutgoingEntry<'_>],
+    ) -> Result<Vec<Result<String, TransportError>>, TransportError> {
+        (**self).publish_entries(entries)
     }
 
     fn trim(&self, stream: &str, max_len: usize) -> Result<u64, TransportError> {
         (**self).trim(stream, max_len)
+    }
+
+    fn trim_consumed(&self, stream: &str, before: &str) -> Result<u64, TransportError> {
+        (**self).trim_consumed(stream, before)
     }
 
     fn group_stats(&self, stream: &str, group: &str) -> Result<GroupStats, TransportError> {

@@ -17,12 +17,13 @@ use std::time::Duration;
 use redis::Value;
 
 use super::{
-    GroupStats, ReadRequest, ReclaimRequest, Reclaimed, StreamEntry, Transport, TransportError,
+    GroupStats, OutgoingEntry, ReadRequest, ReclaimRequest, Reclaimed, StreamEntry, Transport,
+    TransportError,
 };
 use connection::{command_error, group_error, no_group, ConnectionManager, TraceConnectErrors};
 use reply::{
-    into_string, malformed, parse_autoclaim, parse_count, parse_group_stats, parse_read_reply,
-    AutoClaimReply,
+    into_string, malformed, parse_autoclaim, parse_count, parse_group_cursors, parse_group_stats,
+    parse_oldest_pending, parse_read_reply, AutoClaimReply,
 };
 
 const DEFAULT_POOL_SIZE: u32 = 16;
@@ -209,6 +210,19 @@ fn invalid_setting(field: &'static str, problem: String) -> TransportError {
 }
 
 /// Redis reads `BLOCK 0` as "wait forever", so a requested wait is never sent as 0 ms.
+/// `<millis>-<seq>` (or `<millis>`, sequence 0) as numbers, so ids compare numerically.
+fn parse_entry_id(id: &str) -> Option<(u64, u64)> {
+    let (millis, seq) = id.split_once('-').unwrap_or((id, "0"));
+    Some((millis.parse().ok()?, seq.parse().ok()?))
+}
+
+/// Redis says "no such key" for `XINFO` on a stream that does not exist.
+fn is_no_such_key(error: &redis::RedisError) -> bool {
+    error
+        .detail()
+        .is_some_and(|detail| detail.contains("no such key"))
+}
+
 fn block_millis(block: Duration) -> u64 {
     u64::try_from(block.as_millis()).unwrap_or(u64::MAX).max(1)
 }
@@ -345,33 +359,48 @@ impl Transport for RedisStreams {
         Ok(reclaimed)
     }
 
-    fn publish_batch(
+    fn publish_entries(
         &self,
-        stream: &str,
-        entries: &[Vec<(String, Vec<u8>)>],
-    ) -> Result<Vec<String>, TransportError> {
-        super::refuse_empty_entries(entries)?;
-        if entries.is_empty() {
-            return Ok(Vec::new());
-        }
+        entries: &[OutgoingEntry<'_>],
+    ) -> Result<Vec<Result<String, TransportError>>, TransportError> {
+        // Entries without fields never reach Redis; the rest go out as one pipeline whose
+        // per-command errors come back one by one instead of failing the whole round trip.
         let mut pipeline = redis::pipe();
-        for fields in entries {
-            pipeline.cmd("XADD").arg(stream).arg("*");
-            for (name, value) in fields {
+        pipeline.ignore_errors();
+        let mut sent = 0;
+        for entry in entries.iter().filter(|entry| !entry.fields.is_empty()) {
+            pipeline.cmd("XADD").arg(entry.stream).arg("*");
+            for (name, value) in entry.fields {
                 pipeline.arg(name).arg(value.as_slice());
             }
+            sent += 1;
         }
-        let mut conn = self.connection()?;
-        let replies = conn
-            .run(|c| pipeline.query::<Vec<Value>>(c))
-            .map_err(command_error)?;
-        if replies.len() != entries.len() {
+        let mut replies = if sent == 0 {
+            Vec::new()
+        } else {
+            let mut conn = self.connection()?;
+            conn.run(|c| pipeline.query::<Vec<redis::RedisResult<Value>>>(c))
+                .map_err(command_error)?
+        }
+        .into_iter();
+        if replies.len() != sent {
             return Err(malformed("XADD", "number of replies"));
         }
-        replies
-            .into_iter()
-            .map(|reply| into_string(reply).ok_or_else(|| malformed("XADD", "entry id")))
-            .collect()
+        Ok(entries
+            .iter()
+            .map(|entry| {
+                if entry.fields.is_empty() {
+                    return Err(super::no_fields_error());
+                }
+                match replies.next() {
+                    Some(Ok(reply)) => {
+                        into_string(reply).ok_or_else(|| malformed("XADD", "entry id"))
+                    }
+                    Some(Err(error)) => Err(TransportError::Broker(Box::new(error))),
+                    None => Err(malformed("XADD", "number of replies")),
+                }
+            })
+            .collect())
     }
 
     fn trim(&self, stream: &str, max_len: usize) -> Result<u64, TransportError> {
@@ -389,6 +418,57 @@ impl Transport for RedisStreams {
         parse_count(reply).ok_or_else(|| malformed("XTRIM", "count"))
     }
 
+    fn trim_consumed(&self, stream: &str, before: &str) -> Result<u64, TransportError> {
+        let mut floor = parse_entry_id(before).ok_or_else(|| {
+            TransportError::Broker(format!("{before:?} is not a stream entry id").into())
+        })?;
+        let mut conn = self.connection()?;
+        let groups = conn.run(|c| {
+            redis::cmd("XINFO")
+                .arg("GROUPS")
+                .arg(stream)
+                .query::<Value>(c)
+        });
+        let groups = match groups {
+            Ok(reply) => parse_group_cursors(reply)?,
+            Err(error) if error.code() == Some("ERR") && is_no_such_key(&error) => return Ok(0),
+            Err(error) => return Err(command_error(error)),
+        };
+        if groups.is_empty() {
+            return Ok(0);
+        }
+        for group in groups {
+            // The first entry this group still needs: its oldest unacknowledged one, or the one
+            // after the last it was given.
+            let needed = if group.pending > 0 {
+                let reply = conn
+                    .run(|c| {
+                        redis::cmd("XPENDING")
+                            .arg(stream)
+                            .arg(&group.name)
+                            .query::<Value>(c)
+                    })
+                    .map_err(command_error)?;
+                parse_oldest_pending(reply)?.and_then(|id| parse_entry_id(&id))
+            } else {
+                parse_entry_id(&group.last_delivered)
+                    .map(|(millis, seq)| (millis, seq.saturating_add(1)))
+            };
+            let needed = needed.ok_or_else(|| malformed("XINFO GROUPS", "entry id"))?;
+            floor = floor.min(needed);
+        }
+        let reply = conn
+            .run(|c| {
+                redis::cmd("XTRIM")
+                    .arg(stream)
+                    .arg("MINID")
+                    .arg(format!("{}-{}", floor.0, floor.1))
+                    .query::<Value>(c)
+            })
+            .map_err(command_error)?;
+        parse_count(reply).ok_or_else(|| malformed("XTRIM", "count"))
+    }
+
     fn group_stats(&self, stream: &str, group: &str) -> Result<GroupStats, TransportError> {
         let mut conn = self.connection()?;
         let reply = conn.run(|c| {
@@ -400,10 +480,7 @@ impl Transport for RedisStreams {
         let reply = match reply {
             Ok(reply) => reply,
             // A missing stream has no groups either.
-            Err(error)
-                if error.code() == Some("ERR")
-                    && error.detail().is_some_and(|d| d.contains("no such key")) =>
-            {
+            Err(error) if error.code() == Some("ERR") && is_no_such_key(&error) => {
                 return Err(no_group(stream, group));
             }
             Err(error) => return Err(group_error(error, stream, group)),

@@ -198,6 +198,52 @@ pub(super) fn parse_group_stats(
     Ok(None)
 }
 
+/// Where one consumer group stands, from `XINFO GROUPS`: what trimming must keep for it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct GroupCursor {
+    pub name: String,
+    pub pending: u64,
+    pub last_delivered: String,
+}
+
+/// Every group's cursor from an `XINFO GROUPS` reply.
+pub(super) fn parse_group_cursors(value: Value) -> Result<Vec<GroupCursor>, TransportError> {
+    let bad = |part| malformed("XINFO GROUPS", part);
+    let mut cursors = Vec::new();
+    for info in into_items(value).ok_or_else(|| bad("reply"))? {
+        let (mut name, mut pending, mut last_delivered) = (None, None, None);
+        for (key, value) in into_pairs(info).ok_or_else(|| bad("group"))? {
+            match into_string(key).as_deref() {
+                Some("name") => name = into_string(value),
+                Some("pending") => pending = parse_count(value),
+                Some("last-delivered-id") => last_delivered = into_string(value),
+                _ => {}
+            }
+        }
+        cursors.push(GroupCursor {
+            name: name.ok_or_else(|| bad("name"))?,
+            pending: pending.ok_or_else(|| bad("pending"))?,
+            last_delivered: last_delivered.ok_or_else(|| bad("last-delivered-id"))?,
+        });
+    }
+    Ok(cursors)
+}
+
+/// The oldest pending id from an `XPENDING <stream> <group>` summary
+/// (`[count, min, max, consumers]`); `None` when nothing is pending.
+pub(super) fn parse_oldest_pending(value: Value) -> Result<Option<String>, TransportError> {
+    let mut parts = into_items(value)
+        .ok_or_else(|| malformed("XPENDING", "summary"))?
+        .into_iter();
+    let _count = parts.next();
+    match parts.next() {
+        None | Some(Value::Nil) => Ok(None),
+        Some(id) => into_string(id)
+            .map(Some)
+            .ok_or_else(|| malformed("XPENDING", "oldest id")),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -279,6 +325,31 @@ mod tests {
         );
         assert!(parsed.reclaimed.deleted.is_empty());
         assert_eq!(parsed.vanished, vec!["3-0"]);
+    }
+
+    #[test]
+    fn group_cursors_and_oldest_pending_parse() {
+        let groups = Value::Array(vec![Value::Map(vec![
+            (bulk("name"), bulk("billing")),
+            (bulk("consumers"), Value::Int(1)),
+            (bulk("pending"), Value::Int(2)),
+            (bulk("last-delivered-id"), bulk("5-1")),
+        ])]);
+        assert_eq!(
+            parse_group_cursors(groups).unwrap(),
+            vec![GroupCursor {
+                name: "billing".into(),
+                pending: 2,
+                last_delivered: "5-1".into(),
+            }]
+        );
+        let summary = Value::Array(vec![Value::Int(2), bulk("3-0"), bulk("5-1"), Value::Nil]);
+        assert_eq!(
+            parse_oldest_pending(summary).unwrap().as_deref(),
+            Some("3-0")
+        );
+        let empty = Value::Array(vec![Value::Int(0), Value::Nil, Value::Nil, Value::Nil]);
+        assert_eq!(parse_oldest_pending(empty).unwrap(), None);
     }
 
     #[test]
