@@ -52,6 +52,8 @@ mod error;
 pub mod event;
 mod handler;
 pub mod inbox;
+mod maintenance;
+pub mod outbox;
 pub mod quarantine;
 pub mod retry;
 pub mod store;
@@ -62,6 +64,7 @@ pub use error::{Error, Result};
 pub use event::{EntryError, Event, EventStatus, InboxRow};
 pub use handler::{BoxError, HandlerError, HandlerResult};
 pub use inbox::{ConsumerHandle, ConsumerStats, InboxConsumer, ShutdownReport};
+pub use outbox::{OutboxRelay, RelayHandle};
 pub use retry::{ExponentialBackoff, RetryPolicy};
 pub use store::InboxStore;
 #[cfg(feature = "postgres")]

@@ -90,6 +90,49 @@ impl Threads {
             }
         }
     }
+
+    /// Stops the threads and joins them, waiting at most `timeout` (a timeout too large to add,
+    /// such as `Duration::MAX`, means no deadline). Threads still busy then are detached and
+    /// named in the error; they stop after their current batch. Returns how many were joined.
+    pub fn stop_and_join(mut self, timeout: Duration, what: &str) -> Result<usize> {
+        self.stop.store(true, Ordering::SeqCst);
+        let deadline = Instant::now().checked_add(timeout);
+        let mut alive: BTreeSet<String> =
+            self.running.iter().map(|(name, _)| name.clone()).collect();
+        while !alive.is_empty() {
+            let done = match deadline {
+                Some(deadline) => self.done_rx.recv_deadline(deadline).ok(),
+                None => self.done_rx.recv().ok(),
+            };
+            match done {
+                Some(name) => {
+                    alive.remove(&name);
+                }
+                None => break,
+            }
+        }
+        // Threads still busy stop after their current batch; the others have stopped.
+        self.halt.take();
+
+        let mut joined = 0;
+        for (name, handle) in self.running {
+            if alive.contains(&name) {
+                continue; // detached: joining would wait past the timeout
+            }
+            if handle.join().is_err() {
+                tracing::error!(thread = %name, "{what} thread panicked");
+            }
+            joined += 1;
+        }
+        if !alive.is_empty() {
+            tracing::warn!(still_running = ?alive, ?timeout, "{what} shutdown timed out");
+            return Err(Error::ShutdownTimedOut {
+                timeout,
+                still_running: alive.into_iter().collect(),
+            });
+        }
+        Ok(joined)
+    }
 }
 
 /// A running consumer. Call [`shutdown`](ConsumerHandle::shutdown) to stop it; dropping the
@@ -141,7 +184,7 @@ impl ConsumerHandle {
     /// stop after their current batch. Nothing is lost either way: unhandled rows stay pending
     /// in the inbox, and unacknowledged entries stay pending in the stream.
     pub fn shutdown(&self, timeout: Duration) -> Result<ShutdownReport> {
-        let Some(mut threads) = self.threads.lock().take() else {
+        let Some(threads) = self.threads.lock().take() else {
             return Ok(ShutdownReport {
                 stopped_now: false,
                 drained: 0,
@@ -149,48 +192,8 @@ impl ConsumerHandle {
                 stats: self.stats(),
             });
         };
-        threads.stop.store(true, Ordering::SeqCst);
         let processed_before = self.counters.snapshot().processed;
-        // A timeout too large to add (Duration::MAX, say) means no deadline.
-        let deadline = Instant::now().checked_add(timeout);
-
-        let mut alive: BTreeSet<String> = threads
-            .running
-            .iter()
-            .map(|(name, _)| name.clone())
-            .collect();
-        while !alive.is_empty() {
-            let done = match deadline {
-                Some(deadline) => threads.done_rx.recv_deadline(deadline).ok(),
-                None => threads.done_rx.recv().ok(),
-            };
-            match done {
-                Some(name) => {
-                    alive.remove(&name);
-                }
-                None => break,
-            }
-        }
-        // Workers still busy stop after their current batch; readers have stopped reading.
-        threads.halt.take();
-
-        let mut joined = 0;
-        for (name, handle) in threads.running {
-            if alive.contains(&name) {
-                continue; // detached: joining would wait past the timeout
-            }
-            if handle.join().is_err() {
-                tracing::error!(thread = %name, "consumer thread panicked");
-            }
-            joined += 1;
-        }
-        if !alive.is_empty() {
-            tracing::warn!(still_running = ?alive, ?timeout, "inbox consumer shutdown timed out");
-            return Err(Error::ShutdownTimedOut {
-                timeout,
-                still_running: alive.into_iter().collect(),
-            });
-        }
+        let joined = threads.stop_and_join(timeout, "inbox consumer")?;
         let stats = self.stats();
         let drained = stats.processed - processed_before;
         tracing::info!(consumer = %self.consumer, drained, "inbox consumer stopped");

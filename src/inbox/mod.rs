@@ -10,6 +10,7 @@
 mod builder;
 mod consumer;
 mod handle;
+pub(crate) use handle::Threads;
 mod receiver;
 mod settings;
 mod stats;

@@ -15,7 +15,13 @@ impl Migration {
     /// The SQL for an inbox named `table` (already validated): every `event_inbox`, in table,
     /// index and constraint names alike, becomes `table`.
     pub fn render(&self, table: &str) -> String {
-        self.sql.replace(super::DEFAULT_INBOX_TABLE, table)
+        self.render_as(super::DEFAULT_INBOX_TABLE, table)
+    }
+
+    /// The SQL with every `template` table name (and the index and constraint names built
+    /// from it) renamed to `table` (already validated).
+    pub fn render_as(&self, template: &str, table: &str) -> String {
+        self.sql.replace(template, table)
     }
 }
 

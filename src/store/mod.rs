@@ -6,6 +6,7 @@
 //! has; SQL lives in the backend's own file.
 
 mod migrations;
+pub mod outbox;
 #[cfg(feature = "postgres")]
 mod postgres;
 mod refusal;
@@ -338,6 +339,9 @@ pub enum StoreError {
     /// transaction rolled back.
     #[error("panicked while processing a batch: {0}")]
     Panicked(String),
+    /// A connection the store keeps open for itself closed; it is opened again.
+    #[error("{0} closed")]
+    Closed(&'static str),
     /// A row holds data eventflow cannot read (edited by hand, or from an incompatible writer).
     #[error("unreadable row {row}: {reason}")]
     Corrupt {

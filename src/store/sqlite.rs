@@ -62,7 +62,7 @@ impl std::fmt::Debug for SqliteStore {
     }
 }
 
-fn lite(context: &'static str) -> impl FnOnce(rusqlite::Error) -> StoreError {
+pub(in crate::store) fn lite(context: &'static str) -> impl FnOnce(rusqlite::Error) -> StoreError {
     move |source| StoreError::Sqlite { context, source }
 }
 
@@ -148,11 +148,63 @@ impl Drop for Handling {
 }
 
 /// A timestamp as the SQLite columns hold it.
-fn ts(at: DateTime<Utc>) -> String {
+/// Applies the `migrations` not yet recorded for `target` (`inbox:<table>`, `outbox:<table>`)
+/// in one `IMMEDIATE` transaction, which serializes migrating processes.
+pub(in crate::store) fn apply_migrations(
+    conn: &mut Connection,
+    target: &str,
+    migrations: &[Migration],
+    render: &dyn Fn(&Migration) -> String,
+) -> Result<(), StoreError> {
+    // IMMEDIATE takes the write lock first, which serializes migrating processes.
+    let tx = conn
+        .transaction_with_behavior(TransactionBehavior::Immediate)
+        .map_err(lite("begin migration"))?;
+    tx.execute_batch(&format!(
+        "CREATE TABLE IF NOT EXISTS {MIGRATIONS_TABLE} (
+            target TEXT NOT NULL,
+            version INTEGER NOT NULL,
+            name TEXT NOT NULL,
+            applied_at TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now')),
+            PRIMARY KEY (target, version))"
+    ))
+    .map_err(lite("create the migrations table"))?;
+    let applied: Vec<u32> = {
+        let mut statement = tx
+            .prepare(&format!(
+                "SELECT version FROM {MIGRATIONS_TABLE} WHERE target = ?1"
+            ))
+            .map_err(lite("read applied migrations"))?;
+        let versions = statement
+            .query_map([&target], |row| row.get(0))
+            .map_err(lite("read applied migrations"))?;
+        versions
+            .collect::<Result<_, _>>()
+            .map_err(lite("read applied migrations"))?
+    };
+    for migration in migrations.iter().filter(|m| !applied.contains(&m.version)) {
+        let failed = |source| StoreError::Migration {
+            version: migration.version,
+            name: migration.name,
+            source: Box::new(source),
+        };
+        tx.execute_batch(&render(migration))
+            .map_err(|e| failed(lite("apply")(e)))?;
+        tx.execute(
+            &format!("INSERT INTO {MIGRATIONS_TABLE} (target, version, name) VALUES (?1, ?2, ?3)"),
+            params![target, migration.version, migration.name],
+        )
+        .map_err(|e| failed(lite("record")(e)))?;
+        tracing::info!(target_table = %target, version = migration.version, name = migration.name, "applied migration");
+    }
+    tx.commit().map_err(lite("commit migration"))
+}
+
+pub(in crate::store) fn ts(at: DateTime<Utc>) -> String {
     at.to_rfc3339_opts(SecondsFormat::Micros, true)
 }
 
-fn parse_ts(text: &str) -> Result<DateTime<Utc>, StoreError> {
+pub(in crate::store) fn parse_ts(text: &str) -> Result<DateTime<Utc>, StoreError> {
     DateTime::parse_from_rfc3339(text)
         .map(|at| at.to_utc())
         .map_err(|error| StoreError::Corrupt {
@@ -161,11 +213,13 @@ fn parse_ts(text: &str) -> Result<DateTime<Utc>, StoreError> {
         })
 }
 
-fn parse_opt_ts(text: Option<String>) -> Result<Option<DateTime<Utc>>, StoreError> {
+pub(in crate::store) fn parse_opt_ts(
+    text: Option<String>,
+) -> Result<Option<DateTime<Utc>>, StoreError> {
     text.as_deref().map(parse_ts).transpose()
 }
 
-fn parse_uuid(text: &str) -> Result<Uuid, StoreError> {
+pub(in crate::store) fn parse_uuid(text: &str) -> Result<Uuid, StoreError> {
     Uuid::parse_str(text).map_err(|error| StoreError::Corrupt {
         row: text.to_string(),
         reason: format!("not a UUID: {error}"),
@@ -180,52 +234,12 @@ impl InboxStore for SqliteStore {
     type Tx<'t> = Transaction<'t>;
 
     fn migrate(&self) -> Result<(), StoreError> {
-        let mut conn = self.lock();
-        // IMMEDIATE takes the write lock first, which serializes migrating processes.
-        let tx = conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(lite("begin migration"))?;
-        tx.execute_batch(&format!(
-            "CREATE TABLE IF NOT EXISTS {MIGRATIONS_TABLE} (
-                target TEXT NOT NULL,
-                version INTEGER NOT NULL,
-                name TEXT NOT NULL,
-                applied_at TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now')),
-                PRIMARY KEY (target, version))"
-        ))
-        .map_err(lite("create the migrations table"))?;
-        let target = format!("inbox:{}", self.table);
-        let applied: Vec<u32> = {
-            let mut statement = tx
-                .prepare(&format!(
-                    "SELECT version FROM {MIGRATIONS_TABLE} WHERE target = ?1"
-                ))
-                .map_err(lite("read applied migrations"))?;
-            let versions = statement
-                .query_map([&target], |row| row.get(0))
-                .map_err(lite("read applied migrations"))?;
-            versions
-                .collect::<Result<_, _>>()
-                .map_err(lite("read applied migrations"))?
-        };
-        for migration in MIGRATIONS.iter().filter(|m| !applied.contains(&m.version)) {
-            let failed = |source| StoreError::Migration {
-                version: migration.version,
-                name: migration.name,
-                source: Box::new(source),
-            };
-            tx.execute_batch(&migration.render(&self.table))
-                .map_err(|e| failed(lite("apply")(e)))?;
-            tx.execute(
-                &format!(
-                    "INSERT INTO {MIGRATIONS_TABLE} (target, version, name) VALUES (?1, ?2, ?3)"
-                ),
-                params![target, migration.version, migration.name],
-            )
-            .map_err(|e| failed(lite("record")(e)))?;
-            tracing::info!(table = %self.table, version = migration.version, name = migration.name, "applied migration");
-        }
-        tx.commit().map_err(lite("commit migration"))
+        apply_migrations(
+            &mut self.lock(),
+            &format!("inbox:{}", self.table),
+            MIGRATIONS,
+            &|migration| migration.render(&self.table),
+        )
     }
 
     fn store_received(&self, batch: &ReceivedBatch<'_>) -> Result<Stored, StoreError> {

@@ -30,7 +30,7 @@ impl std::fmt::Debug for PgConnection {
 
 impl PgConnection {
     /// `sql` prepared on this connection, from the cache when it was prepared before.
-    pub(super) fn prepared(&mut self, sql: &str) -> Result<Statement, postgres::Error> {
+    pub(in crate::store) fn prepared(&mut self, sql: &str) -> Result<Statement, postgres::Error> {
         let client = &mut self.client;
         cached(&mut self.statements, sql, |sql| client.prepare(sql))
     }
@@ -38,7 +38,7 @@ impl PgConnection {
     /// Drops every cached statement. Called after a batch that failed, since a cached statement
     /// can go stale (a table altered under it fails with "cached plan must not change result
     /// type" until it is prepared again).
-    pub(super) fn forget_statements(&mut self) {
+    pub(in crate::store) fn forget_statements(&mut self) {
         self.statements.clear();
     }
 }
@@ -68,7 +68,7 @@ impl PgConnection {
     ///
     /// Always READ COMMITTED, whatever the role's or database's default: claims rely on its
     /// re-check of a row that changed while they waited for it.
-    pub(super) fn transaction(&mut self) -> Result<PgTransaction<'_>, postgres::Error> {
+    pub(in crate::store) fn transaction(&mut self) -> Result<PgTransaction<'_>, postgres::Error> {
         let tx = self
             .client
             .build_transaction()
@@ -116,12 +116,12 @@ impl<'t> PgTransaction<'t> {
     }
 
     /// Drops the connection's cached statements.
-    pub(super) fn forget_statements(&mut self) {
+    pub(in crate::store) fn forget_statements(&mut self) {
         self.statements.clear();
     }
 
     /// Commits, consuming the transaction.
-    pub(super) fn commit(self) -> Result<(), postgres::Error> {
+    pub(in crate::store) fn commit(self) -> Result<(), postgres::Error> {
         self.tx.commit()
     }
 }

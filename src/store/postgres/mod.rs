@@ -92,16 +92,7 @@ impl PostgresStoreBuilder {
                 "pool_size must be at least 1".into(),
             ));
         }
-        let config = postgres::Config::from_str(&self.url).map_err(|error| {
-            // The driver's message never repeats the URL, so no password can leak here.
-            StoreError::InvalidConfig(format!("PostgreSQL connection string: {error}"))
-        })?;
-        let manager = PgManager(PostgresConnectionManager::new(config, NoTls));
-        let pool = r2d2::Pool::builder()
-            .max_size(self.pool_size)
-            .min_idle(Some(0))
-            .connection_timeout(self.connect_timeout)
-            .build_unchecked(manager);
+        let pool = new_pool(parse_url(&self.url)?, self.pool_size, self.connect_timeout);
         Ok(PostgresStore {
             pool,
             sql: Queries::new(&self.table),
@@ -162,7 +153,80 @@ impl PostgresStore {
     }
 }
 
-pub(super) fn pg(context: &'static str) -> impl FnOnce(postgres::Error) -> StoreError {
+/// A connection string as a driver config; errors never repeat the string (it may hold a
+/// password).
+pub(in crate::store) fn parse_url(url: &str) -> Result<postgres::Config, StoreError> {
+    postgres::Config::from_str(url).map_err(|error| {
+        StoreError::InvalidConfig(format!("PostgreSQL connection string: {error}"))
+    })
+}
+
+/// A pool that connects on first use, so it can be built while the database is down.
+pub(in crate::store) fn new_pool(
+    config: postgres::Config,
+    size: u32,
+    connect_timeout: Duration,
+) -> Pool {
+    let manager = PgManager(PostgresConnectionManager::new(config, NoTls));
+    r2d2::Pool::builder()
+        .max_size(size)
+        .min_idle(Some(0))
+        .connection_timeout(connect_timeout)
+        .build_unchecked(manager)
+}
+
+/// Applies the `migrations` not yet recorded for `target` (`inbox:<table>`, `outbox:<table>`),
+/// in one transaction under an advisory lock, so racing processes apply each exactly once.
+pub(in crate::store) fn apply_migrations(
+    pool: &Pool,
+    target: &str,
+    migrations: &[Migration],
+    render: &dyn Fn(&Migration) -> String,
+) -> Result<(), StoreError> {
+    let mut conn = pool.get().map_err(StoreError::Pool)?;
+    let mut tx = conn.transaction().map_err(pg("begin migration"))?;
+    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK_KEY])
+        .map_err(pg("take the migration lock"))?;
+    tx.batch_execute(&format!(
+        "CREATE TABLE IF NOT EXISTS {MIGRATIONS_TABLE} (
+            target VARCHAR(255) NOT NULL,
+            version INTEGER NOT NULL,
+            name VARCHAR(255) NOT NULL,
+            applied_at TIMESTAMP WITH TIME ZONE NOT NULL DEFAULT NOW(),
+            PRIMARY KEY (target, version))"
+    ))
+    .map_err(pg("create the migrations table"))?;
+    let applied: HashSet<i32> = tx
+        .query(
+            &format!("SELECT version FROM {MIGRATIONS_TABLE} WHERE target = $1"),
+            &[&target],
+        )
+        .map_err(pg("read applied migrations"))?
+        .iter()
+        .map(|row| row.get(0))
+        .collect();
+    for migration in migrations {
+        if applied.contains(&(migration.version as i32)) {
+            continue;
+        }
+        let failed = |source| StoreError::Migration {
+            version: migration.version,
+            name: migration.name,
+            source: Box::new(source),
+        };
+        tx.batch_execute(&render(migration))
+            .map_err(|e| failed(pg("apply")(e)))?;
+        tx.execute(
+            &format!("INSERT INTO {MIGRATIONS_TABLE} (target, version, name) VALUES ($1, $2, $3)"),
+            &[&target, &(migration.version as i32), &migration.name],
+        )
+        .map_err(|e| failed(pg("record")(e)))?;
+        tracing::info!(target_table = %target, version = migration.version, name = migration.name, "applied migration");
+    }
+    tx.commit().map_err(pg("commit migration"))
+}
+
+pub(in crate::store) fn pg(context: &'static str) -> impl FnOnce(postgres::Error) -> StoreError {
     move |source| StoreError::Postgres { context, source }
 }
 
@@ -256,50 +320,12 @@ impl InboxStore for PostgresStore {
     type Tx<'t> = PgTransaction<'t>;
 
     fn migrate(&self) -> Result<(), StoreError> {
-        let mut conn = self.connection()?;
-        let mut tx = conn.transaction().map_err(pg("begin migration"))?;
-        tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK_KEY])
-            .map_err(pg("take the migration lock"))?;
-        tx.batch_execute(&format!(
-            "CREATE TABLE IF NOT EXISTS {MIGRATIONS_TABLE} (
-                target VARCHAR(255) NOT NULL,
-                version INTEGER NOT NULL,
-                name VARCHAR(255) NOT NULL,
-                applied_at TIMESTAMP WITH TIME ZONE NOT NULL DEFAULT NOW(),
-                PRIMARY KEY (target, version))"
-        ))
-        .map_err(pg("create the migrations table"))?;
-        let target = format!("inbox:{}", self.table);
-        let applied: HashSet<i32> = tx
-            .query(
-                &format!("SELECT version FROM {MIGRATIONS_TABLE} WHERE target = $1"),
-                &[&target],
-            )
-            .map_err(pg("read applied migrations"))?
-            .iter()
-            .map(|row| row.get(0))
-            .collect();
-        for migration in MIGRATIONS {
-            if applied.contains(&(migration.version as i32)) {
-                continue;
-            }
-            let failed = |source| StoreError::Migration {
-                version: migration.version,
-                name: migration.name,
-                source: Box::new(source),
-            };
-            tx.batch_execute(&migration.render(&self.table))
-                .map_err(|e| failed(pg("apply")(e)))?;
-            tx.execute(
-                &format!(
-                    "INSERT INTO {MIGRATIONS_TABLE} (target, version, name) VALUES ($1, $2, $3)"
-                ),
-                &[&target, &(migration.version as i32), &migration.name],
-            )
-            .map_err(|e| failed(pg("record")(e)))?;
-            tracing::info!(table = %self.table, version = migration.version, name = migration.name, "applied migration");
-        }
-        tx.commit().map_err(pg("commit migration"))
+        apply_migrations(
+            &self.pool,
+            &format!("inbox:{}", self.table),
+            MIGRATIONS,
+            &|migration| migration.render(&self.table),
+        )
     }
 
     fn store_received(&self, batch: &ReceivedBatch<'_>) -> Result<Stored, StoreError> {

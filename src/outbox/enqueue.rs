@@ -1,0 +1,251 @@
+//! Writing events to the outbox inside the application's transaction.
+
+use crate::event::{EntryError, Event, MAX_ID_LEN};
+use crate::store::outbox::DEFAULT_OUTBOX_TABLE;
+use crate::store::{validate_table_name, StoreError};
+
+/// Errors from [`enqueue`]; nothing is written when one is returned.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum EnqueueError {
+    /// An event would not be readable by an inbox (an empty id, a payload that is not an
+    /// object, ...).
+    #[error("event {event_id:?} cannot be enqueued: {source}")]
+    InvalidEvent {
+        /// The event's id.
+        event_id: String,
+        /// What is wrong with it.
+        #[source]
+        source: EntryError,
+    },
+    /// The stream name is empty, too long or holds a NUL character.
+    #[error("invalid stream name {stream:?}: {reason}")]
+    InvalidStream {
+        /// The name given.
+        stream: String,
+        /// What is wrong with it.
+        reason: &'static str,
+    },
+    /// The database refused the insert (the outbox table is missing: run the relay's
+    /// migration, or `eventflow migrate`). The caller's transaction is then aborted, as after
+    /// any failed statement.
+    #[error("cannot write to the outbox: {0}")]
+    Store(#[from] StoreError),
+}
+
+/// A connection or transaction the outbox can be written through. `enqueue` never begins,
+/// commits or rolls back anything itself: the rows are part of whatever transaction the
+/// writer is in.
+///
+/// Implemented for `postgres::Client` and `postgres::Transaction`, eventflow's
+/// [`PgTransaction`](crate::store::PgTransaction) (so an inbox handler can emit events in
+/// the transaction that marks its event processed), and `rusqlite::Connection`,
+/// `rusqlite::Transaction` and `rusqlite::Savepoint`.
+pub trait OutboxWriter {
+    /// Inserts `events` into `table` (a validated name), bound for `stream`.
+    fn write_outbox(
+        &mut self,
+        table: &str,
+        stream: &str,
+        events: &[&Event],
+    ) -> Result<(), StoreError>;
+}
+
+#[cfg(feature = "postgres")]
+impl OutboxWriter for postgres::Client {
+    fn write_outbox(
+        &mut self,
+        table: &str,
+        stream: &str,
+        events: &[&Event],
+    ) -> Result<(), StoreError> {
+        crate::store::outbox::postgres::enqueue(self, table, stream, events)
+    }
+}
+
+#[cfg(feature = "postgres")]
+impl OutboxWriter for postgres::Transaction<'_> {
+    fn write_outbox(
+        &mut self,
+        table: &str,
+        stream: &str,
+        events: &[&Event],
+    ) -> Result<(), StoreError> {
+        crate::store::outbox::postgres::enqueue(self, table, stream, events)
+    }
+}
+
+#[cfg(feature = "postgres")]
+impl OutboxWriter for crate::store::PgTransaction<'_> {
+    fn write_outbox(
+        &mut self,
+        table: &str,
+        stream: &str,
+        events: &[&Event],
+    ) -> Result<(), StoreError> {
+        crate::store::outbox::postgres::enqueue(&mut **self, table, stream, events)
+    }
+}
+
+#[cfg(feature = "sqlite")]
+impl OutboxWriter for rusqlite::Connection {
+    fn write_outbox(
+        &mut self,
+        table: &str,
+        stream: &str,
+        events: &[&Event],
+    ) -> Result<(), StoreError> {
+        crate::store::outbox::sqlite::enqueue(self, table, stream, events)
+    }
+}
+
+#[cfg(feature = "sqlite")]
+impl OutboxWriter for rusqlite::Transaction<'_> {
+    fn write_outbox(
+        &mut self,
+        table: &str,
+        stream: &str,
+        events: &[&Event],
+    ) -> Result<(), StoreError> {
+        crate::store::outbox::sqlite::enqueue(self, table, stream, events)
+    }
+}
+
+#[cfg(feature = "sqlite")]
+impl OutboxWriter for rusqlite::Savepoint<'_> {
+    fn write_outbox(
+        &mut self,
+        table: &str,
+        stream: &str,
+        events: &[&Event],
+    ) -> Result<(), StoreError> {
+        crate::store::outbox::sqlite::enqueue(self, table, stream, events)
+    }
+}
+
+/// An outbox table other than the default `event_outbox`.
+///
+/// ```no_run
+/// # fn f(tx: &mut rusqlite::Transaction<'_>, event: &eventflow::Event) -> Result<(), Box<dyn std::error::Error>> {
+/// let outbox = eventflow::outbox::OutboxTable::named("billing_outbox")?;
+/// outbox.enqueue(tx, "invoices", event)?;
+/// # Ok(()) }
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutboxTable {
+    name: String,
+}
+
+impl Default for OutboxTable {
+    fn default() -> Self {
+        Self {
+            name: DEFAULT_OUTBOX_TABLE.to_string(),
+        }
+    }
+}
+
+impl OutboxTable {
+    /// The table `name`, which must be a plain SQL identifier of at most 40 characters.
+    pub fn named(name: impl Into<String>) -> Result<Self, StoreError> {
+        let name = name.into();
+        validate_table_name(&name)?;
+        Ok(Self { name })
+    }
+
+    /// The table's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Writes `event` to this table in `writer`'s transaction; see [`enqueue`].
+    pub fn enqueue<W: OutboxWriter + ?Sized>(
+        &self,
+        writer: &mut W,
+        stream: &str,
+        event: &Event,
+    ) -> Result<(), EnqueueError> {
+        self.enqueue_batch(writer, stream, std::slice::from_ref(event))
+    }
+
+    /// Writes `events`, in order, to this table in `writer`'s transaction; see
+    /// [`enqueue_batch`].
+    pub fn enqueue_batch<W: OutboxWriter + ?Sized>(
+        &self,
+        writer: &mut W,
+        stream: &str,
+        events: &[Event],
+    ) -> Result<(), EnqueueError> {
+        check_stream(stream)?;
+        for event in events {
+            event
+                .validate()
+                .map_err(|source| EnqueueError::InvalidEvent {
+                    event_id: event.event_id.clone(),
+                    source,
+                })?;
+        }
+        if events.is_empty() {
+            return Ok(());
+        }
+        let events: Vec<&Event> = events.iter().collect();
+        writer.write_outbox(&self.name, stream, &events)?;
+        Ok(())
+    }
+}
+
+/// Writes `event` to the `event_outbox` table, bound for `stream`, inside `writer`'s
+/// transaction: it is published once that transaction commits, and never if it rolls back.
+///
+/// The event is validated first (an invalid one is refused and nothing is written). On
+/// PostgreSQL this also takes a lock on the event's aggregate until the transaction ends, so
+/// concurrent transactions enqueueing for one aggregate are published in commit order; and it
+/// wakes listening relays on commit.
+pub fn enqueue<W: OutboxWriter + ?Sized>(
+    writer: &mut W,
+    stream: &str,
+    event: &Event,
+) -> Result<(), EnqueueError> {
+    OutboxTable::default().enqueue(writer, stream, event)
+}
+
+/// Writes `events` to the `event_outbox` table in order, like [`enqueue`], in one statement on
+/// PostgreSQL. Every event is validated before anything is written.
+pub fn enqueue_batch<W: OutboxWriter + ?Sized>(
+    writer: &mut W,
+    stream: &str,
+    events: &[Event],
+) -> Result<(), EnqueueError> {
+    OutboxTable::default().enqueue_batch(writer, stream, events)
+}
+
+fn check_stream(stream: &str) -> Result<(), EnqueueError> {
+    let reason = if stream.is_empty() {
+        "it is empty"
+    } else if stream.len() > MAX_ID_LEN {
+        "it is longer than 255 bytes"
+    } else if stream.contains('\0') {
+        "it holds a NUL character"
+    } else {
+        return Ok(());
+    };
+    Err(EnqueueError::InvalidStream {
+        stream: stream.to_string(),
+        reason,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bad_stream_names_are_refused() {
+        assert!(check_stream("orders").is_ok());
+        for bad in ["", "a\0b", &"s".repeat(256)] {
+            assert!(
+                matches!(check_stream(bad), Err(EnqueueError::InvalidStream { .. })),
+                "{bad:?}"
+            );
+        }
+    }
+}

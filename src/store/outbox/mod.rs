@@ -1,0 +1,321 @@
+//! Where the outbox lives: the [`OutboxStore`] contract the relay works through, and its
+//! backends.
+//!
+//! The application writes rows with [`crate::outbox::enqueue`] in its own transaction; a relay
+//! claims due rows through [`OutboxStore::publish_due`], publishes them while holding them, and
+//! records each row's outcome in the same transaction. Every backend passes the same
+//! conformance suite (`tests/outbox_conformance.rs`).
+//!
+//! **Order.** Rows of one aggregate are published in `id` order. A row is claimable only when
+//! every earlier row of its aggregate is published or claimed in the same batch, so a row
+//! waiting for a retry, or dead-lettered, holds back the later rows of its aggregate until it
+//! is published or requeued. Backends make sure that within one aggregate a smaller `id` also
+//! committed first (PostgreSQL: a per-aggregate lock taken at enqueue; SQLite: one writer), so
+//! no row can appear below one already published.
+
+#[cfg(feature = "postgres")]
+pub(crate) mod postgres;
+#[cfg(feature = "sqlite")]
+pub(crate) mod sqlite;
+
+#[cfg(feature = "postgres")]
+pub use self::postgres::PostgresOutbox;
+#[cfg(feature = "sqlite")]
+pub use self::sqlite::SqliteOutbox;
+
+use super::StoreError;
+use crate::event::Event;
+use chrono::{DateTime, Utc};
+use std::time::Duration;
+
+/// The outbox table's default name.
+pub const DEFAULT_OUTBOX_TABLE: &str = "event_outbox";
+
+/// Where an outbox row stands. The names are the `status` column's values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum OutboxStatus {
+    /// Enqueued, not yet published.
+    Pending,
+    /// The last publish attempt failed; retried at `next_attempt_at`.
+    Failed,
+    /// Appended to its stream; `stream_entry_id` holds the entry's id.
+    Published,
+    /// Given up on after too many failed attempts; holds back later events of its aggregate
+    /// until requeued.
+    DeadLetter,
+}
+
+impl OutboxStatus {
+    /// Every status, in lifecycle order.
+    pub const ALL: [OutboxStatus; 4] = [
+        OutboxStatus::Pending,
+        OutboxStatus::Failed,
+        OutboxStatus::Published,
+        OutboxStatus::DeadLetter,
+    ];
+
+    /// The `status` column's value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OutboxStatus::Pending => "pending",
+            OutboxStatus::Failed => "failed",
+            OutboxStatus::Published => "published",
+            OutboxStatus::DeadLetter => "dead_letter",
+        }
+    }
+
+    /// The status named by a `status` column value.
+    pub fn parse(value: &str) -> Option<Self> {
+        Self::ALL
+            .into_iter()
+            .find(|status| status.as_str() == value)
+    }
+}
+
+/// One row of the outbox table.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OutboxRow {
+    /// Enqueue order.
+    pub id: i64,
+    /// The stream it is published to.
+    pub stream: String,
+    /// The event.
+    pub event: Event,
+    /// Where it stands.
+    pub status: OutboxStatus,
+    /// Failed publish attempts so far.
+    pub attempts: i32,
+    /// When a failed row is tried again; `None` means now.
+    pub next_attempt_at: Option<DateTime<Utc>>,
+    /// When it was enqueued (the database's clock).
+    pub created_at: DateTime<Utc>,
+    /// When it was published.
+    pub published_at: Option<DateTime<Utc>>,
+    /// The last publish error.
+    pub last_error: Option<String>,
+    /// When the last publish attempt failed.
+    pub last_error_at: Option<DateTime<Utc>>,
+    /// The stream entry id it got when published.
+    pub stream_entry_id: Option<String>,
+}
+
+/// Which rows [`OutboxStore::publish_due`] claims.
+#[derive(Debug, Clone, Copy)]
+pub struct ClaimDue {
+    /// Most rows to claim.
+    pub limit: usize,
+    /// The relay's clock: rows whose `next_attempt_at` is later are not due.
+    pub now: DateTime<Utc>,
+}
+
+/// What the relay made of a claimed batch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Delivery {
+    /// One outcome per claimed row, in order; the store records them and commits.
+    Settled(Vec<RowOutcome>),
+    /// Nothing is known (the broker could not be reached): the claim is rolled back and the
+    /// rows stay as they were, without an attempt counted.
+    Abandoned,
+}
+
+/// What became of one claimed row.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RowOutcome {
+    /// Appended to its stream as entry `entry_id`.
+    Published {
+        /// The stream entry id.
+        entry_id: String,
+    },
+    /// Refused; try again at `at`.
+    Retry {
+        /// Why it failed.
+        error: String,
+        /// When to try again.
+        at: DateTime<Utc>,
+    },
+    /// Refused too often: dead-letter it.
+    DeadLetter {
+        /// Why it failed.
+        error: String,
+    },
+}
+
+/// What one [`OutboxStore::publish_due`] call did, once committed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PublishRound {
+    /// Rows claimed and handed to the publisher.
+    pub claimed: usize,
+    /// Rows marked published.
+    pub published: usize,
+    /// Rows scheduled for another attempt.
+    pub retried: usize,
+    /// Rows dead-lettered.
+    pub dead_lettered: usize,
+    /// Whether the publisher abandoned the batch (nothing was recorded).
+    pub abandoned: bool,
+}
+
+/// Row counts per status, for health checks and the `status` command.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct OutboxCounts {
+    /// Rows not yet published.
+    pub pending: u64,
+    /// Rows waiting for a retry.
+    pub failed: u64,
+    /// Rows published and not yet deleted by retention.
+    pub published: u64,
+    /// Dead-lettered rows.
+    pub dead_letter: u64,
+    /// When the oldest unpublished row (pending or failed) was enqueued.
+    pub oldest_unpublished: Option<DateTime<Utc>>,
+}
+
+impl OutboxCounts {
+    /// Rows waiting to be published: pending plus failed.
+    pub fn backlog(&self) -> u64 {
+        self.pending + self.failed
+    }
+}
+
+/// Which dead-lettered rows [`OutboxStore::requeue_dead_letters`] sends back to `pending`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Requeue<'a> {
+    /// These rows, by id.
+    Ids(&'a [i64]),
+    /// Every dead-lettered row.
+    All,
+}
+
+/// Wakes a relay when rows are committed to the outbox, so it need not poll.
+pub trait EnqueueListener: Send {
+    /// Waits up to `timeout` for a notice that rows were enqueued; `Ok(true)` when one came.
+    /// An error means the notice channel broke; the relay polls and opens a new listener.
+    fn wait(&mut self, timeout: Duration) -> Result<bool, StoreError>;
+}
+
+/// A database that holds an outbox table.
+///
+/// Implementations are shared by relay threads; every operation is atomic.
+pub trait OutboxStore: Send + Sync + 'static {
+    /// The outbox table's name.
+    fn table(&self) -> &str;
+
+    /// Creates or upgrades the outbox table by applying the embedded migrations not yet
+    /// applied. Idempotent, and safe to run from several processes at once.
+    fn migrate(&self) -> Result<(), StoreError>;
+
+    /// Claims up to `claim.limit` due rows (pending, or failed with `next_attempt_at` passed)
+    /// in `id` order, keeping per-aggregate order (see the module docs), hands them to
+    /// `publish` while holding them, then records what it returns and commits. Rows claimed
+    /// here are invisible to other relays, in this process or another, until the commit.
+    fn publish_due(
+        &self,
+        claim: &ClaimDue,
+        publish: &mut dyn FnMut(&[OutboxRow]) -> Delivery,
+    ) -> Result<PublishRound, StoreError>;
+
+    /// Deletes up to `limit` published rows published before `before`; returns how many.
+    /// Callers repeat until it returns less than `limit`, so each transaction stays small.
+    fn delete_published_before(
+        &self,
+        before: DateTime<Utc>,
+        limit: usize,
+    ) -> Result<usize, StoreError>;
+
+    /// Row counts per status and the age of the backlog.
+    fn count_by_status(&self) -> Result<OutboxCounts, StoreError>;
+
+    /// Every row of the event, in enqueue order (one event may go to several streams).
+    fn find_by_event_id(&self, event_id: &str) -> Result<Vec<OutboxRow>, StoreError>;
+
+    /// Sends dead-lettered rows back to `pending` with attempts reset; returns how many.
+    fn requeue_dead_letters(&self, which: Requeue<'_>) -> Result<usize, StoreError>;
+
+    /// A listener woken when rows are enqueued, when the backend has one (PostgreSQL
+    /// `LISTEN`/`NOTIFY`); `None` makes the relay poll.
+    fn listener(&self) -> Result<Option<Box<dyn EnqueueListener>>, StoreError> {
+        Ok(None)
+    }
+
+    /// Checks that the database answers.
+    fn ping(&self) -> Result<(), StoreError>;
+}
+
+impl<S: OutboxStore + ?Sized> OutboxStore for std::sync::Arc<S> {
+    fn table(&self) -> &str {
+        (**self).table()
+    }
+    fn migrate(&self) -> Result<(), StoreError> {
+        (**self).migrate()
+    }
+    fn publish_due(
+        &self,
+        claim: &ClaimDue,
+        publish: &mut dyn FnMut(&[OutboxRow]) -> Delivery,
+    ) -> Result<PublishRound, StoreError> {
+        (**self).publish_due(claim, publish)
+    }
+    fn delete_published_before(
+        &self,
+        before: DateTime<Utc>,
+        limit: usize,
+    ) -> Result<usize, StoreError> {
+        (**self).delete_published_before(before, limit)
+    }
+    fn count_by_status(&self) -> Result<OutboxCounts, StoreError> {
+        (**self).count_by_status()
+    }
+    fn find_by_event_id(&self, event_id: &str) -> Result<Vec<OutboxRow>, StoreError> {
+        (**self).find_by_event_id(event_id)
+    }
+    fn requeue_dead_letters(&self, which: Requeue<'_>) -> Result<usize, StoreError> {
+        (**self).requeue_dead_letters(which)
+    }
+    fn listener(&self) -> Result<Option<Box<dyn EnqueueListener>>, StoreError> {
+        (**self).listener()
+    }
+    fn ping(&self) -> Result<(), StoreError> {
+        (**self).ping()
+    }
+}
+
+/// Counts what a batch's outcomes will do, for [`PublishRound`].
+pub(crate) fn tally(claimed: usize, outcomes: &[RowOutcome]) -> PublishRound {
+    let mut round = PublishRound {
+        claimed,
+        ..PublishRound::default()
+    };
+    for outcome in outcomes {
+        match outcome {
+            RowOutcome::Published { .. } => round.published += 1,
+            RowOutcome::Retry { .. } => round.retried += 1,
+            RowOutcome::DeadLetter { .. } => round.dead_lettered += 1,
+        }
+    }
+    round
+}
+
+/// A publisher that broke its contract (a wrong number of outcomes) must not mark rows it never
+/// published; the batch is rolled back instead.
+pub(crate) fn check_outcomes(rows: usize, outcomes: &[RowOutcome]) -> Result<(), StoreError> {
+    if outcomes.len() == rows {
+        return Ok(());
+    }
+    Err(StoreError::Corrupt {
+        row: format!("outbox batch of {rows}"),
+        reason: format!("the publisher returned {} outcomes", outcomes.len()),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn statuses_round_trip_through_their_column_values() {
+        for status in OutboxStatus::ALL {
+            assert_eq!(OutboxStatus::parse(status.as_str()), Some(status));
+        }
+        assert_eq!(OutboxStatus::parse("processed"), None);
+    }
+}

@@ -1,0 +1,536 @@
+//! The outbox in PostgreSQL.
+//!
+//! **Enqueue** is one statement, so it is atomic even on a client in autocommit mode: it takes a
+//! transaction-scoped advisory lock per aggregate (in a fixed order, so two enqueues cannot
+//! deadlock on each other), inserts the rows and calls `pg_notify`. The lock is held until the
+//! application's transaction ends, so two transactions enqueueing for one aggregate commit in the
+//! order of their ids, and the notice reaches listening relays only on commit.
+//!
+//! **Relays** claim due rows with `FOR UPDATE SKIP LOCKED` plus a second, try-only advisory lock
+//! per aggregate: the first relay to see an aggregate takes all of its due rows and the others
+//! skip it for that batch, so one aggregate is never published by two relays at once.
+
+use super::{
+    check_outcomes, tally, ClaimDue, Delivery, EnqueueListener, OutboxCounts, OutboxRow,
+    OutboxStatus, OutboxStore, PublishRound, Requeue, RowOutcome, DEFAULT_OUTBOX_TABLE,
+};
+use crate::event::Event;
+use crate::store::migrations::Migration;
+use crate::store::postgres::{apply_migrations, new_pool, parse_url, pg, PgConnection, Pool};
+use crate::store::{validate_table_name, StoreError};
+use chrono::{DateTime, Utc};
+use postgres::fallible_iterator::FallibleIterator;
+use postgres::types::{ToSql, Type};
+use postgres::{GenericClient, NoTls, Row};
+use std::time::Duration;
+use uuid::Uuid;
+
+/// The embedded outbox migrations for PostgreSQL, from `sql/postgres/outbox/`.
+pub const MIGRATIONS: &[Migration] = &[Migration {
+    version: 1,
+    name: "0001_event_outbox.sql",
+    sql: include_str!("../../../sql/postgres/outbox/0001_event_outbox.sql"),
+}];
+
+/// The `NOTIFY` channel; the payload is the outbox table's name.
+const CHANNEL: &str = "eventflow_outbox";
+
+/// Advisory lock classes (the first key of the two-key form), apart from each other and from
+/// the migration lock (one-key form): enqueueing transactions hold the first, relays try the
+/// second, so a relay never makes an application wait.
+const ENQUEUE_LOCK_CLASS: i32 = 0x6566_6f31; // "efo1"
+const RELAY_LOCK_CLASS: i32 = 0x6566_6f32; // "efo2"
+
+/// The aggregate's lock key: its last 32 bits, random in UUID v4 and v7 alike (the first bits of
+/// a v7 are a timestamp, shared by aggregates created close together). Two aggregates sharing a
+/// key only wait for each other.
+const LANE: &str = "('x' || right(aggregate_id::text, 8))::bit(32)::int4";
+
+const COLUMNS: &str = "id, stream, event_id, event_type, aggregate_id, correlation_id, \
+     causation_id, occurred_on, payload, status, attempts, next_attempt_at, created_at, \
+     published_at, last_error, last_error_at, stream_entry_id";
+
+/// Configures a [`PostgresOutbox`].
+#[derive(Debug, Clone)]
+pub struct PostgresOutboxBuilder {
+    url: String,
+    pool_size: u32,
+    connect_timeout: Duration,
+    table: String,
+}
+
+impl PostgresOutboxBuilder {
+    /// Most pooled connections. Each relay thread holds one while it publishes a batch, and
+    /// retention one while it deletes. Defaults to 4.
+    pub fn pool_size(mut self, size: u32) -> Self {
+        self.pool_size = size;
+        self
+    }
+
+    /// How long to wait for a connection before reporting the database unavailable.
+    /// Defaults to 5 s.
+    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
+        self.connect_timeout = timeout;
+        self
+    }
+
+    /// The outbox table's name. Defaults to `event_outbox`.
+    pub fn table(mut self, name: impl Into<String>) -> Self {
+        self.table = name.into();
+        self
+    }
+
+    /// Validates the settings and creates the pool. Connections are made on first use, so this
+    /// succeeds while the database is down.
+    pub fn build(self) -> Result<PostgresOutbox, StoreError> {
+        validate_table_name(&self.table)?;
+        if self.pool_size == 0 {
+            return Err(StoreError::InvalidConfig(
+                "pool_size must be at least 1".into(),
+            ));
+        }
+        let mut config = parse_url(&self.url)?;
+        config.connect_timeout(self.connect_timeout);
+        Ok(PostgresOutbox {
+            pool: new_pool(config.clone(), self.pool_size, self.connect_timeout),
+            listen_config: config,
+            sql: Queries::new(&self.table),
+            table: self.table,
+        })
+    }
+}
+
+/// The outbox in PostgreSQL, for relays. Applications enqueue with
+/// [`crate::outbox::enqueue`] on their own connection.
+pub struct PostgresOutbox {
+    pool: Pool,
+    /// For the listener's own connection, which stays out of the pool: a pooled connection
+    /// would keep listening after it went back.
+    listen_config: postgres::Config,
+    table: String,
+    sql: Queries,
+}
+
+impl std::fmt::Debug for PostgresOutbox {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // No connection string: it may hold a password.
+        f.debug_struct("PostgresOutbox")
+            .field("table", &self.table)
+            .finish_non_exhaustive()
+    }
+}
+
+impl PostgresOutbox {
+    /// Settings for an outbox at `url` (`postgresql://user@host/db` or `host=... user=...`).
+    pub fn builder(url: impl Into<String>) -> PostgresOutboxBuilder {
+        PostgresOutboxBuilder {
+            url: url.into(),
+            pool_size: 4,
+            connect_timeout: Duration::from_secs(5),
+            table: DEFAULT_OUTBOX_TABLE.to_string(),
+        }
+    }
+
+    /// An outbox at `url` with default settings.
+    pub fn connect(url: impl Into<String>) -> Result<Self, StoreError> {
+        Self::builder(url).build()
+    }
+
+    /// The connection pool, for the application's own queries.
+    pub fn pool(&self) -> &Pool {
+        &self.pool
+    }
+
+    fn connection(&self) -> Result<r2d2::PooledConnection<crate::store::PgManager>, StoreError> {
+        self.pool.get().map_err(StoreError::Pool)
+    }
+
+    fn publish_due_on(
+        &self,
+        conn: &mut PgConnection,
+        claim: &ClaimDue,
+        publish: &mut dyn FnMut(&[OutboxRow]) -> Delivery,
+    ) -> Result<PublishRound, StoreError> {
+        let claim_due = conn
+            .prepared(&self.sql.claim_due)
+            .map_err(pg("prepare claim"))?;
+        let record = conn
+            .prepared(&self.sql.record_outcomes)
+            .map_err(pg("prepare record"))?;
+        let mut tx = conn.transaction().map_err(pg("begin claim"))?;
+        let limit = i64::try_from(claim.limit).unwrap_or(i64::MAX);
+        let rows: Vec<OutboxRow> = tx
+            .query(&claim_due, &[&claim.now, &limit])
+            .map_err(pg("claim due outbox rows"))?
+            .iter()
+            .map(read_row)
+            .collect::<Result<_, _>>()?;
+        if rows.is_empty() {
+            return Ok(PublishRound::default());
+        }
+        let outcomes = match publish(&rows) {
+            Delivery::Settled(outcomes) => outcomes,
+            // Dropping the transaction rolls it back and frees the rows.
+            Delivery::Abandoned => {
+                return Ok(PublishRound {
+                    claimed: rows.len(),
+                    abandoned: true,
+                    ..PublishRound::default()
+                })
+            }
+        };
+        check_outcomes(rows.len(), &outcomes)?;
+        let ids: Vec<i64> = rows.iter().map(|row| row.id).collect();
+        let mut statuses = Vec::with_capacity(rows.len());
+        let mut entry_ids = Vec::with_capacity(rows.len());
+        let mut errors = Vec::with_capacity(rows.len());
+        let mut next_at = Vec::with_capacity(rows.len());
+        for outcome in &outcomes {
+            let (status, entry, error, at) = match outcome {
+                RowOutcome::Published { entry_id } => {
+                    (OutboxStatus::Published, Some(entry_id.as_str()), None, None)
+                }
+                RowOutcome::Retry { error, at } => {
+                    (OutboxStatus::Failed, None, Some(error.as_str()), Some(*at))
+                }
+                RowOutcome::DeadLetter { error } => {
+                    (OutboxStatus::DeadLetter, None, Some(error.as_str()), None)
+                }
+            };
+            statuses.push(status.as_str());
+            entry_ids.push(entry);
+            errors.push(error.map(crate::store::truncate_error));
+            next_at.push(at);
+        }
+        tx.execute(
+            &record,
+            &[&ids, &statuses, &entry_ids, &errors, &next_at, &claim.now],
+        )
+        .map_err(pg("record publish outcomes"))?;
+        tx.commit().map_err(pg("commit published batch"))?;
+        Ok(tally(rows.len(), &outcomes))
+    }
+}
+
+impl OutboxStore for PostgresOutbox {
+    fn table(&self) -> &str {
+        &self.table
+    }
+
+    fn migrate(&self) -> Result<(), StoreError> {
+        apply_migrations(
+            &self.pool,
+            &format!("outbox:{}", self.table),
+            MIGRATIONS,
+            &|migration| migration.render_as(DEFAULT_OUTBOX_TABLE, &self.table),
+        )
+    }
+
+    fn publish_due(
+        &self,
+        claim: &ClaimDue,
+        publish: &mut dyn FnMut(&[OutboxRow]) -> Delivery,
+    ) -> Result<PublishRound, StoreError> {
+        let mut conn = self.connection()?;
+        let round = self.publish_due_on(&mut conn, claim, publish);
+        if round.is_err() {
+            conn.forget_statements(); // they may have gone stale
+        }
+        round
+    }
+
+    fn delete_published_before(
+        &self,
+        before: DateTime<Utc>,
+        limit: usize,
+    ) -> Result<usize, StoreError> {
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let deleted = self
+            .connection()?
+            .execute(&self.sql.delete_published, &[&before, &limit])
+            .map_err(pg("delete published outbox rows"))?;
+        Ok(deleted as usize)
+    }
+
+    fn count_by_status(&self) -> Result<OutboxCounts, StoreError> {
+        let rows = self
+            .connection()?
+            .query(&self.sql.count_by_status, &[])
+            .map_err(pg("count outbox rows"))?;
+        let mut counts = OutboxCounts::default();
+        for row in rows {
+            let status: String = row.get(0);
+            let count = row.get::<_, i64>(1) as u64;
+            let oldest: Option<DateTime<Utc>> = row.get(2);
+            match OutboxStatus::parse(&status) {
+                Some(OutboxStatus::Pending) => counts.pending = count,
+                Some(OutboxStatus::Failed) => counts.failed = count,
+                Some(OutboxStatus::Published) => counts.published = count,
+                Some(OutboxStatus::DeadLetter) => counts.dead_letter = count,
+                None => {
+                    return Err(StoreError::Corrupt {
+                        row: format!("{} rows", self.table),
+                        reason: format!("unknown status {status:?}"),
+                    })
+                }
+            }
+            if oldest.is_some() {
+                counts.oldest_unpublished = counts.oldest_unpublished.min(oldest).or(oldest);
+            }
+        }
+        Ok(counts)
+    }
+
+    fn find_by_event_id(&self, event_id: &str) -> Result<Vec<OutboxRow>, StoreError> {
+        self.connection()?
+            .query(&self.sql.find_by_event_id, &[&event_id])
+            .map_err(pg("find outbox rows"))?
+            .iter()
+            .map(read_row)
+            .collect()
+    }
+
+    fn requeue_dead_letters(&self, which: Requeue<'_>) -> Result<usize, StoreError> {
+        let (ids, all): (&[i64], bool) = match which {
+            Requeue::Ids(ids) => (ids, false),
+            Requeue::All => (&[], true),
+        };
+        let requeued = self
+            .connection()?
+            .execute(&self.sql.requeue_dead_letters, &[&ids, &all])
+            .map_err(pg("requeue dead-lettered outbox rows"))?;
+        Ok(requeued as usize)
+    }
+
+    fn listener(&self) -> Result<Option<Box<dyn EnqueueListener>>, StoreError> {
+        let mut client = self
+            .listen_config
+            .connect(NoTls)
+            .map_err(pg("connect the outbox listener"))?;
+        client
+            .batch_execute(&format!("LISTEN {CHANNEL}"))
+            .map_err(pg("listen for enqueued rows"))?;
+        Ok(Some(Box::new(PgListener {
+            client,
+            table: self.table.clone(),
+        })))
+    }
+
+    fn ping(&self) -> Result<(), StoreError> {
+        self.connection()?
+            .batch_execute("SELECT 1")
+            .map_err(pg("ping"))
+    }
+}
+
+/// A dedicated connection listening on the outbox channel.
+struct PgListener {
+    client: postgres::Client,
+    table: String,
+}
+
+impl EnqueueListener for PgListener {
+    fn wait(&mut self, timeout: Duration) -> Result<bool, StoreError> {
+        let mut woken = false;
+        {
+            let mut notifications = self.client.notifications();
+            let mut waiting = notifications.timeout_iter(timeout);
+            while let Some(notice) = waiting.next().map_err(pg("wait for enqueued rows"))? {
+                // Notices for other outbox tables in the same database are not ours.
+                if notice.payload() == self.table {
+                    woken = true;
+                    break;
+                }
+            }
+        }
+        {
+            // Drain what else arrived: one wake-up serves them all.
+            let mut notifications = self.client.notifications();
+            let mut buffered = notifications.iter();
+            while buffered
+                .next()
+                .map_err(pg("read enqueue notices"))?
+                .is_some()
+            {}
+        }
+        if self.client.is_closed() {
+            return Err(StoreError::Closed("the outbox listener's connection"));
+        }
+        Ok(woken)
+    }
+}
+
+/// Writes `events` to `table` bound for `stream`, through the caller's client or transaction:
+/// one statement, one round trip, atomic on its own.
+pub(crate) fn enqueue<C: GenericClient>(
+    client: &mut C,
+    table: &str,
+    stream: &str,
+    events: &[&Event],
+) -> Result<(), StoreError> {
+    let event_ids: Vec<&str> = events.iter().map(|e| e.event_id.as_str()).collect();
+    let types: Vec<&str> = events.iter().map(|e| e.event_type.as_str()).collect();
+    let aggregates: Vec<Uuid> = events.iter().map(|e| e.aggregate_id).collect();
+    let correlations: Vec<Option<&str>> =
+        events.iter().map(|e| e.correlation_id.as_deref()).collect();
+    let causations: Vec<Option<&str>> = events.iter().map(|e| e.causation_id.as_deref()).collect();
+    let occurred: Vec<DateTime<Utc>> = events.iter().map(|e| e.occurred_on).collect();
+    let payloads: Vec<String> = events.iter().map(|e| e.payload.to_string()).collect();
+    let params: [(&(dyn ToSql + Sync), Type); 9] = [
+        (&stream, Type::VARCHAR),
+        (&aggregates, Type::UUID_ARRAY),
+        (&event_ids, Type::VARCHAR_ARRAY),
+        (&types, Type::VARCHAR_ARRAY),
+        (&correlations, Type::VARCHAR_ARRAY),
+        (&causations, Type::VARCHAR_ARRAY),
+        (&occurred, Type::TIMESTAMPTZ_ARRAY),
+        (&payloads, Type::TEXT_ARRAY),
+        (&table, Type::TEXT),
+    ];
+    // A typed query goes out in one round trip: no separate prepare on the caller's connection.
+    let inserted: i64 = client
+        .query_typed_one(&enqueue_sql(table), &params)
+        .map_err(pg("enqueue outbox events"))?
+        .get(0);
+    if inserted as usize != events.len() {
+        return Err(StoreError::Corrupt {
+            row: format!("{table} enqueue"),
+            reason: format!("inserted {inserted} of {} rows", events.len()),
+        });
+    }
+    Ok(())
+}
+
+fn enqueue_sql(table: &str) -> String {
+    let lane = LANE.replace("aggregate_id", "a");
+    format!(
+        "WITH locked AS (
+            SELECT count(*) AS n FROM (
+                SELECT pg_advisory_xact_lock({ENQUEUE_LOCK_CLASS}, lane)
+                FROM (SELECT DISTINCT {lane} AS lane FROM unnest($2::uuid[]) AS a) AS lanes
+                ORDER BY lane) AS taken
+        ), inserted AS (
+            INSERT INTO {table} (event_id, stream, event_type, aggregate_id, correlation_id,
+                                 causation_id, occurred_on, payload)
+            SELECT e.event_id, $1, e.event_type, e.aggregate_id, e.correlation_id,
+                   e.causation_id, e.occurred_on, e.payload::jsonb
+            FROM unnest($3::varchar[], $4::varchar[], $2::uuid[], $5::varchar[], $6::varchar[],
+                        $7::timestamptz[], $8::text[]) WITH ORDINALITY
+                 AS e(event_id, event_type, aggregate_id, correlation_id, causation_id,
+                      occurred_on, payload, n)
+            -- The locks are taken before the first id is drawn.
+            WHERE (SELECT n FROM locked) >= 0
+            ORDER BY e.n
+            RETURNING 1
+        )
+        SELECT (SELECT count(*) FROM inserted), pg_notify('{CHANNEL}', $9)"
+    )
+}
+
+/// The relay's statements for one outbox table.
+#[derive(Debug)]
+struct Queries {
+    claim_due: String,
+    record_outcomes: String,
+    delete_published: String,
+    count_by_status: String,
+    find_by_event_id: String,
+    requeue_dead_letters: String,
+}
+
+impl Queries {
+    fn new(t: &str) -> Self {
+        Self {
+            // A due row is taken only with its aggregate's relay lock, and not while an
+            // earlier row of its aggregate waits (a retry not yet due, a dead letter): such
+            // rows are left out before the limit, so they cannot crowd out publishable ones.
+            // Last, a row is published only if no earlier row of its aggregate is unpublished
+            // and outside the batch (one locked by some other session, say).
+            claim_due: format!(
+                "WITH due AS (
+                    SELECT id FROM {t} AS o
+                    WHERE status IN ('pending', 'failed')
+                      AND (next_attempt_at IS NULL OR next_attempt_at <= $1)
+                      AND NOT EXISTS (
+                        SELECT 1 FROM {t} AS w
+                        WHERE w.aggregate_id = o.aggregate_id AND w.id < o.id
+                          AND (w.status = 'dead_letter'
+                               OR (w.status = 'failed' AND w.next_attempt_at > $1)))
+                      AND pg_try_advisory_xact_lock({RELAY_LOCK_CLASS}, {LANE})
+                    ORDER BY id
+                    LIMIT $2
+                    FOR UPDATE SKIP LOCKED
+                )
+                SELECT {COLUMNS} FROM {t} AS o
+                WHERE o.id IN (SELECT id FROM due)
+                  AND NOT EXISTS (
+                    SELECT 1 FROM {t} AS b
+                    WHERE b.aggregate_id = o.aggregate_id AND b.id < o.id
+                      AND b.status <> 'published'
+                      AND b.id NOT IN (SELECT id FROM due))
+                ORDER BY o.id"
+            ),
+            record_outcomes: format!(
+                "UPDATE {t} AS o SET
+                    status = u.status,
+                    attempts = o.attempts + 1,
+                    next_attempt_at = u.next_at,
+                    published_at = CASE WHEN u.status = 'published' THEN $6 ELSE o.published_at END,
+                    stream_entry_id = COALESCE(u.entry_id, o.stream_entry_id),
+                    last_error = COALESCE(u.error, o.last_error),
+                    last_error_at = CASE WHEN u.error IS NULL THEN o.last_error_at ELSE $6 END
+                FROM unnest($1::bigint[], $2::varchar[], $3::varchar[], $4::text[],
+                            $5::timestamptz[]) AS u(id, status, entry_id, error, next_at)
+                WHERE o.id = u.id"
+            ),
+            delete_published: format!(
+                "DELETE FROM {t} WHERE id IN (
+                    SELECT id FROM {t}
+                    WHERE status = 'published' AND published_at < $1
+                    ORDER BY published_at
+                    LIMIT $2
+                    FOR UPDATE SKIP LOCKED)"
+            ),
+            count_by_status: format!(
+                "SELECT status, count(*),
+                        min(created_at) FILTER (WHERE status IN ('pending', 'failed'))
+                 FROM {t} GROUP BY status"
+            ),
+            find_by_event_id: format!("SELECT {COLUMNS} FROM {t} WHERE event_id = $1 ORDER BY id"),
+            requeue_dead_letters: format!(
+                "UPDATE {t} SET status = 'pending', attempts = 0, next_attempt_at = NULL
+                 WHERE status = 'dead_letter' AND ($2 OR id = ANY($1))"
+            ),
+        }
+    }
+}
+
+fn read_row(row: &Row) -> Result<OutboxRow, StoreError> {
+    let id: i64 = row.get("id");
+    let status: String = row.get("status");
+    let payload: serde_json::Value = row.get("payload");
+    Ok(OutboxRow {
+        id,
+        stream: row.get("stream"),
+        event: Event {
+            event_id: row.get("event_id"),
+            event_type: row.get("event_type"),
+            aggregate_id: row.get("aggregate_id"),
+            occurred_on: row.get("occurred_on"),
+            payload,
+            correlation_id: row.get("correlation_id"),
+            causation_id: row.get("causation_id"),
+        },
+        status: OutboxStatus::parse(&status).ok_or_else(|| StoreError::Corrupt {
+            row: id.to_string(),
+            reason: format!("unknown outbox status {status:?}"),
+        })?,
+        attempts: row.get("attempts"),
+        next_attempt_at: row.get("next_attempt_at"),
+        created_at: row.get("created_at"),
+        published_at: row.get("published_at"),
+        last_error: row.get("last_error"),
+        last_error_at: row.get("last_error_at"),
+        stream_entry_id: row.get("stream_entry_id"),
+    })
+}
