@@ -71,13 +71,16 @@ impl EntryError {
 impl Event {
     /// A new event that happened now, with a random v4 `event_id` and no correlation.
     ///
-    /// `payload` should be a JSON object; anything else is stored as `{}` by the inbox.
+    /// `occurred_on` is cut to whole microseconds, the precision both databases keep, so the
+    /// event reads back from an inbox or outbox table exactly as it was made. `payload` should
+    /// be a JSON object; anything else is stored as `{}` by the inbox.
     pub fn new(event_type: impl Into<String>, aggregate_id: Uuid, payload: Value) -> Self {
+        let now = Utc::now();
         Self {
             event_id: Uuid::new_v4().to_string(),
             event_type: event_type.into(),
             aggregate_id,
-            occurred_on: Utc::now(),
+            occurred_on: DateTime::from_timestamp_micros(now.timestamp_micros()).unwrap_or(now),
             payload,
             correlation_id: None,
             causation_id: None,
