@@ -29,9 +29,12 @@ CREATE TABLE IF NOT EXISTS event_outbox (
 CREATE INDEX IF NOT EXISTS ix_event_outbox_due
     ON event_outbox(id) WHERE status IN ('pending', 'failed');
 
--- A row waits while an earlier row of its aggregate is unpublished; this finds such rows.
+-- A row waits while an earlier row of its aggregate is unpublished; these find such rows:
+-- the first any of them, the second the few that wait (a retry not yet due, a dead letter).
 CREATE INDEX IF NOT EXISTS ix_event_outbox_aggregate
     ON event_outbox(aggregate_id, id) WHERE status <> 'published';
+CREATE INDEX IF NOT EXISTS ix_event_outbox_waiting
+    ON event_outbox(aggregate_id, id) WHERE status IN ('failed', 'dead_letter');
 
 -- Retention deletes published rows by age.
 CREATE INDEX IF NOT EXISTS ix_event_outbox_published

@@ -30,6 +30,8 @@ CREATE INDEX IF NOT EXISTS ix_event_outbox_due
     ON event_outbox(id) WHERE status IN ('pending', 'failed');
 CREATE INDEX IF NOT EXISTS ix_event_outbox_aggregate
     ON event_outbox(aggregate_id, id) WHERE status <> 'published';
+CREATE INDEX IF NOT EXISTS ix_event_outbox_waiting
+    ON event_outbox(aggregate_id, id) WHERE status IN ('failed', 'dead_letter');
 CREATE INDEX IF NOT EXISTS ix_event_outbox_published
     ON event_outbox(published_at) WHERE status = 'published';
 CREATE INDEX IF NOT EXISTS ix_event_outbox_event_id ON event_outbox(event_id);

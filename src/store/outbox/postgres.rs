@@ -2,7 +2,7 @@
 //!
 //! **Enqueue** is one statement, so it is atomic even on a client in autocommit mode: it takes a
 //! transaction-scoped advisory lock per aggregate (in a fixed order, so two enqueues cannot
-//! deadlock on each other), inserts the rows and calls `pg_notify`. The lock is held until the
+//! deadlock on each other), inserts the rows and calls `pg_notify` on the table's channel. The lock is held until the
 //! application's transaction ends, so two transactions enqueueing for one aggregate commit in the
 //! order of their ids, and the notice reaches listening relays only on commit.
 //!
@@ -32,8 +32,11 @@ pub const MIGRATIONS: &[Migration] = &[Migration {
     sql: include_str!("../../../sql/postgres/outbox/0001_event_outbox.sql"),
 }];
 
-/// The `NOTIFY` channel; the payload is the outbox table's name.
-const CHANNEL: &str = "eventflow_outbox";
+/// The `NOTIFY` channel of an outbox table (at most 57 characters, within PostgreSQL's 63), so
+/// a relay hears only about its own table.
+fn channel(table: &str) -> String {
+    format!("eventflow_outbox_{table}")
+}
 
 /// Advisory lock classes (the first key of the two-key form), apart from each other and from
 /// the migration lock (one-key form): enqueueing transactions hold the first, relays try the
@@ -307,13 +310,12 @@ impl OutboxStore for PostgresOutbox {
             .listen_config
             .connect(NoTls)
             .map_err(pg("connect the outbox listener"))?;
+        // Quoted: pg_notify takes the channel name as written, LISTEN would fold it to
+        // lower case.
         client
-            .batch_execute(&format!("LISTEN {CHANNEL}"))
+            .batch_execute(&format!("LISTEN \"{}\"", channel(&self.table)))
             .map_err(pg("listen for enqueued rows"))?;
-        Ok(Some(Box::new(PgListener {
-            client,
-            table: self.table.clone(),
-        })))
+        Ok(Some(Box::new(PgListener { client })))
     }
 
     fn ping(&self) -> Result<(), StoreError> {
@@ -323,36 +325,30 @@ impl OutboxStore for PostgresOutbox {
     }
 }
 
-/// A dedicated connection listening on the outbox channel.
+/// A dedicated connection listening on the outbox table's channel.
 struct PgListener {
     client: postgres::Client,
-    table: String,
 }
 
 impl EnqueueListener for PgListener {
     fn wait(&mut self, timeout: Duration) -> Result<bool, StoreError> {
-        let mut woken = false;
-        {
+        let woken = {
             let mut notifications = self.client.notifications();
-            let mut waiting = notifications.timeout_iter(timeout);
-            while let Some(notice) = waiting.next().map_err(pg("wait for enqueued rows"))? {
-                // Notices for other outbox tables in the same database are not ours.
-                if notice.payload() == self.table {
-                    woken = true;
-                    break;
-                }
-            }
-        }
-        {
-            // Drain what else arrived: one wake-up serves them all.
-            let mut notifications = self.client.notifications();
+            // One notice is enough; the rest that arrived with it are drained, since one
+            // wake-up serves them all.
+            let woken = notifications
+                .timeout_iter(timeout)
+                .next()
+                .map_err(pg("wait for enqueued rows"))?
+                .is_some();
             let mut buffered = notifications.iter();
             while buffered
                 .next()
                 .map_err(pg("read enqueue notices"))?
                 .is_some()
             {}
-        }
+            woken
+        };
         if self.client.is_closed() {
             return Err(StoreError::Closed("the outbox listener's connection"));
         }
@@ -376,6 +372,7 @@ pub(crate) fn enqueue<C: GenericClient>(
     let causations: Vec<Option<&str>> = events.iter().map(|e| e.causation_id.as_deref()).collect();
     let occurred: Vec<DateTime<Utc>> = events.iter().map(|e| e.occurred_on).collect();
     let payloads: Vec<String> = events.iter().map(|e| e.payload.to_string()).collect();
+    let channel = channel(table);
     let params: [(&(dyn ToSql + Sync), Type); 9] = [
         (&stream, Type::VARCHAR),
         (&aggregates, Type::UUID_ARRAY),
@@ -385,7 +382,7 @@ pub(crate) fn enqueue<C: GenericClient>(
         (&causations, Type::VARCHAR_ARRAY),
         (&occurred, Type::TIMESTAMPTZ_ARRAY),
         (&payloads, Type::TEXT_ARRAY),
-        (&table, Type::TEXT),
+        (&channel, Type::TEXT),
     ];
     // A typed query goes out in one round trip: no separate prepare on the caller's connection.
     let inserted: i64 = client
@@ -423,7 +420,7 @@ fn enqueue_sql(table: &str) -> String {
             ORDER BY e.n
             RETURNING 1
         )
-        SELECT (SELECT count(*) FROM inserted), pg_notify('{CHANNEL}', $9)"
+        SELECT (SELECT count(*) FROM inserted), pg_notify($9, '')"
     )
 }
 
@@ -454,8 +451,8 @@ impl Queries {
                       AND NOT EXISTS (
                         SELECT 1 FROM {t} AS w
                         WHERE w.aggregate_id = o.aggregate_id AND w.id < o.id
-                          AND (w.status = 'dead_letter'
-                               OR (w.status = 'failed' AND w.next_attempt_at > $1)))
+                          AND w.status IN ('failed', 'dead_letter')
+                          AND (w.status = 'dead_letter' OR w.next_attempt_at > $1))
                       AND pg_try_advisory_xact_lock({RELAY_LOCK_CLASS}, {LANE})
                     ORDER BY id
                     LIMIT $2

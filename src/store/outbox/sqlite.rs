@@ -111,8 +111,9 @@ impl OutboxStore for SqliteOutbox {
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .map_err(lite("begin claim"))?;
         let now = ts(claim.now);
-        // Due rows in id order, less those behind an earlier row of their aggregate that is
-        // neither published nor due now (a due earlier row is in this batch, being earlier).
+        // Due rows in id order, less those behind an earlier row of their aggregate that waits
+        // (a retry not yet due, a dead letter). An earlier row that is due is in this batch,
+        // being earlier, unless the limit cut it off, and then so are the later ones.
         let rows: Vec<OutboxRow> = {
             let mut statement = tx
                 .prepare_cached(&format!(
@@ -122,9 +123,8 @@ impl OutboxStore for SqliteOutbox {
                        AND NOT EXISTS (
                          SELECT 1 FROM {t} AS b
                          WHERE b.aggregate_id = o.aggregate_id AND b.id < o.id
-                           AND b.status <> 'published'
-                           AND NOT (b.status IN ('pending', 'failed')
-                                    AND (b.next_attempt_at IS NULL OR b.next_attempt_at <= ?1)))
+                           AND b.status IN ('failed', 'dead_letter')
+                           AND (b.status = 'dead_letter' OR b.next_attempt_at > ?1))
                      ORDER BY o.id
                      LIMIT ?2"
                 ))
