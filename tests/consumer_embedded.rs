@@ -574,6 +574,10 @@ impl Transport for Outage {
     ) -> Result<GroupStats, eventflow::transport::TransportError> {
         self.inner.group_stats(stream, group)
     }
+    fn ping(&self, timeout: Duration) -> Result<(), eventflow::transport::TransportError> {
+        self.check()?;
+        self.inner.ping(timeout)
+    }
 }
 
 #[test]

@@ -432,6 +432,17 @@ fn lag_counts_undelivered_entries<T: Harness>(t: &T, stream: &str) {
     assert_eq!(t.group_stats(stream, GROUP).unwrap(), stats(0, 0));
 }
 
+fn ping_answers_even_while_a_read_blocks<T: Harness>(t: &T, stream: &str) {
+    t.ping(Duration::from_secs(2)).expect("ping");
+    t.ensure_group(stream, GROUP).unwrap();
+    thread::scope(|scope| {
+        let reader = scope.spawn(|| read(t, stream, "c1", 1, Duration::from_millis(300)));
+        t.ping(Duration::from_secs(2))
+            .expect("ping beside a blocked read");
+        assert!(reader.join().unwrap().is_empty());
+    });
+}
+
 /// Deletes a test's Redis stream when the test ends, passed or not.
 struct DropStream(String);
 
@@ -492,4 +503,5 @@ conformance!(
     missing_group_gives_no_group_until_ensured_again,
     publish_batch_returns_increasing_ids,
     lag_counts_undelivered_entries,
+    ping_answers_even_while_a_read_blocks,
 );
