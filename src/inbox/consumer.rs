@@ -1,6 +1,7 @@
 //! A configured consumer and how it starts its threads.
 
 use super::handle::{ConsumerHandle, Threads};
+use super::metrics::InboxMetrics;
 use super::receiver::Reader;
 use super::settings::Settings;
 use super::stats::Counters;
@@ -82,7 +83,10 @@ impl<S: InboxStore> Start for Runtime<S> {
         // Two batches per worker in flight: enough to keep workers busy, small enough that
         // readers wait (and memory stays bounded) when workers fall behind.
         let (work_tx, work_rx) = crossbeam_channel::bounded(settings.workers * 2);
-        let counters = Arc::new(Counters::default());
+        let counters = Arc::new(Counters::new(InboxMetrics::new(
+            &settings.stream,
+            &settings.group,
+        )));
         let stop = Arc::new(AtomicBool::new(false));
         let mut threads = Threads::new(stop.clone());
         let base_name = consumer_name(&settings.consumer_prefix);

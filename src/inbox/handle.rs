@@ -191,6 +191,8 @@ impl ConsumerHandle {
                 still_running: alive.into_iter().collect(),
             });
         }
+        // Every thread is gone: what is left queued stays pending in the inbox.
+        self.counters.metrics.release_gauges();
         let stats = self.stats();
         let drained = stats.processed - processed_before;
         tracing::info!(consumer = %self.consumer, drained, "inbox consumer stopped");

@@ -10,6 +10,7 @@
 mod builder;
 mod consumer;
 mod handle;
+pub mod metrics;
 mod receiver;
 mod settings;
 mod stats;

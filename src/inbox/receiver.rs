@@ -142,7 +142,7 @@ impl<S: InboxStore> Reader<S> {
             }
             if !reclaimed.entries.is_empty() {
                 tracing::info!(count = reclaimed.entries.len(), consumer = %self.consumer, "took over stale pending entries");
-                Counters::add(&self.counters.reclaimed, reclaimed.entries.len());
+                self.counters.reclaimed(reclaimed.entries.len());
                 self.take(reclaimed.entries);
             }
             if reclaimed.next_cursor == "0-0" || self.stopping() {
@@ -155,7 +155,7 @@ impl<S: InboxStore> Reader<S> {
     /// Stores a batch, acknowledges it once stored, and hands the new rows to the workers.
     fn take(&self, entries: Vec<StreamEntry>) {
         let settings = &self.settings;
-        Counters::add(&self.counters.received, entries.len());
+        self.counters.received(entries.len());
         let mut events = Vec::with_capacity(entries.len());
         let mut raw_fields = Vec::with_capacity(entries.len());
         let mut malformed = Vec::new();
@@ -195,8 +195,8 @@ impl<S: InboxStore> Reader<S> {
             // Unacknowledged, so this or another consumer reclaims the batch later.
             Attempt::Stopped => return,
         };
-        Counters::add(&self.counters.duplicates, stored.duplicates);
-        Counters::add(&self.counters.quarantined, stored.quarantined);
+        self.counters.duplicates(stored.duplicates);
+        self.counters.quarantined(stored.quarantined);
         if stored.duplicates > 0 {
             tracing::debug!(
                 duplicates = stored.duplicates,
@@ -214,7 +214,10 @@ impl<S: InboxStore> Reader<S> {
             .div_ceil(settings.workers)
             .clamp(1, settings.claim_batch);
         for rows in fresh.chunks(chunk) {
+            // Counted before the send, so a worker never takes rows not yet counted.
+            self.counters.metrics.queued(rows.len() as i64);
             if self.work.send(rows.to_vec()).is_err() {
+                self.counters.metrics.queued(-(rows.len() as i64));
                 return; // workers halted; the rows stay pending for the next start
             }
         }
