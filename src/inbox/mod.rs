@@ -9,6 +9,7 @@
 
 mod builder;
 mod consumer;
+mod dead_letter;
 mod handle;
 pub mod metrics;
 mod receiver;
@@ -22,5 +23,6 @@ pub use builder::PostgresUrl;
 pub use builder::SqlitePath;
 pub use builder::{ConsumerBuilder, NoStore, Prebuilt, StoreOptions, StoreSource};
 pub use consumer::{Handler, InboxConsumer};
+pub use dead_letter::{DeadLetter, DEAD_LETTER_MESSAGE};
 pub use handle::{ConsumerHandle, ShutdownReport};
 pub use stats::ConsumerStats;

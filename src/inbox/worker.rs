@@ -5,6 +5,7 @@
 //! retry policy's delay, or as a dead letter once out of retries; the worker goes on either way.
 
 use super::consumer::Handler;
+use super::dead_letter::{announce, DeadLetter};
 use super::metrics::{Busy, InboxMetrics};
 use super::settings::Settings;
 use super::stats::Counters;
@@ -154,11 +155,10 @@ impl<S: InboxStore> Worker<S> {
             }
             Verdict::Failed(failure) if failure.status == EventStatus::DeadLetter => {
                 self.counters.dead_lettered();
-                tracing::error!(
-                    event_id = %event.event_id, event_type = %event.event_type,
-                    aggregate_id = %event.aggregate_id, correlation_id = ?event.correlation_id,
-                    attempts = failure.retry_count, error = %failure.error_message,
-                    "event dead-lettered"
+                let settings = &self.settings;
+                announce(
+                    &DeadLetter::new(&settings.stream, &settings.group, row, failure),
+                    settings.on_dead_letter.as_ref(),
                 );
             }
             Verdict::Failed(failure) => {
