@@ -1207,3 +1207,64 @@ fn each_dead_letter_is_logged_once_with_the_fields_alerts_match_on() {
     assert_eq!(field("error"), Some("no such customer"));
     assert_eq!(field("stream"), Some(STREAM));
 }
+
+#[test]
+fn a_running_consumer_is_live_and_ready_and_not_live_after_shutdown() {
+    let began = std::time::Instant::now();
+    let stream = MemoryStream::new();
+    let store = store();
+    let handle = start_recording(stream.clone(), &store, |builder| {
+        builder
+            .readers(2)
+            .workers(3)
+            .block(Duration::from_millis(20))
+    });
+    stream
+        .publish(STREAM, event("h-1", "T").to_entry_fields())
+        .unwrap();
+    assert!(wait_until(WAIT, || count(&store, EventStatus::Processed) == 1));
+
+    let health = handle.health();
+    assert!(health.is_live() && health.is_ready(), "{health:?}");
+    assert!(health.running);
+    assert_eq!((health.readers.alive, health.readers.configured), (2, 2));
+    assert_eq!((health.workers.alive, health.workers.configured), (3, 3));
+    assert_eq!(
+        (health.database.clone(), health.broker.clone()),
+        (Ok(()), Ok(()))
+    );
+    // Both happened during this test, so they are younger than it.
+    let since_read = health.since_last_read.expect("the stream was read");
+    let since_commit = health.since_last_commit.expect("a batch was committed");
+    assert!(since_read < began.elapsed() && since_commit < began.elapsed());
+
+    handle.shutdown(Duration::from_secs(10)).unwrap();
+    let health = handle.health();
+    assert!(!health.is_live() && !health.is_ready(), "{health:?}");
+    assert!(!health.running);
+    assert_eq!((health.readers.alive, health.workers.alive), (0, 0));
+}
+
+#[test]
+fn a_consumer_whose_broker_does_not_answer_is_live_but_not_ready() {
+    let outage = Outage::new(false);
+    let store = store();
+    let handle = start_recording(outage.clone(), &store, |builder| {
+        builder
+            .block(Duration::from_millis(20))
+            .reclaim_idle(Duration::from_secs(5))
+    });
+    assert!(handle.health().is_ready());
+
+    outage.down.store(true, Ordering::SeqCst);
+    let health = handle.health();
+    assert!(health.is_live(), "waiting out an outage needs no restart");
+    assert!(!health.is_ready());
+    assert_eq!(health.database, Ok(()));
+    let error = health.broker.unwrap_err();
+    assert!(error.contains("connection refused"), "{error}");
+
+    outage.down.store(false, Ordering::SeqCst);
+    assert!(handle.health().is_ready());
+    handle.shutdown(Duration::from_secs(10)).unwrap();
+}

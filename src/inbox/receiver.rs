@@ -7,6 +7,7 @@
 //! Every `reclaim_interval` it also takes over entries that a dead consumer read but never
 //! acknowledged.
 
+use super::health::Heartbeats;
 use super::settings::Settings;
 use super::stats::Counters;
 use super::worker::panic_message;
@@ -31,6 +32,7 @@ pub(crate) struct Reader<S: InboxStore> {
     pub transport: Arc<dyn Transport>,
     pub settings: Arc<Settings>,
     pub counters: Arc<Counters>,
+    pub heartbeats: Arc<Heartbeats>,
     pub consumer: String,
     pub work: Sender<Vec<InboxRow>>,
     pub stop: Arc<AtomicBool>,
@@ -96,6 +98,7 @@ impl<S: InboxStore> Reader<S> {
         };
         match self.transport.read_group(&request) {
             Ok(entries) => {
+                self.heartbeats.read();
                 backoff.reset();
                 if !entries.is_empty() {
                     self.take(entries);

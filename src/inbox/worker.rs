@@ -6,6 +6,7 @@
 
 use super::consumer::Handler;
 use super::dead_letter::{announce, DeadLetter};
+use super::health::Heartbeats;
 use super::metrics::{Busy, InboxMetrics};
 use super::settings::Settings;
 use super::stats::Counters;
@@ -33,6 +34,7 @@ pub(crate) struct Worker<S: InboxStore> {
     pub handler: Arc<dyn Handler<S>>,
     pub settings: Arc<Settings>,
     pub counters: Arc<Counters>,
+    pub heartbeats: Arc<Heartbeats>,
     pub work: Receiver<Vec<InboxRow>>,
     pub halt: Receiver<()>,
     pub stop: Arc<AtomicBool>,
@@ -129,6 +131,9 @@ impl<S: InboxStore> Worker<S> {
                 backoff.reset();
                 let failed = settled.iter().any(|s| s.verdict != Verdict::Processed);
                 self.recent_failure.set(failed);
+                if !settled.is_empty() {
+                    self.heartbeats.committed();
+                }
                 // Committed: what is reported now has happened.
                 let now = self.settings.clock.now();
                 for outcome in &settled {
