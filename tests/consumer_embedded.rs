@@ -3,7 +3,7 @@
 
 mod support;
 
-use eventflow::inbox::{ConsumerBuilder, Prebuilt};
+use eventflow::inbox::{ConsumerBuilder, DeadLetter, Prebuilt, DEAD_LETTER_MESSAGE};
 use eventflow::store::{InboxStore, SqliteStore};
 use eventflow::transport::{GroupStats, MemoryStream, ReadRequest, Transport};
 use eventflow::{
@@ -583,6 +583,10 @@ impl Transport for Outage {
     ) -> Result<GroupStats, eventflow::transport::TransportError> {
         self.inner.group_stats(stream, group)
     }
+    fn ping(&self, timeout: Duration) -> Result<(), eventflow::transport::TransportError> {
+        self.check()?;
+        self.inner.ping(timeout)
+    }
 }
 
 #[test]
@@ -991,4 +995,285 @@ fn readers_wait_for_slow_workers_so_stored_but_unhandled_rows_stay_bounded() {
         "{most_pending} rows stored but unhandled, bound {bound}"
     );
     assert_eq!(handled(&store), (1500, 1500));
+}
+
+/// A retry policy that panics the first time it is asked, then says 60 s.
+struct PanicsOnce(AtomicBool);
+
+impl eventflow::RetryPolicy for PanicsOnce {
+    fn delay(&self, _failures: u32, _jitter: f64) -> Duration {
+        if !self.0.swap(true, Ordering::SeqCst) {
+            panic!("retry policy bug, once");
+        }
+        Duration::from_secs(60)
+    }
+}
+
+#[test]
+fn the_dead_letter_hook_fires_once_per_dead_letter_after_its_commit() {
+    let stream = MemoryStream::new();
+    let store = store();
+    let clock = ManualClock::starting_now();
+    let dead: Arc<Mutex<Vec<DeadLetter>>> = Arc::default();
+    let heard = dead.clone();
+    let attempts: Arc<Mutex<HashMap<String, u32>>> = Arc::default();
+    let seen = attempts.clone();
+    let handle = InboxConsumer::builder()
+        .transport(stream.clone())
+        .store(store.clone())
+        .stream(STREAM)
+        .group(GROUP)
+        .readers(1)
+        .workers(1) // one worker: the panicking hook must not take it down
+        .max_retries(2)
+        .clock(clock.clone())
+        .poll_interval(Duration::from_millis(10))
+        .retry_policy(PanicsOnce(AtomicBool::new(false)))
+        .on_dead_letter(move |letter: &DeadLetter| {
+            let first = {
+                let mut heard = heard.lock();
+                heard.push(letter.clone());
+                heard.len() == 1
+            };
+            if first {
+                panic!("alerting is down");
+            }
+        })
+        .handler(move |tx, row| -> HandlerResult {
+            *seen.lock().entry(row.event.event_id.clone()).or_default() += 1;
+            record(tx, row)?;
+            match row.event.event_type.as_str() {
+                "Hopeless" => Err(HandlerError::give_up("cannot ever work")),
+                "Broken" => Err("always broken".into()),
+                _ => Ok(()),
+            }
+        })
+        .build()
+        .unwrap()
+        .start()
+        .unwrap();
+
+    // One read batch, one claim: the hopeless event is dead-lettered first, then the broken
+    // one's failure makes the policy panic, which rolls the whole batch back. The batch is
+    // redone: only that second dead-lettering is committed, and only it is announced.
+    let mut hopeless = event("hopeless", "Hopeless");
+    hopeless.correlation_id = Some("corr-1".into());
+    let entries = vec![
+        hopeless.to_entry_fields(),
+        event("broken", "Broken").to_entry_fields(),
+        event("fine", "Fine").to_entry_fields(),
+    ];
+    stream.publish_batch(STREAM, &entries).unwrap();
+    let status = |id: &str| store.find_by_event_id(id).unwrap().map(|r| r.status);
+    assert!(
+        wait_until(WAIT, || status("hopeless") == Some(EventStatus::DeadLetter)
+            && status("broken") == Some(EventStatus::Failed)
+            && status("fine") == Some(EventStatus::Processed)),
+        "{:?}",
+        handle.stats()
+    );
+    assert_eq!(
+        attempts.lock()["hopeless"],
+        2,
+        "handled twice: the first dead-lettering rolled back"
+    );
+    assert_eq!(dead.lock().len(), 1);
+
+    // The second failure of the broken event exhausts max_retries = 2.
+    clock.advance(Duration::from_secs(70));
+    assert!(wait_until(WAIT, || status("broken") == Some(EventStatus::DeadLetter)));
+    // The hook panicked the first time; the only worker still handles events.
+    stream
+        .publish(STREAM, event("after", "Fine").to_entry_fields())
+        .unwrap();
+    assert!(wait_until(WAIT, || status("after") == Some(EventStatus::Processed)));
+    let report = handle.shutdown(Duration::from_secs(10)).unwrap();
+
+    assert_eq!(report.stats.dead_lettered, 2);
+    let dead = dead.lock();
+    assert_eq!(dead.len(), 2, "once per dead letter: {dead:?}");
+    let hopeless_letter = &dead[0];
+    assert_eq!(
+        (
+            hopeless_letter.event_id.as_str(),
+            hopeless_letter.event_type.as_str(),
+            hopeless_letter.aggregate_id,
+            hopeless_letter.correlation_id.as_deref(),
+            hopeless_letter.attempts,
+            hopeless_letter.error.as_str(),
+            hopeless_letter.stream.as_str(),
+            hopeless_letter.group.as_str(),
+        ),
+        (
+            "hopeless",
+            "Hopeless",
+            hopeless.aggregate_id,
+            Some("corr-1"),
+            1,
+            "cannot ever work",
+            STREAM,
+            GROUP,
+        )
+    );
+    let broken_letter = &dead[1];
+    assert_eq!(
+        (
+            broken_letter.event_id.as_str(),
+            broken_letter.attempts,
+            broken_letter.error.as_str()
+        ),
+        ("broken", 2, "always broken"),
+        "dead-lettered after exhausting its retries"
+    );
+    assert_eq!(
+        broken_letter.row_id,
+        store.find_by_event_id("broken").unwrap().unwrap().id
+    );
+}
+
+/// `tracing` events with the dead-letter message, as field name → value, captured from every
+/// thread: the consumer logs from its workers.
+fn dead_letter_logs() -> &'static Mutex<Vec<HashMap<String, String>>> {
+    use tracing_subscriber::layer::SubscriberExt;
+
+    struct Capture;
+    struct Fields(HashMap<String, String>);
+
+    impl tracing::field::Visit for Fields {
+        fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+            self.0
+                .insert(field.name().to_string(), format!("{value:?}"));
+        }
+        fn record_str(&mut self, field: &tracing::field::Field, value: &str) {
+            self.0.insert(field.name().to_string(), value.to_string());
+        }
+    }
+
+    impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for Capture {
+        fn on_event(
+            &self,
+            event: &tracing::Event<'_>,
+            _: tracing_subscriber::layer::Context<'_, S>,
+        ) {
+            let mut fields = Fields(HashMap::new());
+            event.record(&mut fields);
+            if fields.0.get("message").map(String::as_str) == Some(DEAD_LETTER_MESSAGE) {
+                fields
+                    .0
+                    .insert("level".into(), event.metadata().level().to_string());
+                LOGS.lock().push(fields.0);
+            }
+        }
+    }
+
+    static LOGS: Mutex<Vec<HashMap<String, String>>> = Mutex::new(Vec::new());
+    static INSTALL: std::sync::Once = std::sync::Once::new();
+    INSTALL.call_once(|| {
+        tracing::subscriber::set_global_default(tracing_subscriber::registry().with(Capture))
+            .expect("no other global subscriber in this test binary");
+    });
+    &LOGS
+}
+
+#[test]
+fn each_dead_letter_is_logged_once_with_the_fields_alerts_match_on() {
+    let logs = dead_letter_logs();
+    let stream = MemoryStream::new();
+    let store = store();
+    let handle = InboxConsumer::builder()
+        .transport(stream.clone())
+        .store(store.clone())
+        .stream(STREAM)
+        .group(GROUP)
+        .handler(|_tx, _row| -> HandlerResult { Err(HandlerError::give_up("no such customer")) })
+        .build()
+        .unwrap()
+        .start()
+        .unwrap();
+    // Event ids unique to this test, since the capture sees every test of this binary.
+    let id = format!("logged-{}", Uuid::new_v4());
+    let mut logged = event(&id, "CustomerDeleted");
+    logged.correlation_id = Some("corr-9".into());
+    stream.publish(STREAM, logged.to_entry_fields()).unwrap();
+    assert!(wait_until(WAIT, || handle.stats().dead_lettered == 1));
+    handle.shutdown(Duration::from_secs(10)).unwrap();
+
+    let lines: Vec<_> = logs
+        .lock()
+        .iter()
+        .filter(|fields| fields.get("event_id") == Some(&id))
+        .cloned()
+        .collect();
+    assert_eq!(lines.len(), 1, "one line per dead letter: {lines:?}");
+    let line = &lines[0];
+    let field = |name: &str| line.get(name).map(String::as_str);
+    assert_eq!(field("level"), Some("ERROR"));
+    assert_eq!(field("event_type"), Some("CustomerDeleted"));
+    let aggregate_id = logged.aggregate_id.to_string();
+    assert_eq!(field("aggregate_id"), Some(aggregate_id.as_str()));
+    assert_eq!(field("correlation_id"), Some("corr-9"));
+    assert_eq!(field("attempts"), Some("1"));
+    assert_eq!(field("error"), Some("no such customer"));
+    assert_eq!(field("stream"), Some(STREAM));
+}
+
+#[test]
+fn a_running_consumer_is_live_and_ready_and_not_live_after_shutdown() {
+    let began = std::time::Instant::now();
+    let stream = MemoryStream::new();
+    let store = store();
+    let handle = start_recording(stream.clone(), &store, |builder| {
+        builder
+            .readers(2)
+            .workers(3)
+            .block(Duration::from_millis(20))
+    });
+    stream
+        .publish(STREAM, event("h-1", "T").to_entry_fields())
+        .unwrap();
+    assert!(wait_until(WAIT, || count(&store, EventStatus::Processed) == 1));
+
+    let health = handle.health();
+    assert!(health.is_live() && health.is_ready(), "{health:?}");
+    assert!(health.running);
+    assert_eq!((health.readers.alive, health.readers.configured), (2, 2));
+    assert_eq!((health.workers.alive, health.workers.configured), (3, 3));
+    assert_eq!(
+        (health.database.clone(), health.broker.clone()),
+        (Ok(()), Ok(()))
+    );
+    // Both happened during this test, so they are younger than it.
+    let since_read = health.since_last_read.expect("the stream was read");
+    let since_commit = health.since_last_commit.expect("a batch was committed");
+    assert!(since_read < began.elapsed() && since_commit < began.elapsed());
+
+    handle.shutdown(Duration::from_secs(10)).unwrap();
+    let health = handle.health();
+    assert!(!health.is_live() && !health.is_ready(), "{health:?}");
+    assert!(!health.running);
+    assert_eq!((health.readers.alive, health.workers.alive), (0, 0));
+}
+
+#[test]
+fn a_consumer_whose_broker_does_not_answer_is_live_but_not_ready() {
+    let outage = Outage::new(false);
+    let store = store();
+    let handle = start_recording(outage.clone(), &store, |builder| {
+        builder
+            .block(Duration::from_millis(20))
+            .reclaim_idle(Duration::from_secs(5))
+    });
+    assert!(handle.health().is_ready());
+
+    outage.down.store(true, Ordering::SeqCst);
+    let health = handle.health();
+    assert!(health.is_live(), "waiting out an outage needs no restart");
+    assert!(!health.is_ready());
+    assert_eq!(health.database, Ok(()));
+    let error = health.broker.unwrap_err();
+    assert!(error.contains("connection refused"), "{error}");
+
+    outage.down.store(false, Ordering::SeqCst);
+    assert!(handle.health().is_ready());
+    handle.shutdown(Duration::from_secs(10)).unwrap();
 }

@@ -240,6 +240,9 @@ impl Transport for Faulty {
     fn group_stats(&self, stream: &str, group: &str) -> Result<GroupStats, TransportError> {
         self.inner.group_stats(stream, group)
     }
+    fn ping(&self, timeout: Duration) -> Result<(), TransportError> {
+        self.inner.ping(timeout)
+    }
 }
 
 /// Retries at once, so a test sees every attempt without waiting out a schedule.

@@ -520,6 +520,17 @@ fn trim_consumed_keeps_what_a_group_has_not_read_or_acknowledged<T: Harness>(t: 
     assert_eq!(ids(&late), published[4..]);
 }
 
+fn ping_answers_even_while_a_read_blocks<T: Harness>(t: &T, stream: &str) {
+    t.ping(Duration::from_secs(2)).expect("ping");
+    t.ensure_group(stream, GROUP).unwrap();
+    thread::scope(|scope| {
+        let reader = scope.spawn(|| read(t, stream, "c1", 1, Duration::from_millis(300)));
+        t.ping(Duration::from_secs(2))
+            .expect("ping beside a blocked read");
+        assert!(reader.join().unwrap().is_empty());
+    });
+}
+
 /// Deletes a test's Redis stream when the test ends, passed or not.
 struct DropStream(String);
 
@@ -583,6 +594,7 @@ conformance!(
     lag_counts_undelivered_entries,
     publish_entries_reports_each_entry_across_streams,
     trim_consumed_keeps_what_a_group_has_not_read_or_acknowledged,
+    ping_answers_even_while_a_read_blocks,
 );
 
 /// Redis refuses an `XADD` to a key holding another type; the other entries of the pipeline

@@ -6,6 +6,7 @@
 //! once and names the setting at fault.
 
 use super::consumer::{Handler, InboxConsumer, Runtime};
+use super::dead_letter::DeadLetter;
 use super::settings::Settings;
 use crate::clock::Clock;
 use crate::error::{Error, Result};
@@ -366,6 +367,36 @@ impl<B, H> ConsumerBuilder<B, H> {
     /// tests pass a [`crate::ManualClock`].
     pub fn clock(mut self, clock: impl Clock) -> Self {
         self.settings.clock = Arc::new(clock);
+        self
+    }
+
+    /// Called once for each row that becomes a dead letter (its handler gave up, or failed for
+    /// the `max_retries`-th time), after the transaction recording it has committed; never for a
+    /// dead-lettering that rolled back. Use it to alert or to count; it runs on the worker
+    /// thread, so keep it quick (hand slow work to a channel). A panic in it is caught and
+    /// logged; the worker goes on. Each dead letter is also logged once at error level with the
+    /// message `"event dead-lettered"`, hook or not. Defaults to no hook.
+    ///
+    /// ```
+    /// use eventflow::inbox::DeadLetter;
+    /// use eventflow::transport::MemoryStream;
+    /// use eventflow::InboxConsumer;
+    ///
+    /// let consumer = InboxConsumer::builder()
+    ///     .transport(MemoryStream::new())
+    ///     .sqlite_in_memory()
+    ///     .stream("orders")
+    ///     .group("billing")
+    ///     .on_dead_letter(|dead: &DeadLetter| {
+    ///         eprintln!("ALERT {} {} after {} attempts: {}", dead.event_type, dead.event_id,
+    ///                   dead.attempts, dead.error);
+    ///     })
+    ///     .handler(|_tx, _row| Ok(()))
+    ///     .build()?;
+    /// # Ok::<(), eventflow::Error>(())
+    /// ```
+    pub fn on_dead_letter(mut self, hook: impl Fn(&DeadLetter) + Send + Sync + 'static) -> Self {
+        self.settings.on_dead_letter = Some(Arc::new(hook));
         self
     }
 

@@ -1,6 +1,8 @@
 //! A configured consumer and how it starts its threads.
 
-use super::handle::{ConsumerHandle, Threads};
+use super::handle::{ConsumerHandle, Observed, Threads, READER_THREAD, WORKER_THREAD};
+use super::health::{Heartbeats, Probes};
+use super::metrics::InboxMetrics;
 use super::receiver::Reader;
 use super::settings::Settings;
 use super::stats::Counters;
@@ -82,7 +84,11 @@ impl<S: InboxStore> Start for Runtime<S> {
         // Two batches per worker in flight: enough to keep workers busy, small enough that
         // readers wait (and memory stays bounded) when workers fall behind.
         let (work_tx, work_rx) = crossbeam_channel::bounded(settings.workers * 2);
-        let counters = Arc::new(Counters::default());
+        let counters = Arc::new(Counters::new(InboxMetrics::new(
+            &settings.stream,
+            &settings.group,
+        )));
+        let heartbeats = Arc::new(Heartbeats::new());
         let stop = Arc::new(AtomicBool::new(false));
         let mut threads = Threads::new(stop.clone());
         let base_name = consumer_name(&settings.consumer_prefix);
@@ -93,12 +99,13 @@ impl<S: InboxStore> Start for Runtime<S> {
                 handler: self.handler.clone(),
                 settings: self.settings.clone(),
                 counters: counters.clone(),
+                heartbeats: heartbeats.clone(),
                 work: work_rx.clone(),
                 halt: threads.halt_signal(),
                 stop: stop.clone(),
                 recent_failure: Default::default(),
             };
-            threads.spawn(format!("eventflow-worker-{index}"), move || worker.run())?;
+            threads.spawn(format!("{WORKER_THREAD}{index}"), move || worker.run())?;
         }
         for index in 0..settings.readers {
             let reader = Reader {
@@ -106,6 +113,7 @@ impl<S: InboxStore> Start for Runtime<S> {
                 transport: self.transport.clone(),
                 settings: self.settings.clone(),
                 counters: counters.clone(),
+                heartbeats: heartbeats.clone(),
                 consumer: if index == 0 {
                     base_name.clone()
                 } else {
@@ -114,13 +122,23 @@ impl<S: InboxStore> Start for Runtime<S> {
                 work: work_tx.clone(),
                 stop: stop.clone(),
             };
-            threads.spawn(format!("eventflow-reader-{index}"), move || reader.run())?;
+            threads.spawn(format!("{READER_THREAD}{index}"), move || reader.run())?;
         }
         tracing::info!(
             stream = %settings.stream, group = %settings.group, consumer = %base_name,
             readers = settings.readers, workers = settings.workers, "inbox consumer started"
         );
-        Ok(ConsumerHandle::new(threads, counters, base_name))
+        Ok(ConsumerHandle::new(
+            threads,
+            counters,
+            base_name,
+            Observed {
+                heartbeats,
+                probes: Probes::new(self.store.clone(), self.transport.clone()),
+                readers: settings.readers,
+                workers: settings.workers,
+            },
+        ))
     }
 }
 

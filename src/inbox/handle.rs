@@ -1,5 +1,6 @@
 //! A running consumer: its threads, and stopping them.
 
+use super::health::{Health, Heartbeats, Probes, ThreadCount, PING_TIMEOUT};
 use super::stats::{ConsumerStats, Counters};
 use crate::error::{Error, Result};
 use crossbeam_channel::{Receiver, Sender};
@@ -22,6 +23,19 @@ pub struct ShutdownReport {
     pub threads_joined: usize,
     /// The consumer's counters at the end.
     pub stats: ConsumerStats,
+}
+
+/// Reader threads are named this, then their index.
+pub(crate) const READER_THREAD: &str = "eventflow-reader-";
+/// Worker threads are named this, then their index.
+pub(crate) const WORKER_THREAD: &str = "eventflow-worker-";
+
+/// What [`ConsumerHandle::health`] looks at besides the threads.
+pub(crate) struct Observed {
+    pub heartbeats: Arc<Heartbeats>,
+    pub probes: Probes,
+    pub readers: usize,
+    pub workers: usize,
 }
 
 /// The threads of a running consumer and the signals that stop them.
@@ -59,6 +73,14 @@ impl Threads {
             done_rx,
             running: Vec::new(),
         }
+    }
+
+    /// Threads whose name starts with `prefix` and that have not ended.
+    fn alive(&self, prefix: &str) -> usize {
+        self.running
+            .iter()
+            .filter(|(name, handle)| name.starts_with(prefix) && !handle.is_finished())
+            .count()
     }
 
     pub fn halt_signal(&self) -> Receiver<()> {
@@ -141,6 +163,7 @@ pub struct ConsumerHandle {
     threads: Mutex<Option<Threads>>,
     counters: Arc<Counters>,
     consumer: String,
+    observed: Observed,
 }
 
 impl std::fmt::Debug for ConsumerHandle {
@@ -153,11 +176,17 @@ impl std::fmt::Debug for ConsumerHandle {
 }
 
 impl ConsumerHandle {
-    pub(crate) fn new(threads: Threads, counters: Arc<Counters>, consumer: String) -> Self {
+    pub(crate) fn new(
+        threads: Threads,
+        counters: Arc<Counters>,
+        consumer: String,
+        observed: Observed,
+    ) -> Self {
         Self {
             threads: Mutex::new(Some(threads)),
             counters,
             consumer,
+            observed,
         }
     }
 
@@ -169,6 +198,54 @@ impl ConsumerHandle {
     /// What the consumer has done so far.
     pub fn stats(&self) -> ConsumerStats {
         self.counters.snapshot()
+    }
+
+    /// Whether the consumer is live and ready, for liveness and readiness probes: which threads
+    /// are alive, when the stream was last read and a batch last committed, and whether the
+    /// database and the broker answer a ping now. See [`Health::is_live`] and
+    /// [`Health::is_ready`] for the rules.
+    ///
+    /// Returns within about [`PING_TIMEOUT`] (1 s) however the servers behave: the pings run on
+    /// threads of their own, and one that has not answered in time is reported as failed.
+    ///
+    /// ```
+    /// # use eventflow::transport::MemoryStream;
+    /// # use eventflow::InboxConsumer;
+    /// # let handle = InboxConsumer::builder().transport(MemoryStream::new()).sqlite_in_memory()
+    /// #     .stream("orders").group("billing").handler(|_tx, _row| Ok(())).build()?.start()?;
+    /// let health = handle.health();
+    /// assert!(health.is_live());
+    /// if !health.is_ready() {
+    ///     eprintln!("waiting out an outage: database {:?}, broker {:?}", health.database, health.broker);
+    /// }
+    /// # Ok::<(), eventflow::Error>(())
+    /// ```
+    pub fn health(&self) -> Health {
+        let observed = &self.observed;
+        let (running, readers, workers) = match self.threads.lock().as_ref() {
+            Some(threads) => (
+                true,
+                threads.alive(READER_THREAD),
+                threads.alive(WORKER_THREAD),
+            ),
+            None => (false, 0, 0),
+        };
+        let (database, broker) = observed.probes.ping(PING_TIMEOUT);
+        Health {
+            running,
+            readers: ThreadCount {
+                alive: readers,
+                configured: observed.readers,
+            },
+            workers: ThreadCount {
+                alive: workers,
+                configured: observed.workers,
+            },
+            since_last_read: observed.heartbeats.since_last_read(),
+            since_last_commit: observed.heartbeats.since_last_commit(),
+            database,
+            broker,
+        }
     }
 
     /// Whether the threads are running (shutdown not yet called).
@@ -194,6 +271,8 @@ impl ConsumerHandle {
         };
         let processed_before = self.counters.snapshot().processed;
         let joined = threads.stop_and_join(timeout, "inbox consumer")?;
+        // Every thread is gone: what is left queued stays pending in the inbox.
+        self.counters.metrics.release_gauges();
         let stats = self.stats();
         let drained = stats.processed - processed_before;
         tracing::info!(consumer = %self.consumer, drained, "inbox consumer stopped");
@@ -214,5 +293,30 @@ impl Drop for ConsumerHandle {
                 tracing::error!(%error, "stopping the inbox consumer on drop failed");
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_thread_that_ended_is_not_counted_alive() {
+        let mut threads = Threads::new(Arc::default());
+        let (release, wait) = crossbeam_channel::bounded::<()>(0);
+        threads
+            .spawn(format!("{READER_THREAD}0"), move || {
+                let _ = wait.recv();
+            })
+            .unwrap();
+        threads.spawn(format!("{WORKER_THREAD}0"), || ()).unwrap();
+        let ended = threads.done_rx.recv().unwrap();
+        assert_eq!(ended, format!("{WORKER_THREAD}0"));
+        // The exit notice is sent as the thread's closure returns, a moment before it ends.
+        while threads.alive(WORKER_THREAD) != 0 {
+            std::thread::yield_now();
+        }
+        assert_eq!(threads.alive(READER_THREAD), 1);
+        drop(release);
     }
 }

@@ -6,11 +6,19 @@
 //! Workers also claim due rows on a tick (retries whose time has come, rows left by a crashed
 //! process, rows stored by other processes). Each row is locked by one worker from claim to
 //! commit, and the handler's writes commit with the row's move to `processed`.
+//!
+//! Observing a running consumer: [`ConsumerHandle::stats`] counts what it did, [`metrics`]
+//! records the same and more through the `metrics` facade, [`ConsumerHandle::health`] answers
+//! liveness and readiness probes, and [`ConsumerBuilder::on_dead_letter`] hears of every dead
+//! letter.
 
 mod builder;
 mod consumer;
+mod dead_letter;
 mod handle;
 pub(crate) use handle::Threads;
+mod health;
+pub mod metrics;
 mod receiver;
 mod settings;
 mod stats;
@@ -22,5 +30,7 @@ pub use builder::PostgresUrl;
 pub use builder::SqlitePath;
 pub use builder::{ConsumerBuilder, NoStore, Prebuilt, StoreOptions, StoreSource};
 pub use consumer::{Handler, InboxConsumer};
+pub use dead_letter::{DeadLetter, DEAD_LETTER_MESSAGE};
 pub use handle::{ConsumerHandle, ShutdownReport};
+pub use health::{Health, ThreadCount, PING_TIMEOUT};
 pub use stats::ConsumerStats;

@@ -7,6 +7,7 @@
 //! Every `reclaim_interval` it also takes over entries that a dead consumer read but never
 //! acknowledged.
 
+use super::health::Heartbeats;
 use super::settings::Settings;
 use super::stats::Counters;
 use super::worker::panic_message;
@@ -31,6 +32,7 @@ pub(crate) struct Reader<S: InboxStore> {
     pub transport: Arc<dyn Transport>,
     pub settings: Arc<Settings>,
     pub counters: Arc<Counters>,
+    pub heartbeats: Arc<Heartbeats>,
     pub consumer: String,
     pub work: Sender<Vec<InboxRow>>,
     pub stop: Arc<AtomicBool>,
@@ -96,6 +98,7 @@ impl<S: InboxStore> Reader<S> {
         };
         match self.transport.read_group(&request) {
             Ok(entries) => {
+                self.heartbeats.read();
                 backoff.reset();
                 if !entries.is_empty() {
                     self.take(entries);
@@ -142,7 +145,7 @@ impl<S: InboxStore> Reader<S> {
             }
             if !reclaimed.entries.is_empty() {
                 tracing::info!(count = reclaimed.entries.len(), consumer = %self.consumer, "took over stale pending entries");
-                Counters::add(&self.counters.reclaimed, reclaimed.entries.len());
+                self.counters.reclaimed(reclaimed.entries.len());
                 self.take(reclaimed.entries);
             }
             if reclaimed.next_cursor == "0-0" || self.stopping() {
@@ -155,7 +158,7 @@ impl<S: InboxStore> Reader<S> {
     /// Stores a batch, acknowledges it once stored, and hands the new rows to the workers.
     fn take(&self, entries: Vec<StreamEntry>) {
         let settings = &self.settings;
-        Counters::add(&self.counters.received, entries.len());
+        self.counters.received(entries.len());
         let mut events = Vec::with_capacity(entries.len());
         let mut raw_fields = Vec::with_capacity(entries.len());
         let mut malformed = Vec::new();
@@ -195,8 +198,8 @@ impl<S: InboxStore> Reader<S> {
             // Unacknowledged, so this or another consumer reclaims the batch later.
             Attempt::Stopped => return,
         };
-        Counters::add(&self.counters.duplicates, stored.duplicates);
-        Counters::add(&self.counters.quarantined, stored.quarantined);
+        self.counters.duplicates(stored.duplicates);
+        self.counters.quarantined(stored.quarantined);
         if stored.duplicates > 0 {
             tracing::debug!(
                 duplicates = stored.duplicates,
@@ -214,7 +217,10 @@ impl<S: InboxStore> Reader<S> {
             .div_ceil(settings.workers)
             .clamp(1, settings.claim_batch);
         for rows in fresh.chunks(chunk) {
+            // Counted before the send, so a worker never takes rows not yet counted.
+            self.counters.metrics.queued(rows.len() as i64);
             if self.work.send(rows.to_vec()).is_err() {
+                self.counters.metrics.queued(-(rows.len() as i64));
                 return; // workers halted; the rows stay pending for the next start
             }
         }

@@ -1,5 +1,6 @@
 //! The consumer's settings: every default in one place, validated once.
 
+use super::dead_letter::DeadLetterHook;
 use crate::clock::{Clock, SystemClock};
 use crate::error::{Error, Result};
 use crate::retry::{ExponentialBackoff, RetryPolicy};
@@ -30,6 +31,7 @@ pub(crate) struct Settings {
     pub retry_policy: Arc<dyn RetryPolicy>,
     pub clock: Arc<dyn Clock>,
     pub migrate: bool,
+    pub on_dead_letter: Option<DeadLetterHook>,
 }
 
 impl Default for Settings {
@@ -52,6 +54,7 @@ impl Default for Settings {
             retry_policy: Arc::new(ExponentialBackoff::default()),
             clock: Arc::new(SystemClock),
             migrate: true,
+            on_dead_letter: None,
         }
     }
 }

@@ -1,5 +1,8 @@
 //! Counters of what a running consumer did.
 
+use super::metrics::InboxMetrics;
+use crate::event::InboxRow;
+use chrono::{DateTime, Utc};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 /// A snapshot of a consumer's counters since it started.
@@ -22,20 +25,71 @@ pub struct ConsumerStats {
     pub dead_lettered: u64,
 }
 
-#[derive(Debug, Default)]
+/// A consumer's counters, and the metrics that count the same things (see [`super::metrics`]).
 pub(crate) struct Counters {
-    pub received: AtomicU64,
-    pub duplicates: AtomicU64,
-    pub quarantined: AtomicU64,
-    pub reclaimed: AtomicU64,
-    pub processed: AtomicU64,
-    pub failed: AtomicU64,
-    pub dead_lettered: AtomicU64,
+    received: AtomicU64,
+    duplicates: AtomicU64,
+    quarantined: AtomicU64,
+    reclaimed: AtomicU64,
+    processed: AtomicU64,
+    failed: AtomicU64,
+    dead_lettered: AtomicU64,
+    pub metrics: InboxMetrics,
 }
 
 impl Counters {
-    pub fn add(counter: &AtomicU64, n: usize) {
+    pub fn new(metrics: InboxMetrics) -> Self {
+        Self {
+            received: AtomicU64::new(0),
+            duplicates: AtomicU64::new(0),
+            quarantined: AtomicU64::new(0),
+            reclaimed: AtomicU64::new(0),
+            processed: AtomicU64::new(0),
+            failed: AtomicU64::new(0),
+            dead_lettered: AtomicU64::new(0),
+            metrics,
+        }
+    }
+
+    fn add(counter: &AtomicU64, n: usize) {
         counter.fetch_add(n as u64, Ordering::Relaxed);
+    }
+
+    pub fn received(&self, n: usize) {
+        Self::add(&self.received, n);
+        self.metrics.received(n);
+    }
+
+    pub fn duplicates(&self, n: usize) {
+        Self::add(&self.duplicates, n);
+        self.metrics.duplicates(n);
+    }
+
+    pub fn quarantined(&self, n: usize) {
+        Self::add(&self.quarantined, n);
+        self.metrics.quarantined(n);
+    }
+
+    pub fn reclaimed(&self, n: usize) {
+        Self::add(&self.reclaimed, n);
+        self.metrics.reclaimed(n);
+    }
+
+    /// A row committed as processed at `now`.
+    pub fn processed(&self, row: &InboxRow, now: DateTime<Utc>) {
+        Self::add(&self.processed, 1);
+        self.metrics
+            .processed(row.event.occurred_on, row.received_at, now);
+    }
+
+    pub fn failed(&self) {
+        Self::add(&self.failed, 1);
+        self.metrics.failed_attempt();
+    }
+
+    pub fn dead_lettered(&self) {
+        Self::add(&self.dead_lettered, 1);
+        self.metrics.dead_lettered();
     }
 
     pub fn snapshot(&self) -> ConsumerStats {

@@ -5,6 +5,9 @@
 //! retry policy's delay, or as a dead letter once out of retries; the worker goes on either way.
 
 use super::consumer::Handler;
+use super::dead_letter::{announce, DeadLetter};
+use super::health::Heartbeats;
+use super::metrics::{Busy, InboxMetrics};
 use super::settings::Settings;
 use super::stats::Counters;
 use crate::backoff::{random_unit, Backoff};
@@ -18,6 +21,7 @@ use std::cell::Cell;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::time::Instant;
 
 /// The longest delay before a retry, whatever the policy says.
 const MAX_RETRY_DELAY: chrono::Duration = chrono::Duration::days(365);
@@ -30,6 +34,7 @@ pub(crate) struct Worker<S: InboxStore> {
     pub handler: Arc<dyn Handler<S>>,
     pub settings: Arc<Settings>,
     pub counters: Arc<Counters>,
+    pub heartbeats: Arc<Heartbeats>,
     pub work: Receiver<Vec<InboxRow>>,
     pub halt: Receiver<()>,
     pub stop: Arc<AtomicBool>,
@@ -45,7 +50,10 @@ impl<S: InboxStore> Worker<S> {
         loop {
             select! {
                 recv(self.work) -> rows => match rows {
-                    Ok(rows) => self.handle_fresh(&rows, &mut backoff),
+                    Ok(rows) => {
+                        self.counters.metrics.queued(-(rows.len() as i64));
+                        self.handle_fresh(&rows, &mut backoff)
+                    }
                     // Every reader has stopped and the queue is drained.
                     Err(_) => break,
                 },
@@ -100,6 +108,8 @@ impl<S: InboxStore> Worker<S> {
         let mut attempt = Attempt {
             handler: self.handler.as_ref(),
             settings: &self.settings,
+            metrics: &self.counters.metrics,
+            busy: None,
         };
         let params = ClaimParams {
             claim,
@@ -115,13 +125,19 @@ impl<S: InboxStore> Worker<S> {
             tracing::error!(panic = %panic_message(panic.as_ref()), "worker panicked outside the handler; the batch rolled back");
             Err(StoreError::Panicked(panic_message(panic.as_ref())))
         });
+        drop(attempt); // the worker is idle again
         match outcome {
             Ok(settled) => {
                 backoff.reset();
                 let failed = settled.iter().any(|s| s.verdict != Verdict::Processed);
                 self.recent_failure.set(failed);
+                if !settled.is_empty() {
+                    self.heartbeats.committed();
+                }
+                // Committed: what is reported now has happened.
+                let now = self.settings.clock.now();
                 for outcome in &settled {
-                    self.record(&outcome.row, &outcome.verdict);
+                    self.record(&outcome.row, &outcome.verdict, now);
                 }
                 Some(settled.len())
             }
@@ -135,24 +151,23 @@ impl<S: InboxStore> Worker<S> {
         }
     }
 
-    fn record(&self, row: &InboxRow, verdict: &Verdict) {
+    fn record(&self, row: &InboxRow, verdict: &Verdict, now: chrono::DateTime<chrono::Utc>) {
         let event = &row.event;
         match verdict {
             Verdict::Processed => {
-                Counters::add(&self.counters.processed, 1);
+                self.counters.processed(row, now);
                 tracing::debug!(event_id = %event.event_id, event_type = %event.event_type, stream_id = %row.stream_id, "event processed");
             }
             Verdict::Failed(failure) if failure.status == EventStatus::DeadLetter => {
-                Counters::add(&self.counters.dead_lettered, 1);
-                tracing::error!(
-                    event_id = %event.event_id, event_type = %event.event_type,
-                    aggregate_id = %event.aggregate_id, correlation_id = ?event.correlation_id,
-                    attempts = failure.retry_count, error = %failure.error_message,
-                    "event dead-lettered"
+                self.counters.dead_lettered();
+                let settings = &self.settings;
+                announce(
+                    &DeadLetter::new(&settings.stream, &settings.group, row, failure),
+                    settings.on_dead_letter.as_ref(),
                 );
             }
             Verdict::Failed(failure) => {
-                Counters::add(&self.counters.failed, 1);
+                self.counters.failed();
                 tracing::warn!(
                     event_id = %event.event_id, event_type = %event.event_type,
                     attempts = failure.retry_count, next_retry_at = ?failure.next_retry_at,
@@ -167,11 +182,18 @@ impl<S: InboxStore> Worker<S> {
 struct Attempt<'a, S: InboxStore> {
     handler: &'a dyn Handler<S>,
     settings: &'a Settings,
+    metrics: &'a InboxMetrics,
+    /// Set when the first handler of the batch starts; the worker is busy until it is dropped.
+    busy: Option<Busy<'a>>,
 }
 
 impl<S: InboxStore> RowHandler<S> for Attempt<'_, S> {
     fn handle(&mut self, tx: &mut S::Tx<'_>, row: &InboxRow) -> Verdict {
+        let metrics = self.metrics;
+        self.busy.get_or_insert_with(|| metrics.busy());
+        let started = Instant::now();
         let outcome = catch_unwind(AssertUnwindSafe(|| self.handler.handle(tx, row)));
+        self.metrics.handler_ran(started.elapsed());
         match outcome {
             Ok(Ok(())) => Verdict::Processed,
             Ok(Err(error)) => self.failure(row, error.to_string(), error.is_give_up()),

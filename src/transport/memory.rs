@@ -11,7 +11,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::ops::Bound::{Excluded, Unbounded};
 use std::sync::Arc;
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use parking_lot::{Condvar, Mutex};
 
@@ -433,6 +433,17 @@ impl Transport for MemoryStream {
             pending: found.pending.len() as u64,
             lag: Some(lag as u64),
         })
+    }
+
+    /// Answers when the streams' lock can be had within `timeout`: the only way this broker can
+    /// fail to answer is a caller holding it.
+    fn ping(&self, timeout: Duration) -> Result<(), TransportError> {
+        match self.shared.streams.try_lock_for(timeout) {
+            Some(_) => Ok(()),
+            None => Err(TransportError::Unavailable(
+                format!("the in-process stream stayed locked for {timeout:?}").into(),
+            )),
+        }
     }
 }
 

@@ -208,6 +208,11 @@ pub trait Transport: Send + Sync + 'static {
 
     /// Pending and lag counts of a consumer group.
     fn group_stats(&self, stream: &str, group: &str) -> Result<GroupStats, TransportError>;
+
+    /// Checks that the broker answers, within about `timeout`: waiting for a connection and for
+    /// the answer together take no longer, so a health probe never hangs on a broker that does.
+    /// [`TransportError::Unavailable`] when it does not answer in time.
+    fn ping(&self, timeout: Duration) -> Result<(), TransportError>;
 }
 
 /// A shared transport is a transport, so one broker connection pool can serve a consumer and the
@@ -246,5 +251,9 @@ impl<T: Transport + ?Sized> Transport for std::sync::Arc<T> {
 
     fn group_stats(&self, stream: &str, group: &str) -> Result<GroupStats, TransportError> {
         (**self).group_stats(stream, group)
+    }
+
+    fn ping(&self, timeout: Duration) -> Result<(), TransportError> {
+        (**self).ping(timeout)
     }
 }

@@ -49,6 +49,8 @@ const DEFAULT_IO_TIMEOUT: Duration = Duration::from_secs(10);
 #[derive(Clone)]
 pub struct RedisStreams {
     pool: r2d2::Pool<ConnectionManager>,
+    /// For pings, which use a connection of their own.
+    client: redis::Client,
     io_timeout: Duration,
 }
 
@@ -151,7 +153,7 @@ impl RedisStreamsBuilder {
             )
         })?;
         let manager = ConnectionManager {
-            client,
+            client: client.clone(),
             connect_timeout: self.connect_timeout,
             io_timeout: self.io_timeout,
         };
@@ -170,6 +172,7 @@ impl RedisStreamsBuilder {
         );
         Ok(RedisStreams {
             pool,
+            client,
             io_timeout: self.io_timeout,
         })
     }
@@ -487,6 +490,29 @@ impl Transport for RedisStreams {
         };
         parse_group_stats(reply, group)?.ok_or_else(|| no_group(stream, group))
     }
+
+    /// `PING` on a connection of its own, opened within `timeout`, answered within what is left
+    /// of it. Not a pooled one: checking one out runs a validity check bound only by
+    /// `io_timeout`, and a new connection also proves that connections can be made.
+    fn ping(&self, timeout: Duration) -> Result<(), TransportError> {
+        let started = std::time::Instant::now();
+        // Zero timeouts mean "none" to the redis crate and the socket: at least a millisecond.
+        let at_least = |d: Duration| d.max(Duration::from_millis(1));
+        let mut conn = self
+            .client
+            .get_connection_with_timeout(at_least(timeout))
+            .map_err(command_error)?;
+        let left = Some(at_least(timeout.saturating_sub(started.elapsed())));
+        conn.set_read_timeout(left).map_err(command_error)?;
+        conn.set_write_timeout(left).map_err(command_error)?;
+        match redis::cmd("PING")
+            .query::<Value>(&mut conn)
+            .map_err(command_error)?
+        {
+            Value::SimpleString(pong) if pong == "PONG" => Ok(()),
+            _ => Err(malformed("PING", "PONG")),
+        }
+    }
 }
 
 #[cfg(test)]
@@ -528,6 +554,11 @@ mod tests {
             .build()
             .unwrap();
         let result = redis.ensure_group("s", "g");
+        assert!(
+            matches!(result, Err(TransportError::Unavailable(_))),
+            "{result:?}"
+        );
+        let result = redis.ping(Duration::from_millis(200));
         assert!(
             matches!(result, Err(TransportError::Unavailable(_))),
             "{result:?}"
