@@ -752,6 +752,41 @@ impl InboxStore for Refusing {
     fn ping(&self) -> Result<(), eventflow::store::StoreError> {
         self.0.ping()
     }
+    fn list_rows(
+        &self,
+        filter: &eventflow::store::RowFilter,
+        page: &eventflow::store::Page,
+    ) -> Result<Vec<eventflow::store::InboxRecord>, eventflow::store::StoreError> {
+        self.0.list_rows(filter, page)
+    }
+    fn oldest_received(
+        &self,
+        status: EventStatus,
+    ) -> Result<Option<chrono::DateTime<chrono::Utc>>, eventflow::store::StoreError> {
+        self.0.oldest_received(status)
+    }
+    fn requeue_dead_letters(
+        &self,
+        requeue: &eventflow::store::DeadLetterRequeue<'_>,
+    ) -> Result<eventflow::store::Requeued, eventflow::store::StoreError> {
+        self.0.requeue_dead_letters(requeue)
+    }
+    fn list_quarantined_matching(
+        &self,
+        filter: &eventflow::store::QuarantineFilter,
+        page: &eventflow::store::Page,
+    ) -> Result<Vec<eventflow::quarantine::QuarantinedEntry>, eventflow::store::StoreError> {
+        self.0.list_quarantined_matching(filter, page)
+    }
+    fn delete_processed_before(
+        &self,
+        cleanup: &eventflow::store::ProcessedCleanup,
+    ) -> Result<eventflow::store::Cleanup, eventflow::store::StoreError> {
+        self.0.delete_processed_before(cleanup)
+    }
+    fn table_exists(&self, name: &str) -> Result<bool, eventflow::store::StoreError> {
+        self.0.table_exists(name)
+    }
 }
 
 #[test]
