@@ -53,6 +53,7 @@ mod error;
 pub mod event;
 mod handler;
 pub mod inbox;
+mod maintenance;
 pub mod quarantine;
 pub mod retry;
 pub mod store;
