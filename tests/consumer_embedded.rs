@@ -765,6 +765,41 @@ impl InboxStore for Refusing {
     fn ping(&self) -> Result<(), eventflow::store::StoreError> {
         self.0.ping()
     }
+    fn list_rows(
+        &self,
+        filter: &eventflow::store::RowFilter,
+        page: &eventflow::store::Page,
+    ) -> Result<Vec<eventflow::store::InboxRecord>, eventflow::store::StoreError> {
+        self.0.list_rows(filter, page)
+    }
+    fn oldest_received(
+        &self,
+        status: EventStatus,
+    ) -> Result<Option<chrono::DateTime<chrono::Utc>>, eventflow::store::StoreError> {
+        self.0.oldest_received(status)
+    }
+    fn requeue_dead_letters(
+        &self,
+        requeue: &eventflow::store::DeadLetterRequeue<'_>,
+    ) -> Result<eventflow::store::Requeued, eventflow::store::StoreError> {
+        self.0.requeue_dead_letters(requeue)
+    }
+    fn list_quarantined_matching(
+        &self,
+        filter: &eventflow::store::QuarantineFilter,
+        page: &eventflow::store::Page,
+    ) -> Result<Vec<eventflow::quarantine::QuarantinedEntry>, eventflow::store::StoreError> {
+        self.0.list_quarantined_matching(filter, page)
+    }
+    fn delete_processed_before(
+        &self,
+        cleanup: &eventflow::store::ProcessedCleanup,
+    ) -> Result<eventflow::store::Cleanup, eventflow::store::StoreError> {
+        self.0.delete_processed_before(cleanup)
+    }
+    fn table_exists(&self, name: &str) -> Result<bool, eventflow::store::StoreError> {
+        self.0.table_exists(name)
+    }
 }
 
 #[test]
@@ -1276,4 +1311,107 @@ fn a_consumer_whose_broker_does_not_answer_is_live_but_not_ready() {
     outage.down.store(false, Ordering::SeqCst);
     assert!(handle.health().is_ready());
     handle.shutdown(Duration::from_secs(10)).unwrap();
+}
+
+/// The retention cleaner deletes processed rows once they are older than the retention, by
+/// the consumer's clock, and nothing else: young processed rows, failed rows and dead letters
+/// stay, as do the handlers' own writes.
+#[test]
+fn retention_deletes_only_processed_rows_past_their_age() {
+    const DAY: Duration = Duration::from_secs(86_400);
+    let stream = MemoryStream::new();
+    let store = store();
+    let clock = ManualClock::starting_now();
+    let handle = InboxConsumer::builder()
+        .transport(stream.clone())
+        .store(store.clone())
+        .stream(STREAM)
+        .group(GROUP)
+        .clock(clock.clone())
+        .max_retries(0)
+        .retention(7 * DAY)
+        .retention_interval(Duration::from_millis(5))
+        .handler(|tx, row| -> HandlerResult {
+            match row.event.event_type.as_str() {
+                "Poison" => Err(HandlerError::give_up("cannot handle this")),
+                "Flaky" => Err("not yet".into()),
+                _ => {
+                    record(tx, row)?;
+                    Ok(())
+                }
+            }
+        })
+        .build()
+        .unwrap()
+        .start()
+        .unwrap();
+    let publish = |id: &str, event_type: &str| {
+        stream
+            .publish(STREAM, event(id, event_type).to_entry_fields())
+            .unwrap();
+    };
+
+    for i in 0..5 {
+        publish(&format!("old-{i}"), "OrderCreated");
+    }
+    publish("poison", "Poison");
+    publish("flaky", "Flaky");
+    assert!(wait_until(WAIT, || count(&store, EventStatus::Processed)
+        == 5
+        && count(&store, EventStatus::DeadLetter) == 1
+        && count(&store, EventStatus::Failed) == 1));
+
+    clock.advance(4 * DAY);
+    for i in 0..2 {
+        publish(&format!("young-{i}"), "OrderCreated");
+    }
+    assert!(wait_until(WAIT, || count(&store, EventStatus::Processed) == 7));
+
+    // Now the first five are 8 days old and the last two 4 days: the round that deletes the
+    // old ones sees the young ones in the same statement.
+    clock.advance(4 * DAY);
+    assert!(
+        wait_until(WAIT, || count(&store, EventStatus::Processed) == 2),
+        "counts: {:?}",
+        store.count_by_status().unwrap()
+    );
+    let report = handle.shutdown(Duration::from_secs(10)).unwrap();
+    assert_eq!(
+        report.threads_joined, 7,
+        "two readers, four workers and the cleaner"
+    );
+    for i in 0..5 {
+        assert_eq!(store.find_by_event_id(&format!("old-{i}")).unwrap(), None);
+    }
+    for i in 0..2 {
+        let young = store.find_by_event_id(&format!("young-{i}")).unwrap();
+        assert_eq!(young.map(|row| row.status), Some(EventStatus::Processed));
+    }
+    assert_eq!(count(&store, EventStatus::DeadLetter), 1);
+    assert_eq!(count(&store, EventStatus::Failed), 1);
+    assert_eq!(store.count_by_status().unwrap().total(), 4);
+    assert_eq!(
+        handled(&store),
+        (7, 7),
+        "the handlers' writes are not the cleaner's"
+    );
+}
+
+/// Without `.retention(...)` no cleaner runs: processed rows stay however old.
+#[test]
+fn retention_is_off_by_default() {
+    let stream = MemoryStream::new();
+    let store = store();
+    let clock = ManualClock::starting_now();
+    let handle = start_recording(stream.clone(), &store, |builder| {
+        builder.clock(clock.clone())
+    });
+    stream
+        .publish(STREAM, event("kept", "OrderCreated").to_entry_fields())
+        .unwrap();
+    assert!(wait_until(WAIT, || count(&store, EventStatus::Processed) == 1));
+    clock.advance(Duration::from_secs(100 * 365 * 86_400));
+    let report = handle.shutdown(Duration::from_secs(10)).unwrap();
+    assert_eq!(report.threads_joined, 6, "no cleaner thread");
+    assert_eq!(count(&store, EventStatus::Processed), 1);
 }

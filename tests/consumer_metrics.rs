@@ -328,6 +328,41 @@ impl InboxStore for Gated {
     fn ping(&self) -> Result<(), StoreError> {
         self.inner.ping()
     }
+    fn list_rows(
+        &self,
+        filter: &eventflow::store::RowFilter,
+        page: &eventflow::store::Page,
+    ) -> Result<Vec<eventflow::store::InboxRecord>, StoreError> {
+        self.inner.list_rows(filter, page)
+    }
+    fn oldest_received(
+        &self,
+        status: eventflow::EventStatus,
+    ) -> Result<Option<chrono::DateTime<chrono::Utc>>, StoreError> {
+        self.inner.oldest_received(status)
+    }
+    fn requeue_dead_letters(
+        &self,
+        requeue: &eventflow::store::DeadLetterRequeue<'_>,
+    ) -> Result<eventflow::store::Requeued, StoreError> {
+        self.inner.requeue_dead_letters(requeue)
+    }
+    fn list_quarantined_matching(
+        &self,
+        filter: &eventflow::store::QuarantineFilter,
+        page: &eventflow::store::Page,
+    ) -> Result<Vec<QuarantinedEntry>, StoreError> {
+        self.inner.list_quarantined_matching(filter, page)
+    }
+    fn delete_processed_before(
+        &self,
+        cleanup: &eventflow::store::ProcessedCleanup,
+    ) -> Result<eventflow::store::Cleanup, StoreError> {
+        self.inner.delete_processed_before(cleanup)
+    }
+    fn table_exists(&self, name: &str) -> Result<bool, StoreError> {
+        self.inner.table_exists(name)
+    }
 }
 
 #[test]

@@ -22,8 +22,10 @@ use chrono::{DateTime, SubsecRound, Utc};
 use eventflow::event::EntryError;
 use eventflow::quarantine::{self, encode_fields, QuarantinedEntry};
 use eventflow::store::{
-    validate_table_name, Claim, ClaimParams, Failure, InboxStore, MalformedEntry, QuarantineReplay,
-    ReceivedBatch, ReceivedEvent, RowHandler, Settled, StatusCounts, StoreError, Stored, Verdict,
+    validate_table_name, Claim, ClaimParams, Cleanup, Cursor, DeadLetterRequeue, Failure,
+    InboxStore, MalformedEntry, Page, ProcessedCleanup, QuarantineFilter, QuarantineReplay,
+    ReceivedBatch, ReceivedEvent, RowFilter, RowHandler, Settled, StatusCounts, StoreError, Stored,
+    Verdict,
 };
 use eventflow::transport::StreamEntry;
 use eventflow::{
@@ -46,6 +48,10 @@ trait Backend: InboxStore + Sized {
     fn markers(&self) -> Vec<String>;
     /// The migration versions recorded for this inbox table, ascending.
     fn migration_versions(&self) -> Vec<u32>;
+    /// The inbox table's name.
+    fn inbox_table(&self) -> &str;
+    /// Sets a row's status by hand, as no store operation would (to `processing`, say).
+    fn force_status(&self, event_id: &str, status: EventStatus);
     /// Removes what the test created; best effort.
     fn drop_tables(&self);
 }
@@ -97,6 +103,21 @@ impl Backend for SqliteStore {
             versions.collect::<rusqlite::Result<Vec<u32>>>()
         })
         .expect("read applied migrations")
+    }
+
+    fn inbox_table(&self) -> &str {
+        self.table()
+    }
+
+    fn force_status(&self, event_id: &str, status: EventStatus) {
+        let sql = format!(
+            "UPDATE {} SET status = ?1 WHERE event_id = ?2",
+            self.table()
+        );
+        let changed = self
+            .with_connection(|conn| conn.execute(&sql, [status.as_str(), event_id]))
+            .expect("force a status");
+        assert_eq!(changed, 1, "{event_id}");
     }
 
     fn drop_tables(&self) {
@@ -162,6 +183,24 @@ impl Backend for PostgresStore {
             .iter()
             .map(|row| row.get::<_, i32>(0) as u32)
             .collect()
+    }
+
+    fn inbox_table(&self) -> &str {
+        self.table()
+    }
+
+    fn force_status(&self, event_id: &str, status: EventStatus) {
+        let sql = format!(
+            "UPDATE {} SET status = $1 WHERE event_id = $2",
+            self.table()
+        );
+        let changed = self
+            .pool()
+            .get()
+            .expect("a connection")
+            .execute(&sql, &[&status.as_str(), &event_id])
+            .expect("force a status");
+        assert_eq!(changed, 1, "{event_id}");
     }
 
     fn drop_tables(&self) {
@@ -1688,6 +1727,524 @@ fn the_longest_table_name_works<B: Backend>(_fresh: &B) {
 
 // PostgreSQL only.
 
+// Operations: listings, requeues, retention.
+
+/// Stores one event per `(event_id, event_type)`, each in its own batch received `gap` after
+/// the one before, starting at `start`.
+fn store_typed<B: Backend>(
+    store: &B,
+    events: &[(&str, &str)],
+    start: DateTime<Utc>,
+    gap: chrono::Duration,
+) -> Vec<ReceivedEvent> {
+    events
+        .iter()
+        .enumerate()
+        .map(|(n, (id, event_type))| {
+            let mut one = received(id, &sid(100 + n));
+            one.event.event_type = event_type.to_string();
+            let stored = store_batch(
+                store,
+                STREAM,
+                std::slice::from_ref(&one),
+                &[],
+                start + gap * n as i32,
+            );
+            assert_eq!(stored.inserted, [one.row_id]);
+            one
+        })
+        .collect()
+}
+
+fn dead_letters() -> RowFilter {
+    RowFilter {
+        status: Some(EventStatus::DeadLetter),
+        ..RowFilter::default()
+    }
+}
+
+fn listed<B: Backend>(store: &B, filter: &RowFilter, limit: usize) -> Vec<String> {
+    store
+        .list_rows(filter, &Page::first(limit))
+        .expect("list_rows")
+        .into_iter()
+        .map(|record| record.row.event.event_id)
+        .collect()
+}
+
+/// Dead-letters `a-1`..`a-4` (two event types, two error texts) and leaves `a-5` pending and
+/// `a-6` processed; rows received a minute apart from `t0()`.
+fn some_dead_letters<B: Backend>(store: &B) -> Vec<ReceivedEvent> {
+    let events = store_typed(
+        store,
+        &[
+            ("a-1", "OrderCreated"),
+            ("a-2", "OrderPaid"),
+            ("a-3", "OrderCreated"),
+            ("a-4", "OrderPaid"),
+            ("a-5", "OrderCreated"),
+            ("a-6", "OrderCreated"),
+        ],
+        t0(),
+        secs(60),
+    );
+    let clock = ManualClock::new(t0() + secs(3600));
+    let now = clock.now();
+    let mut h = handler::<B, _>(
+        move |_tx, row: &InboxRow| match row.event.event_id.as_str() {
+            "a-1" | "a-2" => dead_letter(3, "Timeout talking to Billing", now),
+            "a-3" | "a-4" => dead_letter(1, "bad payload: no amount", now),
+            _ => Verdict::Processed,
+        },
+    );
+    let ids: Vec<Uuid> = events
+        .iter()
+        .filter(|e| e.event.event_id != "a-5")
+        .map(|e| e.row_id)
+        .collect();
+    process(store, Claim::Rows(&ids), &clock, &mut h);
+    events
+}
+
+fn rows_are_listed_by_filter_in_stable_pages<B: Backend>(store: &B) {
+    assert!(store
+        .list_rows(&RowFilter::default(), &Page::first(10))
+        .unwrap()
+        .is_empty());
+    let events = some_dead_letters(store);
+
+    assert_eq!(
+        listed(store, &RowFilter::default(), 10),
+        ["a-1", "a-2", "a-3", "a-4", "a-5", "a-6"]
+    );
+    assert_eq!(
+        listed(store, &dead_letters(), 10),
+        ["a-1", "a-2", "a-3", "a-4"]
+    );
+    let paid = RowFilter {
+        event_type: Some("OrderPaid".into()),
+        ..dead_letters()
+    };
+    assert_eq!(listed(store, &paid, 10), ["a-2", "a-4"]);
+    // Substring, either case for ASCII; the text is bound, never interpolated.
+    let timeouts = RowFilter {
+        error_contains: Some("TIMEOUT talking".into()),
+        ..dead_letters()
+    };
+    assert_eq!(listed(store, &timeouts, 10), ["a-1", "a-2"]);
+    for nothing in ["%", "_", "' OR 1=1 --", "timeout%"] {
+        let filter = RowFilter {
+            error_contains: Some(nothing.into()),
+            ..RowFilter::default()
+        };
+        assert_eq!(
+            listed(store, &filter, 10),
+            Vec::<String>::new(),
+            "{nothing}"
+        );
+    }
+    // A half-open time range on received_at: [a-2, a-4).
+    let range = RowFilter {
+        received_from: Some(t0() + secs(60)),
+        received_before: Some(t0() + secs(180)),
+        ..RowFilter::default()
+    };
+    assert_eq!(listed(store, &range, 10), ["a-2", "a-3"]);
+    let by_id = RowFilter {
+        id: Some(events[2].row_id),
+        ..RowFilter::default()
+    };
+    assert_eq!(listed(store, &by_id, 10), ["a-3"]);
+    let by_event_id = RowFilter {
+        event_id: Some("a-4".into()),
+        ..RowFilter::default()
+    };
+    assert_eq!(listed(store, &by_event_id, 10), ["a-4"]);
+    let processed = RowFilter {
+        status: Some(EventStatus::Processed),
+        ..RowFilter::default()
+    };
+    assert_eq!(listed(store, &processed, 10), ["a-6"]);
+
+    // Paging by cursor, two at a time, through the dead letters; a row leaving the listing
+    // between pages moves nothing.
+    let first = store.list_rows(&dead_letters(), &Page::first(2)).unwrap();
+    assert_eq!(first.len(), 2);
+    assert_eq!(first[0].row, row(store, "a-1"));
+    assert_eq!(first[0].replay_count, 0);
+    assert_eq!(first[0].last_replayed_at, None);
+    assert_eq!(
+        first[0].row.error_message.as_deref(),
+        Some("Timeout talking to Billing")
+    );
+    let cursor = first[1].cursor();
+    assert_eq!(
+        cursor,
+        Cursor {
+            received_at: t0() + secs(60),
+            id: events[1].row_id
+        }
+    );
+    store.force_status("a-1", EventStatus::Pending);
+    let second = store
+        .list_rows(
+            &dead_letters(),
+            &Page {
+                limit: 2,
+                after: Some(cursor),
+            },
+        )
+        .unwrap();
+    let ids: Vec<&str> = second
+        .iter()
+        .map(|r| r.row.event.event_id.as_str())
+        .collect();
+    assert_eq!(ids, ["a-3", "a-4"]);
+    let past_end = store
+        .list_rows(
+            &dead_letters(),
+            &Page {
+                limit: 2,
+                after: Some(second[1].cursor()),
+            },
+        )
+        .unwrap();
+    assert!(past_end.is_empty());
+    // Rows received at the same instant are ordered by id.
+    let same = store_events(store, &["s-1", "s-2", "s-3"], t0() + secs(7200));
+    let mut ids: Vec<Uuid> = same.iter().map(|e| e.row_id).collect();
+    ids.sort();
+    let from = RowFilter {
+        received_from: Some(t0() + secs(7200)),
+        ..RowFilter::default()
+    };
+    let page = store.list_rows(&from, &Page::first(1)).unwrap();
+    let rest = store
+        .list_rows(
+            &from,
+            &Page {
+                limit: 10,
+                after: Some(page[0].cursor()),
+            },
+        )
+        .unwrap();
+    let listed_ids: Vec<Uuid> = page.iter().chain(&rest).map(|r| r.row.id).collect();
+    assert_eq!(listed_ids, ids);
+}
+
+fn dead_letters_are_requeued_once_and_recorded<B: Backend>(store: &B) {
+    some_dead_letters(store);
+    let requeued_at = t0() + secs(7200);
+    let requeue = |filter: &RowFilter, after: Option<Cursor>, limit: usize| {
+        store
+            .requeue_dead_letters(&DeadLetterRequeue {
+                filter,
+                after,
+                limit,
+                now: requeued_at,
+            })
+            .expect("requeue_dead_letters")
+    };
+
+    // One, by event id.
+    let one = RowFilter {
+        event_id: Some("a-3".into()),
+        ..RowFilter::default()
+    };
+    let done = requeue(&one, None, 10);
+    let a3 = row(store, "a-3");
+    assert_eq!(done.count, 1);
+    assert_eq!(
+        done.last,
+        Some(Cursor {
+            received_at: a3.received_at,
+            id: a3.id
+        })
+    );
+    assert_eq!(a3.status, EventStatus::Pending);
+    assert_eq!(a3.retry_count, 0);
+    assert_eq!(a3.next_retry_at, None);
+    assert_eq!(
+        a3.error_message.as_deref(),
+        Some("bad payload: no amount"),
+        "kept for reference"
+    );
+    let record = store.list_rows(&one, &Page::first(1)).unwrap().remove(0);
+    assert_eq!(record.replay_count, 1);
+    assert_eq!(record.last_replayed_at, Some(requeued_at));
+    // Again: no longer a dead letter, so nothing happens.
+    assert_eq!(requeue(&one, None, 10).count, 0);
+    // Neither pending nor processed rows are ever requeued, whatever the filter says.
+    let not_dead = RowFilter {
+        status: Some(EventStatus::Processed),
+        event_id: Some("a-6".into()),
+        ..RowFilter::default()
+    };
+    assert_eq!(requeue(&not_dead, None, 10), Default::default());
+    assert_eq!(row(store, "a-6").status, EventStatus::Processed);
+
+    // A filtered set, in batches of one, each going on after the last.
+    let timeouts = RowFilter {
+        error_contains: Some("timeout".into()),
+        ..RowFilter::default()
+    };
+    let first = requeue(&timeouts, None, 1);
+    assert_eq!(first.count, 1);
+    assert_eq!(row(store, "a-1").status, EventStatus::Pending);
+    assert_eq!(row(store, "a-2").status, EventStatus::DeadLetter);
+    let second = requeue(&timeouts, first.last, 1);
+    assert_eq!(second.count, 1);
+    assert_eq!(row(store, "a-2").status, EventStatus::Pending);
+    assert_eq!(requeue(&timeouts, second.last, 1).count, 0);
+
+    // All the rest.
+    assert_eq!(requeue(&RowFilter::default(), None, 100).count, 1);
+    assert_eq!(
+        store.count_by_status().unwrap(),
+        counts(&[(EventStatus::Pending, 5), (EventStatus::Processed, 1)])
+    );
+
+    // Requeued rows are due at once, and handled like any other.
+    let clock = ManualClock::new(requeued_at);
+    let mut ok = marking(store, HashMap::new());
+    let settled = process(store, due(10), &clock, &mut ok);
+    assert_eq!(event_ids(&settled), ["a-1", "a-2", "a-3", "a-4", "a-5"]);
+    assert_eq!(
+        store.count_by_status().unwrap(),
+        counts(&[(EventStatus::Processed, 6)])
+    );
+    let record = store.list_rows(&one, &Page::first(1)).unwrap().remove(0);
+    assert_eq!(record.replay_count, 1, "the record outlives the requeue");
+    assert_eq!(record.row.error_message, None);
+}
+
+fn oldest_received_tells_the_lag<B: Backend>(store: &B) {
+    assert_eq!(store.oldest_received(EventStatus::Pending).unwrap(), None);
+    some_dead_letters(store);
+    assert_eq!(
+        store.oldest_received(EventStatus::Pending).unwrap(),
+        Some(t0() + secs(240))
+    );
+    assert_eq!(
+        store.oldest_received(EventStatus::DeadLetter).unwrap(),
+        Some(t0())
+    );
+    assert_eq!(store.oldest_received(EventStatus::Failed).unwrap(), None);
+    store.force_status("a-2", EventStatus::Failed);
+    assert_eq!(
+        store.oldest_received(EventStatus::Failed).unwrap(),
+        Some(t0() + secs(60))
+    );
+}
+
+fn quarantine_is_listed_by_filter_in_stable_pages<B: Backend>(store: &B) {
+    let none = QuarantineFilter::default();
+    assert!(store
+        .list_quarantined_matching(&none, &Page::first(10))
+        .unwrap()
+        .is_empty());
+    let (bad_json, _) = malformed(&sid(1), &[("data", b"{oops")]);
+    let (no_type, _) = malformed(&sid(2), &[("event_id", b"x-1")]);
+    let (other_stream, _) = malformed(&sid(3), &[("data", b"[1]")]);
+    let (later, _) = malformed(&sid(4), &[("event_id", b"x-2")]);
+    store_batch(
+        store,
+        STREAM,
+        &[],
+        &[bad_json.clone(), no_type.clone()],
+        t0(),
+    );
+    store_batch(
+        store,
+        "payments",
+        &[],
+        std::slice::from_ref(&other_stream),
+        t0() + secs(10),
+    );
+    store_batch(
+        store,
+        STREAM,
+        &[],
+        std::slice::from_ref(&later),
+        t0() + secs(20),
+    );
+    let ids = |filter: &QuarantineFilter, page: Page| -> Vec<Uuid> {
+        store
+            .list_quarantined_matching(filter, &page)
+            .expect("list_quarantined_matching")
+            .iter()
+            .map(|entry| entry.id)
+            .collect()
+    };
+    let mut first_two = [bad_json.id, no_type.id];
+    first_two.sort();
+    let all = ids(&none, Page::first(10));
+    assert_eq!(all[..2], first_two);
+    assert_eq!(all[2..], [other_stream.id, later.id]);
+
+    let orders = QuarantineFilter {
+        stream: Some(STREAM.into()),
+        ..QuarantineFilter::default()
+    };
+    assert_eq!(ids(&orders, Page::first(10)).len(), 3);
+    let missing_type = QuarantineFilter {
+        reason_contains: Some("MISSING required field `event_type`".into()),
+        ..QuarantineFilter::default()
+    };
+    assert_eq!(ids(&missing_type, Page::first(10)), [no_type.id, later.id]);
+    let window = QuarantineFilter {
+        received_from: Some(t0() + secs(10)),
+        received_before: Some(t0() + secs(20)),
+        ..QuarantineFilter::default()
+    };
+    assert_eq!(ids(&window, Page::first(10)), [other_stream.id]);
+    let one = QuarantineFilter {
+        id: Some(later.id),
+        ..QuarantineFilter::default()
+    };
+    assert_eq!(ids(&one, Page::first(10)), [later.id]);
+
+    // Pages of one, by cursor.
+    let mut seen = Vec::new();
+    let mut after = None;
+    loop {
+        let page = store
+            .list_quarantined_matching(&none, &Page { limit: 1, after })
+            .unwrap();
+        let Some(entry) = page.first() else { break };
+        seen.push(entry.id);
+        after = Some(Cursor {
+            received_at: entry.received_at,
+            id: entry.id,
+        });
+    }
+    assert_eq!(seen, all);
+
+    // Replayed or not.
+    let fixed = received("x-2", &later.stream_id);
+    assert!(store
+        .replay_quarantined(&QuarantineReplay {
+            id: later.id,
+            event: &fixed,
+            now: t0() + secs(30),
+            max_retries: MAX_RETRIES,
+        })
+        .unwrap());
+    let replayed = QuarantineFilter {
+        replayed: Some(true),
+        ..QuarantineFilter::default()
+    };
+    assert_eq!(ids(&replayed, Page::first(10)), [later.id]);
+    let waiting = QuarantineFilter {
+        replayed: Some(false),
+        ..QuarantineFilter::default()
+    };
+    assert_eq!(ids(&waiting, Page::first(10)).len(), 3);
+}
+
+/// Rows in every status, each processed row `processed_at` as its event id says.
+fn rows_in_every_status<B: Backend>(store: &B) {
+    store_events(
+        store,
+        &[
+            "old-1", "old-2", "old-3", "new-1", "pend", "proc", "fail", "dead",
+        ],
+        t0(),
+    );
+    let old = ManualClock::new(t0() + secs(60));
+    let ids: Vec<Uuid> = ["old-1", "old-2", "old-3"]
+        .iter()
+        .map(|id| row(store, id).id)
+        .collect();
+    process(
+        store,
+        Claim::Rows(&ids),
+        &old,
+        &mut marking(store, HashMap::new()),
+    );
+    let later = ManualClock::new(t0() + secs(86_400));
+    let now = later.now();
+    let mut h = handler::<B, _>(
+        move |_tx, row: &InboxRow| match row.event.event_id.as_str() {
+            "fail" => retry_at(1, now + secs(60), "later", now),
+            "dead" => dead_letter(3, "dead", now),
+            _ => Verdict::Processed,
+        },
+    );
+    let ids: Vec<Uuid> = ["new-1", "fail", "dead"]
+        .iter()
+        .map(|id| row(store, id).id)
+        .collect();
+    process(store, Claim::Rows(&ids), &later, &mut h);
+    store.force_status("proc", EventStatus::Processing);
+    assert_eq!(
+        store.count_by_status().unwrap(),
+        counts(&[
+            (EventStatus::Pending, 1),
+            (EventStatus::Processing, 1),
+            (EventStatus::Processed, 4),
+            (EventStatus::Failed, 1),
+            (EventStatus::DeadLetter, 1),
+        ])
+    );
+}
+
+fn only_old_processed_rows_are_deleted_in_batches<B: Backend>(store: &B) {
+    rows_in_every_status(store);
+    // Every row is old by received_at; only processed_at counts, and only for processed rows.
+    let cleanup = |limit: usize, exclusive: bool| {
+        store
+            .delete_processed_before(&ProcessedCleanup {
+                before: t0() + secs(3600),
+                limit,
+                exclusive,
+            })
+            .expect("delete_processed_before")
+    };
+    assert_eq!(cleanup(2, false), Cleanup::Deleted(2));
+    assert_eq!(cleanup(2, true), Cleanup::Deleted(1));
+    assert_eq!(cleanup(2, true), Cleanup::Deleted(0));
+    for gone in ["old-1", "old-2", "old-3"] {
+        assert_eq!(store.find_by_event_id(gone).unwrap(), None, "{gone}");
+    }
+    assert_eq!(
+        store.count_by_status().unwrap(),
+        counts(&[
+            (EventStatus::Pending, 1),
+            (EventStatus::Processing, 1),
+            (EventStatus::Processed, 1),
+            (EventStatus::Failed, 1),
+            (EventStatus::DeadLetter, 1),
+        ])
+    );
+    // Far in the future: the young processed row goes too, and nothing else.
+    assert_eq!(
+        store
+            .delete_processed_before(&ProcessedCleanup {
+                before: t0() + secs(10 * 86_400),
+                limit: 1000,
+                exclusive: false,
+            })
+            .unwrap(),
+        Cleanup::Deleted(1)
+    );
+    assert_eq!(
+        store.count_by_status().unwrap().get(EventStatus::Processed),
+        0
+    );
+    assert_eq!(store.count_by_status().unwrap().total(), 4);
+}
+
+fn tables_are_found_by_name<B: Backend>(store: &B) {
+    let table = store.inbox_table().to_string();
+    assert!(store.table_exists(&table).unwrap());
+    assert!(store.table_exists(&format!("{table}_quarantine")).unwrap());
+    assert!(!store.table_exists(&format!("{table}_nothing")).unwrap());
+    assert!(!store
+        .table_exists("event_outbox_that_is_not_there")
+        .unwrap());
+}
+
 mod postgres_only {
     use super::*;
     use std::sync::mpsc;
@@ -1967,6 +2524,28 @@ CREATE INDEX ix_event_inbox_aggregate_received ON event_inbox(aggregate_id, rece
             store.count_by_status().unwrap(),
             counts(&[(EventStatus::Processed, 3)])
         );
+        // The operations columns came with migration 3: the legacy row can be listed,
+        // requeued and purged like any other.
+        let legacy_filter = RowFilter {
+            event_id: Some("legacy-1".into()),
+            ..RowFilter::default()
+        };
+        let record = store
+            .list_rows(&legacy_filter, &Page::first(1))
+            .unwrap()
+            .remove(0);
+        assert_eq!((record.replay_count, record.last_replayed_at), (0, None));
+        assert_eq!(
+            store
+                .delete_processed_before(&ProcessedCleanup {
+                    before: clock.now() + secs(1),
+                    limit: 1,
+                    exclusive: true,
+                })
+                .unwrap(),
+            Cleanup::Deleted(1)
+        );
+        assert_eq!(store.count_by_status().unwrap().total(), 2);
         // The quarantine table came with the migration.
         let (entry, fields) = malformed(&sid(5), &[("data", b"{")]);
         assert_eq!(
@@ -1974,6 +2553,63 @@ CREATE INDEX ix_event_inbox_aggregate_received ON event_inbox(aggregate_id, rece
             1
         );
         assert_eq!(store.list_quarantined(10, 0).unwrap()[0].fields, fields);
+    }
+
+    /// A cleaner that finds another process cleaning the same table gives way; an operator's
+    /// purge (not exclusive) does not wait for it.
+    #[test]
+    fn an_exclusive_cleanup_gives_way_to_another_cleaner_of_the_same_table() {
+        let test =
+            "postgres_only::an_exclusive_cleanup_gives_way_to_another_cleaner_of_the_same_table";
+        let Some(store) = open(test) else {
+            return;
+        };
+        rows_in_every_status(&*store);
+        let cleanup = |exclusive: bool| {
+            store
+                .delete_processed_before(&ProcessedCleanup {
+                    before: t0() + secs(3600),
+                    limit: 1,
+                    exclusive,
+                })
+                .unwrap()
+        };
+        let mut other = ::postgres::Client::connect(&support::postgres_url(), ::postgres::NoTls)
+            .expect("a second connection");
+        let mut cleaning = other.transaction().unwrap();
+        // The lock the store takes: ("efcl", hashtext(table)).
+        let locked: bool = cleaning
+            .query_one(
+                "SELECT pg_try_advisory_xact_lock($1, hashtext($2))",
+                &[&0x6566_636c_i32, &store.table()],
+            )
+            .unwrap()
+            .get(0);
+        assert!(locked);
+        assert_eq!(cleanup(true), Cleanup::Busy);
+        assert_eq!(
+            store.count_by_status().unwrap().get(EventStatus::Processed),
+            4
+        );
+        assert_eq!(cleanup(false), Cleanup::Deleted(1));
+        cleaning.rollback().unwrap();
+        assert_eq!(cleanup(true), Cleanup::Deleted(1));
+        // Another table's cleaner is not in the way.
+        let Some(neighbour) = open(test) else {
+            return;
+        };
+        let mut cleaning = other.transaction().unwrap();
+        cleaning
+            .query_one(
+                "SELECT pg_try_advisory_xact_lock($1, hashtext($2))",
+                &[&0x6566_636c_i32, &neighbour.table()],
+            )
+            .unwrap();
+        assert_eq!(cleanup(true), Cleanup::Deleted(1));
+        assert_eq!(
+            store.count_by_status().unwrap().get(EventStatus::Processed),
+            1
+        );
     }
 
     #[test]
@@ -2206,6 +2842,12 @@ conformance!(
         replaying_a_quarantined_entry_happens_once,
         quarantine_keeps_nul_characters,
         parsed_events_with_nul_characters_are_stored,
+        rows_are_listed_by_filter_in_stable_pages,
+        dead_letters_are_requeued_once_and_recorded,
+        oldest_received_tells_the_lag,
+        quarantine_is_listed_by_filter_in_stable_pages,
+        only_old_processed_rows_are_deleted_in_batches,
+        tables_are_found_by_name,
     ],
 );
 

@@ -406,6 +406,26 @@ impl<B, H> ConsumerBuilder<B, H> {
         self
     }
 
+    /// Deletes processed rows once their `processed_at` is this old, from a background thread
+    /// of the consumer, 1,000 rows per transaction, every
+    /// [`retention_interval`](Self::retention_interval), so the table does not grow for ever.
+    /// Only processed rows go: pending, failed and dead-lettered rows are kept whatever their
+    /// age. Several processes may have it on; one cleans at a time (on PostgreSQL by a
+    /// per-table advisory lock). Keep rows at least as long as duplicates of an event can
+    /// arrive, since a deleted row no longer stops its event being handled again. Between 1 s
+    /// and 100 years. Defaults to off (rows are kept; `eventflow purge` deletes them by hand).
+    pub fn retention(mut self, keep: Duration) -> Self {
+        self.settings.retention = Some(keep);
+        self
+    }
+
+    /// How often the retention cleaner runs, when [`retention`](Self::retention) is set;
+    /// between 1 ms and 1 day. Defaults to 10 min.
+    pub fn retention_interval(mut self, interval: Duration) -> Self {
+        self.settings.retention_interval = interval;
+        self
+    }
+
     /// The inbox table's name, for stores opened by the builder. Defaults to `event_inbox`.
     pub fn table(mut self, table: impl Into<String>) -> Self {
         self.table = Some(table.into());

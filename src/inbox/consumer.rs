@@ -10,6 +10,7 @@ use super::worker::Worker;
 use crate::error::Result;
 use crate::event::InboxRow;
 use crate::handler::HandlerResult;
+use crate::maintenance::{self, inbox_retention::InboxRetention};
 use crate::store::InboxStore;
 use crate::transport::Transport;
 use std::sync::atomic::AtomicBool;
@@ -123,6 +124,18 @@ impl<S: InboxStore> Start for Runtime<S> {
                 stop: stop.clone(),
             };
             threads.spawn(format!("{READER_THREAD}{index}"), move || reader.run())?;
+        }
+        if let Some(keep) = settings.retention {
+            let cleaner = InboxRetention {
+                store: self.store.clone(),
+                clock: settings.clock.clone(),
+                keep,
+                interval: settings.retention_interval,
+            };
+            let stopping = threads.stopping_signal();
+            threads.spawn("eventflow-retention".into(), move || {
+                maintenance::run(cleaner, stopping)
+            })?;
         }
         tracing::info!(
             stream = %settings.stream, group = %settings.group, consumer = %base_name,

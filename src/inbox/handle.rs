@@ -44,6 +44,9 @@ pub(crate) struct Threads {
     /// Never sent on: dropping it tells workers to stop after their current batch.
     halt: Option<Sender<()>>,
     halt_rx: Receiver<()>,
+    /// Never sent on: dropped as shutdown begins, which wakes the maintenance services.
+    stopping: Option<Sender<()>>,
+    stopping_rx: Receiver<()>,
     done_tx: Sender<String>,
     done_rx: Receiver<String>,
     running: Vec<(String, JoinHandle<()>)>,
@@ -64,11 +67,14 @@ impl Drop for ExitNotice {
 impl Threads {
     pub fn new(stop: Arc<AtomicBool>) -> Self {
         let (halt, halt_rx) = crossbeam_channel::bounded(0);
+        let (stopping, stopping_rx) = crossbeam_channel::bounded(0);
         let (done_tx, done_rx) = crossbeam_channel::unbounded();
         Self {
             stop,
             halt: Some(halt),
             halt_rx,
+            stopping: Some(stopping),
+            stopping_rx,
             done_tx,
             done_rx,
             running: Vec::new(),
@@ -85,6 +91,11 @@ impl Threads {
 
     pub fn halt_signal(&self) -> Receiver<()> {
         self.halt_rx.clone()
+    }
+
+    /// Disconnects as soon as shutdown begins.
+    pub fn stopping_signal(&self) -> Receiver<()> {
+        self.stopping_rx.clone()
     }
 
     /// Spawns a named thread whose end the handle hears about.
@@ -107,6 +118,7 @@ impl Threads {
             Err(source) => {
                 // Stop what did start before reporting.
                 self.stop.store(true, Ordering::SeqCst);
+                self.stopping.take();
                 self.halt.take();
                 Err(Error::Spawn { name, source })
             }
@@ -118,6 +130,7 @@ impl Threads {
     /// named in the error; they stop after their current batch. Returns how many were joined.
     pub fn stop_and_join(mut self, timeout: Duration, what: &str) -> Result<usize> {
         self.stop.store(true, Ordering::SeqCst);
+        self.stopping.take();
         let deadline = Instant::now().checked_add(timeout);
         let mut alive: BTreeSet<String> =
             self.running.iter().map(|(name, _)| name.clone()).collect();

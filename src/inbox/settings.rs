@@ -10,6 +10,8 @@ use std::time::Duration;
 const MAX_BLOCK: Duration = Duration::from_secs(60);
 const MAX_INTERVAL: Duration = Duration::from_secs(3600);
 const MAX_RECLAIM_IDLE: Duration = Duration::from_secs(7 * 24 * 3600);
+const MAX_RETENTION: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
+const MAX_RETENTION_INTERVAL: Duration = Duration::from_secs(24 * 3600);
 
 /// Validated settings shared by the reader and worker threads.
 #[derive(Clone)]
@@ -32,6 +34,8 @@ pub(crate) struct Settings {
     pub clock: Arc<dyn Clock>,
     pub migrate: bool,
     pub on_dead_letter: Option<DeadLetterHook>,
+    pub retention: Option<Duration>,
+    pub retention_interval: Duration,
 }
 
 impl Default for Settings {
@@ -55,6 +59,8 @@ impl Default for Settings {
             clock: Arc::new(SystemClock),
             migrate: true,
             on_dead_letter: None,
+            retention: None,
+            retention_interval: Duration::from_secs(600),
         }
     }
 }
@@ -116,6 +122,20 @@ impl Settings {
         }
         if self.reclaim_interval.is_zero() || self.reclaim_interval > MAX_INTERVAL {
             return Err(Error::config("reclaim_interval", "between 1 ms and 1 hour"));
+        }
+        if let Some(retention) = self.retention {
+            if retention < Duration::from_secs(1) || retention > MAX_RETENTION {
+                return Err(Error::config(
+                    "retention",
+                    "between 1 s and 100 years (processed rows younger than it are kept)",
+                ));
+            }
+        }
+        if self.retention_interval.is_zero() || self.retention_interval > MAX_RETENTION_INTERVAL {
+            return Err(Error::config(
+                "retention_interval",
+                "between 1 ms and 1 day",
+            ));
         }
         if self.max_retries < 0 {
             return Err(Error::config("max_retries", "0 (retry for ever) or more"));
@@ -215,6 +235,37 @@ mod tests {
                 ..valid()
             }),
             "reclaim_idle"
+        );
+    }
+
+    #[test]
+    fn retention_is_checked_when_set() {
+        assert!(Settings {
+            retention: Some(Duration::from_secs(7 * 24 * 3600)),
+            ..valid()
+        }
+        .validate()
+        .is_ok());
+        assert_eq!(
+            field_of(Settings {
+                retention: Some(Duration::ZERO),
+                ..valid()
+            }),
+            "retention"
+        );
+        assert_eq!(
+            field_of(Settings {
+                retention: Some(Duration::MAX),
+                ..valid()
+            }),
+            "retention"
+        );
+        assert_eq!(
+            field_of(Settings {
+                retention_interval: Duration::ZERO,
+                ..valid()
+            }),
+            "retention_interval"
         );
     }
 

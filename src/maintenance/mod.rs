@@ -1,23 +1,70 @@
-//! Background services that keep tables and streams in shape: one file per service, each a
-//! plain `run_once` plus the loop below that repeats it until shutdown.
+//! Background services that keep tables and streams in shape, one file each, and the small
+//! loop that runs them. The inbox consumer and the outbox relay start the ones configured on
+//! their builders on threads of their own and stop them with the rest at shutdown.
+//!
+//! - `inbox_retention`: deletes processed inbox rows past their retention, in batches.
+//! - `outbox_retention`: deletes published outbox rows past their retention, in batches.
+//! - `stream_trim`: trims stream entries every consumer group has read and acknowledged.
 
+pub(crate) mod inbox_retention;
 pub(crate) mod outbox_retention;
 pub(crate) mod stream_trim;
 
-use crossbeam_channel::Receiver;
+use crossbeam_channel::{select, Receiver, TryRecvError};
 use std::time::Duration;
 
-/// Runs `task` now and then every `interval`, until `stop` is closed (its sender dropped).
-pub(crate) fn repeat_until_stopped(
-    interval: Duration,
-    stop: &Receiver<()>,
-    mut task: impl FnMut(),
-) {
+/// A background service: a round of work run on an interval.
+pub(crate) trait Service: Send + 'static {
+    /// How long to wait between rounds.
+    fn interval(&self) -> Duration;
+
+    /// Does one round. `stopping` says whether shutdown has begun, for a round that could run
+    /// long to stop between its steps.
+    fn run_once(&mut self, stopping: &dyn Fn() -> bool);
+}
+
+/// Runs `service` once per interval (the first round after one interval) until `stop` is
+/// dropped. Meant to be a thread's body.
+pub(crate) fn run(mut service: impl Service, stop: Receiver<()>) {
+    let tick = crossbeam_channel::tick(service.interval());
+    let stopping = || matches!(stop.try_recv(), Err(TryRecvError::Disconnected));
     loop {
-        task();
-        crossbeam_channel::select! {
-            recv(stop) -> _ => return,
-            default(interval) => {}
+        select! {
+            recv(tick) -> _ => service.run_once(&stopping),
+            recv(stop) -> _ => break,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+
+    struct Counting(Arc<AtomicUsize>, crossbeam_channel::Sender<()>);
+
+    impl Service for Counting {
+        fn interval(&self) -> Duration {
+            Duration::from_millis(1)
+        }
+        fn run_once(&mut self, _stopping: &dyn Fn() -> bool) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+            let _ = self.1.try_send(());
+        }
+    }
+
+    #[test]
+    fn a_service_runs_on_its_interval_until_stopped() {
+        let rounds = Arc::new(AtomicUsize::new(0));
+        let (ran_tx, ran_rx) = crossbeam_channel::bounded(1);
+        let (stop_tx, stop_rx) = crossbeam_channel::bounded::<()>(0);
+        let service = Counting(rounds.clone(), ran_tx);
+        let thread = std::thread::spawn(move || run(service, stop_rx));
+        ran_rx.recv().unwrap();
+        ran_rx.recv().unwrap();
+        drop(stop_tx);
+        thread.join().unwrap();
+        assert!(rounds.load(Ordering::SeqCst) >= 2);
     }
 }

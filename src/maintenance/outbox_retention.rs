@@ -1,9 +1,11 @@
 //! Deletes published outbox rows once they are older than the retention age, in small
 //! batches so the table stays online and each transaction stays short.
 
+use super::Service;
 use crate::clock::Clock;
 use crate::store::outbox::OutboxStore;
 use crate::store::StoreError;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -15,23 +17,44 @@ pub(crate) struct OutboxRetention {
     pub clock: Arc<dyn Clock>,
     /// Published rows older than this go.
     pub keep: Duration,
+    pub interval: Duration,
+    /// Rows deleted so far.
+    pub deleted: Arc<AtomicU64>,
 }
 
 impl OutboxRetention {
-    /// Deletes every published row older than `keep`, batch by batch; returns how many went.
-    pub fn run_once(&self) -> Result<usize, StoreError> {
+    /// Deletes published rows older than `keep`, batch by batch, until none are left or
+    /// shutdown begins; returns how many went.
+    fn delete_old(&self, stopping: &dyn Fn() -> bool) -> Result<u64, StoreError> {
         let keep = chrono::Duration::from_std(self.keep).unwrap_or(chrono::Duration::MAX);
-        let before = self
-            .clock
-            .now()
-            .checked_sub_signed(keep)
-            .unwrap_or(chrono::DateTime::<chrono::Utc>::MIN_UTC);
-        let mut deleted = 0;
+        let Some(before) = self.clock.now().checked_sub_signed(keep) else {
+            return Ok(0);
+        };
+        let mut total = 0;
         loop {
-            let batch = self.store.delete_published_before(before, BATCH)?;
-            deleted += batch;
-            if batch < BATCH {
-                return Ok(deleted);
+            let deleted = self.store.delete_published_before(before, BATCH)?;
+            total += deleted as u64;
+            self.deleted.fetch_add(deleted as u64, Ordering::Relaxed);
+            if deleted < BATCH || stopping() {
+                return Ok(total);
+            }
+        }
+    }
+}
+
+impl Service for OutboxRetention {
+    fn interval(&self) -> Duration {
+        self.interval
+    }
+
+    fn run_once(&mut self, stopping: &dyn Fn() -> bool) {
+        match self.delete_old(stopping) {
+            Ok(0) => {}
+            Ok(deleted) => {
+                tracing::info!(deleted, table = %self.store.table(), "deleted published outbox rows past retention")
+            }
+            Err(error) => {
+                tracing::warn!(%error, "outbox retention failed; trying again next round")
             }
         }
     }

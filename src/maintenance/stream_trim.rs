@@ -2,10 +2,12 @@
 //! consumer group has read and acknowledged. Entries a group has not read, or read and not
 //! acknowledged, are never trimmed.
 
+use super::Service;
 use crate::clock::Clock;
 use crate::transport::{Transport, TransportError};
 use parking_lot::Mutex;
 use std::collections::BTreeSet;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -14,13 +16,15 @@ pub(crate) struct StreamTrim {
     pub clock: Arc<dyn Clock>,
     /// Entries younger than this stay even when consumed.
     pub keep: Duration,
+    pub interval: Duration,
     /// Streams published to so far.
     pub streams: Arc<Mutex<BTreeSet<String>>>,
+    /// Entries trimmed so far.
+    pub trimmed: Arc<AtomicU64>,
 }
 
 impl StreamTrim {
-    /// Trims every stream published to; returns how many entries went.
-    pub fn run_once(&self) -> Result<u64, TransportError> {
+    fn trim_all(&self) -> Result<u64, TransportError> {
         // Stream ids begin with the broker's clock in milliseconds.
         let keep = chrono::Duration::from_std(self.keep).unwrap_or(chrono::Duration::MAX);
         let cutoff = self
@@ -30,10 +34,26 @@ impl StreamTrim {
             .map_or(0, |at| at.timestamp_millis().max(0));
         let floor = format!("{cutoff}-0");
         let streams: Vec<String> = self.streams.lock().iter().cloned().collect();
-        let mut trimmed = 0;
+        let mut total = 0;
         for stream in streams {
-            trimmed += self.transport.trim_consumed(&stream, &floor)?;
+            let trimmed = self.transport.trim_consumed(&stream, &floor)?;
+            self.trimmed.fetch_add(trimmed, Ordering::Relaxed);
+            total += trimmed;
         }
-        Ok(trimmed)
+        Ok(total)
+    }
+}
+
+impl Service for StreamTrim {
+    fn interval(&self) -> Duration {
+        self.interval
+    }
+
+    fn run_once(&mut self, _stopping: &dyn Fn() -> bool) {
+        match self.trim_all() {
+            Ok(0) => {}
+            Ok(trimmed) => tracing::debug!(trimmed, "trimmed consumed stream entries"),
+            Err(error) => tracing::warn!(%error, "stream trimming failed; trying again next round"),
+        }
     }
 }

@@ -12,7 +12,7 @@ use crate::clock::{Clock, SystemClock};
 use crate::error::{Error, Result};
 use crate::inbox::Threads;
 use crate::maintenance::outbox_retention::OutboxRetention;
-use crate::maintenance::repeat_until_stopped;
+use crate::maintenance::run as run_service;
 use crate::maintenance::stream_trim::StreamTrim;
 use crate::retry::{ExponentialBackoff, RetryPolicy};
 use crate::store::outbox::{
@@ -344,7 +344,6 @@ impl OutboxRelay {
         });
 
         let stopping = Arc::new(AtomicBool::new(false));
-        let (stop_tx, stop_rx) = crossbeam_channel::bounded::<()>(0);
         let counters = Arc::new(Counters::default());
         let streams = Arc::new(Mutex::new(BTreeSet::new()));
         let shared = Arc::new(Shared {
@@ -360,6 +359,8 @@ impl OutboxRelay {
             streams: streams.clone(),
         });
         let mut threads = Threads::new(stopping.clone());
+        // Disconnects as shutdown begins, waking idle threads.
+        let stop_rx = threads.stopping_signal();
         let mut wakers = Vec::with_capacity(self.workers);
         for n in 0..self.workers {
             let (wake_tx, wake_rx) = crossbeam_channel::bounded(1);
@@ -381,20 +382,12 @@ impl OutboxRelay {
                 store: self.store.clone(),
                 clock: self.clock.clone(),
                 keep,
+                interval: self.retention_interval,
+                deleted: counters.deleted.clone(),
             };
-            let (stop, counters, interval) =
-                (stop_rx.clone(), counters.clone(), self.retention_interval);
+            let stop = stop_rx.clone();
             threads.spawn("eventflow-outbox-retention".to_string(), move || {
-                repeat_until_stopped(interval, &stop, || match retention.run_once() {
-                    Ok(deleted) => {
-                        counters
-                            .deleted
-                            .fetch_add(deleted as u64, Ordering::Relaxed);
-                    }
-                    Err(error) => {
-                        tracing::warn!(%error, "outbox retention failed; trying again later")
-                    }
-                })
+                run_service(retention, stop)
             })?;
         }
         if let Some(keep) = self.trim_after {
@@ -402,24 +395,18 @@ impl OutboxRelay {
                 transport: self.transport.clone(),
                 clock: self.clock.clone(),
                 keep,
+                interval: self.trim_interval,
                 streams,
+                trimmed: counters.trimmed.clone(),
             };
-            let (stop, counters, interval) =
-                (stop_rx.clone(), counters.clone(), self.trim_interval);
+            let stop = stop_rx.clone();
             threads.spawn("eventflow-stream-trim".to_string(), move || {
-                repeat_until_stopped(interval, &stop, || match trim.run_once() {
-                    Ok(trimmed) => {
-                        counters.trimmed.fetch_add(trimmed, Ordering::Relaxed);
-                    }
-                    Err(error) => {
-                        tracing::warn!(%error, "stream trimming failed; trying again later")
-                    }
-                })
+                run_service(trim, stop)
             })?;
         }
         tracing::info!(table = %self.store.table(), workers = self.workers, "outbox relay started");
         Ok(RelayHandle {
-            running: Mutex::new(Some((threads, stop_tx))),
+            running: Mutex::new(Some(threads)),
             counters,
             table: self.store.table().to_string(),
         })
@@ -631,8 +618,8 @@ struct Counters {
     dead_lettered: AtomicU64,
     batches: AtomicU64,
     abandoned: AtomicU64,
-    deleted: AtomicU64,
-    trimmed: AtomicU64,
+    deleted: Arc<AtomicU64>,
+    trimmed: Arc<AtomicU64>,
 }
 
 impl Counters {
@@ -696,7 +683,7 @@ pub struct RelayReport {
 /// A running relay. [`shutdown`](Self::shutdown) stops it; dropping the handle does too, as a
 /// safety net.
 pub struct RelayHandle {
-    running: Mutex<Option<(Threads, Sender<()>)>>,
+    running: Mutex<Option<Threads>>,
     counters: Arc<Counters>,
     table: String,
 }
@@ -724,14 +711,13 @@ impl RelayHandle {
     /// Stops the relay: each publisher finishes the batch it holds (committing it), then every
     /// thread is joined, waiting at most `timeout`. Calling it again returns at once.
     pub fn shutdown(&self, timeout: Duration) -> Result<RelayReport> {
-        let Some((threads, stop)) = self.running.lock().take() else {
+        let Some(threads) = self.running.lock().take() else {
             return Ok(RelayReport {
                 stopped_now: false,
                 threads_joined: 0,
                 stats: self.stats(),
             });
         };
-        drop(stop); // wakes idle threads
         let joined = threads.stop_and_join(timeout, "outbox relay")?;
         let stats = self.stats();
         tracing::info!(table = %self.table, published = stats.published, "outbox relay stopped");

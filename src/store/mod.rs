@@ -6,6 +6,7 @@
 //! has; SQL lives in the backend's own file.
 
 mod migrations;
+mod operations;
 pub mod outbox;
 #[cfg(feature = "postgres")]
 mod postgres;
@@ -20,6 +21,10 @@ pub use self::postgres::{
 #[cfg(feature = "sqlite")]
 pub use self::sqlite::SqliteStore;
 pub use migrations::Migration;
+pub use operations::{
+    Cleanup, Cursor, DeadLetterRequeue, InboxRecord, Page, ProcessedCleanup, QuarantineFilter,
+    Requeued, RowFilter,
+};
 
 use crate::clock::Clock;
 use crate::event::{Event, EventStatus, InboxRow};
@@ -88,6 +93,37 @@ pub trait InboxStore: Send + Sync + 'static {
 
     /// Checks that the database answers.
     fn ping(&self) -> Result<(), StoreError>;
+
+    /// Rows matching `filter`, ordered by `(received_at, id)`, one page of them, with what
+    /// operators did to each.
+    fn list_rows(&self, filter: &RowFilter, page: &Page) -> Result<Vec<InboxRecord>, StoreError>;
+
+    /// The `received_at` of the oldest row in `status`, if there is one: how far behind the
+    /// workers are (`pending`), or how long the oldest retry has been waiting (`failed`).
+    fn oldest_received(&self, status: EventStatus) -> Result<Option<DateTime<Utc>>, StoreError>;
+
+    /// Moves up to `limit` dead letters matching the filter, oldest first, back to `pending`
+    /// in one transaction: `retry_count` 0, `next_retry_at` null, `replay_count` up by one,
+    /// `last_replayed_at` set. The last error is kept for reference until the row is processed.
+    /// Workers take requeued rows on their next poll.
+    fn requeue_dead_letters(&self, requeue: &DeadLetterRequeue<'_>)
+        -> Result<Requeued, StoreError>;
+
+    /// Quarantined entries matching `filter`, ordered by `(received_at, id)`, one page of them.
+    fn list_quarantined_matching(
+        &self,
+        filter: &QuarantineFilter,
+        page: &Page,
+    ) -> Result<Vec<QuarantinedEntry>, StoreError>;
+
+    /// Deletes up to `limit` processed rows whose `processed_at` is before `before`, oldest
+    /// first, in one transaction. Rows in any other status are never deleted. Call it again
+    /// while it returns the limit.
+    fn delete_processed_before(&self, cleanup: &ProcessedCleanup) -> Result<Cleanup, StoreError>;
+
+    /// Whether a table named `name` exists (for example another eventflow component's, such as
+    /// the outbox's).
+    fn table_exists(&self, name: &str) -> Result<bool, StoreError>;
 
     /// The most connections the store can hand out at once, when it has a fixed pool.
     /// The consumer checks its readers and workers fit.

@@ -7,9 +7,10 @@
 use super::migrations::{Migration, MIGRATIONS_TABLE};
 use super::refusal::{split_refused, Retry};
 use super::{
-    orphaned_before, truncate_error, validate_table_name, Claim, ClaimParams, InboxStore,
-    QuarantineReplay, ReceivedBatch, ReceivedEvent, RowHandler, Settled, StatusCounts, StoreError,
-    Stored, Verdict, DEFAULT_INBOX_TABLE,
+    orphaned_before, truncate_error, validate_table_name, Claim, ClaimParams, Cleanup, Cursor,
+    DeadLetterRequeue, InboxRecord, InboxStore, Page, ProcessedCleanup, QuarantineFilter,
+    QuarantineReplay, ReceivedBatch, ReceivedEvent, Requeued, RowFilter, RowHandler, Settled,
+    StatusCounts, StoreError, Stored, Verdict, DEFAULT_INBOX_TABLE,
 };
 use crate::event::{Event, EventStatus, InboxRow};
 use crate::quarantine::{decode_fields, QuarantinedEntry};
@@ -31,6 +32,11 @@ pub const MIGRATIONS: &[Migration] = &[
         version: 2,
         name: "0002_eventflow_additions.sql",
         sql: include_str!("../../sql/sqlite/inbox/0002_eventflow_additions.sql"),
+    },
+    Migration {
+        version: 3,
+        name: "0003_operations.sql",
+        sql: include_str!("../../sql/sqlite/inbox/0003_operations.sql"),
     },
 ];
 
@@ -387,6 +393,155 @@ impl InboxStore for SqliteStore {
     fn max_connections(&self) -> Option<u32> {
         None
     }
+
+    fn list_rows(&self, filter: &RowFilter, page: &Page) -> Result<Vec<InboxRecord>, StoreError> {
+        let mut args = filter_args(filter, page.after.as_ref());
+        args.push((page.limit as i64).into());
+        let conn = self.lock();
+        let mut statement = conn
+            .prepare_cached(&self.sql.list_rows)
+            .map_err(lite("list rows"))?;
+        let raw = statement
+            .query_map(rusqlite::params_from_iter(args), |row| {
+                Ok((
+                    RawRow::read(row)?,
+                    row.get::<_, i32>(17)?,
+                    row.get::<_, Option<String>>(18)?,
+                ))
+            })
+            .map_err(lite("list rows"))?
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(lite("list rows"))?;
+        raw.into_iter()
+            .map(|(row, replay_count, replayed_at)| {
+                Ok(InboxRecord {
+                    row: row.into_row()?,
+                    replay_count,
+                    last_replayed_at: parse_opt_ts(replayed_at)?,
+                })
+            })
+            .collect()
+    }
+
+    fn oldest_received(&self, status: EventStatus) -> Result<Option<DateTime<Utc>>, StoreError> {
+        let conn = self.lock();
+        let oldest: Option<String> = conn
+            .query_row(&self.sql.oldest_received, [status.as_str()], |row| {
+                row.get(0)
+            })
+            .map_err(lite("find the oldest row"))?;
+        parse_opt_ts(oldest)
+    }
+
+    fn requeue_dead_letters(
+        &self,
+        requeue: &DeadLetterRequeue<'_>,
+    ) -> Result<Requeued, StoreError> {
+        let mut args = filter_args(requeue.filter, requeue.after.as_ref());
+        args[0] = rusqlite::types::Value::Null; // the status: always dead_letter
+        args.push((requeue.limit as i64).into());
+        args.push(ts(requeue.now).into());
+        let mut conn = self.lock();
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(lite("begin a requeue"))?;
+        let requeued = {
+            let mut statement = tx
+                .prepare_cached(&self.sql.requeue_dead_letters)
+                .map_err(lite("requeue dead letters"))?;
+            let rows = statement
+                .query_map(rusqlite::params_from_iter(args), |row| {
+                    Ok((row.get::<_, String>(0)?, row.get::<_, String>(1)?))
+                })
+                .map_err(lite("requeue dead letters"))?
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(lite("requeue dead letters"))?;
+            rows
+        };
+        tx.commit().map_err(lite("commit a requeue"))?;
+        let mut last = None;
+        for (received_at, id) in &requeued {
+            let cursor = Cursor {
+                received_at: parse_ts(received_at)?,
+                id: parse_uuid(id)?,
+            };
+            last = last.max(Some(cursor));
+        }
+        Ok(Requeued {
+            count: requeued.len() as u64,
+            last,
+        })
+    }
+
+    fn list_quarantined_matching(
+        &self,
+        filter: &QuarantineFilter,
+        page: &Page,
+    ) -> Result<Vec<QuarantinedEntry>, StoreError> {
+        let conn = self.lock();
+        let mut statement = conn
+            .prepare_cached(&self.sql.list_quarantined_matching)
+            .map_err(lite("list quarantined entries"))?;
+        let raw = statement
+            .query_map(
+                params![
+                    filter.id.map(|id| id.to_string()),
+                    filter.stream,
+                    filter.received_from.map(ts),
+                    filter.received_before.map(ts),
+                    filter.reason_contains,
+                    filter.replayed,
+                    page.after.map(|c| ts(c.received_at)),
+                    page.after.map(|c| c.id.to_string()),
+                    page.limit as i64,
+                ],
+                RawQuarantined::read,
+            )
+            .map_err(lite("list quarantined entries"))?
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(lite("list quarantined entries"))?;
+        raw.into_iter().map(RawQuarantined::into_entry).collect()
+    }
+
+    /// SQLite has one writer, so `exclusive` needs nothing more: two cleaners take turns.
+    fn delete_processed_before(&self, cleanup: &ProcessedCleanup) -> Result<Cleanup, StoreError> {
+        let conn = self.lock();
+        let deleted = conn
+            .prepare_cached(&self.sql.delete_processed)
+            .and_then(|mut statement| {
+                statement.execute(params![ts(cleanup.before), cleanup.limit as i64])
+            })
+            .map_err(lite("delete processed rows"))?;
+        Ok(Cleanup::Deleted(deleted as u64))
+    }
+
+    fn table_exists(&self, name: &str) -> Result<bool, StoreError> {
+        let conn = self.lock();
+        conn.query_row(
+            "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = ?1",
+            [name],
+            |row| row.get::<_, i64>(0),
+        )
+        .map(|count| count > 0)
+        .map_err(lite("look for a table"))
+    }
+}
+
+/// A [`RowFilter`] and a cursor as the parameters `?1` to `?9` of the row filter's conditions.
+fn filter_args(filter: &RowFilter, after: Option<&Cursor>) -> Vec<rusqlite::types::Value> {
+    use rusqlite::types::Value;
+    let text = |value: Option<String>| value.map_or(Value::Null, Value::Text);
+    vec![
+        text(filter.status.map(|s| s.as_str().to_string())),
+        text(filter.id.map(|id| id.to_string())),
+        text(filter.event_id.clone()),
+        text(filter.event_type.clone()),
+        text(filter.received_from.map(ts)),
+        text(filter.received_before.map(ts)),
+        text(filter.error_contains.clone()),
+        text(after.map(|c| ts(c.received_at))),
+        text(after.map(|c| c.id.to_string())),
+    ]
 }
 
 /// Inserts a received event as a pending row unless its `event_id` is there; returns the rows
@@ -710,7 +865,19 @@ struct Queries {
     list_quarantined: String,
     find_quarantined: String,
     mark_replayed: String,
+    list_rows: String,
+    oldest_received: String,
+    requeue_dead_letters: String,
+    list_quarantined_matching: String,
+    delete_processed: String,
 }
+
+/// The row filter's conditions on `?1` to `?9`, as `filter_args` binds them; null matches all.
+const ROW_FILTER: &str = "(?1 IS NULL OR status = ?1) AND (?2 IS NULL OR id = ?2) \
+     AND (?3 IS NULL OR event_id = ?3) AND (?4 IS NULL OR event_type = ?4) \
+     AND (?5 IS NULL OR received_at >= ?5) AND (?6 IS NULL OR received_at < ?6) \
+     AND (?7 IS NULL OR instr(lower(coalesce(error_message, '')), lower(?7)) > 0) \
+     AND (?8 IS NULL OR (received_at, id) > (?8, ?9))";
 
 impl Queries {
     fn new(t: &str) -> Self {
@@ -758,6 +925,31 @@ impl Queries {
             mark_replayed: format!(
                 "UPDATE {t}_quarantine SET replayed_at = ?2, replayed_event_id = ?3 \
                  WHERE id = ?1 AND replayed_at IS NULL"
+            ),
+            list_rows: format!(
+                "SELECT {COLUMNS}, replay_count, last_replayed_at FROM {t} WHERE {ROW_FILTER} \
+                 ORDER BY received_at, id LIMIT ?10"
+            ),
+            oldest_received: format!("SELECT min(received_at) FROM {t} WHERE status = ?1"),
+            requeue_dead_letters: format!(
+                "UPDATE {t} SET status = 'pending', retry_count = 0, next_retry_at = NULL, \
+                 replay_count = replay_count + 1, last_replayed_at = ?11 \
+                 WHERE id IN (SELECT id FROM {t} WHERE status = 'dead_letter' AND {ROW_FILTER} \
+                 ORDER BY received_at, id LIMIT ?10) RETURNING received_at, id"
+            ),
+            list_quarantined_matching: format!(
+                "SELECT {QUARANTINE_COLUMNS} FROM {t}_quarantine \
+                 WHERE (?1 IS NULL OR id = ?1) AND (?2 IS NULL OR stream = ?2) \
+                 AND (?3 IS NULL OR received_at >= ?3) AND (?4 IS NULL OR received_at < ?4) \
+                 AND (?5 IS NULL OR instr(lower(reason), lower(?5)) > 0) \
+                 AND (?6 IS NULL OR (replayed_at IS NOT NULL) = ?6) \
+                 AND (?7 IS NULL OR (received_at, id) > (?7, ?8)) \
+                 ORDER BY received_at, id LIMIT ?9"
+            ),
+            delete_processed: format!(
+                "DELETE FROM {t} WHERE id IN (SELECT id FROM {t} \
+                 WHERE status = 'processed' AND processed_at < ?1 \
+                 ORDER BY processed_at LIMIT ?2)"
             ),
         }
     }

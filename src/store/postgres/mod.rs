@@ -10,8 +10,9 @@ use queries::Queries;
 
 use super::migrations::{Migration, MIGRATIONS_TABLE};
 use super::{
-    validate_table_name, ClaimParams, InboxStore, QuarantineReplay, ReceivedBatch, RowHandler,
-    Settled, StatusCounts, StoreError, Stored, DEFAULT_INBOX_TABLE,
+    validate_table_name, ClaimParams, Cleanup, Cursor, DeadLetterRequeue, InboxRecord, InboxStore,
+    Page, ProcessedCleanup, QuarantineFilter, QuarantineReplay, ReceivedBatch, Requeued, RowFilter,
+    RowHandler, Settled, StatusCounts, StoreError, Stored, DEFAULT_INBOX_TABLE,
 };
 use crate::event::{Event, EventStatus, InboxRow};
 use crate::quarantine::{decode_fields, QuarantinedEntry};
@@ -39,11 +40,20 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "0002_eventflow_additions.sql",
         sql: include_str!("../../../sql/postgres/inbox/0002_eventflow_additions.sql"),
     },
+    Migration {
+        version: 3,
+        name: "0003_operations.sql",
+        sql: include_str!("../../../sql/postgres/inbox/0003_operations.sql"),
+    },
 ];
 
 /// Any constant works, as long as every eventflow process uses the same one; it serializes
 /// concurrent `migrate()` calls.
 const MIGRATION_LOCK_KEY: i64 = 0x6576_656e_7466_6c6f; // "eventflo"
+
+/// The first key of the per-table cleanup lock (`pg_try_advisory_xact_lock(key, hashtext(table))`);
+/// the two-key form never collides with the migration lock's one-key form.
+const CLEANUP_LOCK_KEY: i32 = 0x6566_636c; // "efcl"
 
 pub(super) const COLUMNS: &str =
     "id, event_id, stream_id, event_type, aggregate_id, correlation_id, causation_id, \
@@ -440,6 +450,160 @@ impl InboxStore for PostgresStore {
 
     fn max_connections(&self) -> Option<u32> {
         Some(self.pool_size)
+    }
+
+    fn list_rows(&self, filter: &RowFilter, page: &Page) -> Result<Vec<InboxRecord>, StoreError> {
+        let args = FilterArgs::new(filter, page.after.as_ref());
+        let limit = page.limit as i64;
+        let mut params = args.params();
+        params.push(&limit);
+        let mut conn = self.connection()?;
+        conn.query(&self.sql.list_rows, &params)
+            .map_err(pg("list rows"))?
+            .iter()
+            .map(|row| {
+                Ok(InboxRecord {
+                    row: inbox_row(row)?,
+                    replay_count: row.get(17),
+                    last_replayed_at: row.get(18),
+                })
+            })
+            .collect()
+    }
+
+    fn oldest_received(&self, status: EventStatus) -> Result<Option<DateTime<Utc>>, StoreError> {
+        let mut conn = self.connection()?;
+        conn.query_one(&self.sql.oldest_received, &[&status.as_str()])
+            .map_err(pg("find the oldest row"))?
+            .try_get(0)
+            .map_err(|e| corrupt(&status, "received_at", e))
+    }
+
+    fn requeue_dead_letters(
+        &self,
+        requeue: &DeadLetterRequeue<'_>,
+    ) -> Result<Requeued, StoreError> {
+        let mut args = FilterArgs::new(requeue.filter, requeue.after.as_ref());
+        args.status = None;
+        let limit = requeue.limit as i64;
+        let mut params = args.params();
+        params.push(&limit);
+        params.push(&requeue.now);
+        let mut conn = self.connection()?;
+        let rows = conn
+            .query(&self.sql.requeue_dead_letters, &params)
+            .map_err(pg("requeue dead letters"))?;
+        Ok(Requeued {
+            count: rows.len() as u64,
+            last: rows
+                .iter()
+                .map(|row| Cursor {
+                    received_at: row.get(0),
+                    id: row.get(1),
+                })
+                .max(),
+        })
+    }
+
+    fn list_quarantined_matching(
+        &self,
+        filter: &QuarantineFilter,
+        page: &Page,
+    ) -> Result<Vec<QuarantinedEntry>, StoreError> {
+        let mut conn = self.connection()?;
+        conn.query(
+            &self.sql.list_quarantined_matching,
+            &[
+                &filter.id,
+                &filter.stream,
+                &filter.received_from,
+                &filter.received_before,
+                &filter.reason_contains,
+                &filter.replayed,
+                &page.after.map(|c| c.received_at),
+                &page.after.map(|c| c.id),
+                &(page.limit as i64),
+            ],
+        )
+        .map_err(pg("list quarantined entries"))?
+        .iter()
+        .map(quarantined_entry)
+        .collect()
+    }
+
+    fn delete_processed_before(&self, cleanup: &ProcessedCleanup) -> Result<Cleanup, StoreError> {
+        let mut conn = self.connection()?;
+        let mut tx = conn.transaction().map_err(pg("begin a cleanup"))?;
+        if cleanup.exclusive {
+            let locked: bool = tx
+                .query_one(
+                    "SELECT pg_try_advisory_xact_lock($1, hashtext($2))",
+                    &[&CLEANUP_LOCK_KEY, &self.table],
+                )
+                .map_err(pg("take the cleanup lock"))?
+                .get(0);
+            if !locked {
+                return Ok(Cleanup::Busy);
+            }
+        }
+        let deleted = tx
+            .execute(
+                &self.sql.delete_processed,
+                &[&cleanup.before, &(cleanup.limit as i64)],
+            )
+            .map_err(pg("delete processed rows"))?;
+        tx.commit().map_err(pg("commit a cleanup"))?;
+        Ok(Cleanup::Deleted(deleted))
+    }
+
+    fn table_exists(&self, name: &str) -> Result<bool, StoreError> {
+        let mut conn = self.connection()?;
+        conn.query_one("SELECT to_regclass($1) IS NOT NULL", &[&name])
+            .map_err(pg("look for a table"))
+            .map(|row| row.get(0))
+    }
+}
+
+/// A [`RowFilter`] and a cursor as the parameters of `queries::row_filter`.
+struct FilterArgs<'a> {
+    status: Option<&'static str>,
+    id: Option<Uuid>,
+    event_id: Option<&'a str>,
+    event_type: Option<&'a str>,
+    received_from: Option<DateTime<Utc>>,
+    received_before: Option<DateTime<Utc>>,
+    error_contains: Option<&'a str>,
+    after_at: Option<DateTime<Utc>>,
+    after_id: Option<Uuid>,
+}
+
+impl<'a> FilterArgs<'a> {
+    fn new(filter: &'a RowFilter, after: Option<&Cursor>) -> Self {
+        Self {
+            status: filter.status.map(EventStatus::as_str),
+            id: filter.id,
+            event_id: filter.event_id.as_deref(),
+            event_type: filter.event_type.as_deref(),
+            received_from: filter.received_from,
+            received_before: filter.received_before,
+            error_contains: filter.error_contains.as_deref(),
+            after_at: after.map(|c| c.received_at),
+            after_id: after.map(|c| c.id),
+        }
+    }
+
+    fn params(&self) -> Vec<&(dyn postgres::types::ToSql + Sync)> {
+        vec![
+            &self.status,
+            &self.id,
+            &self.event_id,
+            &self.event_type,
+            &self.received_from,
+            &self.received_before,
+            &self.error_contains,
+            &self.after_at,
+            &self.after_id,
+        ]
     }
 }
 

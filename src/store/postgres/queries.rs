@@ -18,6 +18,42 @@ pub(super) struct Queries {
     pub list_quarantined: String,
     pub find_quarantined: String,
     pub mark_replayed: String,
+    pub list_rows: String,
+    pub oldest_received: String,
+    pub requeue_dead_letters: String,
+    pub list_quarantined_matching: String,
+    pub delete_processed: String,
+}
+
+/// The row filter's conditions, on parameters `$p` to `$p + 8` (see `row_filter_params`):
+/// status, id, event id, event type, received from, received before, error text, and the
+/// cursor's time and id. An unset parameter (null) matches everything.
+fn row_filter(p: usize) -> String {
+    format!(
+        "(${p}::varchar IS NULL OR status = ${p}) \
+         AND (${}::uuid IS NULL OR id = ${}) \
+         AND (${}::varchar IS NULL OR event_id = ${}) \
+         AND (${}::varchar IS NULL OR event_type = ${}) \
+         AND (${}::timestamptz IS NULL OR received_at >= ${}) \
+         AND (${}::timestamptz IS NULL OR received_at < ${}) \
+         AND (${}::text IS NULL OR strpos(lower(coalesce(error_message, '')), lower(${})) > 0) \
+         AND (${}::timestamptz IS NULL OR (received_at, id) > (${}, ${}::uuid))",
+        p + 1,
+        p + 1,
+        p + 2,
+        p + 2,
+        p + 3,
+        p + 3,
+        p + 4,
+        p + 4,
+        p + 5,
+        p + 5,
+        p + 6,
+        p + 6,
+        p + 7,
+        p + 7,
+        p + 8
+    )
 }
 
 impl Queries {
@@ -92,6 +128,42 @@ impl Queries {
             mark_replayed: format!(
                 "UPDATE {t}_quarantine SET replayed_at = $2, replayed_event_id = $3 \
                  WHERE id = $1 AND replayed_at IS NULL"
+            ),
+            list_rows: format!(
+                "SELECT {COLUMNS}, replay_count, last_replayed_at FROM {t} WHERE {} \
+                 ORDER BY received_at, id LIMIT $10",
+                row_filter(1)
+            ),
+            oldest_received: format!("SELECT min(received_at) FROM {t} WHERE status = $1"),
+            // FOR UPDATE re-checks a row another requeue or a worker changed meanwhile, so a
+            // row is requeued once even when two operators run the same command.
+            requeue_dead_letters: format!(
+                "WITH picked AS (SELECT id FROM {t} WHERE status = 'dead_letter' AND {} \
+                 ORDER BY received_at, id LIMIT $10 FOR UPDATE) \
+                 UPDATE {t} AS t SET status = 'pending', retry_count = 0, next_retry_at = NULL, \
+                 replay_count = t.replay_count + 1, last_replayed_at = $11 \
+                 FROM picked WHERE t.id = picked.id RETURNING t.received_at, t.id",
+                row_filter(1)
+            ),
+            list_quarantined_matching: format!(
+                "SELECT {QUARANTINE_COLUMNS} FROM {t}_quarantine \
+                 WHERE ($1::uuid IS NULL OR id = $1) \
+                 AND ($2::varchar IS NULL OR stream = $2) \
+                 AND ($3::timestamptz IS NULL OR received_at >= $3) \
+                 AND ($4::timestamptz IS NULL OR received_at < $4) \
+                 AND ($5::text IS NULL OR strpos(lower(reason), lower($5)) > 0) \
+                 AND ($6::bool IS NULL OR (replayed_at IS NOT NULL) = $6) \
+                 AND ($7::timestamptz IS NULL OR (received_at, id) > ($7, $8::uuid)) \
+                 ORDER BY received_at, id LIMIT $9"
+            ),
+            // SKIP LOCKED: a row a worker holds is not waited for; it is young anyway. A CTE,
+            // run once: as `id IN (subquery)` the planner may rescan the subquery per row,
+            // and each rescan can pick other rows, deleting more than the limit.
+            delete_processed: format!(
+                "WITH doomed AS (SELECT id FROM {t} \
+                 WHERE status = 'processed' AND processed_at < $1 \
+                 ORDER BY processed_at, id LIMIT $2 FOR UPDATE SKIP LOCKED) \
+                 DELETE FROM {t} AS t USING doomed WHERE t.id = doomed.id"
             ),
         }
     }

@@ -1,0 +1,94 @@
+//! The operations API: what an operator does to a running inbox, as library calls. The
+//! `eventflow` command is a thin layer over it.
+//!
+//! [`Admin`] wraps a store: counts and lag ([`Admin::inbox_status`]), dead letters listed with
+//! filters a page at a time, shown, and requeued ([`Admin::requeue_dead_letters`]), quarantined
+//! entries listed, shown and replayed with corrections ([`Admin::replay_quarantined`]), and
+//! processed rows purged in small batches ([`Admin::purge_processed`]). Stream-side operations
+//! take a [`crate::transport::Transport`]: [`stream_status`] and [`publish_event`].
+//!
+//! ```
+//! use eventflow::admin::Admin;
+//! use eventflow::store::{Page, RowFilter};
+//! use eventflow::{EventStatus, SqliteStore};
+//! use std::sync::Arc;
+//!
+//! let admin = Admin::new(Arc::new(SqliteStore::open_in_memory()?));
+//! admin.migrate()?;
+//! let status = admin.inbox_status()?;
+//! assert_eq!(status.counts.total(), 0);
+//! let dead = RowFilter { status: Some(EventStatus::DeadLetter), ..RowFilter::default() };
+//! assert!(admin.list_rows(&dead, Page::first(50))?.rows.is_empty());
+//! let requeued = admin.requeue_dead_letters(&dead, &mut |_so_far| {})?;
+//! assert_eq!(requeued, 0);
+//! # Ok::<(), eventflow::admin::AdminError>(())
+//! ```
+
+mod dead_letters;
+mod error;
+mod publish;
+mod purge;
+mod quarantine;
+mod status;
+
+pub use dead_letters::RowPage;
+pub use error::{AdminError, AdminResult};
+pub use publish::{parse_event_json, publish_event};
+pub use quarantine::{Correction, QuarantinePage};
+pub use status::{stream_status, InboxStatus, OutboxStatus, OUTBOX_TABLE};
+
+use crate::clock::{Clock, SystemClock};
+use crate::store::InboxStore;
+use std::sync::Arc;
+
+/// Rows changed per transaction by bulk operations (requeue, purge): small enough that each
+/// transaction holds its locks only briefly, so the consumer goes on meanwhile.
+pub const BATCH_ROWS: usize = 1000;
+
+/// Operations on one inbox. Cheap to clone.
+pub struct Admin<S: InboxStore> {
+    store: Arc<S>,
+    clock: Arc<dyn Clock>,
+}
+
+impl<S: InboxStore> Clone for Admin<S> {
+    fn clone(&self) -> Self {
+        Self {
+            store: self.store.clone(),
+            clock: self.clock.clone(),
+        }
+    }
+}
+
+impl<S: InboxStore> std::fmt::Debug for Admin<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Admin").finish_non_exhaustive()
+    }
+}
+
+impl<S: InboxStore> Admin<S> {
+    /// Operations on `store`'s inbox, on the system clock.
+    pub fn new(store: Arc<S>) -> Self {
+        Self {
+            store,
+            clock: Arc::new(SystemClock),
+        }
+    }
+
+    /// Uses `clock` for ages, purge cut-offs and replay times. Defaults to the system clock;
+    /// tests pass a [`crate::ManualClock`].
+    pub fn with_clock(mut self, clock: impl Clock) -> Self {
+        self.clock = Arc::new(clock);
+        self
+    }
+
+    /// The store.
+    pub fn store(&self) -> &S {
+        &self.store
+    }
+
+    /// Creates or upgrades the tables (idempotent; safe from several processes at once).
+    pub fn migrate(&self) -> AdminResult<()> {
+        Ok(self.store.migrate()?)
+    }
+}

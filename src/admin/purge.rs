@@ -1,0 +1,44 @@
+//! Deleting processed rows past their retention, in small batches.
+
+use super::{Admin, AdminError, AdminResult, BATCH_ROWS};
+use crate::store::{Cleanup, InboxStore, ProcessedCleanup};
+use std::time::Duration;
+
+impl<S: InboxStore> Admin<S> {
+    /// Deletes processed rows whose `processed_at` is more than `older_than` ago, oldest first,
+    /// [`BATCH_ROWS`] per transaction, so the table stays available to the consumer meanwhile.
+    /// Rows in any other status are kept. `progress` hears the running total after each batch.
+    /// Returns how many rows went.
+    pub fn purge_processed(
+        &self,
+        older_than: Duration,
+        progress: &mut dyn FnMut(u64),
+    ) -> AdminResult<u64> {
+        let older_than = chrono::Duration::from_std(older_than)
+            .map_err(|_| AdminError::InvalidInput("the age is too large".into()))?;
+        let before = self
+            .clock
+            .now()
+            .checked_sub_signed(older_than)
+            .ok_or_else(|| AdminError::InvalidInput("the age is too large".into()))?;
+        let mut total = 0;
+        loop {
+            let cleanup = ProcessedCleanup {
+                before,
+                limit: BATCH_ROWS,
+                exclusive: false,
+            };
+            let deleted = match self.store.delete_processed_before(&cleanup)? {
+                Cleanup::Deleted(deleted) => deleted,
+                Cleanup::Busy => 0, // not asked for exclusivity, so never
+            };
+            total += deleted;
+            progress(total);
+            if (deleted as usize) < BATCH_ROWS {
+                break;
+            }
+        }
+        tracing::info!(deleted = total, %before, "purged processed rows");
+        Ok(total)
+    }
+}

@@ -1,0 +1,225 @@
+//! The command line, as clap parses it.
+
+use super::text::{parse_age, parse_time};
+use chrono::{DateTime, Utc};
+use clap::{Args, Parser, Subcommand};
+use eventflow::store::Cursor;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Operate an eventflow inbox: counts and lag, dead letters, quarantined entries, purges, and
+/// publishing events by hand.
+///
+/// Exit codes: 0 ok; 1 the operation failed; 2 usage error; 3 cannot connect to the database
+/// or Redis; 4 not found.
+#[derive(Debug, Parser)]
+#[command(name = "eventflow", version, after_help = EXIT_CODES)]
+pub struct Cli {
+    #[command(flatten)]
+    pub connection: Connection,
+
+    /// Print JSON instead of tables, for scripts.
+    #[arg(long, global = true)]
+    pub json: bool,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+const EXIT_CODES: &str = "Exit codes:\n  0  ok\n  1  the operation failed\n  2  usage error\n  \
+                          3  cannot connect to the database or Redis\n  4  not found";
+
+/// Where the inbox and the stream are.
+#[derive(Debug, Args)]
+pub struct Connection {
+    /// The inbox database: `postgres://user:password@host/db` (or `host=... user=...`), or a
+    /// SQLite file (`sqlite://path` or a plain path).
+    #[arg(
+        long,
+        env = "EVENTFLOW_DATABASE_URL",
+        hide_env_values = true,
+        global = true
+    )]
+    pub database_url: Option<String>,
+
+    /// The Redis server (`redis://[:password@]host:port[/db]`).
+    #[arg(
+        long,
+        env = "EVENTFLOW_REDIS_URL",
+        hide_env_values = true,
+        default_value = "redis://127.0.0.1:6379",
+        global = true
+    )]
+    pub redis_url: String,
+
+    /// The inbox table (the quarantine table is `<table>_quarantine`).
+    #[arg(
+        long,
+        env = "EVENTFLOW_TABLE",
+        default_value = "event_inbox",
+        global = true
+    )]
+    pub table: String,
+
+    /// The stream (for `status` and `publish`).
+    #[arg(long, env = "EVENTFLOW_STREAM", global = true)]
+    pub stream: Option<String>,
+
+    /// The consumer group (for `status`).
+    #[arg(long, env = "EVENTFLOW_GROUP", global = true)]
+    pub group: Option<String>,
+
+    /// How long to wait for a connection before giving up (exit code 3), e.g. `5s`.
+    #[arg(long, default_value = "5s", value_parser = parse_age, global = true)]
+    pub connect_timeout: Duration,
+}
+
+/// What to do.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Create or upgrade the inbox tables (idempotent).
+    Migrate,
+    /// Inbox counts by status and lag, the consumer group's pending entries and lag, and the
+    /// outbox backlog.
+    Status,
+    /// Events whose handling was given up on.
+    #[command(subcommand)]
+    DeadLetters(DeadLetters),
+    /// Stream entries that did not parse into events.
+    #[command(subcommand)]
+    Quarantine(Quarantine),
+    /// Delete processed rows older than an age, 1,000 per transaction.
+    Purge {
+        /// E.g. `7d`, `12h`, `30m`, `90s`.
+        #[arg(long, value_parser = parse_age)]
+        older_than: Duration,
+    },
+    /// Add an event to the stream (needs --stream), in the recommended `data` style, after
+    /// checking it. `event_id` and `occurred_on` may be left out: they become a random UUID
+    /// and now.
+    Publish {
+        /// The event as a JSON object; `-` reads standard input.
+        #[arg(conflicts_with = "file", required_unless_present = "file")]
+        event: Option<String>,
+        /// Read the event from this file.
+        #[arg(long)]
+        file: Option<PathBuf>,
+    },
+}
+
+/// `dead-letters ...`
+#[derive(Debug, Subcommand)]
+pub enum DeadLetters {
+    /// List dead letters, oldest first.
+    List {
+        #[command(flatten)]
+        filter: RowFilterArgs,
+        #[command(flatten)]
+        page: PageArgs,
+    },
+    /// Show one row (any status), by event id or row id.
+    Show {
+        /// Event id or row id.
+        key: String,
+    },
+    /// Put dead letters back to pending (retries reset), one by key, those matching the
+    /// filters, or all of them with --all.
+    #[command(group(
+        clap::ArgGroup::new("which")
+            .required(true)
+            .multiple(true)
+            .args(["key", "all", "event_type", "error", "since", "until"])
+    ))]
+    Requeue {
+        /// Event id or row id of one dead letter.
+        #[arg(conflicts_with_all = ["all", "event_type", "error", "since", "until"])]
+        key: Option<String>,
+        /// Every dead letter.
+        #[arg(long, conflicts_with_all = ["event_type", "error", "since", "until"])]
+        all: bool,
+        #[command(flatten)]
+        filter: RowFilterArgs,
+    },
+}
+
+/// Filters on inbox rows.
+#[derive(Debug, Args, Default)]
+pub struct RowFilterArgs {
+    /// Only this event type.
+    #[arg(long)]
+    pub event_type: Option<String>,
+    /// Only rows whose error contains this text (either case).
+    #[arg(long)]
+    pub error: Option<String>,
+    /// Only rows received at or after this time: RFC 3339, or an age such as `2h` (ago).
+    #[arg(long, value_parser = parse_time)]
+    pub since: Option<DateTime<Utc>>,
+    /// Only rows received before this time: RFC 3339, or an age such as `30m` (ago).
+    #[arg(long, value_parser = parse_time)]
+    pub until: Option<DateTime<Utc>>,
+}
+
+impl RowFilterArgs {
+    pub fn is_empty(&self) -> bool {
+        self.event_type.is_none()
+            && self.error.is_none()
+            && self.since.is_none()
+            && self.until.is_none()
+    }
+}
+
+/// Paging.
+#[derive(Debug, Args)]
+pub struct PageArgs {
+    /// Most items to list.
+    #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    pub limit: u32,
+    /// Continue after this cursor (printed at the end of a full page).
+    #[arg(long, value_parser = |s: &str| s.parse::<Cursor>())]
+    pub after: Option<Cursor>,
+}
+
+/// `quarantine ...`
+#[derive(Debug, Subcommand)]
+pub enum Quarantine {
+    /// List quarantined entries, oldest first.
+    List {
+        /// Only entries from this stream.
+        #[arg(long)]
+        from_stream: Option<String>,
+        /// Only entries whose reason contains this text (either case).
+        #[arg(long)]
+        reason: Option<String>,
+        /// Only entries quarantined at or after this time (RFC 3339, or an age: `2h` ago).
+        #[arg(long, value_parser = parse_time)]
+        since: Option<DateTime<Utc>>,
+        /// Only entries quarantined before this time (RFC 3339, or an age).
+        #[arg(long, value_parser = parse_time)]
+        until: Option<DateTime<Utc>>,
+        /// Include entries replayed already.
+        #[arg(long)]
+        include_replayed: bool,
+        #[command(flatten)]
+        page: PageArgs,
+    },
+    /// Show one quarantined entry with its raw fields.
+    Show {
+        /// The entry's id.
+        id: uuid::Uuid,
+    },
+    /// Store a quarantined entry as a pending event, once fixed: as it is (after a parser
+    /// change), with a corrected `data` JSON object, or with fields set.
+    Replay {
+        /// The entry's id.
+        id: uuid::Uuid,
+        /// Replace the entry's fields with one `data` field holding this JSON object.
+        #[arg(long, conflicts_with = "set")]
+        data: Option<String>,
+        /// Set a field, `name=value` (repeatable); replaces the field of that name.
+        #[arg(long, value_name = "NAME=VALUE")]
+        set: Vec<String>,
+        /// The new row's max_retries.
+        #[arg(long, default_value_t = 3)]
+        max_retries: i32,
+    },
+}

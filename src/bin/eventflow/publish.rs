@@ -1,0 +1,47 @@
+//! `eventflow publish`: add an event to the stream by hand.
+
+use super::cli::Cli;
+use super::connect::open_redis;
+use super::output;
+use super::Failure;
+use eventflow::admin::{parse_event_json, publish_event};
+use serde_json::json;
+use std::io::Read;
+use std::path::Path;
+
+pub fn run(cli: &Cli, inline: Option<&str>, file: Option<&Path>) -> Result<(), Failure> {
+    let Some(stream) = &cli.connection.stream else {
+        return Err(Failure::Usage(
+            "publish needs the stream: pass --stream or set EVENTFLOW_STREAM".into(),
+        ));
+    };
+    let text = match (inline, file) {
+        (Some("-"), _) => {
+            let mut text = String::new();
+            std::io::stdin()
+                .read_to_string(&mut text)
+                .map_err(|error| Failure::Usage(format!("cannot read standard input: {error}")))?;
+            text
+        }
+        (Some(text), _) => text.to_string(),
+        (None, Some(path)) => std::fs::read_to_string(path)
+            .map_err(|error| Failure::Usage(format!("cannot read {}: {error}", path.display())))?,
+        (None, None) => return Err(Failure::Usage("give the event as JSON, or --file".into())),
+    };
+    let event = parse_event_json(&text, chrono::Utc::now())?;
+    let redis = open_redis(&cli.connection)?;
+    let entry_id = publish_event(&redis, stream, &event)?;
+    if cli.json {
+        output::json(&json!({
+            "stream": stream,
+            "entry_id": entry_id,
+            "event_id": event.event_id,
+        }));
+    } else {
+        println!(
+            "published event {} to {stream} as entry {entry_id}",
+            event.event_id
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,148 @@
+//! `eventflow quarantine list|show|replay`.
+
+use super::cli::{Cli, Quarantine};
+use super::output::{self, Table};
+use super::text::{cut, format_time};
+use super::Failure;
+use eventflow::admin::{Admin, Correction};
+use eventflow::quarantine::{encode_fields, QuarantinedEntry};
+use eventflow::store::{InboxStore, Page, QuarantineFilter};
+use serde_json::{json, Value};
+
+pub fn run<S: InboxStore>(
+    cli: &Cli,
+    admin: &Admin<S>,
+    command: &Quarantine,
+) -> Result<(), Failure> {
+    match command {
+        Quarantine::List {
+            from_stream,
+            reason,
+            since,
+            until,
+            include_replayed,
+            page,
+        } => {
+            let filter = QuarantineFilter {
+                stream: from_stream.clone(),
+                reason_contains: reason.clone(),
+                received_from: *since,
+                received_before: *until,
+                replayed: if *include_replayed { None } else { Some(false) },
+                ..QuarantineFilter::default()
+            };
+            let listed = admin.list_quarantined(
+                &filter,
+                Page {
+                    limit: page.limit as usize,
+                    after: page.after,
+                },
+            )?;
+            if cli.json {
+                output::json(&json!({
+                    "entries": listed.entries.iter().map(entry_json).collect::<Vec<_>>(),
+                    "next_cursor": listed.next.map(|cursor| cursor.to_string()),
+                }));
+                return Ok(());
+            }
+            if listed.entries.is_empty() {
+                println!("no quarantined entries");
+                return Ok(());
+            }
+            let mut table =
+                Table::new(&["ID", "STREAM", "ENTRY", "RECEIVED", "REPLAYED", "REASON"]);
+            for entry in &listed.entries {
+                table.row(vec![
+                    entry.id.to_string(),
+                    entry.stream.clone(),
+                    entry.stream_id.clone(),
+                    format_time(entry.received_at),
+                    entry
+                        .replayed_event_id
+                        .clone()
+                        .unwrap_or_else(|| "-".into()),
+                    cut(&entry.reason, 60),
+                ]);
+            }
+            table.print();
+            if let Some(next) = listed.next {
+                println!("more: --after {next}");
+            }
+            Ok(())
+        }
+        Quarantine::Show { id } => {
+            let entry = admin.find_quarantined(*id)?;
+            if cli.json {
+                output::json(&entry_json(&entry));
+                return Ok(());
+            }
+            println!("id          {}", entry.id);
+            println!("stream      {} (entry {})", entry.stream, entry.stream_id);
+            println!("received    {}", format_time(entry.received_at));
+            println!("reason      {}", entry.reason);
+            match (&entry.replayed_at, &entry.replayed_event_id) {
+                (Some(at), Some(event_id)) => {
+                    println!("replayed    {} as event {event_id}", format_time(*at))
+                }
+                _ => println!("replayed    no"),
+            }
+            println!("fields");
+            for pair in encode_fields(&entry.fields)
+                .as_array()
+                .into_iter()
+                .flatten()
+            {
+                let show = |v: &Value| v.as_str().map_or_else(|| v.to_string(), str::to_string);
+                println!("  {} = {}", show(&pair[0]), show(&pair[1]));
+            }
+            Ok(())
+        }
+        Quarantine::Replay {
+            id,
+            data,
+            set,
+            max_retries,
+        } => {
+            let correction = if let Some(data) = data {
+                Correction::Data(
+                    serde_json::from_str(data)
+                        .map_err(|error| Failure::Usage(format!("--data is not JSON: {error}")))?,
+                )
+            } else if !set.is_empty() {
+                let fields = set
+                    .iter()
+                    .map(|pair| {
+                        pair.split_once('=')
+                            .map(|(name, value)| (name.to_string(), value.to_string()))
+                            .ok_or_else(|| {
+                                Failure::Usage(format!("--set {pair:?}: expected NAME=VALUE"))
+                            })
+                    })
+                    .collect::<Result<Vec<_>, _>>()?;
+                Correction::Fields(fields)
+            } else {
+                Correction::AsIs
+            };
+            let event_id = admin.replay_quarantined(*id, correction, *max_retries)?;
+            if cli.json {
+                output::json(&json!({ "replayed": id, "event_id": event_id }));
+            } else {
+                println!("replayed {id} as event {event_id} (pending)");
+            }
+            Ok(())
+        }
+    }
+}
+
+fn entry_json(entry: &QuarantinedEntry) -> Value {
+    json!({
+        "id": entry.id,
+        "stream": entry.stream,
+        "stream_id": entry.stream_id,
+        "fields": encode_fields(&entry.fields),
+        "reason": entry.reason,
+        "received_at": entry.received_at,
+        "replayed_at": entry.replayed_at,
+        "replayed_event_id": entry.replayed_event_id,
+    })
+}

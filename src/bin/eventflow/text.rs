@@ -1,0 +1,120 @@
+//! Ages and times as operators type and read them.
+
+use chrono::{DateTime, Utc};
+use std::time::Duration;
+
+/// `90s`, `30m`, `12h`, `7d` (a bare number is seconds).
+pub fn parse_age(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let number: u64 = number
+        .parse()
+        .map_err(|_| format!("{text:?} is not an age such as 90s, 30m, 12h or 7d"))?;
+    let unit_secs = match unit {
+        "" | "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        _ => {
+            return Err(format!(
+                "unknown unit {unit:?} in {text:?}: use s, m, h or d"
+            ))
+        }
+    };
+    number
+        .checked_mul(unit_secs)
+        .map(Duration::from_secs)
+        .ok_or_else(|| format!("{text:?} is too long"))
+}
+
+/// An RFC 3339 time, or an age meaning that long ago.
+pub fn parse_time(text: &str) -> Result<DateTime<Utc>, String> {
+    if let Ok(at) = DateTime::parse_from_rfc3339(text) {
+        return Ok(at.to_utc());
+    }
+    let age = parse_age(text)
+        .map_err(|_| format!("{text:?} is neither an RFC 3339 time nor an age such as 2h"))?;
+    chrono::Duration::from_std(age)
+        .ok()
+        .and_then(|age| Utc::now().checked_sub_signed(age))
+        .ok_or_else(|| format!("{text:?} is too long ago"))
+}
+
+/// `3d 4h`, `5m 2s`, `12s`: the two largest units.
+pub fn format_age(age: Duration) -> String {
+    let secs = age.as_secs();
+    let parts = [
+        (secs / 86_400, "d"),
+        (secs % 86_400 / 3600, "h"),
+        (secs % 3600 / 60, "m"),
+        (secs % 60, "s"),
+    ];
+    let first = parts.iter().position(|(n, _)| *n > 0).unwrap_or(3);
+    parts[first..]
+        .iter()
+        .take(2)
+        .filter(|(n, _)| *n > 0 || first == 3)
+        .map(|(n, unit)| format!("{n}{unit}"))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// A time as tables show it: UTC to the second.
+pub fn format_time(at: DateTime<Utc>) -> String {
+    at.format("%Y-%m-%d %H:%M:%SZ").to_string()
+}
+
+/// `text` cut to `max` characters, with `…` when cut, on one line.
+pub fn cut(text: &str, max: usize) -> String {
+    let line = text.replace(['\n', '\r', '\t'], " ");
+    if line.chars().count() <= max {
+        return line;
+    }
+    let mut cut: String = line.chars().take(max.saturating_sub(1)).collect();
+    cut.push('…');
+    cut
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ages_parse_with_units() {
+        assert_eq!(parse_age("90s"), Ok(Duration::from_secs(90)));
+        assert_eq!(parse_age("30m"), Ok(Duration::from_secs(1800)));
+        assert_eq!(parse_age("12h"), Ok(Duration::from_secs(43_200)));
+        assert_eq!(parse_age("7d"), Ok(Duration::from_secs(604_800)));
+        assert_eq!(parse_age("15"), Ok(Duration::from_secs(15)));
+        for bad in ["", "d", "7w", "-1d", "1.5h", "99999999999999999999d"] {
+            assert!(parse_age(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn ages_print_two_units() {
+        assert_eq!(format_age(Duration::from_secs(0)), "0s");
+        assert_eq!(format_age(Duration::from_secs(59)), "59s");
+        assert_eq!(format_age(Duration::from_secs(302)), "5m 2s");
+        assert_eq!(
+            format_age(Duration::from_secs(3 * 86_400 + 4 * 3600 + 5)),
+            "3d 4h"
+        );
+        assert_eq!(format_age(Duration::from_secs(7200)), "2h");
+    }
+
+    #[test]
+    fn times_are_rfc3339_or_ages_ago() {
+        assert_eq!(
+            parse_time("2025-01-01T00:00:00Z").unwrap().to_rfc3339(),
+            "2025-01-01T00:00:00+00:00"
+        );
+        let hour_ago = parse_time("1h").unwrap();
+        let age = Utc::now() - hour_ago;
+        assert!(age >= chrono::Duration::seconds(3600) && age < chrono::Duration::seconds(3700));
+        assert!(parse_time("yesterday").is_err());
+    }
+}

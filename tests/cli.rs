@@ -1,0 +1,609 @@
+//! The `eventflow` command, run as a process against real PostgreSQL and Redis (and a SQLite
+//! file): its output, human and `--json`, and its exit codes. Each test counts what happened
+//! to the events it made.
+
+mod support;
+
+use eventflow::admin::parse_event_json;
+use eventflow::store::{InboxStore, PostgresStore, SqliteStore};
+use eventflow::transport::{MemoryStream, RedisStreams, Transport};
+use eventflow::{ConsumerHandle, EventStatus, HandlerError, HandlerResult, InboxConsumer};
+use serde_json::{json, Value};
+use std::path::PathBuf;
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use support::{postgres_url, redis_url, unique_name, wait_until};
+
+const WAIT: Duration = Duration::from_secs(30);
+const AGGREGATE: &str = "7c8f0a6a-7b7c-4c74-9cfb-2e2e2b9b1d33";
+
+/// What a run of the command did.
+struct Run {
+    code: i32,
+    stdout: String,
+    stderr: String,
+}
+
+impl Run {
+    fn json(&self) -> Value {
+        serde_json::from_str(&self.stdout)
+            .unwrap_or_else(|error| panic!("not JSON ({error}): {}\n{}", self.stdout, self.stderr))
+    }
+
+    fn ok(self) -> Self {
+        assert_eq!(
+            self.code, 0,
+            "stdout: {}\nstderr: {}",
+            self.stdout, self.stderr
+        );
+        self
+    }
+}
+
+/// Runs `eventflow` with `args` and only the environment given (no EVENTFLOW_* leaks in).
+fn eventflow(env: &[(&str, &str)], args: &[&str]) -> Run {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_eventflow"));
+    for (name, _) in std::env::vars() {
+        if name.starts_with("EVENTFLOW_") {
+            command.env_remove(name);
+        }
+    }
+    let output = command
+        .envs(env.iter().copied())
+        .args(args)
+        .output()
+        .expect("run eventflow");
+    Run {
+        code: output.status.code().expect("exited"),
+        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+    }
+}
+
+/// A PostgreSQL inbox table and a Redis stream of the test's own, removed at the end, and a
+/// consumer of them whose handler fails until `fixed` is set.
+struct Setup {
+    table: String,
+    stream: String,
+    group: String,
+    store: Arc<PostgresStore>,
+    fixed: Arc<AtomicBool>,
+    handled: Arc<AtomicUsize>,
+}
+
+impl Setup {
+    fn new(test: &str) -> Option<Self> {
+        if !support::postgres_available(test) || !support::redis_available(test) {
+            return None;
+        }
+        let table = unique_name("cli");
+        let store = PostgresStore::builder(postgres_url())
+            .table(&table)
+            .pool_size(8)
+            .build()
+            .unwrap();
+        Some(Self {
+            stream: unique_name("cli_stream"),
+            group: "billing".into(),
+            table,
+            store: Arc::new(store),
+            fixed: Arc::new(AtomicBool::new(false)),
+            handled: Arc::new(AtomicUsize::new(0)),
+        })
+    }
+
+    fn env(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("EVENTFLOW_DATABASE_URL", postgres_url()),
+            ("EVENTFLOW_REDIS_URL", redis_url()),
+            ("EVENTFLOW_TABLE", self.table.clone()),
+            ("EVENTFLOW_STREAM", self.stream.clone()),
+            ("EVENTFLOW_GROUP", self.group.clone()),
+        ]
+    }
+
+    fn run(&self, args: &[&str]) -> Run {
+        let env = self.env();
+        let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        eventflow(&env, args)
+    }
+
+    /// A consumer whose handler fails (one attempt, then dead letter) until `fixed`.
+    fn consumer(&self) -> ConsumerHandle {
+        let fixed = self.fixed.clone();
+        let handled = self.handled.clone();
+        InboxConsumer::builder()
+            .redis(redis_url())
+            .store(self.store.clone())
+            .stream(&self.stream)
+            .group(&self.group)
+            .readers(1)
+            .workers(2)
+            .block(Duration::from_millis(100))
+            .poll_interval(Duration::from_millis(50))
+            .orphan_after(Duration::ZERO)
+            .max_retries(1)
+            .handler(move |_tx, row| -> HandlerResult {
+                if row.event.event_type == "Broken" && !fixed.load(Ordering::SeqCst) {
+                    return Err("the billing service is down".into());
+                }
+                handled.fetch_add(1, Ordering::SeqCst);
+                Ok(())
+            })
+            .build()
+            .unwrap()
+            .start()
+            .unwrap()
+    }
+
+    fn count(&self, status: EventStatus) -> u64 {
+        self.store.count_by_status().unwrap().get(status)
+    }
+
+    fn sql(&self, sql: &str) {
+        let mut conn = self.store.pool().get().unwrap();
+        conn.batch_execute(&sql.replace("{t}", &self.table))
+            .unwrap();
+    }
+}
+
+impl Drop for Setup {
+    fn drop(&mut self) {
+        if let Ok(mut conn) = self.store.pool().get() {
+            let t = &self.table;
+            let _ = conn.batch_execute(&format!("DROP TABLE IF EXISTS {t}_quarantine, {t}"));
+            let _ = conn.execute(
+                "DELETE FROM eventflow_migrations WHERE target = $1",
+                &[&format!("inbox:{t}")],
+            );
+        }
+        if let Ok(client) = redis::Client::open(redis_url()) {
+            if let Ok(mut conn) = client.get_connection() {
+                let _: Result<(), _> = redis::cmd("DEL").arg(&self.stream).query(&mut conn);
+            }
+        }
+    }
+}
+
+fn event_json(event_id: &str, event_type: &str) -> String {
+    json!({
+        "event_id": event_id,
+        "event_type": event_type,
+        "aggregate_id": AGGREGATE,
+        "occurred_on": "2025-01-01T00:00:00Z",
+        "payload": {"order_id": event_id},
+    })
+    .to_string()
+}
+
+/// The full story: events published with the command are handled; one whose handler fails is
+/// dead-lettered, listed, shown, then requeued with the command once the handler is fixed, and
+/// handled; `status` counts it all; `purge` deletes only old processed rows.
+#[test]
+fn publish_dead_letter_requeue_status_and_purge() {
+    let Some(setup) = Setup::new("cli::publish_dead_letter_requeue_status_and_purge") else {
+        return;
+    };
+    setup.run(&["migrate"]).ok();
+    let handle = setup.consumer();
+
+    // `event_id` and `occurred_on` may be left out.
+    let minimal = json!({"event_type": "OrderCreated", "aggregate_id": AGGREGATE}).to_string();
+    let generated = setup.run(&["--json", "publish", &minimal]).ok().json();
+    assert_eq!(generated["event_id"].as_str().unwrap().len(), 36);
+    for i in 0..3 {
+        let published = setup
+            .run(&["publish", &event_json(&format!("ok-{i}"), "OrderCreated")])
+            .ok();
+        assert!(published
+            .stdout
+            .contains(&format!("published event ok-{i} to {}", setup.stream)));
+    }
+    let file = std::env::temp_dir().join(format!("{}.json", unique_name("event")));
+    std::fs::write(&file, event_json("broken-1", "Broken")).unwrap();
+    let published = setup
+        .run(&["--json", "publish", "--file", file.to_str().unwrap()])
+        .ok()
+        .json();
+    std::fs::remove_file(&file).unwrap();
+    assert_eq!(published["event_id"], "broken-1");
+    assert_eq!(published["stream"], setup.stream.as_str());
+    assert!(published["entry_id"].as_str().unwrap().contains('-'));
+
+    assert!(wait_until(WAIT, || setup.count(EventStatus::Processed)
+        == 4
+        && setup.count(EventStatus::DeadLetter) == 1));
+    assert_eq!(setup.handled.load(Ordering::SeqCst), 4);
+
+    // Status, as numbers.
+    let status = setup.run(&["status", "--json"]).ok().json();
+    assert_eq!(status["inbox"]["counts"]["processed"], 4);
+    assert_eq!(status["inbox"]["counts"]["dead_letter"], 1);
+    assert_eq!(status["inbox"]["counts"]["pending"], 0);
+    assert_eq!(status["inbox"]["total"], 5);
+    assert_eq!(status["inbox"]["oldest_pending_age_seconds"], Value::Null);
+    assert_eq!(status["stream"]["pending"], 0);
+    assert_eq!(status["stream"]["lag"], 0);
+    assert_eq!(status["outbox"]["installed"], false);
+    let human = setup.run(&["status"]).ok().stdout;
+    assert!(human.contains("processed    4"), "{human}");
+    assert!(human.contains("dead_letter  1"), "{human}");
+    assert!(human.contains("outbox: not installed"), "{human}");
+    assert!(
+        human.contains(&format!("stream: {}, group billing", setup.stream)),
+        "{human}"
+    );
+
+    // The dead letter, listed and shown.
+    let listed = setup.run(&["dead-letters", "list", "--json"]).ok().json();
+    let rows = listed["rows"].as_array().unwrap();
+    assert_eq!(rows.len(), 1);
+    assert_eq!(rows[0]["event_id"], "broken-1");
+    assert_eq!(rows[0]["error_message"], "the billing service is down");
+    assert_eq!(listed["next_cursor"], Value::Null);
+    let table = setup
+        .run(&["dead-letters", "list", "--error", "BILLING"])
+        .ok()
+        .stdout;
+    assert!(table.starts_with("EVENT ID"), "{table}");
+    assert!(line(&table, "broken-1 ").contains(" Broken "), "{table}");
+    let none = setup
+        .run(&["dead-letters", "list", "--event-type", "OrderCreated"])
+        .ok();
+    assert_eq!(none.stdout.trim(), "no dead letters");
+    let shown = setup.run(&["dead-letters", "show", "broken-1"]).ok().stdout;
+    assert!(shown.contains("status          dead_letter"), "{shown}");
+
+    // Requeueing a row that is not a dead letter fails; an unknown one is not found.
+    let wrong = setup.run(&["dead-letters", "requeue", "ok-0"]);
+    assert_eq!(wrong.code, 1, "{}", wrong.stderr);
+    assert!(
+        wrong.stderr.contains("not a dead letter"),
+        "{}",
+        wrong.stderr
+    );
+    let missing = setup.run(&["dead-letters", "requeue", "no-such-event"]);
+    assert_eq!(missing.code, 4, "{}", missing.stderr);
+
+    // Fixed: requeued, it succeeds.
+    setup.fixed.store(true, Ordering::SeqCst);
+    let requeued = setup.run(&["dead-letters", "requeue", "broken-1"]).ok();
+    assert!(
+        requeued.stdout.contains("requeued broken-1"),
+        "{}",
+        requeued.stdout
+    );
+    assert!(wait_until(WAIT, || setup.count(EventStatus::Processed) == 5));
+    assert_eq!(setup.handled.load(Ordering::SeqCst), 5);
+    let shown = setup
+        .run(&["--json", "dead-letters", "show", "broken-1"])
+        .ok()
+        .json();
+    assert_eq!(shown["status"], "processed");
+    assert_eq!(shown["replay_count"], 1);
+    assert_eq!(shown["retry_count"], 0);
+    assert!(shown["last_replayed_at"].is_string());
+
+    // Purge: three processed rows made ten days old, two kept young, a pending and a dead
+    // letter kept however old.
+    handle.shutdown(Duration::from_secs(10)).unwrap();
+    setup.sql(
+        "UPDATE {t} SET processed_at = now() - interval '10 days' WHERE event_id LIKE 'ok-%'; \
+         INSERT INTO {t} (event_id, stream_id, event_type, aggregate_id, occurred_on, payload, \
+           status, received_at, processed_at) VALUES \
+           ('old-pending', '0-1', 'X', gen_random_uuid(), now(), '{}', 'pending', \
+            now() - interval '30 days', now() - interval '30 days'), \
+           ('old-dead', '0-2', 'X', gen_random_uuid(), now(), '{}', 'dead_letter', \
+            now() - interval '30 days', now() - interval '30 days')",
+    );
+    let purged = setup
+        .run(&["purge", "--older-than", "7d", "--json"])
+        .ok()
+        .json();
+    assert_eq!(purged["deleted"], 3);
+    assert_eq!(purged["older_than_seconds"], 7 * 86_400);
+    let status = setup.run(&["--json", "status"]).ok().json();
+    assert_eq!(status["inbox"]["counts"]["processed"], 2);
+    assert_eq!(status["inbox"]["counts"]["pending"], 1);
+    assert_eq!(status["inbox"]["counts"]["dead_letter"], 1);
+    let again = setup.run(&["purge", "--older-than", "1h"]).ok();
+    assert_eq!(
+        again.stdout.trim(),
+        "deleted 0 processed rows older than 1h"
+    );
+
+    // Bulk requeue by filter, with --all as the alternative.
+    let bulk = setup
+        .run(&["--json", "dead-letters", "requeue", "--all"])
+        .ok()
+        .json();
+    assert_eq!(bulk["requeued"], 1);
+    assert_eq!(setup.count(EventStatus::DeadLetter), 0);
+    assert_eq!(setup.count(EventStatus::Pending), 2);
+}
+
+/// A malformed entry is quarantined by the consumer, listed, shown, replayed with a corrected
+/// `data` object, and then handled.
+#[test]
+fn quarantine_list_show_and_replay() {
+    let Some(setup) = Setup::new("cli::quarantine_list_show_and_replay") else {
+        return;
+    };
+    setup.fixed.store(true, Ordering::SeqCst);
+    let handle = setup.consumer();
+    let redis = RedisStreams::connect(&redis_url()).unwrap();
+    redis
+        .publish(
+            &setup.stream,
+            vec![("data".into(), b"{\"event_id\": \"q-1\", oops".to_vec())],
+        )
+        .unwrap();
+    redis
+        .publish(&setup.stream, vec![("event_id".into(), b"q-2".to_vec())])
+        .unwrap();
+    assert!(wait_until(WAIT, || handle.stats().quarantined == 2));
+
+    let listed = setup.run(&["quarantine", "list", "--json"]).ok().json();
+    let entries = listed["entries"].as_array().unwrap();
+    assert_eq!(entries.len(), 2);
+    let (bad_json, no_type): (Vec<&Value>, Vec<&Value>) = entries
+        .iter()
+        .partition(|entry| entry["reason"].as_str().unwrap().contains("not JSON"));
+    assert_eq!((bad_json.len(), no_type.len()), (1, 1), "{listed}");
+    let id = bad_json[0]["id"].as_str().unwrap().to_string();
+    let missing_type = setup
+        .run(&["quarantine", "list", "--reason", "event_type"])
+        .ok()
+        .stdout;
+    assert!(missing_type.starts_with("ID"), "{missing_type}");
+    assert_eq!(missing_type.lines().count(), 2, "{missing_type}");
+    let shown = setup.run(&["quarantine", "show", &id]).ok().stdout;
+    assert!(
+        shown.contains("data = {\"event_id\": \"q-1\", oops"),
+        "{shown}"
+    );
+
+    // Still broken: the error names the field, nothing is stored.
+    let still_bad = setup.run(&[
+        "quarantine",
+        "replay",
+        &id,
+        "--data",
+        "{\"event_id\": \"q-1\"}",
+    ]);
+    assert_eq!(still_bad.code, 2, "{}", still_bad.stderr);
+    assert!(
+        still_bad.stderr.contains("event_type"),
+        "{}",
+        still_bad.stderr
+    );
+
+    let replayed = setup
+        .run(&[
+            "--json",
+            "quarantine",
+            "replay",
+            &id,
+            "--data",
+            &event_json("q-1", "OrderCreated"),
+        ])
+        .ok()
+        .json();
+    assert_eq!(replayed["event_id"], "q-1");
+    assert!(wait_until(WAIT, || setup.count(EventStatus::Processed) == 1));
+    assert_eq!(setup.handled.load(Ordering::SeqCst), 1);
+
+    // The second, fixed field by field.
+    let second = no_type[0]["id"].as_str().unwrap();
+    let occurred = "--set=occurred_on=2025-01-01T00:00:00Z";
+    setup
+        .run(&[
+            "quarantine",
+            "replay",
+            second,
+            "--set",
+            "event_type=OrderPaid",
+            "--set",
+            &format!("aggregate_id={AGGREGATE}"),
+            occurred,
+        ])
+        .ok();
+    assert!(wait_until(WAIT, || setup.count(EventStatus::Processed) == 2));
+
+    // Replayed entries leave the default listing; replaying again is refused.
+    let left = setup.run(&["--json", "quarantine", "list"]).ok().json();
+    assert_eq!(left["entries"].as_array().unwrap().len(), 0);
+    let all = setup
+        .run(&["--json", "quarantine", "list", "--include-replayed"])
+        .ok()
+        .json();
+    let replayed_as: Vec<&Value> = all["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|entry| &entry["replayed_event_id"])
+        .collect();
+    assert!(replayed_as.contains(&&json!("q-1")) && replayed_as.contains(&&json!("q-2")));
+    let twice = setup.run(&["quarantine", "replay", &id]);
+    assert_eq!(twice.code, 1, "{}", twice.stderr);
+    let unknown = setup.run(&["quarantine", "show", &uuid::Uuid::new_v4().to_string()]);
+    assert_eq!(unknown.code, 4, "{}", unknown.stderr);
+    handle.shutdown(Duration::from_secs(10)).unwrap();
+}
+
+/// Bad usage is exit code 2; an unreachable database or Redis is 3, and the password in the
+/// connection settings appears nowhere in the output.
+#[test]
+fn usage_errors_and_unreachable_servers_have_their_exit_codes() {
+    for args in [
+        &["frobnicate"][..],
+        &["purge", "--older-than", "7w"],
+        &["purge"],
+        &["dead-letters", "requeue"],
+        &["dead-letters", "list", "--limit", "0"],
+        &["publish", "{}"],
+    ] {
+        let run = eventflow(&[("EVENTFLOW_DATABASE_URL", "/nonexistent/inbox.db")], args);
+        assert_eq!(run.code, 2, "{args:?}: {}", run.stderr);
+    }
+    let no_database = eventflow(&[], &["status"]);
+    assert_eq!(no_database.code, 2);
+    assert!(no_database.stderr.contains("EVENTFLOW_DATABASE_URL"));
+    let invalid_event = eventflow(
+        &[("EVENTFLOW_STREAM", "s")],
+        &["publish", "{\"event_type\": \"X\"}"],
+    );
+    assert_eq!(invalid_event.code, 2, "{}", invalid_event.stderr);
+    assert!(
+        invalid_event.stderr.contains("aggregate_id"),
+        "{}",
+        invalid_event.stderr
+    );
+
+    let password = "TopSecret-8472";
+    for url in [
+        format!("postgres://postgres:{password}@127.0.0.1:1/test"),
+        format!("host=127.0.0.1 port=1 user=postgres password={password} dbname=test"),
+    ] {
+        for json in [false, true] {
+            let mut args = vec!["--connect-timeout", "1s", "status"];
+            if json {
+                args.push("--json");
+            }
+            let run = eventflow(&[("EVENTFLOW_DATABASE_URL", url.as_str())], &args);
+            assert_eq!(run.code, 3, "{}", run.stderr);
+            assert!(run.stderr.contains("cannot connect"), "{}", run.stderr);
+            assert!(!run.stdout.contains(password) && !run.stderr.contains(password));
+        }
+    }
+    let redis_down = eventflow(
+        &[
+            (
+                "EVENTFLOW_REDIS_URL",
+                &format!("redis://:{password}@127.0.0.1:1"),
+            ),
+            ("EVENTFLOW_STREAM", "s"),
+        ],
+        &[
+            "--connect-timeout",
+            "1s",
+            "publish",
+            &event_json("e-1", "OrderCreated"),
+        ],
+    );
+    assert_eq!(redis_down.code, 3, "{}", redis_down.stderr);
+    assert!(!redis_down.stderr.contains(password) && !redis_down.stdout.contains(password));
+    let missing_file = eventflow(
+        &[("EVENTFLOW_DATABASE_URL", "sqlite:///nonexistent/inbox.db")],
+        &["status"],
+    );
+    assert_eq!(missing_file.code, 3, "{}", missing_file.stderr);
+
+    let help = eventflow(&[], &["--help"]);
+    assert_eq!(help.code, 0);
+    assert!(help.stdout.contains("4  not found"), "{}", help.stdout);
+}
+
+/// A SQLite file works the same: migrate, status, dead letters listed and requeued.
+#[test]
+fn sqlite_files_are_operated_too() {
+    let path: PathBuf = std::env::temp_dir().join(format!("{}.db", unique_name("cli")));
+    let url = format!("sqlite://{}", path.display());
+    let env = [("EVENTFLOW_DATABASE_URL", url.as_str())];
+    let migrated = eventflow(&env, &["migrate"]).ok();
+    assert!(
+        migrated.stdout.contains("migrated event_inbox (SQLite)"),
+        "{}",
+        migrated.stdout
+    );
+    eventflow(&env, &["migrate"]).ok();
+
+    // A consumer on the same file dead-letters one event of three.
+    let stream = MemoryStream::new();
+    let store = Arc::new(SqliteStore::open(&path).unwrap());
+    let handle = start_sqlite_consumer(&stream, &store);
+    for (id, event_type) in [
+        ("s-1", "OrderCreated"),
+        ("s-2", "Poison"),
+        ("s-3", "OrderCreated"),
+    ] {
+        let event = parse_event_json(&event_json(id, event_type), chrono::Utc::now()).unwrap();
+        stream.publish("orders", event.to_entry_fields()).unwrap();
+    }
+    assert!(wait_until(WAIT, || {
+        let counts = store.count_by_status().unwrap();
+        counts.get(EventStatus::Processed) == 2 && counts.get(EventStatus::DeadLetter) == 1
+    }));
+    handle.shutdown(Duration::from_secs(10)).unwrap();
+    drop(store);
+
+    let status = eventflow(&env, &["--json", "status"]).ok().json();
+    assert_eq!(status["inbox"]["database"], "SQLite");
+    assert_eq!(status["inbox"]["counts"]["processed"], 2);
+    assert_eq!(status["inbox"]["counts"]["dead_letter"], 1);
+    assert_eq!(status["stream"], Value::Null);
+    let human = eventflow(&env, &["status"]).ok().stdout;
+    assert!(human.contains("dead_letter  1"), "{human}");
+    let listed = eventflow(&env, &["dead-letters", "list"]).ok().stdout;
+    let s2 = line(&listed, "s-2 ");
+    assert!(
+        s2.contains("Poison") && s2.contains("cannot handle poison"),
+        "{listed}"
+    );
+    assert_eq!(listed.lines().count(), 2, "{listed}");
+    let requeued = eventflow(
+        &env,
+        &[
+            "--json",
+            "dead-letters",
+            "requeue",
+            "--event-type",
+            "Poison",
+        ],
+    )
+    .ok()
+    .json();
+    assert_eq!(requeued["requeued"], 1);
+    let shown = eventflow(&env, &["--json", "dead-letters", "show", "s-2"])
+        .ok()
+        .json();
+    assert_eq!(shown["status"], "pending");
+    assert_eq!(shown["replay_count"], 1);
+    let purged = eventflow(&env, &["purge", "--older-than", "0s"]).ok();
+    assert_eq!(
+        purged.stdout.trim(),
+        "deleted 2 processed rows older than 0s"
+    );
+
+    for suffix in ["", "-wal", "-shm"] {
+        let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
+    }
+}
+
+/// Starts an embedded consumer of `stream` into `store` that gives up on `Poison` events.
+fn start_sqlite_consumer(stream: &MemoryStream, store: &Arc<SqliteStore>) -> ConsumerHandle {
+    InboxConsumer::builder()
+        .transport(stream.clone())
+        .store(store.clone())
+        .stream("orders")
+        .group("billing")
+        .handler(|_tx, row| -> HandlerResult {
+            if row.event.event_type == "Poison" {
+                return Err(HandlerError::give_up("cannot handle poison"));
+            }
+            Ok(())
+        })
+        .build()
+        .unwrap()
+        .start()
+        .unwrap()
+}
+
+/// The line of `text` that starts with `first`.
+fn line<'t>(text: &'t str, first: &str) -> &'t str {
+    text.lines()
+        .find(|line| line.starts_with(first))
+        .unwrap_or_else(|| panic!("no line starting with {first:?} in:\n{text}"))
+}
