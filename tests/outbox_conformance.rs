@@ -12,8 +12,8 @@ mod support;
 use chrono::{DateTime, Duration as Span, Utc};
 use eventflow::outbox::{EnqueueError, OutboxTable};
 use eventflow::store::outbox::{
-    ClaimDue, Delivery, OutboxRow, OutboxStatus, OutboxStore, PostgresOutbox, Requeue, RowOutcome,
-    SqliteOutbox,
+    ClaimDue, Delivery, OutboxPage, OutboxRow, OutboxStatus, OutboxStore, PostgresOutbox, Requeue,
+    RowOutcome, SqliteOutbox,
 };
 use eventflow::Event;
 use parking_lot::Mutex;
@@ -543,6 +543,46 @@ fn retention_deletes_only_published_rows_older_than_the_cutoff_in_batches<B: Bac
     assert_eq!(one(b, &pending.event_id).status, OutboxStatus::Pending);
 }
 
+fn rows_are_listed_by_status_a_page_at_a_time<B: Backend>(b: &B) {
+    let events: Vec<Event> = (0..5).map(|n| event(Uuid::new_v4(), n)).collect();
+    b.enqueue("orders", &events, true).unwrap();
+    let now = Utc::now();
+    b.publish_due(&ClaimDue { limit: 2, now }, &mut |rows| {
+        Delivery::Settled(
+            rows.iter()
+                .map(|_| RowOutcome::DeadLetter {
+                    error: "refused".into(),
+                })
+                .collect(),
+        )
+    })
+    .unwrap();
+    let page = |status, after_id, limit| {
+        ids_of(
+            &b.list_rows(&OutboxPage {
+                status,
+                after_id,
+                limit,
+            })
+            .unwrap(),
+        )
+    };
+    let all: Vec<String> = events.iter().map(|e| e.event_id.clone()).collect();
+    assert_eq!(page(None, None, 10), all);
+    assert_eq!(page(Some(OutboxStatus::DeadLetter), None, 10), all[..2]);
+    assert_eq!(page(Some(OutboxStatus::Pending), None, 2), all[2..4]);
+    let last = b
+        .list_rows(&OutboxPage {
+            status: Some(OutboxStatus::Pending),
+            after_id: None,
+            limit: 2,
+        })
+        .unwrap()[1]
+        .id;
+    assert_eq!(page(Some(OutboxStatus::Pending), Some(last), 2), all[4..]);
+    assert!(page(Some(OutboxStatus::Published), None, 10).is_empty());
+}
+
 /// Runs each listed check once per backend, as `sqlite::<check>` and `postgres::<check>`.
 macro_rules! conformance {
     ($($check:ident),* $(,)?) => {
@@ -586,4 +626,5 @@ conformance!(
     held_back_rows_do_not_crowd_out_publishable_ones,
     concurrent_relays_never_share_a_row_and_keep_aggregate_order,
     retention_deletes_only_published_rows_older_than_the_cutoff_in_batches,
+    rows_are_listed_by_status_a_page_at_a_time,
 );

@@ -186,6 +186,17 @@ pub enum Requeue<'a> {
     All,
 }
 
+/// Which rows [`OutboxStore::list_rows`] returns: a page in `id` order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OutboxPage {
+    /// Only rows in this status; `None` for every status.
+    pub status: Option<OutboxStatus>,
+    /// Only rows with a larger id: the last id of the previous page.
+    pub after_id: Option<i64>,
+    /// Most rows returned.
+    pub limit: usize,
+}
+
 /// Wakes a relay when rows are committed to the outbox, so it need not poll.
 pub trait EnqueueListener: Send {
     /// Waits up to `timeout` for a notice that rows were enqueued; `Ok(true)` when one came.
@@ -228,6 +239,9 @@ pub trait OutboxStore: Send + Sync + 'static {
     /// Every row of the event, in enqueue order (one event may go to several streams).
     fn find_by_event_id(&self, event_id: &str) -> Result<Vec<OutboxRow>, StoreError>;
 
+    /// A page of rows in `id` order, for operators.
+    fn list_rows(&self, page: &OutboxPage) -> Result<Vec<OutboxRow>, StoreError>;
+
     /// Sends dead-lettered rows back to `pending` with attempts reset; returns how many.
     fn requeue_dead_letters(&self, which: Requeue<'_>) -> Result<usize, StoreError>;
 
@@ -267,6 +281,9 @@ impl<S: OutboxStore + ?Sized> OutboxStore for std::sync::Arc<S> {
     }
     fn find_by_event_id(&self, event_id: &str) -> Result<Vec<OutboxRow>, StoreError> {
         (**self).find_by_event_id(event_id)
+    }
+    fn list_rows(&self, page: &OutboxPage) -> Result<Vec<OutboxRow>, StoreError> {
+        (**self).list_rows(page)
     }
     fn requeue_dead_letters(&self, which: Requeue<'_>) -> Result<usize, StoreError> {
         (**self).requeue_dead_letters(which)

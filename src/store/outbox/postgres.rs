@@ -11,8 +11,8 @@
 //! skip it for that batch, so one aggregate is never published by two relays at once.
 
 use super::{
-    check_outcomes, tally, ClaimDue, Delivery, EnqueueListener, OutboxCounts, OutboxRow,
-    OutboxStatus, OutboxStore, PublishRound, Requeue, RowOutcome, DEFAULT_OUTBOX_TABLE,
+    check_outcomes, tally, ClaimDue, Delivery, EnqueueListener, OutboxCounts, OutboxPage,
+    OutboxRow, OutboxStatus, OutboxStore, PublishRound, Requeue, RowOutcome, DEFAULT_OUTBOX_TABLE,
 };
 use crate::event::Event;
 use crate::store::migrations::Migration;
@@ -293,6 +293,18 @@ impl OutboxStore for PostgresOutbox {
             .collect()
     }
 
+    fn list_rows(&self, page: &OutboxPage) -> Result<Vec<OutboxRow>, StoreError> {
+        let status = page.status.map(OutboxStatus::as_str);
+        let after = page.after_id.unwrap_or(i64::MIN);
+        let limit = i64::try_from(page.limit).unwrap_or(i64::MAX);
+        self.connection()?
+            .query(&self.sql.list_rows, &[&status, &after, &limit])
+            .map_err(pg("list outbox rows"))?
+            .iter()
+            .map(read_row)
+            .collect()
+    }
+
     fn requeue_dead_letters(&self, which: Requeue<'_>) -> Result<usize, StoreError> {
         let (ids, all): (&[i64], bool) = match which {
             Requeue::Ids(ids) => (ids, false),
@@ -432,6 +444,7 @@ struct Queries {
     delete_published: String,
     count_by_status: String,
     find_by_event_id: String,
+    list_rows: String,
     requeue_dead_letters: String,
 }
 
@@ -494,6 +507,11 @@ impl Queries {
                  FROM {t} GROUP BY status"
             ),
             find_by_event_id: format!("SELECT {COLUMNS} FROM {t} WHERE event_id = $1 ORDER BY id"),
+            list_rows: format!(
+                "SELECT {COLUMNS} FROM {t}
+                 WHERE ($1::varchar IS NULL OR status = $1) AND id > $2
+                 ORDER BY id LIMIT $3"
+            ),
             requeue_dead_letters: format!(
                 "UPDATE {t} SET status = 'pending', attempts = 0, next_attempt_at = NULL
                  WHERE status = 'dead_letter' AND ($2 OR id = ANY($1))"

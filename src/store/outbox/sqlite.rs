@@ -4,8 +4,8 @@
 //! processes out. Values are stored in the same text forms as the inbox's.
 
 use super::{
-    check_outcomes, tally, ClaimDue, Delivery, OutboxCounts, OutboxRow, OutboxStatus, OutboxStore,
-    PublishRound, Requeue, RowOutcome, DEFAULT_OUTBOX_TABLE,
+    check_outcomes, tally, ClaimDue, Delivery, OutboxCounts, OutboxPage, OutboxRow, OutboxStatus,
+    OutboxStore, PublishRound, Requeue, RowOutcome, DEFAULT_OUTBOX_TABLE,
 };
 use crate::event::Event;
 use crate::store::migrations::Migration;
@@ -270,6 +270,31 @@ impl OutboxStore for SqliteOutbox {
         let rows = statement
             .query_map([event_id], read_columns)
             .map_err(lite("find outbox rows"))?;
+        rows.map(|row| row.map_err(lite("read outbox row")).and_then(into_row))
+            .collect()
+    }
+
+    fn list_rows(&self, page: &OutboxPage) -> Result<Vec<OutboxRow>, StoreError> {
+        let t = &self.table;
+        let conn = self.conn.lock();
+        let mut statement = conn
+            .prepare_cached(&format!(
+                "SELECT {COLUMNS} FROM {t}
+                 WHERE (?1 IS NULL OR status = ?1) AND id > ?2
+                 ORDER BY id LIMIT ?3"
+            ))
+            .map_err(lite("list outbox rows"))?;
+        let limit = i64::try_from(page.limit).unwrap_or(i64::MAX);
+        let rows = statement
+            .query_map(
+                params![
+                    page.status.map(OutboxStatus::as_str),
+                    page.after_id.unwrap_or(i64::MIN),
+                    limit
+                ],
+                read_columns,
+            )
+            .map_err(lite("list outbox rows"))?;
         rows.map(|row| row.map_err(lite("read outbox row")).and_then(into_row))
             .collect()
     }
