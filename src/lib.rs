@@ -10,6 +10,10 @@
 //! exponential backoff (60 s doubling to 15 min) or dead-letters the event. Malformed entries
 //! are kept in a quarantine table, never dropped.
 //!
+//! Its producer-side twin is the **transactional outbox** ([`outbox`]): `outbox::enqueue` writes
+//! an event in the application's own transaction, and an [`OutboxRelay`] publishes it once that
+//! transaction commits (never if it rolls back), keeping each aggregate's events in order.
+//!
 //! # Quick start
 //! ```
 //! use eventflow::transport::{MemoryStream, Transport};

@@ -13,6 +13,7 @@ use eventflow::inbox::metrics::{
     LABEL_STREAM, OCCURRED_TO_PROCESSED, PROCESSED, QUARANTINED, QUEUED_ROWS, RECEIVED,
     RECEIVED_TO_PROCESSED, RECLAIMED,
 };
+use eventflow::outbox::metrics as relay;
 use eventflow::quarantine::QuarantinedEntry;
 use eventflow::store::{
     ClaimParams, InboxStore, QuarantineReplay, ReceivedBatch, RowHandler, Settled, SqliteStore,
@@ -426,4 +427,75 @@ fn gauges_show_queued_rows_and_busy_workers_and_return_to_zero() {
     );
     handle.shutdown(Duration::from_secs(10)).unwrap();
     assert_eq!(gauges(), (0.0, 0.0));
+}
+
+/// The relay's series for outbox table `table`.
+fn relay_series<'a, T>(map: &'a HashMap<Key, T>, name: &str, table: &str) -> Option<&'a T> {
+    map.iter()
+        .find(|(key, _)| {
+            key.name() == name
+                && key
+                    .labels()
+                    .any(|l| l.key() == relay::LABEL_TABLE && l.value() == table)
+        })
+        .map(|(_, value)| value)
+}
+
+fn relay_counter(name: &str, table: &str) -> u64 {
+    relay_series(&recorder().counters.lock(), name, table)
+        .unwrap_or_else(|| panic!("no counter {name} for {table}"))
+        .load(Ordering::SeqCst)
+}
+
+#[test]
+fn the_relay_counts_what_it_published_and_deleted_and_how_long_rows_waited() {
+    recorder();
+    let table = unique_name("ef_relay_metrics");
+    let outbox = eventflow::store::outbox::SqliteOutbox::open_in_memory()
+        .unwrap()
+        .with_table(&table)
+        .unwrap();
+    eventflow::store::outbox::OutboxStore::migrate(&outbox).unwrap();
+    outbox.with_connection(|conn| {
+        let mut tx = conn.transaction().unwrap();
+        let events: Vec<Event> = (0..3)
+            .map(|n| Event::new("Numbered", Uuid::new_v4(), serde_json::json!({ "n": n })))
+            .collect();
+        eventflow::outbox::OutboxTable::named(&table)
+            .unwrap()
+            .enqueue_batch(&mut tx, "orders", &events)
+            .unwrap();
+        tx.commit().unwrap();
+    });
+    let clock = ManualClock::starting_now();
+    let relay = eventflow::OutboxRelay::builder()
+        .store(outbox)
+        .transport(MemoryStream::new())
+        .clock(clock.clone())
+        .retention(Some(Duration::from_secs(3600)))
+        .retention_interval(Duration::from_millis(10))
+        .build()
+        .unwrap()
+        .start()
+        .unwrap();
+    assert!(wait_until(WAIT, || relay.stats().published == 3));
+    clock.advance(Duration::from_secs(2 * 3600));
+    assert!(wait_until(WAIT, || relay.stats().deleted == 3));
+    relay.shutdown(WAIT).unwrap();
+
+    assert_eq!(relay_counter(relay::PUBLISHED, &table), 3);
+    assert_eq!(relay_counter(relay::DELETED, &table), 3);
+    assert_eq!(relay_counter(relay::RETRIED, &table), 0);
+    assert_eq!(relay_counter(relay::DEAD_LETTERED, &table), 0);
+    let waited = relay_series(
+        &recorder().histograms.lock(),
+        relay::ENQUEUED_TO_PUBLISHED,
+        &table,
+    )
+    .expect("the latency histogram")
+    .0
+    .lock()
+    .clone();
+    assert_eq!(waited.len(), 3, "one sample per published row: {waited:?}");
+    assert!(waited.iter().all(|s| (0.0..60.0).contains(s)), "{waited:?}");
 }

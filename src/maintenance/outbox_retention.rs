@@ -3,9 +3,9 @@
 
 use super::Service;
 use crate::clock::Clock;
+use crate::outbox::Counters;
 use crate::store::outbox::OutboxStore;
 use crate::store::StoreError;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -18,8 +18,8 @@ pub(crate) struct OutboxRetention {
     /// Published rows older than this go.
     pub keep: Duration,
     pub interval: Duration,
-    /// Rows deleted so far.
-    pub deleted: Arc<AtomicU64>,
+    /// Where the relay counts what went.
+    pub counters: Arc<Counters>,
 }
 
 impl OutboxRetention {
@@ -34,7 +34,7 @@ impl OutboxRetention {
         loop {
             let deleted = self.store.delete_published_before(before, BATCH)?;
             total += deleted as u64;
-            self.deleted.fetch_add(deleted as u64, Ordering::Relaxed);
+            self.counters.deleted(deleted as u64);
             if deleted < BATCH || stopping() {
                 return Ok(total);
             }

@@ -4,10 +4,10 @@
 
 use super::Service;
 use crate::clock::Clock;
+use crate::outbox::Counters;
 use crate::transport::{Transport, TransportError};
 use parking_lot::Mutex;
 use std::collections::BTreeSet;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -19,8 +19,8 @@ pub(crate) struct StreamTrim {
     pub interval: Duration,
     /// Streams published to so far.
     pub streams: Arc<Mutex<BTreeSet<String>>>,
-    /// Entries trimmed so far.
-    pub trimmed: Arc<AtomicU64>,
+    /// Where the relay counts what went.
+    pub counters: Arc<Counters>,
 }
 
 impl StreamTrim {
@@ -37,7 +37,7 @@ impl StreamTrim {
         let mut total = 0;
         for stream in streams {
             let trimmed = self.transport.trim_consumed(&stream, &floor)?;
-            self.trimmed.fetch_add(trimmed, Ordering::Relaxed);
+            self.counters.trimmed(trimmed);
             total += trimmed;
         }
         Ok(total)

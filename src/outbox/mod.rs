@@ -37,7 +37,9 @@
 //! ```
 
 mod enqueue;
+pub mod metrics;
 mod relay;
 
 pub use enqueue::{enqueue, enqueue_batch, EnqueueError, OutboxTable, OutboxWriter};
+pub(crate) use relay::Counters;
 pub use relay::{OutboxRelay, RelayBuilder, RelayHandle, RelayReport, RelayStats};

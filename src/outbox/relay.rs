@@ -14,6 +14,7 @@ use crate::inbox::Threads;
 use crate::maintenance::outbox_retention::OutboxRetention;
 use crate::maintenance::run as run_service;
 use crate::maintenance::stream_trim::StreamTrim;
+use crate::outbox::metrics::RelayMetrics;
 use crate::retry::{ExponentialBackoff, RetryPolicy};
 use crate::store::outbox::{
     ClaimDue, Delivery, EnqueueListener, OutboxRow, OutboxStore, PublishRound, RowOutcome,
@@ -344,7 +345,7 @@ impl OutboxRelay {
         });
 
         let stopping = Arc::new(AtomicBool::new(false));
-        let counters = Arc::new(Counters::default());
+        let counters = Arc::new(Counters::new(self.store.table()));
         let streams = Arc::new(Mutex::new(BTreeSet::new()));
         let shared = Arc::new(Shared {
             store: self.store.clone(),
@@ -383,7 +384,7 @@ impl OutboxRelay {
                 clock: self.clock.clone(),
                 keep,
                 interval: self.retention_interval,
-                deleted: counters.deleted.clone(),
+                counters: counters.clone(),
             };
             let stop = stop_rx.clone();
             threads.spawn("eventflow-outbox-retention".to_string(), move || {
@@ -397,7 +398,7 @@ impl OutboxRelay {
                 keep,
                 interval: self.trim_interval,
                 streams,
-                trimmed: counters.trimmed.clone(),
+                counters: counters.clone(),
             };
             let stop = stop_rx.clone();
             threads.spawn("eventflow-stream-trim".to_string(), move || {
@@ -441,21 +442,32 @@ fn publish_until_stopped(shared: &Shared, wake: &Receiver<()>, stop: &Receiver<(
             limit: shared.batch_size,
             now,
         };
+        // When the published rows were enqueued, recorded once their batch commits.
+        let mut enqueued = Vec::new();
         // A panicking clock, policy or transport must not end the thread.
         let round = catch_unwind(AssertUnwindSafe(|| {
-            shared
-                .store
-                .publish_due(&claim, &mut |rows| deliver(shared, rows, now))
+            shared.store.publish_due(&claim, &mut |rows| {
+                let delivery = deliver(shared, rows, now);
+                if let Delivery::Settled(outcomes) = &delivery {
+                    enqueued.clear();
+                    enqueued.extend(rows.iter().zip(outcomes).filter_map(|(row, outcome)| {
+                        matches!(outcome, RowOutcome::Published { .. }).then_some(row.created_at)
+                    }));
+                }
+                delivery
+            })
         }));
         match round {
             Ok(Ok(round)) if round.abandoned => {
-                shared.counters.abandoned.fetch_add(1, Ordering::Relaxed);
+                shared.counters.abandoned();
                 if !backoff.wait(&shared.stopping) {
                     return;
                 }
             }
             Ok(Ok(round)) => {
-                shared.counters.record(&round);
+                shared
+                    .counters
+                    .record(&round, &enqueued, shared.clock.now());
                 backoff.reset();
                 if round.claimed >= shared.batch_size {
                     continue; // more may be waiting
@@ -611,28 +623,71 @@ fn panic_text(panic: &(dyn std::any::Any + Send)) -> String {
         .unwrap_or_else(|| "non-text panic".to_string())
 }
 
-#[derive(Debug, Default)]
-struct Counters {
+/// The relay's totals, kept both for [`RelayHandle::stats`] and as metrics.
+pub(crate) struct Counters {
     published: AtomicU64,
     retried: AtomicU64,
     dead_lettered: AtomicU64,
     batches: AtomicU64,
     abandoned: AtomicU64,
-    deleted: Arc<AtomicU64>,
-    trimmed: Arc<AtomicU64>,
+    deleted: AtomicU64,
+    trimmed: AtomicU64,
+    metrics: RelayMetrics,
 }
 
 impl Counters {
-    fn record(&self, round: &PublishRound) {
+    fn new(table: &str) -> Self {
+        Self {
+            published: AtomicU64::new(0),
+            retried: AtomicU64::new(0),
+            dead_lettered: AtomicU64::new(0),
+            batches: AtomicU64::new(0),
+            abandoned: AtomicU64::new(0),
+            deleted: AtomicU64::new(0),
+            trimmed: AtomicU64::new(0),
+            metrics: RelayMetrics::new(table),
+        }
+    }
+
+    /// A committed batch, and when its published rows were enqueued.
+    fn record(
+        &self,
+        round: &PublishRound,
+        enqueued: &[DateTime<Utc>],
+        published_at: DateTime<Utc>,
+    ) {
         if round.claimed > 0 {
             self.batches.fetch_add(1, Ordering::Relaxed);
         }
-        self.published
-            .fetch_add(round.published as u64, Ordering::Relaxed);
-        self.retried
-            .fetch_add(round.retried as u64, Ordering::Relaxed);
-        self.dead_lettered
-            .fetch_add(round.dead_lettered as u64, Ordering::Relaxed);
+        let (published, retried, dead) = (
+            round.published as u64,
+            round.retried as u64,
+            round.dead_lettered as u64,
+        );
+        self.published.fetch_add(published, Ordering::Relaxed);
+        self.retried.fetch_add(retried, Ordering::Relaxed);
+        self.dead_lettered.fetch_add(dead, Ordering::Relaxed);
+        self.metrics.published.increment(published);
+        self.metrics.retried.increment(retried);
+        self.metrics.dead_lettered.increment(dead);
+        for created_at in enqueued {
+            self.metrics.published_after(*created_at, published_at);
+        }
+    }
+
+    fn abandoned(&self) {
+        self.abandoned.fetch_add(1, Ordering::Relaxed);
+        self.metrics.unreachable_batches.increment(1);
+    }
+
+    pub(crate) fn deleted(&self, rows: u64) {
+        self.deleted.fetch_add(rows, Ordering::Relaxed);
+        self.metrics.deleted.increment(rows);
+    }
+
+    pub(crate) fn trimmed(&self, entries: u64) {
+        self.trimmed.fetch_add(entries, Ordering::Relaxed);
+        self.metrics.trimmed.increment(entries);
     }
 
     fn snapshot(&self) -> RelayStats {
