@@ -199,7 +199,10 @@ impl OutboxTable {
 /// The event is validated first (an invalid one is refused and nothing is written). On
 /// PostgreSQL this also takes a lock on the event's aggregate until the transaction ends, so
 /// concurrent transactions enqueueing for one aggregate are published in commit order; and it
-/// wakes listening relays on commit.
+/// wakes listening relays on commit. A transaction that enqueues for several aggregates should
+/// do so in one [`enqueue_batch`] call, which takes their locks in a fixed order: separate calls
+/// in different orders in two concurrent transactions can deadlock (PostgreSQL then aborts one),
+/// as row locks taken in different orders can.
 pub fn enqueue<W: OutboxWriter + ?Sized>(
     writer: &mut W,
     stream: &str,
