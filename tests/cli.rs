@@ -4,10 +4,15 @@
 
 mod support;
 
+use chrono::{DateTime, Utc};
 use eventflow::admin::parse_event_json;
+use eventflow::outbox::OutboxTable;
+use eventflow::store::outbox::{
+    ClaimDue, Delivery, OutboxStatus, OutboxStore, PostgresOutbox, RowOutcome, SqliteOutbox,
+};
 use eventflow::store::{InboxStore, PostgresStore, SqliteStore};
 use eventflow::transport::{MemoryStream, RedisStreams, Transport};
-use eventflow::{ConsumerHandle, EventStatus, HandlerError, HandlerResult, InboxConsumer};
+use eventflow::{ConsumerHandle, Event, EventStatus, HandlerError, HandlerResult, InboxConsumer};
 use serde_json::{json, Value};
 use std::path::PathBuf;
 use std::process::Command;
@@ -66,6 +71,8 @@ fn eventflow(env: &[(&str, &str)], args: &[&str]) -> Run {
 /// consumer of them whose handler fails until `fixed` is set.
 struct Setup {
     table: String,
+    /// Never created: the outbox is not installed.
+    outbox_table: String,
     stream: String,
     group: String,
     store: Arc<PostgresStore>,
@@ -86,6 +93,7 @@ impl Setup {
             .unwrap();
         Some(Self {
             stream: unique_name("cli_stream"),
+            outbox_table: unique_name("cli_no_outbox"),
             group: "billing".into(),
             table,
             store: Arc::new(store),
@@ -99,6 +107,7 @@ impl Setup {
             ("EVENTFLOW_DATABASE_URL", postgres_url()),
             ("EVENTFLOW_REDIS_URL", redis_url()),
             ("EVENTFLOW_TABLE", self.table.clone()),
+            ("EVENTFLOW_OUTBOX_TABLE", self.outbox_table.clone()),
             ("EVENTFLOW_STREAM", self.stream.clone()),
             ("EVENTFLOW_GROUP", self.group.clone()),
         ]
@@ -215,7 +224,10 @@ fn publish_dead_letter_requeue_status_and_purge() {
     assert!(wait_until(WAIT, || setup.count(EventStatus::Processed)
         == 4
         && setup.count(EventStatus::DeadLetter) == 1));
-    assert_eq!(setup.handled.load(Ordering::SeqCst), 4);
+    // At least: when the broken event shares a batch with others, their handlers run again in
+    // the isolated pass (their first writes rolled back), so the counter, kept outside the
+    // transaction, may count them twice. The processed count above is the exact one.
+    assert!(setup.handled.load(Ordering::SeqCst) >= 4);
 
     // Status, as numbers.
     let status = setup.run(&["status", "--json"]).ok().json();
@@ -276,7 +288,7 @@ fn publish_dead_letter_requeue_status_and_purge() {
         requeued.stdout
     );
     assert!(wait_until(WAIT, || setup.count(EventStatus::Processed) == 5));
-    assert_eq!(setup.handled.load(Ordering::SeqCst), 5);
+    assert!(setup.handled.load(Ordering::SeqCst) >= 5);
     let shown = setup
         .run(&["--json", "dead-letters", "show", "broken-1"])
         .ok()
@@ -577,6 +589,406 @@ fn sqlite_files_are_operated_too() {
         "deleted 2 processed rows older than 0s"
     );
 
+    for suffix in ["", "-wal", "-shm"] {
+        let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
+    }
+}
+
+/// An inbox table and an outbox table of a test's own in PostgreSQL, dropped at the end with
+/// their migration records.
+struct PgTables {
+    inbox: String,
+    outbox: String,
+}
+
+impl PgTables {
+    fn new() -> Self {
+        Self {
+            inbox: unique_name("cli_in"),
+            outbox: unique_name("cli_out"),
+        }
+    }
+
+    fn env(&self) -> [(&'static str, String); 2] {
+        [
+            ("EVENTFLOW_DATABASE_URL", postgres_url()),
+            ("EVENTFLOW_TABLE", self.inbox.clone()),
+        ]
+    }
+
+    /// Runs `eventflow` on these tables (the outbox one given by flag, as operators would).
+    fn run(&self, args: &[&str]) -> Run {
+        let env = self.env();
+        let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        let mut all = vec!["--outbox-table", self.outbox.as_str()];
+        all.extend_from_slice(args);
+        eventflow(&env, &all)
+    }
+}
+
+impl Drop for PgTables {
+    fn drop(&mut self) {
+        if let Ok(mut client) = postgres::Client::connect(&postgres_url(), postgres::NoTls) {
+            let (i, o) = (&self.inbox, &self.outbox);
+            let _ = client.batch_execute(&format!(
+                "DROP TABLE IF EXISTS {i}_quarantine, {i}, {o}; \
+                 DELETE FROM eventflow_migrations \
+                   WHERE target IN ('inbox:{i}', 'outbox:{o}')"
+            ));
+        }
+    }
+}
+
+/// An event with id `id`, of an aggregate of its own (so no row holds back another).
+fn outbox_event(id: &str) -> Event {
+    let mut event = Event::new(
+        "OrderPlaced",
+        uuid::Uuid::new_v4(),
+        json!({ "order_id": id }),
+    );
+    event.event_id = id.to_string();
+    event
+}
+
+/// Claims every due row at `now` and settles each with what `outcome` says of its event id.
+fn settle(store: &dyn OutboxStore, now: DateTime<Utc>, outcome: impl Fn(&str) -> RowOutcome) {
+    let round = store
+        .publish_due(&ClaimDue { limit: 100, now }, &mut |rows| {
+            Delivery::Settled(
+                rows.iter()
+                    .map(|row| outcome(&row.event.event_id))
+                    .collect(),
+            )
+        })
+        .unwrap();
+    assert!(round.claimed > 0 && !round.abandoned, "{round:?}");
+}
+
+/// What the relay makes of the test events: `old-*` and `new-*` published, `dead-*` refused for
+/// good, `retry-*` refused until tomorrow.
+fn outcome(event_id: &str) -> RowOutcome {
+    match event_id.split('-').next() {
+        Some("old" | "new") => RowOutcome::Published {
+            entry_id: "1-0".into(),
+        },
+        Some("dead") => RowOutcome::DeadLetter {
+            error: "refused by the broker".into(),
+        },
+        Some("retry") => RowOutcome::Retry {
+            error: "timed out".into(),
+            at: Utc::now() + chrono::Duration::days(1),
+        },
+        _ => panic!("unexpected event {event_id}"),
+    }
+}
+
+/// The outbox operated on PostgreSQL: migrated with the command, counted by `status`, listed by
+/// status and a page at a time, shown, dead letters requeued (one by id, then all), published
+/// rows purged by age; a missing outbox table and an unknown event are exit code 4.
+#[test]
+fn outbox_status_list_show_requeue_and_purge() {
+    if !support::postgres_available("cli::outbox_status_list_show_requeue_and_purge") {
+        return;
+    }
+    let tables = PgTables::new();
+
+    // Before the migration: not installed, and the commands say so with exit code 4.
+    tables.run(&["migrate"]).ok();
+    let status = tables.run(&["--json", "status"]).ok().json();
+    assert_eq!(status["outbox"]["installed"], false);
+    assert_eq!(status["outbox"]["table"], tables.outbox.as_str());
+    for args in [
+        &["outbox", "list"][..],
+        &["outbox", "show", "old-1"],
+        &["outbox", "requeue", "--all"],
+        &["outbox", "purge", "--older-than", "1d"],
+    ] {
+        let missing = tables.run(args);
+        assert_eq!(missing.code, 4, "{args:?}: {}", missing.stderr);
+        assert!(
+            missing.stderr.contains("the outbox is not installed")
+                && missing.stderr.contains(&tables.outbox),
+            "{}",
+            missing.stderr
+        );
+    }
+
+    let migrated = tables.run(&["migrate", "--outbox"]).ok().stdout;
+    assert!(
+        migrated.contains(&format!("migrated outbox {} (PostgreSQL)", tables.outbox)),
+        "{migrated}"
+    );
+    tables.run(&["migrate", "--outbox"]).ok(); // idempotent
+
+    // Eight events: two published ten days ago, one just now, two dead letters, one waiting
+    // for a retry, two pending.
+    let store = PostgresOutbox::builder(postgres_url())
+        .table(&tables.outbox)
+        .pool_size(2)
+        .build()
+        .unwrap();
+    let table = OutboxTable::named(&tables.outbox).unwrap();
+    let mut client = postgres::Client::connect(&postgres_url(), postgres::NoTls).unwrap();
+    let enqueue = |client: &mut postgres::Client, ids: &[&str]| {
+        let mut tx = client.transaction().unwrap();
+        for id in ids {
+            table.enqueue(&mut tx, "orders", &outbox_event(id)).unwrap();
+        }
+        tx.commit().unwrap();
+    };
+    enqueue(
+        &mut client,
+        &["old-1", "old-2", "dead-1", "dead-2", "retry-1"],
+    );
+    settle(&store, Utc::now() - chrono::Duration::days(10), outcome);
+    enqueue(&mut client, &["new-1"]);
+    settle(&store, Utc::now(), outcome);
+    enqueue(&mut client, &["wait-1", "wait-2"]);
+    let id_of = |event_id: &str| store.find_by_event_id(event_id).unwrap()[0].id;
+
+    // Status, as numbers.
+    let status = tables.run(&["status", "--json"]).ok().json();
+    let outbox = &status["outbox"];
+    assert_eq!(outbox["installed"], true, "{status}");
+    assert_eq!(outbox["table"], tables.outbox.as_str());
+    assert_eq!(
+        outbox["counts"],
+        json!({"pending": 2, "failed": 1, "published": 3, "dead_letter": 2})
+    );
+    assert_eq!(outbox["backlog"], 3);
+    let age = outbox["oldest_unpublished_age_seconds"].as_u64().unwrap();
+    assert!(age < 60, "{age}");
+    let human = tables.run(&["status"]).ok().stdout;
+    let (_, outbox_part) = human.split_once("outbox: ").expect(&human);
+    assert!(outbox_part.starts_with(&tables.outbox), "{human}");
+    assert!(outbox_part.contains("dead_letter  2"), "{human}");
+    assert!(outbox_part.contains("published    3"), "{human}");
+    assert!(outbox_part.contains("backlog      3"), "{human}");
+
+    // Listed by status, and a page at a time.
+    let dead = tables
+        .run(&["--json", "outbox", "list", "--status", "dead_letter"])
+        .ok()
+        .json();
+    let rows = dead["rows"].as_array().unwrap();
+    let ids: Vec<&str> = rows
+        .iter()
+        .map(|r| r["event_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, ["dead-1", "dead-2"]);
+    assert_eq!(rows[0]["status"], "dead_letter");
+    assert_eq!(rows[0]["attempts"], 1);
+    assert_eq!(rows[0]["last_error"], "refused by the broker");
+    assert_eq!(dead["next_after"], Value::Null);
+    let table_text = tables
+        .run(&["outbox", "list", "--status", "dead_letter"])
+        .ok()
+        .stdout;
+    assert!(table_text.starts_with("ID"), "{table_text}");
+    assert_eq!(table_text.lines().count(), 3, "{table_text}");
+    let dead_line = line(&table_text, &format!("{} ", id_of("dead-1")));
+    assert!(
+        dead_line.contains(" dead-1 ") && dead_line.contains("refused by the broker"),
+        "{table_text}"
+    );
+    let first = tables
+        .run(&["--json", "outbox", "list", "--limit", "3"])
+        .ok()
+        .json();
+    assert_eq!(first["rows"].as_array().unwrap().len(), 3);
+    assert_eq!(first["next_after"], id_of("dead-1"));
+    let after = first["next_after"].to_string();
+    let rest = tables
+        .run(&["--json", "outbox", "list", "--after", &after])
+        .ok()
+        .json();
+    let ids: Vec<&str> = rest["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["event_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, ["dead-2", "retry-1", "new-1", "wait-1", "wait-2"]);
+    let none = tables
+        .run(&[
+            "outbox",
+            "list",
+            "--status",
+            "failed",
+            "--after",
+            &id_of("retry-1").to_string(),
+        ])
+        .ok();
+    assert_eq!(none.stdout.trim(), "no failed rows");
+
+    // Shown, by event id or row id; an unknown event is not found.
+    let shown = tables
+        .run(&["--json", "outbox", "show", "retry-1"])
+        .ok()
+        .json();
+    let row = &shown["rows"][0];
+    assert_eq!(row["status"], "failed");
+    assert_eq!(row["stream"], "orders");
+    assert_eq!(row["last_error"], "timed out");
+    assert!(row["next_attempt_at"].is_string());
+    let human = tables
+        .run(&["outbox", "show", &id_of("old-1").to_string()])
+        .ok()
+        .stdout;
+    assert!(human.contains("event id        old-1"), "{human}");
+    assert!(human.contains("status          published"), "{human}");
+    assert!(human.contains("entry id        1-0"), "{human}");
+    let unknown = tables.run(&["outbox", "show", "no-such-event"]);
+    assert_eq!(unknown.code, 4, "{}", unknown.stderr);
+    assert!(unknown.stderr.contains("not found"), "{}", unknown.stderr);
+
+    // Requeue: a row that is not a dead letter fails and nothing moves; one by id; then all.
+    let wrong = tables.run(&[
+        "outbox",
+        "requeue",
+        "--id",
+        &id_of("dead-1").to_string(),
+        "--id",
+        &id_of("wait-1").to_string(),
+    ]);
+    assert_eq!(wrong.code, 1, "{}", wrong.stderr);
+    assert!(
+        wrong.stderr.contains("not a dead letter"),
+        "{}",
+        wrong.stderr
+    );
+    assert_eq!(store.count_by_status().unwrap().dead_letter, 2);
+    let unknown = tables.run(&["outbox", "requeue", "--id", "0"]);
+    assert_eq!(unknown.code, 4, "{}", unknown.stderr);
+    let one = tables
+        .run(&[
+            "--json",
+            "outbox",
+            "requeue",
+            "--id",
+            &id_of("dead-1").to_string(),
+        ])
+        .ok()
+        .json();
+    assert_eq!(one["requeued"], 1);
+    let requeued = &store.find_by_event_id("dead-1").unwrap()[0];
+    assert_eq!(
+        (requeued.status, requeued.attempts),
+        (OutboxStatus::Pending, 0)
+    );
+    assert_eq!(
+        store.find_by_event_id("dead-2").unwrap()[0].status,
+        OutboxStatus::DeadLetter
+    );
+    let all = tables.run(&["outbox", "requeue", "--all"]).ok().stdout;
+    assert_eq!(all.trim(), "requeued 1 outbox dead letters");
+    let counts = store.count_by_status().unwrap();
+    assert_eq!(
+        (counts.pending, counts.failed, counts.dead_letter),
+        (4, 1, 0)
+    );
+
+    // Purge: only the rows published ten days ago go.
+    let purged = tables
+        .run(&["--json", "outbox", "purge", "--older-than", "1d"])
+        .ok()
+        .json();
+    assert_eq!(purged["deleted"], 2);
+    assert_eq!(purged["older_than_seconds"], 86_400);
+    assert!(store.find_by_event_id("old-1").unwrap().is_empty());
+    assert!(store.find_by_event_id("old-2").unwrap().is_empty());
+    assert_eq!(store.find_by_event_id("new-1").unwrap().len(), 1);
+    let counts = store.count_by_status().unwrap();
+    assert_eq!(
+        (
+            counts.pending,
+            counts.failed,
+            counts.published,
+            counts.dead_letter
+        ),
+        (4, 1, 1, 0)
+    );
+    let again = tables.run(&["outbox", "purge", "--older-than", "1d"]).ok();
+    assert_eq!(
+        again.stdout.trim(),
+        "deleted 0 published outbox rows older than 1d"
+    );
+}
+
+/// The outbox in a SQLite file, found through EVENTFLOW_OUTBOX_TABLE: migrated, counted,
+/// a dead letter listed and requeued, an old published row purged.
+#[test]
+fn sqlite_outbox_is_operated_too() {
+    let path: PathBuf = std::env::temp_dir().join(format!("{}.db", unique_name("cli_outbox")));
+    let url = format!("sqlite://{}", path.display());
+    let env = [
+        ("EVENTFLOW_DATABASE_URL", url.as_str()),
+        ("EVENTFLOW_OUTBOX_TABLE", "shop_outbox"),
+    ];
+    let missing = eventflow(&env, &["outbox", "list"]);
+    assert_eq!(missing.code, 3, "no file yet: {}", missing.stderr);
+    let migrated = eventflow(&env, &["--json", "migrate", "--outbox"])
+        .ok()
+        .json();
+    assert_eq!(migrated["outbox_table"], "shop_outbox");
+    assert_eq!(migrated["database"], "SQLite");
+
+    let store = SqliteOutbox::open(&path)
+        .unwrap()
+        .with_table("shop_outbox")
+        .unwrap();
+    let table = OutboxTable::named("shop_outbox").unwrap();
+    store.with_connection(|conn| {
+        let mut tx = conn.transaction().unwrap();
+        for id in ["old-1", "dead-1", "retry-1"] {
+            table.enqueue(&mut tx, "orders", &outbox_event(id)).unwrap();
+        }
+        tx.commit().unwrap();
+    });
+    settle(&store, Utc::now() - chrono::Duration::days(3), outcome);
+    store.with_connection(|conn| {
+        table
+            .enqueue(conn, "orders", &outbox_event("wait-1"))
+            .unwrap()
+    });
+
+    let status = eventflow(&env, &["--json", "status"]).ok().json();
+    assert_eq!(status["outbox"]["table"], "shop_outbox");
+    assert_eq!(
+        status["outbox"]["counts"],
+        json!({"pending": 1, "failed": 1, "published": 1, "dead_letter": 1})
+    );
+    assert_eq!(status["outbox"]["backlog"], 2);
+    let listed = eventflow(&env, &["outbox", "list", "--status", "dead_letter"])
+        .ok()
+        .stdout;
+    assert_eq!(listed.lines().count(), 2, "{listed}");
+    assert!(line(&listed, "2 ").contains(" dead-1 "), "{listed}");
+    let requeued = eventflow(&env, &["--json", "outbox", "requeue", "--id", "2"])
+        .ok()
+        .json();
+    assert_eq!(requeued["requeued"], 1);
+    assert_eq!(
+        store.find_by_event_id("dead-1").unwrap()[0].status,
+        OutboxStatus::Pending
+    );
+    let purged = eventflow(&env, &["outbox", "purge", "--older-than", "2d"]).ok();
+    assert_eq!(
+        purged.stdout.trim(),
+        "deleted 1 published outbox rows older than 2d"
+    );
+    let counts = store.count_by_status().unwrap();
+    assert_eq!(
+        (
+            counts.pending,
+            counts.failed,
+            counts.published,
+            counts.dead_letter
+        ),
+        (2, 1, 0, 0)
+    );
+
+    drop(store);
     for suffix in ["", "-wal", "-shm"] {
         let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
     }

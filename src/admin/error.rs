@@ -37,6 +37,16 @@ pub enum AdminError {
     /// Input that could not be understood (JSON that does not parse, say).
     #[error("{0}")]
     InvalidInput(String),
+    /// The outbox table does not exist in the database: the outbox was never migrated there
+    /// (or a different `table` was meant).
+    #[error(
+        "the outbox is not installed: table {table} does not exist \
+         (create it with `eventflow migrate --outbox`, or OutboxStore::migrate)"
+    )]
+    NotInstalled {
+        /// The outbox table looked for.
+        table: String,
+    },
 }
 
 impl AdminError {
@@ -48,6 +58,23 @@ impl AdminError {
             Self::Transport(TransportError::Unavailable(_)) => true,
             _ => false,
         }
+    }
+}
+
+/// Whether `error` says the table the statement names does not exist (PostgreSQL
+/// `undefined_table`, SQLite "no such table"), as opposed to any other failure.
+pub(super) fn is_missing_table(error: &StoreError) -> bool {
+    match error {
+        #[cfg(feature = "postgres")]
+        StoreError::Postgres { source, .. } => source
+            .code()
+            .is_some_and(|code| *code == postgres::error::SqlState::UNDEFINED_TABLE),
+        #[cfg(feature = "sqlite")]
+        StoreError::Sqlite {
+            source: rusqlite::Error::SqliteFailure(_, Some(message)),
+            ..
+        } => message.starts_with("no such table"),
+        _ => false,
     }
 }
 

@@ -7,6 +7,10 @@
 //! processed rows purged in small batches ([`Admin::purge_processed`]). Stream-side operations
 //! take a [`crate::transport::Transport`]: [`stream_status`] and [`publish_event`].
 //!
+//! [`OutboxAdmin`] does the same for an outbox table: its backlog ([`OutboxAdmin::status`],
+//! which also tells when the table is not installed), rows listed by status and shown,
+//! dead letters requeued, and published rows purged ([`OutboxAdmin::purge_published`]).
+//!
 //! ```
 //! use eventflow::admin::Admin;
 //! use eventflow::store::{Page, RowFilter};
@@ -26,6 +30,7 @@
 
 mod dead_letters;
 mod error;
+mod outbox;
 mod publish;
 mod purge;
 mod quarantine;
@@ -33,15 +38,16 @@ mod status;
 
 pub use dead_letters::RowPage;
 pub use error::{AdminError, AdminResult};
+pub use outbox::{OutboxAdmin, OutboxReport, OutboxRowPage, OutboxState};
 pub use publish::{parse_event_json, publish_event};
 pub use quarantine::{Correction, QuarantinePage};
-pub use status::{stream_status, InboxStatus, OutboxStatus, OUTBOX_TABLE};
+pub use status::{stream_status, InboxStatus};
 
 use crate::clock::{Clock, SystemClock};
 use crate::store::InboxStore;
 use std::sync::Arc;
 
-/// Rows changed per transaction by bulk operations (requeue, purge): small enough that each
+/// Rows changed per transaction by bulk operations (inbox requeue, purges): small enough that each
 /// transaction holds its locks only briefly, so the consumer goes on meanwhile.
 pub const BATCH_ROWS: usize = 1000;
 

@@ -1,8 +1,18 @@
 //! Deleting processed rows past their retention, in small batches.
 
 use super::{Admin, AdminError, AdminResult, BATCH_ROWS};
+use crate::clock::Clock;
 use crate::store::{Cleanup, InboxStore, ProcessedCleanup};
+use chrono::{DateTime, Utc};
 use std::time::Duration;
+
+/// The moment `older_than` before `clock`'s now: rows finished before it are purged.
+pub(super) fn cutoff(clock: &dyn Clock, older_than: Duration) -> AdminResult<DateTime<Utc>> {
+    chrono::Duration::from_std(older_than)
+        .ok()
+        .and_then(|older_than| clock.now().checked_sub_signed(older_than))
+        .ok_or_else(|| AdminError::InvalidInput("the age is too large".into()))
+}
 
 impl<S: InboxStore> Admin<S> {
     /// Deletes processed rows whose `processed_at` is more than `older_than` ago, oldest first,
@@ -14,13 +24,7 @@ impl<S: InboxStore> Admin<S> {
         older_than: Duration,
         progress: &mut dyn FnMut(u64),
     ) -> AdminResult<u64> {
-        let older_than = chrono::Duration::from_std(older_than)
-            .map_err(|_| AdminError::InvalidInput("the age is too large".into()))?;
-        let before = self
-            .clock
-            .now()
-            .checked_sub_signed(older_than)
-            .ok_or_else(|| AdminError::InvalidInput("the age is too large".into()))?;
+        let before = cutoff(self.clock.as_ref(), older_than)?;
         let mut total = 0;
         loop {
             let cleanup = ProcessedCleanup {

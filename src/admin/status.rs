@@ -1,4 +1,5 @@
-//! How the inbox, the stream and the outbox stand: counts, lag, backlog.
+//! How the inbox and the stream stand: counts and lag. (The outbox's backlog is
+//! [`super::OutboxAdmin::status`].)
 
 use super::{Admin, AdminResult};
 use crate::event::EventStatus;
@@ -6,9 +7,6 @@ use crate::store::{InboxStore, StatusCounts};
 use crate::transport::{GroupStats, Transport};
 use chrono::{DateTime, Utc};
 use std::time::Duration;
-
-/// The outbox table's default name. When it does not exist, the outbox is not installed.
-pub const OUTBOX_TABLE: &str = "event_outbox";
 
 /// The inbox at one moment.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -36,21 +34,8 @@ impl InboxStatus {
 }
 
 /// `now - then`, zero when `then` is ahead (another machine's clock).
-fn age(now: DateTime<Utc>, then: DateTime<Utc>) -> Duration {
+pub(super) fn age(now: DateTime<Utc>, then: DateTime<Utc>) -> Duration {
     (now - then).to_std().unwrap_or(Duration::ZERO)
-}
-
-/// Whether the outbox is there, and (once it reports one) its backlog.
-#[derive(Debug, Clone, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum OutboxStatus {
-    /// The outbox table does not exist.
-    NotInstalled,
-    /// The outbox table exists.
-    Installed {
-        /// Its name.
-        table: String,
-    },
 }
 
 impl<S: InboxStore> Admin<S> {
@@ -61,17 +46,6 @@ impl<S: InboxStore> Admin<S> {
             oldest_pending: self.store.oldest_received(EventStatus::Pending)?,
             oldest_failed: self.store.oldest_received(EventStatus::Failed)?,
             now: self.clock.now(),
-        })
-    }
-
-    /// Whether the outbox table `table` exists in the inbox's database.
-    pub fn outbox_status(&self, table: &str) -> AdminResult<OutboxStatus> {
-        Ok(if self.store.table_exists(table)? {
-            OutboxStatus::Installed {
-                table: table.to_string(),
-            }
-        } else {
-            OutboxStatus::NotInstalled
         })
     }
 }

@@ -3,15 +3,16 @@
 use super::text::{parse_age, parse_time};
 use chrono::{DateTime, Utc};
 use clap::{Args, Parser, Subcommand};
+use eventflow::store::outbox::OutboxStatus;
 use eventflow::store::Cursor;
 use std::path::PathBuf;
 use std::time::Duration;
 
-/// Operate an eventflow inbox: counts and lag, dead letters, quarantined entries, purges, and
-/// publishing events by hand.
+/// Operate an eventflow inbox and outbox: counts and lag, dead letters, quarantined entries,
+/// purges, and publishing events by hand.
 ///
 /// Exit codes: 0 ok; 1 the operation failed; 2 usage error; 3 cannot connect to the database
-/// or Redis; 4 not found.
+/// or Redis; 4 not found (a row, an event, or the outbox table).
 #[derive(Debug, Parser)]
 #[command(name = "eventflow", version, after_help = EXIT_CODES)]
 pub struct Cli {
@@ -27,7 +28,8 @@ pub struct Cli {
 }
 
 const EXIT_CODES: &str = "Exit codes:\n  0  ok\n  1  the operation failed\n  2  usage error\n  \
-                          3  cannot connect to the database or Redis\n  4  not found";
+                          3  cannot connect to the database or Redis\n  4  not found (a row, an event, \
+                          or the outbox table)";
 
 /// Where the inbox and the stream are.
 #[derive(Debug, Args)]
@@ -61,6 +63,16 @@ pub struct Connection {
     )]
     pub table: String,
 
+    /// The outbox table, in the same database as the inbox (for `migrate --outbox`, `status`
+    /// and `outbox ...`).
+    #[arg(
+        long,
+        env = "EVENTFLOW_OUTBOX_TABLE",
+        default_value = "event_outbox",
+        global = true
+    )]
+    pub outbox_table: String,
+
     /// The stream (for `status` and `publish`).
     #[arg(long, env = "EVENTFLOW_STREAM", global = true)]
     pub stream: Option<String>,
@@ -77,8 +89,12 @@ pub struct Connection {
 /// What to do.
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Create or upgrade the inbox tables (idempotent).
-    Migrate,
+    /// Create or upgrade the inbox tables (idempotent); with --outbox, the outbox table too.
+    Migrate {
+        /// Also create or upgrade the outbox table (--outbox-table).
+        #[arg(long)]
+        outbox: bool,
+    },
     /// Inbox counts by status and lag, the consumer group's pending entries and lag, and the
     /// outbox backlog.
     Status,
@@ -88,6 +104,10 @@ pub enum Command {
     /// Stream entries that did not parse into events.
     #[command(subcommand)]
     Quarantine(Quarantine),
+    /// The outbox table: rows by status, dead letters requeued, published rows purged. Exit
+    /// code 4 when the table does not exist.
+    #[command(subcommand)]
+    Outbox(Outbox),
     /// Delete processed rows older than an age, 1,000 per transaction.
     Purge {
         /// E.g. `7d`, `12h`, `30m`, `90s`.
@@ -222,4 +242,50 @@ pub enum Quarantine {
         #[arg(long, default_value_t = 3)]
         max_retries: i32,
     },
+}
+
+/// `outbox ...`
+#[derive(Debug, Subcommand)]
+pub enum Outbox {
+    /// List outbox rows in enqueue order, all or in one status.
+    List {
+        /// Only rows in this status.
+        #[arg(long, value_parser = outbox_status())]
+        status: Option<OutboxStatus>,
+        /// Most rows to list.
+        #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+        limit: u32,
+        /// Continue after this row id (printed at the end of a full page).
+        #[arg(long)]
+        after: Option<i64>,
+    },
+    /// Show the rows of one event (one per stream it goes to), by event id or row id.
+    Show {
+        /// Event id, or row id.
+        event_id: String,
+    },
+    /// Put dead letters back to pending (attempts reset): those with the given row ids, or
+    /// all of them.
+    #[command(group(clap::ArgGroup::new("which").required(true).args(["id", "all"])))]
+    Requeue {
+        /// A dead letter's row id (repeatable). Any other id fails and nothing is requeued.
+        #[arg(long, value_name = "ID")]
+        id: Vec<i64>,
+        /// Every dead letter.
+        #[arg(long)]
+        all: bool,
+    },
+    /// Delete published rows older than an age, 1,000 per transaction.
+    Purge {
+        /// E.g. `7d`, `12h`, `30m`, `90s`.
+        #[arg(long, value_parser = parse_age)]
+        older_than: Duration,
+    },
+}
+
+/// `pending`, `failed`, `published` or `dead_letter`.
+fn outbox_status() -> impl clap::builder::TypedValueParser<Value = OutboxStatus> {
+    use clap::builder::TypedValueParser;
+    clap::builder::PossibleValuesParser::new(OutboxStatus::ALL.map(OutboxStatus::as_str))
+        .map(|name| OutboxStatus::parse(&name).expect("one of the possible values"))
 }

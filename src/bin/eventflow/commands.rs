@@ -1,10 +1,10 @@
 //! Dispatching a command to the operations API, with the store its URL names.
 
 use super::cli::{Cli, Command};
-use super::connect::{open_database, Database};
+use super::connect::{open_database, open_outbox, Database};
 use super::output::{self, progress};
 use super::text::format_age;
-use super::{dead_letters, publish, quarantine, status, Failure};
+use super::{dead_letters, outbox, publish, quarantine, status, Failure};
 use eventflow::admin::Admin;
 use eventflow::store::InboxStore;
 use serde_json::json;
@@ -12,10 +12,18 @@ use std::sync::Arc;
 
 /// Runs the command line's command.
 pub fn run(cli: &Cli) -> Result<(), Failure> {
-    if let Command::Publish { event, file } = &cli.command {
-        return publish::run(cli, event.as_deref(), file.as_deref());
+    match &cli.command {
+        Command::Publish { event, file } => {
+            return publish::run(cli, event.as_deref(), file.as_deref())
+        }
+        // The outbox needs no inbox.
+        Command::Outbox(command) => {
+            return outbox::run(cli, &open_outbox(&cli.connection, false)?, command)
+        }
+        _ => {}
     }
-    let database = open_database(&cli.connection, matches!(cli.command, Command::Migrate))?;
+    let create = matches!(cli.command, Command::Migrate { .. });
+    let database = open_database(&cli.connection, create)?;
     let kind = database.kind();
     match database {
         Database::Postgres(store) => with_store(cli, &Admin::new(Arc::new(store)), kind),
@@ -26,12 +34,26 @@ pub fn run(cli: &Cli) -> Result<(), Failure> {
 fn with_store<S: InboxStore>(cli: &Cli, admin: &Admin<S>, kind: &str) -> Result<(), Failure> {
     let table = &cli.connection.table;
     match &cli.command {
-        Command::Migrate => {
+        Command::Migrate { outbox } => {
             admin.migrate()?;
+            let outbox_table = if *outbox {
+                open_outbox(&cli.connection, true)?.migrate()?;
+                Some(cli.connection.outbox_table.as_str())
+            } else {
+                None
+            };
             if cli.json {
-                output::json(&json!({ "migrated": true, "table": table, "database": kind }));
+                output::json(&json!({
+                    "migrated": true,
+                    "table": table,
+                    "outbox_table": outbox_table,
+                    "database": kind,
+                }));
             } else {
                 println!("migrated {table} ({kind})");
+                if let Some(outbox_table) = outbox_table {
+                    println!("migrated outbox {outbox_table} ({kind})");
+                }
             }
             Ok(())
         }
@@ -58,6 +80,8 @@ fn with_store<S: InboxStore>(cli: &Cli, admin: &Admin<S>, kind: &str) -> Result<
             }
             Ok(())
         }
-        Command::Publish { .. } => unreachable!("publish needs no database"),
+        Command::Publish { .. } | Command::Outbox(_) => {
+            unreachable!("run before the inbox is opened")
+        }
     }
 }

@@ -2,9 +2,12 @@
 
 use super::cli::Connection;
 use super::Failure;
+use eventflow::admin::OutboxAdmin;
+use eventflow::store::outbox::{OutboxStore, PostgresOutbox, SqliteOutbox};
 use eventflow::store::{PostgresStore, SqliteStore, StoreError};
 use eventflow::transport::RedisStreams;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 /// The inbox database, whichever backend the URL names.
 pub enum Database {
@@ -31,20 +34,37 @@ fn target(url: &str) -> Target {
     Target::Sqlite(PathBuf::from(path))
 }
 
-/// Opens the inbox database. A SQLite file must exist unless `create` (for `migrate`).
-pub fn open_database(connection: &Connection, create: bool) -> Result<Database, Failure> {
-    let Some(url) = &connection.database_url else {
-        return Err(Failure::Usage(
-            "no database: set EVENTFLOW_DATABASE_URL or pass --database-url".into(),
-        ));
-    };
-    let invalid = |error: StoreError| match error {
+/// The database URL, or a usage error saying how to give one.
+fn database_url(connection: &Connection) -> Result<&str, Failure> {
+    connection.database_url.as_deref().ok_or_else(|| {
+        Failure::Usage("no database: set EVENTFLOW_DATABASE_URL or pass --database-url".into())
+    })
+}
+
+/// A bad table name or connection string is a usage error; anything else is the store's.
+fn invalid(error: StoreError) -> Failure {
+    match error {
         StoreError::InvalidTableName { .. } | StoreError::InvalidConfig(_) => {
             Failure::Usage(error.to_string())
         }
         other => Failure::Admin(other.into()),
-    };
-    match target(url) {
+    }
+}
+
+/// A SQLite file must exist unless `create` (for `migrate`): opening would create an empty one.
+fn check_exists(path: &Path, create: bool) -> Result<(), Failure> {
+    if create || path.exists() {
+        return Ok(());
+    }
+    Err(Failure::Unreachable(format!(
+        "no SQLite database at {} (run `eventflow migrate` to create one)",
+        path.display()
+    )))
+}
+
+/// Opens the inbox database. A SQLite file must exist unless `create` (for `migrate`).
+pub fn open_database(connection: &Connection, create: bool) -> Result<Database, Failure> {
+    match target(database_url(connection)?) {
         Target::Postgres(url) => PostgresStore::builder(url)
             .table(&connection.table)
             .pool_size(2)
@@ -53,18 +73,37 @@ pub fn open_database(connection: &Connection, create: bool) -> Result<Database, 
             .map(Database::Postgres)
             .map_err(invalid),
         Target::Sqlite(path) => {
-            if !create && !path.exists() {
-                return Err(Failure::Unreachable(format!(
-                    "no SQLite database at {} (run `eventflow migrate` to create one)",
-                    path.display()
-                )));
-            }
+            check_exists(&path, create)?;
             SqliteStore::open(&path)
                 .and_then(|store| store.with_table(&connection.table))
                 .map(Database::Sqlite)
                 .map_err(invalid)
         }
     }
+}
+
+/// Opens the outbox table `--outbox-table` in the same database. A SQLite file must exist
+/// unless `create` (for `migrate`).
+pub fn open_outbox(connection: &Connection, create: bool) -> Result<OutboxAdmin, Failure> {
+    let store: Arc<dyn OutboxStore> = match target(database_url(connection)?) {
+        Target::Postgres(url) => Arc::new(
+            PostgresOutbox::builder(url)
+                .table(&connection.outbox_table)
+                .pool_size(1)
+                .connect_timeout(connection.connect_timeout)
+                .build()
+                .map_err(invalid)?,
+        ),
+        Target::Sqlite(path) => {
+            check_exists(&path, create)?;
+            Arc::new(
+                SqliteOutbox::open(&path)
+                    .and_then(|store| store.with_table(&connection.outbox_table))
+                    .map_err(invalid)?,
+            )
+        }
+    };
+    Ok(OutboxAdmin::new(store))
 }
 
 /// The Redis transport (connections are made on first use).

@@ -1,14 +1,16 @@
-//! `eventflow`: operate an eventflow inbox from the command line. A thin layer over
+//! `eventflow`: operate an eventflow inbox and outbox from the command line. A thin layer over
 //! [`eventflow::admin`]: parsing arguments, opening connections, printing results.
 //!
 //! Exit codes: 0 ok; 1 the operation failed; 2 usage error (bad arguments or input); 3 cannot
-//! connect to the database or Redis; 4 not found. Errors go to standard error, with any
-//! password from the connection settings replaced by `***`.
+//! connect to the database or Redis; 4 not found (a row, an event, or the outbox table).
+//! Errors go to standard error, with any password from the connection settings replaced by
+//! `***`.
 
 mod cli;
 mod commands;
 mod connect;
 mod dead_letters;
+mod outbox;
 mod output;
 mod publish;
 mod quarantine;
@@ -26,8 +28,8 @@ pub enum Failure {
     Usage(String),
     /// The database or Redis cannot be reached: exit code 3.
     Unreachable(String),
-    /// What the operations API said: 3 when unreachable, 4 when not found, 2 for bad input,
-    /// else 1.
+    /// What the operations API said: 3 when unreachable, 4 when not found (the outbox table
+    /// included), 2 for bad input, else 1.
     Admin(AdminError),
 }
 
@@ -43,7 +45,7 @@ impl Failure {
             Self::Usage(_) => 2,
             Self::Unreachable(_) => 3,
             Self::Admin(error) if error.is_unreachable() => 3,
-            Self::Admin(AdminError::NotFound { .. }) => 4,
+            Self::Admin(AdminError::NotFound { .. } | AdminError::NotInstalled { .. }) => 4,
             Self::Admin(AdminError::InvalidEvent(_) | AdminError::InvalidInput(_)) => 2,
             Self::Admin(_) => 1,
         }

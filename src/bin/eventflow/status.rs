@@ -1,12 +1,13 @@
 //! `eventflow status`: the inbox, the stream and the outbox at a glance.
 
 use super::cli::Cli;
-use super::connect::open_redis;
+use super::connect::{open_outbox, open_redis};
 use super::output::{self, Table};
 use super::redact::redacted;
 use super::text::format_age;
 use super::Failure;
-use eventflow::admin::{stream_status, Admin, AdminError, InboxStatus, OutboxStatus, OUTBOX_TABLE};
+use eventflow::admin::{stream_status, Admin, AdminError, InboxStatus, OutboxState};
+use eventflow::store::outbox::OutboxStatus;
 use eventflow::store::InboxStore;
 use eventflow::transport::{GroupStats, TransportError};
 use eventflow::EventStatus;
@@ -34,7 +35,7 @@ enum Stream {
 
 pub fn run<S: InboxStore>(cli: &Cli, admin: &Admin<S>, kind: &str) -> Result<(), Failure> {
     let inbox = admin.inbox_status()?;
-    let outbox = admin.outbox_status(OUTBOX_TABLE)?;
+    let outbox = open_outbox(&cli.connection, false)?.status()?;
     let stream = stream_section(cli)?;
     if cli.json {
         output::json(&json!({
@@ -185,18 +186,58 @@ fn print_stream(stream: &Stream) {
     }
 }
 
-fn outbox_json(outbox: &OutboxStatus) -> Value {
+fn outbox_json(outbox: &OutboxState) -> Value {
     match outbox {
-        OutboxStatus::NotInstalled => json!({ "installed": false }),
-        OutboxStatus::Installed { table } => json!({ "installed": true, "table": table }),
+        OutboxState::NotInstalled { table } => json!({ "installed": false, "table": table }),
+        OutboxState::Installed(report) => {
+            let counts: serde_json::Map<String, Value> = OutboxStatus::ALL
+                .iter()
+                .map(|status| (status.as_str().to_string(), report.count(*status).into()))
+                .collect();
+            json!({
+                "installed": true,
+                "table": report.table,
+                "counts": counts,
+                "backlog": report.backlog(),
+                "oldest_unpublished_at": report.counts.oldest_unpublished,
+                "oldest_unpublished_age_seconds":
+                    report.oldest_unpublished_age().map(|age| age.as_secs()),
+            })
+        }
         _ => json!({ "installed": true }),
     }
 }
 
-fn print_outbox(outbox: &OutboxStatus) {
-    match outbox {
-        OutboxStatus::NotInstalled => println!("outbox: not installed"),
-        OutboxStatus::Installed { table } => println!("outbox: {table} (installed)"),
-        _ => println!("outbox: installed"),
+fn print_outbox(outbox: &OutboxState) {
+    let report = match outbox {
+        OutboxState::Installed(report) => report,
+        OutboxState::NotInstalled { table } => {
+            println!(
+                "outbox: not installed (no table {table}; `eventflow migrate --outbox` creates it)"
+            );
+            return;
+        }
+        _ => {
+            println!("outbox: installed");
+            return;
+        }
+    };
+    println!("outbox: {}", report.table);
+    let mut rows = Table::new(&["  STATUS", "ROWS", "OLDEST"]);
+    for status in OutboxStatus::ALL {
+        rows.row(vec![
+            format!("  {}", status.as_str()),
+            report.count(status).to_string(),
+            String::new(),
+        ]);
     }
+    rows.row(vec![
+        "  backlog".into(),
+        report.backlog().to_string(),
+        report
+            .oldest_unpublished_age()
+            .map(|age| format!("{} ago", format_age(age)))
+            .unwrap_or_default(),
+    ]);
+    rows.print();
 }
