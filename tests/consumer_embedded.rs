@@ -797,9 +797,6 @@ impl InboxStore for Refusing {
     ) -> Result<eventflow::store::Cleanup, eventflow::store::StoreError> {
         self.0.delete_processed_before(cleanup)
     }
-    fn table_exists(&self, name: &str) -> Result<bool, eventflow::store::StoreError> {
-        self.0.table_exists(name)
-    }
 }
 
 #[test]

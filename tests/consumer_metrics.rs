@@ -361,9 +361,6 @@ impl InboxStore for Gated {
     ) -> Result<eventflow::store::Cleanup, StoreError> {
         self.inner.delete_processed_before(cleanup)
     }
-    fn table_exists(&self, name: &str) -> Result<bool, StoreError> {
-        self.inner.table_exists(name)
-    }
 }
 
 #[test]

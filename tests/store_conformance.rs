@@ -48,8 +48,6 @@ trait Backend: InboxStore + Sized {
     fn markers(&self) -> Vec<String>;
     /// The migration versions recorded for this inbox table, ascending.
     fn migration_versions(&self) -> Vec<u32>;
-    /// The inbox table's name.
-    fn inbox_table(&self) -> &str;
     /// Sets a row's status by hand, as no store operation would (to `processing`, say).
     fn force_status(&self, event_id: &str, status: EventStatus);
     /// Removes what the test created; best effort.
@@ -103,10 +101,6 @@ impl Backend for SqliteStore {
             versions.collect::<rusqlite::Result<Vec<u32>>>()
         })
         .expect("read applied migrations")
-    }
-
-    fn inbox_table(&self) -> &str {
-        self.table()
     }
 
     fn force_status(&self, event_id: &str, status: EventStatus) {
@@ -183,10 +177,6 @@ impl Backend for PostgresStore {
             .iter()
             .map(|row| row.get::<_, i32>(0) as u32)
             .collect()
-    }
-
-    fn inbox_table(&self) -> &str {
-        self.table()
     }
 
     fn force_status(&self, event_id: &str, status: EventStatus) {
@@ -2235,16 +2225,6 @@ fn only_old_processed_rows_are_deleted_in_batches<B: Backend>(store: &B) {
     assert_eq!(store.count_by_status().unwrap().total(), 4);
 }
 
-fn tables_are_found_by_name<B: Backend>(store: &B) {
-    let table = store.inbox_table().to_string();
-    assert!(store.table_exists(&table).unwrap());
-    assert!(store.table_exists(&format!("{table}_quarantine")).unwrap());
-    assert!(!store.table_exists(&format!("{table}_nothing")).unwrap());
-    assert!(!store
-        .table_exists("event_outbox_that_is_not_there")
-        .unwrap());
-}
-
 mod postgres_only {
     use super::*;
     use std::sync::mpsc;
@@ -2847,7 +2827,6 @@ conformance!(
         oldest_received_tells_the_lag,
         quarantine_is_listed_by_filter_in_stable_pages,
         only_old_processed_rows_are_deleted_in_batches,
-        tables_are_found_by_name,
     ],
 );
 

@@ -121,10 +121,6 @@ pub trait InboxStore: Send + Sync + 'static {
     /// while it returns the limit.
     fn delete_processed_before(&self, cleanup: &ProcessedCleanup) -> Result<Cleanup, StoreError>;
 
-    /// Whether a table named `name` exists (for example another eventflow component's, such as
-    /// the outbox's).
-    fn table_exists(&self, name: &str) -> Result<bool, StoreError>;
-
     /// The most connections the store can hand out at once, when it has a fixed pool.
     /// The consumer checks its readers and workers fit.
     fn max_connections(&self) -> Option<u32> {

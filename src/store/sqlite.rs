@@ -514,17 +514,6 @@ impl InboxStore for SqliteStore {
             .map_err(lite("delete processed rows"))?;
         Ok(Cleanup::Deleted(deleted as u64))
     }
-
-    fn table_exists(&self, name: &str) -> Result<bool, StoreError> {
-        let conn = self.lock();
-        conn.query_row(
-            "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = ?1",
-            [name],
-            |row| row.get::<_, i64>(0),
-        )
-        .map(|count| count > 0)
-        .map_err(lite("look for a table"))
-    }
 }
 
 /// A [`RowFilter`] and a cursor as the parameters `?1` to `?9` of the row filter's conditions.

@@ -555,13 +555,6 @@ impl InboxStore for PostgresStore {
         tx.commit().map_err(pg("commit a cleanup"))?;
         Ok(Cleanup::Deleted(deleted))
     }
-
-    fn table_exists(&self, name: &str) -> Result<bool, StoreError> {
-        let mut conn = self.connection()?;
-        conn.query_one("SELECT to_regclass($1) IS NOT NULL", &[&name])
-            .map_err(pg("look for a table"))
-            .map(|row| row.get(0))
-    }
 }
 
 /// A [`RowFilter`] and a cursor as the parameters of `queries::row_filter`.
