@@ -44,6 +44,10 @@ fn channel(table: &str) -> String {
 const ENQUEUE_LOCK_CLASS: i32 = 0x6566_6f31; // "efo1"
 const RELAY_LOCK_CLASS: i32 = 0x6566_6f32; // "efo2"
 
+/// Candidate rows looked at per row a claim may take: room to skip the aggregates other relays
+/// hold.
+const CANDIDATES_PER_ROW: i64 = 4;
+
 /// The aggregate's lock key: its last 32 bits, random in UUID v4 and v7 alike (the first bits of
 /// a v7 are a timestamp, shared by aggregates created close together). Two aggregates sharing a
 /// key only wait for each other.
@@ -451,14 +455,18 @@ struct Queries {
 impl Queries {
     fn new(t: &str) -> Self {
         Self {
-            // A due row is taken only with its aggregate's relay lock, and not while an
-            // earlier row of its aggregate waits (a retry not yet due, a dead letter): such
-            // rows are left out before the limit, so they cannot crowd out publishable ones.
-            // Last, a row is published only if no earlier row of its aggregate is unpublished
-            // and outside the batch (one locked by some other session, say).
+            // Candidates: due rows in id order, less those behind an earlier row of their
+            // aggregate that waits (a retry not yet due, a dead letter), left out before the
+            // limit so they cannot crowd out publishable rows. A few times the batch size of
+            // them, so that the aggregate try-locks below are taken on that many rows at most
+            // (in a filter the planner may run over every row it sorts), not on every due row.
+            // Of those, a row is taken with its aggregate's relay lock and its row lock, both
+            // skipped when another relay holds them. Last, a row is published only if no
+            // earlier row of its aggregate is unpublished and outside the batch (one locked by
+            // some other session, say).
             claim_due: format!(
-                "WITH due AS (
-                    SELECT id FROM {t} AS o
+                "WITH candidates AS MATERIALIZED (
+                    SELECT id, aggregate_id FROM {t} AS o
                     WHERE status IN ('pending', 'failed')
                       AND (next_attempt_at IS NULL OR next_attempt_at <= $1)
                       AND NOT EXISTS (
@@ -466,10 +474,18 @@ impl Queries {
                         WHERE w.aggregate_id = o.aggregate_id AND w.id < o.id
                           AND w.status IN ('failed', 'dead_letter')
                           AND (w.status = 'dead_letter' OR w.next_attempt_at > $1))
-                      AND pg_try_advisory_xact_lock({RELAY_LOCK_CLASS}, {LANE})
                     ORDER BY id
+                    LIMIT $2::bigint * {CANDIDATES_PER_ROW}
+                ), due AS (
+                    SELECT o.id FROM {t} AS o JOIN candidates AS c ON c.id = o.id
+                    -- Checked again here: a row another relay published after this
+                    -- statement began is re-read when its lock is taken, and must drop out.
+                    WHERE o.status IN ('pending', 'failed')
+                      AND (o.next_attempt_at IS NULL OR o.next_attempt_at <= $1)
+                      AND pg_try_advisory_xact_lock({RELAY_LOCK_CLASS}, {candidate_lane})
+                    ORDER BY o.id
                     LIMIT $2
-                    FOR UPDATE SKIP LOCKED
+                    FOR UPDATE OF o SKIP LOCKED
                 )
                 SELECT {COLUMNS} FROM {t} AS o
                 WHERE o.id IN (SELECT id FROM due)
@@ -478,7 +494,8 @@ impl Queries {
                     WHERE b.aggregate_id = o.aggregate_id AND b.id < o.id
                       AND b.status <> 'published'
                       AND b.id NOT IN (SELECT id FROM due))
-                ORDER BY o.id"
+                ORDER BY o.id",
+                candidate_lane = LANE.replace("aggregate_id", "c.aggregate_id"),
             ),
             record_outcomes: format!(
                 "UPDATE {t} AS o SET
