@@ -51,77 +51,40 @@ pub trait OutboxWriter {
     ) -> Result<(), StoreError>;
 }
 
-#[cfg(feature = "postgres")]
-impl OutboxWriter for postgres::Client {
-    fn write_outbox(
-        &mut self,
-        table: &str,
-        stream: &str,
-        events: &[&Event],
-    ) -> Result<(), StoreError> {
-        crate::store::outbox::postgres::enqueue(self, table, stream, events)
-    }
+/// Implements [`OutboxWriter`] for `$writer` by handing it, as `$as`, to the backend's
+/// `enqueue`.
+macro_rules! writes_through {
+    ($feature:literal, $backend:ident, $($writer:ty => |$w:ident| $as:expr),+ $(,)?) => {$(
+        #[cfg(feature = $feature)]
+        impl OutboxWriter for $writer {
+            fn write_outbox(
+                &mut self,
+                table: &str,
+                stream: &str,
+                events: &[&Event],
+            ) -> Result<(), StoreError> {
+                let $w = self;
+                crate::store::outbox::$backend::enqueue($as, table, stream, events)
+            }
+        }
+    )+};
 }
 
-#[cfg(feature = "postgres")]
-impl OutboxWriter for postgres::Transaction<'_> {
-    fn write_outbox(
-        &mut self,
-        table: &str,
-        stream: &str,
-        events: &[&Event],
-    ) -> Result<(), StoreError> {
-        crate::store::outbox::postgres::enqueue(self, table, stream, events)
-    }
-}
+writes_through!(
+    "postgres",
+    postgres,
+    postgres::Client => |w| w,
+    postgres::Transaction<'_> => |w| w,
+    crate::store::PgTransaction<'_> => |w| &mut **w,
+);
 
-#[cfg(feature = "postgres")]
-impl OutboxWriter for crate::store::PgTransaction<'_> {
-    fn write_outbox(
-        &mut self,
-        table: &str,
-        stream: &str,
-        events: &[&Event],
-    ) -> Result<(), StoreError> {
-        crate::store::outbox::postgres::enqueue(&mut **self, table, stream, events)
-    }
-}
-
-#[cfg(feature = "sqlite")]
-impl OutboxWriter for rusqlite::Connection {
-    fn write_outbox(
-        &mut self,
-        table: &str,
-        stream: &str,
-        events: &[&Event],
-    ) -> Result<(), StoreError> {
-        crate::store::outbox::sqlite::enqueue(self, table, stream, events)
-    }
-}
-
-#[cfg(feature = "sqlite")]
-impl OutboxWriter for rusqlite::Transaction<'_> {
-    fn write_outbox(
-        &mut self,
-        table: &str,
-        stream: &str,
-        events: &[&Event],
-    ) -> Result<(), StoreError> {
-        crate::store::outbox::sqlite::enqueue(self, table, stream, events)
-    }
-}
-
-#[cfg(feature = "sqlite")]
-impl OutboxWriter for rusqlite::Savepoint<'_> {
-    fn write_outbox(
-        &mut self,
-        table: &str,
-        stream: &str,
-        events: &[&Event],
-    ) -> Result<(), StoreError> {
-        crate::store::outbox::sqlite::enqueue(self, table, stream, events)
-    }
-}
+writes_through!(
+    "sqlite",
+    sqlite,
+    rusqlite::Connection => |w| w,
+    rusqlite::Transaction<'_> => |w| w,
+    rusqlite::Savepoint<'_> => |w| w,
+);
 
 /// An outbox table other than the default `event_outbox`.
 ///

@@ -312,16 +312,68 @@ pub(crate) fn tally(claimed: usize, outcomes: &[RowOutcome]) -> PublishRound {
     round
 }
 
-/// A publisher that broke its contract (a wrong number of outcomes) must not mark rows it never
-/// published; the batch is rolled back instead.
-pub(crate) fn check_outcomes(rows: usize, outcomes: &[RowOutcome]) -> Result<(), StoreError> {
-    if outcomes.len() == rows {
-        return Ok(());
+/// What a store does with a claimed batch once the publisher has seen it.
+pub(crate) enum HandedOver {
+    /// Record these outcomes, one per row, and commit.
+    Record(Vec<RowOutcome>),
+    /// Roll back and report this round.
+    Abandoned(PublishRound),
+}
+
+/// Hands claimed `rows` to `publish`. A publisher that broke its contract (a wrong number of
+/// outcomes) must not mark rows it never published: that is an error, and the batch is rolled
+/// back.
+pub(crate) fn hand_over(
+    rows: &[OutboxRow],
+    publish: &mut dyn FnMut(&[OutboxRow]) -> Delivery,
+) -> Result<HandedOver, StoreError> {
+    match publish(rows) {
+        Delivery::Settled(outcomes) if outcomes.len() == rows.len() => {
+            Ok(HandedOver::Record(outcomes))
+        }
+        Delivery::Settled(outcomes) => Err(StoreError::Corrupt {
+            row: format!("outbox batch of {}", rows.len()),
+            reason: format!("the publisher returned {} outcomes", outcomes.len()),
+        }),
+        Delivery::Abandoned => Ok(HandedOver::Abandoned(PublishRound {
+            claimed: rows.len(),
+            abandoned: true,
+            ..PublishRound::default()
+        })),
     }
-    Err(StoreError::Corrupt {
-        row: format!("outbox batch of {rows}"),
-        reason: format!("the publisher returned {} outcomes", outcomes.len()),
-    })
+}
+
+impl OutboxCounts {
+    /// Adds one `GROUP BY status` row of `table`: the status column's value, its row count and,
+    /// for unpublished statuses, the oldest `created_at`.
+    pub(crate) fn add(
+        &mut self,
+        table: &str,
+        status: &str,
+        count: u64,
+        oldest: Option<DateTime<Utc>>,
+    ) -> Result<(), StoreError> {
+        let slot = match OutboxStatus::parse(status) {
+            Some(OutboxStatus::Pending) => &mut self.pending,
+            Some(OutboxStatus::Failed) => &mut self.failed,
+            Some(OutboxStatus::Published) => &mut self.published,
+            Some(OutboxStatus::DeadLetter) => &mut self.dead_letter,
+            None => {
+                return Err(StoreError::Corrupt {
+                    row: format!("{table} rows"),
+                    reason: format!("unknown status {status:?}"),
+                })
+            }
+        };
+        *slot = count;
+        if let Some(oldest) = oldest {
+            self.oldest_unpublished = Some(
+                self.oldest_unpublished
+                    .map_or(oldest, |known| known.min(oldest)),
+            );
+        }
+        Ok(())
+    }
 }
 
 #[cfg(test)]

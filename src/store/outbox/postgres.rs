@@ -11,7 +11,7 @@
 //! skip it for that batch, so one aggregate is never published by two relays at once.
 
 use super::{
-    check_outcomes, tally, ClaimDue, Delivery, EnqueueListener, OutboxCounts, OutboxPage,
+    hand_over, tally, ClaimDue, Delivery, EnqueueListener, HandedOver, OutboxCounts, OutboxPage,
     OutboxRow, OutboxStatus, OutboxStore, PublishRound, Requeue, RowOutcome, DEFAULT_OUTBOX_TABLE,
 };
 use crate::event::Event;
@@ -175,18 +175,11 @@ impl PostgresOutbox {
         if rows.is_empty() {
             return Ok(PublishRound::default());
         }
-        let outcomes = match publish(&rows) {
-            Delivery::Settled(outcomes) => outcomes,
+        let outcomes = match hand_over(&rows, publish)? {
+            HandedOver::Record(outcomes) => outcomes,
             // Dropping the transaction rolls it back and frees the rows.
-            Delivery::Abandoned => {
-                return Ok(PublishRound {
-                    claimed: rows.len(),
-                    abandoned: true,
-                    ..PublishRound::default()
-                })
-            }
+            HandedOver::Abandoned(round) => return Ok(round),
         };
-        check_outcomes(rows.len(), &outcomes)?;
         let ids: Vec<i64> = rows.iter().map(|row| row.id).collect();
         let mut statuses = Vec::with_capacity(rows.len());
         let mut entry_ids = Vec::with_capacity(rows.len());
@@ -266,24 +259,12 @@ impl OutboxStore for PostgresOutbox {
             .map_err(pg("count outbox rows"))?;
         let mut counts = OutboxCounts::default();
         for row in rows {
-            let status: String = row.get(0);
-            let count = row.get::<_, i64>(1) as u64;
-            let oldest: Option<DateTime<Utc>> = row.get(2);
-            match OutboxStatus::parse(&status) {
-                Some(OutboxStatus::Pending) => counts.pending = count,
-                Some(OutboxStatus::Failed) => counts.failed = count,
-                Some(OutboxStatus::Published) => counts.published = count,
-                Some(OutboxStatus::DeadLetter) => counts.dead_letter = count,
-                None => {
-                    return Err(StoreError::Corrupt {
-                        row: format!("{} rows", self.table),
-                        reason: format!("unknown status {status:?}"),
-                    })
-                }
-            }
-            if oldest.is_some() {
-                counts.oldest_unpublished = counts.oldest_unpublished.min(oldest).or(oldest);
-            }
+            counts.add(
+                &self.table,
+                row.get(0),
+                row.get::<_, i64>(1) as u64,
+                row.get(2),
+            )?;
         }
         Ok(counts)
     }

@@ -4,8 +4,8 @@
 //! processes out. Values are stored in the same text forms as the inbox's.
 
 use super::{
-    check_outcomes, tally, ClaimDue, Delivery, OutboxCounts, OutboxPage, OutboxRow, OutboxStatus,
-    OutboxStore, PublishRound, Requeue, RowOutcome, DEFAULT_OUTBOX_TABLE,
+    hand_over, tally, ClaimDue, Delivery, HandedOver, OutboxCounts, OutboxPage, OutboxRow,
+    OutboxStatus, OutboxStore, PublishRound, Requeue, RowOutcome, DEFAULT_OUTBOX_TABLE,
 };
 use crate::event::Event;
 use crate::store::migrations::Migration;
@@ -139,17 +139,11 @@ impl OutboxStore for SqliteOutbox {
         if rows.is_empty() {
             return Ok(PublishRound::default());
         }
-        let outcomes = match publish(&rows) {
-            Delivery::Settled(outcomes) => outcomes,
-            Delivery::Abandoned => {
-                return Ok(PublishRound {
-                    claimed: rows.len(),
-                    abandoned: true,
-                    ..PublishRound::default()
-                })
-            }
+        let outcomes = match hand_over(&rows, publish)? {
+            HandedOver::Record(outcomes) => outcomes,
+            // Dropping the transaction rolls it back and frees the rows.
+            HandedOver::Abandoned(round) => return Ok(round),
         };
-        check_outcomes(rows.len(), &outcomes)?;
         {
             let mut published = tx
                 .prepare_cached(&format!(
@@ -235,26 +229,7 @@ impl OutboxStore for SqliteOutbox {
         let mut counts = OutboxCounts::default();
         for row in rows {
             let (status, count, oldest) = row.map_err(lite("count outbox rows"))?;
-            let count = count as u64;
-            match OutboxStatus::parse(&status) {
-                Some(OutboxStatus::Pending) => counts.pending = count,
-                Some(OutboxStatus::Failed) => counts.failed = count,
-                Some(OutboxStatus::Published) => counts.published = count,
-                Some(OutboxStatus::DeadLetter) => counts.dead_letter = count,
-                None => {
-                    return Err(StoreError::Corrupt {
-                        row: format!("{t} rows"),
-                        reason: format!("unknown status {status:?}"),
-                    })
-                }
-            }
-            if let Some(oldest) = parse_opt_ts(oldest)? {
-                counts.oldest_unpublished = Some(
-                    counts
-                        .oldest_unpublished
-                        .map_or(oldest, |known| known.min(oldest)),
-                );
-            }
+            counts.add(t, &status, count as u64, parse_opt_ts(oldest)?)?;
         }
         Ok(counts)
     }
