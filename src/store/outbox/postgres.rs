@@ -98,6 +98,15 @@ impl PostgresOutboxBuilder {
         }
         let mut config = parse_url(&self.url)?;
         config.connect_timeout(self.connect_timeout);
+        // The relay's statements are prepared once per connection, often while the table is
+        // still small; a generic plan made then can scan the whole backlog per row once it
+        // has grown (and autovacuum may not have analyzed it yet). Custom plans see the table
+        // as it is at each claim.
+        let options = match config.get_options() {
+            Some(given) => format!("{given} -c plan_cache_mode=force_custom_plan"),
+            None => "-c plan_cache_mode=force_custom_plan".to_string(),
+        };
+        config.options(&options);
         Ok(PostgresOutbox {
             pool: new_pool(config.clone(), self.pool_size, self.connect_timeout),
             listen_config: config,
@@ -438,13 +447,17 @@ impl Queries {
         Self {
             // Candidates: due rows in id order, less those behind an earlier row of their
             // aggregate that waits (a retry not yet due, a dead letter), left out before the
-            // limit so they cannot crowd out publishable rows. A few times the batch size of
-            // them, so that the aggregate try-locks below are taken on that many rows at most
-            // (in a filter the planner may run over every row it sorts), not on every due row.
-            // Of those, a row is taken with its aggregate's relay lock and its row lock, both
-            // skipped when another relay holds them. Last, a row is published only if no
-            // earlier row of its aggregate is unpublished and outside the batch (one locked by
-            // some other session, say).
+            // limit so they cannot crowd out publishable rows; a few batches' worth, to leave
+            // room for skipping the aggregates other relays hold.
+            // Lanes: candidates, in that order, whose aggregate try-lock this relay gets (or
+            // holds already), until a batch is had: the limit stops the try-locks there, so a
+            // relay locks only the aggregates it takes. A materialized CTE is scanned in the
+            // order it was filled.
+            // Due: those rows locked, skipping any another session holds; the due conditions
+            // are checked again because a row another relay published after this statement
+            // began is re-read when its lock is taken, and must drop out.
+            // Last, a row is published only if no earlier row of its aggregate is unpublished
+            // and outside the batch (one locked by some other session, say).
             claim_due: format!(
                 "WITH candidates AS MATERIALIZED (
                     SELECT id, aggregate_id FROM {t} AS o
@@ -457,16 +470,16 @@ impl Queries {
                           AND (w.status = 'dead_letter' OR w.next_attempt_at > $1))
                     ORDER BY id
                     LIMIT $2::bigint * {CANDIDATES_PER_ROW}
-                ), due AS (
-                    SELECT o.id FROM {t} AS o JOIN candidates AS c ON c.id = o.id
-                    -- Checked again here: a row another relay published after this
-                    -- statement began is re-read when its lock is taken, and must drop out.
-                    WHERE o.status IN ('pending', 'failed')
-                      AND (o.next_attempt_at IS NULL OR o.next_attempt_at <= $1)
-                      AND pg_try_advisory_xact_lock({RELAY_LOCK_CLASS}, {candidate_lane})
-                    ORDER BY o.id
+                ), lanes AS MATERIALIZED (
+                    SELECT c.id FROM candidates AS c
+                    WHERE pg_try_advisory_xact_lock({RELAY_LOCK_CLASS}, {candidate_lane})
                     LIMIT $2
-                    FOR UPDATE OF o SKIP LOCKED
+                ), due AS (
+                    SELECT o.id FROM {t} AS o
+                    WHERE o.id IN (SELECT id FROM lanes)
+                      AND o.status IN ('pending', 'failed')
+                      AND (o.next_attempt_at IS NULL OR o.next_attempt_at <= $1)
+                    FOR UPDATE SKIP LOCKED
                 )
                 SELECT {COLUMNS} FROM {t} AS o
                 WHERE o.id IN (SELECT id FROM due)
