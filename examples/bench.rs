@@ -1,21 +1,35 @@
-//! Throughput and latency of the inbox consumer against the real PostgreSQL and Redis, with a
-//! baseline run in the same command: the one-transaction-per-event design of the reference
-//! toolkit (store each entry in its own transaction and acknowledge it alone; claim, handle and
-//! commit one row per transaction).
+//! Throughput and latency of the inbox consumer, or with `--outbox` of the outbox relay, against
+//! the real PostgreSQL and Redis, each with a baseline run in the same command.
 //!
 //! ```text
 //! cargo run --release --example bench -- [--events 20000] [--baseline-events 3000] [--workers 4]
 //!                                         [--readers 2] [--read-batch 500] [--claim-batch 64]
 //!                                         [--rate 2000 (0 skips the paced run)] [--repeat 3]
+//! cargo run --release --example bench -- --outbox [--events 20000] [--baseline-events 3000]
+//!                                         [--relay-workers 2] [--relay-batch 100]
+//!                                         [--rate 2000] [--repeat 3]
 //! ```
-//! URLs come from `EVENTFLOW_DATABASE_URL` and `EVENTFLOW_REDIS_URL` (local defaults).
-//! Throughput is measured from the first XADD to the last row committed as processed, with the
-//! producer sending as fast as it can; latency from each event's XADD to the start of its
-//! handler. Under a flood, latency is mostly time spent queued, so a last run paces the producer
-//! at `--rate` events per second to show the latency of a consumer that keeps up. Each flood
-//! scenario runs `--repeat` times and the median run is reported (`--baseline-events 0` skips
-//! the baseline).
+//! URLs come from `EVENTFLOW_DATABASE_URL` and `EVENTFLOW_REDIS_URL` (local defaults). Each
+//! flood scenario runs `--repeat` times and the median run is reported (`--baseline-events 0`
+//! skips the baseline); a last run paces the producer at `--rate` events per second to show the
+//! latency of a consumer (or relay) that keeps up, since under a flood latency is mostly time
+//! spent queued.
+//!
+//! **Inbox.** The baseline is the one-transaction-per-event design of the reference toolkit
+//! (store each entry in its own transaction and acknowledge it alone; claim, handle and commit
+//! one row per transaction). Throughput is measured from the first XADD to the last row
+//! committed as processed, with the producer sending as fast as it can; latency from each
+//! event's XADD to the start of its handler.
+//!
+//! **Outbox.** Events are enqueued first (transactions of 100, over 1,000 aggregates), then the
+//! relay is started; throughput is measured from `start()` until every row is published. The
+//! baseline is a naive relay: one row claimed per transaction and one XADD per row (statements
+//! prepared once), with as many threads as the relay has workers. Latency, in the paced run, is
+//! from the producer's commit returning to the entry being read from the stream by a blocked
+//! `XREADGROUP`, so it shows how fast `LISTEN`/`NOTIFY` wakes the relay.
 
+use eventflow::outbox::{OutboxRelay, OutboxTable};
+use eventflow::store::outbox::{OutboxStore, PostgresOutbox};
 use eventflow::store::{InboxStore, PostgresStore};
 use eventflow::transport::{ReadRequest, RedisStreams, Transport};
 use eventflow::{Event, HandlerResult, InboxConsumer, InboxRow};
@@ -27,6 +41,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 struct Options {
+    outbox: bool,
     events: usize,
     baseline_events: usize,
     workers: usize,
@@ -35,6 +50,8 @@ struct Options {
     claim_batch: usize,
     rate: usize,
     repeat: usize,
+    relay_workers: usize,
+    relay_batch: usize,
     database_url: String,
     redis_url: String,
 }
@@ -51,11 +68,15 @@ impl Outcome {
         self.events as f64 / self.elapsed.as_secs_f64()
     }
 
-    fn percentile_ms(&self, p: f64) -> f64 {
+    /// The `p` quantile in milliseconds, or "-" when the run measured no latency.
+    fn percentile_ms(&self, p: f64) -> String {
         let mut sorted = self.latencies_us.clone();
         sorted.sort_unstable();
         let index = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-        sorted.get(index).copied().unwrap_or(0) as f64 / 1000.0
+        sorted.get(index).map_or_else(
+            || "-".to_string(),
+            |us| format!("{:.1}", *us as f64 / 1000.0),
+        )
     }
 }
 
@@ -63,13 +84,23 @@ fn main() {
     let options = parse_options();
     let repeat = |run: &dyn Fn() -> Outcome| median((0..options.repeat).map(|_| run()).collect());
     let mut outcomes = Vec::new();
-    if options.baseline_events > 0 {
-        outcomes.push(repeat(&|| baseline(&options)));
-    }
-    outcomes.push(repeat(&|| eventflow_run(&options, false, None)));
-    outcomes.push(repeat(&|| eventflow_run(&options, true, None)));
-    if options.rate > 0 {
-        outcomes.push(eventflow_run(&options, true, Some(options.rate)));
+    if options.outbox {
+        if options.baseline_events > 0 {
+            outcomes.push(repeat(&|| naive_relay(&options)));
+        }
+        outcomes.push(repeat(&|| relay_run(&options, None)));
+        if options.rate > 0 {
+            outcomes.push(relay_run(&options, Some(options.rate)));
+        }
+    } else {
+        if options.baseline_events > 0 {
+            outcomes.push(repeat(&|| baseline(&options)));
+        }
+        outcomes.push(repeat(&|| eventflow_run(&options, false, None)));
+        outcomes.push(repeat(&|| eventflow_run(&options, true, None)));
+        if options.rate > 0 {
+            outcomes.push(eventflow_run(&options, true, Some(options.rate)));
+        }
     }
 
     let base = outcomes[0].rate();
@@ -79,7 +110,7 @@ fn main() {
     );
     for outcome in &outcomes {
         println!(
-            "{:<48} {:>7} {:>8.2} {:>10.0} {:>9.1} {:>9.1} {:>7.1}x",
+            "{:<48} {:>7} {:>8.2} {:>10.0} {:>9} {:>9} {:>7.1}x",
             outcome.name,
             outcome.events,
             outcome.elapsed.as_secs_f64(),
@@ -107,6 +138,7 @@ fn median(mut runs: Vec<Outcome>) -> Outcome {
 
 fn parse_options() -> Options {
     let mut options = Options {
+        outbox: false,
         events: 20_000,
         baseline_events: 3_000,
         workers: 4,
@@ -115,19 +147,25 @@ fn parse_options() -> Options {
         claim_batch: 64,
         rate: 2000,
         repeat: 3,
+        relay_workers: 2,
+        relay_batch: 100,
         database_url: std::env::var("EVENTFLOW_DATABASE_URL")
             .unwrap_or_else(|_| "host=127.0.0.1 user=postgres dbname=test".into()),
         redis_url: std::env::var("EVENTFLOW_REDIS_URL")
             .unwrap_or_else(|_| "redis://127.0.0.1:6379".into()),
     };
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    for pair in args.chunks(2) {
-        let value = || {
-            pair.get(1)
+    let mut args = std::env::args().skip(1);
+    while let Some(flag) = args.next() {
+        if flag == "--outbox" {
+            options.outbox = true;
+            continue;
+        }
+        let mut value = || {
+            args.next()
                 .and_then(|v| v.parse().ok())
                 .expect("a number after the flag")
         };
-        match pair[0].as_str() {
+        match flag.as_str() {
             "--events" => options.events = value(),
             "--baseline-events" => options.baseline_events = value(),
             "--workers" => options.workers = value(),
@@ -136,6 +174,8 @@ fn parse_options() -> Options {
             "--claim-batch" => options.claim_batch = value(),
             "--rate" => options.rate = value(),
             "--repeat" => options.repeat = value(),
+            "--relay-workers" => options.relay_workers = value(),
+            "--relay-batch" => options.relay_batch = value(),
             other => panic!("unknown option {other}; see the file's doc comment"),
         }
     }
@@ -400,5 +440,249 @@ fn baseline(options: &Options) -> Outcome {
         events: n,
         elapsed,
         latencies_us,
+    }
+}
+
+/// Aggregates the outbox scenarios spread their events over.
+const OUTBOX_AGGREGATES: usize = 1_000;
+
+/// A migrated outbox table of its own, the stream its rows go to, and the aggregates.
+struct OutboxSetup {
+    table: OutboxTable,
+    stream: String,
+    aggregates: Vec<uuid::Uuid>,
+}
+
+fn outbox_setup(options: &Options, prefix: &str) -> OutboxSetup {
+    let table = unique(prefix);
+    PostgresOutbox::builder(&options.database_url)
+        .table(&table)
+        .pool_size(1)
+        .build()
+        .unwrap()
+        .migrate()
+        .unwrap();
+    OutboxSetup {
+        stream: format!("{table}_stream"),
+        table: OutboxTable::named(table).unwrap(),
+        aggregates: (0..OUTBOX_AGGREGATES)
+            .map(|_| uuid::Uuid::new_v4())
+            .collect(),
+    }
+}
+
+impl OutboxSetup {
+    fn events(&self, range: std::ops::Range<usize>) -> Vec<Event> {
+        range
+            .map(|i| {
+                let aggregate = self.aggregates[i % self.aggregates.len()];
+                let mut event = Event::new("BenchEvent", aggregate, json!({ "i": i }));
+                event.event_id = format!("{}-{i}", self.stream);
+                event
+            })
+            .collect()
+    }
+
+    /// Enqueues `n` events in transactions of 100.
+    fn enqueue_all(&self, options: &Options, n: usize) {
+        let mut client = Client::connect(&options.database_url, NoTls).unwrap();
+        for start in (0..n).step_by(100) {
+            let mut tx = client.transaction().unwrap();
+            self.table
+                .enqueue_batch(
+                    &mut tx,
+                    &self.stream,
+                    &self.events(start..(start + 100).min(n)),
+                )
+                .unwrap();
+            tx.commit().unwrap();
+        }
+    }
+
+    fn cleanup(&self, options: &Options) {
+        let table = self.table.name();
+        let mut client = Client::connect(&options.database_url, NoTls).unwrap();
+        let _ = client.batch_execute(&format!(
+            "DROP TABLE IF EXISTS {table}; DELETE FROM eventflow_migrations WHERE target = 'outbox:{table}'"
+        ));
+        let client = redis::Client::open(options.redis_url.as_str()).unwrap();
+        let mut conn = client.get_connection().unwrap();
+        let _: redis::RedisResult<()> = redis::cmd("DEL").arg(&self.stream).query(&mut conn);
+    }
+}
+
+/// The eventflow relay: with `rate` unset, over a backlog of `--events` rows, from `start()`
+/// until the last is published; with `rate`, while a producer enqueues at that pace, measuring
+/// the latency from each commit to its entry being read from the stream.
+fn relay_run(options: &Options, rate: Option<usize>) -> Outcome {
+    let setup = outbox_setup(options, "bench_outbox");
+    let n = options.events;
+    let relay = OutboxRelay::builder()
+        .postgres(&options.database_url)
+        .redis(&options.redis_url)
+        .table(setup.table.name())
+        .workers(options.relay_workers)
+        .batch_size(options.relay_batch)
+        .retention(None)
+        .build()
+        .unwrap();
+    let name = format!(
+        "eventflow relay, {} workers, batch {}{}",
+        options.relay_workers,
+        options.relay_batch,
+        rate.map(|r| format!(", paced {r}/s")).unwrap_or_default()
+    );
+    let Some(rate) = rate else {
+        setup.enqueue_all(options, n);
+        let started = Instant::now();
+        let handle = relay.start().unwrap();
+        while handle.stats().published < n as u64 {
+            std::thread::sleep(Duration::from_micros(500));
+        }
+        let elapsed = started.elapsed();
+        handle.shutdown(Duration::from_secs(30)).unwrap();
+        setup.cleanup(options);
+        return Outcome {
+            name,
+            events: n,
+            elapsed,
+            latencies_us: Vec::new(),
+        };
+    };
+
+    let handle = relay.start().unwrap();
+    let redis = RedisStreams::connect(&options.redis_url).unwrap();
+    redis.ensure_group(&setup.stream, "bench").unwrap();
+    let committed_at: Arc<Vec<AtomicU64>> = Arc::new((0..n).map(|_| AtomicU64::new(0)).collect());
+    // The reader: a blocked XREADGROUP, stamping when each entry arrives.
+    let reader = {
+        let stream = setup.stream.clone();
+        std::thread::spawn(move || {
+            let mut arrived = vec![0u64; n];
+            let mut seen = 0;
+            while seen < n {
+                let request = ReadRequest {
+                    stream: &stream,
+                    group: "bench",
+                    consumer: "reader",
+                    count: 1_000,
+                    block: Duration::from_millis(100),
+                };
+                for entry in redis.read_group(&request).expect("XREADGROUP") {
+                    let now = micros_now();
+                    let event = Event::from_entry(&entry).expect("an outbox entry");
+                    let i = event.payload["i"].as_u64().unwrap() as usize;
+                    if arrived[i] == 0 {
+                        arrived[i] = now;
+                        seen += 1;
+                    }
+                }
+            }
+            arrived
+        })
+    };
+    let mut client = Client::connect(&options.database_url, NoTls).unwrap();
+    let started = Instant::now();
+    let batch = 10;
+    for (k, start) in (0..n).step_by(batch).enumerate() {
+        let due = started + Duration::from_secs_f64((k * batch) as f64 / rate as f64);
+        std::thread::sleep(due.saturating_duration_since(Instant::now()));
+        let end = (start + batch).min(n);
+        let mut tx = client.transaction().unwrap();
+        setup
+            .table
+            .enqueue_batch(&mut tx, &setup.stream, &setup.events(start..end))
+            .unwrap();
+        tx.commit().unwrap();
+        let now = micros_now();
+        for at in &committed_at[start..end] {
+            at.store(now, Ordering::Relaxed);
+        }
+    }
+    let arrived = reader.join().unwrap();
+    let elapsed = started.elapsed();
+    handle.shutdown(Duration::from_secs(30)).unwrap();
+    setup.cleanup(options);
+    // An entry can be read before its producer sees the commit return: that counts as zero.
+    let latencies_us = arrived
+        .iter()
+        .zip(committed_at.iter())
+        .map(|(arrived, committed)| arrived.saturating_sub(committed.load(Ordering::Relaxed)))
+        .collect();
+    Outcome {
+        name,
+        events: n,
+        elapsed,
+        latencies_us,
+    }
+}
+
+/// A naive relay, as a hand-written loop would do it: claim one row per transaction, XADD it,
+/// mark it published, commit; statements prepared once, `--relay-workers` threads. It does not
+/// keep per-aggregate order across its threads, so it is the easier job.
+fn naive_relay(options: &Options) -> Outcome {
+    let setup = outbox_setup(options, "bench_naive");
+    let n = options.baseline_events;
+    setup.enqueue_all(options, n);
+    let table = setup.table.name().to_string();
+    let started = Instant::now();
+    let threads: Vec<_> = (0..options.relay_workers)
+        .map(|_| {
+            let (url, redis_url, table, stream) = (
+                options.database_url.clone(),
+                options.redis_url.clone(),
+                table.clone(),
+                setup.stream.clone(),
+            );
+            std::thread::spawn(move || {
+                let mut db = Client::connect(&url, NoTls).unwrap();
+                let redis = RedisStreams::connect(&redis_url).unwrap();
+                let claim = db
+                    .prepare(&format!(
+                        "SELECT id, event_id, event_type, aggregate_id, occurred_on, payload \
+                         FROM {table} WHERE status = 'pending' ORDER BY id LIMIT 1 \
+                         FOR UPDATE SKIP LOCKED"
+                    ))
+                    .unwrap();
+                let mark = db
+                    .prepare(&format!(
+                        "UPDATE {table} SET status = 'published', published_at = now(), \
+                         stream_entry_id = $2 WHERE id = $1"
+                    ))
+                    .unwrap();
+                loop {
+                    let mut tx = db.transaction().unwrap();
+                    // The backlog is all there: nothing left to claim means done.
+                    let Some(row) = tx.query_opt(&claim, &[]).unwrap() else {
+                        return;
+                    };
+                    let id: i64 = row.get(0);
+                    let mut event = Event::new(
+                        row.get::<_, String>(2),
+                        row.get(3),
+                        row.get::<_, serde_json::Value>(5),
+                    );
+                    event.event_id = row.get(1);
+                    event.occurred_on = row.get(4);
+                    let entry_id = redis.publish(&stream, event.to_entry_fields()).unwrap();
+                    tx.execute(&mark, &[&id, &entry_id]).unwrap();
+                    tx.commit().unwrap();
+                }
+            })
+        })
+        .collect();
+    for thread in threads {
+        thread.join().unwrap();
+    }
+    let elapsed = started.elapsed();
+    setup.cleanup(options);
+    Outcome {
+        name: format!(
+            "naive relay: one row per transaction, {} threads",
+            options.relay_workers
+        ),
+        events: n,
+        elapsed,
+        latencies_us: Vec::new(),
     }
 }
