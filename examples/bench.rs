@@ -6,7 +6,7 @@
 //!                                         [--readers 2] [--read-batch 500] [--claim-batch 64]
 //!                                         [--rate 2000 (0 skips the paced run)] [--repeat 3]
 //! cargo run --release --example bench -- --outbox [--events 20000] [--baseline-events 3000]
-//!                                         [--relay-workers 2] [--relay-batch 100]
+//!                                         [--relay-workers 2] [--relay-batch 500]
 //!                                         [--rate 2000] [--repeat 3]
 //! ```
 //! URLs come from `EVENTFLOW_DATABASE_URL` and `EVENTFLOW_REDIS_URL` (local defaults). Each
@@ -148,7 +148,7 @@ fn parse_options() -> Options {
         rate: 2000,
         repeat: 3,
         relay_workers: 2,
-        relay_batch: 100,
+        relay_batch: 500,
         database_url: std::env::var("EVENTFLOW_DATABASE_URL")
             .unwrap_or_else(|_| "host=127.0.0.1 user=postgres dbname=test".into()),
         redis_url: std::env::var("EVENTFLOW_REDIS_URL")

