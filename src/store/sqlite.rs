@@ -68,6 +68,27 @@ impl std::fmt::Debug for SqliteStore {
     }
 }
 
+/// Opens (creating if needed) the database file at `path` in WAL mode, which lets readers in
+/// other connections and processes (the application's, an operator's sqlite3 shell) work
+/// alongside a writer.
+pub(in crate::store) fn open_file(path: &Path) -> Result<Connection, StoreError> {
+    let conn = Connection::open(path).map_err(lite("open the database file"))?;
+    conn.pragma_update(None, "journal_mode", "WAL")
+        .map_err(lite("enable WAL"))?;
+    Ok(conn)
+}
+
+/// A private in-memory database.
+pub(in crate::store) fn open_memory() -> Result<Connection, StoreError> {
+    Connection::open_in_memory().map_err(lite("open an in-memory database"))
+}
+
+/// Makes `conn` wait up to 5 s for another connection's write lock instead of failing at once.
+pub(in crate::store) fn wait_when_busy(conn: &Connection) -> Result<(), StoreError> {
+    conn.busy_timeout(Duration::from_secs(5))
+        .map_err(lite("set the busy timeout"))
+}
+
 pub(in crate::store) fn lite(context: &'static str) -> impl FnOnce(rusqlite::Error) -> StoreError {
     move |source| StoreError::Sqlite { context, source }
 }
@@ -76,17 +97,12 @@ impl SqliteStore {
     /// Opens (creating if needed) the database file at `path`, in WAL mode, with the default
     /// table name `event_inbox`.
     pub fn open(path: impl AsRef<Path>) -> Result<Self, StoreError> {
-        let conn = Connection::open(path).map_err(lite("open the database file"))?;
-        // WAL lets readers in other processes (an operator's sqlite3 shell) work alongside.
-        conn.pragma_update(None, "journal_mode", "WAL")
-            .map_err(lite("enable WAL"))?;
-        Self::from_connection(conn, DEFAULT_INBOX_TABLE)
+        Self::from_connection(open_file(path.as_ref())?, DEFAULT_INBOX_TABLE)
     }
 
     /// A private in-memory database, gone when the store is dropped.
     pub fn open_in_memory() -> Result<Self, StoreError> {
-        let conn = Connection::open_in_memory().map_err(lite("open an in-memory database"))?;
-        Self::from_connection(conn, DEFAULT_INBOX_TABLE)
+        Self::from_connection(open_memory()?, DEFAULT_INBOX_TABLE)
     }
 
     /// The same database with the inbox table named `table` (the quarantine table is
@@ -97,8 +113,7 @@ impl SqliteStore {
 
     fn from_connection(conn: Connection, table: &str) -> Result<Self, StoreError> {
         validate_table_name(table)?;
-        conn.busy_timeout(Duration::from_secs(5))
-            .map_err(lite("set the busy timeout"))?;
+        wait_when_busy(&conn)?;
         Ok(Self {
             conn: Mutex::new(conn),
             table: table.to_string(),

@@ -9,13 +9,15 @@ use super::{
 };
 use crate::event::Event;
 use crate::store::migrations::Migration;
-use crate::store::sqlite::{apply_migrations, lite, parse_opt_ts, parse_ts, parse_uuid, ts};
+use crate::store::sqlite::{
+    apply_migrations, lite, open_file, open_memory, parse_opt_ts, parse_ts, parse_uuid, ts,
+    wait_when_busy,
+};
 use crate::store::{truncate_error, validate_table_name, StoreError};
 use chrono::{DateTime, Utc};
 use parking_lot::Mutex;
 use rusqlite::{params, Connection, Row, TransactionBehavior};
 use std::path::Path;
-use std::time::Duration;
 
 /// The embedded outbox migrations for SQLite, from `sql/sqlite/outbox/`.
 pub const MIGRATIONS: &[Migration] = &[Migration {
@@ -50,18 +52,13 @@ impl SqliteOutbox {
     /// Opens (creating if needed) the database file at `path`, in WAL mode, with the default
     /// table name `event_outbox`.
     pub fn open(path: impl AsRef<Path>) -> Result<Self, StoreError> {
-        let conn = Connection::open(path).map_err(lite("open the database file"))?;
-        // WAL lets the application's connections read while a relay publishes.
-        conn.pragma_update(None, "journal_mode", "WAL")
-            .map_err(lite("enable WAL"))?;
-        Self::from_connection(conn, DEFAULT_OUTBOX_TABLE)
+        Self::from_connection(open_file(path.as_ref())?, DEFAULT_OUTBOX_TABLE)
     }
 
     /// A private in-memory database, gone when the outbox is dropped; enqueue through
     /// [`with_connection`](Self::with_connection).
     pub fn open_in_memory() -> Result<Self, StoreError> {
-        let conn = Connection::open_in_memory().map_err(lite("open an in-memory database"))?;
-        Self::from_connection(conn, DEFAULT_OUTBOX_TABLE)
+        Self::from_connection(open_memory()?, DEFAULT_OUTBOX_TABLE)
     }
 
     /// The same database with the outbox table named `table`.
@@ -71,8 +68,7 @@ impl SqliteOutbox {
 
     fn from_connection(conn: Connection, table: &str) -> Result<Self, StoreError> {
         validate_table_name(table)?;
-        conn.busy_timeout(Duration::from_secs(5))
-            .map_err(lite("set the busy timeout"))?;
+        wait_when_busy(&conn)?;
         Ok(Self {
             conn: Mutex::new(conn),
             table: table.to_string(),
