@@ -17,6 +17,7 @@ mod consumer;
 mod dead_letter;
 mod handle;
 pub(crate) use handle::Threads;
+pub(crate) use worker::panic_message;
 mod health;
 pub mod metrics;
 mod receiver;

@@ -36,10 +36,16 @@
 //! # Ok(()) }
 //! ```
 
+mod builder;
 mod enqueue;
+mod handle;
+mod listener;
 pub mod metrics;
+mod publisher;
 mod relay;
 
+pub use builder::RelayBuilder;
 pub use enqueue::{enqueue, enqueue_batch, EnqueueError, OutboxTable, OutboxWriter};
-pub(crate) use relay::Counters;
-pub use relay::{OutboxRelay, RelayBuilder, RelayHandle, RelayReport, RelayStats};
+pub(crate) use handle::Counters;
+pub use handle::{RelayHandle, RelayReport, RelayStats};
+pub use relay::OutboxRelay;
