@@ -61,23 +61,6 @@ impl AdminError {
     }
 }
 
-/// Whether `error` says the table the statement names does not exist (PostgreSQL
-/// `undefined_table`, SQLite "no such table"), as opposed to any other failure.
-pub(super) fn is_missing_table(error: &StoreError) -> bool {
-    match error {
-        #[cfg(feature = "postgres")]
-        StoreError::Postgres { source, .. } => source
-            .code()
-            .is_some_and(|code| *code == postgres::error::SqlState::UNDEFINED_TABLE),
-        #[cfg(feature = "sqlite")]
-        StoreError::Sqlite {
-            source: rusqlite::Error::SqliteFailure(_, Some(message)),
-            ..
-        } => message.starts_with("no such table"),
-        _ => false,
-    }
-}
-
 fn store_unreachable(error: &StoreError) -> bool {
     match error {
         StoreError::Pool(_) => true,

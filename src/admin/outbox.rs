@@ -1,7 +1,6 @@
 //! The outbox, for operators: its backlog, rows listed and shown, dead letters requeued, and
 //! published rows purged in small batches.
 
-use super::error::is_missing_table;
 use super::purge::cutoff;
 use super::status::age;
 use super::{AdminError, AdminResult, BATCH_ROWS};
@@ -139,7 +138,7 @@ impl OutboxAdmin {
                 counts,
                 now: self.clock.now(),
             })),
-            Err(error) if is_missing_table(&error) => Ok(OutboxState::NotInstalled {
+            Err(error) if error.is_missing_table() => Ok(OutboxState::NotInstalled {
                 table: self.store.table().to_string(),
             }),
             Err(error) => Err(error.into()),
@@ -251,7 +250,7 @@ impl OutboxAdmin {
     /// A store result, with a missing table reported as [`AdminError::NotInstalled`].
     fn checked<T>(&self, result: Result<T, StoreError>) -> AdminResult<T> {
         result.map_err(|error| {
-            if is_missing_table(&error) {
+            if error.is_missing_table() {
                 AdminError::NotInstalled {
                     table: self.store.table().to_string(),
                 }

@@ -395,6 +395,23 @@ fn postgres_detail(error: &::postgres::Error) -> String {
 }
 
 impl StoreError {
+    /// Whether the database said the table a statement names does not exist (PostgreSQL
+    /// `undefined_table`, SQLite "no such table"): not migrated yet, or another table name.
+    pub fn is_missing_table(&self) -> bool {
+        match self {
+            #[cfg(feature = "postgres")]
+            StoreError::Postgres { source, .. } => source
+                .code()
+                .is_some_and(|code| *code == ::postgres::error::SqlState::UNDEFINED_TABLE),
+            #[cfg(feature = "sqlite")]
+            StoreError::Sqlite {
+                source: rusqlite::Error::SqliteFailure(_, Some(message)),
+                ..
+            } => message.starts_with("no such table"),
+            _ => false,
+        }
+    }
+
     /// Whether the database refused the data itself (a value out of range, a constraint): the
     /// same statement will fail again, unlike after a lost connection.
     pub fn is_data_error(&self) -> bool {
