@@ -256,7 +256,7 @@ fn main() -> Result<(), Box<dyn Error>> {
     let relay_stats = relay.shutdown(Duration::from_secs(10))?.stats;
     let shipping_stats = shipping.shutdown(Duration::from_secs(10))?.stats;
     println!(
-        "\nrelay: {} events published in {} batches; shipping: {} received, {} handled, \
+        "\nrelay: {} events published in {} batch(es); shipping: {} received, {} handled, \
          {} duplicates skipped",
         relay_stats.published,
         relay_stats.batches,
