@@ -12,8 +12,8 @@ mod support;
 use chrono::{DateTime, Duration as Span, Utc};
 use eventflow::outbox::{EnqueueError, OutboxTable};
 use eventflow::store::outbox::{
-    ClaimDue, Delivery, OutboxPage, OutboxRow, OutboxStatus, OutboxStore, PostgresOutbox, Requeue,
-    RowOutcome, SqliteOutbox,
+    ClaimDue, Delivery, OutboxPage, OutboxRow, OutboxStatus, OutboxStore, PostgresOutbox,
+    PublishRound, Requeue, RowOutcome, SqliteOutbox,
 };
 use eventflow::Event;
 use parking_lot::Mutex;
@@ -154,6 +154,14 @@ fn publish_all<B: Backend>(b: &B, now: DateTime<Utc>, limit: usize) -> Vec<Outbo
     seen
 }
 
+/// Claims one batch and gives every claimed row the same `outcome`.
+fn settle_all<B: Backend>(b: &B, claim: ClaimDue, outcome: RowOutcome) -> PublishRound {
+    b.publish_due(&claim, &mut |rows| {
+        Delivery::Settled(rows.iter().map(|_| outcome.clone()).collect())
+    })
+    .expect("publish_due")
+}
+
 fn ids_of(rows: &[OutboxRow]) -> Vec<String> {
     rows.iter().map(|row| row.event.event_id.clone()).collect()
 }
@@ -276,18 +284,14 @@ fn refused_rows_wait_for_their_retry_time_then_dead_letter_and_requeue<B: Backen
     b.enqueue("orders", std::slice::from_ref(&e), true).unwrap();
     let now = Utc::now();
     let retry_at = now + Span::seconds(60);
-    let round = b
-        .publish_due(&ClaimDue { limit: 10, now }, &mut |rows| {
-            Delivery::Settled(
-                rows.iter()
-                    .map(|_| RowOutcome::Retry {
-                        error: "WRONGTYPE".into(),
-                        at: retry_at,
-                    })
-                    .collect(),
-            )
-        })
-        .unwrap();
+    let round = settle_all(
+        b,
+        ClaimDue { limit: 10, now },
+        RowOutcome::Retry {
+            error: "WRONGTYPE".into(),
+            at: retry_at,
+        },
+    );
     assert_eq!((round.claimed, round.retried), (1, 1));
     let row = one(b, &e.event_id);
     assert_eq!((row.status, row.attempts), (OutboxStatus::Failed, 1));
@@ -303,23 +307,16 @@ fn refused_rows_wait_for_their_retry_time_then_dead_letter_and_requeue<B: Backen
         "not due yet"
     );
 
-    let round = b
-        .publish_due(
-            &ClaimDue {
-                limit: 10,
-                now: now + Span::seconds(61),
-            },
-            &mut |rows| {
-                Delivery::Settled(
-                    rows.iter()
-                        .map(|_| RowOutcome::DeadLetter {
-                            error: "still WRONGTYPE".into(),
-                        })
-                        .collect(),
-                )
-            },
-        )
-        .unwrap();
+    let round = settle_all(
+        b,
+        ClaimDue {
+            limit: 10,
+            now: now + Span::seconds(61),
+        },
+        RowOutcome::DeadLetter {
+            error: "still WRONGTYPE".into(),
+        },
+    );
     assert_eq!(round.dead_lettered, 1);
     let row = one(b, &e.event_id);
     assert_eq!((row.status, row.attempts), (OutboxStatus::DeadLetter, 2));
@@ -345,17 +342,14 @@ fn a_waiting_row_holds_back_the_later_rows_of_its_aggregate_only<B: Backend>(b: 
     let (a, other) = (Uuid::new_v4(), Uuid::new_v4());
     b.enqueue("orders", &[event(a, 1)], true).unwrap();
     let now = Utc::now();
-    b.publish_due(&ClaimDue { limit: 10, now }, &mut |rows| {
-        Delivery::Settled(
-            rows.iter()
-                .map(|_| RowOutcome::Retry {
-                    error: "refused".into(),
-                    at: now + Span::seconds(60),
-                })
-                .collect(),
-        )
-    })
-    .unwrap();
+    settle_all(
+        b,
+        ClaimDue { limit: 10, now },
+        RowOutcome::Retry {
+            error: "refused".into(),
+            at: now + Span::seconds(60),
+        },
+    );
     b.enqueue("orders", &[event(a, 2), event(other, 1), event(a, 3)], true)
         .unwrap();
     assert_eq!(
@@ -373,16 +367,13 @@ fn a_waiting_row_holds_back_the_later_rows_of_its_aggregate_only<B: Backend>(b: 
     let dead = event(a, 4);
     b.enqueue("orders", std::slice::from_ref(&dead), true)
         .unwrap();
-    b.publish_due(&ClaimDue { limit: 10, now }, &mut |rows| {
-        Delivery::Settled(
-            rows.iter()
-                .map(|_| RowOutcome::DeadLetter {
-                    error: "refused".into(),
-                })
-                .collect(),
-        )
-    })
-    .unwrap();
+    settle_all(
+        b,
+        ClaimDue { limit: 10, now },
+        RowOutcome::DeadLetter {
+            error: "refused".into(),
+        },
+    );
     b.enqueue("orders", &[event(a, 5)], true).unwrap();
     assert!(publish_all(b, now + Span::days(1), 10).is_empty());
     assert_eq!(b.requeue_dead_letters(Requeue::All).unwrap(), 1);
@@ -396,16 +387,13 @@ fn held_back_rows_do_not_crowd_out_publishable_ones<B: Backend>(b: &B) {
     let (stuck, free) = (Uuid::new_v4(), Uuid::new_v4());
     b.enqueue("orders", &[event(stuck, 0)], true).unwrap();
     let now = Utc::now();
-    b.publish_due(&ClaimDue { limit: 10, now }, &mut |rows| {
-        Delivery::Settled(
-            rows.iter()
-                .map(|_| RowOutcome::DeadLetter {
-                    error: "refused".into(),
-                })
-                .collect(),
-        )
-    })
-    .unwrap();
+    settle_all(
+        b,
+        ClaimDue { limit: 10, now },
+        RowOutcome::DeadLetter {
+            error: "refused".into(),
+        },
+    );
     let behind: Vec<Event> = (1..=20).map(|n| event(stuck, n)).collect();
     b.enqueue("orders", &behind, true).unwrap();
     b.enqueue("orders", &[event(free, 1)], true).unwrap();
@@ -547,16 +535,13 @@ fn rows_are_listed_by_status_a_page_at_a_time<B: Backend>(b: &B) {
     let events: Vec<Event> = (0..5).map(|n| event(Uuid::new_v4(), n)).collect();
     b.enqueue("orders", &events, true).unwrap();
     let now = Utc::now();
-    b.publish_due(&ClaimDue { limit: 2, now }, &mut |rows| {
-        Delivery::Settled(
-            rows.iter()
-                .map(|_| RowOutcome::DeadLetter {
-                    error: "refused".into(),
-                })
-                .collect(),
-        )
-    })
-    .unwrap();
+    settle_all(
+        b,
+        ClaimDue { limit: 2, now },
+        RowOutcome::DeadLetter {
+            error: "refused".into(),
+        },
+    );
     let page = |status, after_id, limit| {
         ids_of(
             &b.list_rows(&OutboxPage {
