@@ -48,6 +48,23 @@ pub enum Error {
         /// Names of the threads still running.
         still_running: Vec<String>,
     },
+    /// The inbox table belongs to another consumer group. An inbox finds duplicates by
+    /// `event_id` per table, so a second service on the same table would skip every event the
+    /// first one stored: each service (group) needs a table of its own.
+    #[error(
+        "inbox table {table:?} belongs to consumer group {owner:?}, not {group:?}; give this \
+         consumer a table of its own with .table(\"{suggested}\") (eventflow --table for the CLI)"
+    )]
+    TableOwned {
+        /// The inbox table.
+        table: String,
+        /// The group that owns it.
+        owner: String,
+        /// The group that was refused.
+        group: String,
+        /// A table name for the refused group.
+        suggested: String,
+    },
     /// The quarantined entry does not exist or was replayed already.
     #[error("quarantined entry {0} not found or already replayed")]
     NotFound(uuid::Uuid),

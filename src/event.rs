@@ -242,6 +242,9 @@ pub struct InboxRow {
     pub id: Uuid,
     /// The stream entry id the event arrived with.
     pub stream_id: String,
+    /// The stream the event arrived on; `None` for rows stored by other writers (the reference
+    /// toolkit) or before eventflow recorded it.
+    pub stream: Option<String>,
     /// The event.
     pub event: Event,
     /// Where handling stands.

@@ -583,6 +583,16 @@ impl Transport for Outage {
     ) -> Result<GroupStats, eventflow::transport::TransportError> {
         self.inner.group_stats(stream, group)
     }
+    fn oldest_pending_before(
+        &self,
+        stream: &str,
+        group: &str,
+        before: &str,
+    ) -> Result<Option<eventflow::transport::PendingEntry>, eventflow::transport::TransportError>
+    {
+        self.check()?;
+        self.inner.oldest_pending_before(stream, group, before)
+    }
     fn ping(&self, timeout: Duration) -> Result<(), eventflow::transport::TransportError> {
         self.check()?;
         self.inner.ping(timeout)
@@ -736,6 +746,43 @@ impl InboxStore for Refusing {
         &self,
     ) -> Result<eventflow::store::StatusCounts, eventflow::store::StoreError> {
         self.0.count_by_status()
+    }
+    fn table(&self) -> &str {
+        InboxStore::table(&self.0)
+    }
+    fn adopt_owner(
+        &self,
+        group: &str,
+        now: chrono::DateTime<chrono::Utc>,
+    ) -> Result<String, eventflow::store::StoreError> {
+        self.0.adopt_owner(group, now)
+    }
+    fn find_owner(&self) -> Result<Option<String>, eventflow::store::StoreError> {
+        self.0.find_owner()
+    }
+    #[allow(clippy::type_complexity)]
+    fn count_by_stream(
+        &self,
+    ) -> Result<Vec<(Option<String>, eventflow::store::StatusCounts)>, eventflow::store::StoreError>
+    {
+        self.0.count_by_stream()
+    }
+    fn list_parked(
+        &self,
+        page: &eventflow::store::ParkedPage,
+    ) -> Result<Vec<eventflow::store::ParkedAggregate>, eventflow::store::StoreError> {
+        self.0.list_parked(page)
+    }
+    fn parked_summary(
+        &self,
+    ) -> Result<eventflow::store::ParkedSummary, eventflow::store::StoreError> {
+        self.0.parked_summary()
+    }
+    fn skip_dead_letter(
+        &self,
+        skip: &eventflow::store::DeadLetterSkip,
+    ) -> Result<bool, eventflow::store::StoreError> {
+        self.0.skip_dead_letter(skip)
     }
     fn find_by_event_id(
         &self,

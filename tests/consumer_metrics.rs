@@ -310,6 +310,37 @@ impl InboxStore for Gated {
     fn count_by_status(&self) -> Result<StatusCounts, StoreError> {
         self.inner.count_by_status()
     }
+    fn table(&self) -> &str {
+        InboxStore::table(&self.inner)
+    }
+    fn adopt_owner(
+        &self,
+        group: &str,
+        now: chrono::DateTime<chrono::Utc>,
+    ) -> Result<String, StoreError> {
+        self.inner.adopt_owner(group, now)
+    }
+    fn find_owner(&self) -> Result<Option<String>, StoreError> {
+        self.inner.find_owner()
+    }
+    fn count_by_stream(&self) -> Result<Vec<(Option<String>, StatusCounts)>, StoreError> {
+        self.inner.count_by_stream()
+    }
+    fn list_parked(
+        &self,
+        page: &eventflow::store::ParkedPage,
+    ) -> Result<Vec<eventflow::store::ParkedAggregate>, StoreError> {
+        self.inner.list_parked(page)
+    }
+    fn parked_summary(&self) -> Result<eventflow::store::ParkedSummary, StoreError> {
+        self.inner.parked_summary()
+    }
+    fn skip_dead_letter(
+        &self,
+        skip: &eventflow::store::DeadLetterSkip,
+    ) -> Result<bool, StoreError> {
+        self.inner.skip_dead_letter(skip)
+    }
     fn find_by_event_id(&self, event_id: &str) -> Result<Option<InboxRow>, StoreError> {
         self.inner.find_by_event_id(event_id)
     }

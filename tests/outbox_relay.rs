@@ -240,6 +240,14 @@ impl Transport for Faulty {
     fn group_stats(&self, stream: &str, group: &str) -> Result<GroupStats, TransportError> {
         self.inner.group_stats(stream, group)
     }
+    fn oldest_pending_before(
+        &self,
+        stream: &str,
+        group: &str,
+        before: &str,
+    ) -> Result<Option<eventflow::transport::PendingEntry>, TransportError> {
+        self.inner.oldest_pending_before(stream, group, before)
+    }
     fn ping(&self, timeout: Duration) -> Result<(), TransportError> {
         self.inner.ping(timeout)
     }

@@ -418,6 +418,7 @@ fn store_batch<B: Backend>(
     store
         .store_received(&ReceivedBatch {
             stream,
+            ordered: false,
             events,
             malformed,
             received_at,
@@ -742,6 +743,7 @@ fn quarantine_keeps_nul_characters<B: Backend>(store: &B) {
     let stored = store
         .store_received(&ReceivedBatch {
             stream: STREAM,
+            ordered: false,
             events: std::slice::from_ref(&good),
             malformed: std::slice::from_ref(&entry),
             received_at: t0(),
@@ -781,6 +783,7 @@ fn parsed_events_with_nul_characters_are_stored<B: Backend>(store: &B) {
         };
         let batch = ReceivedBatch {
             stream: STREAM,
+            ordered: false,
             events: std::slice::from_ref(&received),
             malformed: &[],
             received_at: t0(),
@@ -817,6 +820,7 @@ fn processed_rows_commit_with_their_handler_writes<B: Backend>(store: &B) {
             InboxRow {
                 id: sent.row_id,
                 stream_id: sent.stream_id.clone(),
+                stream: Some(STREAM.into()),
                 event: sent.event.clone(),
                 status: EventStatus::Pending,
                 retry_count: 0,
@@ -1236,7 +1240,7 @@ fn run_workers<B: Backend>(store: &B, optimistic: bool, fail_first_every: Option
 fn fresh(events: &[ReceivedEvent], received_at: DateTime<Utc>) -> Vec<InboxRow> {
     events
         .iter()
-        .map(|e| e.clone().into_pending_row(received_at, MAX_RETRIES))
+        .map(|e| e.clone().into_pending_row(STREAM, received_at, MAX_RETRIES))
         .collect()
 }
 
@@ -1479,6 +1483,7 @@ fn counts_and_lookups<B: Backend>(store: &B) {
         Some(InboxRow {
             id: events[1].row_id,
             stream_id: events[1].stream_id.clone(),
+            stream: Some(STREAM.into()),
             event: events[1].event.clone(),
             status: EventStatus::Failed,
             retry_count: 1,
@@ -1495,6 +1500,7 @@ fn counts_and_lookups<B: Backend>(store: &B) {
         Some(InboxRow {
             id: events[3].row_id,
             stream_id: events[3].stream_id.clone(),
+            stream: Some(STREAM.into()),
             event: events[3].event.clone(),
             status: EventStatus::Pending,
             retry_count: 0,
@@ -1548,6 +1554,7 @@ fn replaying_a_quarantined_entry_happens_once<B: Backend>(store: &B) {
     let expected_row = InboxRow {
         id: fixed.row_id,
         stream_id: bad_json.stream_id.clone(),
+        stream: Some(STREAM.into()),
         event: fixed.event.clone(),
         status: EventStatus::Pending,
         retry_count: 0,

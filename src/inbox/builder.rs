@@ -13,7 +13,7 @@ use crate::error::{Error, Result};
 use crate::event::InboxRow;
 use crate::handler::HandlerResult;
 use crate::retry::RetryPolicy;
-use crate::store::InboxStore;
+use crate::store::{AfterDeadLetter, InboxStore};
 use crate::transport::Transport;
 #[cfg(feature = "sqlite")]
 use std::path::PathBuf;
@@ -247,9 +247,64 @@ impl<B, H> ConsumerBuilder<B, H> {
         self
     }
 
-    /// The stream to read. Required.
+    /// A stream to read; call it once per stream to read several into the one inbox table.
+    /// At least one is required.
+    ///
+    /// Each stream is read with its own `XREADGROUP` (never one command over several keys, so
+    /// streams may live on different Redis Cluster slots) by [`readers`](Self::readers) threads,
+    /// with the same group name on each; a stream that does not exist yet is created with the
+    /// group at `start()`. Every stored row records the stream it came from. Duplicates are
+    /// found per table, across streams: an `event_id` seen on any of them is handled once.
     pub fn stream(mut self, stream: impl Into<String>) -> Self {
-        self.settings.stream = stream.into();
+        self.settings.streams.push(stream.into());
+        self
+    }
+
+    /// Several streams at once; the same as calling [`stream`](Self::stream) for each.
+    pub fn streams<I, T>(mut self, streams: I) -> Self
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<String>,
+    {
+        self.settings
+            .streams
+            .extend(streams.into_iter().map(Into::into));
+        self
+    }
+
+    /// Handles the events of one `aggregate_id` one at a time, in the order the inbox stored
+    /// them, while different aggregates are handled in parallel, by any worker of any process.
+    ///
+    /// Within one stream the storing order is the stream's order: a reader stores a batch only
+    /// once every earlier entry of its stream is stored, waiting for other readers (and taking
+    /// over, after [`reclaim_idle`](Self::reclaim_idle), entries a dead consumer left). Across
+    /// streams it is the order in which the events were stored. A failing event holds back only
+    /// the later events of its own aggregate until it succeeds; a dead letter parks the
+    /// aggregate (see [`after_dead_letter`](Self::after_dead_letter)). Nothing relies on "ids
+    /// greater than the last seen", so the order holds across crashes, reclaims and several
+    /// processes.
+    ///
+    /// The cost: workers claim only aggregate heads (one query with an index probe per
+    /// candidate), and a crashed consumer's unstored entries hold back the storing of later
+    /// entries of their stream until `reclaim_idle` passes. Defaults to off.
+    pub fn ordered(mut self, ordered: bool) -> Self {
+        self.settings.ordered = ordered;
+        self
+    }
+
+    /// In [ordered](Self::ordered) mode, what a dead letter does to the later events of its
+    /// aggregate: [`AfterDeadLetter::Park`] holds them until an operator requeues the dead
+    /// letter (handled again in its place in the order) or skips it (`eventflow parked skip`);
+    /// [`AfterDeadLetter::Skip`] lets them go on. Defaults to `Park`.
+    pub fn after_dead_letter(mut self, after: AfterDeadLetter) -> Self {
+        self.settings.after_dead_letter = after;
+        self
+    }
+
+    /// In [ordered](Self::ordered) mode, how often the parked-aggregate gauges are refreshed
+    /// (see [`crate::inbox::metrics`]); between 1 ms and 1 hour. Defaults to 10 s.
+    pub fn parked_gauge_interval(mut self, interval: Duration) -> Self {
+        self.settings.parked_gauge_interval = interval;
         self
     }
 
@@ -271,8 +326,8 @@ impl<B, H> ConsumerBuilder<B, H> {
         self
     }
 
-    /// Reader threads, each a consumer of the group (`{prefix}-{hostname}-{pid}`, then `-1`,
-    /// `-2`, ... for the others). Defaults to 2, so that one reader reads the next batch while
+    /// Reader threads per stream, each a consumer of the group (`{prefix}-{hostname}-{pid}`,
+    /// then `-1`, `-2`, ... for the others; the same names on every stream). Defaults to 2, so that one reader reads the next batch while
     /// the other stores its own; on the 2-core benchmark machine a second reader added about a
     /// quarter to the throughput.
     pub fn readers(mut self, readers: usize) -> Self {
@@ -461,7 +516,7 @@ where
             Some(TransportChoice::Redis(url)) => Arc::new(
                 crate::transport::RedisStreams::builder(url)
                     // One blocking connection per reader, plus room for acks and publishes.
-                    .pool_size(settings.readers as u32 + 4)
+                    .pool_size(settings.reader_threads() as u32 + 4)
                     .build()?,
             ),
             Some(TransportChoice::Given(transport)) => transport,
@@ -478,7 +533,7 @@ where
                     "pool_size",
                     format!(
                         "{max} connections cannot serve {} readers and {} workers; use at least {needed}",
-                        settings.readers, settings.workers
+                        settings.reader_threads(), settings.workers
                     ),
                 ));
             }

@@ -2,15 +2,17 @@
 
 use super::handle::{ConsumerHandle, Observed, Threads, READER_THREAD, WORKER_THREAD};
 use super::health::{Heartbeats, Probes};
-use super::metrics::InboxMetrics;
+use super::metrics::{InboxMetrics, ParkedGauges};
 use super::receiver::Reader;
 use super::settings::Settings;
 use super::stats::Counters;
 use super::worker::Worker;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::event::InboxRow;
 use crate::handler::HandlerResult;
-use crate::maintenance::{self, inbox_retention::InboxRetention};
+use crate::maintenance::{
+    self, inbox_retention::InboxRetention, parked_gauges::ParkedGaugeRefresh,
+};
 use crate::store::InboxStore;
 use crate::transport::Transport;
 use std::sync::atomic::AtomicBool;
@@ -79,14 +81,16 @@ impl<S: InboxStore> Start for Runtime<S> {
         if settings.migrate {
             self.store.migrate()?;
         }
-        self.transport
-            .ensure_group(&settings.stream, &settings.group)?;
+        adopt_table(self.store.as_ref(), &settings.group, settings.clock.now())?;
+        for stream in &settings.streams {
+            self.transport.ensure_group(stream, &settings.group)?;
+        }
 
         // Two batches per worker in flight: enough to keep workers busy, small enough that
         // readers wait (and memory stays bounded) when workers fall behind.
         let (work_tx, work_rx) = crossbeam_channel::bounded(settings.workers * 2);
         let counters = Arc::new(Counters::new(InboxMetrics::new(
-            &settings.stream,
+            &settings.streams,
             &settings.group,
         )));
         let heartbeats = Arc::new(Heartbeats::new());
@@ -108,22 +112,39 @@ impl<S: InboxStore> Start for Runtime<S> {
             };
             threads.spawn(format!("{WORKER_THREAD}{index}"), move || worker.run())?;
         }
-        for index in 0..settings.readers {
-            let reader = Reader {
+        // Consumer names are per stream in Redis, so every stream's readers share the names.
+        for (stream_index, stream) in settings.streams.iter().enumerate() {
+            for index in 0..settings.readers {
+                let reader = Reader {
+                    store: self.store.clone(),
+                    transport: self.transport.clone(),
+                    settings: self.settings.clone(),
+                    counters: counters.clone(),
+                    heartbeats: heartbeats.clone(),
+                    stream: stream.clone(),
+                    consumer: if index == 0 {
+                        base_name.clone()
+                    } else {
+                        format!("{base_name}-{index}")
+                    },
+                    work: work_tx.clone(),
+                    stop: stop.clone(),
+                };
+                let number = stream_index * settings.readers + index;
+                threads.spawn(format!("{READER_THREAD}{number}"), move || reader.run())?;
+            }
+        }
+        if settings.ordered {
+            let refresh = ParkedGaugeRefresh {
                 store: self.store.clone(),
-                transport: self.transport.clone(),
-                settings: self.settings.clone(),
-                counters: counters.clone(),
-                heartbeats: heartbeats.clone(),
-                consumer: if index == 0 {
-                    base_name.clone()
-                } else {
-                    format!("{base_name}-{index}")
-                },
-                work: work_tx.clone(),
-                stop: stop.clone(),
+                clock: settings.clock.clone(),
+                gauges: ParkedGauges::new(&settings.group),
+                interval: settings.parked_gauge_interval,
             };
-            threads.spawn(format!("{READER_THREAD}{index}"), move || reader.run())?;
+            let stopping = threads.stopping_signal();
+            threads.spawn("eventflow-parked-gauges".into(), move || {
+                maintenance::run(refresh, stopping)
+            })?;
         }
         if let Some(keep) = settings.retention {
             let cleaner = InboxRetention {
@@ -138,8 +159,9 @@ impl<S: InboxStore> Start for Runtime<S> {
             })?;
         }
         tracing::info!(
-            stream = %settings.stream, group = %settings.group, consumer = %base_name,
-            readers = settings.readers, workers = settings.workers, "inbox consumer started"
+            streams = ?settings.streams, group = %settings.group, consumer = %base_name,
+            table = %self.store.table(), ordered = settings.ordered,
+            readers = settings.reader_threads(), workers = settings.workers, "inbox consumer started"
         );
         Ok(ConsumerHandle::new(
             threads,
@@ -148,11 +170,46 @@ impl<S: InboxStore> Start for Runtime<S> {
             Observed {
                 heartbeats,
                 probes: Probes::new(self.store.clone(), self.transport.clone()),
-                readers: settings.readers,
+                readers: settings.reader_threads(),
                 workers: settings.workers,
             },
         ))
     }
+}
+
+/// Makes `group` the owner of the store's table, or refuses when another group owns it: the
+/// table deduplicates by `event_id`, so a second service on it would skip the first one's events.
+fn adopt_table<S: InboxStore>(
+    store: &S,
+    group: &str,
+    now: chrono::DateTime<chrono::Utc>,
+) -> Result<()> {
+    let owner = store.adopt_owner(group, now)?;
+    if owner == group {
+        return Ok(());
+    }
+    Err(Error::TableOwned {
+        table: store.table().to_string(),
+        owner,
+        group: group.to_string(),
+        suggested: table_for(group),
+    })
+}
+
+/// A valid table name for `group`'s inbox: `<group>_inbox`, lowercased, other characters as `_`.
+fn table_for(group: &str) -> String {
+    let mut name: String = group
+        .chars()
+        .map(|c| match c.to_ascii_lowercase() {
+            c @ ('a'..='z' | '0'..='9') => c,
+            _ => '_',
+        })
+        .take(34)
+        .collect();
+    if !name.starts_with(|c: char| c.is_ascii_lowercase() || c == '_') {
+        name.insert(0, '_');
+    }
+    name + "_inbox"
 }
 
 /// `{prefix}-{hostname}-{pid}`, as the reference consumer names itself.
@@ -168,4 +225,21 @@ fn hostname() -> String {
         .map(|name| name.trim().to_string())
         .filter(|name| !name.is_empty())
         .unwrap_or_else(|| "localhost".to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_refused_group_is_offered_a_valid_table_name() {
+        for group in ["billing", "Shipping-Service", "9lives", "a.b c"] {
+            let table = table_for(group);
+            assert!(
+                crate::store::validate_table_name(&table).is_ok(),
+                "{group} -> {table}"
+            );
+        }
+        assert_eq!(table_for("Shipping-Service"), "shipping_service_inbox");
+    }
 }

@@ -47,9 +47,9 @@ pub struct DeadLetter {
 }
 
 impl DeadLetter {
-    pub(crate) fn new(stream: &str, group: &str, row: &InboxRow, failure: &Failure) -> Self {
+    pub(crate) fn new(group: &str, row: &InboxRow, failure: &Failure) -> Self {
         Self {
-            stream: stream.to_string(),
+            stream: row.stream.clone().unwrap_or_default(),
             group: group.to_string(),
             row_id: row.id,
             stream_id: row.stream_id.clone(),

@@ -5,9 +5,12 @@
 //! registers the consumer's metrics with the recorder installed at that moment. Without a
 //! recorder, recording costs next to nothing. `examples/prometheus.rs` serves them to Prometheus.
 //!
-//! Every metric carries two labels, `stream` and `group`, from the consumer's settings. Nothing
-//! per event (an event id, an event type) is ever a label, so the number of series stays bounded
-//! by the number of consumers. Durations are in seconds.
+//! Every metric carries two labels, `stream` and `group`. Counters and histograms are per stream:
+//! the stream an entry was read from, or the stream recorded on the row (empty for rows that
+//! record none, such as rows written by the reference toolkit). The two gauges are per consumer:
+//! their `stream` label lists the consumer's streams, comma-separated (just the stream's name
+//! for a consumer of one). Nothing per event (an event id) is ever a label, so the number of
+//! series stays bounded by the number of consumers and streams. Durations are in seconds.
 //!
 //! | name | kind | unit | what |
 //! |---|---|---|---|
@@ -23,6 +26,8 @@
 //! | `eventflow_inbox_received_to_processed_seconds` | histogram | seconds | from the row's `received_at` to its commit as processed, retry delays included |
 //! | `eventflow_inbox_queued_rows` | gauge | rows | rows stored and handed to the workers, not yet taken by one |
 //! | `eventflow_inbox_busy_workers` | gauge | workers | workers running handlers for a claimed batch |
+//! | `eventflow_inbox_parked_aggregates` | gauge | aggregates | ordered mode: aggregates held back by a dead letter neither requeued nor skipped (label `group` only: a table's count) |
+//! | `eventflow_inbox_oldest_parked_seconds` | gauge | seconds | ordered mode: how long the oldest event waiting behind such a dead letter has waited; 0 when none (label `group` only) |
 //!
 //! The counters match [`ConsumerStats`](super::ConsumerStats), which counts the same things per
 //! consumer. The end-to-end histograms are recorded once per processed event, after its commit,
@@ -62,13 +67,18 @@ pub const QUEUED_ROWS: &str = "eventflow_inbox_queued_rows";
 /// Gauge, workers: workers running handlers for a claimed batch.
 pub const BUSY_WORKERS: &str = "eventflow_inbox_busy_workers";
 
+/// Gauge, aggregates: aggregates held back by a dead letter (ordered mode).
+pub const PARKED_AGGREGATES: &str = "eventflow_inbox_parked_aggregates";
+/// Gauge, seconds: how long the oldest event waiting behind a parking dead letter has waited.
+pub const OLDEST_PARKED: &str = "eventflow_inbox_oldest_parked_seconds";
+
 /// Label holding the stream name.
 pub const LABEL_STREAM: &str = "stream";
 /// Label holding the consumer group name.
 pub const LABEL_GROUP: &str = "group";
 
-/// One consumer's metric handles, registered once at start so recording does no lookups.
-pub(crate) struct InboxMetrics {
+/// One stream's counters and histograms, registered once so recording does no lookups.
+struct StreamMetrics {
     received: Counter,
     duplicates: Counter,
     quarantined: Counter,
@@ -79,23 +89,11 @@ pub(crate) struct InboxMetrics {
     handler_duration: Histogram,
     occurred_to_processed: Histogram,
     received_to_processed: Histogram,
-    queued_rows: Gauge,
-    busy_workers: Gauge,
-    /// This consumer's share of the gauges, so what it leaves behind can be taken back at
-    /// shutdown: gauges are moved by increments, since two consumers of one stream and group in
-    /// one process share the series.
-    queued_now: AtomicI64,
-    busy_now: AtomicI64,
 }
 
-impl InboxMetrics {
-    /// Registers the metrics with the recorder installed now.
-    pub fn new(stream: &str, group: &str) -> Self {
-        describe();
-        let labels = [
-            (LABEL_STREAM, stream.to_string()),
-            (LABEL_GROUP, group.to_string()),
-        ];
+impl StreamMetrics {
+    fn new(stream: &str, group: &str) -> Self {
+        let labels = labels(stream, group);
         Self {
             received: metrics::counter!(RECEIVED, &labels),
             duplicates: metrics::counter!(DUPLICATES, &labels),
@@ -107,53 +105,115 @@ impl InboxMetrics {
             handler_duration: metrics::histogram!(HANDLER_DURATION, &labels),
             occurred_to_processed: metrics::histogram!(OCCURRED_TO_PROCESSED, &labels),
             received_to_processed: metrics::histogram!(RECEIVED_TO_PROCESSED, &labels),
-            queued_rows: metrics::gauge!(QUEUED_ROWS, &labels),
-            busy_workers: metrics::gauge!(BUSY_WORKERS, &labels),
+        }
+    }
+}
+
+fn labels(stream: &str, group: &str) -> [(&'static str, String); 2] {
+    [
+        (LABEL_STREAM, stream.to_string()),
+        (LABEL_GROUP, group.to_string()),
+    ]
+}
+
+/// One consumer's metric handles, registered once at start so recording does no lookups.
+pub(crate) struct InboxMetrics {
+    /// Per configured stream; a consumer reads a handful, so a list is the quickest lookup.
+    streams: Vec<(String, StreamMetrics)>,
+    /// Rows whose stream is not one of the consumer's (replayed, or written by other writers).
+    others: parking_lot::Mutex<Vec<(String, std::sync::Arc<StreamMetrics>)>>,
+    group: String,
+    queued_rows: Gauge,
+    busy_workers: Gauge,
+    /// This consumer's share of the gauges, so what it leaves behind can be taken back at
+    /// shutdown: gauges are moved by increments, since two consumers of one stream and group in
+    /// one process share the series.
+    queued_now: AtomicI64,
+    busy_now: AtomicI64,
+}
+
+impl InboxMetrics {
+    /// Registers the metrics of a consumer of `streams` with the recorder installed now.
+    pub fn new(streams: &[String], group: &str) -> Self {
+        describe();
+        let consumer = labels(&streams.join(","), group);
+        Self {
+            streams: streams
+                .iter()
+                .map(|stream| (stream.clone(), StreamMetrics::new(stream, group)))
+                .collect(),
+            others: Default::default(),
+            group: group.to_string(),
+            queued_rows: metrics::gauge!(QUEUED_ROWS, &consumer),
+            busy_workers: metrics::gauge!(BUSY_WORKERS, &consumer),
             queued_now: AtomicI64::new(0),
             busy_now: AtomicI64::new(0),
         }
     }
 
-    pub fn received(&self, n: usize) {
-        self.received.increment(n as u64);
+    /// Runs `record` on the metrics of `stream`.
+    fn of(&self, stream: Option<&str>, record: impl FnOnce(&StreamMetrics)) {
+        let stream = stream.unwrap_or("");
+        if let Some((_, metrics)) = self.streams.iter().find(|(name, _)| name == stream) {
+            return record(metrics);
+        }
+        let metrics = {
+            let mut others = self.others.lock();
+            match others.iter().find(|(name, _)| name == stream) {
+                Some((_, metrics)) => metrics.clone(),
+                None => {
+                    let metrics = std::sync::Arc::new(StreamMetrics::new(stream, &self.group));
+                    others.push((stream.to_string(), metrics.clone()));
+                    metrics
+                }
+            }
+        };
+        record(&metrics)
     }
 
-    pub fn duplicates(&self, n: usize) {
-        self.duplicates.increment(n as u64);
+    pub fn received(&self, stream: &str, n: usize) {
+        self.of(Some(stream), |m| m.received.increment(n as u64));
     }
 
-    pub fn quarantined(&self, n: usize) {
-        self.quarantined.increment(n as u64);
+    pub fn duplicates(&self, stream: &str, n: usize) {
+        self.of(Some(stream), |m| m.duplicates.increment(n as u64));
     }
 
-    pub fn reclaimed(&self, n: usize) {
-        self.reclaimed.increment(n as u64);
+    pub fn quarantined(&self, stream: &str, n: usize) {
+        self.of(Some(stream), |m| m.quarantined.increment(n as u64));
     }
 
-    pub fn failed_attempt(&self) {
-        self.failed_attempts.increment(1);
+    pub fn reclaimed(&self, stream: &str, n: usize) {
+        self.of(Some(stream), |m| m.reclaimed.increment(n as u64));
     }
 
-    pub fn dead_lettered(&self) {
-        self.dead_lettered.increment(1);
+    pub fn failed_attempt(&self, stream: Option<&str>) {
+        self.of(stream, |m| m.failed_attempts.increment(1));
     }
 
-    pub fn handler_ran(&self, took: Duration) {
-        self.handler_duration.record(took.as_secs_f64());
+    pub fn dead_lettered(&self, stream: Option<&str>) {
+        self.of(stream, |m| m.dead_lettered.increment(1));
+    }
+
+    pub fn handler_ran(&self, stream: Option<&str>, took: Duration) {
+        self.of(stream, |m| m.handler_duration.record(took.as_secs_f64()));
     }
 
     /// A row committed as processed at `now`.
     pub fn processed(
         &self,
+        stream: Option<&str>,
         occurred_on: DateTime<Utc>,
         received_at: DateTime<Utc>,
         now: DateTime<Utc>,
     ) {
-        self.processed.increment(1);
-        self.occurred_to_processed
-            .record(seconds_between(occurred_on, now));
-        self.received_to_processed
-            .record(seconds_between(received_at, now));
+        self.of(stream, |m| {
+            m.processed.increment(1);
+            m.occurred_to_processed
+                .record(seconds_between(occurred_on, now));
+            m.received_to_processed
+                .record(seconds_between(received_at, now));
+        });
     }
 
     /// Rows handed to the workers (negative: taken by a worker, or never handed over).
@@ -176,6 +236,31 @@ impl InboxMetrics {
         self.queued_rows.decrement(queued as f64);
         let busy = self.busy_now.swap(0, Ordering::Relaxed);
         self.busy_workers.decrement(busy as f64);
+    }
+}
+
+/// The parked-aggregate gauges of an ordered consumer's table, set from a periodic count.
+pub(crate) struct ParkedGauges {
+    aggregates: Gauge,
+    oldest: Gauge,
+}
+
+impl ParkedGauges {
+    pub fn new(group: &str) -> Self {
+        let labels = [(LABEL_GROUP, group.to_string())];
+        Self {
+            aggregates: metrics::gauge!(PARKED_AGGREGATES, &labels),
+            oldest: metrics::gauge!(OLDEST_PARKED, &labels),
+        }
+    }
+
+    pub fn set(&self, summary: &crate::store::ParkedSummary, now: DateTime<Utc>) {
+        self.aggregates.set(summary.aggregates as f64);
+        self.oldest.set(
+            summary
+                .oldest_waiting
+                .map_or(0.0, |oldest| seconds_between(oldest, now)),
+        );
     }
 }
 
@@ -256,6 +341,16 @@ fn describe() {
             BUSY_WORKERS,
             Unit::Count,
             "Workers running handlers for a claimed batch."
+        );
+        describe_gauge!(
+            PARKED_AGGREGATES,
+            Unit::Count,
+            "Aggregates held back by a dead letter neither requeued nor skipped."
+        );
+        describe_gauge!(
+            OLDEST_PARKED,
+            Unit::Seconds,
+            "How long the oldest event waiting behind a parking dead letter has waited."
         );
     }
 }

@@ -6,26 +6,38 @@
 //! stays unacknowledged and is retried; on a broker error the reader backs off and reconnects.
 //! Every `reclaim_interval` it also takes over entries that a dead consumer read but never
 //! acknowledged.
+//!
+//! A consumer runs `readers` readers per stream. In ordered mode a reader stores a batch only
+//! once the group has no entry before it pending (read by some consumer, not yet stored and
+//! acknowledged), so each stream is stored in its own order whatever the number of readers
+//! and processes; entries a consumer has held past `reclaim_idle` are taken over and stored
+//! first. Workers are then woken rather than handed rows: they claim aggregate heads.
 
 use super::health::Heartbeats;
 use super::settings::Settings;
 use super::stats::Counters;
-use super::worker::panic_message;
+use super::worker::{panic_message, Work};
 use crate::backoff::Backoff;
 use crate::event::{Event, InboxRow};
 use crate::quarantine::encode_fields;
 use crate::store::{
     printable, InboxStore, MalformedEntry, ReceivedBatch, ReceivedEvent, StoreError, Stored,
 };
-use crate::transport::{ReadRequest, ReclaimRequest, StreamEntry, Transport, TransportError};
+use crate::transport::{
+    parse_entry_id, ReadRequest, ReclaimRequest, StreamEntry, Transport, TransportError,
+};
 use chrono::{DateTime, Utc};
 use crossbeam_channel::Sender;
 use std::collections::HashSet;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 use uuid::Uuid;
+
+/// The longest pause between two looks at whether earlier entries are stored yet (ordered
+/// mode): another reader's batch is usually stored within milliseconds.
+const MAX_ORDER_PAUSE: Duration = Duration::from_millis(20);
 
 pub(crate) struct Reader<S: InboxStore> {
     pub store: Arc<S>,
@@ -33,8 +45,9 @@ pub(crate) struct Reader<S: InboxStore> {
     pub settings: Arc<Settings>,
     pub counters: Arc<Counters>,
     pub heartbeats: Arc<Heartbeats>,
+    pub stream: String,
     pub consumer: String,
-    pub work: Sender<Vec<InboxRow>>,
+    pub work: Sender<Work>,
     pub stop: Arc<AtomicBool>,
 }
 
@@ -63,12 +76,9 @@ impl<S: InboxStore> Reader<S> {
     fn step(&self, group_ready: &mut bool, next_reclaim: &mut Instant, backoff: &mut Backoff) {
         let settings = &self.settings;
         if !*group_ready {
-            match self
-                .transport
-                .ensure_group(&settings.stream, &settings.group)
-            {
+            match self.transport.ensure_group(&self.stream, &settings.group) {
                 Ok(()) => {
-                    tracing::info!(stream = %settings.stream, group = %settings.group, "consumer group created again");
+                    tracing::info!(stream = %self.stream, group = %settings.group, "consumer group created again");
                     *group_ready = true;
                 }
                 Err(error) => {
@@ -81,7 +91,7 @@ impl<S: InboxStore> Reader<S> {
         if Instant::now() >= *next_reclaim {
             // A failed reclaim is tried again next interval; reading goes on meanwhile.
             *next_reclaim = Instant::now() + settings.reclaim_interval;
-            if let Err(error) = self.reclaim() {
+            if let Err(error) = self.reclaim(|entries| self.take(entries, true)) {
                 tracing::warn!(%error, "reclaiming stale entries failed; trying again later");
                 if let TransportError::NoGroup { .. } = error {
                     *group_ready = false;
@@ -90,7 +100,7 @@ impl<S: InboxStore> Reader<S> {
             }
         }
         let request = ReadRequest {
-            stream: &settings.stream,
+            stream: &self.stream,
             group: &settings.group,
             consumer: &self.consumer,
             count: settings.read_batch,
@@ -101,7 +111,7 @@ impl<S: InboxStore> Reader<S> {
                 self.heartbeats.read();
                 backoff.reset();
                 if !entries.is_empty() {
-                    self.take(entries);
+                    self.take(entries, true);
                 }
             }
             Err(error) => *group_ready = self.on_transport_error(error, backoff),
@@ -123,13 +133,14 @@ impl<S: InboxStore> Reader<S> {
         true
     }
 
-    /// Takes over entries other consumers left unacknowledged for longer than `reclaim_idle`.
-    fn reclaim(&self) -> Result<(), TransportError> {
+    /// Takes over entries other consumers left unacknowledged for longer than `reclaim_idle`,
+    /// passing them to `take` a page at a time, in stream order.
+    fn reclaim(&self, mut take: impl FnMut(Vec<StreamEntry>)) -> Result<(), TransportError> {
         let settings = &self.settings;
         let mut cursor = "0-0".to_string();
         loop {
             let reclaimed = self.transport.reclaim_stale(&ReclaimRequest {
-                stream: &settings.stream,
+                stream: &self.stream,
                 group: &settings.group,
                 consumer: &self.consumer,
                 min_idle: settings.reclaim_idle,
@@ -139,14 +150,15 @@ impl<S: InboxStore> Reader<S> {
             if !reclaimed.deleted.is_empty() {
                 // Trimmed from the stream before any consumer stored them: nothing is left to keep.
                 tracing::error!(
-                    stream = %settings.stream, ids = ?reclaimed.deleted,
+                    stream = %self.stream, ids = ?reclaimed.deleted,
                     "pending entries were trimmed from the stream before they were stored; their content is lost"
                 );
             }
             if !reclaimed.entries.is_empty() {
                 tracing::info!(count = reclaimed.entries.len(), consumer = %self.consumer, "took over stale pending entries");
-                self.counters.reclaimed(reclaimed.entries.len());
-                self.take(reclaimed.entries);
+                self.counters
+                    .reclaimed(&self.stream, reclaimed.entries.len());
+                take(reclaimed.entries);
             }
             if reclaimed.next_cursor == "0-0" || self.stopping() {
                 return Ok(());
@@ -155,10 +167,88 @@ impl<S: InboxStore> Reader<S> {
         }
     }
 
-    /// Stores a batch, acknowledges it once stored, and hands the new rows to the workers.
-    fn take(&self, entries: Vec<StreamEntry>) {
+    /// Stores a batch, acknowledges it once stored, and hands the new rows to the workers. In
+    /// ordered mode it first waits for the earlier entries of the stream to be stored, taking
+    /// over stale ones when `may_reclaim`.
+    fn take(&self, entries: Vec<StreamEntry>, may_reclaim: bool) {
         let settings = &self.settings;
-        self.counters.received(entries.len());
+        let mut later = Vec::new();
+        if settings.ordered {
+            match self.wait_for_earlier(&entries, may_reclaim) {
+                Some(taken_over) => later = taken_over,
+                // Unacknowledged, so this or another consumer reclaims the batch later.
+                None => return,
+            }
+        }
+        self.store_and_ack(entries);
+        if !later.is_empty() {
+            self.take(later, true);
+        }
+    }
+
+    /// Waits until the group has no entry before `entries` pending: every earlier entry of
+    /// the stream is stored (and acknowledged). Entries held past `reclaim_idle` (their
+    /// consumer most likely died) are taken over, when `may_reclaim`: those before the batch
+    /// are stored first; those after it are returned, to be stored after it. `None` when
+    /// shutdown began.
+    fn wait_for_earlier(
+        &self,
+        entries: &[StreamEntry],
+        may_reclaim: bool,
+    ) -> Option<Vec<StreamEntry>> {
+        let settings = &self.settings;
+        let first = entries
+            .iter()
+            .min_by_key(|entry| parse_entry_id(&entry.id))?
+            .id
+            .clone();
+        let mut later = Vec::new();
+        let mut pause = Duration::from_millis(1);
+        let mut backoff = Backoff::new();
+        loop {
+            if self.stopping() {
+                return None;
+            }
+            match self
+                .transport
+                .oldest_pending_before(&self.stream, &settings.group, &first)
+            {
+                Ok(None) => return Some(later),
+                Ok(Some(earlier)) if may_reclaim && earlier.idle >= settings.reclaim_idle => {
+                    tracing::info!(stream = %self.stream, held_by = %earlier.consumer, id = %earlier.id, "taking over stale entries that come before a batch");
+                    let before = parse_entry_id(&first);
+                    let reclaimed = self.reclaim(|taken: Vec<StreamEntry>| {
+                        let (earlier, after): (Vec<_>, Vec<_>) = taken
+                            .into_iter()
+                            .partition(|entry| parse_entry_id(&entry.id) < before);
+                        if !earlier.is_empty() {
+                            self.take(earlier, false);
+                        }
+                        later.extend(after);
+                    });
+                    if let Err(error) = reclaimed {
+                        tracing::warn!(%error, "taking over stale entries failed; retrying");
+                        backoff.wait(&self.stop);
+                    }
+                }
+                Ok(Some(_)) => {
+                    std::thread::sleep(pause);
+                    pause = (pause * 2).min(MAX_ORDER_PAUSE);
+                }
+                Err(error) => {
+                    tracing::warn!(%error, stream = %self.stream, "cannot see which earlier entries are pending; retrying");
+                    if !backoff.wait(&self.stop) {
+                        return None;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Stores a batch, acknowledges it once stored, and hands the new rows to the workers.
+    fn store_and_ack(&self, entries: Vec<StreamEntry>) {
+        let settings = &self.settings;
+        self.counters.received(&self.stream, entries.len());
         let mut events = Vec::with_capacity(entries.len());
         let mut raw_fields = Vec::with_capacity(entries.len());
         let mut malformed = Vec::new();
@@ -173,7 +263,7 @@ impl<S: InboxStore> Reader<S> {
                     });
                 }
                 Err(reason) => {
-                    tracing::warn!(stream = %settings.stream, stream_id = %entry.id, %reason, "malformed entry quarantined");
+                    tracing::warn!(stream = %self.stream, stream_id = %entry.id, %reason, "malformed entry quarantined");
                     malformed.push(quarantined(&entry.id, &entry.fields, reason.to_string()));
                 }
             }
@@ -198,20 +288,36 @@ impl<S: InboxStore> Reader<S> {
             // Unacknowledged, so this or another consumer reclaims the batch later.
             Attempt::Stopped => return,
         };
-        self.counters.duplicates(stored.duplicates);
-        self.counters.quarantined(stored.quarantined);
+        self.counters.duplicates(&self.stream, stored.duplicates);
+        self.counters.quarantined(&self.stream, stored.quarantined);
         if stored.duplicates > 0 {
             tracing::debug!(
                 duplicates = stored.duplicates,
                 "skipped events already in the inbox"
             );
         }
-        if let Err(error) = self.transport.ack(&settings.stream, &settings.group, &ids) {
+        if let Err(error) = self.transport.ack(&self.stream, &settings.group, &ids) {
             // Stored already: redelivery after reclaim is absorbed as duplicates.
             tracing::warn!(%error, entries = ids.len(), "acknowledging a stored batch failed; it will be reclaimed and deduplicated");
         }
+        if settings.ordered {
+            // Workers claim aggregate heads, not the rows just stored: wake as many as could
+            // have work. A full channel means they are awake already.
+            for _ in 0..stored.inserted.len().min(settings.workers) {
+                if self.work.try_send(Work::Wake).is_err() {
+                    break;
+                }
+            }
+            return;
+        }
         // Spread the rows over the workers; a full channel makes the reader wait here.
-        let fresh = fresh_rows(events, &stored.inserted, received_at, settings.max_retries);
+        let fresh = fresh_rows(
+            events,
+            &self.stream,
+            &stored.inserted,
+            received_at,
+            settings.max_retries,
+        );
         let chunk = fresh
             .len()
             .div_ceil(settings.workers)
@@ -219,7 +325,7 @@ impl<S: InboxStore> Reader<S> {
         for rows in fresh.chunks(chunk) {
             // Counted before the send, so a worker never takes rows not yet counted.
             self.counters.metrics.queued(rows.len() as i64);
-            if self.work.send(rows.to_vec()).is_err() {
+            if self.work.send(Work::Rows(rows.to_vec())).is_err() {
                 self.counters.metrics.queued(-(rows.len() as i64));
                 return; // workers halted; the rows stay pending for the next start
             }
@@ -239,7 +345,8 @@ impl<S: InboxStore> Reader<S> {
         let mut refusals = 0;
         loop {
             let batch = ReceivedBatch {
-                stream: &self.settings.stream,
+                stream: &self.stream,
+                ordered: self.settings.ordered,
                 events,
                 malformed,
                 received_at,
@@ -319,6 +426,7 @@ enum Attempt {
 /// The rows just inserted, as they now stand in the inbox, for the workers.
 fn fresh_rows(
     events: Vec<ReceivedEvent>,
+    stream: &str,
     inserted: &[Uuid],
     received_at: DateTime<Utc>,
     max_retries: i32,
@@ -327,7 +435,7 @@ fn fresh_rows(
     events
         .into_iter()
         .filter(|received| inserted.contains(&received.row_id))
-        .map(|received| received.into_pending_row(received_at, max_retries))
+        .map(|received| received.into_pending_row(stream, received_at, max_retries))
         .collect()
 }
 

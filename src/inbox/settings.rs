@@ -4,6 +4,7 @@ use super::dead_letter::DeadLetterHook;
 use crate::clock::{Clock, SystemClock};
 use crate::error::{Error, Result};
 use crate::retry::{ExponentialBackoff, RetryPolicy};
+use crate::store::AfterDeadLetter;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -16,7 +17,7 @@ const MAX_RETENTION_INTERVAL: Duration = Duration::from_secs(24 * 3600);
 /// Validated settings shared by the reader and worker threads.
 #[derive(Clone)]
 pub(crate) struct Settings {
-    pub stream: String,
+    pub streams: Vec<String>,
     pub group: String,
     pub consumer_prefix: String,
     pub readers: usize,
@@ -36,12 +37,15 @@ pub(crate) struct Settings {
     pub on_dead_letter: Option<DeadLetterHook>,
     pub retention: Option<Duration>,
     pub retention_interval: Duration,
+    pub ordered: bool,
+    pub after_dead_letter: AfterDeadLetter,
+    pub parked_gauge_interval: Duration,
 }
 
 impl Default for Settings {
     fn default() -> Self {
         Self {
-            stream: String::new(),
+            streams: Vec::new(),
             group: String::new(),
             consumer_prefix: "eventflow".to_string(),
             readers: 2,
@@ -61,6 +65,9 @@ impl Default for Settings {
             on_dead_letter: None,
             retention: None,
             retention_interval: Duration::from_secs(600),
+            ordered: false,
+            after_dead_letter: AfterDeadLetter::Park,
+            parked_gauge_interval: Duration::from_secs(10),
         }
     }
 }
@@ -68,10 +75,24 @@ impl Default for Settings {
 impl Settings {
     /// Checks each setting and the rules between them; the error names the setter.
     pub fn validate(&self) -> Result<()> {
-        if self.stream.trim().is_empty() {
+        if self.streams.is_empty() {
             return Err(Error::config(
                 "stream",
                 "required: the stream to read, e.g. .stream(\"orders\")",
+            ));
+        }
+        if self.streams.iter().any(|stream| stream.trim().is_empty()) {
+            return Err(Error::config("stream", "a stream name must not be empty"));
+        }
+        if let Some(twice) = self
+            .streams
+            .iter()
+            .enumerate()
+            .find_map(|(i, stream)| self.streams[..i].contains(stream).then_some(stream))
+        {
+            return Err(Error::config(
+                "stream",
+                format!("{twice:?} is given twice; each stream is read once"),
             ));
         }
         if self.group.trim().is_empty() {
@@ -137,15 +158,26 @@ impl Settings {
                 "between 1 ms and 1 day",
             ));
         }
+        if self.parked_gauge_interval.is_zero() || self.parked_gauge_interval > MAX_INTERVAL {
+            return Err(Error::config(
+                "parked_gauge_interval",
+                "between 1 ms and 1 hour",
+            ));
+        }
         if self.max_retries < 0 {
             return Err(Error::config("max_retries", "0 (retry for ever) or more"));
         }
         Ok(())
     }
 
+    /// Reader threads in all: `readers` for each stream.
+    pub fn reader_threads(&self) -> usize {
+        self.readers * self.streams.len()
+    }
+
     /// Database connections the readers and workers hold at once.
     pub fn connections_needed(&self) -> u32 {
-        (self.readers + self.workers) as u32
+        (self.reader_threads() + self.workers) as u32
     }
 }
 
@@ -155,7 +187,7 @@ mod tests {
 
     fn valid() -> Settings {
         Settings {
-            stream: "s".into(),
+            streams: vec!["s".into()],
             group: "g".into(),
             ..Settings::default()
         }
@@ -267,6 +299,30 @@ mod tests {
             }),
             "retention_interval"
         );
+    }
+
+    #[test]
+    fn streams_are_named_once_each() {
+        assert_eq!(
+            field_of(Settings {
+                streams: vec!["a".into(), "b".into(), "a".into()],
+                ..valid()
+            }),
+            "stream"
+        );
+        assert_eq!(
+            field_of(Settings {
+                streams: vec!["a".into(), " ".into()],
+                ..valid()
+            }),
+            "stream"
+        );
+        let three = Settings {
+            streams: vec!["a".into(), "b".into(), "c".into()],
+            ..valid()
+        };
+        assert!(three.validate().is_ok());
+        assert_eq!(three.connections_needed(), 3 * 2 + 4);
     }
 
     #[test]

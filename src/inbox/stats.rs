@@ -55,41 +55,45 @@ impl Counters {
         counter.fetch_add(n as u64, Ordering::Relaxed);
     }
 
-    pub fn received(&self, n: usize) {
+    pub fn received(&self, stream: &str, n: usize) {
         Self::add(&self.received, n);
-        self.metrics.received(n);
+        self.metrics.received(stream, n);
     }
 
-    pub fn duplicates(&self, n: usize) {
+    pub fn duplicates(&self, stream: &str, n: usize) {
         Self::add(&self.duplicates, n);
-        self.metrics.duplicates(n);
+        self.metrics.duplicates(stream, n);
     }
 
-    pub fn quarantined(&self, n: usize) {
+    pub fn quarantined(&self, stream: &str, n: usize) {
         Self::add(&self.quarantined, n);
-        self.metrics.quarantined(n);
+        self.metrics.quarantined(stream, n);
     }
 
-    pub fn reclaimed(&self, n: usize) {
+    pub fn reclaimed(&self, stream: &str, n: usize) {
         Self::add(&self.reclaimed, n);
-        self.metrics.reclaimed(n);
+        self.metrics.reclaimed(stream, n);
     }
 
     /// A row committed as processed at `now`.
     pub fn processed(&self, row: &InboxRow, now: DateTime<Utc>) {
         Self::add(&self.processed, 1);
-        self.metrics
-            .processed(row.event.occurred_on, row.received_at, now);
+        self.metrics.processed(
+            row.stream.as_deref(),
+            row.event.occurred_on,
+            row.received_at,
+            now,
+        );
     }
 
-    pub fn failed(&self) {
+    pub fn failed(&self, row: &InboxRow) {
         Self::add(&self.failed, 1);
-        self.metrics.failed_attempt();
+        self.metrics.failed_attempt(row.stream.as_deref());
     }
 
-    pub fn dead_lettered(&self) {
+    pub fn dead_lettered(&self, row: &InboxRow) {
         Self::add(&self.dead_lettered, 1);
-        self.metrics.dead_lettered();
+        self.metrics.dead_lettered(row.stream.as_deref());
     }
 
     pub fn snapshot(&self) -> ConsumerStats {

@@ -1,7 +1,8 @@
 //! Worker threads: claim rows, run the handler in the row's transaction, record the outcome.
 //!
-//! A worker waits on three things: rows a reader has just stored, a tick on which it claims due
-//! rows itself (retries, orphans), and the halt signal. A handler error or panic is recorded as a failed attempt with the
+//! A worker waits on three things: rows a reader has just stored (or, in ordered mode, a wake-up),
+//! a tick on which it claims due rows itself (retries, orphans; in ordered mode, aggregate heads),
+//! and the halt signal. A handler error or panic is recorded as a failed attempt with the
 //! retry policy's delay, or as a dead letter once out of retries; the worker goes on either way.
 
 use super::consumer::Handler;
@@ -29,13 +30,21 @@ const MAX_RETRY_DELAY: chrono::Duration = chrono::Duration::days(365);
 /// Tries at a batch of handed-over rows before leaving them to the orphan polls.
 const FRESH_ATTEMPTS: usize = 3;
 
+/// What a reader sends the workers.
+pub(crate) enum Work {
+    /// Rows just stored, to claim as they are (unordered mode).
+    Rows(Vec<InboxRow>),
+    /// Rows were stored: claim aggregate heads (ordered mode).
+    Wake,
+}
+
 pub(crate) struct Worker<S: InboxStore> {
     pub store: Arc<S>,
     pub handler: Arc<dyn Handler<S>>,
     pub settings: Arc<Settings>,
     pub counters: Arc<Counters>,
     pub heartbeats: Arc<Heartbeats>,
-    pub work: Receiver<Vec<InboxRow>>,
+    pub work: Receiver<Work>,
     pub halt: Receiver<()>,
     pub stop: Arc<AtomicBool>,
     /// Set when the last batch had a failure: the next batch runs with a savepoint per event
@@ -49,11 +58,12 @@ impl<S: InboxStore> Worker<S> {
         let mut backoff = Backoff::new();
         loop {
             select! {
-                recv(self.work) -> rows => match rows {
-                    Ok(rows) => {
+                recv(self.work) -> work => match work {
+                    Ok(Work::Rows(rows)) => {
                         self.counters.metrics.queued(-(rows.len() as i64));
                         self.handle_fresh(&rows, &mut backoff)
                     }
+                    Ok(Work::Wake) => self.drain_due(&mut backoff),
                     // Every reader has stopped and the queue is drained.
                     Err(_) => break,
                 },
@@ -85,17 +95,32 @@ impl<S: InboxStore> Worker<S> {
         )
     }
 
-    /// Claims due rows batch after batch until there are none left (or shutdown begins).
+    /// Claims due rows batch after batch until there are none left (or shutdown begins). In
+    /// ordered mode it claims aggregate heads, and goes on until a claim finds none: each
+    /// committed batch may have made the next events of its aggregates heads.
     fn drain_due(&self, backoff: &mut Backoff) {
-        let limit = self.settings.claim_batch;
+        let settings = &self.settings;
+        let limit = settings.claim_batch;
         while !self.stop.load(Ordering::Relaxed) {
-            let claim = Claim::Due {
-                limit,
-                orphan_after: self.settings.orphan_after,
+            let (claim, enough) = match settings.ordered {
+                true => (
+                    Claim::Heads {
+                        limit,
+                        after_dead_letter: settings.after_dead_letter,
+                    },
+                    1,
+                ),
+                false => (
+                    Claim::Due {
+                        limit,
+                        orphan_after: settings.orphan_after,
+                    },
+                    limit,
+                ),
             };
             if self
                 .process(claim, backoff)
-                .is_none_or(|settled| settled < limit)
+                .is_none_or(|settled| settled < enough)
             {
                 return;
             }
@@ -159,15 +184,15 @@ impl<S: InboxStore> Worker<S> {
                 tracing::debug!(event_id = %event.event_id, event_type = %event.event_type, stream_id = %row.stream_id, "event processed");
             }
             Verdict::Failed(failure) if failure.status == EventStatus::DeadLetter => {
-                self.counters.dead_lettered();
+                self.counters.dead_lettered(row);
                 let settings = &self.settings;
                 announce(
-                    &DeadLetter::new(&settings.stream, &settings.group, row, failure),
+                    &DeadLetter::new(&settings.group, row, failure),
                     settings.on_dead_letter.as_ref(),
                 );
             }
             Verdict::Failed(failure) => {
-                self.counters.failed();
+                self.counters.failed(row);
                 tracing::warn!(
                     event_id = %event.event_id, event_type = %event.event_type,
                     attempts = failure.retry_count, next_retry_at = ?failure.next_retry_at,
@@ -193,7 +218,8 @@ impl<S: InboxStore> RowHandler<S> for Attempt<'_, S> {
         self.busy.get_or_insert_with(|| metrics.busy());
         let started = Instant::now();
         let outcome = catch_unwind(AssertUnwindSafe(|| self.handler.handle(tx, row)));
-        self.metrics.handler_ran(started.elapsed());
+        self.metrics
+            .handler_ran(row.stream.as_deref(), started.elapsed());
         match outcome {
             Ok(Ok(())) => Verdict::Processed,
             Ok(Err(error)) => self.failure(row, error.to_string(), error.is_give_up()),

@@ -5,9 +5,11 @@
 //! - `inbox_retention`: deletes processed inbox rows past their retention, in batches.
 //! - `outbox_retention`: deletes published outbox rows past their retention, in batches.
 //! - `stream_trim`: trims stream entries every consumer group has read and acknowledged.
+//! - `parked_gauges`: refreshes an ordered consumer's parked-aggregate gauges.
 
 pub(crate) mod inbox_retention;
 pub(crate) mod outbox_retention;
+pub(crate) mod parked_gauges;
 pub(crate) mod stream_trim;
 
 use crossbeam_channel::{select, Receiver, TryRecvError};

@@ -8,6 +8,7 @@
 mod migrations;
 mod operations;
 pub mod outbox;
+mod parking;
 #[cfg(feature = "postgres")]
 mod postgres;
 mod refusal;
@@ -25,6 +26,7 @@ pub use operations::{
     Cleanup, Cursor, DeadLetterRequeue, InboxRecord, Page, ProcessedCleanup, QuarantineFilter,
     Requeued, RowFilter,
 };
+pub use parking::{AfterDeadLetter, DeadLetterSkip, ParkedAggregate, ParkedPage, ParkedSummary};
 
 use crate::clock::Clock;
 use crate::event::{Event, EventStatus, InboxRow};
@@ -49,6 +51,17 @@ pub trait InboxStore: Send + Sync + 'static {
     /// Idempotent, and safe to run from several processes at once.
     fn migrate(&self) -> Result<(), StoreError>;
 
+    /// The inbox table's name.
+    fn table(&self) -> &str;
+
+    /// Records `group` as the consumer group that owns the inbox table, unless a group owns it
+    /// already, and returns the owner: `group`, or the earlier one. Atomic, so of two groups
+    /// starting at once on a new table exactly one becomes its owner.
+    fn adopt_owner(&self, group: &str, now: DateTime<Utc>) -> Result<String, StoreError>;
+
+    /// The consumer group that owns the inbox table, if one has adopted it.
+    fn find_owner(&self) -> Result<Option<String>, StoreError>;
+
     /// Stores a read batch in one transaction: new events as `pending` (an `event_id` already
     /// present is a duplicate and left alone) and malformed entries in the quarantine table
     /// (an entry already quarantined is left alone).
@@ -71,6 +84,21 @@ pub trait InboxStore: Send + Sync + 'static {
 
     /// How many rows are in each status.
     fn count_by_status(&self) -> Result<StatusCounts, StoreError>;
+
+    /// How many rows are in each status, per stream (`None`: rows that record no stream),
+    /// ordered by stream.
+    fn count_by_stream(&self) -> Result<Vec<(Option<String>, StatusCounts)>, StoreError>;
+
+    /// Parked aggregates (see [`AfterDeadLetter::Park`]), by aggregate id, one page of them.
+    fn list_parked(&self, page: &ParkedPage) -> Result<Vec<ParkedAggregate>, StoreError>;
+
+    /// How many aggregates are parked, and the oldest event waiting behind one.
+    fn parked_summary(&self) -> Result<ParkedSummary, StoreError>;
+
+    /// Marks the dead letter `skip.id` skipped, releasing its aggregate's later events in
+    /// ordered mode; the row stays a dead letter. Returns `false`, changing nothing, when the
+    /// row is not a dead letter or was skipped already. A requeue clears the mark.
+    fn skip_dead_letter(&self, skip: &DeadLetterSkip) -> Result<bool, StoreError>;
 
     /// The row holding `event_id`, if any.
     fn find_by_event_id(&self, event_id: &str) -> Result<Option<InboxRow>, StoreError>;
@@ -142,8 +170,12 @@ pub trait RowHandler<S: InboxStore> {
 /// A read batch to store: parsed events and entries that did not parse.
 #[derive(Debug, Clone, Copy)]
 pub struct ReceivedBatch<'a> {
-    /// The stream the entries came from.
+    /// The stream the entries came from; recorded on every row.
     pub stream: &'a str,
+    /// Whether storing must keep each aggregate's rows in commit order (per-aggregate order
+    /// is on): a store whose writers can commit concurrently serializes them per aggregate, so
+    /// an aggregate's rows become visible in the order of their storing position.
+    pub ordered: bool,
     /// Entries that parsed into events.
     pub events: &'a [ReceivedEvent],
     /// Entries that did not.
@@ -166,11 +198,18 @@ pub struct ReceivedEvent {
 }
 
 impl ReceivedEvent {
-    /// The row [`InboxStore::store_received`] makes of this event when it is new.
-    pub fn into_pending_row(self, received_at: DateTime<Utc>, max_retries: i32) -> InboxRow {
+    /// The row [`InboxStore::store_received`] makes of this event when it is new, read from
+    /// `stream`.
+    pub fn into_pending_row(
+        self,
+        stream: &str,
+        received_at: DateTime<Utc>,
+        max_retries: i32,
+    ) -> InboxRow {
         InboxRow {
             id: self.row_id,
             stream_id: self.stream_id,
+            stream: Some(stream.to_string()),
             event: self.event,
             status: EventStatus::Pending,
             retry_count: 0,
@@ -227,6 +266,17 @@ pub enum Claim<'a> {
         limit: usize,
         /// How long a pending row is left to its reader's workers before anyone may take it.
         orphan_after: std::time::Duration,
+    },
+    /// Up to `limit` due rows, oldest first, that are the head of their aggregate: no earlier
+    /// row of the aggregate (in storing order) is still open, that is pending, processing,
+    /// failed, or (with [`AfterDeadLetter::Park`]) dead-lettered and not skipped. How workers
+    /// claim in ordered mode: at most one row per aggregate is held at a time, and its
+    /// successor becomes claimable only once it commits as processed.
+    Heads {
+        /// Most rows to claim.
+        limit: usize,
+        /// Whether a dead letter holds back its aggregate's later rows.
+        after_dead_letter: AfterDeadLetter,
     },
 }
 
@@ -302,6 +352,30 @@ impl StatusCounts {
     pub fn total(&self) -> u64 {
         self.0.values().sum()
     }
+}
+
+/// `(stream, status, count)` rows, sorted by stream, as counts per stream.
+pub(crate) fn counts_by_stream(
+    rows: impl IntoIterator<Item = (Option<String>, EventStatus, u64)>,
+) -> Vec<(Option<String>, StatusCounts)> {
+    let mut counts: Vec<(Option<String>, StatusCounts)> = Vec::new();
+    for (stream, status, count) in rows {
+        match counts.last_mut() {
+            Some((last, by_status)) if *last == stream => {
+                by_status.0.insert(status, count);
+            }
+            _ => counts.push((stream, StatusCounts([(status, count)].into()))),
+        }
+    }
+    counts
+}
+
+/// A status as a store counted it; one eventflow does not know is an error, never a panic.
+pub(crate) fn parse_counted_status(status: &str) -> Result<EventStatus, StoreError> {
+    EventStatus::parse(status).ok_or_else(|| StoreError::Corrupt {
+        row: format!("status {status:?}"),
+        reason: "unknown status".into(),
+    })
 }
 
 /// Parameters of [`InboxStore::replay_quarantined`].

@@ -16,8 +16,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use parking_lot::{Condvar, Mutex};
 
 use super::{
-    GroupStats, OutgoingEntry, ReadRequest, ReclaimRequest, Reclaimed, StreamEntry, Transport,
-    TransportError,
+    GroupStats, OutgoingEntry, PendingEntry, ReadRequest, ReclaimRequest, Reclaimed, StreamEntry,
+    Transport, TransportError,
 };
 
 /// How many pending entries one reclaim call looks at per entry it may return. Redis hard-codes
@@ -416,6 +416,29 @@ impl Transport for MemoryStream {
         let removed = target.entries.len() as u64;
         target.entries = keep;
         Ok(removed)
+    }
+
+    fn oldest_pending_before(
+        &self,
+        stream: &str,
+        group: &str,
+        before: &str,
+    ) -> Result<Option<PendingEntry>, TransportError> {
+        let before = parse_id(before)?;
+        let streams = self.shared.streams.lock();
+        let found = streams
+            .get(stream)
+            .and_then(|s| s.groups.get(group))
+            .ok_or_else(|| no_group(stream, group))?;
+        Ok(found
+            .pending
+            .range(..before)
+            .next()
+            .map(|(id, pending)| PendingEntry {
+                id: id.to_string(),
+                consumer: pending.consumer.clone(),
+                idle: pending.delivered_at.elapsed(),
+            }))
     }
 
     fn group_stats(&self, stream: &str, group: &str) -> Result<GroupStats, TransportError> {

@@ -92,11 +92,29 @@ pub struct OutgoingEntry<'a> {
     pub fields: &'a [(String, Vec<u8>)],
 }
 
+/// A stream entry id (`<millis>-<seq>`, or `<millis>` for `<millis>-0`) as numbers, which
+/// order as the stream does; `None` when it is not one.
+pub(crate) fn parse_entry_id(id: &str) -> Option<(u64, u64)> {
+    let (millis, seq) = id.split_once('-').unwrap_or((id, "0"));
+    Some((millis.parse().ok()?, seq.parse().ok()?))
+}
+
 /// The error for an entry without fields: Redis `XADD` needs at least one.
 pub(crate) fn no_fields_error() -> TransportError {
     TransportError::Broker(
         "cannot publish an entry without fields; Redis XADD needs at least one".into(),
     )
+}
+
+/// One entry of a group's pending-entries list: delivered to a consumer, not acknowledged.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PendingEntry {
+    /// The entry's id.
+    pub id: String,
+    /// The consumer it was delivered to.
+    pub consumer: String,
+    /// How long ago it was last delivered.
+    pub idle: Duration,
 }
 
 /// Counts for one consumer group, for tests, health checks and the `status` command.
@@ -209,6 +227,16 @@ pub trait Transport: Send + Sync + 'static {
     /// Pending and lag counts of a consumer group.
     fn group_stats(&self, stream: &str, group: &str) -> Result<GroupStats, TransportError>;
 
+    /// The group's oldest pending entry with an id below `before` (`<millis>-<seq>`), whoever
+    /// holds it (Redis `XPENDING <stream> <group> - (<before> 1`). An ordered reader waits
+    /// for it before storing entries that come after it.
+    fn oldest_pending_before(
+        &self,
+        stream: &str,
+        group: &str,
+        before: &str,
+    ) -> Result<Option<PendingEntry>, TransportError>;
+
     /// Checks that the broker answers, within about `timeout`: waiting for a connection and for
     /// the answer together take no longer, so a health probe never hangs on a broker that does.
     /// [`TransportError::Unavailable`] when it does not answer in time.
@@ -251,6 +279,15 @@ impl<T: Transport + ?Sized> Transport for std::sync::Arc<T> {
 
     fn group_stats(&self, stream: &str, group: &str) -> Result<GroupStats, TransportError> {
         (**self).group_stats(stream, group)
+    }
+
+    fn oldest_pending_before(
+        &self,
+        stream: &str,
+        group: &str,
+        before: &str,
+    ) -> Result<Option<PendingEntry>, TransportError> {
+        (**self).oldest_pending_before(stream, group, before)
     }
 
     fn ping(&self, timeout: Duration) -> Result<(), TransportError> {

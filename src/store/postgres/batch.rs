@@ -17,8 +17,8 @@ use crate::clock::Clock;
 use crate::event::InboxRow;
 use crate::store::refusal::{split_refused, Retry};
 use crate::store::{
-    orphaned_before, truncate_error, Claim, ClaimParams, Failure, RowHandler, Settled, StoreError,
-    Verdict,
+    orphaned_before, truncate_error, AfterDeadLetter, Claim, ClaimParams, Failure, RowHandler,
+    Settled, StoreError, Verdict,
 };
 use chrono::{DateTime, Utc};
 use postgres::Statement;
@@ -38,6 +38,7 @@ struct Prepared {
     claim_rows: Statement,
     claim_fresh: Statement,
     claim_due: Statement,
+    claim_heads: Statement,
     mark_processed: Statement,
     record_failures: Statement,
     dead_letter: Statement,
@@ -151,6 +152,7 @@ fn prepare(store: &PostgresStore, conn: &mut PgConnection) -> Result<Prepared, S
         claim_rows: statement(&store.sql.claim_rows)?,
         claim_fresh: statement(&store.sql.claim_fresh)?,
         claim_due: statement(&store.sql.claim_due)?,
+        claim_heads: statement(&store.sql.claim_heads)?,
         mark_processed: statement(&store.sql.mark_processed)?,
         record_failures: statement(&store.sql.record_failures)?,
         dead_letter: statement(&store.sql.dead_letter)?,
@@ -177,6 +179,17 @@ fn claim(
                 &[&now, &(limit as i64), &orphaned_before],
             )
         }
+        Claim::Heads {
+            limit,
+            after_dead_letter,
+        } => tx.query(
+            &prepared.claim_heads,
+            &[
+                &now,
+                &(limit as i64),
+                &(after_dead_letter == AfterDeadLetter::Park),
+            ],
+        ),
     }
     .map_err(pg("claim rows"))?;
     let mut readable = Vec::with_capacity(rows.len());

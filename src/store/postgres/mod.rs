@@ -10,9 +10,10 @@ use queries::Queries;
 
 use super::migrations::{Migration, MIGRATIONS_TABLE};
 use super::{
-    validate_table_name, ClaimParams, Cleanup, Cursor, DeadLetterRequeue, InboxRecord, InboxStore,
-    Page, ProcessedCleanup, QuarantineFilter, QuarantineReplay, ReceivedBatch, Requeued, RowFilter,
-    RowHandler, Settled, StatusCounts, StoreError, Stored, DEFAULT_INBOX_TABLE,
+    counts_by_stream, parse_counted_status, validate_table_name, ClaimParams, Cleanup, Cursor,
+    DeadLetterRequeue, DeadLetterSkip, InboxRecord, InboxStore, Page, ParkedAggregate, ParkedPage,
+    ParkedSummary, ProcessedCleanup, QuarantineFilter, QuarantineReplay, ReceivedBatch, Requeued,
+    RowFilter, RowHandler, Settled, StatusCounts, StoreError, Stored, DEFAULT_INBOX_TABLE,
 };
 use crate::event::{Event, EventStatus, InboxRow};
 use crate::quarantine::{decode_fields, QuarantinedEntry};
@@ -45,6 +46,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "0003_operations.sql",
         sql: include_str!("../../../sql/postgres/inbox/0003_operations.sql"),
     },
+    Migration {
+        version: 4,
+        name: "0004_services.sql",
+        sql: include_str!("../../../sql/postgres/inbox/0004_services.sql"),
+    },
 ];
 
 /// Any constant works, as long as every eventflow process uses the same one; it serializes
@@ -58,7 +64,7 @@ const CLEANUP_LOCK_KEY: i32 = 0x6566_636c; // "efcl"
 pub(super) const COLUMNS: &str =
     "id, event_id, stream_id, event_type, aggregate_id, correlation_id, causation_id, \
      occurred_on, payload, status, retry_count, max_retries, received_at, processed_at, \
-     next_retry_at, error_message, last_error_at";
+     next_retry_at, error_message, last_error_at, stream";
 pub(super) const QUARANTINE_COLUMNS: &str =
     "id, stream, stream_id, raw_fields, reason, received_at, replayed_at, replayed_event_id";
 
@@ -257,8 +263,23 @@ impl PostgresStore {
         let insert_quarantine = conn
             .prepared(&self.sql.insert_quarantine)
             .map_err(pg("prepare quarantine"))?;
+        let lock_aggregates = match batch.ordered && !batch.events.is_empty() {
+            true => Some(
+                conn.prepared(&self.sql.lock_aggregates)
+                    .map_err(pg("prepare aggregate locks"))?,
+            ),
+            false => None,
+        };
         let mut tx = conn.transaction().map_err(pg("begin storing a batch"))?;
         let mut stored = Stored::default();
+        if let Some(lock) = lock_aggregates {
+            // Held to commit: a reader storing rows of the same aggregates waits, so within an
+            // aggregate `seq` order is commit order and a worker never sees a later row before
+            // an earlier one.
+            let aggregates: Vec<Uuid> = batch.events.iter().map(|e| e.event.aggregate_id).collect();
+            tx.execute(&lock, &[&aggregates])
+                .map_err(pg("lock the batch's aggregates"))?;
+        }
         if !batch.events.is_empty() {
             let events = batch.events;
             let ids: Vec<Uuid> = events.iter().map(|e| e.row_id).collect();
@@ -292,6 +313,7 @@ impl PostgresStore {
                         &payloads,
                         &batch.max_retries,
                         &batch.received_at,
+                        &batch.stream,
                     ],
                 )
                 .map_err(pg("insert events"))?
@@ -338,6 +360,81 @@ impl InboxStore for PostgresStore {
         )
     }
 
+    fn table(&self) -> &str {
+        &self.table
+    }
+
+    fn adopt_owner(&self, group: &str, now: DateTime<Utc>) -> Result<String, StoreError> {
+        let mut conn = self.connection()?;
+        conn.query_one(&self.sql.adopt_owner, &[&group, &now])
+            .map_err(pg("adopt the inbox table"))
+            .map(|row| row.get(0))
+    }
+
+    fn find_owner(&self) -> Result<Option<String>, StoreError> {
+        let mut conn = self.connection()?;
+        conn.query_opt(&self.sql.find_owner, &[])
+            .map_err(pg("find the inbox table's owner"))
+            .map(|row| row.map(|row| row.get(0)))
+    }
+
+    fn count_by_stream(&self) -> Result<Vec<(Option<String>, StatusCounts)>, StoreError> {
+        let mut conn = self.connection()?;
+        let rows = conn
+            .query(&self.sql.count_by_stream, &[])
+            .map_err(pg("count rows by stream"))?;
+        let rows = rows
+            .iter()
+            .map(|row| {
+                let count: i64 = row.get(2);
+                Ok((row.get(0), parse_counted_status(row.get(1))?, count as u64))
+            })
+            .collect::<Result<Vec<_>, StoreError>>()?;
+        Ok(counts_by_stream(rows))
+    }
+
+    fn list_parked(&self, page: &ParkedPage) -> Result<Vec<ParkedAggregate>, StoreError> {
+        let mut conn = self.connection()?;
+        conn.query(
+            &self.sql.list_parked,
+            &[&page.after, &(page.limit as i64), &page.aggregate_id],
+        )
+        .map_err(pg("list parked aggregates"))?
+        .iter()
+        .map(|row| {
+            let dead_letter = inbox_row(row)?;
+            let waiting: i64 = row.get(18);
+            Ok(ParkedAggregate {
+                aggregate_id: dead_letter.event.aggregate_id,
+                dead_letter,
+                waiting: waiting as u64,
+                oldest_waiting: row.get(19),
+            })
+        })
+        .collect()
+    }
+
+    fn parked_summary(&self) -> Result<ParkedSummary, StoreError> {
+        let mut conn = self.connection()?;
+        let row = conn
+            .query_one(&self.sql.parked_summary, &[])
+            .map_err(pg("count parked aggregates"))?;
+        let aggregates: i64 = row.get(0);
+        Ok(ParkedSummary {
+            aggregates: aggregates as u64,
+            oldest_waiting: row
+                .try_get(1)
+                .map_err(|e| corrupt(&"parked rows", "received_at", e))?,
+        })
+    }
+
+    fn skip_dead_letter(&self, skip: &DeadLetterSkip) -> Result<bool, StoreError> {
+        let mut conn = self.connection()?;
+        conn.execute(&self.sql.skip_dead_letter, &[&skip.id, &skip.now])
+            .map_err(pg("skip a dead letter"))
+            .map(|changed| changed == 1)
+    }
+
     fn store_received(&self, batch: &ReceivedBatch<'_>) -> Result<Stored, StoreError> {
         let mut conn = self.connection()?;
         let stored = self.store_received_on(&mut conn, batch);
@@ -361,13 +458,10 @@ impl InboxStore for PostgresStore {
             .map_err(pg("count rows by status"))?;
         let mut counts = StatusCounts::default();
         for row in rows {
-            let status: String = row.get(0);
             let count: i64 = row.get(1);
-            let status = EventStatus::parse(&status).ok_or_else(|| StoreError::Corrupt {
-                row: format!("status {status:?}"),
-                reason: "unknown status".into(),
-            })?;
-            counts.0.insert(status, count as u64);
+            counts
+                .0
+                .insert(parse_counted_status(row.get(0))?, count as u64);
         }
         Ok(counts)
     }
@@ -409,15 +503,16 @@ impl InboxStore for PostgresStore {
     fn replay_quarantined(&self, replay: &QuarantineReplay<'_>) -> Result<bool, StoreError> {
         let mut conn = self.connection()?;
         let mut tx = conn.transaction().map_err(pg("begin a replay"))?;
-        let marked = tx
-            .execute(
+        let Some(marked) = tx
+            .query_opt(
                 &self.sql.mark_replayed,
                 &[&replay.id, &replay.now, &replay.event.event.event_id],
             )
-            .map_err(pg("mark a quarantined entry replayed"))?;
-        if marked == 0 {
+            .map_err(pg("mark a quarantined entry replayed"))?
+        else {
             return Ok(false);
-        }
+        };
+        let stream: String = marked.get(0);
         let received = replay.event;
         let event = &received.event;
         tx.execute(
@@ -434,6 +529,7 @@ impl InboxStore for PostgresStore {
                 &event.payload,
                 &replay.max_retries,
                 &replay.now,
+                &stream,
             ],
         )
         .map_err(pg("store a replayed event"))?;
@@ -464,8 +560,8 @@ impl InboxStore for PostgresStore {
             .map(|row| {
                 Ok(InboxRecord {
                     row: inbox_row(row)?,
-                    replay_count: row.get(17),
-                    last_replayed_at: row.get(18),
+                    replay_count: row.get(18),
+                    last_replayed_at: row.get(19),
                 })
             })
             .collect()
@@ -631,6 +727,7 @@ pub(super) fn inbox_row(row: &Row) -> Result<InboxRow, StoreError> {
             },
         },
         stream_id: column!(2, "stream_id"),
+        stream: column!(17, "stream"),
         status,
         retry_count: column!(10, "retry_count"),
         max_retries: column!(11, "max_retries"),

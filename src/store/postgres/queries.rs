@@ -23,6 +23,29 @@ pub(super) struct Queries {
     pub requeue_dead_letters: String,
     pub list_quarantined_matching: String,
     pub delete_processed: String,
+    pub lock_aggregates: String,
+    pub claim_heads: String,
+    pub adopt_owner: String,
+    pub find_owner: String,
+    pub count_by_stream: String,
+    pub list_parked: String,
+    pub parked_summary: String,
+    pub skip_dead_letter: String,
+}
+
+/// A row's place in its aggregate's order: storing order (`seq`), with rows stored before
+/// eventflow numbered them (null `seq`) first, in the order they were received.
+fn order_key(alias: &str) -> String {
+    format!("(coalesce({alias}.seq, 0), {alias}.received_at, {alias}.id)")
+}
+
+/// Whether row `p` holds back the later rows of its aggregate: it is open, or dead-lettered
+/// while `$park` says dead letters park their aggregate and nobody skipped it.
+fn holds_back(p: &str, park: &str) -> String {
+    format!(
+        "{p}.status <> 'processed' AND NOT ({p}.status = 'dead_letter' \
+         AND ({p}.skipped_at IS NOT NULL OR NOT {park}))"
+    )
 }
 
 /// The row filter's conditions, on parameters `$p` to `$p + 8` (see `row_filter_params`):
@@ -63,9 +86,10 @@ impl Queries {
         Self {
             insert_events: format!(
                 "INSERT INTO {t} (id, event_id, stream_id, event_type, aggregate_id, correlation_id, \
-                 causation_id, occurred_on, payload, status, retry_count, max_retries, received_at) \
+                 causation_id, occurred_on, payload, status, retry_count, max_retries, received_at, \
+                 stream) \
                  SELECT e.id, e.event_id, e.stream_id, e.event_type, e.aggregate_id, e.correlation_id, \
-                 e.causation_id, e.occurred_on, e.payload::jsonb, 'pending', 0, $10, $11 \
+                 e.causation_id, e.occurred_on, e.payload::jsonb, 'pending', 0, $10, $11, $12 \
                  FROM unnest($1::uuid[], $2::varchar[], $3::varchar[], $4::varchar[], $5::uuid[], \
                  $6::varchar[], $7::varchar[], $8::timestamptz[], $9::text[]) \
                  AS e(id, event_id, stream_id, event_type, aggregate_id, correlation_id, causation_id, \
@@ -74,8 +98,9 @@ impl Queries {
             ),
             insert_one: format!(
                 "INSERT INTO {t} (id, event_id, stream_id, event_type, aggregate_id, correlation_id, \
-                 causation_id, occurred_on, payload, status, retry_count, max_retries, received_at) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, 'pending', 0, $10, $11) \
+                 causation_id, occurred_on, payload, status, retry_count, max_retries, received_at, \
+                 stream) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, 'pending', 0, $10, $11, $12) \
                  ON CONFLICT (event_id) DO NOTHING"
             ),
             insert_quarantine: format!(
@@ -127,12 +152,69 @@ impl Queries {
             find_quarantined: format!("SELECT {QUARANTINE_COLUMNS} FROM {t}_quarantine WHERE id = $1"),
             mark_replayed: format!(
                 "UPDATE {t}_quarantine SET replayed_at = $2, replayed_event_id = $3 \
-                 WHERE id = $1 AND replayed_at IS NULL"
+                 WHERE id = $1 AND replayed_at IS NULL RETURNING stream"
             ),
             list_rows: format!(
                 "SELECT {COLUMNS}, replay_count, last_replayed_at FROM {t} WHERE {} \
                  ORDER BY received_at, id LIMIT $10",
                 row_filter(1)
+            ),
+            // Sorted, so two readers storing overlapping aggregates take the locks in one order
+            // and never wait for each other in a circle. Keys are per table (the table's hash
+            // in the high bits), so the outbox's and other tables' locks never collide.
+            lock_aggregates: format!(
+                "SELECT pg_advisory_xact_lock(k) FROM (SELECT DISTINCT \
+                 (hashtext('{t}')::int8 << 32) # (('x' || substr(md5(a::text), 1, 16))::bit(64)::int8) AS k \
+                 FROM unnest($1::uuid[]) AS a ORDER BY k) AS keys"
+            ),
+            claim_heads: format!(
+                "SELECT {COLUMNS} FROM {t} AS o WHERE {DUE}$1) \
+                 AND NOT EXISTS (SELECT 1 FROM {t} AS p WHERE p.aggregate_id = o.aggregate_id \
+                 AND {} AND {} < {}) \
+                 ORDER BY received_at, id LIMIT $2 FOR UPDATE SKIP LOCKED",
+                holds_back("p", "$3"),
+                order_key("p"),
+                order_key("o")
+            ),
+            adopt_owner: format!(
+                "WITH adopted AS (INSERT INTO eventflow_inbox_owners (inbox_table, consumer_group, adopted_at) \
+                 VALUES ('{t}', $1, $2) ON CONFLICT (inbox_table) DO NOTHING RETURNING consumer_group) \
+                 SELECT consumer_group FROM adopted \
+                 UNION ALL SELECT consumer_group FROM eventflow_inbox_owners WHERE inbox_table = '{t}'"
+            ),
+            find_owner: format!(
+                "SELECT consumer_group FROM eventflow_inbox_owners WHERE inbox_table = '{t}'"
+            ),
+            count_by_stream: format!(
+                "SELECT stream, status, count(*) FROM {t} GROUP BY stream, status \
+                 ORDER BY stream NULLS FIRST, status"
+            ),
+            list_parked: format!(
+                "SELECT {COLUMNS}, w.waiting, w.oldest FROM \
+                 (SELECT DISTINCT ON (aggregate_id) {COLUMNS}, seq FROM {t} AS d \
+                 WHERE status = 'dead_letter' AND skipped_at IS NULL \
+                 AND ($1::uuid IS NULL OR aggregate_id > $1) AND ($3::uuid IS NULL OR aggregate_id = $3) \
+                 ORDER BY aggregate_id, {}) AS d \
+                 CROSS JOIN LATERAL (SELECT count(*) AS waiting, min(w.received_at) AS oldest \
+                 FROM {t} AS w WHERE w.aggregate_id = d.aggregate_id \
+                 AND w.status IN ('pending', 'failed') AND {} > {}) AS l \
+                 ORDER BY aggregate_id LIMIT $2",
+                order_key("d"),
+                order_key("w"),
+                order_key("d")
+            ),
+            parked_summary: format!(
+                "SELECT (SELECT count(DISTINCT aggregate_id) FROM {t} \
+                 WHERE status = 'dead_letter' AND skipped_at IS NULL), \
+                 (SELECT min(w.received_at) FROM {t} AS w WHERE w.status IN ('pending', 'failed') \
+                 AND EXISTS (SELECT 1 FROM {t} AS d WHERE d.aggregate_id = w.aggregate_id \
+                 AND d.status = 'dead_letter' AND d.skipped_at IS NULL AND {} < {}))",
+                order_key("d"),
+                order_key("w")
+            ),
+            skip_dead_letter: format!(
+                "UPDATE {t} SET skipped_at = $2 \
+                 WHERE id = $1 AND status = 'dead_letter' AND skipped_at IS NULL"
             ),
             oldest_received: format!("SELECT min(received_at) FROM {t} WHERE status = $1"),
             // FOR UPDATE re-checks a row another requeue or a worker changed meanwhile, so a
@@ -141,7 +223,7 @@ impl Queries {
                 "WITH picked AS (SELECT id FROM {t} WHERE status = 'dead_letter' AND {} \
                  ORDER BY received_at, id LIMIT $10 FOR UPDATE) \
                  UPDATE {t} AS t SET status = 'pending', retry_count = 0, next_retry_at = NULL, \
-                 replay_count = t.replay_count + 1, last_replayed_at = $11 \
+                 replay_count = t.replay_count + 1, last_replayed_at = $11, skipped_at = NULL \
                  FROM picked WHERE t.id = picked.id RETURNING t.received_at, t.id",
                 row_filter(1)
             ),

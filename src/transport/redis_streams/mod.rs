@@ -16,14 +16,15 @@ use std::time::Duration;
 
 use redis::Value;
 
+use super::parse_entry_id;
 use super::{
-    GroupStats, OutgoingEntry, ReadRequest, ReclaimRequest, Reclaimed, StreamEntry, Transport,
-    TransportError,
+    GroupStats, OutgoingEntry, PendingEntry, ReadRequest, ReclaimRequest, Reclaimed, StreamEntry,
+    Transport, TransportError,
 };
 use connection::{command_error, group_error, no_group, ConnectionManager, TraceConnectErrors};
 use reply::{
     into_string, malformed, parse_autoclaim, parse_count, parse_group_cursors, parse_group_stats,
-    parse_oldest_pending, parse_read_reply, AutoClaimReply,
+    parse_oldest_pending, parse_pending_entry, parse_read_reply, AutoClaimReply,
 };
 
 const DEFAULT_POOL_SIZE: u32 = 16;
@@ -214,11 +215,6 @@ fn invalid_setting(field: &'static str, problem: String) -> TransportError {
 
 /// Redis reads `BLOCK 0` as "wait forever", so a requested wait is never sent as 0 ms.
 /// `<millis>-<seq>` (or `<millis>`, sequence 0) as numbers, so ids compare numerically.
-fn parse_entry_id(id: &str) -> Option<(u64, u64)> {
-    let (millis, seq) = id.split_once('-').unwrap_or((id, "0"));
-    Some((millis.parse().ok()?, seq.parse().ok()?))
-}
-
 /// Redis says "no such key" for `XINFO` on a stream that does not exist.
 fn is_no_such_key(error: &redis::RedisError) -> bool {
     error
@@ -489,6 +485,27 @@ impl Transport for RedisStreams {
             Err(error) => return Err(group_error(error, stream, group)),
         };
         parse_group_stats(reply, group)?.ok_or_else(|| no_group(stream, group))
+    }
+
+    fn oldest_pending_before(
+        &self,
+        stream: &str,
+        group: &str,
+        before: &str,
+    ) -> Result<Option<PendingEntry>, TransportError> {
+        let mut conn = self.connection()?;
+        let reply = conn
+            .run(|c| {
+                redis::cmd("XPENDING")
+                    .arg(stream)
+                    .arg(group)
+                    .arg("-")
+                    .arg(format!("({before}"))
+                    .arg(1)
+                    .query::<Value>(c)
+            })
+            .map_err(|error| group_error(error, stream, group))?;
+        parse_pending_entry(reply)
     }
 
     /// `PING` on a connection of its own, opened within `timeout`, answered within what is left

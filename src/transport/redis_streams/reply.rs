@@ -7,7 +7,7 @@
 
 use redis::Value;
 
-use crate::transport::{GroupStats, Reclaimed, StreamEntry, TransportError};
+use crate::transport::{GroupStats, PendingEntry, Reclaimed, StreamEntry, TransportError};
 
 /// A reply this module does not understand; `part` says which piece was off.
 pub(super) fn malformed(command: &str, part: &str) -> TransportError {
@@ -244,9 +244,47 @@ pub(super) fn parse_oldest_pending(value: Value) -> Result<Option<String>, Trans
     }
 }
 
+/// The first record of an extended `XPENDING <stream> <group> <start> <end> <count>` reply
+/// (`[[id, consumer, idle millis, deliveries], ...]`); `None` when the range has none.
+pub(super) fn parse_pending_entry(value: Value) -> Result<Option<PendingEntry>, TransportError> {
+    let bad = || malformed("XPENDING", "pending entry");
+    let Some(record) = into_items(value).ok_or_else(bad)?.into_iter().next() else {
+        return Ok(None);
+    };
+    let mut parts = into_items(record).ok_or_else(bad)?.into_iter();
+    let id = parts.next().and_then(into_string).ok_or_else(bad)?;
+    let consumer = parts.next().and_then(into_string).ok_or_else(bad)?;
+    let idle = parts.next().and_then(parse_count).ok_or_else(bad)?;
+    Ok(Some(PendingEntry {
+        id,
+        consumer,
+        idle: std::time::Duration::from_millis(idle),
+    }))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn extended_pending_replies_give_the_first_record() {
+        let reply = Value::Array(vec![Value::Array(vec![
+            bulk("5-0"),
+            bulk("c-1"),
+            Value::Int(1500),
+            Value::Int(2),
+        ])]);
+        assert_eq!(
+            parse_pending_entry(reply).unwrap(),
+            Some(PendingEntry {
+                id: "5-0".into(),
+                consumer: "c-1".into(),
+                idle: std::time::Duration::from_millis(1500),
+            })
+        );
+        assert_eq!(parse_pending_entry(Value::Array(vec![])).unwrap(), None);
+        assert!(parse_pending_entry(Value::Int(3)).is_err());
+    }
 
     fn bulk(text: &str) -> Value {
         Value::BulkString(text.as_bytes().to_vec())

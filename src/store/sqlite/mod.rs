@@ -7,10 +7,11 @@
 use super::migrations::{Migration, MIGRATIONS_TABLE};
 use super::refusal::{split_refused, Retry};
 use super::{
-    orphaned_before, truncate_error, validate_table_name, Claim, ClaimParams, Cleanup, Cursor,
-    DeadLetterRequeue, InboxRecord, InboxStore, Page, ProcessedCleanup, QuarantineFilter,
-    QuarantineReplay, ReceivedBatch, ReceivedEvent, Requeued, RowFilter, RowHandler, Settled,
-    StatusCounts, StoreError, Stored, Verdict, DEFAULT_INBOX_TABLE,
+    counts_by_stream, orphaned_before, parse_counted_status, truncate_error, validate_table_name,
+    AfterDeadLetter, Claim, ClaimParams, Cleanup, Cursor, DeadLetterRequeue, DeadLetterSkip,
+    InboxRecord, InboxStore, Page, ParkedAggregate, ParkedPage, ParkedSummary, ProcessedCleanup,
+    QuarantineFilter, QuarantineReplay, ReceivedBatch, ReceivedEvent, Requeued, RowFilter,
+    RowHandler, Settled, StatusCounts, StoreError, Stored, Verdict, DEFAULT_INBOX_TABLE,
 };
 use crate::event::{Event, EventStatus, InboxRow};
 use crate::quarantine::{decode_fields, QuarantinedEntry};
@@ -26,24 +27,33 @@ pub const MIGRATIONS: &[Migration] = &[
     Migration {
         version: 1,
         name: "0001_event_inbox.sql",
-        sql: include_str!("../../sql/sqlite/inbox/0001_event_inbox.sql"),
+        sql: include_str!("../../../sql/sqlite/inbox/0001_event_inbox.sql"),
     },
     Migration {
         version: 2,
         name: "0002_eventflow_additions.sql",
-        sql: include_str!("../../sql/sqlite/inbox/0002_eventflow_additions.sql"),
+        sql: include_str!("../../../sql/sqlite/inbox/0002_eventflow_additions.sql"),
     },
     Migration {
         version: 3,
         name: "0003_operations.sql",
-        sql: include_str!("../../sql/sqlite/inbox/0003_operations.sql"),
+        sql: include_str!("../../../sql/sqlite/inbox/0003_operations.sql"),
+    },
+    Migration {
+        version: 4,
+        name: "0004_services.sql",
+        sql: include_str!("../../../sql/sqlite/inbox/0004_services.sql"),
     },
 ];
+
+mod queries;
+
+use queries::Queries;
 
 const COLUMNS: &str =
     "id, event_id, stream_id, event_type, aggregate_id, correlation_id, causation_id, \
      occurred_on, payload, status, retry_count, max_retries, received_at, processed_at, \
-     next_retry_at, error_message, last_error_at";
+     next_retry_at, error_message, last_error_at, stream";
 const QUARANTINE_COLUMNS: &str =
     "id, stream, stream_id, raw_fields, reason, received_at, replayed_at, replayed_event_id";
 
@@ -263,6 +273,116 @@ impl InboxStore for SqliteStore {
         )
     }
 
+    fn table(&self) -> &str {
+        &self.table
+    }
+
+    fn adopt_owner(&self, group: &str, now: DateTime<Utc>) -> Result<String, StoreError> {
+        let mut conn = self.lock();
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(lite("begin adopting the inbox table"))?;
+        tx.execute(&self.sql.adopt_owner, params![group, ts(now)])
+            .map_err(lite("adopt the inbox table"))?;
+        let owner: String = tx
+            .query_row(&self.sql.find_owner, [], |row| row.get(0))
+            .map_err(lite("find the inbox table's owner"))?;
+        tx.commit()
+            .map_err(lite("commit adopting the inbox table"))?;
+        Ok(owner)
+    }
+
+    fn find_owner(&self) -> Result<Option<String>, StoreError> {
+        self.lock()
+            .query_row(&self.sql.find_owner, [], |row| row.get(0))
+            .optional()
+            .map_err(lite("find the inbox table's owner"))
+    }
+
+    fn count_by_stream(&self) -> Result<Vec<(Option<String>, StatusCounts)>, StoreError> {
+        let conn = self.lock();
+        let mut statement = conn
+            .prepare_cached(&self.sql.count_by_stream)
+            .map_err(lite("count rows by stream"))?;
+        let rows = statement
+            .query_map([], |row| {
+                Ok((
+                    row.get::<_, Option<String>>(0)?,
+                    row.get::<_, String>(1)?,
+                    row.get::<_, i64>(2)?,
+                ))
+            })
+            .map_err(lite("count rows by stream"))?
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(lite("count rows by stream"))?;
+        let rows = rows
+            .into_iter()
+            .map(|(stream, status, count)| {
+                Ok((stream, parse_counted_status(&status)?, count as u64))
+            })
+            .collect::<Result<Vec<_>, StoreError>>()?;
+        Ok(counts_by_stream(rows))
+    }
+
+    fn list_parked(&self, page: &ParkedPage) -> Result<Vec<ParkedAggregate>, StoreError> {
+        let conn = self.lock();
+        let mut statement = conn
+            .prepare_cached(&self.sql.list_parked)
+            .map_err(lite("list parked aggregates"))?;
+        let raw = statement
+            .query_map(
+                params![
+                    page.after.map(|id| id.to_string()),
+                    page.limit as i64,
+                    page.aggregate_id.map(|id| id.to_string())
+                ],
+                |row| {
+                    Ok((
+                        RawRow::read(row)?,
+                        row.get::<_, i64>(18)?,
+                        row.get::<_, Option<String>>(19)?,
+                    ))
+                },
+            )
+            .map_err(lite("list parked aggregates"))?
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(lite("list parked aggregates"))?;
+        raw.into_iter()
+            .map(|(row, waiting, oldest)| {
+                let dead_letter = row.into_row()?;
+                Ok(ParkedAggregate {
+                    aggregate_id: dead_letter.event.aggregate_id,
+                    dead_letter,
+                    waiting: waiting as u64,
+                    oldest_waiting: parse_opt_ts(oldest)?,
+                })
+            })
+            .collect()
+    }
+
+    fn parked_summary(&self) -> Result<ParkedSummary, StoreError> {
+        let (aggregates, oldest): (i64, Option<String>) = self
+            .lock()
+            .query_row(&self.sql.parked_summary, [], |row| {
+                Ok((row.get(0)?, row.get(1)?))
+            })
+            .map_err(lite("count parked aggregates"))?;
+        Ok(ParkedSummary {
+            aggregates: aggregates as u64,
+            oldest_waiting: parse_opt_ts(oldest)?,
+        })
+    }
+
+    fn skip_dead_letter(&self, skip: &DeadLetterSkip) -> Result<bool, StoreError> {
+        self.lock()
+            .execute(
+                &self.sql.skip_dead_letter,
+                params![skip.id.to_string(), ts(skip.now)],
+            )
+            .map_err(lite("skip a dead letter"))
+            .map(|changed| changed == 1)
+    }
+
     fn store_received(&self, batch: &ReceivedBatch<'_>) -> Result<Stored, StoreError> {
         let mut conn = self.lock();
         let tx = conn
@@ -275,8 +395,14 @@ impl InboxStore for SqliteStore {
                 .prepare_cached(&self.sql.insert_event)
                 .map_err(lite("prepare insert"))?;
             for received in batch.events {
-                let changed = insert_event(&mut insert, received, batch.max_retries, &received_at)
-                    .map_err(lite("insert an event"))?;
+                let changed = insert_event(
+                    &mut insert,
+                    received,
+                    batch.stream,
+                    batch.max_retries,
+                    &received_at,
+                )
+                .map_err(lite("insert an event"))?;
                 if changed == 1 {
                     stored.inserted.push(received.row_id);
                 } else {
@@ -324,11 +450,9 @@ impl InboxStore for SqliteStore {
         let mut counts = StatusCounts::default();
         for row in rows {
             let (status, count) = row.map_err(lite("count rows"))?;
-            let status = EventStatus::parse(&status).ok_or_else(|| StoreError::Corrupt {
-                row: format!("status {status:?}"),
-                reason: "unknown status".into(),
-            })?;
-            counts.0.insert(status, count as u64);
+            counts
+                .0
+                .insert(parse_counted_status(&status)?, count as u64);
         }
         Ok(counts)
     }
@@ -379,21 +503,29 @@ impl InboxStore for SqliteStore {
             .map_err(lite("begin a replay"))?;
         let received = replay.event;
         let event = &received.event;
-        let marked = tx
-            .execute(
+        let stream: Option<String> = tx
+            .query_row(
                 &self.sql.mark_replayed,
                 params![replay.id.to_string(), ts(replay.now), event.event_id],
+                |row| row.get(0),
             )
+            .optional()
             .map_err(lite("mark a quarantined entry replayed"))?;
-        if marked == 0 {
+        let Some(stream) = stream else {
             return Ok(false);
-        }
+        };
         {
             let mut insert = tx
                 .prepare_cached(&self.sql.insert_event)
                 .map_err(lite("prepare insert"))?;
-            insert_event(&mut insert, received, replay.max_retries, &ts(replay.now))
-                .map_err(lite("store a replayed event"))?;
+            insert_event(
+                &mut insert,
+                received,
+                &stream,
+                replay.max_retries,
+                &ts(replay.now),
+            )
+            .map_err(lite("store a replayed event"))?;
         }
         tx.commit().map_err(lite("commit a replay"))?;
         Ok(true)
@@ -420,8 +552,8 @@ impl InboxStore for SqliteStore {
             .query_map(rusqlite::params_from_iter(args), |row| {
                 Ok((
                     RawRow::read(row)?,
-                    row.get::<_, i32>(17)?,
-                    row.get::<_, Option<String>>(18)?,
+                    row.get::<_, i32>(18)?,
+                    row.get::<_, Option<String>>(19)?,
                 ))
             })
             .map_err(lite("list rows"))?
@@ -553,6 +685,7 @@ fn filter_args(filter: &RowFilter, after: Option<&Cursor>) -> Vec<rusqlite::type
 fn insert_event(
     insert: &mut rusqlite::CachedStatement<'_>,
     received: &ReceivedEvent,
+    stream: &str,
     max_retries: i32,
     received_at: &str,
 ) -> rusqlite::Result<usize> {
@@ -569,6 +702,7 @@ fn insert_event(
         event.payload.to_string(),
         max_retries,
         received_at,
+        stream,
     ])
 }
 
@@ -610,6 +744,17 @@ impl SqliteStore {
                         now.clone().into(),
                         (limit as i64).into(),
                         ts(orphaned_before(clock_now, orphan_after)).into(),
+                    ],
+                ),
+                Claim::Heads {
+                    limit,
+                    after_dead_letter,
+                } => (
+                    &self.sql.claim_heads,
+                    vec![
+                        now.clone().into(),
+                        (limit as i64).into(),
+                        (after_dead_letter == AfterDeadLetter::Park).into(),
                     ],
                 ),
             };
@@ -760,14 +905,14 @@ fn record_failure(
 
 /// A row's columns as SQLite returns them, converted outside rusqlite's error type.
 struct RawRow {
-    text: [Option<String>; 17],
+    text: [Option<String>; 18],
     retry_count: i32,
     max_retries: i32,
 }
 
 impl RawRow {
     fn read(row: &Row<'_>) -> rusqlite::Result<Self> {
-        let mut text: [Option<String>; 17] = Default::default();
+        let mut text: [Option<String>; 18] = Default::default();
         for (index, slot) in text.iter_mut().enumerate() {
             if index != 10 && index != 11 {
                 *slot = row.get(index)?;
@@ -781,7 +926,7 @@ impl RawRow {
     }
 
     fn into_row(self) -> Result<InboxRow, StoreError> {
-        let [id, event_id, stream_id, event_type, aggregate_id, correlation_id, causation_id, occurred_on, payload, status, _, _, received_at, processed_at, next_retry_at, error_message, last_error_at] =
+        let [id, event_id, stream_id, event_type, aggregate_id, correlation_id, causation_id, occurred_on, payload, status, _, _, received_at, processed_at, next_retry_at, error_message, last_error_at, stream] =
             self.text;
         let id = id.unwrap_or_default();
         let corrupt = |reason: String| StoreError::Corrupt {
@@ -796,6 +941,7 @@ impl RawRow {
         Ok(InboxRow {
             id: parse_uuid(&id)?,
             stream_id: stream_id.unwrap_or_default(),
+            stream,
             event: Event {
                 event_id: event_id.unwrap_or_default(),
                 event_type: event_type.unwrap_or_default(),
@@ -852,109 +998,5 @@ impl RawQuarantined {
             replayed_at: parse_opt_ts(replayed_at)?,
             replayed_event_id,
         })
-    }
-}
-
-/// Every statement, with the table names filled in once.
-struct Queries {
-    insert_event: String,
-    insert_quarantine: String,
-    claim_rows: String,
-    claim_due: String,
-    mark_processed: String,
-    record_failure: String,
-    dead_letter: String,
-    count_by_status: String,
-    find_by_event_id: String,
-    list_quarantined: String,
-    find_quarantined: String,
-    mark_replayed: String,
-    list_rows: String,
-    oldest_received: String,
-    requeue_dead_letters: String,
-    list_quarantined_matching: String,
-    delete_processed: String,
-}
-
-/// The row filter's conditions on `?1` to `?9`, as `filter_args` binds them; null matches all.
-const ROW_FILTER: &str = "(?1 IS NULL OR status = ?1) AND (?2 IS NULL OR id = ?2) \
-     AND (?3 IS NULL OR event_id = ?3) AND (?4 IS NULL OR event_type = ?4) \
-     AND (?5 IS NULL OR received_at >= ?5) AND (?6 IS NULL OR received_at < ?6) \
-     AND (?7 IS NULL OR instr(lower(coalesce(error_message, '')), lower(?7)) > 0) \
-     AND (?8 IS NULL OR (received_at, id) > (?8, ?9))";
-
-impl Queries {
-    fn new(t: &str) -> Self {
-        const DUE: &str =
-            "status IN ('pending', 'failed') AND (next_retry_at IS NULL OR next_retry_at <= ?1)";
-        Self {
-            insert_event: format!(
-                "INSERT INTO {t} (id, event_id, stream_id, event_type, aggregate_id, correlation_id, \
-                 causation_id, occurred_on, payload, status, retry_count, max_retries, received_at) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, 'pending', 0, ?10, ?11) \
-                 ON CONFLICT (event_id) DO NOTHING"
-            ),
-            insert_quarantine: format!(
-                "INSERT INTO {t}_quarantine (id, stream, stream_id, raw_fields, reason, received_at) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6) ON CONFLICT (stream, stream_id) DO NOTHING"
-            ),
-            claim_rows: format!(
-                "SELECT {COLUMNS} FROM {t} WHERE {DUE} \
-                 AND id IN (SELECT value FROM json_each(?2)) ORDER BY received_at, id"
-            ),
-            claim_due: format!(
-                "SELECT {COLUMNS} FROM {t} WHERE {DUE} AND (status = 'failed' OR received_at <= ?3) \
-                 ORDER BY received_at, id LIMIT ?2"
-            ),
-            mark_processed: format!(
-                "UPDATE {t} SET status = 'processed', processed_at = ?2, retry_count = 0, \
-                 next_retry_at = NULL, error_message = NULL, last_error_at = NULL \
-                 WHERE id IN (SELECT value FROM json_each(?1))"
-            ),
-            record_failure: format!(
-                "UPDATE {t} SET status = ?2, retry_count = ?3, next_retry_at = ?4, error_message = ?5, \
-                 last_error_at = ?6, processed_at = NULL WHERE id = ?1"
-            ),
-            dead_letter: format!(
-                "UPDATE {t} SET status = 'dead_letter', next_retry_at = NULL, error_message = ?2, \
-                 last_error_at = ?3 WHERE id = ?1"
-            ),
-            count_by_status: format!("SELECT status, count(*) FROM {t} GROUP BY status"),
-            find_by_event_id: format!("SELECT {COLUMNS} FROM {t} WHERE event_id = ?1"),
-            list_quarantined: format!(
-                "SELECT {QUARANTINE_COLUMNS} FROM {t}_quarantine ORDER BY received_at, stream_id \
-                 LIMIT ?1 OFFSET ?2"
-            ),
-            find_quarantined: format!("SELECT {QUARANTINE_COLUMNS} FROM {t}_quarantine WHERE id = ?1"),
-            mark_replayed: format!(
-                "UPDATE {t}_quarantine SET replayed_at = ?2, replayed_event_id = ?3 \
-                 WHERE id = ?1 AND replayed_at IS NULL"
-            ),
-            list_rows: format!(
-                "SELECT {COLUMNS}, replay_count, last_replayed_at FROM {t} WHERE {ROW_FILTER} \
-                 ORDER BY received_at, id LIMIT ?10"
-            ),
-            oldest_received: format!("SELECT min(received_at) FROM {t} WHERE status = ?1"),
-            requeue_dead_letters: format!(
-                "UPDATE {t} SET status = 'pending', retry_count = 0, next_retry_at = NULL, \
-                 replay_count = replay_count + 1, last_replayed_at = ?11 \
-                 WHERE id IN (SELECT id FROM {t} WHERE status = 'dead_letter' AND {ROW_FILTER} \
-                 ORDER BY received_at, id LIMIT ?10) RETURNING received_at, id"
-            ),
-            list_quarantined_matching: format!(
-                "SELECT {QUARANTINE_COLUMNS} FROM {t}_quarantine \
-                 WHERE (?1 IS NULL OR id = ?1) AND (?2 IS NULL OR stream = ?2) \
-                 AND (?3 IS NULL OR received_at >= ?3) AND (?4 IS NULL OR received_at < ?4) \
-                 AND (?5 IS NULL OR instr(lower(reason), lower(?5)) > 0) \
-                 AND (?6 IS NULL OR (replayed_at IS NOT NULL) = ?6) \
-                 AND (?7 IS NULL OR (received_at, id) > (?7, ?8)) \
-                 ORDER BY received_at, id LIMIT ?9"
-            ),
-            delete_processed: format!(
-                "DELETE FROM {t} WHERE id IN (SELECT id FROM {t} \
-                 WHERE status = 'processed' AND processed_at < ?1 \
-                 ORDER BY processed_at LIMIT ?2)"
-            ),
-        }
     }
 }
