@@ -5,9 +5,13 @@
 //! registers the consumer's metrics with the recorder installed at that moment. Without a
 //! recorder, recording costs next to nothing. `examples/prometheus.rs` serves them to Prometheus.
 //!
-//! Every metric carries two labels, `stream` and `group`, from the consumer's settings. Nothing
-//! per event (an event id, an event type) is ever a label, so the number of series stays bounded
-//! by the number of consumers. Durations are in seconds.
+//! Every metric but one carries two labels, `stream` and `group`, from the consumer's settings.
+//! Nothing per event (an event id, an event type) is ever a label, so the number of series stays
+//! bounded by the number of consumers. The exception is `eventflow_inbox_unhandled_total`,
+//! recorded by a [`Router`](super::Router) with [`UnknownEvents::MarkProcessed`]: its one label
+//! is `event_type`, since which types go unhandled is the point of it, and the router, being a
+//! handler, does not know the consumer's stream and group. Its series are as many as the
+//! unhandled types producers send. Durations are in seconds.
 //!
 //! | name | kind | unit | what |
 //! |---|---|---|---|
@@ -23,6 +27,7 @@
 //! | `eventflow_inbox_received_to_processed_seconds` | histogram | seconds | from the row's `received_at` to its commit as processed, retry delays included |
 //! | `eventflow_inbox_queued_rows` | gauge | rows | rows stored and handed to the workers, not yet taken by one |
 //! | `eventflow_inbox_busy_workers` | gauge | workers | workers running handlers for a claimed batch |
+//! | `eventflow_inbox_unhandled_total` | counter | events | events of a type with no route that a router marked processed (label `event_type` only; counted in the handler's transaction, so again if it rolls back and the event is handled again) |
 //!
 //! The counters match [`ConsumerStats`](super::ConsumerStats), which counts the same things per
 //! consumer. The end-to-end histograms are recorded once per processed event, after its commit,
@@ -31,6 +36,7 @@
 //! report (the store logs them).
 //!
 //! [`InboxConsumer::start`]: super::InboxConsumer::start
+//! [`UnknownEvents::MarkProcessed`]: super::UnknownEvents::MarkProcessed
 
 use chrono::{DateTime, Utc};
 use metrics::{Counter, Gauge, Histogram, Unit};
@@ -61,11 +67,16 @@ pub const RECEIVED_TO_PROCESSED: &str = "eventflow_inbox_received_to_processed_s
 pub const QUEUED_ROWS: &str = "eventflow_inbox_queued_rows";
 /// Gauge, workers: workers running handlers for a claimed batch.
 pub const BUSY_WORKERS: &str = "eventflow_inbox_busy_workers";
+/// Counter, label [`LABEL_EVENT_TYPE`] only: events of a type with no route that a
+/// [`Router`](super::Router) marked processed.
+pub const UNHANDLED: &str = "eventflow_inbox_unhandled_total";
 
 /// Label holding the stream name.
 pub const LABEL_STREAM: &str = "stream";
 /// Label holding the consumer group name.
 pub const LABEL_GROUP: &str = "group";
+/// Label holding the event type, on [`UNHANDLED`] only.
+pub const LABEL_EVENT_TYPE: &str = "event_type";
 
 /// One consumer's metric handles, registered once at start so recording does no lookups.
 pub(crate) struct InboxMetrics {
@@ -256,6 +267,11 @@ fn describe() {
             BUSY_WORKERS,
             Unit::Count,
             "Workers running handlers for a claimed batch."
+        );
+        describe_counter!(
+            UNHANDLED,
+            Unit::Count,
+            "Events of a type with no route that a router marked processed."
         );
     }
 }

@@ -36,6 +36,9 @@ pub(crate) struct Settings {
     pub on_dead_letter: Option<DeadLetterHook>,
     pub retention: Option<Duration>,
     pub retention_interval: Duration,
+    /// An event type given two routes on the builder; a setter cannot fail, so `validate`
+    /// reports it.
+    pub duplicate_route: Option<String>,
 }
 
 impl Default for Settings {
@@ -61,6 +64,7 @@ impl Default for Settings {
             on_dead_letter: None,
             retention: None,
             retention_interval: Duration::from_secs(600),
+            duplicate_route: None,
         }
     }
 }
@@ -140,6 +144,12 @@ impl Settings {
         if self.max_retries < 0 {
             return Err(Error::config("max_retries", "0 (retry for ever) or more"));
         }
+        if let Some(event_type) = &self.duplicate_route {
+            return Err(Error::config(
+                "route",
+                format!("event type {event_type} has two handlers; register each type once"),
+            ));
+        }
         Ok(())
     }
 
@@ -203,6 +213,13 @@ mod tests {
                 ..valid()
             }),
             "group"
+        );
+        assert_eq!(
+            field_of(Settings {
+                duplicate_route: Some("OrderCreated".into()),
+                ..valid()
+            }),
+            "route"
         );
     }
 
