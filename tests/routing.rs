@@ -450,7 +450,7 @@ fn build_refuses_an_event_type_routed_twice() {
     let twice = builder()
         .route("OrderCreated", |_tx, _row| Ok(()))
         .route("OrderCancelled", |_tx, _row| Ok(()))
-        .route_typed("OrderCreated", |_tx, _row, _order: OrderCreated| Ok(()))
+        .route_typed::<OrderCreated>("OrderCreated", |_tx, _row, _order| Ok(()))
         .build();
     assert_eq!(field(twice), "route");
 

@@ -508,30 +508,48 @@ impl<B: StoreSource> ConsumerBuilder<B, ()> {
     /// otherwise.
     ///
     /// ```
-    /// use eventflow::transport::MemoryStream;
-    /// use eventflow::{HandlerResult, InboxConsumer, UnknownEvents};
+    /// use eventflow::transport::{MemoryStream, Transport};
+    /// use eventflow::{Event, HandlerResult, InboxConsumer, UnknownEvents};
+    /// use serde_json::json;
+    /// use std::time::Duration;
     ///
     /// #[derive(serde::Deserialize)]
     /// struct OrderCreated {
     ///     order_id: String,
     /// }
     ///
+    /// let stream = MemoryStream::new();
     /// let consumer = InboxConsumer::builder()
-    ///     .transport(MemoryStream::new())
+    ///     .transport(stream.clone())
     ///     .sqlite_in_memory()
     ///     .stream("orders")
     ///     .group("billing")
     ///     .route_typed("OrderCreated", |tx, _row, order: OrderCreated| -> HandlerResult {
+    ///         tx.execute("CREATE TABLE IF NOT EXISTS orders (id TEXT PRIMARY KEY)", [])?;
     ///         tx.execute("INSERT INTO orders (id) VALUES (?1)", [&order.order_id])?;
     ///         Ok(())
     ///     })
     ///     .route("OrderCancelled", |tx, row| -> HandlerResult {
-    ///         tx.execute("DELETE FROM orders WHERE id = ?1", [&row.event.aggregate_id.to_string()])?;
+    ///         let order_id = row.event.payload["order_id"].as_str().unwrap_or_default();
+    ///         tx.execute("DELETE FROM orders WHERE id = ?1", [order_id])?;
     ///         Ok(())
     ///     })
+    ///     // Events of other types are marked processed and counted, not dead-lettered.
     ///     .unknown_events(UnknownEvents::MarkProcessed)
     ///     .build()?;
-    /// # Ok::<(), eventflow::Error>(())
+    /// let handle = consumer.start()?;
+    ///
+    /// let created = Event::new("OrderCreated", uuid::Uuid::new_v4(), json!({"order_id": "o-1"}));
+    /// let shipped = Event::new("OrderShipped", uuid::Uuid::new_v4(), json!({"order_id": "o-1"}));
+    /// stream.publish("orders", created.to_entry_fields())?;
+    /// stream.publish("orders", shipped.to_entry_fields())?;
+    /// # let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    /// # while handle.stats().processed < 2 && std::time::Instant::now() < deadline {
+    /// #     std::thread::sleep(Duration::from_millis(10));
+    /// # }
+    /// let report = handle.shutdown(Duration::from_secs(10))?;
+    /// assert_eq!(report.stats.processed, 2);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub fn route(
         self,
