@@ -68,7 +68,9 @@ pub use clock::{Clock, ManualClock, SystemClock};
 pub use error::{Error, Result};
 pub use event::{EntryError, Event, EventStatus, InboxRow};
 pub use handler::{BoxError, HandlerError, HandlerResult};
-pub use inbox::{ConsumerHandle, ConsumerStats, InboxConsumer, ShutdownReport};
+pub use inbox::{
+    ConsumerHandle, ConsumerStats, InboxConsumer, Router, ShutdownReport, UnknownEvents,
+};
 pub use outbox::{OutboxRelay, RelayHandle};
 pub use retry::{ExponentialBackoff, RetryPolicy};
 pub use store::InboxStore;

@@ -546,3 +546,150 @@ where
         }))
     }
 }
+
+// Routing by event type. Routes are registered on the builder after the store is chosen, so
+// that the store's transaction type is known and closures' parameter types are inferred.
+// (These imports sit here, not at the top, to keep routing in one block of this file.)
+
+use super::router::{Router, UnknownEvents};
+use serde::de::DeserializeOwned;
+
+impl<B: StoreSource> ConsumerBuilder<B, ()> {
+    /// Runs `handler` for events of `event_type`, through a [`Router`] that this starts; add
+    /// more routes with further `route` and [`route_typed`](Self::route_typed) calls. Its
+    /// result means what a [`handler`](Self::handler)'s does. Each event type takes one route:
+    /// `build()` refuses a type given two, with an error naming `route`. An event type with no
+    /// route is dead-lettered, unless [`unknown_events`](ConsumerBuilder::unknown_events) says
+    /// otherwise.
+    ///
+    /// ```
+    /// use eventflow::transport::{MemoryStream, Transport};
+    /// use eventflow::{Event, HandlerResult, InboxConsumer, UnknownEvents};
+    /// use serde_json::json;
+    /// use std::time::Duration;
+    ///
+    /// #[derive(serde::Deserialize)]
+    /// struct OrderCreated {
+    ///     order_id: String,
+    /// }
+    ///
+    /// let stream = MemoryStream::new();
+    /// let consumer = InboxConsumer::builder()
+    ///     .transport(stream.clone())
+    ///     .sqlite_in_memory()
+    ///     .stream("orders")
+    ///     .group("billing")
+    ///     .route_typed("OrderCreated", |tx, _row, order: OrderCreated| -> HandlerResult {
+    ///         tx.execute("CREATE TABLE IF NOT EXISTS orders (id TEXT PRIMARY KEY)", [])?;
+    ///         tx.execute("INSERT INTO orders (id) VALUES (?1)", [&order.order_id])?;
+    ///         Ok(())
+    ///     })
+    ///     .route("OrderCancelled", |tx, row| -> HandlerResult {
+    ///         let order_id = row.event.payload["order_id"].as_str().unwrap_or_default();
+    ///         tx.execute("DELETE FROM orders WHERE id = ?1", [order_id])?;
+    ///         Ok(())
+    ///     })
+    ///     // Events of other types are marked processed and counted, not dead-lettered.
+    ///     .unknown_events(UnknownEvents::MarkProcessed)
+    ///     .build()?;
+    /// let handle = consumer.start()?;
+    ///
+    /// let created = Event::new("OrderCreated", uuid::Uuid::new_v4(), json!({"order_id": "o-1"}));
+    /// let shipped = Event::new("OrderShipped", uuid::Uuid::new_v4(), json!({"order_id": "o-1"}));
+    /// stream.publish("orders", created.to_entry_fields())?;
+    /// stream.publish("orders", shipped.to_entry_fields())?;
+    /// # let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    /// # while handle.stats().processed < 2 && std::time::Instant::now() < deadline {
+    /// #     std::thread::sleep(Duration::from_millis(10));
+    /// # }
+    /// let report = handle.shutdown(Duration::from_secs(10))?;
+    /// assert_eq!(report.stats.processed, 2);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn route(
+        self,
+        event_type: impl Into<String>,
+        handler: impl Fn(&mut <B::Store as InboxStore>::Tx<'_>, &InboxRow) -> HandlerResult
+            + Send
+            + Sync
+            + 'static,
+    ) -> ConsumerBuilder<B, Router<B::Store>> {
+        self.router(Router::new()).route(event_type, handler)
+    }
+
+    /// Runs `handler` for events of `event_type` with their payload deserialized into `T`,
+    /// through a [`Router`] that this starts (see [`route`](Self::route)). A payload that does
+    /// not deserialize is dead-lettered at once, with the serde error as its reason.
+    pub fn route_typed<T: DeserializeOwned + 'static>(
+        self,
+        event_type: impl Into<String>,
+        handler: impl Fn(&mut <B::Store as InboxStore>::Tx<'_>, &InboxRow, T) -> HandlerResult
+            + Send
+            + Sync
+            + 'static,
+    ) -> ConsumerBuilder<B, Router<B::Store>> {
+        self.router(Router::new()).route_typed(event_type, handler)
+    }
+
+    /// Handles events with `router`, built on its own; more routes can still be added with
+    /// [`route`](ConsumerBuilder::route). An event type it registered twice makes `build()`
+    /// fail, naming `route`.
+    pub fn router(self, router: Router<B::Store>) -> ConsumerBuilder<B, Router<B::Store>> {
+        ConsumerBuilder {
+            source: self.source,
+            handler: router,
+            transport: self.transport,
+            table: self.table,
+            pool_size: self.pool_size,
+            settings: self.settings,
+        }
+        .check_routes()
+    }
+}
+
+impl<B: StoreSource> ConsumerBuilder<B, Router<B::Store>> {
+    /// Adds a route: runs `handler` for events of `event_type`. See
+    /// [`route`](ConsumerBuilder::route) on a builder with no handler yet.
+    pub fn route(
+        mut self,
+        event_type: impl Into<String>,
+        handler: impl Fn(&mut <B::Store as InboxStore>::Tx<'_>, &InboxRow) -> HandlerResult
+            + Send
+            + Sync
+            + 'static,
+    ) -> Self {
+        self.handler = self.handler.on(event_type, handler);
+        self.check_routes()
+    }
+
+    /// Adds a typed route: runs `handler` for events of `event_type` with their payload
+    /// deserialized into `T`. See [`route_typed`](ConsumerBuilder::route_typed) on a builder
+    /// with no handler yet.
+    pub fn route_typed<T: DeserializeOwned + 'static>(
+        mut self,
+        event_type: impl Into<String>,
+        handler: impl Fn(&mut <B::Store as InboxStore>::Tx<'_>, &InboxRow, T) -> HandlerResult
+            + Send
+            + Sync
+            + 'static,
+    ) -> Self {
+        self.handler = self.handler.on_typed(event_type, handler);
+        self.check_routes()
+    }
+
+    /// What happens to an event whose type has no route. Defaults to
+    /// [`UnknownEvents::DeadLetter`]: dead-lettered at once with the reason
+    /// `no handler for event type X`.
+    pub fn unknown_events(mut self, policy: UnknownEvents) -> Self {
+        self.handler = self.handler.unknown_events(policy);
+        self
+    }
+
+    /// Hands a type registered twice to the settings, for `build()` to report.
+    fn check_routes(mut self) -> Self {
+        if self.settings.duplicate_route.is_none() {
+            self.settings.duplicate_route = self.handler.duplicate().map(str::to_string);
+        }
+        self
+    }
+}

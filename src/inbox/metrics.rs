@@ -5,12 +5,17 @@
 //! registers the consumer's metrics with the recorder installed at that moment. Without a
 //! recorder, recording costs next to nothing. `examples/prometheus.rs` serves them to Prometheus.
 //!
-//! Every metric carries two labels, `stream` and `group`. Counters and histograms are per stream:
-//! the stream an entry was read from, or the stream recorded on the row (empty for rows that
-//! record none, such as rows written by the reference toolkit). The two gauges are per consumer:
-//! their `stream` label lists the consumer's streams, comma-separated (just the stream's name
-//! for a consumer of one). Nothing per event (an event id) is ever a label, so the number of
-//! series stays bounded by the number of consumers and streams. Durations are in seconds.
+//! Every metric carries two labels, `stream` and `group`, except the three named in the table.
+//! Counters and histograms are per stream: the stream an entry was read from, or the stream
+//! recorded on the row (empty for rows that record none, such as rows written by the reference
+//! toolkit). The queue and busy gauges are per consumer: their `stream` label lists the
+//! consumer's streams, comma-separated (just the stream's name for a consumer of one). Nothing
+//! per event (an event id) is ever a label, so the number of series stays bounded by the number
+//! of consumers and streams. The exception is `eventflow_inbox_unhandled_total`, recorded by a
+//! [`Router`](super::Router) with [`UnknownEvents::MarkProcessed`]: its one label is
+//! `event_type`, since which types go unhandled is the point of it, and the router, being a
+//! handler, does not know the consumer's stream and group. Its series are as many as the
+//! unhandled types producers send. Durations are in seconds.
 //!
 //! | name | kind | unit | what |
 //! |---|---|---|---|
@@ -28,6 +33,7 @@
 //! | `eventflow_inbox_busy_workers` | gauge | workers | workers running handlers for a claimed batch |
 //! | `eventflow_inbox_parked_aggregates` | gauge | aggregates | ordered mode: aggregates held back by a dead letter neither requeued nor skipped (label `group` only: a table's count) |
 //! | `eventflow_inbox_oldest_parked_seconds` | gauge | seconds | ordered mode: how long the oldest event waiting behind such a dead letter has waited; 0 when none (label `group` only) |
+//! | `eventflow_inbox_unhandled_total` | counter | events | events of a type with no route that a router marked processed (label `event_type` only; counted in the handler's transaction, so again if it rolls back and the event is handled again) |
 //!
 //! The counters match [`ConsumerStats`](super::ConsumerStats), which counts the same things per
 //! consumer. The end-to-end histograms are recorded once per processed event, after its commit,
@@ -36,6 +42,7 @@
 //! report (the store logs them).
 //!
 //! [`InboxConsumer::start`]: super::InboxConsumer::start
+//! [`UnknownEvents::MarkProcessed`]: super::UnknownEvents::MarkProcessed
 
 use chrono::{DateTime, Utc};
 use metrics::{Counter, Gauge, Histogram, Unit};
@@ -66,6 +73,9 @@ pub const RECEIVED_TO_PROCESSED: &str = "eventflow_inbox_received_to_processed_s
 pub const QUEUED_ROWS: &str = "eventflow_inbox_queued_rows";
 /// Gauge, workers: workers running handlers for a claimed batch.
 pub const BUSY_WORKERS: &str = "eventflow_inbox_busy_workers";
+/// Counter, label [`LABEL_EVENT_TYPE`] only: events of a type with no route that a
+/// [`Router`](super::Router) marked processed.
+pub const UNHANDLED: &str = "eventflow_inbox_unhandled_total";
 
 /// Gauge, aggregates: aggregates held back by a dead letter (ordered mode).
 pub const PARKED_AGGREGATES: &str = "eventflow_inbox_parked_aggregates";
@@ -76,6 +86,8 @@ pub const OLDEST_PARKED: &str = "eventflow_inbox_oldest_parked_seconds";
 pub const LABEL_STREAM: &str = "stream";
 /// Label holding the consumer group name.
 pub const LABEL_GROUP: &str = "group";
+/// Label holding the event type, on [`UNHANDLED`] only.
+pub const LABEL_EVENT_TYPE: &str = "event_type";
 
 /// One stream's counters and histograms, registered once so recording does no lookups.
 struct StreamMetrics {
@@ -351,6 +363,11 @@ fn describe() {
             OLDEST_PARKED,
             Unit::Seconds,
             "How long the oldest event waiting behind a parking dead letter has waited."
+        );
+        describe_counter!(
+            UNHANDLED,
+            Unit::Count,
+            "Events of a type with no route that a router marked processed."
         );
     }
 }

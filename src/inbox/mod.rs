@@ -11,6 +11,9 @@
 //! records the same and more through the `metrics` facade, [`ConsumerHandle::health`] answers
 //! liveness and readiness probes, and [`ConsumerBuilder::on_dead_letter`] hears of every dead
 //! letter.
+//!
+//! Handlers: one function for every event ([`ConsumerBuilder::handler`]), or one per event type
+//! through a [`Router`] ([`ConsumerBuilder::route`], [`ConsumerBuilder::route_typed`]).
 
 mod builder;
 mod consumer;
@@ -21,6 +24,7 @@ pub(crate) use worker::panic_message;
 mod health;
 pub mod metrics;
 mod receiver;
+mod router;
 mod settings;
 mod stats;
 mod worker;
@@ -34,4 +38,5 @@ pub use consumer::{Handler, InboxConsumer};
 pub use dead_letter::{DeadLetter, DEAD_LETTER_MESSAGE};
 pub use handle::{ConsumerHandle, ShutdownReport};
 pub use health::{Health, ThreadCount, PING_TIMEOUT};
+pub use router::{Router, UnknownEvents};
 pub use stats::ConsumerStats;

@@ -40,6 +40,9 @@ pub(crate) struct Settings {
     pub ordered: bool,
     pub after_dead_letter: AfterDeadLetter,
     pub parked_gauge_interval: Duration,
+    /// An event type given two routes on the builder; a setter cannot fail, so `validate`
+    /// reports it.
+    pub duplicate_route: Option<String>,
 }
 
 impl Default for Settings {
@@ -68,6 +71,7 @@ impl Default for Settings {
             ordered: false,
             after_dead_letter: AfterDeadLetter::Park,
             parked_gauge_interval: Duration::from_secs(10),
+            duplicate_route: None,
         }
     }
 }
@@ -167,6 +171,12 @@ impl Settings {
         if self.max_retries < 0 {
             return Err(Error::config("max_retries", "0 (retry for ever) or more"));
         }
+        if let Some(event_type) = &self.duplicate_route {
+            return Err(Error::config(
+                "route",
+                format!("event type {event_type} has two handlers; register each type once"),
+            ));
+        }
         Ok(())
     }
 
@@ -235,6 +245,13 @@ mod tests {
                 ..valid()
             }),
             "group"
+        );
+        assert_eq!(
+            field_of(Settings {
+                duplicate_route: Some("OrderCreated".into()),
+                ..valid()
+            }),
+            "route"
         );
     }
 
