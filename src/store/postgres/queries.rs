@@ -176,11 +176,14 @@ impl Queries {
                 order_key("p"),
                 order_key("o")
             ),
+            // DO UPDATE (to the same value), not DO NOTHING: it returns the row that won, even
+            // one another adopter committed after this statement's snapshot was taken, which a
+            // SELECT in the same statement cannot see.
             adopt_owner: format!(
-                "WITH adopted AS (INSERT INTO eventflow_inbox_owners (inbox_table, consumer_group, adopted_at) \
-                 VALUES ('{t}', $1, $2) ON CONFLICT (inbox_table) DO NOTHING RETURNING consumer_group) \
-                 SELECT consumer_group FROM adopted \
-                 UNION ALL SELECT consumer_group FROM eventflow_inbox_owners WHERE inbox_table = '{t}'"
+                "INSERT INTO eventflow_inbox_owners (inbox_table, consumer_group, adopted_at) \
+                 VALUES ('{t}', $1, $2) ON CONFLICT (inbox_table) \
+                 DO UPDATE SET consumer_group = eventflow_inbox_owners.consumer_group \
+                 RETURNING consumer_group"
             ),
             find_owner: format!(
                 "SELECT consumer_group FROM eventflow_inbox_owners WHERE inbox_table = '{t}'"
