@@ -193,7 +193,7 @@ impl Queries {
                  ORDER BY stream NULLS FIRST, status"
             ),
             list_parked: format!(
-                "SELECT {COLUMNS}, w.waiting, w.oldest FROM \
+                "SELECT {COLUMNS}, l.waiting, l.oldest FROM \
                  (SELECT DISTINCT ON (aggregate_id) {COLUMNS}, seq FROM {t} AS d \
                  WHERE status = 'dead_letter' AND skipped_at IS NULL \
                  AND ($1::uuid IS NULL OR aggregate_id > $1) AND ($3::uuid IS NULL OR aggregate_id = $3) \
