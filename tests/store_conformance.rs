@@ -50,6 +50,8 @@ trait Backend: InboxStore + Sized {
     fn migration_versions(&self) -> Vec<u32>;
     /// Sets a row's status by hand, as no store operation would (to `processing`, say).
     fn force_status(&self, event_id: &str, status: EventStatus);
+    /// Clears a row's stream, as rows stored by other writers have none.
+    fn clear_stream(&self, event_id: &str);
     /// Removes what the test created; best effort.
     fn drop_tables(&self);
 }
@@ -111,6 +113,17 @@ impl Backend for SqliteStore {
         let changed = self
             .with_connection(|conn| conn.execute(&sql, [status.as_str(), event_id]))
             .expect("force a status");
+        assert_eq!(changed, 1, "{event_id}");
+    }
+
+    fn clear_stream(&self, event_id: &str) {
+        let sql = format!(
+            "UPDATE {} SET stream = NULL WHERE event_id = ?1",
+            self.table()
+        );
+        let changed = self
+            .with_connection(|conn| conn.execute(&sql, [event_id]))
+            .expect("clear a stream");
         assert_eq!(changed, 1, "{event_id}");
     }
 
@@ -193,6 +206,20 @@ impl Backend for PostgresStore {
         assert_eq!(changed, 1, "{event_id}");
     }
 
+    fn clear_stream(&self, event_id: &str) {
+        let sql = format!(
+            "UPDATE {} SET stream = NULL WHERE event_id = $1",
+            self.table()
+        );
+        let changed = self
+            .pool()
+            .get()
+            .expect("a connection")
+            .execute(&sql, &[&event_id])
+            .expect("clear a stream");
+        assert_eq!(changed, 1, "{event_id}");
+    }
+
     fn drop_tables(&self) {
         let Ok(mut conn) = self.pool().get() else {
             return;
@@ -205,6 +232,10 @@ impl Backend for PostgresStore {
         let _ = conn.execute(
             "DELETE FROM eventflow_migrations WHERE target = $1",
             &[&format!("inbox:{t}")],
+        );
+        let _ = conn.execute(
+            "DELETE FROM eventflow_inbox_owners WHERE inbox_table = $1",
+            &[&t],
         );
     }
 }
@@ -2232,6 +2263,130 @@ fn only_old_processed_rows_are_deleted_in_batches<B: Backend>(store: &B) {
     assert_eq!(store.count_by_status().unwrap().total(), 4);
 }
 
+// Table owners and streams.
+
+/// The first group to adopt a table owns it; later groups are told who does.
+fn the_first_group_to_adopt_a_table_owns_it<B: Backend>(store: &B) {
+    assert_eq!(store.find_owner().unwrap(), None, "nobody owns a new table");
+    assert_eq!(store.adopt_owner("billing", t0()).unwrap(), "billing");
+    assert_eq!(store.find_owner().unwrap(), Some("billing".into()));
+    assert_eq!(
+        store.adopt_owner("shipping", t0() + secs(1)).unwrap(),
+        "billing",
+        "a later group gets the owner's name back"
+    );
+    assert_eq!(
+        store.adopt_owner("billing", t0() + secs(2)).unwrap(),
+        "billing",
+        "the owner adopting again changes nothing"
+    );
+    assert_eq!(store.find_owner().unwrap(), Some("billing".into()));
+}
+
+/// Two groups adopting a new table at once: exactly one owns it, and both are told which.
+/// Gets a store that was never migrated; makes a new table per round, to give the race chances.
+fn racing_groups_agree_on_one_owner<B: Backend>(_fresh: &B) {
+    const ROUNDS: usize = 20;
+    let groups = ["billing", "shipping"];
+    for round in 0..ROUNDS {
+        let store = TestStore::<B>::fresh("racing_groups_agree_on_one_owner")
+            .expect("the database answered a moment ago");
+        store.migrate().expect("migrate");
+        let barrier = std::sync::Barrier::new(groups.len());
+        let owners: Vec<String> = thread::scope(|scope| {
+            let adopters: Vec<_> = groups
+                .iter()
+                .map(|group| {
+                    let (store, barrier) = (&*store, &barrier);
+                    scope.spawn(move || {
+                        barrier.wait();
+                        store.adopt_owner(group, t0())
+                    })
+                })
+                .collect();
+            adopters
+                .into_iter()
+                .map(|adopter| {
+                    adopter.join().expect("adopter").unwrap_or_else(|error| {
+                        panic!("round {round}: adopt_owner failed: {}", chain(&error))
+                    })
+                })
+                .collect()
+        });
+        assert_eq!(owners[0], owners[1], "round {round}: both told one owner");
+        assert!(groups.contains(&owners[0].as_str()), "{owners:?}");
+        assert_eq!(store.find_owner().unwrap(), Some(owners[0].clone()));
+    }
+}
+
+/// Every row records the stream it came from, a replayed quarantined entry its entry's stream;
+/// `count_by_stream` counts per stream and status, rows without a stream first.
+fn rows_record_their_stream<B: Backend>(store: &B) {
+    let orders = vec![
+        received("s-1", &sid(1)),
+        received("s-2", &sid(2)),
+        received("s-3", &sid(3)),
+    ];
+    store_batch(store, "orders", &orders, &[], t0());
+    let payments = vec![received("s-4", &sid(1))];
+    let (bad, _) = malformed(&sid(2), &[("data", b"{oops")]);
+    let stored = store_batch(
+        store,
+        "payments",
+        &payments,
+        std::slice::from_ref(&bad),
+        t0() + secs(1),
+    );
+    assert_eq!(stored.inserted, vec![payments[0].row_id]);
+    assert_eq!(stored.quarantined, 1);
+    for (id, stream) in [
+        ("s-1", "orders"),
+        ("s-2", "orders"),
+        ("s-3", "orders"),
+        ("s-4", "payments"),
+    ] {
+        assert_eq!(row(store, id).stream.as_deref(), Some(stream), "{id}");
+    }
+
+    let fixed = received("s-5", &bad.stream_id);
+    assert!(store
+        .replay_quarantined(&QuarantineReplay {
+            id: bad.id,
+            event: &fixed,
+            now: t0() + secs(2),
+            max_retries: MAX_RETRIES,
+        })
+        .unwrap());
+    assert_eq!(
+        row(store, "s-5").stream.as_deref(),
+        Some("payments"),
+        "a replayed row comes from its entry's stream"
+    );
+
+    let clock = ManualClock::new(t0() + secs(60));
+    let mut ok = marking(store, HashMap::new());
+    let settled = process(store, Claim::Rows(&[orders[0].row_id]), &clock, &mut ok);
+    assert_eq!(event_ids(&settled), ["s-1"]);
+    assert_eq!(settled[0].row.stream.as_deref(), Some("orders"));
+    store.clear_stream("s-3");
+    assert_eq!(row(store, "s-3").stream, None);
+
+    assert_eq!(
+        store.count_by_stream().unwrap(),
+        vec![
+            (None, counts(&[(EventStatus::Pending, 1)])),
+            (
+                Some("orders".to_string()),
+                counts(&[(EventStatus::Pending, 1), (EventStatus::Processed, 1)])
+            ),
+            (
+                Some("payments".to_string()),
+                counts(&[(EventStatus::Pending, 2)])
+            ),
+        ]
+    );
+}
+
 mod postgres_only {
     use super::*;
     use std::sync::mpsc;
@@ -2270,6 +2425,47 @@ CREATE INDEX ix_event_inbox_aggregate_received ON event_inbox(aggregate_id, rece
         let store = TestStore::<PostgresStore>::fresh(test)?;
         setup(&*store);
         Some(store)
+    }
+
+    /// An adopter whose insert meets another group's adoption still in flight waits for it,
+    /// then is told that group: the owner is not lost between the conflict and the answer.
+    #[test]
+    fn an_adopter_that_waits_for_a_racing_adoption_is_told_its_group() {
+        let Some(store) = open("postgres_only::an_adopter_that_waits_for_a_racing_adoption") else {
+            return;
+        };
+        let connect = || {
+            ::postgres::Client::connect(&support::postgres_url(), ::postgres::NoTls)
+                .expect("connect")
+        };
+        let mut racer = connect();
+        let mut racing = racer.transaction().expect("begin");
+        racing
+            .execute(
+                "INSERT INTO eventflow_inbox_owners (inbox_table, consumer_group, adopted_at) \
+                 VALUES ($1, 'billing', now())",
+                &[&store.table()],
+            )
+            .expect("the racing adoption");
+        thread::scope(|scope| {
+            let adopter = scope.spawn(|| store.adopt_owner("shipping", t0()));
+            let mut watcher = connect();
+            let blocked = support::wait_until(Duration::from_secs(10), || {
+                watcher
+                    .query_one(
+                        "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' \
+                         AND pid <> pg_backend_pid() AND strpos(query, $1) > 0",
+                        &[&store.table()],
+                    )
+                    .map(|row| row.get::<_, i64>(0) > 0)
+                    .expect("read pg_stat_activity")
+            });
+            assert!(blocked, "adopt_owner waits for the racing adoption");
+            racing.commit().expect("commit the racing adoption");
+            let owner = adopter.join().expect("adopter").map_err(|e| chain(&e));
+            assert_eq!(owner, Ok("billing".to_string()));
+        });
+        assert_eq!(store.find_owner().unwrap(), Some("billing".into()));
     }
 
     /// A handler whose write passes but fails at commit (a deferred constraint) must not hold
@@ -2812,6 +3008,7 @@ conformance!(
         migrate_is_idempotent,
         invalid_table_names_are_rejected,
         the_longest_table_name_works,
+        racing_groups_agree_on_one_owner,
     ],
     migrated: [
         store_received_inserts_new_and_skips_duplicates,
@@ -2834,6 +3031,8 @@ conformance!(
         oldest_received_tells_the_lag,
         quarantine_is_listed_by_filter_in_stable_pages,
         only_old_processed_rows_are_deleted_in_batches,
+        the_first_group_to_adopt_a_table_owns_it,
+        rows_record_their_stream,
     ],
 );
 
