@@ -22,10 +22,10 @@ use chrono::{DateTime, SubsecRound, Utc};
 use eventflow::event::EntryError;
 use eventflow::quarantine::{self, encode_fields, QuarantinedEntry};
 use eventflow::store::{
-    validate_table_name, Claim, ClaimParams, Cleanup, Cursor, DeadLetterRequeue, Failure,
-    InboxStore, MalformedEntry, Page, ProcessedCleanup, QuarantineFilter, QuarantineReplay,
-    ReceivedBatch, ReceivedEvent, RowFilter, RowHandler, Settled, StatusCounts, StoreError, Stored,
-    Verdict,
+    validate_table_name, AfterDeadLetter, Claim, ClaimParams, Cleanup, Cursor, DeadLetterRequeue,
+    DeadLetterSkip, Failure, InboxStore, MalformedEntry, Page, ParkedAggregate, ParkedPage,
+    ParkedSummary, ProcessedCleanup, QuarantineFilter, QuarantineReplay, ReceivedBatch,
+    ReceivedEvent, RowFilter, RowHandler, Settled, StatusCounts, StoreError, Stored, Verdict,
 };
 use eventflow::transport::StreamEntry;
 use eventflow::{
@@ -50,6 +50,8 @@ trait Backend: InboxStore + Sized {
     fn migration_versions(&self) -> Vec<u32>;
     /// Sets a row's status by hand, as no store operation would (to `processing`, say).
     fn force_status(&self, event_id: &str, status: EventStatus);
+    /// Clears a row's stream, as rows stored by other writers have none.
+    fn clear_stream(&self, event_id: &str);
     /// Removes what the test created; best effort.
     fn drop_tables(&self);
 }
@@ -111,6 +113,17 @@ impl Backend for SqliteStore {
         let changed = self
             .with_connection(|conn| conn.execute(&sql, [status.as_str(), event_id]))
             .expect("force a status");
+        assert_eq!(changed, 1, "{event_id}");
+    }
+
+    fn clear_stream(&self, event_id: &str) {
+        let sql = format!(
+            "UPDATE {} SET stream = NULL WHERE event_id = ?1",
+            self.table()
+        );
+        let changed = self
+            .with_connection(|conn| conn.execute(&sql, [event_id]))
+            .expect("clear a stream");
         assert_eq!(changed, 1, "{event_id}");
     }
 
@@ -193,6 +206,20 @@ impl Backend for PostgresStore {
         assert_eq!(changed, 1, "{event_id}");
     }
 
+    fn clear_stream(&self, event_id: &str) {
+        let sql = format!(
+            "UPDATE {} SET stream = NULL WHERE event_id = $1",
+            self.table()
+        );
+        let changed = self
+            .pool()
+            .get()
+            .expect("a connection")
+            .execute(&sql, &[&event_id])
+            .expect("clear a stream");
+        assert_eq!(changed, 1, "{event_id}");
+    }
+
     fn drop_tables(&self) {
         let Ok(mut conn) = self.pool().get() else {
             return;
@@ -205,6 +232,10 @@ impl Backend for PostgresStore {
         let _ = conn.execute(
             "DELETE FROM eventflow_migrations WHERE target = $1",
             &[&format!("inbox:{t}")],
+        );
+        let _ = conn.execute(
+            "DELETE FROM eventflow_inbox_owners WHERE inbox_table = $1",
+            &[&t],
         );
     }
 }
@@ -2232,6 +2263,621 @@ fn only_old_processed_rows_are_deleted_in_batches<B: Backend>(store: &B) {
     assert_eq!(store.count_by_status().unwrap().total(), 4);
 }
 
+// Table owners and streams.
+
+/// The first group to adopt a table owns it; later groups are told who does.
+fn the_first_group_to_adopt_a_table_owns_it<B: Backend>(store: &B) {
+    assert_eq!(store.find_owner().unwrap(), None, "nobody owns a new table");
+    assert_eq!(store.adopt_owner("billing", t0()).unwrap(), "billing");
+    assert_eq!(store.find_owner().unwrap(), Some("billing".into()));
+    assert_eq!(
+        store.adopt_owner("shipping", t0() + secs(1)).unwrap(),
+        "billing",
+        "a later group gets the owner's name back"
+    );
+    assert_eq!(
+        store.adopt_owner("billing", t0() + secs(2)).unwrap(),
+        "billing",
+        "the owner adopting again changes nothing"
+    );
+    assert_eq!(store.find_owner().unwrap(), Some("billing".into()));
+}
+
+/// Two groups adopting a new table at once: exactly one owns it, and both are told which.
+/// Gets a store that was never migrated; makes a new table per round, to give the race chances.
+fn racing_groups_agree_on_one_owner<B: Backend>(_fresh: &B) {
+    const ROUNDS: usize = 20;
+    let groups = ["billing", "shipping"];
+    for round in 0..ROUNDS {
+        let store = TestStore::<B>::fresh("racing_groups_agree_on_one_owner")
+            .expect("the database answered a moment ago");
+        store.migrate().expect("migrate");
+        let barrier = std::sync::Barrier::new(groups.len());
+        let owners: Vec<String> = thread::scope(|scope| {
+            let adopters: Vec<_> = groups
+                .iter()
+                .map(|group| {
+                    let (store, barrier) = (&*store, &barrier);
+                    scope.spawn(move || {
+                        barrier.wait();
+                        store.adopt_owner(group, t0())
+                    })
+                })
+                .collect();
+            adopters
+                .into_iter()
+                .map(|adopter| {
+                    adopter.join().expect("adopter").unwrap_or_else(|error| {
+                        panic!("round {round}: adopt_owner failed: {}", chain(&error))
+                    })
+                })
+                .collect()
+        });
+        assert_eq!(owners[0], owners[1], "round {round}: both told one owner");
+        assert!(groups.contains(&owners[0].as_str()), "{owners:?}");
+        assert_eq!(store.find_owner().unwrap(), Some(owners[0].clone()));
+    }
+}
+
+/// Every row records the stream it came from, a replayed quarantined entry its entry's stream;
+/// `count_by_stream` counts per stream and status, rows without a stream first.
+fn rows_record_their_stream<B: Backend>(store: &B) {
+    let orders = vec![
+        received("s-1", &sid(1)),
+        received("s-2", &sid(2)),
+        received("s-3", &sid(3)),
+    ];
+    store_batch(store, "orders", &orders, &[], t0());
+    let payments = vec![received("s-4", &sid(1))];
+    let (bad, _) = malformed(&sid(2), &[("data", b"{oops")]);
+    let stored = store_batch(
+        store,
+        "payments",
+        &payments,
+        std::slice::from_ref(&bad),
+        t0() + secs(1),
+    );
+    assert_eq!(stored.inserted, vec![payments[0].row_id]);
+    assert_eq!(stored.quarantined, 1);
+    for (id, stream) in [
+        ("s-1", "orders"),
+        ("s-2", "orders"),
+        ("s-3", "orders"),
+        ("s-4", "payments"),
+    ] {
+        assert_eq!(row(store, id).stream.as_deref(), Some(stream), "{id}");
+    }
+
+    let fixed = received("s-5", &bad.stream_id);
+    assert!(store
+        .replay_quarantined(&QuarantineReplay {
+            id: bad.id,
+            event: &fixed,
+            now: t0() + secs(2),
+            max_retries: MAX_RETRIES,
+        })
+        .unwrap());
+    assert_eq!(
+        row(store, "s-5").stream.as_deref(),
+        Some("payments"),
+        "a replayed row comes from its entry's stream"
+    );
+
+    let clock = ManualClock::new(t0() + secs(60));
+    let mut ok = marking(store, HashMap::new());
+    let settled = process(store, Claim::Rows(&[orders[0].row_id]), &clock, &mut ok);
+    assert_eq!(event_ids(&settled), ["s-1"]);
+    assert_eq!(settled[0].row.stream.as_deref(), Some("orders"));
+    store.clear_stream("s-3");
+    assert_eq!(row(store, "s-3").stream, None);
+
+    assert_eq!(
+        store.count_by_stream().unwrap(),
+        vec![
+            (None, counts(&[(EventStatus::Pending, 1)])),
+            (
+                Some("orders".to_string()),
+                counts(&[(EventStatus::Pending, 1), (EventStatus::Processed, 1)])
+            ),
+            (
+                Some("payments".to_string()),
+                counts(&[(EventStatus::Pending, 2)])
+            ),
+        ]
+    );
+}
+
+// Per-aggregate order.
+
+/// Aggregate `n` of a test.
+fn aggregate(n: usize) -> Uuid {
+    Uuid::from_u128(0x0e7e_0000_0000_4000_8000_0000_0000_0000 + n as u128)
+}
+
+/// A stored event of `aggregate`, otherwise like [`received`].
+fn received_of(id: &str, aggregate: Uuid, stream_id: &str) -> ReceivedEvent {
+    let mut received = received(id, stream_id);
+    received.event.aggregate_id = aggregate;
+    received
+}
+
+/// Stores `(event id, aggregate)` pairs in one batch and checks they were all inserted.
+fn store_aggregated<B: Backend>(
+    store: &B,
+    events: &[(&str, Uuid)],
+    received_at: DateTime<Utc>,
+) -> Vec<ReceivedEvent> {
+    let events: Vec<ReceivedEvent> = events
+        .iter()
+        .enumerate()
+        .map(|(n, (id, aggregate))| received_of(id, *aggregate, &sid(n)))
+        .collect();
+    let stored = store_batch(store, STREAM, &events, &[], received_at);
+    assert_eq!(
+        stored.inserted,
+        events.iter().map(|e| e.row_id).collect::<Vec<_>>()
+    );
+    events
+}
+
+fn heads(limit: usize, after_dead_letter: AfterDeadLetter) -> Claim<'static> {
+    Claim::Heads {
+        limit,
+        after_dead_letter,
+    }
+}
+
+fn sorted_ids(settled: &[Settled]) -> Vec<&str> {
+    let mut ids = event_ids(settled);
+    ids.sort();
+    ids
+}
+
+/// A heads claim takes the earliest open row of each aggregate, one per aggregate; a failed
+/// head holds back only its own aggregate until it is processed, and so does a row in
+/// `processing`. Storing order decides, not `received_at`.
+fn heads_are_the_earliest_open_row_of_each_aggregate<B: Backend>(store: &B) {
+    let (a, b, c) = (aggregate(1), aggregate(2), aggregate(3));
+    for n in 1..=3 {
+        let ids = [format!("a-{n}"), format!("b-{n}"), format!("c-{n}")];
+        store_aggregated(
+            store,
+            &[(&ids[0], a), (&ids[1], b), (&ids[2], c)],
+            t0() + secs(n),
+        );
+    }
+    let clock = ManualClock::new(t0() + secs(60));
+    let retry = t0() + secs(600);
+    let mut h = marking(
+        store,
+        script(&[("b-1", retry_at(1, retry, "not yet", t0() + secs(60)))]),
+    );
+    let park = AfterDeadLetter::Park;
+
+    let first = process(store, heads(10, park), &clock, &mut h);
+    assert_eq!(sorted_ids(&first), ["a-1", "b-1", "c-1"]);
+    assert_eq!(row(store, "b-1").status, EventStatus::Failed);
+    assert_eq!(row(store, "b-1").next_retry_at, Some(retry));
+    let second = process(store, heads(10, park), &clock, &mut h);
+    assert_eq!(
+        sorted_ids(&second),
+        ["a-2", "c-2"],
+        "the failed b-1 holds back b-2 only"
+    );
+    let third = process(store, heads(1, park), &clock, &mut h);
+    assert_eq!(event_ids(&third).len(), 1, "the limit holds");
+    let third_rest = process(store, heads(10, park), &clock, &mut h);
+    let mut thirds = [event_ids(&third), event_ids(&third_rest)].concat();
+    thirds.sort();
+    assert_eq!(thirds, ["a-3", "c-3"]);
+    assert!(process(store, heads(10, park), &clock, &mut h).is_empty());
+
+    clock.set(retry);
+    let mut ok = marking(store, HashMap::new());
+    for expected in ["b-1", "b-2", "b-3"] {
+        let settled = process(store, heads(10, park), &clock, &mut ok);
+        assert_eq!(event_ids(&settled), [expected], "one row of b per claim");
+        assert_eq!(settled[0].verdict, Verdict::Processed);
+    }
+    assert!(process(store, heads(10, park), &clock, &mut ok).is_empty());
+    assert_eq!(
+        store.count_by_status().unwrap(),
+        counts(&[(EventStatus::Processed, 9)])
+    );
+    let mut markers = store.markers();
+    markers.sort();
+    let all: Vec<String> = ["a", "b", "c"]
+        .iter()
+        .flat_map(|x| (1..=3).map(move |n| format!("{x}-{n}")))
+        .collect();
+    assert_eq!(
+        markers, all,
+        "each row's writes committed once (b-1's failed attempt rolled back)"
+    );
+
+    // Storing order decides, even against `received_at` (another machine's clock).
+    let d = aggregate(4);
+    store_aggregated(store, &[("d-1", d)], t0() + secs(100));
+    store_aggregated(store, &[("d-2", d)], t0() + secs(50));
+    // A row in `processing` (the reference toolkit's claim) holds back its aggregate too.
+    store.force_status("d-1", EventStatus::Processing);
+    assert!(process(store, heads(10, park), &clock, &mut ok).is_empty());
+    store.force_status("d-1", EventStatus::Pending);
+    assert_eq!(
+        event_ids(&process(store, heads(10, park), &clock, &mut ok)),
+        ["d-1"]
+    );
+    assert_eq!(
+        event_ids(&process(store, heads(10, park), &clock, &mut ok)),
+        ["d-2"]
+    );
+}
+
+/// A dead letter parks its aggregate (with `Park`, not with `Skip`) until it is skipped or
+/// requeued; parked aggregates are listed with what waits behind them.
+fn dead_letters_park_their_aggregate_until_skipped_or_requeued<B: Backend>(store: &B) {
+    let (p, s) = (aggregate(1), aggregate(2));
+    store_aggregated(store, &[("p-1", p), ("s-1", s)], t0());
+    store_aggregated(store, &[("p-2", p), ("s-2", s)], t0() + secs(1));
+    store_aggregated(store, &[("p-3", p)], t0() + secs(2));
+    let clock = ManualClock::new(t0() + secs(60));
+    let failed_at = t0() + secs(60);
+    let mut h = marking(
+        store,
+        script(&[
+            ("p-1", dead_letter(1, "poison", failed_at)),
+            ("s-1", dead_letter(1, "poison", failed_at)),
+            // Due again at once: still open, so it holds p-3 back, but claimable.
+            ("p-2", retry_at(1, failed_at, "flaky", failed_at)),
+        ]),
+    );
+    let (park, skip) = (AfterDeadLetter::Park, AfterDeadLetter::Skip);
+    let parked_page = |limit, after, aggregate_id| {
+        store
+            .list_parked(&ParkedPage {
+                limit,
+                after,
+                aggregate_id,
+            })
+            .expect("list_parked")
+    };
+
+    assert_eq!(parked_page(10, None, None), vec![]);
+    assert_eq!(store.parked_summary().unwrap(), ParkedSummary::default());
+    let first = process(store, heads(10, park), &clock, &mut h);
+    assert_eq!(sorted_ids(&first), ["p-1", "s-1"]);
+    assert_eq!(row(store, "p-1").status, EventStatus::DeadLetter);
+    assert!(
+        process(store, heads(10, park), &clock, &mut h).is_empty(),
+        "both aggregates parked"
+    );
+
+    let parked_p = ParkedAggregate {
+        aggregate_id: p,
+        dead_letter: row(store, "p-1"),
+        waiting: 2,
+        oldest_waiting: Some(t0() + secs(1)),
+    };
+    let parked_s = ParkedAggregate {
+        aggregate_id: s,
+        dead_letter: row(store, "s-1"),
+        waiting: 1,
+        oldest_waiting: Some(t0() + secs(1)),
+    };
+    assert_eq!(
+        parked_page(10, None, None),
+        vec![parked_p.clone(), parked_s.clone()]
+    );
+    assert_eq!(parked_page(1, None, None), vec![parked_p.clone()]);
+    assert_eq!(parked_page(10, Some(p), None), vec![parked_s.clone()]);
+    assert_eq!(parked_page(10, None, Some(s)), vec![parked_s.clone()]);
+    assert_eq!(
+        store.parked_summary().unwrap(),
+        ParkedSummary {
+            aggregates: 2,
+            oldest_waiting: Some(t0() + secs(1)),
+        }
+    );
+
+    // Skipping releases s; only a dead letter not skipped yet can be skipped.
+    let skip_row = |event_id: &str| {
+        store
+            .skip_dead_letter(&DeadLetterSkip {
+                id: row(store, event_id).id,
+                now: t0() + secs(120),
+            })
+            .expect("skip_dead_letter")
+    };
+    assert!(!skip_row("p-2"), "a pending row is not a dead letter");
+    assert!(skip_row("s-1"));
+    assert!(!skip_row("s-1"), "skipped already");
+    assert!(!store
+        .skip_dead_letter(&DeadLetterSkip {
+            id: Uuid::now_v7(),
+            now: t0()
+        })
+        .unwrap());
+    assert_eq!(
+        row(store, "s-1").status,
+        EventStatus::DeadLetter,
+        "still a dead letter"
+    );
+    assert_eq!(parked_page(10, None, None), vec![parked_p.clone()]);
+    assert_eq!(parked_page(10, None, Some(s)), vec![]);
+    assert_eq!(
+        store.parked_summary().unwrap(),
+        ParkedSummary {
+            aggregates: 1,
+            oldest_waiting: Some(t0() + secs(1)),
+        }
+    );
+    let released = process(store, heads(10, park), &clock, &mut h);
+    assert_eq!(event_ids(&released), ["s-2"], "p stays parked");
+
+    // With Skip, a dead letter holds nothing back: p-2 goes on (and fails, due again at once).
+    let skipping = process(store, heads(10, skip), &clock, &mut h);
+    assert_eq!(event_ids(&skipping), ["p-2"], "one row of p per claim");
+    assert_eq!(row(store, "p-2").status, EventStatus::Failed);
+    assert_eq!(
+        parked_page(10, None, None),
+        vec![parked_p.clone()],
+        "a failed row still waits"
+    );
+
+    // Requeued, the dead letter is its aggregate's head again, before the due p-2.
+    let requeued = store
+        .requeue_dead_letters(&DeadLetterRequeue {
+            filter: &RowFilter {
+                event_id: Some("p-1".into()),
+                ..RowFilter::default()
+            },
+            after: None,
+            limit: 10,
+            now: t0() + secs(180),
+        })
+        .unwrap();
+    assert_eq!(requeued.count, 1);
+    assert_eq!(parked_page(10, None, None), vec![]);
+    assert_eq!(store.parked_summary().unwrap(), ParkedSummary::default());
+    let mut ok = marking(store, HashMap::new());
+    assert_eq!(
+        event_ids(&process(store, heads(10, skip), &clock, &mut ok)),
+        ["p-1"],
+        "requeued, it is open: it holds p-2 back even with Skip"
+    );
+    for expected in ["p-2", "p-3"] {
+        let settled = process(store, heads(10, park), &clock, &mut ok);
+        assert_eq!(event_ids(&settled), [expected]);
+    }
+    assert!(process(store, heads(10, park), &clock, &mut ok).is_empty());
+
+    // A requeue clears the skip: dead-lettered again, s-1 parks s again and can be skipped.
+    store
+        .requeue_dead_letters(&DeadLetterRequeue {
+            filter: &RowFilter {
+                event_id: Some("s-1".into()),
+                ..RowFilter::default()
+            },
+            after: None,
+            limit: 10,
+            now: t0() + secs(240),
+        })
+        .unwrap();
+    store_aggregated(store, &[("s-3", s)], t0() + secs(3));
+    assert_eq!(
+        event_ids(&process(store, heads(10, park), &clock, &mut h)),
+        ["s-1"]
+    );
+    assert_eq!(row(store, "s-1").status, EventStatus::DeadLetter);
+    assert!(process(store, heads(10, park), &clock, &mut h).is_empty());
+    assert_eq!(
+        parked_page(10, None, None),
+        vec![ParkedAggregate {
+            aggregate_id: s,
+            dead_letter: row(store, "s-1"),
+            waiting: 1,
+            oldest_waiting: Some(t0() + secs(3)),
+        }]
+    );
+    assert!(skip_row("s-1"), "the requeue cleared the earlier skip");
+}
+
+/// The sequence number in an event id `<prefix>-<aggregate>-<sequence>`.
+fn sequence_of(event_id: &str) -> usize {
+    event_id
+        .rsplit('-')
+        .next()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no sequence in {event_id}"))
+}
+
+/// Four workers claiming heads over 20 aggregates of 10 rows: every row handled once, each
+/// aggregate's rows in order, never two of one aggregate at once.
+fn heads_claims_keep_each_aggregate_in_order_under_concurrency<B: Backend>(store: &B) {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Mutex;
+    use std::time::{Duration, Instant};
+    const AGGREGATES: usize = 20;
+    const ROWS: usize = 10;
+    const THREADS: usize = 4;
+    const TOTAL: usize = AGGREGATES * ROWS;
+    for seq in 0..ROWS {
+        // Each batch holds one row of every aggregate, in a different order each time.
+        let events: Vec<ReceivedEvent> = (0..AGGREGATES)
+            .map(|n| {
+                let a = (n * 7 + seq) % AGGREGATES;
+                received_of(
+                    &format!("o-{a:02}-{seq}"),
+                    aggregate(a),
+                    &sid(seq * AGGREGATES + n),
+                )
+            })
+            .collect();
+        store_batch(store, STREAM, &events, &[], t0() + secs(seq as i64));
+    }
+    let clock = ManualClock::new(t0() + secs(60));
+    let in_flight = Mutex::new(HashSet::<Uuid>::new());
+    let overlaps = Mutex::new(Vec::<String>::new());
+    let seen = Mutex::new(Vec::<(Uuid, usize)>::new());
+    let done = AtomicUsize::new(0);
+
+    thread::scope(|scope| {
+        for _ in 0..THREADS {
+            let (clock, in_flight, overlaps, seen, done) =
+                (&clock, &in_flight, &overlaps, &seen, &done);
+            scope.spawn(move || {
+                let mut h = handler::<B, _>(|tx, row| {
+                    let id = &row.event.event_id;
+                    let aggregate = row.event.aggregate_id;
+                    if !in_flight.lock().unwrap().insert(aggregate) {
+                        overlaps.lock().unwrap().push(id.clone());
+                    }
+                    seen.lock().unwrap().push((aggregate, sequence_of(id)));
+                    store.write_marker(tx, id).expect("write a marker");
+                    thread::sleep(Duration::from_millis(1));
+                    in_flight.lock().unwrap().remove(&aggregate);
+                    Verdict::Processed
+                });
+                let deadline = Instant::now() + Duration::from_secs(120);
+                while done.load(Ordering::SeqCst) < TOTAL {
+                    assert!(Instant::now() < deadline, "workers stalled");
+                    let settled = store
+                        .process_claimed(
+                            &ClaimParams {
+                                claim: heads(5, AfterDeadLetter::Park),
+                                clock,
+                                optimistic: false,
+                            },
+                            &mut h,
+                        )
+                        .expect("process_claimed");
+                    assert!(settled.len() <= 5, "{} rows claimed", settled.len());
+                    let aggregates: HashSet<Uuid> =
+                        settled.iter().map(|s| s.row.event.aggregate_id).collect();
+                    assert_eq!(aggregates.len(), settled.len(), "one row per aggregate");
+                    if settled.is_empty() {
+                        // Every head is held by another worker: wait for one to commit.
+                        thread::sleep(Duration::from_millis(1));
+                    }
+                    done.fetch_add(settled.len(), Ordering::SeqCst);
+                }
+            });
+        }
+    });
+
+    assert_eq!(
+        overlaps.into_inner().unwrap(),
+        Vec::<String>::new(),
+        "rows handled while another row of their aggregate was"
+    );
+    let mut per_aggregate: BTreeMap<Uuid, Vec<usize>> = BTreeMap::new();
+    for (aggregate, seq) in seen.into_inner().unwrap() {
+        per_aggregate.entry(aggregate).or_default().push(seq);
+    }
+    assert_eq!(per_aggregate.len(), AGGREGATES);
+    for (aggregate, seqs) in &per_aggregate {
+        assert_eq!(
+            *seqs,
+            (0..ROWS).collect::<Vec<_>>(),
+            "aggregate {aggregate}: each row once, in order"
+        );
+    }
+    let markers = store.markers();
+    assert_eq!(markers.len(), TOTAL);
+    assert_eq!(markers.iter().collect::<HashSet<_>>().len(), TOTAL);
+    assert_eq!(
+        store.count_by_status().unwrap(),
+        counts(&[(EventStatus::Processed, TOTAL as u64)])
+    );
+}
+
+/// Two readers storing ordered batches of overlapping aggregates at once: neither deadlocks,
+/// every row is stored, and each reader's rows of an aggregate are claimed in its storing order.
+fn ordered_batches_stored_concurrently_all_commit_in_order<B: Backend>(store: &B) {
+    const AGGREGATES: usize = 8;
+    const PER_BATCH: usize = 5;
+    const BATCHES: usize = 30;
+    const WRITERS: usize = 2;
+    let barrier = std::sync::Barrier::new(WRITERS);
+    thread::scope(|scope| {
+        for writer in 0..WRITERS {
+            let barrier = &barrier;
+            scope.spawn(move || {
+                barrier.wait();
+                for batch in 0..BATCHES {
+                    // Overlapping, shifting sets of aggregates, one writer walking them up and
+                    // the other down: locks taken in batch order would wait in a circle.
+                    let mut picked: Vec<usize> = (0..PER_BATCH)
+                        .map(|n| (batch + writer * 3 + n) % AGGREGATES)
+                        .collect();
+                    if writer == 1 {
+                        picked.reverse();
+                    }
+                    let events: Vec<ReceivedEvent> = picked
+                        .iter()
+                        .enumerate()
+                        .map(|(n, a)| {
+                            received_of(
+                                &format!("w{writer}-{a}-{batch}"),
+                                aggregate(*a),
+                                &sid(batch * PER_BATCH + n),
+                            )
+                        })
+                        .collect();
+                    let stored = store
+                        .store_received(&ReceivedBatch {
+                            stream: STREAM,
+                            ordered: true,
+                            events: &events,
+                            malformed: &[],
+                            received_at: t0(),
+                            max_retries: MAX_RETRIES,
+                        })
+                        .unwrap_or_else(|error| {
+                            panic!("writer {writer}, batch {batch}: {}", chain(&error))
+                        });
+                    assert_eq!(
+                        stored.inserted,
+                        events.iter().map(|e| e.row_id).collect::<Vec<_>>()
+                    );
+                }
+            });
+        }
+    });
+    let total = WRITERS * BATCHES * PER_BATCH;
+    assert_eq!(
+        store.count_by_status().unwrap(),
+        counts(&[(EventStatus::Pending, total as u64)])
+    );
+
+    // Drained by heads: each writer's rows of an aggregate come in its batch order.
+    let clock = ManualClock::new(t0() + secs(60));
+    let mut ok = marking(store, HashMap::new());
+    let mut handled: BTreeMap<(String, String), Vec<usize>> = BTreeMap::new();
+    let mut count = 0;
+    loop {
+        let settled = process(store, heads(100, AfterDeadLetter::Park), &clock, &mut ok);
+        if settled.is_empty() {
+            break;
+        }
+        for id in event_ids(&settled) {
+            let mut parts = id.split('-');
+            let (writer, aggregate) = (parts.next().unwrap(), parts.next().unwrap());
+            handled
+                .entry((aggregate.to_string(), writer.to_string()))
+                .or_default()
+                .push(sequence_of(id));
+            count += 1;
+        }
+    }
+    assert_eq!(count, total);
+    for (key, batches) in handled {
+        let mut in_order = batches.clone();
+        in_order.sort();
+        assert_eq!(batches, in_order, "{key:?} claimed out of storing order");
+    }
+}
+
 mod postgres_only {
     use super::*;
     use std::sync::mpsc;
@@ -2270,6 +2916,47 @@ CREATE INDEX ix_event_inbox_aggregate_received ON event_inbox(aggregate_id, rece
         let store = TestStore::<PostgresStore>::fresh(test)?;
         setup(&*store);
         Some(store)
+    }
+
+    /// An adopter whose insert meets another group's adoption still in flight waits for it,
+    /// then is told that group: the owner is not lost between the conflict and the answer.
+    #[test]
+    fn an_adopter_that_waits_for_a_racing_adoption_is_told_its_group() {
+        let Some(store) = open("postgres_only::an_adopter_that_waits_for_a_racing_adoption") else {
+            return;
+        };
+        let connect = || {
+            ::postgres::Client::connect(&support::postgres_url(), ::postgres::NoTls)
+                .expect("connect")
+        };
+        let mut racer = connect();
+        let mut racing = racer.transaction().expect("begin");
+        racing
+            .execute(
+                "INSERT INTO eventflow_inbox_owners (inbox_table, consumer_group, adopted_at) \
+                 VALUES ($1, 'billing', now())",
+                &[&store.table()],
+            )
+            .expect("the racing adoption");
+        thread::scope(|scope| {
+            let adopter = scope.spawn(|| store.adopt_owner("shipping", t0()));
+            let mut watcher = connect();
+            let blocked = support::wait_until(Duration::from_secs(10), || {
+                watcher
+                    .query_one(
+                        "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' \
+                         AND pid <> pg_backend_pid() AND strpos(query, $1) > 0",
+                        &[&store.table()],
+                    )
+                    .map(|row| row.get::<_, i64>(0) > 0)
+                    .expect("read pg_stat_activity")
+            });
+            assert!(blocked, "adopt_owner waits for the racing adoption");
+            racing.commit().expect("commit the racing adoption");
+            let owner = adopter.join().expect("adopter").map_err(|e| chain(&e));
+            assert_eq!(owner, Ok("billing".to_string()));
+        });
+        assert_eq!(store.find_owner().unwrap(), Some("billing".into()));
     }
 
     /// A handler whose write passes but fails at commit (a deferred constraint) must not hold
@@ -2812,6 +3499,7 @@ conformance!(
         migrate_is_idempotent,
         invalid_table_names_are_rejected,
         the_longest_table_name_works,
+        racing_groups_agree_on_one_owner,
     ],
     migrated: [
         store_received_inserts_new_and_skips_duplicates,
@@ -2834,6 +3522,12 @@ conformance!(
         oldest_received_tells_the_lag,
         quarantine_is_listed_by_filter_in_stable_pages,
         only_old_processed_rows_are_deleted_in_batches,
+        the_first_group_to_adopt_a_table_owns_it,
+        rows_record_their_stream,
+        heads_are_the_earliest_open_row_of_each_aggregate,
+        dead_letters_park_their_aggregate_until_skipped_or_requeued,
+        heads_claims_keep_each_aggregate_in_order_under_concurrency,
+        ordered_batches_stored_concurrently_all_commit_in_order,
     ],
 );
 

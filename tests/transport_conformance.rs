@@ -531,6 +531,82 @@ fn ping_answers_even_while_a_read_blocks<T: Harness>(t: &T, stream: &str) {
     });
 }
 
+/// The oldest entry delivered and not acknowledged with an id below a bound (exclusive),
+/// whoever holds it, with how long ago it was delivered.
+fn oldest_pending_before_finds_the_oldest_unacknowledged_entry<T: Harness>(t: &T, stream: &str) {
+    let beyond = format!("{}-0", u64::MAX / 2);
+    assert_no_group(t.oldest_pending_before(stream, GROUP, &beyond), stream);
+    t.ensure_group(stream, GROUP).unwrap();
+    let published = publish_numbered(t, stream, 4);
+    assert_eq!(
+        t.oldest_pending_before(stream, GROUP, &beyond).unwrap(),
+        None,
+        "nothing delivered yet"
+    );
+    match t.oldest_pending_before(stream, "another_group", &beyond) {
+        Err(TransportError::NoGroup { stream: s, group }) => {
+            assert_eq!((s.as_str(), group.as_str()), (stream, "another_group"));
+        }
+        other => panic!("expected NoGroup, got {other:?}"),
+    }
+
+    assert_eq!(
+        ids(&read(t, stream, "c1", 2, Duration::ZERO)),
+        published[..2]
+    );
+    assert_eq!(
+        ids(&read(t, stream, "c2", 2, Duration::ZERO)),
+        published[2..]
+    );
+    let oldest = |before: &str| {
+        t.oldest_pending_before(stream, GROUP, before)
+            .expect("oldest_pending_before")
+    };
+    let first = oldest(&published[3]).expect("a pending entry");
+    assert_eq!(
+        (first.id.as_str(), first.consumer.as_str()),
+        (published[0].as_str(), "c1")
+    );
+    assert!(first.idle < Duration::from_secs(5), "{:?}", first.idle);
+    assert_eq!(oldest(&published[0]), None, "the bound is exclusive");
+    assert_eq!(
+        oldest(&published[1]).map(|e| e.id),
+        Some(published[0].clone())
+    );
+
+    thread::sleep(STALE_AFTER);
+    let later = oldest(&beyond).expect("still pending");
+    assert_eq!(later.id, published[0]);
+    assert!(
+        later.idle >= first.idle + Duration::from_millis(100),
+        "idle grows: {:?}, then {:?}",
+        first.idle,
+        later.idle
+    );
+
+    // Acknowledged entries are no longer pending; the next is reported with its own consumer.
+    assert_eq!(t.ack(stream, GROUP, &published[..2]).unwrap(), 2);
+    assert_eq!(oldest(&published[2]), None);
+    let next = oldest(&beyond).expect("c2's entries are pending");
+    assert_eq!(
+        (next.id.as_str(), next.consumer.as_str()),
+        (published[2].as_str(), "c2")
+    );
+
+    // Taken over, an entry is held by its new consumer, its idle time restarted.
+    let taken = reclaim(t, stream, "c3", MIN_IDLE, "0-0", 1);
+    assert_eq!(ids(&taken.entries), [published[2].clone()]);
+    let reclaimed = oldest(&beyond).expect("pending");
+    assert_eq!(
+        (reclaimed.id.as_str(), reclaimed.consumer.as_str()),
+        (published[2].as_str(), "c3")
+    );
+    assert!(reclaimed.idle < later.idle, "{:?}", reclaimed.idle);
+
+    assert_eq!(t.ack(stream, GROUP, &published[2..]).unwrap(), 2);
+    assert_eq!(oldest(&beyond), None, "all acknowledged");
+}
+
 /// Deletes a test's Redis stream when the test ends, passed or not.
 struct DropStream(String);
 
@@ -595,6 +671,7 @@ conformance!(
     publish_entries_reports_each_entry_across_streams,
     trim_consumed_keeps_what_a_group_has_not_read_or_acknowledged,
     ping_answers_even_while_a_read_blocks,
+    oldest_pending_before_finds_the_oldest_unacknowledged_entry,
 );
 
 /// Redis refuses an `XADD` to a key holding another type; the other entries of the pipeline

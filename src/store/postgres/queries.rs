@@ -176,11 +176,14 @@ impl Queries {
                 order_key("p"),
                 order_key("o")
             ),
+            // DO UPDATE (to the same value), not DO NOTHING: it returns the row that won, even
+            // one another adopter committed after this statement's snapshot was taken, which a
+            // SELECT in the same statement cannot see.
             adopt_owner: format!(
-                "WITH adopted AS (INSERT INTO eventflow_inbox_owners (inbox_table, consumer_group, adopted_at) \
-                 VALUES ('{t}', $1, $2) ON CONFLICT (inbox_table) DO NOTHING RETURNING consumer_group) \
-                 SELECT consumer_group FROM adopted \
-                 UNION ALL SELECT consumer_group FROM eventflow_inbox_owners WHERE inbox_table = '{t}'"
+                "INSERT INTO eventflow_inbox_owners (inbox_table, consumer_group, adopted_at) \
+                 VALUES ('{t}', $1, $2) ON CONFLICT (inbox_table) \
+                 DO UPDATE SET consumer_group = eventflow_inbox_owners.consumer_group \
+                 RETURNING consumer_group"
             ),
             find_owner: format!(
                 "SELECT consumer_group FROM eventflow_inbox_owners WHERE inbox_table = '{t}'"
@@ -190,7 +193,7 @@ impl Queries {
                  ORDER BY stream NULLS FIRST, status"
             ),
             list_parked: format!(
-                "SELECT {COLUMNS}, w.waiting, w.oldest FROM \
+                "SELECT {COLUMNS}, l.waiting, l.oldest FROM \
                  (SELECT DISTINCT ON (aggregate_id) {COLUMNS}, seq FROM {t} AS d \
                  WHERE status = 'dead_letter' AND skipped_at IS NULL \
                  AND ($1::uuid IS NULL OR aggregate_id > $1) AND ($3::uuid IS NULL OR aggregate_id = $3) \
