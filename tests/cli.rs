@@ -10,9 +10,15 @@ use eventflow::outbox::OutboxTable;
 use eventflow::store::outbox::{
     ClaimDue, Delivery, OutboxStatus, OutboxStore, PostgresOutbox, RowOutcome, SqliteOutbox,
 };
-use eventflow::store::{InboxStore, PostgresStore, SqliteStore};
+use eventflow::store::{
+    AfterDeadLetter, Claim, ClaimParams, Failure, InboxStore, PostgresStore, ReceivedBatch,
+    ReceivedEvent, RowHandler, SqliteStore, Verdict,
+};
 use eventflow::transport::{MemoryStream, RedisStreams, Transport};
-use eventflow::{ConsumerHandle, Event, EventStatus, HandlerError, HandlerResult, InboxConsumer};
+use eventflow::{
+    ConsumerHandle, Event, EventStatus, HandlerError, HandlerResult, InboxConsumer, InboxRow,
+    SystemClock,
+};
 use serde_json::{json, Value};
 use std::path::PathBuf;
 use std::process::Command;
@@ -336,6 +342,289 @@ fn publish_dead_letter_requeue_status_and_purge() {
     assert_eq!(setup.count(EventStatus::Pending), 2);
 }
 
+/// A worker's turn in ordered mode, done through the store: claims the head of each aggregate
+/// and gives up on the events named in `give_up` (dead letter at once), handling the rest.
+fn ordered_round(store: &PostgresStore, give_up: &[&str]) -> Vec<String> {
+    struct GiveUp<'a>(&'a [&'a str]);
+    impl RowHandler<PostgresStore> for GiveUp<'_> {
+        fn handle(
+            &mut self,
+            _tx: &mut <PostgresStore as InboxStore>::Tx<'_>,
+            row: &InboxRow,
+        ) -> Verdict {
+            if !self.0.contains(&row.event.event_id.as_str()) {
+                return Verdict::Processed;
+            }
+            Verdict::Failed(Failure {
+                status: EventStatus::DeadLetter,
+                retry_count: 1,
+                next_retry_at: None,
+                error_message: "the billing service refused it".into(),
+                failed_at: Utc::now(),
+            })
+        }
+
+        fn failed_after(&mut self, row: &InboxRow, error: String) -> Verdict {
+            panic!("{}: {error}", row.event.event_id)
+        }
+    }
+    let claim = ClaimParams {
+        claim: Claim::Heads {
+            limit: 10,
+            after_dead_letter: AfterDeadLetter::Park,
+        },
+        clock: &SystemClock,
+        optimistic: false,
+    };
+    store
+        .process_claimed(&claim, &mut GiveUp(give_up))
+        .unwrap()
+        .into_iter()
+        .map(|settled| settled.row.event.event_id)
+        .collect()
+}
+
+/// Stores `event_id` of `aggregate` as the receiver does in ordered mode, read from `stream`.
+fn store_ordered(store: &PostgresStore, stream: &str, event_id: &str, aggregate: uuid::Uuid) {
+    let mut event = parse_event_json(&event_json(event_id, "OrderBilled"), Utc::now()).unwrap();
+    event.aggregate_id = aggregate;
+    let received = ReceivedEvent {
+        row_id: uuid::Uuid::now_v7(),
+        stream_id: "1-0".into(),
+        event,
+    };
+    let stored = store
+        .store_received(&ReceivedBatch {
+            stream,
+            ordered: true,
+            events: std::slice::from_ref(&received),
+            malformed: &[],
+            received_at: Utc::now(),
+            max_retries: 1,
+        })
+        .unwrap();
+    assert_eq!(stored.inserted.len(), 1);
+}
+
+/// `status` shows the table's owner, counts per stream (rows with no stream as `(none)`), the
+/// parked aggregates, and each of several streams; `parked list|show|skip` finds the aggregate
+/// a dead letter parks and releases it; `dead-letters list --from-stream` filters by stream.
+#[test]
+fn status_owner_streams_and_parked_aggregates() {
+    let Some(setup) = Setup::new("cli::status_owner_streams_and_parked_aggregates") else {
+        return;
+    };
+    setup.run(&["migrate"]).ok();
+    let status = setup.run(&["--json", "status"]).ok().json();
+    assert_eq!(status["inbox"]["owner"], Value::Null);
+    assert_eq!(status["inbox"]["by_stream"], json!([]));
+    assert_eq!(status["inbox"]["parked"]["aggregates"], 0);
+    let human = setup.run(&["status"]).ok().stdout;
+    assert!(human.contains("owner: no owner yet"), "{human}");
+    assert!(human.contains("parked: none"), "{human}");
+
+    // Aggregate A (three events) read from the test's stream, B (one) from a second stream,
+    // and a row written by another tool that records no stream.
+    let payments = format!("{}_pay", setup.stream);
+    let (a, b) = (uuid::Uuid::new_v4(), uuid::Uuid::new_v4());
+    setup.store.adopt_owner("billing", Utc::now()).unwrap();
+    for id in ["park-1", "park-2", "park-3"] {
+        store_ordered(&setup.store, &setup.stream, id, a);
+    }
+    store_ordered(&setup.store, &payments, "pay-1", b);
+    setup.sql(
+        "INSERT INTO {t} (event_id, stream_id, event_type, aggregate_id, occurred_on, payload, \
+           status, received_at, processed_at) VALUES \
+           ('legacy-1', '0-1', 'X', gen_random_uuid(), now(), '{}', 'processed', now(), now())",
+    );
+    let mut first = ordered_round(&setup.store, &["park-1", "park-2"]);
+    first.sort();
+    assert_eq!(first, ["park-1", "pay-1"]);
+    assert!(ordered_round(&setup.store, &[]).is_empty(), "A is parked");
+
+    // Status: the owner, per stream, parked; both streams of the group (one has no group).
+    let mut redis_conn = redis::Client::open(redis_url())
+        .unwrap()
+        .get_connection()
+        .unwrap();
+    let _: () = redis::cmd("XGROUP")
+        .arg("CREATE")
+        .arg(&setup.stream)
+        .arg("billing")
+        .arg("$")
+        .arg("MKSTREAM")
+        .query(&mut redis_conn)
+        .unwrap();
+    let streams = format!("{},{payments}", setup.stream);
+    let status = setup
+        .run(&["--json", "status", "--stream", &streams])
+        .ok()
+        .json();
+    let inbox = &status["inbox"];
+    assert_eq!(inbox["owner"], "billing");
+    assert_eq!(inbox["parked"]["aggregates"], 1);
+    assert!(
+        inbox["parked"]["oldest_waiting_age_seconds"]
+            .as_u64()
+            .unwrap()
+            < 60
+    );
+    let by_stream = inbox["by_stream"].as_array().unwrap();
+    assert_eq!(by_stream.len(), 3, "{inbox}");
+    assert_eq!(by_stream[0]["stream"], Value::Null);
+    assert_eq!(by_stream[0]["counts"]["processed"], 1);
+    let ours = by_stream
+        .iter()
+        .find(|s| s["stream"] == setup.stream.as_str())
+        .unwrap();
+    assert_eq!(ours["counts"]["dead_letter"], 1);
+    assert_eq!(ours["counts"]["pending"], 2);
+    assert_eq!(ours["total"], 3);
+    let streams = status["streams"].as_array().unwrap();
+    assert_eq!(streams.len(), 2);
+    assert_eq!(streams[0]["stream"], setup.stream.as_str());
+    assert_eq!(streams[0]["pending"], 0);
+    assert_eq!(streams[0]["lag"], 0);
+    assert_eq!(streams[1]["stream"], payments.as_str());
+    assert!(streams[1]["error"]
+        .as_str()
+        .unwrap()
+        .contains("does not exist"));
+    assert_eq!(status["stream"], streams[0]);
+    let human = setup
+        .run(&["status", "--stream", &setup.stream, "--stream", &payments])
+        .ok()
+        .stdout;
+    assert!(human.contains("owner: consumer group billing"), "{human}");
+    assert!(line(&human, "  (none) ").ends_with(" 1"), "{human}");
+    let ours = line(&human, &format!("  {} ", setup.stream));
+    assert!(ours.contains(" 2 ") && ours.ends_with(" 3"), "{human}");
+    assert!(
+        human.contains("parked: 1 aggregate, the oldest waiting event"),
+        "{human}"
+    );
+    assert!(
+        human.contains(&format!("stream: {}, group billing\n", setup.stream)),
+        "{human}"
+    );
+    assert!(
+        human.contains(&format!(
+            "stream: {payments}, group billing: the group does not exist"
+        )),
+        "{human}"
+    );
+
+    // Listed and shown; an aggregate that is not parked is not found.
+    let listed = setup.run(&["--json", "parked", "list"]).ok().json();
+    let parked = listed["aggregates"].as_array().unwrap();
+    assert_eq!(parked.len(), 1, "{listed}");
+    assert_eq!(parked[0]["aggregate_id"], a.to_string());
+    assert_eq!(parked[0]["waiting"], 2);
+    assert_eq!(parked[0]["dead_letter"]["event_id"], "park-1");
+    assert_eq!(parked[0]["dead_letter"]["stream"], setup.stream.as_str());
+    assert_eq!(listed["next_after"], Value::Null);
+    let table = setup.run(&["parked", "list"]).ok().stdout;
+    assert!(table.starts_with("AGGREGATE ID"), "{table}");
+    let row = line(&table, &a.to_string());
+    assert!(
+        row.contains(" park-1 ") && row.contains("the billing service refused it"),
+        "{table}"
+    );
+    let page = setup
+        .run(&["--json", "parked", "list", "--limit", "1"])
+        .ok()
+        .json();
+    assert_eq!(page["next_after"], a.to_string());
+    let after = setup
+        .run(&["parked", "list", "--after", &a.to_string()])
+        .ok();
+    assert_eq!(after.stdout.trim(), "no parked aggregates");
+    let shown = setup.run(&["parked", "show", &a.to_string()]).ok().stdout;
+    assert!(
+        shown.contains("parked by       dead letter park-1"),
+        "{shown}"
+    );
+    assert!(shown.contains("waiting         2 events"), "{shown}");
+    assert!(shown.contains("status          dead_letter"), "{shown}");
+    for args in [["parked", "show"], ["parked", "skip"]] {
+        let missing = setup.run(&[args[0], args[1], &b.to_string()]);
+        assert_eq!(missing.code, 4, "{args:?}: {}", missing.stderr);
+        assert!(
+            missing.stderr.contains("parked aggregate"),
+            "{}",
+            missing.stderr
+        );
+    }
+
+    // Skipped: the dead letter stays, marked; A goes on, and is parked again by park-2.
+    let skipped = setup
+        .run(&["--json", "parked", "skip", &a.to_string()])
+        .ok()
+        .json();
+    assert_eq!(skipped["skipped"]["event_id"], "park-1");
+    assert_eq!(skipped["released"], 2);
+    assert_eq!(skipped["still_parked_by"], Value::Null);
+    let mut conn = setup.store.pool().get().unwrap();
+    let marked = conn
+        .query_one(
+            &format!(
+                "SELECT status, skipped_at IS NOT NULL FROM {} WHERE event_id = 'park-1'",
+                setup.table
+            ),
+            &[],
+        )
+        .unwrap();
+    assert_eq!(marked.get::<_, String>(0), "dead_letter");
+    assert!(marked.get::<_, bool>(1));
+    drop(conn);
+    let none = setup.run(&["parked", "list"]).ok();
+    assert_eq!(none.stdout.trim(), "no parked aggregates");
+    assert_eq!(
+        ordered_round(&setup.store, &["park-1", "park-2"]),
+        ["park-2"]
+    );
+
+    // By event id: park-2; a dead letter skipped already is refused, an unknown one not found.
+    let by_event = setup
+        .run(&["parked", "skip", "--event-id", "park-2"])
+        .ok()
+        .stdout;
+    assert_eq!(
+        by_event.trim(),
+        format!("skipped dead letter park-2 of aggregate {a}")
+    );
+    assert_eq!(ordered_round(&setup.store, &[]), ["park-3"]);
+    let twice = setup.run(&["parked", "skip", "--event-id", "park-1"]);
+    assert_eq!(twice.code, 1, "{}", twice.stderr);
+    assert!(twice.stderr.contains("skipped already"), "{}", twice.stderr);
+    let unknown = setup.run(&["parked", "skip", "--event-id", "no-such-event"]);
+    assert_eq!(unknown.code, 4, "{}", unknown.stderr);
+
+    // Dead letters by the stream they came from.
+    let ours = setup
+        .run(&[
+            "--json",
+            "dead-letters",
+            "list",
+            "--from-stream",
+            &setup.stream,
+        ])
+        .ok()
+        .json();
+    let ids: Vec<&str> = ours["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|row| row["event_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, ["park-1", "park-2"]);
+    let theirs = setup
+        .run(&["dead-letters", "list", "--from-stream", &payments])
+        .ok();
+    assert_eq!(theirs.stdout.trim(), "no dead letters");
+    let _: Result<(), _> = redis::cmd("DEL").arg(&payments).query(&mut redis_conn);
+}
+
 /// A malformed entry is quarantined by the consumer, listed, shown, replayed with a corrected
 /// `data` object, and then handled.
 #[test]
@@ -456,10 +745,22 @@ fn usage_errors_and_unreachable_servers_have_their_exit_codes() {
         &["dead-letters", "requeue"],
         &["dead-letters", "list", "--limit", "0"],
         &["publish", "{}"],
+        &["parked", "skip"],
+        &["parked", "show", "not-an-aggregate-id"],
     ] {
         let run = eventflow(&[("EVENTFLOW_DATABASE_URL", "/nonexistent/inbox.db")], args);
         assert_eq!(run.code, 2, "{args:?}: {}", run.stderr);
     }
+    let two_streams = eventflow(
+        &[("EVENTFLOW_STREAM", "orders,payments")],
+        &["publish", &event_json("e-2", "OrderCreated")],
+    );
+    assert_eq!(two_streams.code, 2, "{}", two_streams.stderr);
+    assert!(
+        two_streams.stderr.contains("just one"),
+        "{}",
+        two_streams.stderr
+    );
     let no_database = eventflow(&[], &["status"]);
     assert_eq!(no_database.code, 2);
     assert!(no_database.stderr.contains("EVENTFLOW_DATABASE_URL"));

@@ -171,7 +171,11 @@ fn a_second_group_on_an_owned_table_is_refused_and_two_tables_serve_two_groups()
     drop_inbox(&mut db, &billing_table);
     drop_inbox(&mut db, &shipping_table);
     assert!(done, "both services handle the stream: {results:?}");
-    assert_eq!(results, ((2_000, 2_000), (2_000, 2_000)), "each exactly once");
+    assert_eq!(
+        results,
+        ((2_000, 2_000), (2_000, 2_000)),
+        "each exactly once"
+    );
 }
 
 /// Not a test: a consumer process the tests below start (and kill). Ignored so that a normal
@@ -385,7 +389,10 @@ fn three_streams_two_processes_every_event_once_with_its_stream() {
         .collect();
     drop_inbox(&mut db, &table);
 
-    assert!(finished, "not every event was processed: pending {pending:?}");
+    assert!(
+        finished,
+        "not every event was processed: pending {pending:?}"
+    );
     assert_eq!(
         (handled, distinct),
         (total as i64, total as i64),
@@ -402,8 +409,13 @@ fn three_streams_two_processes_every_event_once_with_its_stream() {
             published_on[&event_id].contains(&index),
             "{event_id} stored from {stream}, where it was never published"
         );
-        assert_eq!(seen.as_deref(), Some(stream.as_str()), "the handler saw the row's stream");
-        duplicated_on_their_second_stream += usize::from(!event_id.starts_with(&format!("s{index}-")));
+        assert_eq!(
+            seen.as_deref(),
+            Some(stream.as_str()),
+            "the handler saw the row's stream"
+        );
+        duplicated_on_their_second_stream +=
+            usize::from(!event_id.starts_with(&format!("s{index}-")));
     }
     eprintln!(
         "three streams: {total} handled once; {duplicated_on_their_second_stream} duplicated events were stored from their later stream"
@@ -471,7 +483,8 @@ fn ordered_events_stay_in_order_through_failures_parking_and_a_killed_process() 
     }
     // Kill one process mid-way, while it holds claims and read batches, then replace it.
     assert!(
-        wait_until(Duration::from_secs(60), || count(&mut db, &handled_sql) >= 4_000),
+        wait_until(Duration::from_secs(60), || count(&mut db, &handled_sql)
+            >= 4_000),
         "the consumers handled nothing"
     );
     stop(first);
@@ -560,7 +573,10 @@ fn ordered_events_stay_in_order_through_failures_parking_and_a_killed_process() 
          {handled_while_parked} while two aggregates were parked; {} in the end; statuses {statuses:?}",
         handled.len()
     );
-    assert!(parked_first, "the other aggregates finished while two were parked");
+    assert!(
+        parked_first,
+        "the other aggregates finished while two were parked"
+    );
     assert_eq!(
         handled_while_parked, expected_before_release,
         "parked aggregates' later events wait"
@@ -568,7 +584,10 @@ fn ordered_events_stay_in_order_through_failures_parking_and_a_killed_process() 
     let parked_ids: Vec<Uuid> = parked.iter().map(|p| p.aggregate_id).collect();
     let mut expected_parked = vec![aggregate_id(POISONED.0), aggregate_id(FIXABLE.0)];
     expected_parked.sort();
-    assert_eq!(parked_ids, expected_parked, "exactly the two aggregates parked");
+    assert_eq!(
+        parked_ids, expected_parked,
+        "exactly the two aggregates parked"
+    );
     for p in &parked {
         let (aggregate, seq) = if p.aggregate_id == aggregate_id(POISONED.0) {
             POISONED
@@ -604,13 +623,21 @@ fn ordered_events_stay_in_order_through_failures_parking_and_a_killed_process() 
         }
     }
     let processes: HashSet<&str> = handled.iter().map(|(_, _, _, p)| p.as_str()).collect();
-    assert_eq!(processes.len(), 3, "all three processes handled events: {processes:?}");
+    assert_eq!(
+        processes.len(),
+        3,
+        "all three processes handled events: {processes:?}"
+    );
     assert!(
         handled_at_kill > 0 && (handled_at_kill as usize) < AGGREGATES * PER_AGGREGATE,
         "killed mid-run"
     );
     assert_eq!(statuses.get("processed"), Some(&(total_handled)));
-    assert_eq!(statuses.get("dead_letter"), Some(&1), "the skipped one stays a dead letter");
+    assert_eq!(
+        statuses.get("dead_letter"),
+        Some(&1),
+        "the skipped one stays a dead letter"
+    );
 }
 
 /// `AfterDeadLetter::Skip` is the other setting: a dead letter lets its aggregate go on.

@@ -1960,6 +1960,161 @@ fn rows_are_listed_by_filter_in_stable_pages<B: Backend>(store: &B) {
     assert_eq!(listed_ids, ids);
 }
 
+/// Stores one new event per call, `ordered` as the consumer's per-aggregate order does, `n`
+/// seconds after `t0()`, read from `stream`.
+fn store_one<B: Backend>(store: &B, stream: &str, event: &ReceivedEvent, n: i64, ordered: bool) {
+    let stored = store
+        .store_received(&ReceivedBatch {
+            stream,
+            ordered,
+            events: std::slice::from_ref(event),
+            malformed: &[],
+            received_at: t0() + secs(n),
+            max_retries: MAX_RETRIES,
+        })
+        .expect("store_received");
+    assert_eq!(stored.inserted, [event.row_id]);
+}
+
+/// Rows record the stream they were read from: counted per stream, listed and requeued by
+/// stream; the table's owner is the first group to adopt it.
+fn rows_are_counted_and_filtered_by_stream<B: Backend>(store: &B) {
+    assert_eq!(store.find_owner().unwrap(), None);
+    assert_eq!(store.adopt_owner("billing", t0()).unwrap(), "billing");
+    assert_eq!(store.adopt_owner("shipping", t0()).unwrap(), "billing");
+    assert_eq!(store.find_owner().unwrap().as_deref(), Some("billing"));
+
+    assert!(store.count_by_stream().unwrap().is_empty());
+    for (n, (id, stream)) in [("o-1", "orders"), ("o-2", "orders"), ("p-1", "payments")]
+        .into_iter()
+        .enumerate()
+    {
+        store_one(store, stream, &received(id, &sid(n)), n as i64, false);
+    }
+    let clock = ManualClock::new(t0() + secs(60));
+    let now = clock.now();
+    let mut h = handler::<B, _>(
+        move |_tx, row: &InboxRow| match row.event.event_id.as_str() {
+            "o-2" | "p-1" => dead_letter(1, "refused", now),
+            _ => Verdict::Processed,
+        },
+    );
+    process(store, due(10), &clock, &mut h);
+    assert_eq!(row(store, "p-1").stream.as_deref(), Some("payments"));
+    assert_eq!(
+        store.count_by_stream().unwrap(),
+        [
+            (
+                Some("orders".to_string()),
+                counts(&[(EventStatus::Processed, 1), (EventStatus::DeadLetter, 1)])
+            ),
+            (
+                Some("payments".to_string()),
+                counts(&[(EventStatus::DeadLetter, 1)])
+            ),
+        ]
+    );
+
+    let from = |stream: &str| RowFilter {
+        stream: Some(stream.to_string()),
+        ..dead_letters()
+    };
+    assert_eq!(listed(store, &from("orders"), 10), ["o-2"]);
+    assert_eq!(listed(store, &from("payments"), 10), ["p-1"]);
+    assert!(listed(store, &from("nowhere"), 10).is_empty());
+    let requeued = store
+        .requeue_dead_letters(&DeadLetterRequeue {
+            filter: &from("payments"),
+            after: None,
+            limit: 10,
+            now,
+        })
+        .unwrap();
+    assert_eq!(requeued.count, 1);
+    assert_eq!(row(store, "p-1").status, EventStatus::Pending);
+    assert_eq!(row(store, "o-2").status, EventStatus::DeadLetter);
+}
+
+/// In ordered mode a dead letter parks its aggregate: listed with what waits behind it until
+/// it is skipped, which releases the next event; another aggregate goes on meanwhile.
+fn parked_aggregates_are_listed_and_released_by_skipping<B: Backend>(store: &B) {
+    let parked_id = Uuid::parse_str(AGGREGATE).unwrap();
+    let other_id = Uuid::now_v7();
+    let mut other = received("b-1", &sid(9));
+    other.event.aggregate_id = other_id;
+    let events: Vec<ReceivedEvent> = ["a-1", "a-2", "a-3"]
+        .iter()
+        .enumerate()
+        .map(|(n, id)| received(id, &sid(n)))
+        .collect();
+    for (n, event) in events.iter().chain([&other]).enumerate() {
+        store_one(store, STREAM, event, n as i64, true);
+    }
+    let empty = ParkedPage {
+        limit: 10,
+        after: None,
+        aggregate_id: None,
+    };
+    assert!(store.list_parked(&empty).unwrap().is_empty());
+    assert_eq!(store.parked_summary().unwrap(), Default::default());
+
+    let clock = ManualClock::new(t0() + secs(60));
+    let now = clock.now();
+    let heads = Claim::Heads {
+        limit: 10,
+        after_dead_letter: AfterDeadLetter::Park,
+    };
+    let mut h = handler::<B, _>(
+        move |_tx, row: &InboxRow| match row.event.event_id.as_str() {
+            "a-1" => dead_letter(1, "cannot bill", now),
+            _ => Verdict::Processed,
+        },
+    );
+    let first = process(store, heads, &clock, &mut h);
+    assert_eq!(event_ids(&first), ["a-1", "b-1"]);
+    assert!(
+        process(store, heads, &clock, &mut h).is_empty(),
+        "a-2 waits"
+    );
+
+    let parked = store.list_parked(&empty).unwrap();
+    assert_eq!(parked.len(), 1, "{parked:?}");
+    assert_eq!(parked[0].aggregate_id, parked_id);
+    assert_eq!(parked[0].dead_letter.event.event_id, "a-1");
+    assert_eq!(parked[0].dead_letter.status, EventStatus::DeadLetter);
+    assert_eq!(parked[0].waiting, 2);
+    assert_eq!(parked[0].oldest_waiting, Some(t0() + secs(1)));
+    let only = |aggregate_id| ParkedPage {
+        aggregate_id: Some(aggregate_id),
+        ..empty
+    };
+    assert_eq!(store.list_parked(&only(parked_id)).unwrap(), parked);
+    assert!(store.list_parked(&only(other_id)).unwrap().is_empty());
+    let after = ParkedPage {
+        after: Some(parked_id),
+        ..empty
+    };
+    assert!(store.list_parked(&after).unwrap().is_empty());
+    assert_eq!(
+        store.parked_summary().unwrap(),
+        eventflow::store::ParkedSummary {
+            aggregates: 1,
+            oldest_waiting: Some(t0() + secs(1)),
+        }
+    );
+
+    // Skipping: once; never a row that is not a dead letter.
+    let skip = |id| DeadLetterSkip { id, now };
+    assert!(!store.skip_dead_letter(&skip(row(store, "b-1").id)).unwrap());
+    assert!(store.skip_dead_letter(&skip(events[0].row_id)).unwrap());
+    assert!(!store.skip_dead_letter(&skip(events[0].row_id)).unwrap());
+    assert_eq!(row(store, "a-1").status, EventStatus::DeadLetter, "stays");
+    assert!(store.list_parked(&empty).unwrap().is_empty());
+    assert_eq!(store.parked_summary().unwrap().aggregates, 0);
+    let released = process(store, heads, &clock, &mut h);
+    assert_eq!(event_ids(&released), ["a-2"]);
+}
+
 fn dead_letters_are_requeued_once_and_recorded<B: Backend>(store: &B) {
     some_dead_letters(store);
     let requeued_at = t0() + secs(7200);
@@ -3528,6 +3683,8 @@ conformance!(
         dead_letters_park_their_aggregate_until_skipped_or_requeued,
         heads_claims_keep_each_aggregate_in_order_under_concurrency,
         ordered_batches_stored_concurrently_all_commit_in_order,
+        rows_are_counted_and_filtered_by_stream,
+        parked_aggregates_are_listed_and_released_by_skipping,
     ],
 );
 

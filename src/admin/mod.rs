@@ -3,8 +3,9 @@
 //!
 //! [`Admin`] wraps a store: counts and lag ([`Admin::inbox_status`]), dead letters listed with
 //! filters a page at a time, shown, and requeued ([`Admin::requeue_dead_letters`]), quarantined
-//! entries listed, shown and replayed with corrections ([`Admin::replay_quarantined`]), and
-//! processed rows purged in small batches ([`Admin::purge_processed`]). Stream-side operations
+//! entries listed, shown and replayed with corrections ([`Admin::replay_quarantined`]), aggregates
+//! parked by per-aggregate order listed and released ([`Admin::skip_parked`]), and processed rows
+//! purged in small batches ([`Admin::purge_processed`]). Stream-side operations
 //! take a [`crate::transport::Transport`]: [`stream_status`] and [`publish_event`].
 //!
 //! [`OutboxAdmin`] does the same for an outbox table: its backlog ([`OutboxAdmin::status`],
@@ -31,6 +32,7 @@
 mod dead_letters;
 mod error;
 mod outbox;
+mod parked;
 mod publish;
 mod purge;
 mod quarantine;
@@ -39,6 +41,7 @@ mod status;
 pub use dead_letters::RowPage;
 pub use error::{AdminError, AdminResult};
 pub use outbox::{OutboxAdmin, OutboxReport, OutboxRowPage, OutboxState};
+pub use parked::ParkedList;
 pub use publish::{parse_event_json, publish_event};
 pub use quarantine::{Correction, QuarantinePage};
 pub use status::{stream_status, InboxStatus};

@@ -1,9 +1,10 @@
-//! How the inbox and the stream stand: counts and lag. (The outbox's backlog is
+//! How the inbox and the stream stand: who owns the inbox, counts (in all and per stream), lag,
+//! and what per-aggregate order holds back. (The outbox's backlog is
 //! [`super::OutboxAdmin::status`].)
 
 use super::{Admin, AdminResult};
 use crate::event::EventStatus;
-use crate::store::{InboxStore, StatusCounts};
+use crate::store::{InboxStore, ParkedSummary, StatusCounts};
 use crate::transport::{GroupStats, Transport};
 use chrono::{DateTime, Utc};
 use std::time::Duration;
@@ -11,8 +12,16 @@ use std::time::Duration;
 /// The inbox at one moment.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct InboxStatus {
+    /// The consumer group that owns the inbox table; `None` until a consumer has started on it.
+    pub owner: Option<String>,
     /// Rows in each status.
     pub counts: StatusCounts,
+    /// Rows in each status per stream they were read from, ordered by stream; `None` holds the
+    /// rows that record no stream (stored before eventflow recorded it, or by another writer).
+    pub by_stream: Vec<(Option<String>, StatusCounts)>,
+    /// Aggregates parked behind a dead letter (per-aggregate order), and the oldest event
+    /// waiting behind one.
+    pub parked: ParkedSummary,
     /// `received_at` of the oldest pending row.
     pub oldest_pending: Option<DateTime<Utc>>,
     /// `received_at` of the oldest failed row (waiting for a retry).
@@ -31,6 +40,12 @@ impl InboxStatus {
     pub fn failed_lag(&self) -> Option<Duration> {
         self.oldest_failed.map(|at| age(self.now, at))
     }
+
+    /// How long the oldest event waiting behind a parked aggregate's dead letter has been in
+    /// the inbox: how long an operator has left it parked, at least.
+    pub fn parked_lag(&self) -> Option<Duration> {
+        self.parked.oldest_waiting.map(|at| age(self.now, at))
+    }
 }
 
 /// `now - then`, zero when `then` is ahead (another machine's clock).
@@ -39,10 +54,16 @@ pub(super) fn age(now: DateTime<Utc>, then: DateTime<Utc>) -> Duration {
 }
 
 impl<S: InboxStore> Admin<S> {
-    /// Row counts by status and the age of the oldest pending and failed rows.
+    /// The inbox's owner, row counts by status (in all and per stream), the age of the oldest
+    /// pending and failed rows, and the parked aggregates. Several reads, not one snapshot: on
+    /// a busy inbox the totals and the per-stream counts may differ by the rows that moved
+    /// in between.
     pub fn inbox_status(&self) -> AdminResult<InboxStatus> {
         Ok(InboxStatus {
+            owner: self.store.find_owner()?,
             counts: self.store.count_by_status()?,
+            by_stream: self.store.count_by_stream()?,
+            parked: self.store.parked_summary()?,
             oldest_pending: self.store.oldest_received(EventStatus::Pending)?,
             oldest_failed: self.store.oldest_received(EventStatus::Failed)?,
             now: self.clock.now(),

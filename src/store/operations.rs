@@ -80,6 +80,9 @@ pub struct RowFilter {
     pub received_before: Option<DateTime<Utc>>,
     /// Rows whose `error_message` contains this text (ASCII letters match either case).
     pub error_contains: Option<String>,
+    /// Rows read from this stream (exact). Rows that record no stream (stored before
+    /// eventflow recorded it, or by another writer) match no stream filter.
+    pub stream: Option<String>,
 }
 
 /// An inbox row with what operators did to it.

@@ -12,7 +12,7 @@ use std::time::Duration;
 /// purges, and publishing events by hand.
 ///
 /// Exit codes: 0 ok; 1 the operation failed; 2 usage error; 3 cannot connect to the database
-/// or Redis; 4 not found (a row, an event, or the outbox table).
+/// or Redis; 4 not found (a row, an event, a parked aggregate, or the outbox table).
 #[derive(Debug, Parser)]
 #[command(name = "eventflow", version, after_help = EXIT_CODES)]
 pub struct Cli {
@@ -29,7 +29,7 @@ pub struct Cli {
 
 const EXIT_CODES: &str = "Exit codes:\n  0  ok\n  1  the operation failed\n  2  usage error\n  \
                           3  cannot connect to the database or Redis\n  4  not found (a row, an event, \
-                          or the outbox table)";
+                          a parked aggregate, or the outbox table)";
 
 /// Where the inbox and the stream are.
 #[derive(Debug, Args)]
@@ -73,9 +73,16 @@ pub struct Connection {
     )]
     pub outbox_table: String,
 
-    /// The stream (for `status` and `publish`).
-    #[arg(long, env = "EVENTFLOW_STREAM", global = true)]
-    pub stream: Option<String>,
+    /// The stream (for `status` and `publish`). `status` takes several, comma-separated or
+    /// with the flag repeated, and shows each one's pending entries and lag; `publish` takes one.
+    #[arg(
+        long,
+        env = "EVENTFLOW_STREAM",
+        global = true,
+        value_delimiter = ',',
+        value_name = "STREAM[,STREAM...]"
+    )]
+    pub stream: Vec<String>,
 
     /// The consumer group (for `status`).
     #[arg(long, env = "EVENTFLOW_GROUP", global = true)]
@@ -95,8 +102,8 @@ pub enum Command {
         #[arg(long)]
         outbox: bool,
     },
-    /// Inbox counts by status and lag, the consumer group's pending entries and lag, and the
-    /// outbox backlog.
+    /// The inbox's owner, counts by status (in all and per stream) and lag, parked aggregates,
+    /// the consumer group's pending entries and lag on each --stream, and the outbox backlog.
     Status,
     /// Events whose handling was given up on.
     #[command(subcommand)]
@@ -104,6 +111,11 @@ pub enum Command {
     /// Stream entries that did not parse into events.
     #[command(subcommand)]
     Quarantine(Quarantine),
+    /// Aggregates whose later events wait behind a dead letter (consumers with per-aggregate
+    /// order). Release one by skipping its dead letter, or requeue the dead letter with
+    /// `dead-letters requeue`.
+    #[command(subcommand)]
+    Parked(Parked),
     /// The outbox table: rows by status, dead letters requeued, published rows purged. Exit
     /// code 4 when the table does not exist.
     #[command(subcommand)]
@@ -148,14 +160,14 @@ pub enum DeadLetters {
         clap::ArgGroup::new("which")
             .required(true)
             .multiple(true)
-            .args(["key", "all", "event_type", "error", "since", "until"])
+            .args(["key", "all", "event_type", "error", "since", "until", "from_stream"])
     ))]
     Requeue {
         /// Event id or row id of one dead letter.
-        #[arg(conflicts_with_all = ["all", "event_type", "error", "since", "until"])]
+        #[arg(conflicts_with_all = ["all", "event_type", "error", "since", "until", "from_stream"])]
         key: Option<String>,
         /// Every dead letter.
-        #[arg(long, conflicts_with_all = ["event_type", "error", "since", "until"])]
+        #[arg(long, conflicts_with_all = ["event_type", "error", "since", "until", "from_stream"])]
         all: bool,
         #[command(flatten)]
         filter: RowFilterArgs,
@@ -177,6 +189,10 @@ pub struct RowFilterArgs {
     /// Only rows received before this time: RFC 3339, or an age such as `30m` (ago).
     #[arg(long, value_parser = parse_time)]
     pub until: Option<DateTime<Utc>>,
+    /// Only rows read from this stream. (Not `--stream`: that one names the streams `status`
+    /// reads, often from EVENTFLOW_STREAM, and must not filter silently.)
+    #[arg(long, value_name = "STREAM")]
+    pub from_stream: Option<String>,
 }
 
 impl RowFilterArgs {
@@ -185,6 +201,7 @@ impl RowFilterArgs {
             && self.error.is_none()
             && self.since.is_none()
             && self.until.is_none()
+            && self.from_stream.is_none()
     }
 }
 
@@ -197,6 +214,42 @@ pub struct PageArgs {
     /// Continue after this cursor (printed at the end of a full page).
     #[arg(long, value_parser = |s: &str| s.parse::<Cursor>())]
     pub after: Option<Cursor>,
+}
+
+/// `parked ...`
+#[derive(Debug, Subcommand)]
+pub enum Parked {
+    /// List parked aggregates, by aggregate id, with the dead letter holding each back.
+    List {
+        /// Most aggregates to list.
+        #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+        limit: u32,
+        /// Continue after this aggregate id (printed at the end of a full page).
+        #[arg(long, value_name = "AGGREGATE_ID")]
+        after: Option<uuid::Uuid>,
+    },
+    /// Show one parked aggregate: its dead letter and what waits behind it. Exit code 4 when
+    /// it is not parked.
+    Show {
+        /// The aggregate id.
+        aggregate_id: uuid::Uuid,
+    },
+    /// Release a parked aggregate by skipping the dead letter that holds it back (it stays a
+    /// dead letter, marked skipped), or skip one dead letter by --event-id. The waiting events
+    /// are handled on the workers' next poll. Exit code 4 when the aggregate is not parked or
+    /// the event is unknown.
+    #[command(group(
+        clap::ArgGroup::new("which")
+            .required(true)
+            .args(["aggregate_id", "event_id"])
+    ))]
+    Skip {
+        /// The parked aggregate's id.
+        aggregate_id: Option<uuid::Uuid>,
+        /// Skip this dead letter instead (event id or row id).
+        #[arg(long, value_name = "EVENT_ID")]
+        event_id: Option<String>,
+    },
 }
 
 /// `quarantine ...`

@@ -4,7 +4,7 @@ use super::cli::{Cli, Command};
 use super::connect::{open_database, open_outbox, Database};
 use super::output::{self, progress};
 use super::text::format_age;
-use super::{dead_letters, outbox, publish, quarantine, status, Failure};
+use super::{dead_letters, outbox, parked, publish, quarantine, status, Failure};
 use eventflow::admin::Admin;
 use eventflow::store::InboxStore;
 use serde_json::json;
@@ -60,6 +60,7 @@ fn with_store<S: InboxStore>(cli: &Cli, admin: &Admin<S>, kind: &str) -> Result<
         Command::Status => status::run(cli, admin, kind),
         Command::DeadLetters(command) => dead_letters::run(cli, admin, command),
         Command::Quarantine(command) => quarantine::run(cli, admin, command),
+        Command::Parked(command) => parked::run(cli, admin, command),
         Command::Purge { older_than } => {
             let bar = progress(cli.json, "deleted");
             let deleted = admin.purge_processed(*older_than, &mut |so_far| {

@@ -6,7 +6,7 @@ use super::text::{cut, format_time};
 use super::Failure;
 use eventflow::admin::Admin;
 use eventflow::store::{InboxRecord, InboxStore, Page, RowFilter};
-use eventflow::EventStatus;
+use eventflow::{EventStatus, InboxRow};
 use serde_json::{json, Value};
 
 pub fn run<S: InboxStore>(
@@ -45,7 +45,7 @@ pub fn run<S: InboxStore>(
             if !all && filter.is_empty() {
                 return Err(Failure::Usage(
                     "say which dead letters to requeue: an event id, filters \
-                     (--event-type, --error, --since, --until), or --all"
+                     (--event-type, --error, --since, --until, --from-stream), or --all"
                         .into(),
                 ));
             }
@@ -72,6 +72,7 @@ fn row_filter(args: &RowFilterArgs) -> RowFilter {
         error_contains: args.error.clone(),
         received_from: args.since,
         received_before: args.until,
+        stream: args.from_stream.clone(),
         ..RowFilter::default()
     }
 }
@@ -121,8 +122,17 @@ fn list<S: InboxStore>(
     Ok(())
 }
 
-fn row_json(record: &InboxRecord) -> Value {
-    let row = &record.row;
+/// A row as `--json` prints it, with what operators did to it.
+pub fn row_json(record: &InboxRecord) -> Value {
+    let mut json = inbox_row_json(&record.row);
+    json["replay_count"] = record.replay_count.into();
+    json["last_replayed_at"] = json!(record.last_replayed_at);
+    json["cursor"] = record.cursor().to_string().into();
+    json
+}
+
+/// A row's own columns as `--json` prints them.
+pub fn inbox_row_json(row: &InboxRow) -> Value {
     json!({
         "id": row.id,
         "event_id": row.event.event_id,
@@ -132,6 +142,7 @@ fn row_json(record: &InboxRecord) -> Value {
         "correlation_id": row.event.correlation_id,
         "causation_id": row.event.causation_id,
         "payload": row.event.payload,
+        "stream": row.stream,
         "stream_id": row.stream_id,
         "status": row.status.as_str(),
         "retry_count": row.retry_count,
@@ -141,13 +152,11 @@ fn row_json(record: &InboxRecord) -> Value {
         "next_retry_at": row.next_retry_at,
         "error_message": row.error_message,
         "last_error_at": row.last_error_at,
-        "replay_count": record.replay_count,
-        "last_replayed_at": record.last_replayed_at,
-        "cursor": record.cursor().to_string(),
     })
 }
 
-fn print_row(record: &InboxRecord) {
+/// A row as `show` prints it, one field a line, then the payload.
+pub fn print_row(record: &InboxRecord) {
     let row = &record.row;
     let time = |at: Option<chrono::DateTime<chrono::Utc>>| {
         at.map(format_time).unwrap_or_else(|| "-".into())
@@ -170,6 +179,7 @@ fn print_row(record: &InboxRecord) {
             "causation id",
             row.event.causation_id.clone().unwrap_or_else(|| "-".into()),
         ),
+        ("stream", row.stream.clone().unwrap_or_else(|| "-".into())),
         ("stream id", row.stream_id.clone()),
         ("received", format_time(row.received_at)),
         ("processed", time(row.processed_at)),

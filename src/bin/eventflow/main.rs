@@ -2,7 +2,8 @@
 //! [`eventflow::admin`]: parsing arguments, opening connections, printing results.
 //!
 //! Exit codes: 0 ok; 1 the operation failed; 2 usage error (bad arguments or input); 3 cannot
-//! connect to the database or Redis; 4 not found (a row, an event, or the outbox table).
+//! connect to the database or Redis; 4 not found (a row, an event, a parked aggregate, or the
+//! outbox table).
 //! Errors go to standard error, with any password from the connection settings replaced by
 //! `***`.
 
@@ -12,6 +13,7 @@ mod connect;
 mod dead_letters;
 mod outbox;
 mod output;
+mod parked;
 mod publish;
 mod quarantine;
 mod redact;

@@ -10,10 +10,19 @@ use std::io::Read;
 use std::path::Path;
 
 pub fn run(cli: &Cli, inline: Option<&str>, file: Option<&Path>) -> Result<(), Failure> {
-    let Some(stream) = &cli.connection.stream else {
-        return Err(Failure::Usage(
-            "publish needs the stream: pass --stream or set EVENTFLOW_STREAM".into(),
-        ));
+    let stream = match cli.connection.stream.as_slice() {
+        [stream] => stream,
+        [] => {
+            return Err(Failure::Usage(
+                "publish needs the stream: pass --stream or set EVENTFLOW_STREAM".into(),
+            ))
+        }
+        several => {
+            return Err(Failure::Usage(format!(
+                "publish adds to one stream; --stream names {}: pass just one",
+                several.join(", ")
+            )))
+        }
     };
     let text = match (inline, file) {
         (Some("-"), _) => {

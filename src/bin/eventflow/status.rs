@@ -1,4 +1,5 @@
-//! `eventflow status`: the inbox, the stream and the outbox at a glance.
+//! `eventflow status`: the inbox (its owner, counts in all and per stream, parked aggregates),
+//! the streams and the outbox at a glance.
 
 use super::cli::Cli;
 use super::connect::{open_outbox, open_redis};
@@ -8,15 +9,13 @@ use super::text::format_age;
 use super::Failure;
 use eventflow::admin::{stream_status, Admin, AdminError, InboxStatus, OutboxState};
 use eventflow::store::outbox::OutboxStatus;
-use eventflow::store::InboxStore;
+use eventflow::store::{InboxStore, StatusCounts};
 use eventflow::transport::{GroupStats, TransportError};
 use eventflow::EventStatus;
 use serde_json::{json, Value};
 
-/// What the stream section found.
+/// What the stream section found for one stream.
 enum Stream {
-    /// No --stream/--group given.
-    NotConfigured,
     Stats {
         stream: String,
         group: String,
@@ -36,71 +35,111 @@ enum Stream {
 pub fn run<S: InboxStore>(cli: &Cli, admin: &Admin<S>, kind: &str) -> Result<(), Failure> {
     let inbox = admin.inbox_status()?;
     let outbox = open_outbox(&cli.connection, false)?.status()?;
-    let stream = stream_section(cli)?;
+    let streams = stream_section(cli)?;
     if cli.json {
+        let streams_json: Vec<Value> = streams.iter().map(stream_json).collect();
         output::json(&json!({
             "inbox": inbox_json(&inbox, &cli.connection.table, kind),
-            "stream": stream_json(&stream),
+            // The first stream alone, as before several were shown; scripts reading one
+            // stream keep working. `streams` has them all.
+            "stream": streams_json.first().cloned().unwrap_or(Value::Null),
+            "streams": streams_json,
             "outbox": outbox_json(&outbox),
         }));
     } else {
         let url = cli.connection.database_url.as_deref().unwrap_or_default();
         print_inbox(&inbox, &cli.connection.table, kind, url);
-        print_stream(&stream);
+        print_streams(&streams);
         print_outbox(&outbox);
     }
-    match stream {
-        // Printed above; the exit code says the stream could not be read.
-        Stream::Failed { error, .. } => Err(Failure::Admin(error)),
-        _ => Ok(()),
+    // Printed above; the exit code says a stream could not be read.
+    match streams.into_iter().find_map(|stream| match stream {
+        Stream::Failed { error, .. } => Some(error),
+        _ => None,
+    }) {
+        Some(error) => Err(Failure::Admin(error)),
+        None => Ok(()),
     }
 }
 
-fn stream_section(cli: &Cli) -> Result<Stream, Failure> {
-    let (Some(stream), Some(group)) = (&cli.connection.stream, &cli.connection.group) else {
-        return Ok(Stream::NotConfigured);
+/// Each `--stream`'s group stats; none without `--group`.
+fn stream_section(cli: &Cli) -> Result<Vec<Stream>, Failure> {
+    let Some(group) = &cli.connection.group else {
+        return Ok(Vec::new());
     };
-    let (stream, group) = (stream.clone(), group.clone());
+    if cli.connection.stream.is_empty() {
+        return Ok(Vec::new());
+    }
     let redis = open_redis(&cli.connection)?;
-    Ok(match stream_status(&redis, &stream, &group) {
-        Ok(stats) => Stream::Stats {
-            stream,
-            group,
-            stats,
-        },
-        Err(AdminError::Transport(TransportError::NoGroup { .. })) => {
-            Stream::NoGroup { stream, group }
-        }
-        Err(error) => Stream::Failed {
-            stream,
-            group,
-            error,
-        },
-    })
+    Ok(cli
+        .connection
+        .stream
+        .iter()
+        .map(|stream| {
+            let (stream, group) = (stream.clone(), group.clone());
+            match stream_status(&redis, &stream, &group) {
+                Ok(stats) => Stream::Stats {
+                    stream,
+                    group,
+                    stats,
+                },
+                Err(AdminError::Transport(TransportError::NoGroup { .. })) => {
+                    Stream::NoGroup { stream, group }
+                }
+                Err(error) => Stream::Failed {
+                    stream,
+                    group,
+                    error,
+                },
+            }
+        })
+        .collect())
+}
+
+/// Counts by status as a JSON object, every status present.
+fn counts_json(counts: &StatusCounts) -> Value {
+    let counts: serde_json::Map<String, Value> = EventStatus::ALL
+        .iter()
+        .map(|status| (status.as_str().to_string(), counts.get(*status).into()))
+        .collect();
+    Value::Object(counts)
 }
 
 fn inbox_json(inbox: &InboxStatus, table: &str, kind: &str) -> Value {
-    let counts: serde_json::Map<String, Value> = EventStatus::ALL
+    let by_stream: Vec<Value> = inbox
+        .by_stream
         .iter()
-        .map(|status| {
-            (
-                status.as_str().to_string(),
-                inbox.counts.get(*status).into(),
-            )
+        .map(|(stream, counts)| {
+            json!({
+                "stream": stream,
+                "counts": counts_json(counts),
+                "total": counts.total(),
+            })
         })
         .collect();
     json!({
         "table": table,
         "database": kind,
-        "counts": counts,
+        "owner": inbox.owner,
+        "counts": counts_json(&inbox.counts),
         "total": inbox.counts.total(),
         "oldest_pending_age_seconds": inbox.pending_lag().map(|age| age.as_secs()),
         "oldest_failed_age_seconds": inbox.failed_lag().map(|age| age.as_secs()),
+        "by_stream": by_stream,
+        "parked": {
+            "aggregates": inbox.parked.aggregates,
+            "oldest_waiting_at": inbox.parked.oldest_waiting,
+            "oldest_waiting_age_seconds": inbox.parked_lag().map(|age| age.as_secs()),
+        },
     })
 }
 
 fn print_inbox(inbox: &InboxStatus, table: &str, kind: &str, url: &str) {
     println!("inbox: {table} ({kind} at {})", redacted(url));
+    match &inbox.owner {
+        Some(owner) => println!("  owner: consumer group {owner}"),
+        None => println!("  owner: no owner yet (the first consumer to start adopts the table)"),
+    }
     let mut rows = Table::new(&["  STATUS", "ROWS", "OLDEST"]);
     for status in EventStatus::ALL {
         let oldest = match status {
@@ -122,11 +161,50 @@ fn print_inbox(inbox: &InboxStatus, table: &str, kind: &str, url: &str) {
         String::new(),
     ]);
     rows.print();
+    print_by_stream(&inbox.by_stream);
+    let parked = match inbox.parked.aggregates {
+        0 => "none".to_string(),
+        1 => "1 aggregate".to_string(),
+        n => format!("{n} aggregates"),
+    };
+    match inbox.parked_lag() {
+        _ if inbox.parked.aggregates == 0 => println!("  parked: none"),
+        Some(age) => println!(
+            "  parked: {parked}, the oldest waiting event {} ago (`eventflow parked list`)",
+            format_age(age)
+        ),
+        None => println!("  parked: {parked}, no events waiting yet (`eventflow parked list`)"),
+    }
+}
+
+/// Counts per stream, one line each; only worth a table when rows came from somewhere.
+fn print_by_stream(by_stream: &[(Option<String>, StatusCounts)]) {
+    if by_stream.is_empty() {
+        return;
+    }
+    let mut rows = Table::new(&[
+        "  STREAM",
+        "PENDING",
+        "FAILED",
+        "DEAD_LETTER",
+        "PROCESSED",
+        "TOTAL",
+    ]);
+    for (stream, counts) in by_stream {
+        rows.row(vec![
+            format!("  {}", stream.as_deref().unwrap_or("(none)")),
+            counts.get(EventStatus::Pending).to_string(),
+            counts.get(EventStatus::Failed).to_string(),
+            counts.get(EventStatus::DeadLetter).to_string(),
+            counts.get(EventStatus::Processed).to_string(),
+            counts.total().to_string(),
+        ]);
+    }
+    rows.print();
 }
 
 fn stream_json(stream: &Stream) -> Value {
     match stream {
-        Stream::NotConfigured => Value::Null,
         Stream::Stats {
             stream,
             group,
@@ -154,11 +232,17 @@ fn stream_json(stream: &Stream) -> Value {
     }
 }
 
+fn print_streams(streams: &[Stream]) {
+    if streams.is_empty() {
+        println!("stream: not shown (give --stream and --group, or EVENTFLOW_STREAM and EVENTFLOW_GROUP)");
+    }
+    for stream in streams {
+        print_stream(stream);
+    }
+}
+
 fn print_stream(stream: &Stream) {
     match stream {
-        Stream::NotConfigured => {
-            println!("stream: not shown (give --stream and --group, or EVENTFLOW_STREAM and EVENTFLOW_GROUP)")
-        }
         Stream::Stats {
             stream,
             group,

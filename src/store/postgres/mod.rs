@@ -664,6 +664,7 @@ struct FilterArgs<'a> {
     error_contains: Option<&'a str>,
     after_at: Option<DateTime<Utc>>,
     after_id: Option<Uuid>,
+    stream: Option<&'a str>,
 }
 
 impl<'a> FilterArgs<'a> {
@@ -678,6 +679,7 @@ impl<'a> FilterArgs<'a> {
             error_contains: filter.error_contains.as_deref(),
             after_at: after.map(|c| c.received_at),
             after_id: after.map(|c| c.id),
+            stream: filter.stream.as_deref(),
         }
     }
 
@@ -692,6 +694,7 @@ impl<'a> FilterArgs<'a> {
             &self.error_contains,
             &self.after_at,
             &self.after_id,
+            &self.stream,
         ]
     }
 }

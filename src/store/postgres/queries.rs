@@ -48,34 +48,30 @@ fn holds_back(p: &str, park: &str) -> String {
     )
 }
 
-/// The row filter's conditions, on parameters `$p` to `$p + 8` (see `row_filter_params`):
-/// status, id, event id, event type, received from, received before, error text, and the
-/// cursor's time and id. An unset parameter (null) matches everything.
+/// The row filter's conditions, on parameters `$p` to `$p + 9` (see `FilterArgs::params`):
+/// status, id, event id, event type, received from, received before, error text, the cursor's
+/// time and id, and the stream. An unset parameter (null) matches everything.
 fn row_filter(p: usize) -> String {
+    let n = |offset: usize| p + offset;
     format!(
         "(${p}::varchar IS NULL OR status = ${p}) \
-         AND (${}::uuid IS NULL OR id = ${}) \
-         AND (${}::varchar IS NULL OR event_id = ${}) \
-         AND (${}::varchar IS NULL OR event_type = ${}) \
-         AND (${}::timestamptz IS NULL OR received_at >= ${}) \
-         AND (${}::timestamptz IS NULL OR received_at < ${}) \
-         AND (${}::text IS NULL OR strpos(lower(coalesce(error_message, '')), lower(${})) > 0) \
-         AND (${}::timestamptz IS NULL OR (received_at, id) > (${}, ${}::uuid))",
-        p + 1,
-        p + 1,
-        p + 2,
-        p + 2,
-        p + 3,
-        p + 3,
-        p + 4,
-        p + 4,
-        p + 5,
-        p + 5,
-        p + 6,
-        p + 6,
-        p + 7,
-        p + 7,
-        p + 8
+         AND (${id}::uuid IS NULL OR id = ${id}) \
+         AND (${event_id}::varchar IS NULL OR event_id = ${event_id}) \
+         AND (${event_type}::varchar IS NULL OR event_type = ${event_type}) \
+         AND (${from}::timestamptz IS NULL OR received_at >= ${from}) \
+         AND (${before}::timestamptz IS NULL OR received_at < ${before}) \
+         AND (${error}::text IS NULL OR strpos(lower(coalesce(error_message, '')), lower(${error})) > 0) \
+         AND (${after_at}::timestamptz IS NULL OR (received_at, id) > (${after_at}, ${after_id}::uuid)) \
+         AND (${stream}::varchar IS NULL OR stream = ${stream})",
+        id = n(1),
+        event_id = n(2),
+        event_type = n(3),
+        from = n(4),
+        before = n(5),
+        error = n(6),
+        after_at = n(7),
+        after_id = n(8),
+        stream = n(9),
     )
 }
 
@@ -156,7 +152,7 @@ impl Queries {
             ),
             list_rows: format!(
                 "SELECT {COLUMNS}, replay_count, last_replayed_at FROM {t} WHERE {} \
-                 ORDER BY received_at, id LIMIT $10",
+                 ORDER BY received_at, id LIMIT $11",
                 row_filter(1)
             ),
             // Sorted, so two readers storing overlapping aggregates take the locks in one order
@@ -224,9 +220,9 @@ impl Queries {
             // row is requeued once even when two operators run the same command.
             requeue_dead_letters: format!(
                 "WITH picked AS (SELECT id FROM {t} WHERE status = 'dead_letter' AND {} \
-                 ORDER BY received_at, id LIMIT $10 FOR UPDATE) \
+                 ORDER BY received_at, id LIMIT $11 FOR UPDATE) \
                  UPDATE {t} AS t SET status = 'pending', retry_count = 0, next_retry_at = NULL, \
-                 replay_count = t.replay_count + 1, last_replayed_at = $11, skipped_at = NULL \
+                 replay_count = t.replay_count + 1, last_replayed_at = $12, skipped_at = NULL \
                  FROM picked WHERE t.id = picked.id RETURNING t.received_at, t.id",
                 row_filter(1)
             ),

@@ -663,7 +663,7 @@ impl InboxStore for SqliteStore {
     }
 }
 
-/// A [`RowFilter`] and a cursor as the parameters `?1` to `?9` of the row filter's conditions.
+/// A [`RowFilter`] and a cursor as the parameters `?1` to `?10` of the row filter's conditions.
 fn filter_args(filter: &RowFilter, after: Option<&Cursor>) -> Vec<rusqlite::types::Value> {
     use rusqlite::types::Value;
     let text = |value: Option<String>| value.map_or(Value::Null, Value::Text);
@@ -677,6 +677,7 @@ fn filter_args(filter: &RowFilter, after: Option<&Cursor>) -> Vec<rusqlite::type
         text(filter.error_contains.clone()),
         text(after.map(|c| ts(c.received_at))),
         text(after.map(|c| c.id.to_string())),
+        text(filter.stream.clone()),
     ]
 }
 

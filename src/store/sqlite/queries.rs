@@ -30,12 +30,15 @@ pub(super) struct Queries {
     pub skip_dead_letter: String,
 }
 
-/// The row filter's conditions on `?1` to `?9`, as `filter_args` binds them; null matches all.
+/// The row filter's conditions on `?1` to `?10`, as `filter_args` binds them: status, id, event
+/// id, event type, received from, received before, error text, the cursor's time and id, and
+/// the stream. Null matches all.
 const ROW_FILTER: &str = "(?1 IS NULL OR status = ?1) AND (?2 IS NULL OR id = ?2) \
      AND (?3 IS NULL OR event_id = ?3) AND (?4 IS NULL OR event_type = ?4) \
      AND (?5 IS NULL OR received_at >= ?5) AND (?6 IS NULL OR received_at < ?6) \
      AND (?7 IS NULL OR instr(lower(coalesce(error_message, '')), lower(?7)) > 0) \
-     AND (?8 IS NULL OR (received_at, id) > (?8, ?9))";
+     AND (?8 IS NULL OR (received_at, id) > (?8, ?9)) \
+     AND (?10 IS NULL OR stream = ?10)";
 
 impl Queries {
     pub fn new(t: &str) -> Self {
@@ -87,14 +90,14 @@ impl Queries {
             ),
             list_rows: format!(
                 "SELECT {COLUMNS}, replay_count, last_replayed_at FROM {t} WHERE {ROW_FILTER} \
-                 ORDER BY received_at, id LIMIT ?10"
+                 ORDER BY received_at, id LIMIT ?11"
             ),
             oldest_received: format!("SELECT min(received_at) FROM {t} WHERE status = ?1"),
             requeue_dead_letters: format!(
                 "UPDATE {t} SET status = 'pending', retry_count = 0, next_retry_at = NULL, \
-                 replay_count = replay_count + 1, last_replayed_at = ?11, skipped_at = NULL \
+                 replay_count = replay_count + 1, last_replayed_at = ?12, skipped_at = NULL \
                  WHERE id IN (SELECT id FROM {t} WHERE status = 'dead_letter' AND {ROW_FILTER} \
-                 ORDER BY received_at, id LIMIT ?10) RETURNING received_at, id"
+                 ORDER BY received_at, id LIMIT ?11) RETURNING received_at, id"
             ),
             list_quarantined_matching: format!(
                 "SELECT {QUARANTINE_COLUMNS} FROM {t}_quarantine \
