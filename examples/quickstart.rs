@@ -1,5 +1,6 @@
-//! eventflow's main job in one run: events are produced to a stream, stored in the inbox, and
-//! handled exactly once by a worker pool, each handler writing in the row's transaction.
+//! eventflow's main job in one run: events are produced to two streams, stored in one inbox
+//! table, routed by event type to typed handlers and handled exactly once by a worker pool, each
+//! handler writing in the row's transaction, each order's events in order.
 //!
 //! With no servers configured it runs on the embedded default: a SQLite file and the in-process
 //! stream. Set `EVENTFLOW_REDIS_URL` and/or `EVENTFLOW_DATABASE_URL` (a PostgreSQL URL) to use
@@ -12,7 +13,7 @@
 //! ```
 
 use eventflow::transport::{MemoryStream, RedisStreams, Transport};
-use eventflow::{ConsumerHandle, Event, HandlerError, HandlerResult, InboxConsumer, InboxRow};
+use eventflow::{ConsumerHandle, Event, HandlerResult, InboxConsumer, InboxRow};
 use serde::Deserialize;
 use serde_json::json;
 use std::error::Error;
@@ -20,14 +21,27 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tracing_subscriber::EnvFilter;
 
-const STREAM: &str = "eventflow-quickstart";
+const ORDERS_STREAM: &str = "eventflow-quickstart-orders";
+const CUSTOMERS_STREAM: &str = "eventflow-quickstart-customers";
 const GROUP: &str = "order-service";
 const ORDERS: usize = 10;
+const PAID: usize = 5;
+const CUSTOMERS: usize = 3;
 
 #[derive(Deserialize)]
 struct OrderCreated {
     order_id: String,
     amount_cents: i64,
+}
+
+#[derive(Deserialize)]
+struct OrderPaid {
+    order_id: String,
+}
+
+#[derive(Deserialize)]
+struct CustomerRegistered {
+    email: String,
 }
 
 fn main() -> Result<(), Box<dyn Error>> {
@@ -47,27 +61,53 @@ fn main() -> Result<(), Box<dyn Error>> {
             Arc::new(MemoryStream::new())
         }
     };
+    // Two streams into one inbox table, a handler per event type, and each order's events
+    // handled one at a time, in order (an order is paid only after it is created).
     let consumer = InboxConsumer::builder().transport(transport.clone());
     let handle = match std::env::var("EVENTFLOW_DATABASE_URL") {
         Ok(url) => {
             println!("inbox: PostgreSQL (EVENTFLOW_DATABASE_URL)");
             let mut client = postgres::Client::connect(&url, postgres::NoTls)?;
             client.batch_execute(
-                "CREATE TABLE IF NOT EXISTS quickstart_orders (order_id TEXT PRIMARY KEY, amount_cents BIGINT)",
+                "CREATE TABLE IF NOT EXISTS quickstart_orders \
+                 (order_id TEXT PRIMARY KEY, amount_cents BIGINT, paid BOOLEAN NOT NULL DEFAULT false); \
+                 CREATE TABLE IF NOT EXISTS quickstart_customers (email TEXT PRIMARY KEY)",
             )?;
             consumer
                 .postgres(url)
-                .stream(STREAM)
+                .streams([ORDERS_STREAM, CUSTOMERS_STREAM])
                 .group(GROUP)
-                .handler(|tx, row| -> HandlerResult {
-                    let order = parse(row)?;
+                .ordered(true)
+                .route_typed("OrderCreated", |tx, row, order: OrderCreated| -> HandlerResult {
                     tx.execute(
                         "INSERT INTO quickstart_orders (order_id, amount_cents) VALUES ($1, $2)",
                         &[&order.order_id, &order.amount_cents],
                     )?;
-                    announce(row, &order);
+                    announce(row, &order.order_id);
                     Ok(())
                 })
+                .route_typed("OrderPaid", |tx, row, paid: OrderPaid| -> HandlerResult {
+                    let updated = tx.execute(
+                        "UPDATE quickstart_orders SET paid = true WHERE order_id = $1",
+                        &[&paid.order_id],
+                    )?;
+                    if updated != 1 {
+                        return Err(format!("order {} does not exist", paid.order_id).into());
+                    }
+                    announce(row, &paid.order_id);
+                    Ok(())
+                })
+                .route_typed(
+                    "CustomerRegistered",
+                    |tx, row, customer: CustomerRegistered| -> HandlerResult {
+                        tx.execute(
+                            "INSERT INTO quickstart_customers (email) VALUES ($1) ON CONFLICT DO NOTHING",
+                            &[&customer.email],
+                        )?;
+                        announce(row, &customer.email);
+                        Ok(())
+                    },
+                )
                 .build()?
                 .start()?
         }
@@ -81,85 +121,117 @@ fn main() -> Result<(), Box<dyn Error>> {
             );
             let db = rusqlite::Connection::open(&path)?;
             db.execute_batch(
-                "CREATE TABLE IF NOT EXISTS quickstart_orders (order_id TEXT PRIMARY KEY, amount_cents INTEGER)",
+                "CREATE TABLE IF NOT EXISTS quickstart_orders \
+                 (order_id TEXT PRIMARY KEY, amount_cents INTEGER, paid INTEGER NOT NULL DEFAULT 0); \
+                 CREATE TABLE IF NOT EXISTS quickstart_customers (email TEXT PRIMARY KEY)",
             )?;
             consumer
                 .sqlite(path)
-                .stream(STREAM)
+                .streams([ORDERS_STREAM, CUSTOMERS_STREAM])
                 .group(GROUP)
-                .handler(|tx, row| -> HandlerResult {
-                    let order = parse(row)?;
+                .ordered(true)
+                .route_typed("OrderCreated", |tx, row, order: OrderCreated| -> HandlerResult {
                     tx.execute(
                         "INSERT INTO quickstart_orders (order_id, amount_cents) VALUES (?1, ?2)",
                         rusqlite::params![order.order_id, order.amount_cents],
                     )?;
-                    announce(row, &order);
+                    announce(row, &order.order_id);
                     Ok(())
                 })
+                .route_typed("OrderPaid", |tx, row, paid: OrderPaid| -> HandlerResult {
+                    let updated = tx.execute(
+                        "UPDATE quickstart_orders SET paid = 1 WHERE order_id = ?1",
+                        [&paid.order_id],
+                    )?;
+                    if updated != 1 {
+                        return Err(format!("order {} does not exist", paid.order_id).into());
+                    }
+                    announce(row, &paid.order_id);
+                    Ok(())
+                })
+                .route_typed(
+                    "CustomerRegistered",
+                    |tx, row, customer: CustomerRegistered| -> HandlerResult {
+                        tx.execute(
+                            "INSERT INTO quickstart_customers (email) VALUES (?1) ON CONFLICT DO NOTHING",
+                            [&customer.email],
+                        )?;
+                        announce(row, &customer.email);
+                        Ok(())
+                    },
+                )
                 .build()?
                 .start()?
         }
     };
     println!(
-        "consumer {} started with 4 workers\n",
+        "consumer {} started with 4 workers, ordered per aggregate\n",
         handle.consumer_name()
     );
 
     produce(transport.as_ref())?;
-    wait_for(&handle, ORDERS as u64 + 1)?;
+    wait_for(&handle, (ORDERS + PAID + CUSTOMERS + 2) as u64)?;
 
     let report = handle.shutdown(Duration::from_secs(10))?;
     let stats = report.stats;
     println!(
         "\nreceived {} entries: {} events handled, {} duplicate skipped, {} malformed entry quarantined, \
-         {} dead-lettered",
+         {} dead-lettered (a payload that is not an OrderCreated, and a type with no route)",
         stats.received, stats.processed, stats.duplicates, stats.quarantined, stats.dead_lettered
     );
-    println!("each order was written once, in the transaction that marked its event processed.");
+    println!(
+        "each event was handled once, in the transaction that marked it processed; each order's \
+         payment after its creation."
+    );
     Ok(())
 }
 
-/// Ten orders, one of them sent twice, one invalid order, and one entry that is not an event.
+/// Orders (one sent twice, one invalid, one of a type nobody routes) and payments on one
+/// stream, an entry that is not an event, and customers on another stream.
 fn produce(transport: &dyn Transport) -> Result<(), Box<dyn Error>> {
     let run = uuid::Uuid::new_v4().simple().to_string();
+    let orders: Vec<(String, uuid::Uuid)> = (1..=ORDERS)
+        .map(|i| (format!("o-{}-{i}", &run[..8]), uuid::Uuid::new_v4()))
+        .collect();
     let mut entries = Vec::new();
-    for i in 1..=ORDERS {
-        let order = json!({ "order_id": format!("o-{}-{i}", &run[..8]), "amount_cents": 1000 * i });
-        let mut event = Event::new("OrderCreated", uuid::Uuid::new_v4(), order);
+    for (i, (order_id, aggregate)) in orders.iter().enumerate() {
+        let payload = json!({ "order_id": order_id, "amount_cents": 1000 * (i + 1) });
+        let mut event = Event::new("OrderCreated", *aggregate, payload);
         event.correlation_id = Some(format!("checkout-{i}"));
         entries.push(event.to_entry_fields());
     }
+    for (order_id, aggregate) in &orders[..PAID] {
+        let paid = Event::new("OrderPaid", *aggregate, json!({ "order_id": order_id }));
+        entries.push(paid.to_entry_fields());
+    }
     entries.push(entries[0].clone()); // a producer retrying its XADD: deduplicated by event_id
-    let invalid = Event::new(
-        "OrderCreated",
-        uuid::Uuid::new_v4(),
-        json!({ "order_id": "o-bad" }),
-    );
-    entries.push(invalid.to_entry_fields()); // no amount: the handler gives up, dead letter
+    let invalid = json!({ "order_id": "o-bad" }); // no amount: not an OrderCreated, dead letter
+    entries.push(Event::new("OrderCreated", uuid::Uuid::new_v4(), invalid).to_entry_fields());
+    let unrouted = Event::new("OrderGiftWrapped", uuid::Uuid::new_v4(), json!({}));
+    entries.push(unrouted.to_entry_fields()); // no route: dead letter, never silently dropped
     entries.push(vec![("data".to_string(), b"{this is not json".to_vec())]); // quarantined
-    let ids = transport.publish_batch(STREAM, &entries)?;
+    let ids = transport.publish_batch(ORDERS_STREAM, &entries)?;
+    println!("produced {} entries to stream {ORDERS_STREAM}", ids.len());
+
+    let customers: Vec<_> = (1..=CUSTOMERS)
+        .map(|i| {
+            let email = json!({ "email": format!("c{i}-{}@example.com", &run[..8]) });
+            Event::new("CustomerRegistered", uuid::Uuid::new_v4(), email).to_entry_fields()
+        })
+        .collect();
+    let ids = transport.publish_batch(CUSTOMERS_STREAM, &customers)?;
     println!(
-        "produced {} entries to stream {STREAM} ({} .. {})",
-        ids.len(),
-        ids[0],
-        ids[ids.len() - 1]
+        "produced {} entries to stream {CUSTOMERS_STREAM}",
+        ids.len()
     );
     Ok(())
 }
 
-fn parse(row: &InboxRow) -> Result<OrderCreated, HandlerError> {
-    row.event
-        .payload_as::<OrderCreated>()
-        .map_err(|error| HandlerError::give_up(format!("not an OrderCreated payload: {error}")))
-}
-
-fn announce(row: &InboxRow, order: &OrderCreated) {
+fn announce(row: &InboxRow, subject: &str) {
     println!(
-        "handled {} {} for {:>6.2} (event {}, stream entry {})",
+        "handled {:<18} {subject} (stream {}, entry {})",
         row.event.event_type,
-        order.order_id,
-        order.amount_cents as f64 / 100.0,
-        row.event.event_id,
+        row.stream.as_deref().unwrap_or("?"),
         row.stream_id
     );
 }
