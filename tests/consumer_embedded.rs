@@ -1459,3 +1459,82 @@ fn retention_is_off_by_default() {
     assert_eq!(report.threads_joined, 6, "no cleaner thread");
     assert_eq!(count(&store, EventStatus::Processed), 1);
 }
+
+#[test]
+fn several_streams_feed_one_table_counted_per_stream_and_owned_by_one_group() {
+    let store = store();
+    let stream = MemoryStream::new();
+    let handle = InboxConsumer::builder()
+        .transport(stream.clone())
+        .store(store.clone())
+        .streams(["orders", "payments"])
+        .group(GROUP)
+        .block(Duration::from_millis(50))
+        .handler(|tx, row| -> HandlerResult {
+            record(tx, row)?;
+            Ok(())
+        })
+        .build()
+        .unwrap()
+        .start()
+        .unwrap();
+    for i in 0..3 {
+        let e = event(&format!("order-{i}"), "OrderCreated");
+        stream.publish("orders", e.to_entry_fields()).unwrap();
+    }
+    for i in 0..2 {
+        let e = event(&format!("payment-{i}"), "PaymentReceived");
+        stream.publish("payments", e.to_entry_fields()).unwrap();
+    }
+    // The same event on the other stream is a duplicate: one table, one handling.
+    let again = event("order-0", "OrderCreated");
+    stream.publish("payments", again.to_entry_fields()).unwrap();
+    assert!(wait_until(WAIT, || handle.stats().processed == 5
+        && handle.stats().duplicates == 1));
+
+    // Another service (group) on the same table is refused; the table stays the first's.
+    let refused = InboxConsumer::builder()
+        .transport(stream.clone())
+        .store(store.clone())
+        .stream("orders")
+        .group("shipping")
+        .handler(|_tx, _row| -> HandlerResult { Ok(()) })
+        .build()
+        .unwrap()
+        .start();
+    assert!(
+        matches!(&refused, Err(Error::TableOwned { owner, group, .. }) if owner == GROUP && group == "shipping"),
+        "{refused:?}"
+    );
+
+    let by_stream = handle.stats_by_stream();
+    let report = handle.shutdown(Duration::from_secs(10)).unwrap();
+    assert_eq!(handled(&store), (5, 5));
+    let get = |name: &str| by_stream.iter().find(|(s, _)| s == name).unwrap().1;
+    assert_eq!((get("orders").received, get("orders").processed), (3, 3));
+    assert_eq!(
+        (
+            get("payments").received,
+            get("payments").processed,
+            get("payments").duplicates
+        ),
+        (3, 2, 1)
+    );
+    assert_eq!(report.stats.processed, 5);
+    let streams = store.count_by_stream().unwrap();
+    let names: Vec<(Option<&str>, u64)> = streams
+        .iter()
+        .map(|(s, counts)| (s.as_deref(), counts.total()))
+        .collect();
+    assert_eq!(names, [(Some("orders"), 3), (Some("payments"), 2)]);
+    assert_eq!(store.find_owner().unwrap().as_deref(), Some(GROUP));
+    assert_eq!(
+        store
+            .find_by_event_id("payment-1")
+            .unwrap()
+            .unwrap()
+            .stream
+            .as_deref(),
+        Some("payments")
+    );
+}

@@ -89,10 +89,10 @@ impl<S: InboxStore> Start for Runtime<S> {
         // Two batches per worker in flight: enough to keep workers busy, small enough that
         // readers wait (and memory stays bounded) when workers fall behind.
         let (work_tx, work_rx) = crossbeam_channel::bounded(settings.workers * 2);
-        let counters = Arc::new(Counters::new(InboxMetrics::new(
+        let counters = Arc::new(Counters::new(
             &settings.streams,
-            &settings.group,
-        )));
+            InboxMetrics::new(&settings.streams, &settings.group),
+        ));
         let heartbeats = Arc::new(Heartbeats::new());
         let stop = Arc::new(AtomicBool::new(false));
         let mut threads = Threads::new(stop.clone());

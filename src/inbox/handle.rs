@@ -208,9 +208,16 @@ impl ConsumerHandle {
         &self.consumer
     }
 
-    /// What the consumer has done so far.
+    /// What the consumer has done so far, over all its streams.
     pub fn stats(&self) -> ConsumerStats {
         self.counters.snapshot()
+    }
+
+    /// What the consumer has done so far, per stream, in the order the streams were given.
+    /// Rows from a stream the consumer does not read (a replayed quarantine entry from another
+    /// stream, rows written by other writers) count in [`stats`](Self::stats) only.
+    pub fn stats_by_stream(&self) -> Vec<(String, ConsumerStats)> {
+        self.counters.snapshot_by_stream()
     }
 
     /// Whether the consumer is live and ready, for liveness and readiness probes: which threads
