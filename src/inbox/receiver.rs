@@ -36,8 +36,9 @@ use std::time::{Duration, Instant};
 use uuid::Uuid;
 
 /// The longest pause between two looks at whether earlier entries are stored yet (ordered
-/// mode): another reader's batch is usually stored within milliseconds.
-const MAX_ORDER_PAUSE: Duration = Duration::from_millis(20);
+/// mode): another reader's batch is usually stored within a few milliseconds, and each look is
+/// one cheap `XPENDING`, so a waiting reader looks often rather than add latency.
+const MAX_ORDER_PAUSE: Duration = Duration::from_millis(5);
 
 pub(crate) struct Reader<S: InboxStore> {
     pub store: Arc<S>,
@@ -203,7 +204,7 @@ impl<S: InboxStore> Reader<S> {
             .id
             .clone();
         let mut later = Vec::new();
-        let mut pause = Duration::from_millis(1);
+        let mut pause = Duration::from_micros(500);
         let mut backoff = Backoff::new();
         loop {
             if self.stopping() {
