@@ -10,6 +10,12 @@
 //! exponential backoff (60 s doubling to 15 min) or dead-letters the event. Malformed entries
 //! are kept in a quarantine table, never dropped.
 //!
+//! A consumer reads any number of streams into its own table (the first consumer group to start
+//! on a table owns it; another group is refused), routes each event type to its own handler
+//! ([`ConsumerBuilder::route_typed`](inbox::ConsumerBuilder::route_typed) deserializes the
+//! payload first), and can handle each aggregate's events one at a time, in order, while other
+//! aggregates go on in parallel ([`ConsumerBuilder::ordered`](inbox::ConsumerBuilder::ordered)).
+//!
 //! Its producer-side twin is the **transactional outbox** ([`outbox`]): `outbox::enqueue` writes
 //! an event in the application's own transaction, and an [`OutboxRelay`] publishes it once that
 //! transaction commits (never if it rolls back), keeping each aggregate's events in order.
