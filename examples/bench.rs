@@ -5,6 +5,7 @@
 //! cargo run --release --example bench -- [--events 20000] [--baseline-events 3000] [--workers 4]
 //!                                         [--readers 2] [--read-batch 500] [--claim-batch 64]
 //!                                         [--rate 2000 (0 skips the paced run)] [--repeat 3]
+//! cargo run --release --example bench -- --ordered [--events 20000] [--rate 1000] [...]
 //! cargo run --release --example bench -- --outbox [--events 20000] [--baseline-events 3000]
 //!                                         [--relay-workers 2] [--relay-batch 500]
 //!                                         [--rate 2000] [--repeat 3]
@@ -21,6 +22,13 @@
 //! committed as processed, with the producer sending as fast as it can; latency from each
 //! event's XADD to the start of its handler.
 //!
+//! **Ordered.** With `--ordered`, the eventflow scenarios spread their events over 1,000
+//! aggregates (each gets `events / 1000`, in a shuffled interleaving; the other scenarios use a
+//! new aggregate per event) and run the one-row-write handler unordered and then with
+//! `.ordered(true)`, same settings; a line under the table gives ordered as a share of
+//! unordered. The paced runs (unordered, then ordered) show the latency to the handler's start.
+//! The ordered runs check that each aggregate's events reach the handler in sending order.
+//!
 //! **Outbox.** Events are enqueued first (transactions of 100, over 1,000 aggregates), then the
 //! relay is started; throughput is measured from `start()` until every row is published. The
 //! baseline is a naive relay: one row claimed per transaction and one XADD per row (statements
@@ -36,12 +44,14 @@ use eventflow::{Event, HandlerResult, InboxConsumer, InboxRow};
 use parking_lot::Mutex;
 use postgres::{Client, NoTls};
 use serde_json::json;
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 struct Options {
     outbox: bool,
+    ordered: bool,
     events: usize,
     baseline_events: usize,
     workers: usize,
@@ -96,21 +106,54 @@ fn main() {
         if options.baseline_events > 0 {
             outcomes.push(repeat(&|| baseline(&options)));
         }
-        outcomes.push(repeat(&|| eventflow_run(&options, false, None)));
-        outcomes.push(repeat(&|| eventflow_run(&options, true, None)));
-        if options.rate > 0 {
-            outcomes.push(eventflow_run(&options, true, Some(options.rate)));
+        if options.ordered {
+            let scenario = |ordered, rate| Scenario {
+                write: true,
+                spread: true,
+                ordered,
+                rate,
+            };
+            outcomes.push(repeat(&|| eventflow_run(&options, scenario(false, None))));
+            outcomes.push(repeat(&|| eventflow_run(&options, scenario(true, None))));
+            if options.rate > 0 {
+                for ordered in [false, true] {
+                    let paced = scenario(ordered, Some(options.rate));
+                    outcomes.push(eventflow_run(&options, paced));
+                }
+            }
+        } else {
+            for write in [false, true] {
+                let flood = Scenario {
+                    write,
+                    ..Scenario::default()
+                };
+                outcomes.push(repeat(&|| eventflow_run(&options, flood)));
+            }
+            if options.rate > 0 {
+                let paced = Scenario {
+                    write: true,
+                    rate: Some(options.rate),
+                    ..Scenario::default()
+                };
+                outcomes.push(eventflow_run(&options, paced));
+            }
         }
     }
 
     let base = outcomes[0].rate();
+    let width = outcomes
+        .iter()
+        .map(|o| o.name.len())
+        .max()
+        .unwrap_or(0)
+        .max(48);
     println!(
-        "\n{:<48} {:>7} {:>8} {:>10} {:>9} {:>9} {:>8}",
+        "\n{:<width$} {:>7} {:>8} {:>10} {:>9} {:>9} {:>8}",
         "scenario", "events", "seconds", "events/s", "p50 ms", "p99 ms", "ratio"
     );
     for outcome in &outcomes {
         println!(
-            "{:<48} {:>7} {:>8.2} {:>10.0} {:>9} {:>9} {:>7.1}x",
+            "{:<width$} {:>7} {:>8.2} {:>10.0} {:>9} {:>9} {:>7.1}x",
             outcome.name,
             outcome.events,
             outcome.elapsed.as_secs_f64(),
@@ -121,6 +164,14 @@ fn main() {
         );
     }
     println!("ratio: events/s relative to the baseline in the first row, same machine, same run");
+    if options.ordered && !options.outbox {
+        // The unordered and ordered floods are the two rows after the baseline (if any).
+        let floods = &outcomes[usize::from(options.baseline_events > 0)..];
+        println!(
+            "ordered / unordered (one-row write, {AGGREGATES} aggregates): {:.0} %",
+            100.0 * floods[1].rate() / floods[0].rate()
+        );
+    }
 }
 
 /// The run with the median rate; the machine is shared with the servers, so single runs vary.
@@ -139,6 +190,7 @@ fn median(mut runs: Vec<Outcome>) -> Outcome {
 fn parse_options() -> Options {
     let mut options = Options {
         outbox: false,
+        ordered: false,
         events: 20_000,
         baseline_events: 3_000,
         workers: 4,
@@ -156,8 +208,9 @@ fn parse_options() -> Options {
     };
     let mut args = std::env::args().skip(1);
     while let Some(flag) = args.next() {
-        if flag == "--outbox" {
-            options.outbox = true;
+        if flag == "--outbox" || flag == "--ordered" {
+            options.outbox |= flag == "--outbox";
+            options.ordered |= flag == "--ordered";
             continue;
         }
         let mut value = || {
@@ -196,10 +249,38 @@ fn unique(prefix: &str) -> String {
     )
 }
 
+/// Aggregates the `--ordered` scenarios (and the outbox scenarios) spread their events over.
+const AGGREGATES: usize = 1_000;
+
+/// The aggregate of each of `n` events: `AGGREGATES` random ids, each given `n / AGGREGATES`
+/// events (one more for the first `n % AGGREGATES`), interleaved in a shuffled order that is the
+/// same in every run (a fixed seed), so repeated runs measure the same workload.
+fn spread_aggregates(n: usize) -> Vec<uuid::Uuid> {
+    let ids: Vec<uuid::Uuid> = (0..AGGREGATES).map(|_| uuid::Uuid::new_v4()).collect();
+    let mut order: Vec<usize> = (0..n).map(|i| i % AGGREGATES).collect();
+    // Fisher-Yates with xorshift64*: no dependency for a shuffle that need not be strong.
+    let mut state: u64 = 0x9E37_79B9_7F4A_7C15;
+    for i in (1..order.len()).rev() {
+        state ^= state >> 12;
+        state ^= state << 25;
+        state ^= state >> 27;
+        let j = (state.wrapping_mul(0x2545_F491_4F6C_DD1D) % (i as u64 + 1)) as usize;
+        order.swap(i, j);
+    }
+    order.into_iter().map(|k| ids[k]).collect()
+}
+
 /// Produces `n` events from another thread, each stamped with its send time: in batches of 100
-/// as fast as possible, or in batches of 10 paced to `rate` events per second. Returns the time
-/// of the first XADD.
-fn produce(redis: &RedisStreams, stream: &str, n: usize, rate: Option<usize>) -> Instant {
+/// as fast as possible, or in batches of 10 paced to `rate` events per second. Event `i` belongs
+/// to `aggregates[i]`, or with none given to an aggregate of its own. Returns the time of the
+/// first XADD.
+fn produce(
+    redis: &RedisStreams,
+    stream: &str,
+    n: usize,
+    rate: Option<usize>,
+    aggregates: Option<Vec<uuid::Uuid>>,
+) -> Instant {
     let started = Instant::now();
     let redis = redis.clone();
     let stream = stream.to_string();
@@ -213,9 +294,12 @@ fn produce(redis: &RedisStreams, stream: &str, n: usize, rate: Option<usize>) ->
             let sent_at = micros_now();
             let entries: Vec<_> = (start..(start + batch).min(n))
                 .map(|i| {
+                    let aggregate = aggregates
+                        .as_ref()
+                        .map_or_else(uuid::Uuid::new_v4, |a| a[i]);
                     let mut event = Event::new(
                         "BenchEvent",
-                        uuid::Uuid::new_v4(),
+                        aggregate,
                         json!({ "sent_at_us": sent_at, "i": i }),
                     );
                     event.event_id = format!("{stream}-{i}");
@@ -276,7 +360,38 @@ fn setup(options: &Options, prefix: &str) -> Setup {
     }
 }
 
-fn eventflow_run(options: &Options, write: bool, rate: Option<usize>) -> Outcome {
+/// One eventflow inbox scenario.
+#[derive(Clone, Copy, Default)]
+struct Scenario {
+    /// The handler inserts a row in the same transaction; else it does nothing.
+    write: bool,
+    /// Events spread over `AGGREGATES` aggregates; else an aggregate per event.
+    spread: bool,
+    /// The consumer runs with `.ordered(true)`.
+    ordered: bool,
+    /// Events per second the producer is paced to; else as fast as it can.
+    rate: Option<usize>,
+}
+
+impl Scenario {
+    fn name(&self, options: &Options) -> String {
+        let mut name = format!(
+            "eventflow{}, {} workers, {} handler",
+            if self.ordered { " ordered" } else { "" },
+            options.workers,
+            if self.write { "one-row write" } else { "no-op" },
+        );
+        if self.spread {
+            name += &format!(", {AGGREGATES} aggregates");
+        }
+        if let Some(rate) = self.rate {
+            name += &format!(", paced {rate}/s");
+        }
+        name
+    }
+}
+
+fn eventflow_run(options: &Options, scenario: Scenario) -> Outcome {
     let Setup {
         table,
         stream,
@@ -285,7 +400,12 @@ fn eventflow_run(options: &Options, write: bool, rate: Option<usize>) -> Outcome
     } = setup(options, "bench");
     let latencies = Arc::new(Mutex::new(Vec::with_capacity(options.events)));
     let seen = latencies.clone();
+    // The last event index each aggregate's handler saw, to check the order ordered mode keeps.
+    let last_seen = Arc::new(Mutex::new(HashMap::<uuid::Uuid, u64>::new()));
+    let out_of_order = Arc::new(AtomicU64::new(0));
+    let (last, disorder) = (last_seen.clone(), out_of_order.clone());
     let insert = format!("INSERT INTO {table}_effects (event_id) VALUES ($1)");
+    let Scenario { write, ordered, .. } = scenario;
     let handle = InboxConsumer::builder()
         .transport(redis.clone())
         .store(store.clone())
@@ -296,8 +416,19 @@ fn eventflow_run(options: &Options, write: bool, rate: Option<usize>) -> Outcome
         .read_batch(options.read_batch)
         .claim_batch(options.claim_batch)
         .block(Duration::from_millis(100))
+        .ordered(ordered)
         .handler(move |tx, row| -> HandlerResult {
             seen.lock().push(latency_of(row));
+            if ordered {
+                let i = row.event.payload["i"].as_u64().unwrap_or(0);
+                // A rolled-back batch runs its handlers again (same index): only an earlier
+                // index after a later one breaks the order.
+                let mut last = last.lock();
+                let previous = last.insert(row.event.aggregate_id, i);
+                if previous.is_some_and(|previous| previous > i) {
+                    disorder.fetch_add(1, Ordering::Relaxed);
+                }
+            }
             if write {
                 let insert = tx.prepare_cached(&insert)?;
                 tx.execute(&insert, &[&row.event.event_id])?;
@@ -308,21 +439,22 @@ fn eventflow_run(options: &Options, write: bool, rate: Option<usize>) -> Outcome
         .unwrap()
         .start()
         .unwrap();
-    let started = produce(&redis, &stream, options.events, rate);
+    let aggregates = scenario.spread.then(|| spread_aggregates(options.events));
+    let started = produce(&redis, &stream, options.events, scenario.rate, aggregates);
     while handle.stats().processed < options.events as u64 {
         std::thread::sleep(Duration::from_micros(500));
     }
     let elapsed = started.elapsed();
     handle.shutdown(Duration::from_secs(30)).unwrap();
     cleanup(options, &table, &stream);
+    let out_of_order = out_of_order.load(Ordering::Relaxed);
+    assert_eq!(
+        out_of_order, 0,
+        "ordered mode handled {out_of_order} events before an earlier one of their aggregate"
+    );
     let latencies_us = std::mem::take(&mut *latencies.lock());
     Outcome {
-        name: format!(
-            "eventflow, {} workers, {} handler{}",
-            options.workers,
-            if write { "one-row write" } else { "no-op" },
-            rate.map(|r| format!(", paced {r}/s")).unwrap_or_default()
-        ),
+        name: scenario.name(options),
         events: options.events,
         elapsed,
         latencies_us,
@@ -421,7 +553,7 @@ fn baseline(options: &Options) -> Outcome {
             }
         }));
     }
-    let started = produce(&redis, &stream, n, None);
+    let started = produce(&redis, &stream, n, None, None);
     while done.load(Ordering::Relaxed) < n as u64 {
         std::thread::sleep(Duration::from_micros(500));
     }
@@ -443,9 +575,6 @@ fn baseline(options: &Options) -> Outcome {
     }
 }
 
-/// Aggregates the outbox scenarios spread their events over.
-const OUTBOX_AGGREGATES: usize = 1_000;
-
 /// A migrated outbox table of its own, the stream its rows go to, and the aggregates.
 struct OutboxSetup {
     table: OutboxTable,
@@ -465,9 +594,7 @@ fn outbox_setup(options: &Options, prefix: &str) -> OutboxSetup {
     OutboxSetup {
         stream: format!("{table}_stream"),
         table: OutboxTable::named(table).unwrap(),
-        aggregates: (0..OUTBOX_AGGREGATES)
-            .map(|_| uuid::Uuid::new_v4())
-            .collect(),
+        aggregates: (0..AGGREGATES).map(|_| uuid::Uuid::new_v4()).collect(),
     }
 }
 
