@@ -3,7 +3,7 @@
 //!
 //! ```text
 //! cargo run --release --example bench -- [--events 20000] [--baseline-events 3000] [--workers 4]
-//!                                         [--readers 2] [--read-batch 500] [--claim-batch 64]
+//!                                         [--readers 2 (1 ordered)] [--read-batch 500] [--claim-batch 64]
 //!                                         [--rate 2000 (0 skips the paced run)] [--repeat 3]
 //! cargo run --release --example bench -- --ordered [--events 20000] [--rate 1000] [...]
 //! cargo run --release --example bench -- --outbox [--events 20000] [--baseline-events 3000]
@@ -55,7 +55,8 @@ struct Options {
     events: usize,
     baseline_events: usize,
     workers: usize,
-    readers: usize,
+    /// Reader threads per stream; the consumer's default (2, or 1 when ordered) when not given.
+    readers: Option<usize>,
     read_batch: usize,
     claim_batch: usize,
     rate: usize,
@@ -194,7 +195,7 @@ fn parse_options() -> Options {
         events: 20_000,
         baseline_events: 3_000,
         workers: 4,
-        readers: 2,
+        readers: None,
         read_batch: 500,
         claim_batch: 64,
         rate: 2000,
@@ -222,7 +223,7 @@ fn parse_options() -> Options {
             "--events" => options.events = value(),
             "--baseline-events" => options.baseline_events = value(),
             "--workers" => options.workers = value(),
-            "--readers" => options.readers = value(),
+            "--readers" => options.readers = Some(value()),
             "--read-batch" => options.read_batch = value(),
             "--claim-batch" => options.claim_batch = value(),
             "--rate" => options.rate = value(),
@@ -341,7 +342,7 @@ fn setup(options: &Options, prefix: &str) -> Setup {
     let store = Arc::new(
         PostgresStore::builder(&options.database_url)
             .table(&table)
-            .pool_size((options.workers + options.readers) as u32 + 2)
+            .pool_size((options.workers + options.readers.unwrap_or(2)) as u32 + 2)
             .build()
             .unwrap(),
     );
@@ -406,13 +407,16 @@ fn eventflow_run(options: &Options, scenario: Scenario) -> Outcome {
     let (last, disorder) = (last_seen.clone(), out_of_order.clone());
     let insert = format!("INSERT INTO {table}_effects (event_id) VALUES ($1)");
     let Scenario { write, ordered, .. } = scenario;
-    let handle = InboxConsumer::builder()
+    let mut builder = InboxConsumer::builder()
         .transport(redis.clone())
         .store(store.clone())
         .stream(&stream)
         .group("bench")
-        .workers(options.workers)
-        .readers(options.readers)
+        .workers(options.workers);
+    if let Some(readers) = options.readers {
+        builder = builder.readers(readers);
+    }
+    let handle = builder
         .read_batch(options.read_batch)
         .claim_batch(options.claim_batch)
         .block(Duration::from_millis(100))

@@ -372,6 +372,7 @@ fn ordered_round(store: &PostgresStore, give_up: &[&str]) -> Vec<String> {
         claim: Claim::Heads {
             limit: 10,
             after_dead_letter: AfterDeadLetter::Park,
+            aggregates: None,
         },
         clock: &SystemClock,
         optimistic: false,

@@ -2063,6 +2063,7 @@ fn parked_aggregates_are_listed_and_released_by_skipping<B: Backend>(store: &B) 
     let heads = Claim::Heads {
         limit: 10,
         after_dead_letter: AfterDeadLetter::Park,
+        aggregates: None,
     };
     let mut h = handler::<B, _>(
         move |_tx, row: &InboxRow| match row.event.event_id.as_str() {
@@ -2579,6 +2580,7 @@ fn heads(limit: usize, after_dead_letter: AfterDeadLetter) -> Claim<'static> {
     Claim::Heads {
         limit,
         after_dead_letter,
+        aggregates: None,
     }
 }
 
@@ -2591,6 +2593,50 @@ fn sorted_ids(settled: &[Settled]) -> Vec<&str> {
 /// A heads claim takes the earliest open row of each aggregate, one per aggregate; a failed
 /// head holds back only its own aggregate until it is processed, and so does a row in
 /// `processing`. Storing order decides, not `received_at`.
+/// Heads among given aggregates: how a worker follows the aggregates it just settled, and takes
+/// those a reader just stored, without scanning every due row.
+fn heads_are_claimed_among_given_aggregates<B: Backend>(store: &B) {
+    let (a, b, c) = (aggregate(1), aggregate(2), aggregate(3));
+    for n in 1..=3 {
+        let ids = [format!("a-{n}"), format!("b-{n}"), format!("c-{n}")];
+        store_aggregated(
+            store,
+            &[(&ids[0], a), (&ids[1], b), (&ids[2], c)],
+            t0() + secs(n),
+        );
+    }
+    let clock = ManualClock::new(t0() + secs(60));
+    let mut h = marking(store, HashMap::new());
+    fn among(aggregates: &[Uuid]) -> Claim<'_> {
+        Claim::Heads {
+            limit: 10,
+            after_dead_letter: AfterDeadLetter::Park,
+            aggregates: Some(aggregates),
+        }
+    }
+    assert_eq!(
+        event_ids(&process(store, among(&[b]), &clock, &mut h)),
+        ["b-1"]
+    );
+    assert_eq!(
+        sorted_ids(&process(store, among(&[c, b]), &clock, &mut h)),
+        ["b-2", "c-1"],
+        "b's next head, and c's first"
+    );
+    assert!(process(store, among(&[]), &clock, &mut h).is_empty());
+    assert!(process(store, among(&[aggregate(99)]), &clock, &mut h).is_empty());
+    assert_eq!(
+        sorted_ids(&process(
+            store,
+            heads(10, AfterDeadLetter::Park),
+            &clock,
+            &mut h
+        )),
+        ["a-1", "b-3", "c-2"],
+        "any aggregate when none are given"
+    );
+}
+
 fn heads_are_the_earliest_open_row_of_each_aggregate<B: Backend>(store: &B) {
     let (a, b, c) = (aggregate(1), aggregate(2), aggregate(3));
     for n in 1..=3 {
@@ -3680,6 +3726,7 @@ conformance!(
         the_first_group_to_adopt_a_table_owns_it,
         rows_record_their_stream,
         heads_are_the_earliest_open_row_of_each_aggregate,
+        heads_are_claimed_among_given_aggregates,
         dead_letters_park_their_aggregate_until_skipped_or_requeued,
         heads_claims_keep_each_aggregate_in_order_under_concurrency,
         ordered_batches_stored_concurrently_all_commit_in_order,

@@ -87,8 +87,16 @@ impl<S: InboxStore> Start for Runtime<S> {
         }
 
         // Two batches per worker in flight: enough to keep workers busy, small enough that
-        // readers wait (and memory stays bounded) when workers fall behind.
-        let (work_tx, work_rx) = crossbeam_channel::bounded(settings.workers * 2);
+        // readers wait (and memory stays bounded) when workers fall behind. In ordered mode a
+        // reader hands aggregates only to a worker waiting for work (a rendezvous): busy
+        // workers follow the aggregates they settle, and a queued hand-over would send them
+        // after heads another worker already holds, in small contended batches.
+        let capacity = if settings.ordered {
+            0
+        } else {
+            settings.workers * 2
+        };
+        let (work_tx, work_rx) = crossbeam_channel::bounded(capacity);
         let counters = Arc::new(Counters::new(
             &settings.streams,
             InboxMetrics::new(&settings.streams, &settings.group),
@@ -114,7 +122,7 @@ impl<S: InboxStore> Start for Runtime<S> {
         }
         // Consumer names are per stream in Redis, so every stream's readers share the names.
         for (stream_index, stream) in settings.streams.iter().enumerate() {
-            for index in 0..settings.readers {
+            for index in 0..settings.readers_per_stream() {
                 let reader = Reader {
                     store: self.store.clone(),
                     transport: self.transport.clone(),
@@ -130,7 +138,7 @@ impl<S: InboxStore> Start for Runtime<S> {
                     work: work_tx.clone(),
                     stop: stop.clone(),
                 };
-                let number = stream_index * settings.readers + index;
+                let number = stream_index * settings.readers_per_stream() + index;
                 threads.spawn(format!("{READER_THREAD}{number}"), move || reader.run())?;
             }
         }

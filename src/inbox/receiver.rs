@@ -11,7 +11,8 @@
 //! once the group has no entry before it pending (read by some consumer, not yet stored and
 //! acknowledged), so each stream is stored in its own order whatever the number of readers
 //! and processes; entries a consumer has held past `reclaim_idle` are taken over and stored
-//! first. Workers are then woken rather than handed rows: they claim aggregate heads.
+//! first. It then hands the aggregates it stored to a worker waiting for work, which claims
+//! their heads; busy workers follow the aggregates they settle, and find the rest on their polls.
 
 use super::health::Heartbeats;
 use super::settings::Settings;
@@ -302,10 +303,19 @@ impl<S: InboxStore> Reader<S> {
             tracing::warn!(%error, entries = ids.len(), "acknowledging a stored batch failed; it will be reclaimed and deduplicated");
         }
         if settings.ordered {
-            // Workers claim aggregate heads, not the rows just stored: wake as many as could
-            // have work. A full channel means they are awake already.
-            for _ in 0..stored.inserted.len().min(settings.workers) {
-                if self.work.try_send(Work::Wake).is_err() {
+            // Idle workers claim the heads of the aggregates just stored (these rows, or earlier
+            // ones still open). Busy workers are following the aggregates they settle and scan
+            // for heads when they run out, so when the channel is full the rows are left to
+            // them: a backlog is worked through in full batches of distinct aggregates instead
+            // of many small ones fighting over the same heads. The rows are in the table, so
+            // nothing waits in memory.
+            let aggregates = stored_aggregates(&events, &stored.inserted);
+            for chunk in aggregates.chunks(settings.claim_batch) {
+                if self
+                    .work
+                    .try_send(Work::Aggregates(chunk.to_vec()))
+                    .is_err()
+                {
                     break;
                 }
             }
@@ -422,6 +432,18 @@ enum Attempt {
     /// The database refused the data; retrying the same statement cannot succeed.
     Refused(StoreError),
     Stopped,
+}
+
+/// The aggregates of the rows just inserted, each once, in storing order.
+fn stored_aggregates(events: &[ReceivedEvent], inserted: &[Uuid]) -> Vec<Uuid> {
+    let inserted: HashSet<&Uuid> = inserted.iter().collect();
+    let mut seen = HashSet::new();
+    events
+        .iter()
+        .filter(|received| inserted.contains(&received.row_id))
+        .map(|received| received.event.aggregate_id)
+        .filter(|aggregate| seen.insert(*aggregate))
+        .collect()
 }
 
 /// The rows just inserted, as they now stand in the inbox, for the workers.

@@ -277,6 +277,10 @@ pub enum Claim<'a> {
         limit: usize,
         /// Whether a dead letter holds back its aggregate's later rows.
         after_dead_letter: AfterDeadLetter,
+        /// Only rows of these aggregates (a lookup by aggregate, not a scan of every due row):
+        /// the aggregates a reader just stored rows of, or those whose rows a worker just
+        /// settled. `None`: any aggregate.
+        aggregates: Option<&'a [Uuid]>,
     },
 }
 
@@ -352,6 +356,16 @@ impl StatusCounts {
     pub fn total(&self) -> u64 {
         self.0.values().sum()
     }
+}
+
+/// A comma-separated column list with each column qualified by `alias`.
+#[cfg(any(feature = "postgres", feature = "sqlite"))]
+pub(crate) fn qualified(columns: &str, alias: &str) -> String {
+    columns
+        .split(',')
+        .map(|column| format!("{alias}.{}", column.trim()))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// `(stream, status, count)` rows, sorted by stream, as counts per stream.

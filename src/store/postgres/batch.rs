@@ -37,6 +37,7 @@ const ROLLBACK_TO: &str = "ROLLBACK TO SAVEPOINT eventflow_row";
 /// The statements a batch uses, prepared on its connection, and the one it plans afresh.
 struct Prepared<'s> {
     claim_heads: &'s str,
+    claim_heads_among: Statement,
     claim_rows: Statement,
     claim_fresh: Statement,
     claim_due: Statement,
@@ -154,6 +155,7 @@ fn prepare<'s>(
     let mut statement = |sql: &str| conn.prepared(sql).map_err(pg("prepare a statement"));
     Ok(Prepared {
         claim_heads: &store.sql.claim_heads,
+        claim_heads_among: statement(&store.sql.claim_heads_among)?,
         claim_rows: statement(&store.sql.claim_rows)?,
         claim_fresh: statement(&store.sql.claim_fresh)?,
         claim_due: statement(&store.sql.claim_due)?,
@@ -170,6 +172,7 @@ fn claim(
     claim: Claim<'_>,
     now: DateTime<Utc>,
 ) -> Result<(Vec<InboxRow>, bool), StoreError> {
+    let mut marked = false;
     let rows = match claim {
         Claim::Fresh(rows) => return claim_fresh(tx, prepared, rows, now).map(|rows| (rows, true)),
         Claim::Rows(ids) => tx.query(&prepared.claim_rows, &[&ids, &now]),
@@ -183,19 +186,35 @@ fn claim(
                 &[&now, &(limit as i64), &orphaned_before],
             )
         }
-        // Unnamed, so planned for these values every time: a cached generic plan, made while
-        // the table was small, would scan every due row per claim once a backlog builds.
+        // Any aggregate: unnamed, so planned for these values every time; a cached generic
+        // plan, made while the table was small, would scan every due row per claim once a
+        // backlog builds. Given aggregates: prepared, since its plan is one index probe per
+        // aggregate whatever the table holds, and planning it costs more than running it.
         Claim::Heads {
             limit,
             after_dead_letter,
-        } => tx.query_typed(
-            prepared.claim_heads,
-            &[
-                (&now, Type::TIMESTAMPTZ),
-                (&(limit as i64), Type::INT8),
-                (&(after_dead_letter == AfterDeadLetter::Park), Type::BOOL),
-            ],
-        ),
+            aggregates,
+        } => {
+            let park = after_dead_letter == AfterDeadLetter::Park;
+            let limit = limit as i64;
+            match aggregates {
+                Some(aggregates) => {
+                    marked = true;
+                    tx.query(
+                        &prepared.claim_heads_among,
+                        &[&now, &limit, &park, &aggregates],
+                    )
+                }
+                None => tx.query_typed(
+                    prepared.claim_heads,
+                    &[
+                        (&now, Type::TIMESTAMPTZ),
+                        (&limit, Type::INT8),
+                        (&park, Type::BOOL),
+                    ],
+                ),
+            }
+        }
     }
     .map_err(pg("claim rows"))?;
     let mut readable = Vec::with_capacity(rows.len());
@@ -214,7 +233,7 @@ fn claim(
             Err(error) => return Err(error),
         }
     }
-    Ok((readable, false))
+    Ok((readable, marked))
 }
 
 /// Claims fresh rows by marking them processed: one write per row instead of a lock and then

@@ -1,6 +1,7 @@
 //! The PostgreSQL store's statements, with the table names filled in once.
 
 use super::{COLUMNS, QUARANTINE_COLUMNS};
+use crate::store::qualified;
 
 /// Every statement, with the table names filled in once.
 pub(super) struct Queries {
@@ -25,6 +26,7 @@ pub(super) struct Queries {
     pub delete_processed: String,
     pub lock_aggregates: String,
     pub claim_heads: String,
+    pub claim_heads_among: String,
     pub adopt_owner: String,
     pub find_owner: String,
     pub count_by_stream: String,
@@ -36,7 +38,13 @@ pub(super) struct Queries {
 /// A row's place in its aggregate's order: storing order (`seq`), with rows stored before
 /// eventflow numbered them (null `seq`) first, in the order they were received.
 fn order_key(alias: &str) -> String {
-    format!("(coalesce({alias}.seq, 0), {alias}.received_at, {alias}.id)")
+    format!("({})", order_columns(alias))
+}
+
+/// The order key as a column list, for `ORDER BY`: written as the open-rows index's columns
+/// (not as one row value), so the index gives the order without a sort.
+fn order_columns(alias: &str) -> String {
+    format!("coalesce({alias}.seq, 0), {alias}.received_at, {alias}.id")
 }
 
 /// Whether row `p` holds back the later rows of its aggregate: it is open, or dead-lettered
@@ -175,6 +183,27 @@ impl Queries {
             // DO UPDATE (to the same value), not DO NOTHING: it returns the row that won, even
             // one another adopter committed after this statement's snapshot was taken, which a
             // SELECT in the same statement cannot see.
+            // Driven by the aggregates: each one's earliest open row, read from the open-rows
+            // index in order (one probe that stops at the first row), claimed when it is due.
+            // The lock is taken outside the lookup: SKIP LOCKED inside it would pass over a
+            // head another worker holds and return its successor. As for fresh rows, the claim
+            // marks the rows processed in the same write (a failure is recorded over it before
+            // commit), and returns them as they were.
+            claim_heads_among: format!(
+                "UPDATE {t} AS t SET status = 'processed', processed_at = $1, retry_count = 0, \
+                 next_retry_at = NULL, error_message = NULL, last_error_at = NULL \
+                 FROM (SELECT {COLUMNS} FROM {t} WHERE id IN (SELECT h.id \
+                 FROM unnest($4::uuid[]) AS a(id) \
+                 CROSS JOIN LATERAL (SELECT o.id, o.status, o.next_retry_at FROM {t} AS o \
+                 WHERE o.aggregate_id = a.id AND {} ORDER BY {} LIMIT 1) AS h \
+                 WHERE h.status IN ('pending', 'failed') \
+                 AND (h.next_retry_at IS NULL OR h.next_retry_at <= $1)) \
+                 AND {DUE}$1) ORDER BY received_at, id LIMIT $2 FOR UPDATE SKIP LOCKED) AS c \
+                 WHERE t.id = c.id RETURNING {}",
+                holds_back("o", "$3"),
+                order_columns("o"),
+                qualified(COLUMNS, "c")
+            ),
             adopt_owner: format!(
                 "INSERT INTO eventflow_inbox_owners (inbox_table, consumer_group, adopted_at) \
                  VALUES ('{t}', $1, $2) ON CONFLICT (inbox_table) \
@@ -198,7 +227,7 @@ impl Queries {
                  FROM {t} AS w WHERE w.aggregate_id = d.aggregate_id \
                  AND w.status IN ('pending', 'failed') AND {} > {}) AS l \
                  ORDER BY aggregate_id LIMIT $2",
-                order_key("d"),
+                order_columns("d"),
                 order_key("w"),
                 order_key("d")
             ),

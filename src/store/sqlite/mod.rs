@@ -750,12 +750,14 @@ impl SqliteStore {
                 Claim::Heads {
                     limit,
                     after_dead_letter,
+                    aggregates,
                 } => (
                     &self.sql.claim_heads,
                     vec![
                         now.clone().into(),
                         (limit as i64).into(),
                         (after_dead_letter == AfterDeadLetter::Park).into(),
+                        aggregates.map(|ids| ids_json(ids.iter().copied())).into(),
                     ],
                 ),
             };

@@ -1,6 +1,7 @@
 //! The SQLite store's statements, with the table names filled in once.
 
 use super::{COLUMNS, QUARANTINE_COLUMNS};
+use crate::store::qualified;
 
 /// Every statement, with the table names filled in once.
 pub(super) struct Queries {
@@ -117,6 +118,7 @@ impl Queries {
             // open rows before each candidate are all that decide.
             claim_heads: format!(
                 "SELECT {COLUMNS} FROM {t} AS o WHERE {DUE} \
+                 AND (?4 IS NULL OR o.aggregate_id IN (SELECT value FROM json_each(?4))) \
                  AND NOT EXISTS (SELECT 1 FROM {t} AS p WHERE p.aggregate_id = o.aggregate_id \
                  AND {} AND p.rowid < o.rowid) \
                  ORDER BY received_at, id LIMIT ?2",
@@ -142,7 +144,7 @@ impl Queries {
                  WHERE status = 'dead_letter' AND skipped_at IS NULL GROUP BY aggregate_id) \
                  AND (?1 IS NULL OR d.aggregate_id > ?1) AND (?3 IS NULL OR d.aggregate_id = ?3) \
                  ORDER BY d.aggregate_id LIMIT ?2",
-                qualified("d")
+                qualified(COLUMNS, "d")
             ),
             parked_summary: format!(
                 "SELECT (SELECT count(DISTINCT aggregate_id) FROM {t} \
@@ -166,13 +168,4 @@ fn holds_back(p: &str, park: &str) -> String {
         "{p}.status <> 'processed' AND NOT ({p}.status = 'dead_letter' \
          AND ({p}.skipped_at IS NOT NULL OR NOT {park}))"
     )
-}
-
-/// The row columns, each qualified by `alias`.
-fn qualified(alias: &str) -> String {
-    COLUMNS
-        .split(", ")
-        .map(|column| format!("{alias}.{}", column.trim()))
-        .collect::<Vec<_>>()
-        .join(", ")
 }
