@@ -3,7 +3,7 @@
 //!
 //! ```text
 //! cargo run --release --example bench -- [--events 20000] [--baseline-events 3000] [--workers 4]
-//!                                         [--readers 2 (1 ordered)] [--read-batch 500] [--claim-batch 64]
+//!                                         [--readers 2] [--read-batch 500] [--claim-batch 64]
 //!                                         [--rate 2000 (0 skips the paced run)] [--repeat 3]
 //! cargo run --release --example bench -- --ordered [--events 20000] [--rate 1000] [...]
 //! cargo run --release --example bench -- --outbox [--events 20000] [--baseline-events 3000]
@@ -55,7 +55,7 @@ struct Options {
     events: usize,
     baseline_events: usize,
     workers: usize,
-    /// Reader threads per stream; the consumer's default (2, or 1 when ordered) when not given.
+    /// Reader threads per stream; the consumer's default when not given.
     readers: Option<usize>,
     read_batch: usize,
     claim_batch: usize,

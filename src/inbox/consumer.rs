@@ -122,7 +122,7 @@ impl<S: InboxStore> Start for Runtime<S> {
         }
         // Consumer names are per stream in Redis, so every stream's readers share the names.
         for (stream_index, stream) in settings.streams.iter().enumerate() {
-            for index in 0..settings.readers_per_stream() {
+            for index in 0..settings.readers {
                 let reader = Reader {
                     store: self.store.clone(),
                     transport: self.transport.clone(),
@@ -138,7 +138,7 @@ impl<S: InboxStore> Start for Runtime<S> {
                     work: work_tx.clone(),
                     stop: stop.clone(),
                 };
-                let number = stream_index * settings.readers_per_stream() + index;
+                let number = stream_index * settings.readers + index;
                 threads.spawn(format!("{READER_THREAD}{number}"), move || reader.run())?;
             }
         }

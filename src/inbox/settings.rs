@@ -20,8 +20,7 @@ pub(crate) struct Settings {
     pub streams: Vec<String>,
     pub group: String,
     pub consumer_prefix: String,
-    /// Reader threads per stream; `None` until set: 2, or 1 in ordered mode.
-    pub readers: Option<usize>,
+    pub readers: usize,
     pub workers: usize,
     pub read_batch: usize,
     pub block: Duration,
@@ -52,7 +51,7 @@ impl Default for Settings {
             streams: Vec::new(),
             group: String::new(),
             consumer_prefix: "eventflow".to_string(),
-            readers: None,
+            readers: 2,
             workers: 4,
             read_batch: 100,
             block: Duration::from_millis(1000),
@@ -109,7 +108,7 @@ impl Settings {
         if self.consumer_prefix.trim().is_empty() {
             return Err(Error::config("consumer_prefix", "must not be empty"));
         }
-        if self.readers == Some(0) {
+        if self.readers == 0 {
             return Err(Error::config("readers", "at least 1"));
         }
         if !(1..=1024).contains(&self.workers) {
@@ -181,17 +180,9 @@ impl Settings {
         Ok(())
     }
 
-    /// Reader threads per stream. Two by default, so that one reads while the other stores;
-    /// one in ordered mode, where a stream is stored one batch at a time anyway and a second
-    /// reader only splits the batches (measured at 1,000 events/s: p50/p99 from XADD to
-    /// handler of 4.4/16.5 ms with one reader, 9.9/48.8 ms with two).
-    pub fn readers_per_stream(&self) -> usize {
-        self.readers.unwrap_or(if self.ordered { 1 } else { 2 })
-    }
-
     /// Reader threads in all: `readers` for each stream.
     pub fn reader_threads(&self) -> usize {
-        self.readers_per_stream() * self.streams.len()
+        self.readers * self.streams.len()
     }
 
     /// Database connections the readers and workers hold at once.

@@ -64,7 +64,13 @@ impl<S: InboxStore> Worker<S> {
                         self.counters.metrics.queued(-(rows.len() as i64));
                         self.handle_fresh(&rows, &mut backoff)
                     }
-                    Ok(Work::Aggregates(aggregates)) => self.follow_heads(aggregates, &mut backoff),
+                    Ok(Work::Aggregates(aggregates)) => {
+                        // A chain that moved a full batch at some step met a backlog: look for
+                        // heads of any aggregate before waiting for the next hand-over or tick.
+                        if self.follow_heads(aggregates, &mut backoff) >= self.settings.claim_batch {
+                            self.drain_due(&mut backoff);
+                        }
+                    }
                     // Every reader has stopped and the queue is drained.
                     Err(_) => break,
                 },
@@ -115,7 +121,7 @@ impl<S: InboxStore> Worker<S> {
             };
             let full = settled.len() == limit;
             if settings.ordered {
-                self.follow_heads(settled, backoff);
+                let _ = self.follow_heads(settled, backoff);
             }
             if !full {
                 return;
@@ -127,15 +133,21 @@ impl<S: InboxStore> Worker<S> {
     /// on until none is left: settling a head is what makes the next row of its aggregate a
     /// head, so following them costs one lookup by aggregate per batch instead of a scan of
     /// every due row. A row stored after the lookup is handed over by its reader.
-    fn follow_heads(&self, aggregates: Vec<Uuid>, backoff: &mut Backoff) {
+    /// Returns the largest batch it settled.
+    fn follow_heads(&self, aggregates: Vec<Uuid>, backoff: &mut Backoff) -> usize {
         let mut aggregates = distinct(aggregates);
+        let mut largest = 0;
         while !aggregates.is_empty() && !self.stop.load(Ordering::Relaxed) {
             match self.process(self.heads(Some(&aggregates)), backoff) {
-                Some(settled) => aggregates = distinct(settled),
+                Some(settled) => {
+                    largest = largest.max(settled.len());
+                    aggregates = distinct(settled);
+                }
                 // Rolled back after a pause: the polls find these heads again.
-                None => return,
+                None => break,
             }
         }
+        largest
     }
 
     fn heads<'a>(&self, aggregates: Option<&'a [Uuid]>) -> Claim<'a> {
