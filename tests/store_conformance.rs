@@ -2590,12 +2590,9 @@ fn sorted_ids(settled: &[Settled]) -> Vec<&str> {
     ids
 }
 
-/// A heads claim takes the earliest open row of each aggregate, one per aggregate; a failed
-/// head holds back only its own aggregate until it is processed, and so does a row in
-/// `processing`. Storing order decides, not `received_at`.
-/// Heads among given aggregates: how a worker follows the aggregates it just settled, and takes
-/// those a reader just stored, without scanning every due row.
-fn heads_are_claimed_among_given_aggregates<B: Backend>(store: &B) {
+/// Rows a-1..a-3, b-1..b-3 and c-1..c-3 of three aggregates, stored interleaved (a-1, b-1, c-1,
+/// a-2, ...), one batch per round a second apart.
+fn store_three_aggregates<B: Backend>(store: &B) -> (Uuid, Uuid, Uuid) {
     let (a, b, c) = (aggregate(1), aggregate(2), aggregate(3));
     for n in 1..=3 {
         let ids = [format!("a-{n}"), format!("b-{n}"), format!("c-{n}")];
@@ -2605,6 +2602,13 @@ fn heads_are_claimed_among_given_aggregates<B: Backend>(store: &B) {
             t0() + secs(n),
         );
     }
+    (a, b, c)
+}
+
+/// Heads among given aggregates: how a worker follows the aggregates it just settled, and takes
+/// those a reader just stored, without scanning every due row.
+fn heads_are_claimed_among_given_aggregates<B: Backend>(store: &B) {
+    let (_, b, c) = store_three_aggregates(store);
     let clock = ManualClock::new(t0() + secs(60));
     let mut h = marking(store, HashMap::new());
     fn among(aggregates: &[Uuid]) -> Claim<'_> {
@@ -2637,16 +2641,11 @@ fn heads_are_claimed_among_given_aggregates<B: Backend>(store: &B) {
     );
 }
 
+/// A heads claim takes the earliest open row of each aggregate, one per aggregate; a failed
+/// head holds back only its own aggregate until it is processed, and so does a row in
+/// `processing`. Storing order decides, not `received_at`.
 fn heads_are_the_earliest_open_row_of_each_aggregate<B: Backend>(store: &B) {
-    let (a, b, c) = (aggregate(1), aggregate(2), aggregate(3));
-    for n in 1..=3 {
-        let ids = [format!("a-{n}"), format!("b-{n}"), format!("c-{n}")];
-        store_aggregated(
-            store,
-            &[(&ids[0], a), (&ids[1], b), (&ids[2], c)],
-            t0() + secs(n),
-        );
-    }
+    store_three_aggregates(store);
     let clock = ManualClock::new(t0() + secs(60));
     let retry = t0() + secs(600);
     let mut h = marking(
