@@ -23,77 +23,17 @@ use eventflow::transport::{MemoryStream, ReadRequest, Transport};
 use eventflow::{
     Event, EventStatus, HandlerError, HandlerResult, InboxConsumer, InboxRow, ManualClock,
 };
-use metrics::{Counter, Gauge, Histogram, Key, KeyName, Metadata, Recorder, SharedString, Unit};
-use parking_lot::Mutex;
+use metrics::Key;
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
+use support::recorder::recorder;
 use support::{unique_name, wait_until};
 use uuid::Uuid;
 
 const GROUP: &str = "billing";
 const WAIT: Duration = Duration::from_secs(30);
-
-/// Keeps every series it is asked for; reading never resets anything.
-#[derive(Default)]
-struct Kept {
-    counters: Mutex<HashMap<Key, Arc<AtomicU64>>>,
-    gauges: Mutex<HashMap<Key, Arc<AtomicU64>>>,
-    histograms: Mutex<HashMap<Key, Arc<Samples>>>,
-}
-
-#[derive(Default)]
-struct Samples(Mutex<Vec<f64>>);
-
-impl metrics::HistogramFn for Samples {
-    fn record(&self, value: f64) {
-        self.0.lock().push(value);
-    }
-}
-
-struct Global(&'static Kept);
-
-impl Recorder for Global {
-    fn describe_counter(&self, _: KeyName, _: Option<Unit>, _: SharedString) {}
-    fn describe_gauge(&self, _: KeyName, _: Option<Unit>, _: SharedString) {}
-    fn describe_histogram(&self, _: KeyName, _: Option<Unit>, _: SharedString) {}
-
-    fn register_counter(&self, key: &Key, _: &Metadata<'_>) -> Counter {
-        Counter::from_arc(
-            self.0
-                .counters
-                .lock()
-                .entry(key.clone())
-                .or_default()
-                .clone(),
-        )
-    }
-
-    fn register_gauge(&self, key: &Key, _: &Metadata<'_>) -> Gauge {
-        Gauge::from_arc(self.0.gauges.lock().entry(key.clone()).or_default().clone())
-    }
-
-    fn register_histogram(&self, key: &Key, _: &Metadata<'_>) -> Histogram {
-        Histogram::from_arc(
-            self.0
-                .histograms
-                .lock()
-                .entry(key.clone())
-                .or_default()
-                .clone(),
-        )
-    }
-}
-
-fn recorder() -> &'static Kept {
-    static KEPT: OnceLock<&'static Kept> = OnceLock::new();
-    KEPT.get_or_init(|| {
-        let kept: &'static Kept = Box::leak(Box::default());
-        metrics::set_global_recorder(Global(kept)).expect("the only recorder of this binary");
-        kept
-    })
-}
 
 /// The series of `name` for `stream` (and the test group), checking its labels are exactly
 /// `stream` and `group`.

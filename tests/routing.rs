@@ -17,13 +17,11 @@ use eventflow::{
     ConsumerHandle, Error, Event, EventStatus, HandlerResult, InboxConsumer, InboxRow, Router,
     UnknownEvents,
 };
-use metrics::{Counter, Gauge, Histogram, Key, KeyName, Metadata, Recorder, SharedString, Unit};
-use parking_lot::Mutex;
 use serde_json::{json, Value};
-use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::Duration;
+use support::recorder::recorder;
 use support::{postgres_url, redis_url, unique_name, wait_until};
 use uuid::Uuid;
 
@@ -464,48 +462,6 @@ fn build_refuses_an_event_type_routed_twice() {
         .route("OrderCancelled", |_tx, _row| Ok(()))
         .build();
     assert!(once.is_ok(), "{once:?}");
-}
-
-/// Keeps every counter it is asked for; gauges and histograms are not needed here.
-#[derive(Default)]
-struct Kept {
-    counters: Mutex<HashMap<Key, Arc<AtomicU64>>>,
-}
-
-struct Global(&'static Kept);
-
-impl Recorder for Global {
-    fn describe_counter(&self, _: KeyName, _: Option<Unit>, _: SharedString) {}
-    fn describe_gauge(&self, _: KeyName, _: Option<Unit>, _: SharedString) {}
-    fn describe_histogram(&self, _: KeyName, _: Option<Unit>, _: SharedString) {}
-
-    fn register_counter(&self, key: &Key, _: &Metadata<'_>) -> Counter {
-        Counter::from_arc(
-            self.0
-                .counters
-                .lock()
-                .entry(key.clone())
-                .or_default()
-                .clone(),
-        )
-    }
-
-    fn register_gauge(&self, _: &Key, _: &Metadata<'_>) -> Gauge {
-        Gauge::noop()
-    }
-
-    fn register_histogram(&self, _: &Key, _: &Metadata<'_>) -> Histogram {
-        Histogram::noop()
-    }
-}
-
-fn recorder() -> &'static Kept {
-    static KEPT: OnceLock<&'static Kept> = OnceLock::new();
-    KEPT.get_or_init(|| {
-        let kept: &'static Kept = Box::leak(Box::default());
-        metrics::set_global_recorder(Global(kept)).expect("the only recorder of this binary");
-        kept
-    })
 }
 
 /// `eventflow_inbox_unhandled_total` for `event_type`, checking `event_type` is its only label.

@@ -2,6 +2,8 @@
 //! `EVENTFLOW_REQUIRE_SERVICES=1`) when a service is not there.
 #![allow(dead_code)]
 
+pub mod recorder;
+
 use std::time::{Duration, Instant};
 
 /// PostgreSQL URL for tests: `EVENTFLOW_TEST_DATABASE_URL`, else `EVENTFLOW_DATABASE_URL`,
