@@ -292,8 +292,8 @@ impl<B, H> ConsumerBuilder<B, H> {
     ///
     /// The cost: a batch holds at most one event per aggregate, so a backlog moves in smaller
     /// batches (60 to 70 % of the unordered throughput over 1,000 aggregates on the 2-core
-    /// benchmark machine; one reader per stream, `.readers(1)`, trades about a sixth of that
-    /// for a lower latency), and a crashed consumer's unstored entries hold back the storing of
+    /// benchmark machine; one reader per stream, `.readers(1)`, lowers the latency and may cost
+    /// up to a sixth of that), and a crashed consumer's unstored entries hold back the storing of
     /// later entries of their stream until `reclaim_idle` passes. Defaults to off.
     pub fn ordered(mut self, ordered: bool) -> Self {
         self.settings.ordered = ordered;
