@@ -12,8 +12,8 @@ use eventflow::transport::{RedisStreams, Transport};
 use eventflow::{Event, HandlerResult, InboxConsumer};
 use postgres::{Client, NoTls};
 use serde_json::json;
-use std::process::{Child, Command};
 use std::time::{Duration, Instant};
+use support::child::ChildProcess;
 use support::{postgres_url, redis_url, unique_name, wait_until};
 use uuid::Uuid;
 
@@ -61,20 +61,15 @@ fn crash_child() {
     }
 }
 
-fn spawn_child(stream: &str, table: &str, prefix: &str) -> Child {
-    Command::new(std::env::current_exe().unwrap())
-        .args([
-            "--ignored",
-            "--exact",
-            "crash_child",
-            "--nocapture",
-            "--test-threads=1",
-        ])
-        .env("EVENTFLOW_CRASH_STREAM", stream)
-        .env("EVENTFLOW_CRASH_TABLE", table)
-        .env("EVENTFLOW_CRASH_PREFIX", prefix)
-        .spawn()
-        .expect("start a consumer process")
+fn spawn_child(stream: &str, table: &str, prefix: &str) -> ChildProcess {
+    ChildProcess::spawn(
+        "crash_child",
+        &[
+            ("EVENTFLOW_CRASH_STREAM", stream),
+            ("EVENTFLOW_CRASH_TABLE", table),
+            ("EVENTFLOW_CRASH_PREFIX", prefix),
+        ],
+    )
 }
 
 fn count(client: &mut Client, sql: &str) -> i64 {
@@ -112,7 +107,7 @@ fn a_consumer_killed_mid_batch_loses_and_repeats_nothing() {
         redis.publish_batch(&stream, chunk).unwrap();
     }
 
-    let mut first = spawn_child(&stream, &table, "first");
+    let first = spawn_child(&stream, &table, "first");
     let handled_sql = format!("SELECT count(*) FROM {table}_handled");
     assert!(
         wait_until(Duration::from_secs(60), || count(&mut db, &handled_sql)
@@ -128,19 +123,17 @@ fn a_consumer_killed_mid_batch_loses_and_repeats_nothing() {
             break;
         }
     }
-    first.kill().unwrap(); // SIGKILL
-    first.wait().unwrap();
+    first.kill();
     let handled_by_first = count(&mut db, &handled_sql);
     let processed_sql = format!("SELECT count(*) FROM {table} WHERE status = 'processed'");
     let stored_by_first = count(&mut db, &format!("SELECT count(*) FROM {table}"));
 
-    let mut second = spawn_child(&stream, &table, "second");
+    let second = spawn_child(&stream, &table, "second");
     let finished = wait_until(Duration::from_secs(180), || {
         count(&mut db, &processed_sql) == EVENTS as i64
             && redis.group_stats(&stream, GROUP).unwrap().pending == 0
     });
-    second.kill().unwrap();
-    second.wait().unwrap();
+    second.kill();
 
     let row = db
         .query_one(

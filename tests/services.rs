@@ -17,8 +17,8 @@ use postgres::{Client, NoTls};
 use serde_json::json;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::hash::{Hash, Hasher};
-use std::process::{Child, Command};
 use std::time::Duration;
+use support::child::ChildProcess;
 use support::{postgres_url, redis_url, unique_name, wait_until};
 use uuid::Uuid;
 
@@ -272,37 +272,17 @@ fn fails(event_id: &str, attempt: i32) -> bool {
     hasher.finish() % 50 == 0
 }
 
-/// A consumer process, SIGKILLed when dropped, so a failing test leaves none behind.
-struct ChildProcess(Child);
-
-impl Drop for ChildProcess {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 fn spawn_child(streams: &[String], table: &str, prefix: &str, ordered: bool) -> ChildProcess {
-    let mut command = Command::new(std::env::current_exe().unwrap());
-    command
-        .args([
-            "--ignored",
-            "--exact",
-            "services_child",
-            "--nocapture",
-            "--test-threads=1",
-        ])
-        .env("EVENTFLOW_SERVICES_STREAMS", streams.join(","))
-        .env("EVENTFLOW_SERVICES_TABLE", table)
-        .env("EVENTFLOW_SERVICES_PREFIX", prefix);
+    let streams = streams.join(",");
+    let mut envs = vec![
+        ("EVENTFLOW_SERVICES_STREAMS", streams.as_str()),
+        ("EVENTFLOW_SERVICES_TABLE", table),
+        ("EVENTFLOW_SERVICES_PREFIX", prefix),
+    ];
     if ordered {
-        command.env("EVENTFLOW_SERVICES_ORDERED", "1");
+        envs.push(("EVENTFLOW_SERVICES_ORDERED", "1"));
     }
-    ChildProcess(command.spawn().expect("start a consumer process"))
-}
-
-fn stop(child: ChildProcess) {
-    drop(child);
+    ChildProcess::spawn("services_child", &envs)
 }
 
 #[test]
@@ -358,8 +338,8 @@ fn three_streams_two_processes_every_event_once_with_its_stream() {
     let finished = wait_until(Duration::from_secs(180), || {
         count(&mut db, &processed_sql) == total as i64 && all_acked()
     });
-    stop(first);
-    stop(second);
+    first.kill();
+    second.kill();
 
     let handled = db
         .query_one(
@@ -429,6 +409,26 @@ const POISONED: (usize, usize) = (7, 10);
 /// Dead-lettered until `<table>_fixed` has a row: parks its aggregate until requeued.
 const FIXABLE: (usize, usize) = (8, 5);
 
+/// Entries of `stream` read but not acknowledged by the consumers whose names start with `prefix`.
+fn unacknowledged_by(stream: &str, prefix: &str) -> usize {
+    let client = redis::Client::open(redis_url()).unwrap();
+    let mut conn = client.get_connection().unwrap();
+    let reply: redis::streams::StreamPendingReply = redis::cmd("XPENDING")
+        .arg(stream)
+        .arg("services")
+        .query(&mut conn)
+        .unwrap();
+    match reply {
+        redis::streams::StreamPendingReply::Data(data) => data
+            .consumers
+            .iter()
+            .filter(|consumer| consumer.name.starts_with(prefix))
+            .map(|consumer| consumer.pending)
+            .sum(),
+        _ => 0,
+    }
+}
+
 fn aggregate_id(aggregate: usize) -> Uuid {
     Uuid::from_u128(0x0e0f_0000_0000_4000_8000_0000_0000_0000 | aggregate as u128)
 }
@@ -477,22 +477,34 @@ fn ordered_events_stay_in_order_through_failures_parking_and_a_killed_process() 
         }
     }
     let handled_sql = format!("SELECT count(*) FROM {table}_handled");
-    let (early, late) = entries.split_at(entries.len() / 2);
-    for chunk in early.chunks(1000) {
+    let late = entries.split_off(entries.len() / 2);
+    for chunk in entries.chunks(1000) {
         redis.publish_batch(&streams[0], chunk).unwrap();
     }
-    // Kill one process mid-way, while it holds claims and read batches, then replace it.
     assert!(
         wait_until(Duration::from_secs(60), || count(&mut db, &handled_sql)
             >= 4_000),
         "the consumers handled nothing"
     );
-    stop(first);
+    // The rest arrive while the first process is killed, so that it dies holding claimed rows
+    // and entries it read but had not acknowledged: the others must take both over, in order.
+    let stream = streams[0].clone();
+    let publisher = std::thread::spawn(move || {
+        let redis = RedisStreams::connect(&redis_url()).unwrap();
+        for chunk in late.chunks(200) {
+            redis.publish_batch(&stream, chunk).unwrap();
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    });
+    let mut held_at_kill = 0;
+    wait_until(Duration::from_secs(20), || {
+        held_at_kill = unacknowledged_by(&streams[0], "first-");
+        held_at_kill > 0
+    });
+    first.kill();
     let handled_at_kill = count(&mut db, &handled_sql);
     let third = spawn_child(&streams, &table, "third", true);
-    for chunk in late.chunks(1000) {
-        redis.publish_batch(&streams[0], chunk).unwrap();
-    }
+    publisher.join().unwrap();
 
     // Everything but the two parked aggregates' later events gets handled.
     let parked_behind = (PER_AGGREGATE - POISONED.1 - 1) + (PER_AGGREGATE - FIXABLE.1 - 1);
@@ -545,8 +557,8 @@ fn ordered_events_stay_in_order_through_failures_parking_and_a_killed_process() 
             && store.parked_summary().unwrap().aggregates == 0
     });
     std::thread::sleep(Duration::from_millis(300));
-    stop(second);
-    stop(third);
+    second.kill();
+    third.kill();
 
     let handled: Vec<(i32, i32, String, String)> = db
         .query(
@@ -569,7 +581,7 @@ fn ordered_events_stay_in_order_through_failures_parking_and_a_killed_process() 
     drop_inbox(&mut db, &table);
 
     eprintln!(
-        "ordered: {handled_at_kill} handled when the first process was killed; \
+        "ordered: {handled_at_kill} handled and {held_at_kill} entries unacknowledged by the first process when it was killed; \
          {handled_while_parked} while two aggregates were parked; {} in the end; statuses {statuses:?}",
         handled.len()
     );
@@ -631,6 +643,10 @@ fn ordered_events_stay_in_order_through_failures_parking_and_a_killed_process() 
     assert!(
         handled_at_kill > 0 && (handled_at_kill as usize) < AGGREGATES * PER_AGGREGATE,
         "killed mid-run"
+    );
+    assert!(
+        held_at_kill > 0,
+        "the kill did not catch entries read but unacknowledged"
     );
     assert_eq!(statuses.get("processed"), Some(&(total_handled)));
     assert_eq!(

@@ -2,6 +2,7 @@
 //! `EVENTFLOW_REQUIRE_SERVICES=1`) when a service is not there.
 #![allow(dead_code)]
 
+pub mod child;
 pub mod recorder;
 
 use std::time::{Duration, Instant};

@@ -1,0 +1,36 @@
+//! Consumer processes for crash tests: the test binary itself, run again to execute one of its
+//! ignored tests (the child's body), so a test needs nothing built beyond itself.
+
+use std::process::{Child, Command};
+
+/// A child process running one ignored test of this binary; SIGKILLed when dropped, so a
+/// failing test leaves none behind.
+pub struct ChildProcess(Child);
+
+impl ChildProcess {
+    /// Runs this binary's ignored test `test` alone, with `envs` set, output shown.
+    pub fn spawn(test: &str, envs: &[(&str, &str)]) -> Self {
+        let mut command = Command::new(std::env::current_exe().unwrap());
+        command.args([
+            "--ignored",
+            "--exact",
+            test,
+            "--nocapture",
+            "--test-threads=1",
+        ]);
+        command.envs(envs.iter().copied());
+        Self(command.spawn().expect("start a child process"))
+    }
+
+    /// SIGKILLs the process and waits for it: no shutdown, no goodbye.
+    pub fn kill(self) {
+        drop(self);
+    }
+}
+
+impl Drop for ChildProcess {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
