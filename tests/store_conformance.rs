@@ -2590,6 +2590,22 @@ fn sorted_ids(settled: &[Settled]) -> Vec<&str> {
     ids
 }
 
+/// Requeues the dead letter holding `event_id`; returns how many rows were requeued.
+fn requeue_event<B: Backend>(store: &B, event_id: &str, now: DateTime<Utc>) -> u64 {
+    store
+        .requeue_dead_letters(&DeadLetterRequeue {
+            filter: &RowFilter {
+                event_id: Some(event_id.into()),
+                ..RowFilter::default()
+            },
+            after: None,
+            limit: 10,
+            now,
+        })
+        .expect("requeue_dead_letters")
+        .count
+}
+
 /// Rows a-1..a-3, b-1..b-3 and c-1..c-3 of three aggregates, stored interleaved (a-1, b-1, c-1,
 /// a-2, ...), one batch per round a second apart.
 fn store_three_aggregates<B: Backend>(store: &B) -> (Uuid, Uuid, Uuid) {
@@ -2825,18 +2841,7 @@ fn dead_letters_park_their_aggregate_until_skipped_or_requeued<B: Backend>(store
     );
 
     // Requeued, the dead letter is its aggregate's head again, before the due p-2.
-    let requeued = store
-        .requeue_dead_letters(&DeadLetterRequeue {
-            filter: &RowFilter {
-                event_id: Some("p-1".into()),
-                ..RowFilter::default()
-            },
-            after: None,
-            limit: 10,
-            now: t0() + secs(180),
-        })
-        .unwrap();
-    assert_eq!(requeued.count, 1);
+    assert_eq!(requeue_event(store, "p-1", t0() + secs(180)), 1);
     assert_eq!(parked_page(10, None, None), vec![]);
     assert_eq!(store.parked_summary().unwrap(), ParkedSummary::default());
     let mut ok = marking(store, HashMap::new());
@@ -2852,17 +2857,7 @@ fn dead_letters_park_their_aggregate_until_skipped_or_requeued<B: Backend>(store
     assert!(process(store, heads(10, park), &clock, &mut ok).is_empty());
 
     // A requeue clears the skip: dead-lettered again, s-1 parks s again and can be skipped.
-    store
-        .requeue_dead_letters(&DeadLetterRequeue {
-            filter: &RowFilter {
-                event_id: Some("s-1".into()),
-                ..RowFilter::default()
-            },
-            after: None,
-            limit: 10,
-            now: t0() + secs(240),
-        })
-        .unwrap();
+    assert_eq!(requeue_event(store, "s-1", t0() + secs(240)), 1);
     store_aggregated(store, &[("s-3", s)], t0() + secs(3));
     assert_eq!(
         event_ids(&process(store, heads(10, park), &clock, &mut h)),
