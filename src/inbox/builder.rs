@@ -63,6 +63,11 @@ pub struct StoreOptions {
     pub pool_size: Option<u32>,
     /// Connections the readers and workers hold at once.
     pub connections_needed: u32,
+    /// The handler time limit, from [`ConsumerBuilder::handler_timeout`].
+    pub handler_timeout: Duration,
+    /// The session limits, when set with [`ConsumerBuilder::session_limits`].
+    #[cfg(feature = "postgres")]
+    pub session_limits: Option<crate::store::SessionLimits>,
 }
 
 /// Something that yields the consumer's store at `build()`.
@@ -84,7 +89,17 @@ impl StoreSource for PostgresUrl {
         }
         // Two spare connections for health checks and the application's own use of the pool.
         let pool_size = options.pool_size.unwrap_or(options.connections_needed + 2);
-        Ok(Arc::new(builder.pool_size(pool_size).build()?))
+        let limits = options
+            .session_limits
+            .clone()
+            .unwrap_or_default()
+            .handler_timeout(options.handler_timeout);
+        Ok(Arc::new(
+            builder
+                .pool_size(pool_size)
+                .session_limits(limits)
+                .build()?,
+        ))
     }
 }
 
@@ -97,6 +112,13 @@ impl StoreSource for SqlitePath {
             return Err(Error::config(
                 "pool_size",
                 "SQLite uses one connection; remove .pool_size()",
+            ));
+        }
+        #[cfg(feature = "postgres")]
+        if options.session_limits.is_some() {
+            return Err(Error::config(
+                "session_limits",
+                "PostgreSQL session limits do not apply to SQLite; remove .session_limits()",
             ));
         }
         let store = match self.0 {
@@ -125,6 +147,13 @@ impl<S: InboxStore> StoreSource for Prebuilt<S> {
             return Err(Error::config(
                 "pool_size",
                 "set the pool size on the store passed to .store()",
+            ));
+        }
+        #[cfg(feature = "postgres")]
+        if options.session_limits.is_some() {
+            return Err(Error::config(
+                "session_limits",
+                "set the session limits on the store passed to .store()",
             ));
         }
         Ok(self.0)
@@ -491,6 +520,32 @@ impl<B, H> ConsumerBuilder<B, H> {
         self
     }
 
+    /// The handler time limit. A handler running longer makes
+    /// [`health()`](super::ConsumerHandle::health) report the consumer not live, naming the
+    /// worker and the event ([`Health::hung_handlers`](super::Health::hung_handlers)), and is
+    /// logged at error level once. For a PostgreSQL store opened by the builder the server also
+    /// enforces it on the handler's transaction ([`SessionLimits::handler_timeout`]): a stuck
+    /// handler's transaction is ended and its rows go to other workers. For a store passed to
+    /// [`store`](ConsumerBuilder::store), set the same limit on the store's own
+    /// [`SessionLimits`]. Between 1 ms and 24 hours. Defaults to 30 s.
+    ///
+    /// [`SessionLimits::handler_timeout`]: crate::store::SessionLimits::handler_timeout
+    /// [`SessionLimits`]: crate::store::SessionLimits
+    pub fn handler_timeout(mut self, timeout: Duration) -> Self {
+        self.settings.handler_timeout = timeout;
+        self
+    }
+
+    /// Timeouts and keepalives for the connections of a PostgreSQL store opened by the builder
+    /// (see [`SessionLimits`](crate::store::SessionLimits)); their handler time limit is
+    /// replaced by [`handler_timeout`](Self::handler_timeout). Defaults to
+    /// `SessionLimits::default()`.
+    #[cfg(feature = "postgres")]
+    pub fn session_limits(mut self, limits: crate::store::SessionLimits) -> Self {
+        self.settings.session_limits = Some(limits);
+        self
+    }
+
     /// The inbox table's name, for stores opened by the builder. Defaults to `event_inbox`.
     pub fn table(mut self, table: impl Into<String>) -> Self {
         self.table = Some(table.into());
@@ -536,6 +591,9 @@ where
             table: self.table,
             pool_size: self.pool_size,
             connections_needed: needed,
+            handler_timeout: settings.handler_timeout,
+            #[cfg(feature = "postgres")]
+            session_limits: settings.session_limits.clone(),
         })?;
         if let Some(max) = store.max_connections() {
             if max < needed {

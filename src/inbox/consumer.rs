@@ -2,6 +2,7 @@
 
 use super::handle::{ConsumerHandle, Observed, Threads, READER_THREAD, WORKER_THREAD};
 use super::health::{Heartbeats, Probes};
+use super::in_flight::InFlight;
 use super::metrics::{InboxMetrics, ParkedGauges};
 use super::receiver::Reader;
 use super::settings::Settings;
@@ -11,7 +12,8 @@ use crate::error::{Error, Result};
 use crate::event::InboxRow;
 use crate::handler::HandlerResult;
 use crate::maintenance::{
-    self, inbox_retention::InboxRetention, parked_gauges::ParkedGaugeRefresh,
+    self, hung_handlers::HungHandlerWatch, inbox_retention::InboxRetention,
+    parked_gauges::ParkedGaugeRefresh,
 };
 use crate::store::InboxStore;
 use crate::transport::Transport;
@@ -105,9 +107,14 @@ impl<S: InboxStore> Start for Runtime<S> {
         let stop = Arc::new(AtomicBool::new(false));
         let mut threads = Threads::new(stop.clone());
         let base_name = consumer_name(&settings.consumer_prefix);
+        let in_flight = Arc::new(InFlight::new(
+            (0..settings.workers).map(|index| format!("{WORKER_THREAD}{index}")),
+        ));
 
         for index in 0..settings.workers {
             let worker = Worker {
+                index,
+                in_flight: in_flight.clone(),
                 store: self.store.clone(),
                 handler: self.handler.clone(),
                 settings: self.settings.clone(),
@@ -154,6 +161,12 @@ impl<S: InboxStore> Start for Runtime<S> {
                 maintenance::run(refresh, stopping)
             })?;
         }
+        let watch =
+            HungHandlerWatch::new(in_flight.clone(), settings.handler_timeout, &settings.group);
+        let stopping = threads.stopping_signal();
+        threads.spawn("eventflow-hung-handlers".into(), move || {
+            maintenance::run(watch, stopping)
+        })?;
         if let Some(keep) = settings.retention {
             let cleaner = InboxRetention {
                 store: self.store.clone(),
@@ -180,6 +193,8 @@ impl<S: InboxStore> Start for Runtime<S> {
                 probes: Probes::new(self.store.clone(), self.transport.clone()),
                 readers: settings.reader_threads(),
                 workers: settings.workers,
+                in_flight,
+                handler_timeout: settings.handler_timeout,
             },
         ))
     }

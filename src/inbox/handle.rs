@@ -1,6 +1,7 @@
 //! A running consumer: its threads, and stopping them.
 
 use super::health::{Health, Heartbeats, Probes, ThreadCount, PING_TIMEOUT};
+use super::in_flight::InFlight;
 use super::stats::{ConsumerStats, Counters};
 use crate::error::{Error, Result};
 use crossbeam_channel::{Receiver, Sender};
@@ -36,6 +37,8 @@ pub(crate) struct Observed {
     pub probes: Probes,
     pub readers: usize,
     pub workers: usize,
+    pub in_flight: Arc<InFlight>,
+    pub handler_timeout: std::time::Duration,
 }
 
 /// The threads of a running consumer and the signals that stop them.
@@ -263,6 +266,9 @@ impl ConsumerHandle {
             },
             since_last_read: observed.heartbeats.since_last_read(),
             since_last_commit: observed.heartbeats.since_last_commit(),
+            hung_handlers: observed
+                .in_flight
+                .running_longer_than(observed.handler_timeout),
             database,
             broker,
         }

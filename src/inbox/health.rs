@@ -6,6 +6,7 @@
 //! of their own and are waited for at most [`PING_TIMEOUT`], so a probe returns in bounded time
 //! even when a server hangs; a ping that has not answered by the next probe is not started twice.
 
+use super::in_flight::HungHandler;
 use crate::store::InboxStore;
 use crate::transport::Transport;
 use crossbeam_channel::Receiver;
@@ -41,6 +42,11 @@ pub struct Health {
     /// recorded). `None` before the first; grows while there is nothing to do, so on its own it
     /// says nothing about health.
     pub since_last_commit: Option<Duration>,
+    /// Handlers running for longer than the handler time limit
+    /// ([`handler_timeout`](super::ConsumerBuilder::handler_timeout)), longest first. Each
+    /// holds a worker; one stuck for good (a deadlock in the handler's own code, a call with no
+    /// timeout) holds it until the process restarts, so any makes the consumer not live.
+    pub hung_handlers: Vec<HungHandler>,
     /// Whether the database answered a ping just now, or why not.
     pub database: Result<(), String>,
     /// Whether the stream broker answered a ping just now, or why not.
@@ -64,12 +70,16 @@ impl ThreadCount {
 }
 
 impl Health {
-    /// Live: the consumer is running and every reader and worker thread is alive. Threads only
-    /// end at shutdown (they survive panics and outages), so a consumer that is not live needs
-    /// a restart. A live consumer may still be waiting out an outage, or be held back by slow
-    /// handlers (readers wait for busy workers): neither is fixed by a restart.
+    /// Live: the consumer is running, every reader and worker thread is alive, and no handler
+    /// has run past the handler time limit. Threads only end at shutdown (they survive panics
+    /// and outages), so a consumer that is not live needs a restart. A live consumer may still
+    /// be waiting out an outage, or be held back by slow handlers within their limit (readers
+    /// wait for busy workers): neither is fixed by a restart.
     pub fn is_live(&self) -> bool {
-        self.running && self.readers.all_alive() && self.workers.all_alive()
+        self.running
+            && self.readers.all_alive()
+            && self.workers.all_alive()
+            && self.hung_handlers.is_empty()
     }
 
     /// Ready: live, and both the database and the broker answered the ping. A consumer that is

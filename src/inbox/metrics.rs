@@ -5,7 +5,7 @@
 //! registers the consumer's metrics with the recorder installed at that moment. Without a
 //! recorder, recording costs next to nothing. `examples/prometheus.rs` serves them to Prometheus.
 //!
-//! Every metric carries two labels, `stream` and `group`, except the three named in the table.
+//! Every metric carries two labels, `stream` and `group`, except the four named in the table.
 //! Counters and histograms are per stream: the stream an entry was read from, or the stream
 //! recorded on the row (empty for rows that record none, such as rows written by the reference
 //! toolkit). The queue and busy gauges are per consumer: their `stream` label lists the
@@ -33,6 +33,7 @@
 //! | `eventflow_inbox_busy_workers` | gauge | workers | workers running handlers for a claimed batch |
 //! | `eventflow_inbox_parked_aggregates` | gauge | aggregates | ordered mode: aggregates held back by a dead letter neither requeued nor skipped (label `group` only: a table's count) |
 //! | `eventflow_inbox_oldest_parked_seconds` | gauge | seconds | ordered mode: how long the oldest event waiting behind such a dead letter has waited; 0 when none (label `group` only) |
+//! | `eventflow_inbox_hung_handlers` | gauge | handlers | handlers running past the handler time limit (label `group` only) |
 //! | `eventflow_inbox_unhandled_total` | counter | events | events of a type with no route that a router marked processed (label `event_type` only; counted in the handler's transaction, so again if it rolls back and the event is handled again) |
 //!
 //! The counters match [`ConsumerStats`](super::ConsumerStats), which counts the same things per
@@ -81,6 +82,8 @@ pub const UNHANDLED: &str = "eventflow_inbox_unhandled_total";
 pub const PARKED_AGGREGATES: &str = "eventflow_inbox_parked_aggregates";
 /// Gauge, seconds: how long the oldest event waiting behind a parking dead letter has waited.
 pub const OLDEST_PARKED: &str = "eventflow_inbox_oldest_parked_seconds";
+/// Gauge: handlers running past the handler time limit (label `group` only).
+pub const HUNG_HANDLERS: &str = "eventflow_inbox_hung_handlers";
 
 /// Label holding the stream name.
 pub const LABEL_STREAM: &str = "stream";
@@ -358,6 +361,11 @@ fn describe() {
             PARKED_AGGREGATES,
             Unit::Count,
             "Aggregates held back by a dead letter neither requeued nor skipped."
+        );
+        describe_gauge!(
+            HUNG_HANDLERS,
+            Unit::Count,
+            "Handlers running past the handler time limit."
         );
         describe_gauge!(
             OLDEST_PARKED,

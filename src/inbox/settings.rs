@@ -14,6 +14,9 @@ const MAX_RECLAIM_IDLE: Duration = Duration::from_secs(7 * 24 * 3600);
 const MAX_RETENTION: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
 const MAX_RETENTION_INTERVAL: Duration = Duration::from_secs(24 * 3600);
 
+/// The longest handler time limit accepted: longer is no limit at all.
+const MAX_HANDLER_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
+
 /// Validated settings shared by the reader and worker threads.
 #[derive(Clone)]
 pub(crate) struct Settings {
@@ -40,6 +43,9 @@ pub(crate) struct Settings {
     pub ordered: bool,
     pub after_dead_letter: AfterDeadLetter,
     pub parked_gauge_interval: Duration,
+    pub handler_timeout: Duration,
+    #[cfg(feature = "postgres")]
+    pub session_limits: Option<crate::store::SessionLimits>,
     /// An event type given two routes on the builder; a setter cannot fail, so `validate`
     /// reports it.
     pub duplicate_route: Option<String>,
@@ -71,6 +77,9 @@ impl Default for Settings {
             ordered: false,
             after_dead_letter: AfterDeadLetter::Park,
             parked_gauge_interval: Duration::from_secs(10),
+            handler_timeout: Duration::from_secs(30),
+            #[cfg(feature = "postgres")]
+            session_limits: None,
             duplicate_route: None,
         }
     }
@@ -110,6 +119,14 @@ impl Settings {
         }
         if self.readers == 0 {
             return Err(Error::config("readers", "at least 1"));
+        }
+        if self.handler_timeout < Duration::from_millis(1)
+            || self.handler_timeout > MAX_HANDLER_TIMEOUT
+        {
+            return Err(Error::config(
+                "handler_timeout",
+                "between 1 ms and 24 hours",
+            ));
         }
         if !(1..=1024).contains(&self.workers) {
             return Err(Error::config("workers", "between 1 and 1024"));

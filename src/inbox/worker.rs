@@ -8,6 +8,7 @@
 use super::consumer::Handler;
 use super::dead_letter::{announce, DeadLetter};
 use super::health::Heartbeats;
+use super::in_flight::InFlight;
 use super::metrics::{Busy, InboxMetrics};
 use super::settings::Settings;
 use super::stats::Counters;
@@ -40,6 +41,9 @@ pub(crate) enum Work {
 }
 
 pub(crate) struct Worker<S: InboxStore> {
+    /// This worker's number, its slot in `in_flight`.
+    pub index: usize,
+    pub in_flight: Arc<InFlight>,
     pub store: Arc<S>,
     pub handler: Arc<dyn Handler<S>>,
     pub settings: Arc<Settings>,
@@ -166,6 +170,7 @@ impl<S: InboxStore> Worker<S> {
             settings: &self.settings,
             metrics: &self.counters.metrics,
             busy: None,
+            in_flight: (&self.in_flight, self.index),
         };
         let params = ClaimParams {
             claim,
@@ -246,6 +251,8 @@ struct Attempt<'a, S: InboxStore> {
     metrics: &'a InboxMetrics,
     /// Set when the first handler of the batch starts; the worker is busy until it is dropped.
     busy: Option<Busy<'a>>,
+    /// Where this worker notes the handler it runs, and its slot there.
+    in_flight: (&'a InFlight, usize),
 }
 
 impl<S: InboxStore> RowHandler<S> for Attempt<'_, S> {
@@ -253,7 +260,10 @@ impl<S: InboxStore> RowHandler<S> for Attempt<'_, S> {
         let metrics = self.metrics;
         self.busy.get_or_insert_with(|| metrics.busy());
         let started = Instant::now();
+        let (in_flight, slot) = self.in_flight;
+        in_flight.started(slot, row);
         let outcome = catch_unwind(AssertUnwindSafe(|| self.handler.handle(tx, row)));
+        in_flight.finished(slot);
         self.metrics
             .handler_ran(row.stream.as_deref(), started.elapsed());
         match outcome {

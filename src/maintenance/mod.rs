@@ -6,7 +6,9 @@
 //! - `outbox_retention`: deletes published outbox rows past their retention, in batches.
 //! - `stream_trim`: trims stream entries every consumer group has read and acknowledged.
 //! - `parked_gauges`: refreshes an ordered consumer's parked-aggregate gauges.
+//! - `hung_handlers`: logs and counts handlers running past the handler time limit.
 
+pub(crate) mod hung_handlers;
 pub(crate) mod inbox_retention;
 pub(crate) mod outbox_retention;
 pub(crate) mod parked_gauges;

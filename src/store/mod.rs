@@ -17,7 +17,7 @@ mod sqlite;
 
 #[cfg(feature = "postgres")]
 pub use self::postgres::{
-    PgConnection, PgManager, PgTransaction, PostgresStore, PostgresStoreBuilder,
+    PgConnection, PgManager, PgTransaction, PostgresStore, PostgresStoreBuilder, SessionLimits,
 };
 #[cfg(feature = "sqlite")]
 pub use self::sqlite::SqliteStore;

@@ -22,6 +22,16 @@ impl ChildProcess {
         Self(command.spawn().expect("start a child process"))
     }
 
+    /// Sends the process signal `name` (`STOP`, `CONT`, `TERM`, ...) with `kill(1)`.
+    pub fn signal(&self, name: &str) {
+        let status = Command::new("kill")
+            .arg(format!("-{name}"))
+            .arg(self.0.id().to_string())
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -{name} {} failed", self.0.id());
+    }
+
     /// SIGKILLs the process and waits for it: no shutdown, no goodbye.
     pub fn kill(self) {
         drop(self);
@@ -30,6 +40,7 @@ impl ChildProcess {
 
 impl Drop for ChildProcess {
     fn drop(&mut self) {
+        // A stopped process dies of SIGKILL too, but say so in case a test left it stopped.
         let _ = self.0.kill();
         let _ = self.0.wait();
     }

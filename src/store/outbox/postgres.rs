@@ -16,7 +16,9 @@ use super::{
 };
 use crate::event::Event;
 use crate::store::migrations::Migration;
-use crate::store::postgres::{apply_migrations, new_pool, parse_url, pg, PgConnection, Pool};
+use crate::store::postgres::{
+    apply_migrations, new_pool, parse_url, pg, PgConnection, Pool, SessionLimits,
+};
 use crate::store::{validate_table_name, StoreError};
 use chrono::{DateTime, Utc};
 use postgres::fallible_iterator::FallibleIterator;
@@ -64,6 +66,7 @@ pub struct PostgresOutboxBuilder {
     pool_size: u32,
     connect_timeout: Duration,
     table: String,
+    limits: SessionLimits,
 }
 
 impl PostgresOutboxBuilder {
@@ -87,6 +90,14 @@ impl PostgresOutboxBuilder {
         self
     }
 
+    /// The timeouts and keepalives every connection carries, the listener's included (the
+    /// handler time limit does not apply: relays run no handlers). Defaults to
+    /// [`SessionLimits::default()`].
+    pub fn session_limits(mut self, limits: SessionLimits) -> Self {
+        self.limits = limits;
+        self
+    }
+
     /// Validates the settings and creates the pool. Connections are made on first use, so this
     /// succeeds while the database is down.
     pub fn build(self) -> Result<PostgresOutbox, StoreError> {
@@ -107,8 +118,15 @@ impl PostgresOutboxBuilder {
             None => "-c plan_cache_mode=force_custom_plan".to_string(),
         };
         config.options(&options);
+        let pool = new_pool(
+            config.clone(),
+            &self.limits,
+            self.pool_size,
+            self.connect_timeout,
+        );
+        self.limits.apply(&mut config);
         Ok(PostgresOutbox {
-            pool: new_pool(config.clone(), self.pool_size, self.connect_timeout),
+            pool,
             listen_config: config,
             sql: Queries::new(&self.table),
             table: self.table,
@@ -147,6 +165,7 @@ impl PostgresOutbox {
             url: url.into(),
             pool_size: 4,
             connect_timeout: Duration::from_secs(5),
+            limits: SessionLimits::default(),
             table: DEFAULT_OUTBOX_TABLE.to_string(),
         }
     }

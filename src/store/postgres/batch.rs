@@ -126,6 +126,10 @@ fn run(
         return Ok(Vec::new());
     }
     claimed.extend(rows.iter().map(|row| row.id));
+    if let Some(limits) = &store.handler_statement {
+        tx.batch_execute(limits)
+            .map_err(pg("set the handler time limit"))?;
+    }
     let settled = match params.optimistic {
         true => match optimistic(&mut tx, &rows, handler)? {
             Some(verdicts) => rows

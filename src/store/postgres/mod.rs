@@ -4,9 +4,11 @@
 mod batch;
 mod connection;
 mod queries;
+mod session;
 
 pub use connection::{PgConnection, PgManager, PgTransaction};
 use queries::Queries;
+pub use session::SessionLimits;
 
 use super::migrations::{Migration, MIGRATIONS_TABLE};
 use super::{
@@ -75,6 +77,7 @@ pub struct PostgresStoreBuilder {
     pool_size: u32,
     connect_timeout: Duration,
     table: String,
+    limits: SessionLimits,
 }
 
 impl PostgresStoreBuilder {
@@ -99,6 +102,13 @@ impl PostgresStoreBuilder {
         self
     }
 
+    /// The timeouts and keepalives every pooled connection carries, and the handler time
+    /// limit. Defaults to [`SessionLimits::default()`].
+    pub fn session_limits(mut self, limits: SessionLimits) -> Self {
+        self.limits = limits;
+        self
+    }
+
     /// Validates the settings and creates the pool. Connections are made on first use, so this
     /// succeeds while the database is down.
     pub fn build(self) -> Result<PostgresStore, StoreError> {
@@ -108,9 +118,15 @@ impl PostgresStoreBuilder {
                 "pool_size must be at least 1".into(),
             ));
         }
-        let pool = new_pool(parse_url(&self.url)?, self.pool_size, self.connect_timeout);
+        let pool = new_pool(
+            parse_url(&self.url)?,
+            &self.limits,
+            self.pool_size,
+            self.connect_timeout,
+        );
         Ok(PostgresStore {
             pool,
+            handler_statement: self.limits.handler_statement(),
             sql: Queries::new(&self.table),
             table: self.table,
             pool_size: self.pool_size,
@@ -124,6 +140,8 @@ impl PostgresStoreBuilder {
 /// prepared statements per connection.
 pub struct PostgresStore {
     pool: Pool,
+    /// `SET LOCAL` of the handler time limit, when it differs from the session's limits.
+    handler_statement: Option<String>,
     table: String,
     sql: Queries,
     pool_size: u32,
@@ -146,6 +164,7 @@ impl PostgresStore {
             pool_size: 10,
             connect_timeout: Duration::from_secs(5),
             table: DEFAULT_INBOX_TABLE.to_string(),
+            limits: SessionLimits::default(),
         }
     }
 
@@ -179,10 +198,12 @@ pub(in crate::store) fn parse_url(url: &str) -> Result<postgres::Config, StoreEr
 
 /// A pool that connects on first use, so it can be built while the database is down.
 pub(in crate::store) fn new_pool(
-    config: postgres::Config,
+    mut config: postgres::Config,
+    limits: &SessionLimits,
     size: u32,
     connect_timeout: Duration,
 ) -> Pool {
+    limits.apply(&mut config);
     let manager = PgManager(PostgresConnectionManager::new(config, NoTls));
     r2d2::Pool::builder()
         .max_size(size)
@@ -201,6 +222,10 @@ pub(in crate::store) fn apply_migrations(
 ) -> Result<(), StoreError> {
     let mut conn = pool.get().map_err(StoreError::Pool)?;
     let mut tx = conn.transaction().map_err(pg("begin migration"))?;
+    // Another process may be migrating (an index build takes as long as the table is large):
+    // wait for it, whatever the session limits say.
+    tx.batch_execute("SET LOCAL statement_timeout = 0; SET LOCAL lock_timeout = 0")
+        .map_err(pg("lift the session limits for migrating"))?;
     tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK_KEY])
         .map_err(pg("take the migration lock"))?;
     tx.batch_execute(&format!(
