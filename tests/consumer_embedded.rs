@@ -1334,6 +1334,76 @@ fn a_running_consumer_is_live_and_ready_and_not_live_after_shutdown() {
 }
 
 #[test]
+fn time_limits_are_checked_at_build_naming_the_field() {
+    let builder = || {
+        InboxConsumer::builder()
+            .transport(MemoryStream::new())
+            .sqlite_in_memory()
+            .stream("s")
+            .group("g")
+    };
+    let field = |result: Result<eventflow::InboxConsumer, Error>| match result {
+        Err(Error::Config { field, .. }) => field,
+        other => panic!("expected a configuration error, got {other:?}"),
+    };
+    let ok = |_: &mut rusqlite::Transaction<'_>, _: &InboxRow| -> HandlerResult { Ok(()) };
+    let zero = builder()
+        .handler_timeout(Duration::ZERO)
+        .handler(ok)
+        .build();
+    assert_eq!(field(zero), "handler_timeout");
+    let limits = eventflow::store::SessionLimits::default();
+    let on_sqlite = builder().session_limits(limits).handler(ok).build();
+    assert_eq!(field(on_sqlite), "session_limits");
+}
+
+#[test]
+fn a_handler_past_the_time_limit_makes_the_consumer_not_live_until_it_returns() {
+    let stream = MemoryStream::new();
+    let store = store();
+    let (release_tx, release_rx) = crossbeam_channel::bounded::<()>(0);
+    let handle = InboxConsumer::builder()
+        .transport(stream.clone())
+        .store(store.clone())
+        .stream(STREAM)
+        .group(GROUP)
+        .workers(2)
+        .handler_timeout(Duration::from_millis(100))
+        .handler(move |_tx, row| -> HandlerResult {
+            if row.event.event_id == "stuck" {
+                let _ = release_rx.recv();
+            }
+            Ok(())
+        })
+        .build()
+        .unwrap()
+        .start()
+        .unwrap();
+    stream
+        .publish(STREAM, event("stuck", "Slow").to_entry_fields())
+        .unwrap();
+
+    assert!(wait_until(WAIT, || !handle
+        .health()
+        .hung_handlers
+        .is_empty()));
+    let health = handle.health();
+    assert!(!health.is_live(), "{health:?}");
+    assert!(health.workers.all_alive(), "{health:?}");
+    let hung = &health.hung_handlers[0];
+    assert_eq!(
+        (hung.event_id.as_str(), hung.event_type.as_str()),
+        ("stuck", "Slow")
+    );
+    assert!(hung.running_for > Duration::from_millis(100), "{hung:?}");
+
+    release_tx.send(()).unwrap();
+    assert!(wait_until(WAIT, || count(&store, EventStatus::Processed) == 1));
+    assert!(wait_until(WAIT, || handle.health().is_live()));
+    handle.shutdown(Duration::from_secs(10)).unwrap();
+}
+
+#[test]
 fn a_consumer_whose_broker_does_not_answer_is_live_but_not_ready() {
     let outage = Outage::new(false);
     let store = store();
