@@ -3649,6 +3649,92 @@ CREATE INDEX ix_event_inbox_aggregate_received ON event_inbox(aggregate_id, rece
     }
 }
 
+/// A retry scheduled far beyond year 9999 (a policy returning huge delays, a clock far ahead)
+/// is not due now nor at any time before it; SQLite keeps it as its latest storable time.
+fn far_future_retries_are_never_due_early<B: Backend>(store: &B) {
+    let clock = ManualClock::new(t0() + secs(60));
+    store_events(store, &["far-1", "near-1"], t0());
+    let far = chrono::NaiveDate::from_ymd_opt(12_000, 1, 1)
+        .and_then(|day| day.and_hms_opt(0, 0, 0))
+        .unwrap()
+        .and_utc();
+    let mut h = marking(
+        store,
+        script(&[
+            ("far-1", retry_at(1, far, "much later", clock.now())),
+            (
+                "near-1",
+                retry_at(1, clock.now() + secs(60), "soon", clock.now()),
+            ),
+        ]),
+    );
+    assert_eq!(
+        event_ids(&process(store, due(10), &clock, &mut h)),
+        ["far-1", "near-1"]
+    );
+    let next = row(store, "far-1").next_retry_at.expect("a retry time");
+    assert!(next >= at("9999-12-31T23:59:59.999999Z"), "{next}");
+    let mut ok = marking(store, HashMap::new());
+    assert_eq!(process(store, due(10), &clock, &mut ok), vec![]);
+    clock.advance(std_secs(60));
+    assert_eq!(
+        event_ids(&process(store, due(10), &clock, &mut ok)),
+        ["near-1"]
+    );
+    // Nine thousand years on, the far retry is still not due.
+    clock.set(at("9999-12-31T23:59:59Z"));
+    assert_eq!(process(store, due(10), &clock, &mut ok), vec![]);
+    assert_eq!(
+        store.markers(),
+        ["near-1"],
+        "failed attempts roll back their writes"
+    );
+}
+
+/// A payload that is not a JSON object is kept as it arrived, both when read back and when the
+/// handler sees the row (the reference contract; the earlier toolkit replaced it with `{}`).
+fn non_object_payloads_are_kept_as_they_are<B: Backend>(store: &B) {
+    let payloads = [
+        json!([1, "two", {"three": 3}]),
+        json!("plain text"),
+        json!(42),
+        json!(4.5),
+        json!(true),
+        json!(null),
+        json!({}),
+    ];
+    let events: Vec<ReceivedEvent> = payloads
+        .iter()
+        .enumerate()
+        .map(|(n, payload)| {
+            let mut received = received(&format!("p-{n}"), &sid(n));
+            received.event.payload = payload.clone();
+            received
+        })
+        .collect();
+    let stored = store_batch(store, STREAM, &events, &[], t0());
+    assert_eq!(stored.inserted.len(), payloads.len());
+    for (n, payload) in payloads.iter().enumerate() {
+        assert_eq!(
+            &row(store, &format!("p-{n}")).event.payload,
+            payload,
+            "p-{n}"
+        );
+    }
+    let mut seen = BTreeMap::new();
+    let mut h = handler::<B, _>(|_tx, row| {
+        seen.insert(row.event.event_id.clone(), row.event.payload.clone());
+        Verdict::Processed
+    });
+    let clock = ManualClock::new(t0() + secs(30));
+    let settled = process(store, due(100), &clock, &mut h);
+    assert_eq!(settled.len(), payloads.len());
+    drop(h);
+    for (n, payload) in payloads.iter().enumerate() {
+        assert_eq!(seen.get(&format!("p-{n}")), Some(payload), "p-{n}");
+    }
+}
+
 /// Instantiates every check for one backend, as `<backend>::<check>`.
 macro_rules! backend_suite {
     (
@@ -3726,6 +3812,8 @@ conformance!(
         ordered_batches_stored_concurrently_all_commit_in_order,
         rows_are_counted_and_filtered_by_stream,
         parked_aggregates_are_listed_and_released_by_skipping,
+        non_object_payloads_are_kept_as_they_are,
+        far_future_retries_are_never_due_early,
     ],
 );
 

@@ -20,7 +20,7 @@ pub use self::postgres::{
     PgConnection, PgManager, PgTransaction, PostgresStore, PostgresStoreBuilder,
 };
 #[cfg(feature = "sqlite")]
-pub use self::sqlite::SqliteStore;
+pub use self::sqlite::{SqliteStore, LATEST_STORED_TIME};
 pub use migrations::Migration;
 pub use operations::{
     Cleanup, Cursor, DeadLetterRequeue, InboxRecord, Page, ProcessedCleanup, QuarantineFilter,

@@ -723,11 +723,8 @@ pub(super) fn inbox_row(row: &Row) -> Result<InboxRow, StoreError> {
             correlation_id: column!(5, "correlation_id"),
             causation_id: column!(6, "causation_id"),
             occurred_on: column!(7, "occurred_on"),
-            payload: if payload.is_object() {
-                payload
-            } else {
-                serde_json::json!({})
-            },
+            // Kept as stored, object or not (the reference contract).
+            payload,
         },
         stream_id: column!(2, "stream_id"),
         stream: column!(17, "stream"),
