@@ -206,6 +206,67 @@ fn two_consumers_with_four_workers_each_handle_20000_events_exactly_once() {
     assert_eq!(group.lag, Some(0));
 }
 
+/// Issue 9 part 6 on the real servers: 1,000 events handled and purged by retention, the
+/// group destroyed (`XGROUP DESTROY`), 100 more published: 100 more handler runs, not 1,100.
+#[test]
+fn a_destroyed_group_does_not_replay_history_that_retention_purged() {
+    if !services("a_destroyed_group_does_not_replay_history_that_retention_purged") {
+        return;
+    }
+    let fixture = Fixture::new(&postgres_url());
+    let handle = fixture.consumer("p6", 4);
+    publish_events(&fixture.redis, &fixture.stream, &events("h", 1000));
+    assert!(
+        wait_until(Duration::from_secs(60), || fixture.processed() == 1000),
+        "{:?}",
+        handle.stats()
+    );
+    let purged = fixture
+        .store
+        .delete_processed_before(&eventflow::store::ProcessedCleanup {
+            before: chrono::Utc::now() + chrono::Duration::days(1),
+            limit: 10_000,
+            exclusive: true,
+        })
+        .unwrap();
+    assert_eq!(purged, eventflow::store::Cleanup::Deleted(1000));
+    let redis_client = redis::Client::open(redis_url()).unwrap();
+    let mut raw = redis_client.get_connection().unwrap();
+    let destroyed: i64 = redis::cmd("XGROUP")
+        .arg("DESTROY")
+        .arg(&fixture.stream)
+        .arg("exactly-once")
+        .query(&mut raw)
+        .unwrap();
+    assert_eq!(destroyed, 1);
+    let more: Vec<Event> = events("h", 1100).split_off(1000);
+    publish_events(&fixture.redis, &fixture.stream, &more);
+    // The group is back and has delivered every entry, all acknowledged: nothing more comes.
+    assert!(
+        wait_until(Duration::from_secs(60), || {
+            fixture.processed() >= 100
+                && fixture
+                    .redis
+                    .group_stats(&fixture.stream, "exactly-once")
+                    .is_ok_and(|stats| stats.lag == Some(0) && stats.pending == 0)
+        }),
+        "{:?}",
+        handle.stats()
+    );
+    let report = handle.shutdown(Duration::from_secs(10)).unwrap();
+    assert_eq!(
+        fixture.handled_counts(),
+        (1100, 1100),
+        "100 more handler runs, not 1,100"
+    );
+    assert_eq!(fixture.processed(), 100);
+    assert_eq!(report.stats.duplicates, 0);
+    let _ = pg().execute(
+        "DELETE FROM eventflow_inbox_streams WHERE inbox_table = $1",
+        &[&fixture.table],
+    );
+}
+
 #[test]
 fn killed_database_connections_are_reconnected_without_losing_or_repeating_events() {
     let test = "killed_database_connections_are_reconnected_without_losing_or_repeating_events";

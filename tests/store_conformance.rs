@@ -237,6 +237,10 @@ impl Backend for PostgresStore {
             "DELETE FROM eventflow_inbox_owners WHERE inbox_table = $1",
             &[&t],
         );
+        let _ = conn.execute(
+            "DELETE FROM eventflow_inbox_streams WHERE inbox_table = $1",
+            &[&t],
+        );
     }
 }
 
@@ -3875,6 +3879,113 @@ CREATE INDEX ix_event_inbox_aggregate_received ON event_inbox(aggregate_id, rece
     }
 }
 
+/// The newest stream id stored per stream compares ids as two numbers (`-10` is after `-9`),
+/// counts quarantined entries, ignores other streams and ids of another form, and survives
+/// retention deleting the rows that held it.
+fn newest_stream_id_is_kept_through_retention<B: Backend>(store: &B) {
+    assert_eq!(store.newest_stream_id(STREAM).unwrap(), None);
+    let batch = |ids: &[(&str, &str)]| -> Vec<ReceivedEvent> {
+        ids.iter()
+            .map(|(event_id, stream_id)| received(event_id, stream_id))
+            .collect()
+    };
+    store_batch(
+        store,
+        STREAM,
+        &batch(&[
+            ("n-1", "1735689600000-9"),
+            ("n-2", "1735689600000-10"),
+            ("n-3", "999-99"),
+        ]),
+        &[],
+        t0(),
+    );
+    store_batch(
+        store,
+        "other",
+        &batch(&[("o-1", "1735689699999-0")]),
+        &[],
+        t0(),
+    );
+    assert_eq!(
+        store.newest_stream_id(STREAM).unwrap().as_deref(),
+        Some("1735689600000-10")
+    );
+    assert_eq!(
+        store.newest_stream_id("other").unwrap().as_deref(),
+        Some("1735689699999-0")
+    );
+    assert_eq!(store.newest_stream_id("none").unwrap(), None);
+
+    // A quarantined entry was stored, and acknowledged, too.
+    let (entry, _) = malformed("1735689600001-0", &[("event_id", b"x")]);
+    store_batch(store, STREAM, &[], &[entry], t0());
+    assert_eq!(
+        store.newest_stream_id(STREAM).unwrap().as_deref(),
+        Some("1735689600001-0")
+    );
+    // Ids of another form (written by other tools) are not ids Redis could start after.
+    store_batch(store, STREAM, &batch(&[("n-odd", "not-an-id")]), &[], t0());
+    assert_eq!(
+        store.newest_stream_id(STREAM).unwrap().as_deref(),
+        Some("1735689600001-0")
+    );
+
+    store_batch(
+        store,
+        STREAM,
+        &batch(&[("n-4", "1735689600002-3")]),
+        &[],
+        t0(),
+    );
+    let clock = ManualClock::new(t0() + secs(30));
+    let mut ok = marking(store, HashMap::new());
+    assert_eq!(process(store, due(100), &clock, &mut ok).len(), 6);
+    let purge = || {
+        store
+            .delete_processed_before(&ProcessedCleanup {
+                before: t0() + secs(3600),
+                limit: 2,
+                exclusive: false,
+            })
+            .expect("delete_processed_before")
+    };
+    // Deleted two at a time, oldest first; the newest id is kept whichever batch held it.
+    while purge() != Cleanup::Deleted(0) {}
+    assert_eq!(
+        store.count_by_status().unwrap(),
+        counts(&[]),
+        "every row purged"
+    );
+    assert_eq!(
+        store.newest_stream_id(STREAM).unwrap().as_deref(),
+        Some("1735689600002-3")
+    );
+    assert_eq!(
+        store.newest_stream_id("other").unwrap().as_deref(),
+        Some("1735689699999-0")
+    );
+
+    // Newer rows after the purge count again; an older one does not move the mark back.
+    store_batch(
+        store,
+        STREAM,
+        &batch(&[("n-5", "1735689600002-20"), ("n-6", "5-5")]),
+        &[],
+        t0(),
+    );
+    assert_eq!(
+        store.newest_stream_id(STREAM).unwrap().as_deref(),
+        Some("1735689600002-20")
+    );
+    assert_eq!(process(store, due(100), &clock, &mut ok).len(), 2);
+    while purge() != Cleanup::Deleted(0) {}
+    assert_eq!(
+        store.newest_stream_id(STREAM).unwrap().as_deref(),
+        Some("1735689600002-20")
+    );
+}
+
 /// A retry scheduled far beyond year 9999 (a policy returning huge delays, a clock far ahead)
 /// is not due now nor at any time before it; SQLite keeps it as its latest storable time.
 fn far_future_retries_are_never_due_early<B: Backend>(store: &B) {
@@ -4040,6 +4151,7 @@ conformance!(
         parked_aggregates_are_listed_and_released_by_skipping,
         non_object_payloads_are_kept_as_they_are,
         far_future_retries_are_never_due_early,
+        newest_stream_id_is_kept_through_retention,
     ],
 );
 

@@ -83,7 +83,15 @@ impl<S: InboxStore> Start for Runtime<S> {
         }
         adopt_table(self.store.as_ref(), &settings.group, settings.clock.now())?;
         for stream in &settings.streams {
-            self.transport.ensure_group(stream, &settings.group)?;
+            // A missing group starts after what the inbox already stored from the stream (none:
+            // from the start), so a group lost while the process was down does not replay
+            // history; a group that exists is left where it is.
+            let after = self.store.newest_stream_id(stream)?;
+            self.transport.create_group(
+                stream,
+                &settings.group,
+                after.as_deref().unwrap_or("0"),
+            )?;
         }
 
         // Two batches per worker in flight: enough to keep workers busy, small enough that

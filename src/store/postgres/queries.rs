@@ -24,6 +24,7 @@ pub(super) struct Queries {
     pub requeue_dead_letters: String,
     pub list_quarantined_matching: String,
     pub delete_processed: String,
+    pub newest_stream_id: String,
     pub lock_aggregates: String,
     pub claim_heads: String,
     pub claim_heads_among: String,
@@ -47,6 +48,13 @@ pub(super) struct Queries {
 const DURABLE: &str = "set_config('synchronous_commit', \
      CASE current_setting('synchronous_commit') WHEN 'remote_apply' THEN 'remote_apply' \
      ELSE 'on' END, true)";
+
+/// A stream id's two numbers, `<ms>-<seq>`, compared as numbers (as text `9` sorts after
+/// `10`); `numeric`, as each may be up to 2^64 - 1.
+const STREAM_ID_MS: &str = "split_part(stream_id, '-', 1)::numeric";
+const STREAM_ID_SEQ: &str = "split_part(stream_id, '-', 2)::numeric";
+/// Only ids of that form: rows written by other tools may hold anything.
+const STREAM_ID_VALID: &str = "stream_id ~ '^[0-9]{1,20}-[0-9]{1,20}$'";
 
 /// A row's place in its aggregate's order: storing order (`seq`), with rows stored before
 /// eventflow numbered them (null `seq`) first, in the order they were received.
@@ -295,11 +303,38 @@ impl Queries {
             // SKIP LOCKED: a row a worker holds is not waited for; it is young anyway. A CTE,
             // run once: as `id IN (subquery)` the planner may rescan the subquery per row,
             // and each rescan can pick other rows, deleting more than the limit.
+            // The newest stream id among the deleted rows is kept per stream (streams in one
+            // order, so two cleanups never wait for each other in a circle); returns how many
+            // rows were deleted.
             delete_processed: format!(
                 "WITH doomed AS (SELECT id FROM {t} \
                  WHERE status = 'processed' AND processed_at < $1 \
-                 ORDER BY processed_at, id LIMIT $2 FOR UPDATE SKIP LOCKED) \
-                 DELETE FROM {t} AS t USING doomed WHERE t.id = doomed.id"
+                 ORDER BY processed_at, id LIMIT $2 FOR UPDATE SKIP LOCKED), \
+                 gone AS (DELETE FROM {t} AS t USING doomed WHERE t.id = doomed.id \
+                 RETURNING t.stream, t.stream_id), \
+                 kept AS (INSERT INTO eventflow_inbox_streams AS s \
+                 (inbox_table, stream, newest_ms, newest_seq) \
+                 SELECT DISTINCT ON (stream) '{t}', stream, {ms}, {seq} FROM gone \
+                 WHERE stream IS NOT NULL AND {valid} \
+                 ORDER BY stream, {ms} DESC, {seq} DESC \
+                 ON CONFLICT (inbox_table, stream) DO UPDATE \
+                 SET newest_ms = excluded.newest_ms, newest_seq = excluded.newest_seq \
+                 WHERE (s.newest_ms, s.newest_seq) < (excluded.newest_ms, excluded.newest_seq)) \
+                 SELECT count(*) FROM gone",
+                ms = STREAM_ID_MS,
+                seq = STREAM_ID_SEQ,
+                valid = STREAM_ID_VALID,
+            ),
+            newest_stream_id: format!(
+                "SELECT ms::text || '-' || seq::text FROM ( \
+                 SELECT newest_ms AS ms, newest_seq AS seq FROM eventflow_inbox_streams \
+                 WHERE inbox_table = '{t}' AND stream = $1 \
+                 UNION ALL SELECT {ms}, {seq} FROM {t} WHERE stream = $1 AND {valid} \
+                 UNION ALL SELECT {ms}, {seq} FROM {t}_quarantine WHERE stream = $1 AND {valid}) \
+                 AS ids ORDER BY ms DESC, seq DESC LIMIT 1",
+                ms = STREAM_ID_MS,
+                seq = STREAM_ID_SEQ,
+                valid = STREAM_ID_VALID,
             ),
         }
     }

@@ -45,6 +45,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "0004_services.sql",
         sql: include_str!("../../../sql/sqlite/inbox/0004_services.sql"),
     },
+    Migration {
+        version: 5,
+        name: "0005_stream_positions.sql",
+        sql: include_str!("../../../sql/sqlite/inbox/0005_stream_positions.sql"),
+    },
 ];
 
 mod queries;
@@ -674,14 +679,24 @@ impl InboxStore for SqliteStore {
 
     /// SQLite has one writer, so `exclusive` needs nothing more: two cleaners take turns.
     fn delete_processed_before(&self, cleanup: &ProcessedCleanup) -> Result<Cleanup, StoreError> {
-        let conn = self.lock();
-        let deleted = conn
-            .prepare_cached(&self.sql.delete_processed)
-            .and_then(|mut statement| {
-                statement.execute(params![ts(cleanup.before), cleanup.limit as i64])
-            })
+        let mut conn = self.lock();
+        let tx = conn.transaction().map_err(lite("begin a cleanup"))?;
+        let args = params![ts(cleanup.before), cleanup.limit as i64];
+        let deleted = tx
+            .prepare_cached(&self.sql.keep_newest_deleted)
+            .and_then(|mut statement| statement.execute(args))
+            .and_then(|_| tx.prepare_cached(&self.sql.delete_processed))
+            .and_then(|mut statement| statement.execute(args))
             .map_err(lite("delete processed rows"))?;
+        tx.commit().map_err(lite("commit a cleanup"))?;
         Ok(Cleanup::Deleted(deleted as u64))
+    }
+
+    fn newest_stream_id(&self, stream: &str) -> Result<Option<String>, StoreError> {
+        let conn = self.lock();
+        conn.query_row(&self.sql.newest_stream_id, [stream], |row| row.get(0))
+            .optional()
+            .map_err(lite("find the newest stored stream id"))
     }
 }
 
