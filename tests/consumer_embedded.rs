@@ -539,6 +539,50 @@ fn a_lost_group_does_not_replay_history_that_retention_purged() {
     assert_eq!(report.stats.duplicates, 0);
 }
 
+/// A group lost while no consumer runs is created at start after the newest entry the inbox
+/// stored, not from the start of the stream, even once retention purged those rows.
+#[test]
+fn start_creates_a_missing_group_after_the_newest_stored_entry() {
+    let stream = MemoryStream::new();
+    let store = store();
+    let first = start_recording(stream.clone(), &store, |builder| {
+        builder.block(Duration::from_millis(20))
+    });
+    for i in 0..50 {
+        stream
+            .publish(STREAM, event(&format!("s-{i}"), "T").to_entry_fields())
+            .unwrap();
+    }
+    assert!(wait_until(WAIT, || count(&store, EventStatus::Processed) == 50));
+    first.shutdown(Duration::from_secs(10)).unwrap();
+    store
+        .delete_processed_before(&eventflow::store::ProcessedCleanup {
+            before: chrono::Utc::now() + chrono::Duration::days(1),
+            limit: 1000,
+            exclusive: true,
+        })
+        .unwrap();
+    assert!(stream.destroy_group(STREAM, GROUP));
+    for i in 50..60 {
+        stream
+            .publish(STREAM, event(&format!("s-{i}"), "T").to_entry_fields())
+            .unwrap();
+    }
+    let second = start_recording(stream.clone(), &store, |builder| {
+        builder.block(Duration::from_millis(20))
+    });
+    assert!(
+        wait_until(WAIT, || count(&store, EventStatus::Processed) == 10
+            && group_stats(&stream).lag == Some(0)
+            && group_stats(&stream).pending == 0),
+        "{:?}",
+        second.stats()
+    );
+    let report = second.shutdown(Duration::from_secs(10)).unwrap();
+    assert_eq!(handled(&store), (60, 60), "10 more handler runs, not 60");
+    assert_eq!(report.stats.received, 10);
+}
+
 /// A transport that fails every call while `down` is set, as a broker outage would.
 #[derive(Clone)]
 struct Outage {
