@@ -3,8 +3,9 @@
 //! Two entry styles are accepted (see the crate docs): one `data` field holding a JSON object, or
 //! "flattened" fields, one per attribute, where a value that looks like a JSON object or array is
 //! parsed as JSON. Parsing is strict about what the inbox needs (a precise [`EntryError`] names
-//! the missing or bad field) and lenient where the reference contract is: a missing or non-object
-//! `payload` means `{}`.
+//! the missing or bad field) and lenient where the reference contract is: a missing `payload`
+//! means `{}`, and a payload that is not a JSON object is kept as it arrived (the earlier toolkit
+//! replaced it with `{}`, losing it).
 
 use crate::transport::StreamEntry;
 use chrono::{DateTime, NaiveDateTime, Utc};
@@ -29,7 +30,10 @@ pub struct Event {
     pub aggregate_id: Uuid,
     /// When it happened, by the producer's clock.
     pub occurred_on: DateTime<Utc>,
-    /// The event's data; always a JSON object.
+    /// The event's data. Producers should send a JSON object (eventflow's own producers only
+    /// send objects); a payload that arrived as another JSON value, or as plain text in the
+    /// flattened style (a JSON string here), is kept as it is, so the handler sees what was
+    /// published.
     pub payload: Value,
     /// Id shared by all events of one business operation, if the producer set one.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -73,7 +77,8 @@ impl Event {
     ///
     /// `occurred_on` is cut to whole microseconds, the precision both databases keep, so the
     /// event reads back from an inbox or outbox table exactly as it was made. `payload` should
-    /// be a JSON object; anything else is stored as `{}` by the inbox.
+    /// be a JSON object: the outbox and `eventflow publish` refuse anything else (see
+    /// [`Event::validate`]), though the inbox keeps whatever payload arrives.
     pub fn new(event_type: impl Into<String>, aggregate_id: Uuid, payload: Value) -> Self {
         let now = Utc::now();
         Self {
@@ -137,13 +142,13 @@ impl Event {
                 })?
             },
             occurred_on: parse_timestamp(&required_string(attributes, "occurred_on", usize::MAX)?)?,
+            // Kept whatever its kind: the reference contract keeps a non-object payload as it is.
             payload: match attributes.get("payload") {
-                Some(Value::Object(map)) => {
-                    let payload = Value::Object(map.clone());
-                    check_no_nul(&payload)?;
-                    payload
+                Some(payload) => {
+                    check_no_nul(payload)?;
+                    payload.clone()
                 }
-                _ => Value::Object(Map::new()),
+                None => Value::Object(Map::new()),
             },
             correlation_id: optional_string(attributes, "correlation_id")?,
             causation_id: optional_string(attributes, "causation_id")?,
@@ -453,7 +458,7 @@ mod tests {
     }
 
     #[test]
-    fn missing_or_non_object_payload_means_empty_object() {
+    fn missing_payload_means_empty_object_and_others_are_kept_as_they_are() {
         let base = [
             ("event_id", "e"),
             ("event_type", "T"),
@@ -461,12 +466,35 @@ mod tests {
             ("occurred_on", "2025-01-01T00:00:00"),
         ];
         assert_eq!(Event::from_entry(&entry(&base)).unwrap().payload, json!({}));
-        let mut with_text = base.to_vec();
-        with_text.push(("payload", "plain text"));
-        assert_eq!(
-            Event::from_entry(&entry(&with_text)).unwrap().payload,
-            json!({})
-        );
+        // Flattened style: plain text is a string, an array is parsed as JSON.
+        for (text, expected) in [
+            ("plain text", json!("plain text")),
+            ("[1, 2]", json!([1, 2])),
+        ] {
+            let mut fields = base.to_vec();
+            fields.push(("payload", text));
+            assert_eq!(
+                Event::from_entry(&entry(&fields)).unwrap().payload,
+                expected,
+                "{text}"
+            );
+        }
+        // The `data` style: any JSON value.
+        for payload in [
+            json!([1, "two"]),
+            json!("text"),
+            json!(42),
+            json!(null),
+            json!(true),
+        ] {
+            let data = json!({
+                "event_id": "e", "event_type": "T", "aggregate_id": AGGREGATE,
+                "occurred_on": "2025-01-01T00:00:00Z", "payload": payload,
+            })
+            .to_string();
+            let event = Event::from_entry(&entry(&[("data", data.as_str())])).unwrap();
+            assert_eq!(event.payload, payload);
+        }
     }
 
     #[test]

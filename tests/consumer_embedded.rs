@@ -479,9 +479,108 @@ fn a_lost_consumer_group_is_created_again_and_redelivery_is_deduplicated() {
         handle.stats()
     );
     let report = handle.shutdown(Duration::from_secs(10)).unwrap();
-    // The new group starts at the beginning: the first five arrive again and are skipped.
-    assert_eq!(report.stats.duplicates, 5);
+    // The new group starts after the newest stored entry: the first five are not read again.
+    assert_eq!(report.stats.duplicates, 0);
     assert_eq!(handled(&store), (10, 10));
+}
+
+/// Issue 9 part 6: a group lost after retention purged the rows it had stored does not replay
+/// the stream's history. 1,000 events handled and purged, the group destroyed, 100 more
+/// published: 100 more handler runs, not 1,100.
+#[test]
+fn a_lost_group_does_not_replay_history_that_retention_purged() {
+    let stream = MemoryStream::new();
+    let store = store();
+    let handle = start_recording(stream.clone(), &store, |builder| {
+        builder
+            .block(Duration::from_millis(20))
+            .read_batch(100)
+            .reclaim_idle(Duration::from_secs(5))
+    });
+    for i in 0..1000 {
+        stream
+            .publish(STREAM, event(&format!("h-{i}"), "T").to_entry_fields())
+            .unwrap();
+    }
+    assert!(wait_until(WAIT, || count(&store, EventStatus::Processed) == 1000));
+    let purged = store
+        .delete_processed_before(&eventflow::store::ProcessedCleanup {
+            before: chrono::Utc::now() + chrono::Duration::days(1),
+            limit: 10_000,
+            exclusive: true,
+        })
+        .unwrap();
+    assert_eq!(purged, eventflow::store::Cleanup::Deleted(1000));
+    assert_eq!(count(&store, EventStatus::Processed), 0);
+    assert!(stream.destroy_group(STREAM, GROUP));
+    for i in 1000..1100 {
+        stream
+            .publish(STREAM, event(&format!("h-{i}"), "T").to_entry_fields())
+            .unwrap();
+    }
+    // The group is back and has delivered every entry, all acknowledged: nothing more comes.
+    assert!(
+        wait_until(WAIT, || {
+            count(&store, EventStatus::Processed) >= 100
+                && stream
+                    .group_stats(STREAM, GROUP)
+                    .is_ok_and(|stats| stats.lag == Some(0) && stats.pending == 0)
+        }),
+        "{:?}",
+        handle.stats()
+    );
+    let report = handle.shutdown(Duration::from_secs(10)).unwrap();
+    assert_eq!(
+        handled(&store),
+        (1100, 1100),
+        "100 more handler runs, not 1,100"
+    );
+    assert_eq!(count(&store, EventStatus::Processed), 100);
+    assert_eq!(report.stats.duplicates, 0);
+}
+
+/// A group lost while no consumer runs is created at start after the newest entry the inbox
+/// stored, not from the start of the stream, even once retention purged those rows.
+#[test]
+fn start_creates_a_missing_group_after_the_newest_stored_entry() {
+    let stream = MemoryStream::new();
+    let store = store();
+    let first = start_recording(stream.clone(), &store, |builder| {
+        builder.block(Duration::from_millis(20))
+    });
+    for i in 0..50 {
+        stream
+            .publish(STREAM, event(&format!("s-{i}"), "T").to_entry_fields())
+            .unwrap();
+    }
+    assert!(wait_until(WAIT, || count(&store, EventStatus::Processed) == 50));
+    first.shutdown(Duration::from_secs(10)).unwrap();
+    store
+        .delete_processed_before(&eventflow::store::ProcessedCleanup {
+            before: chrono::Utc::now() + chrono::Duration::days(1),
+            limit: 1000,
+            exclusive: true,
+        })
+        .unwrap();
+    assert!(stream.destroy_group(STREAM, GROUP));
+    for i in 50..60 {
+        stream
+            .publish(STREAM, event(&format!("s-{i}"), "T").to_entry_fields())
+            .unwrap();
+    }
+    let second = start_recording(stream.clone(), &store, |builder| {
+        builder.block(Duration::from_millis(20))
+    });
+    assert!(
+        wait_until(WAIT, || count(&store, EventStatus::Processed) == 10
+            && group_stats(&stream).lag == Some(0)
+            && group_stats(&stream).pending == 0),
+        "{:?}",
+        second.stats()
+    );
+    let report = second.shutdown(Duration::from_secs(10)).unwrap();
+    assert_eq!(handled(&store), (60, 60), "10 more handler runs, not 60");
+    assert_eq!(report.stats.received, 10);
 }
 
 /// A transport that fails every call while `down` is set, as a broker outage would.
@@ -516,13 +615,14 @@ impl Outage {
 }
 
 impl Transport for Outage {
-    fn ensure_group(
+    fn create_group(
         &self,
         stream: &str,
         group: &str,
+        after: &str,
     ) -> Result<(), eventflow::transport::TransportError> {
         self.check()?;
-        self.inner.ensure_group(stream, group)
+        self.inner.create_group(stream, group, after)
     }
     fn read_group(
         &self,
@@ -843,6 +943,12 @@ impl InboxStore for Refusing {
         cleanup: &eventflow::store::ProcessedCleanup,
     ) -> Result<eventflow::store::Cleanup, eventflow::store::StoreError> {
         self.0.delete_processed_before(cleanup)
+    }
+    fn newest_stream_id(
+        &self,
+        stream: &str,
+    ) -> Result<Option<String>, eventflow::store::StoreError> {
+        self.0.newest_stream_id(stream)
     }
 }
 

@@ -332,6 +332,9 @@ impl InboxStore for Gated {
     ) -> Result<eventflow::store::Cleanup, StoreError> {
         self.inner.delete_processed_before(cleanup)
     }
+    fn newest_stream_id(&self, stream: &str) -> Result<Option<String>, StoreError> {
+        self.inner.newest_stream_id(stream)
+    }
 }
 
 #[test]

@@ -206,6 +206,177 @@ fn two_consumers_with_four_workers_each_handle_20000_events_exactly_once() {
     assert_eq!(group.lag, Some(0));
 }
 
+/// Issue 9 part 6 on the real servers: 1,000 events handled and purged by retention, the
+/// group destroyed (`XGROUP DESTROY`), 100 more published: 100 more handler runs, not 1,100.
+#[test]
+fn a_destroyed_group_does_not_replay_history_that_retention_purged() {
+    if !services("a_destroyed_group_does_not_replay_history_that_retention_purged") {
+        return;
+    }
+    let fixture = Fixture::new(&postgres_url());
+    let handle = fixture.consumer("p6", 4);
+    publish_events(&fixture.redis, &fixture.stream, &events("h", 1000));
+    assert!(
+        wait_until(Duration::from_secs(60), || fixture.processed() == 1000),
+        "{:?}",
+        handle.stats()
+    );
+    let purged = fixture
+        .store
+        .delete_processed_before(&eventflow::store::ProcessedCleanup {
+            before: chrono::Utc::now() + chrono::Duration::days(1),
+            limit: 10_000,
+            exclusive: true,
+        })
+        .unwrap();
+    assert_eq!(purged, eventflow::store::Cleanup::Deleted(1000));
+    let redis_client = redis::Client::open(redis_url()).unwrap();
+    let mut raw = redis_client.get_connection().unwrap();
+    let destroyed: i64 = redis::cmd("XGROUP")
+        .arg("DESTROY")
+        .arg(&fixture.stream)
+        .arg("exactly-once")
+        .query(&mut raw)
+        .unwrap();
+    assert_eq!(destroyed, 1);
+    let more: Vec<Event> = events("h", 1100).split_off(1000);
+    publish_events(&fixture.redis, &fixture.stream, &more);
+    // The group is back and has delivered every entry, all acknowledged: nothing more comes.
+    assert!(
+        wait_until(Duration::from_secs(60), || {
+            fixture.processed() >= 100
+                && fixture
+                    .redis
+                    .group_stats(&fixture.stream, "exactly-once")
+                    .is_ok_and(|stats| stats.lag == Some(0) && stats.pending == 0)
+        }),
+        "{:?}",
+        handle.stats()
+    );
+    let report = handle.shutdown(Duration::from_secs(10)).unwrap();
+    assert_eq!(
+        fixture.handled_counts(),
+        (1100, 1100),
+        "100 more handler runs, not 1,100"
+    );
+    assert_eq!(fixture.processed(), 100);
+    assert_eq!(report.stats.duplicates, 0);
+    let _ = pg().execute(
+        "DELETE FROM eventflow_inbox_streams WHERE inbox_table = $1",
+        &[&fixture.table],
+    );
+}
+
+/// Issue 9 part 7 end to end: two consumers with two readers each store a stream in which 30 %
+/// of the events are published again, in reverse order, right after the originals, so readers
+/// storing neighbouring batches meet the same event ids in opposite orders. On a database of
+/// its own, so its deadlock counter counts only this test: it does not move, and every event is
+/// handled exactly once.
+#[test]
+fn readers_meeting_reordered_duplicates_never_deadlock() {
+    const CHUNK: usize = 50;
+    const EVENTS: usize = 3000;
+    if !services("readers_meeting_reordered_duplicates_never_deadlock") {
+        return;
+    }
+    let database = format!("eventflow_deadlock_e2e_{}", std::process::id());
+    let mut admin = pg();
+    for statement in [
+        format!("DROP DATABASE IF EXISTS {database} WITH (FORCE)"),
+        format!("CREATE DATABASE {database}"),
+    ] {
+        admin.batch_execute(&statement).unwrap();
+    }
+    let url = support::postgres_url_with(Some(&database), None);
+    let connect = || Client::connect(&url, NoTls).unwrap();
+    connect()
+        .batch_execute("CREATE TABLE handled (event_id TEXT NOT NULL)")
+        .unwrap();
+    let deadlocks = || -> i64 {
+        connect()
+            .query_one(
+                "SELECT deadlocks FROM pg_stat_database WHERE datname = current_database()",
+                &[],
+            )
+            .unwrap()
+            .get(0)
+    };
+    let stream = unique_name("stream");
+    let redis = RedisStreams::connect(&redis_url()).unwrap();
+    let all = events("d", EVENTS);
+    for chunk in all.chunks(CHUNK) {
+        let again: Vec<Event> = chunk.iter().rev().take(CHUNK * 3 / 10).cloned().collect();
+        publish_events(&redis, &stream, chunk);
+        publish_events(&redis, &stream, &again);
+    }
+    let published = EVENTS + EVENTS / CHUNK * (CHUNK * 3 / 10);
+    let before = deadlocks();
+    let store = Arc::new(
+        PostgresStore::builder(url.clone())
+            .table("dup_inbox")
+            .pool_size(10)
+            .build()
+            .unwrap(),
+    );
+    let consumer = |prefix: &str| {
+        InboxConsumer::builder()
+            .redis(redis_url())
+            .store(store.clone())
+            .stream(&stream)
+            .group("dedup")
+            .consumer_prefix(prefix)
+            .readers(2)
+            .read_batch(CHUNK)
+            .workers(2)
+            .block(Duration::from_millis(100))
+            .handler(|tx, row| -> HandlerResult {
+                tx.execute(
+                    "INSERT INTO handled (event_id) VALUES ($1)",
+                    &[&row.event.event_id],
+                )?;
+                Ok(())
+            })
+            .build()
+            .unwrap()
+            .start()
+            .unwrap()
+    };
+    let (a, b) = (consumer("a"), consumer("b"));
+    let done = wait_until(Duration::from_secs(120), || {
+        a.stats().received + b.stats().received == published as u64
+            && store
+                .count_by_status()
+                .is_ok_and(|c| c.get(EventStatus::Processed) == EVENTS as u64)
+    });
+    let a = a.shutdown(Duration::from_secs(30)).unwrap().stats;
+    let b = b.shutdown(Duration::from_secs(30)).unwrap().stats;
+    let handled: (i64, i64) = {
+        let row = connect()
+            .query_one(
+                "SELECT count(*), count(DISTINCT event_id) FROM handled",
+                &[],
+            )
+            .unwrap();
+        (row.get(0), row.get(1))
+    };
+    // Closing the connections makes their backends report their statistics.
+    drop(store);
+    std::thread::sleep(Duration::from_millis(1500));
+    let after = deadlocks();
+    let _ = admin.batch_execute(&format!("DROP DATABASE IF EXISTS {database} WITH (FORCE)"));
+    if let Ok(mut conn) = redis::Client::open(redis_url()).and_then(|c| c.get_connection()) {
+        let _: redis::RedisResult<()> = redis::cmd("DEL").arg(&stream).query(&mut conn);
+    }
+    assert!(done, "all stored and handled; a: {a:?}, b: {b:?}");
+    assert_eq!(after - before, 0, "the database counted deadlocks");
+    assert_eq!(
+        handled,
+        (EVENTS as i64, EVENTS as i64),
+        "each event handled once"
+    );
+    assert_eq!(a.duplicates + b.duplicates, (published - EVENTS) as u64);
+}
+
 #[test]
 fn killed_database_connections_are_reconnected_without_losing_or_repeating_events() {
     let test = "killed_database_connections_are_reconnected_without_losing_or_repeating_events";

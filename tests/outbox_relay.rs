@@ -199,8 +199,8 @@ struct Faulty {
 }
 
 impl Transport for Faulty {
-    fn ensure_group(&self, stream: &str, group: &str) -> Result<(), TransportError> {
-        self.inner.ensure_group(stream, group)
+    fn create_group(&self, stream: &str, group: &str, after: &str) -> Result<(), TransportError> {
+        self.inner.create_group(stream, group, after)
     }
     fn read_group(&self, request: &ReadRequest<'_>) -> Result<Vec<StreamEntry>, TransportError> {
         self.inner.read_group(request)

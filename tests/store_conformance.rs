@@ -237,6 +237,10 @@ impl Backend for PostgresStore {
             "DELETE FROM eventflow_inbox_owners WHERE inbox_table = $1",
             &[&t],
         );
+        let _ = conn.execute(
+            "DELETE FROM eventflow_inbox_streams WHERE inbox_table = $1",
+            &[&t],
+        );
     }
 }
 
@@ -3113,6 +3117,232 @@ CREATE INDEX ix_event_inbox_aggregate_received ON event_inbox(aggregate_id, rece
         Some(store)
     }
 
+    /// The storing transaction commits with `synchronous_commit` at least `on` whatever the
+    /// session's default (set here on the store's own connections through `options`, never
+    /// server-wide), since the reader acknowledges entries once it commits. A deferred trigger
+    /// records the setting in force at commit time, for events and for quarantined entries.
+    #[test]
+    fn batches_commit_durably_whatever_the_sessions_synchronous_commit() {
+        if !support::postgres_available("postgres_only::batches_commit_durably") {
+            return;
+        }
+        for (default, expected) in [
+            ("off", "on"),
+            ("local", "on"),
+            ("remote_apply", "remote_apply"),
+        ] {
+            let table = support::unique_name("t");
+            let url =
+                support::postgres_url_with(None, Some(&format!("-c synchronous_commit={default}")));
+            let store = TestStore(
+                PostgresStore::builder(url)
+                    .table(&table)
+                    .pool_size(1)
+                    .build()
+                    .expect("build a store"),
+            );
+            setup(&*store);
+            let t = store.table();
+            let show = || -> String {
+                let mut conn = store.pool().get().expect("a connection");
+                conn.query_one("SHOW synchronous_commit", &[])
+                    .unwrap()
+                    .get(0)
+            };
+            assert_eq!(show(), default, "the session default the test sets");
+            store
+                .pool()
+                .get()
+                .unwrap()
+                .batch_execute(&format!(
+                    "CREATE TABLE {t}_sync (tbl TEXT NOT NULL, setting TEXT NOT NULL);
+                     CREATE FUNCTION {t}_record_sync() RETURNS trigger LANGUAGE plpgsql AS $$
+                     BEGIN
+                         INSERT INTO {t}_sync VALUES (TG_TABLE_NAME, current_setting('synchronous_commit'));
+                         RETURN NULL;
+                     END $$;
+                     CREATE CONSTRAINT TRIGGER {t}_sync AFTER INSERT ON {t}
+                         DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION {t}_record_sync();
+                     CREATE CONSTRAINT TRIGGER {t}_qsync AFTER INSERT ON {t}_quarantine
+                         DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION {t}_record_sync();"
+                ))
+                .expect("create the recording trigger");
+            let events = [received("d-1", &sid(1)), received("d-2", &sid(2))];
+            store_batch(&*store, STREAM, &events, &[], t0());
+            let (entry, _) = malformed(&sid(3), &[("event_id", b"x")]);
+            store_batch(&*store, STREAM, &[], &[entry], t0());
+            let ordered = [received("d-3", &sid(4))];
+            store
+                .store_received(&ReceivedBatch {
+                    stream: STREAM,
+                    ordered: true,
+                    events: &ordered,
+                    malformed: &[],
+                    received_at: t0(),
+                    max_retries: MAX_RETRIES,
+                })
+                .expect("store an ordered batch");
+            let recorded: Vec<(String, String)> = store
+                .pool()
+                .get()
+                .unwrap()
+                .query(
+                    &format!("SELECT tbl, setting FROM {t}_sync ORDER BY tbl"),
+                    &[],
+                )
+                .unwrap()
+                .iter()
+                .map(|row| (row.get(0), row.get(1)))
+                .collect();
+            let quarantine = format!("{t}_quarantine");
+            assert_eq!(
+                recorded,
+                [
+                    (t.to_string(), expected.to_string()),
+                    (t.to_string(), expected.to_string()),
+                    (t.to_string(), expected.to_string()),
+                    (quarantine, expected.to_string()),
+                ],
+                "session default {default}"
+            );
+            assert_eq!(show(), default, "the setting was the transaction's only");
+            let _ = store.pool().get().unwrap().batch_execute(&format!(
+                "DROP TABLE IF EXISTS {t}_sync; DROP FUNCTION IF EXISTS {t}_record_sync() CASCADE"
+            ));
+        }
+    }
+
+    /// Readers storing overlapping duplicate event ids in different orders never deadlock:
+    /// four stores (two processes with two readers each, as far as the database can tell:
+    /// separate pools) store, round after round at the same instant, batches in which 30 % of
+    /// the event ids are shared and ordered differently by each. Run on a database of its own,
+    /// so its deadlock counter counts only this test. Every event is stored exactly once.
+    #[test]
+    fn readers_storing_overlapping_duplicates_never_deadlock() {
+        const READERS: usize = 4;
+        const ROUNDS: usize = 20;
+        const FRESH: usize = 70;
+        const SHARED: usize = 30;
+        if !support::postgres_available("postgres_only::readers_storing_overlapping_duplicates") {
+            return;
+        }
+        let database = format!("eventflow_deadlock_{}", std::process::id());
+        let mut admin = ::postgres::Client::connect(&support::postgres_url(), ::postgres::NoTls)
+            .expect("connect");
+        for statement in [
+            format!("DROP DATABASE IF EXISTS {database} WITH (FORCE)"),
+            format!("CREATE DATABASE {database}"),
+        ] {
+            admin
+                .batch_execute(&statement)
+                .expect("create the test's database");
+        }
+        let url = support::postgres_url_with(Some(&database), None);
+        let deadlocks = || -> i64 {
+            let mut conn = ::postgres::Client::connect(&url, ::postgres::NoTls).expect("connect");
+            conn.query_one(
+                "SELECT deadlocks FROM pg_stat_database WHERE datname = current_database()",
+                &[],
+            )
+            .unwrap()
+            .get(0)
+        };
+        let stores: Vec<PostgresStore> = (0..READERS)
+            .map(|_| {
+                PostgresStore::builder(url.clone())
+                    .table("dup_inbox")
+                    .pool_size(1)
+                    .build()
+                    .unwrap()
+            })
+            .collect();
+        stores[0].migrate().expect("migrate");
+        let before = deadlocks();
+        let barrier = Barrier::new(READERS);
+        let results: Vec<(usize, Vec<String>)> = thread::scope(|scope| {
+            let handles: Vec<_> = stores
+                .iter()
+                .enumerate()
+                .map(|(reader, store)| {
+                    let barrier = &barrier;
+                    scope.spawn(move || {
+                        let mut inserted = 0;
+                        let mut errors = Vec::new();
+                        for round in 0..ROUNDS {
+                            let mut shared: Vec<String> =
+                                (0..SHARED).map(|n| format!("s-{round}-{n:02}")).collect();
+                            // Each reader its own order of the shared ids.
+                            match reader % 4 {
+                                0 => {}
+                                1 => shared.reverse(),
+                                2 => shared.rotate_left(SHARED / 2),
+                                _ => {
+                                    shared.rotate_left(SHARED / 3);
+                                    shared.reverse()
+                                }
+                            }
+                            let mut ids: Vec<String> = (0..FRESH)
+                                .map(|n| format!("f-{reader}-{round}-{n}"))
+                                .collect();
+                            // Shared ids spread through the batch.
+                            for (n, id) in shared.into_iter().enumerate() {
+                                ids.insert((n * 3 + reader) % ids.len(), id);
+                            }
+                            let events: Vec<ReceivedEvent> = ids
+                                .iter()
+                                .enumerate()
+                                .map(|(n, id)| {
+                                    let mut event = received(id, &sid(n));
+                                    event.event.aggregate_id = Uuid::from_u128((n % 7) as u128 + 1);
+                                    event
+                                })
+                                .collect();
+                            barrier.wait();
+                            match store.store_received(&ReceivedBatch {
+                                stream: STREAM,
+                                ordered: round % 2 == 1,
+                                events: &events,
+                                malformed: &[],
+                                received_at: t0(),
+                                max_retries: MAX_RETRIES,
+                            }) {
+                                Ok(stored) => inserted += stored.inserted.len(),
+                                Err(error) => errors.push(chain(&error)),
+                            }
+                        }
+                        (inserted, errors)
+                    })
+                })
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| h.join().expect("reader"))
+                .collect()
+        });
+        let rows: i64 = stores[0]
+            .pool()
+            .get()
+            .unwrap()
+            .query_one("SELECT count(*) FROM dup_inbox", &[])
+            .unwrap()
+            .get(0);
+        // Closing the connections makes their backends report their statistics.
+        drop(stores);
+        thread::sleep(Duration::from_millis(1500));
+        let after = deadlocks();
+        drop(admin.batch_execute(&format!("DROP DATABASE IF EXISTS {database} WITH (FORCE)")));
+        let errors: Vec<&String> = results.iter().flat_map(|(_, e)| e).collect();
+        assert_eq!(errors, Vec::<&String>::new(), "no batch failed");
+        assert_eq!(after - before, 0, "the database counted deadlocks");
+        let expected = ROUNDS * (READERS * FRESH + SHARED);
+        assert_eq!(rows as usize, expected, "every event stored once");
+        let inserted: usize = results.iter().map(|(n, _)| n).sum();
+        assert_eq!(
+            inserted, expected,
+            "each reported inserted by one reader only"
+        );
+    }
+
     /// An adopter whose insert meets another group's adoption still in flight waits for it,
     /// then is told that group: the owner is not lost between the conflict and the answer.
     #[test]
@@ -3649,6 +3879,231 @@ CREATE INDEX ix_event_inbox_aggregate_received ON event_inbox(aggregate_id, rece
     }
 }
 
+/// Within an aggregate, rows keep the order of the stream even when their event ids sort the
+/// other way (PostgreSQL inserts a batch sorted by event id, so readers never deadlock).
+fn an_aggregate_keeps_stream_order_whatever_its_event_ids<B: Backend>(store: &B) {
+    let ids = ["z-1", "y-2", "x-3", "w-4"];
+    let events: Vec<ReceivedEvent> = ids
+        .iter()
+        .enumerate()
+        .map(|(n, id)| received(id, &sid(n)))
+        .collect();
+    store
+        .store_received(&ReceivedBatch {
+            stream: STREAM,
+            ordered: true,
+            events: &events,
+            malformed: &[],
+            received_at: t0(),
+            max_retries: MAX_RETRIES,
+        })
+        .expect("store an ordered batch");
+    let clock = ManualClock::new(t0() + secs(60));
+    let mut ok = marking(store, HashMap::new());
+    for expected in ids {
+        let settled = process(store, heads(10, AfterDeadLetter::Park), &clock, &mut ok);
+        assert_eq!(
+            event_ids(&settled),
+            [expected],
+            "one head at a time, in stream order"
+        );
+    }
+    assert_eq!(store.markers(), ids);
+}
+
+/// The newest stream id stored per stream compares ids as two numbers (`-10` is after `-9`),
+/// counts quarantined entries, ignores other streams and ids of another form, and survives
+/// retention deleting the rows that held it.
+fn newest_stream_id_is_kept_through_retention<B: Backend>(store: &B) {
+    assert_eq!(store.newest_stream_id(STREAM).unwrap(), None);
+    let batch = |ids: &[(&str, &str)]| -> Vec<ReceivedEvent> {
+        ids.iter()
+            .map(|(event_id, stream_id)| received(event_id, stream_id))
+            .collect()
+    };
+    store_batch(
+        store,
+        STREAM,
+        &batch(&[
+            ("n-1", "1735689600000-9"),
+            ("n-2", "1735689600000-10"),
+            ("n-3", "999-99"),
+        ]),
+        &[],
+        t0(),
+    );
+    store_batch(
+        store,
+        "other",
+        &batch(&[("o-1", "1735689699999-0")]),
+        &[],
+        t0(),
+    );
+    assert_eq!(
+        store.newest_stream_id(STREAM).unwrap().as_deref(),
+        Some("1735689600000-10")
+    );
+    assert_eq!(
+        store.newest_stream_id("other").unwrap().as_deref(),
+        Some("1735689699999-0")
+    );
+    assert_eq!(store.newest_stream_id("none").unwrap(), None);
+
+    // A quarantined entry was stored, and acknowledged, too.
+    let (entry, _) = malformed("1735689600001-0", &[("event_id", b"x")]);
+    store_batch(store, STREAM, &[], &[entry], t0());
+    assert_eq!(
+        store.newest_stream_id(STREAM).unwrap().as_deref(),
+        Some("1735689600001-0")
+    );
+    // Ids of another form (written by other tools) are not ids Redis could start after.
+    store_batch(store, STREAM, &batch(&[("n-odd", "not-an-id")]), &[], t0());
+    assert_eq!(
+        store.newest_stream_id(STREAM).unwrap().as_deref(),
+        Some("1735689600001-0")
+    );
+
+    store_batch(
+        store,
+        STREAM,
+        &batch(&[("n-4", "1735689600002-3")]),
+        &[],
+        t0(),
+    );
+    let clock = ManualClock::new(t0() + secs(30));
+    let mut ok = marking(store, HashMap::new());
+    assert_eq!(process(store, due(100), &clock, &mut ok).len(), 6);
+    let purge = || {
+        store
+            .delete_processed_before(&ProcessedCleanup {
+                before: t0() + secs(3600),
+                limit: 2,
+                exclusive: false,
+            })
+            .expect("delete_processed_before")
+    };
+    // Deleted two at a time, oldest first; the newest id is kept whichever batch held it.
+    while purge() != Cleanup::Deleted(0) {}
+    assert_eq!(
+        store.count_by_status().unwrap(),
+        counts(&[]),
+        "every row purged"
+    );
+    assert_eq!(
+        store.newest_stream_id(STREAM).unwrap().as_deref(),
+        Some("1735689600002-3")
+    );
+    assert_eq!(
+        store.newest_stream_id("other").unwrap().as_deref(),
+        Some("1735689699999-0")
+    );
+
+    // Newer rows after the purge count again; an older one does not move the mark back.
+    store_batch(
+        store,
+        STREAM,
+        &batch(&[("n-5", "1735689600002-20"), ("n-6", "5-5")]),
+        &[],
+        t0(),
+    );
+    assert_eq!(
+        store.newest_stream_id(STREAM).unwrap().as_deref(),
+        Some("1735689600002-20")
+    );
+    assert_eq!(process(store, due(100), &clock, &mut ok).len(), 2);
+    while purge() != Cleanup::Deleted(0) {}
+    assert_eq!(
+        store.newest_stream_id(STREAM).unwrap().as_deref(),
+        Some("1735689600002-20")
+    );
+}
+
+/// A retry scheduled far beyond year 9999 (a policy returning huge delays, a clock far ahead)
+/// is not due now nor at any time before it; SQLite keeps it as its latest storable time.
+fn far_future_retries_are_never_due_early<B: Backend>(store: &B) {
+    let clock = ManualClock::new(t0() + secs(60));
+    store_events(store, &["far-1", "near-1"], t0());
+    let far = chrono::NaiveDate::from_ymd_opt(12_000, 1, 1)
+        .and_then(|day| day.and_hms_opt(0, 0, 0))
+        .unwrap()
+        .and_utc();
+    let mut h = marking(
+        store,
+        script(&[
+            ("far-1", retry_at(1, far, "much later", clock.now())),
+            (
+                "near-1",
+                retry_at(1, clock.now() + secs(60), "soon", clock.now()),
+            ),
+        ]),
+    );
+    assert_eq!(
+        event_ids(&process(store, due(10), &clock, &mut h)),
+        ["far-1", "near-1"]
+    );
+    let next = row(store, "far-1").next_retry_at.expect("a retry time");
+    assert!(next >= at("9999-12-31T23:59:59.999999Z"), "{next}");
+    let mut ok = marking(store, HashMap::new());
+    assert_eq!(process(store, due(10), &clock, &mut ok), vec![]);
+    clock.advance(std_secs(60));
+    assert_eq!(
+        event_ids(&process(store, due(10), &clock, &mut ok)),
+        ["near-1"]
+    );
+    // Nine thousand years on, the far retry is still not due.
+    clock.set(at("9999-12-31T23:59:59Z"));
+    assert_eq!(process(store, due(10), &clock, &mut ok), vec![]);
+    assert_eq!(
+        store.markers(),
+        ["near-1"],
+        "failed attempts roll back their writes"
+    );
+}
+
+/// A payload that is not a JSON object is kept as it arrived, both when read back and when the
+/// handler sees the row (the reference contract; the earlier toolkit replaced it with `{}`).
+fn non_object_payloads_are_kept_as_they_are<B: Backend>(store: &B) {
+    let payloads = [
+        json!([1, "two", {"three": 3}]),
+        json!("plain text"),
+        json!(42),
+        json!(4.5),
+        json!(true),
+        json!(null),
+        json!({}),
+    ];
+    let events: Vec<ReceivedEvent> = payloads
+        .iter()
+        .enumerate()
+        .map(|(n, payload)| {
+            let mut received = received(&format!("p-{n}"), &sid(n));
+            received.event.payload = payload.clone();
+            received
+        })
+        .collect();
+    let stored = store_batch(store, STREAM, &events, &[], t0());
+    assert_eq!(stored.inserted.len(), payloads.len());
+    for (n, payload) in payloads.iter().enumerate() {
+        assert_eq!(
+            &row(store, &format!("p-{n}")).event.payload,
+            payload,
+            "p-{n}"
+        );
+    }
+    let mut seen = BTreeMap::new();
+    let mut h = handler::<B, _>(|_tx, row| {
+        seen.insert(row.event.event_id.clone(), row.event.payload.clone());
+        Verdict::Processed
+    });
+    let clock = ManualClock::new(t0() + secs(30));
+    let settled = process(store, due(100), &clock, &mut h);
+    assert_eq!(settled.len(), payloads.len());
+    drop(h);
+    for (n, payload) in payloads.iter().enumerate() {
+        assert_eq!(seen.get(&format!("p-{n}")), Some(payload), "p-{n}");
+    }
+}
+
 /// Instantiates every check for one backend, as `<backend>::<check>`.
 macro_rules! backend_suite {
     (
@@ -3726,6 +4181,10 @@ conformance!(
         ordered_batches_stored_concurrently_all_commit_in_order,
         rows_are_counted_and_filtered_by_stream,
         parked_aggregates_are_listed_and_released_by_skipping,
+        non_object_payloads_are_kept_as_they_are,
+        far_future_retries_are_never_due_early,
+        newest_stream_id_is_kept_through_retention,
+        an_aggregate_keeps_stream_order_whatever_its_event_ids,
     ],
 );
 

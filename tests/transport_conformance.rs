@@ -151,6 +151,41 @@ fn group_creation_is_idempotent<T: Harness>(t: &T, stream: &str) {
     assert_eq!(pending(t, stream), 2);
 }
 
+/// A group created after an id reads only the entries after it (ids compared as numbers), on a
+/// stream that exists or not; creating an existing group with another id does not move it.
+fn a_group_created_after_an_id_reads_only_later_entries<T: Harness>(t: &T, stream: &str) {
+    let published = publish_numbered(t, stream, 12);
+    // The tenth entry: its id compares after the second's as a number, whatever the text says.
+    t.create_group(stream, GROUP, &published[9]).unwrap();
+    let read_now = read(t, stream, "c1", 100, Duration::ZERO);
+    assert_eq!(ids(&read_now), published[10..].to_vec());
+    t.create_group(stream, GROUP, "0").unwrap();
+    assert_eq!(
+        read(t, stream, "c1", 100, Duration::ZERO),
+        vec![],
+        "not moved back"
+    );
+
+    // Lost and created again after the newest entry anyone stored: only what comes next.
+    t.lose_group(stream, GROUP);
+    t.create_group(stream, GROUP, &published[11]).unwrap();
+    assert_eq!(read(t, stream, "c1", 100, Duration::ZERO), vec![]);
+    let later = publish_numbered(t, stream, 2);
+    assert_eq!(ids(&read(t, stream, "c1", 100, Duration::ZERO)), later);
+
+    // A stream that does not exist yet is created, its group after the given id.
+    let fresh = format!("{stream}.b");
+    t.create_group(&fresh, GROUP, "5-0").unwrap();
+    let written = t
+        .publish_batch(&fresh, &[fields(&[("n", b"0")]), fields(&[("n", b"1")])])
+        .expect("publish_batch");
+    assert!(
+        written.iter().all(|id| id_order(id) > (5, 0)),
+        "{written:?}"
+    );
+    assert_eq!(ids(&read(t, &fresh, "c1", 100, Duration::ZERO)), written);
+}
+
 fn read_returns_entries_in_order_with_fields_intact<T: Harness>(t: &T, stream: &str) {
     t.ensure_group(stream, GROUP).unwrap();
     let published = vec![
@@ -657,6 +692,7 @@ macro_rules! conformance {
 
 conformance!(
     group_creation_is_idempotent,
+    a_group_created_after_an_id_reads_only_later_entries,
     read_returns_entries_in_order_with_fields_intact,
     empty_read_waits_about_block_and_returns_nothing,
     publish_wakes_a_blocked_read,

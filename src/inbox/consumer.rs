@@ -16,7 +16,7 @@ use crate::maintenance::{
     parked_gauges::ParkedGaugeRefresh,
 };
 use crate::store::InboxStore;
-use crate::transport::Transport;
+use crate::transport::{Transport, TransportError};
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
@@ -85,7 +85,21 @@ impl<S: InboxStore> Start for Runtime<S> {
         }
         adopt_table(self.store.as_ref(), &settings.group, settings.clock.now())?;
         for stream in &settings.streams {
-            self.transport.ensure_group(stream, &settings.group)?;
+            // A missing group starts after what the inbox already stored from the stream (none:
+            // from the start), so a group lost while the process was down does not replay
+            // history. Finding that reads the stream's rows, so it is done only when the group
+            // is missing; one that exists is left where it is.
+            match self.transport.group_stats(stream, &settings.group) {
+                Ok(_) => continue,
+                Err(TransportError::NoGroup { .. }) => {}
+                Err(error) => return Err(error.into()),
+            }
+            let after = self.store.newest_stream_id(stream)?;
+            self.transport.create_group(
+                stream,
+                &settings.group,
+                after.as_deref().unwrap_or("0"),
+            )?;
         }
 
         // Two batches per worker in flight: enough to keep workers busy, small enough that

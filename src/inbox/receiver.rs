@@ -5,7 +5,8 @@
 //! only after that commits, and hands the new rows to the workers. On a database error the batch
 //! stays unacknowledged and is retried; on a broker error the reader backs off and reconnects.
 //! Every `reclaim_interval` it also takes over entries that a dead consumer read but never
-//! acknowledged.
+//! acknowledged. A consumer group found missing is created again after the newest entry the
+//! inbox has stored from the stream, so the stream's history is not handled again.
 //!
 //! A consumer runs `readers` readers per stream. In ordered mode a reader stores a batch only
 //! once the group has no entry before it pending (read by some consumer, not yet stored and
@@ -78,9 +79,24 @@ impl<S: InboxStore> Reader<S> {
     fn step(&self, group_ready: &mut bool, next_reclaim: &mut Instant, backoff: &mut Backoff) {
         let settings = &self.settings;
         if !*group_ready {
-            match self.transport.ensure_group(&self.stream, &settings.group) {
+            // After the newest entry the inbox has stored, not from the start: the entries
+            // before it are stored (or were, and retention deleted them), and reading them
+            // again would handle again those whose rows are gone.
+            let after = match self.store.newest_stream_id(&self.stream) {
+                Ok(after) => after,
+                Err(error) => {
+                    tracing::warn!(%error, stream = %self.stream, "cannot find the newest stored entry to create the consumer group after; retrying");
+                    backoff.wait(&self.stop);
+                    return;
+                }
+            };
+            let after = after.as_deref().unwrap_or("0");
+            match self
+                .transport
+                .create_group(&self.stream, &settings.group, after)
+            {
                 Ok(()) => {
-                    tracing::info!(stream = %self.stream, group = %settings.group, "consumer group created again");
+                    tracing::info!(stream = %self.stream, group = %settings.group, after, "consumer group created again, after the newest stored entry");
                     *group_ready = true;
                 }
                 Err(error) => {

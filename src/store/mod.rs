@@ -20,7 +20,7 @@ pub use self::postgres::{
     PgConnection, PgManager, PgTransaction, PostgresStore, PostgresStoreBuilder, SessionLimits,
 };
 #[cfg(feature = "sqlite")]
-pub use self::sqlite::SqliteStore;
+pub use self::sqlite::{SqliteStore, LATEST_STORED_TIME};
 pub use migrations::Migration;
 pub use operations::{
     Cleanup, Cursor, DeadLetterRequeue, InboxRecord, Page, ProcessedCleanup, QuarantineFilter,
@@ -146,8 +146,17 @@ pub trait InboxStore: Send + Sync + 'static {
 
     /// Deletes up to `limit` processed rows whose `processed_at` is before `before`, oldest
     /// first, in one transaction. Rows in any other status are never deleted. Call it again
-    /// while it returns the limit.
+    /// while it returns the limit. The newest stream id among the deleted rows is kept per
+    /// stream, for [`InboxStore::newest_stream_id`].
     fn delete_processed_before(&self, cleanup: &ProcessedCleanup) -> Result<Cleanup, StoreError>;
+
+    /// The newest stream entry id (`<ms>-<seq>`, compared as two numbers, as Redis does) the
+    /// inbox has stored for `stream`: in its rows, its quarantined entries, or rows retention
+    /// deleted since. `None` when it has stored nothing from the stream. A consumer group
+    /// created again after it was lost starts after this id, so history is not handled again.
+    /// Reads every row of the stream (there is no index for it): meant for the rare moments a
+    /// group is created, not for a hot path.
+    fn newest_stream_id(&self, stream: &str) -> Result<Option<String>, StoreError>;
 
     /// The most connections the store can hand out at once, when it has a fixed pool.
     /// The consumer checks its readers and workers fit.

@@ -222,7 +222,8 @@ fn now_millis() -> u64 {
 }
 
 impl Transport for MemoryStream {
-    fn ensure_group(&self, stream: &str, group: &str) -> Result<(), TransportError> {
+    fn create_group(&self, stream: &str, group: &str, after: &str) -> Result<(), TransportError> {
+        let after = parse_id(after)?;
         self.shared
             .streams
             .lock()
@@ -230,7 +231,10 @@ impl Transport for MemoryStream {
             .or_default()
             .groups
             .entry(group.to_owned())
-            .or_default();
+            .or_insert_with(|| Group {
+                last_delivered: after,
+                pending: BTreeMap::new(),
+            });
         Ok(())
     }
 

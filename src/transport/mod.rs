@@ -165,7 +165,14 @@ pub(crate) fn refuse_empty_entries(
 pub trait Transport: Send + Sync + 'static {
     /// Creates the consumer group reading from the start of the stream, creating the stream if
     /// needed. A group that already exists is not an error.
-    fn ensure_group(&self, stream: &str, group: &str) -> Result<(), TransportError>;
+    fn ensure_group(&self, stream: &str, group: &str) -> Result<(), TransportError> {
+        self.create_group(stream, group, "0")
+    }
+
+    /// Creates the consumer group so that it reads the entries after id `after` (`<ms>-<seq>`;
+    /// `0` for the whole stream), creating the stream if needed (Redis `XGROUP CREATE ... MKSTREAM`).
+    /// A group that already exists is not an error, and is left where it is.
+    fn create_group(&self, stream: &str, group: &str, after: &str) -> Result<(), TransportError>;
 
     /// Reads entries never delivered to the group (Redis `XREADGROUP ... >`), waiting up to
     /// `request.block` when there are none. Returned entries are pending for `request.consumer`
@@ -248,6 +255,10 @@ pub trait Transport: Send + Sync + 'static {
 impl<T: Transport + ?Sized> Transport for std::sync::Arc<T> {
     fn ensure_group(&self, stream: &str, group: &str) -> Result<(), TransportError> {
         (**self).ensure_group(stream, group)
+    }
+
+    fn create_group(&self, stream: &str, group: &str, after: &str) -> Result<(), TransportError> {
+        (**self).create_group(stream, group, after)
     }
 
     fn read_group(&self, request: &ReadRequest<'_>) -> Result<Vec<StreamEntry>, TransportError> {

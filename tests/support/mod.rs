@@ -15,6 +15,43 @@ pub fn postgres_url() -> String {
         .unwrap_or_else(|_| "host=127.0.0.1 port=5432 user=postgres dbname=test".to_string())
 }
 
+/// The test PostgreSQL URL as `key=value` text, with its database and its `options` (server
+/// settings for every session, e.g. `-c synchronous_commit=off`) replaced when given.
+pub fn postgres_url_with(dbname: Option<&str>, options: Option<&str>) -> String {
+    use postgres::config::Host;
+    let config: postgres::Config = postgres_url().parse().expect("a valid test database URL");
+    let quote = |value: &str| format!("'{}'", value.replace('\\', "\\\\").replace('\'', "\\'"));
+    let hosts: Vec<String> = config
+        .get_hosts()
+        .iter()
+        .map(|host| match host {
+            Host::Tcp(name) => name.clone(),
+            Host::Unix(path) => path.to_string_lossy().into_owned(),
+        })
+        .collect();
+    let ports: Vec<String> = config.get_ports().iter().map(u16::to_string).collect();
+    let mut parts = vec![format!("host={}", quote(&hosts.join(",")))];
+    if !ports.is_empty() {
+        parts.push(format!("port={}", ports.join(",")));
+    }
+    if let Some(user) = config.get_user() {
+        parts.push(format!("user={}", quote(user)));
+    }
+    if let Some(password) = config.get_password() {
+        parts.push(format!(
+            "password={}",
+            quote(&String::from_utf8_lossy(password))
+        ));
+    }
+    if let Some(dbname) = dbname.or(config.get_dbname()) {
+        parts.push(format!("dbname={}", quote(dbname)));
+    }
+    if let Some(options) = options.or(config.get_options()) {
+        parts.push(format!("options={}", quote(options)));
+    }
+    parts.join(" ")
+}
+
 /// Redis URL for tests: `EVENTFLOW_TEST_REDIS_URL`, else `EVENTFLOW_REDIS_URL`, else the local default.
 pub fn redis_url() -> String {
     std::env::var("EVENTFLOW_TEST_REDIS_URL")

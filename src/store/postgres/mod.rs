@@ -53,6 +53,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "0004_services.sql",
         sql: include_str!("../../../sql/postgres/inbox/0004_services.sql"),
     },
+    Migration {
+        version: 5,
+        name: "0005_stream_positions.sql",
+        sql: include_str!("../../../sql/postgres/inbox/0005_stream_positions.sql"),
+    },
 ];
 
 /// Any constant works, as long as every eventflow process uses the same one; it serializes
@@ -667,14 +672,22 @@ impl InboxStore for PostgresStore {
                 return Ok(Cleanup::Busy);
             }
         }
-        let deleted = tx
-            .execute(
+        let deleted: i64 = tx
+            .query_one(
                 &self.sql.delete_processed,
                 &[&cleanup.before, &(cleanup.limit as i64)],
             )
-            .map_err(pg("delete processed rows"))?;
+            .map_err(pg("delete processed rows"))?
+            .get(0);
         tx.commit().map_err(pg("commit a cleanup"))?;
-        Ok(Cleanup::Deleted(deleted))
+        Ok(Cleanup::Deleted(deleted as u64))
+    }
+
+    fn newest_stream_id(&self, stream: &str) -> Result<Option<String>, StoreError> {
+        let mut conn = self.connection()?;
+        conn.query_opt(&self.sql.newest_stream_id, &[&stream])
+            .map_err(pg("find the newest stored stream id"))
+            .map(|row| row.map(|row| row.get(0)))
     }
 }
 
@@ -748,11 +761,8 @@ pub(super) fn inbox_row(row: &Row) -> Result<InboxRow, StoreError> {
             correlation_id: column!(5, "correlation_id"),
             causation_id: column!(6, "causation_id"),
             occurred_on: column!(7, "occurred_on"),
-            payload: if payload.is_object() {
-                payload
-            } else {
-                serde_json::json!({})
-            },
+            // Kept as stored, object or not (the reference contract).
+            payload,
         },
         stream_id: column!(2, "stream_id"),
         stream: column!(17, "stream"),

@@ -24,6 +24,7 @@ pub(super) struct Queries {
     pub requeue_dead_letters: String,
     pub list_quarantined_matching: String,
     pub delete_processed: String,
+    pub newest_stream_id: String,
     pub lock_aggregates: String,
     pub claim_heads: String,
     pub claim_heads_among: String,
@@ -34,6 +35,26 @@ pub(super) struct Queries {
     pub parked_summary: String,
     pub skip_dead_letter: String,
 }
+
+/// Sets `synchronous_commit` for the storing transaction only (`set_config(.., true)` is `SET
+/// LOCAL`), inside the insert itself, so it costs no round trip. The reader acknowledges entries
+/// once this transaction commits; with `off` (a server, database or role default, or a session's
+/// `options`) a commit can be lost in a crash after the acknowledgement, and the event with it.
+/// `on` waits for the local WAL flush and for the synchronous standbys, if any are configured
+/// (`synchronous_standby_names`), to flush too, so a promoted synchronous standby has the rows.
+/// A stronger `remote_apply` already in force is kept; `off`, `local` and `remote_write` are
+/// raised to `on`. (An asynchronous replica promoted after a failover can still lack the last
+/// commits whatever this says; only synchronous standbys can promise them.)
+const DURABLE: &str = "set_config('synchronous_commit', \
+     CASE current_setting('synchronous_commit') WHEN 'remote_apply' THEN 'remote_apply' \
+     ELSE 'on' END, true)";
+
+/// A stream id's two numbers, `<ms>-<seq>`, compared as numbers (as text `9` sorts after
+/// `10`); `numeric`, as each may be up to 2^64 - 1.
+const STREAM_ID_MS: &str = "split_part(stream_id, '-', 1)::numeric";
+const STREAM_ID_SEQ: &str = "split_part(stream_id, '-', 2)::numeric";
+/// Only ids of that form: rows written by other tools may hold anything.
+const STREAM_ID_VALID: &str = "stream_id ~ '^[0-9]{1,20}-[0-9]{1,20}$'";
 
 /// A row's place in its aggregate's order: storing order (`seq`), with rows stored before
 /// eventflow numbered them (null `seq`) first, in the order they were received.
@@ -88,16 +109,26 @@ impl Queries {
         const DUE: &str =
             "status IN ('pending', 'failed') AND (next_retry_at IS NULL OR next_retry_at <= ";
         Self {
+            // Rows are numbered (`seq`) in the batch's stream order, then inserted sorted by
+            // event_id: every reader takes the unique index's entries in one global order, so
+            // two readers storing overlapping duplicates wait for each other at most once and
+            // never in a circle (a deadlock, 40P01, stalls both for deadlock_timeout). The
+            // aggregate locks of ordered mode are all taken before this statement, so they
+            // cannot form a circle with it. `durable` makes the commit durable (see DURABLE).
             insert_events: format!(
-                "INSERT INTO {t} (id, event_id, stream_id, event_type, aggregate_id, correlation_id, \
-                 causation_id, occurred_on, payload, status, retry_count, max_retries, received_at, \
-                 stream) \
-                 SELECT e.id, e.event_id, e.stream_id, e.event_type, e.aggregate_id, e.correlation_id, \
-                 e.causation_id, e.occurred_on, e.payload::jsonb, 'pending', 0, $10, $11, $12 \
+                "WITH durable AS MATERIALIZED (SELECT {DURABLE} AS level), \
+                 numbered AS MATERIALIZED (SELECT e.*, nextval('{t}_seq') AS seq \
                  FROM unnest($1::uuid[], $2::varchar[], $3::varchar[], $4::varchar[], $5::uuid[], \
-                 $6::varchar[], $7::varchar[], $8::timestamptz[], $9::text[]) \
+                 $6::varchar[], $7::varchar[], $8::timestamptz[], $9::text[]) WITH ORDINALITY \
                  AS e(id, event_id, stream_id, event_type, aggregate_id, correlation_id, causation_id, \
-                 occurred_on, payload) \
+                 occurred_on, payload, ord) ORDER BY e.ord) \
+                 INSERT INTO {t} (id, event_id, stream_id, event_type, aggregate_id, correlation_id, \
+                 causation_id, occurred_on, payload, status, retry_count, max_retries, received_at, \
+                 stream, seq) \
+                 SELECT e.id, e.event_id, e.stream_id, e.event_type, e.aggregate_id, e.correlation_id, \
+                 e.causation_id, e.occurred_on, e.payload::jsonb, 'pending', 0, $10, $11, $12, e.seq \
+                 FROM numbered AS e CROSS JOIN durable \
+                 ORDER BY e.event_id \
                  ON CONFLICT (event_id) DO NOTHING RETURNING id"
             ),
             insert_one: format!(
@@ -107,11 +138,14 @@ impl Queries {
                  VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, 'pending', 0, $10, $11, $12) \
                  ON CONFLICT (event_id) DO NOTHING"
             ),
+            // Sorted for the same reason as the events, and durable the same way.
             insert_quarantine: format!(
-                "INSERT INTO {t}_quarantine (id, stream, stream_id, raw_fields, reason, received_at) \
+                "WITH durable AS MATERIALIZED (SELECT {DURABLE} AS level) \
+                 INSERT INTO {t}_quarantine (id, stream, stream_id, raw_fields, reason, received_at) \
                  SELECT q.id, $1, q.stream_id, q.raw_fields::jsonb, q.reason, $6 \
                  FROM unnest($2::uuid[], $3::varchar[], $4::text[], $5::text[]) \
-                 AS q(id, stream_id, raw_fields, reason) \
+                 AS q(id, stream_id, raw_fields, reason) CROSS JOIN durable \
+                 ORDER BY q.stream_id \
                  ON CONFLICT (stream, stream_id) DO NOTHING"
             ),
             claim_rows: format!(
@@ -269,11 +303,38 @@ impl Queries {
             // SKIP LOCKED: a row a worker holds is not waited for; it is young anyway. A CTE,
             // run once: as `id IN (subquery)` the planner may rescan the subquery per row,
             // and each rescan can pick other rows, deleting more than the limit.
+            // The newest stream id among the deleted rows is kept per stream (streams in one
+            // order, so two cleanups never wait for each other in a circle); returns how many
+            // rows were deleted.
             delete_processed: format!(
                 "WITH doomed AS (SELECT id FROM {t} \
                  WHERE status = 'processed' AND processed_at < $1 \
-                 ORDER BY processed_at, id LIMIT $2 FOR UPDATE SKIP LOCKED) \
-                 DELETE FROM {t} AS t USING doomed WHERE t.id = doomed.id"
+                 ORDER BY processed_at, id LIMIT $2 FOR UPDATE SKIP LOCKED), \
+                 gone AS (DELETE FROM {t} AS t USING doomed WHERE t.id = doomed.id \
+                 RETURNING t.stream, t.stream_id), \
+                 kept AS (INSERT INTO eventflow_inbox_streams AS s \
+                 (inbox_table, stream, newest_ms, newest_seq) \
+                 SELECT DISTINCT ON (stream) '{t}', stream, {ms}, {seq} FROM gone \
+                 WHERE stream IS NOT NULL AND {valid} \
+                 ORDER BY stream, {ms} DESC, {seq} DESC \
+                 ON CONFLICT (inbox_table, stream) DO UPDATE \
+                 SET newest_ms = excluded.newest_ms, newest_seq = excluded.newest_seq \
+                 WHERE (s.newest_ms, s.newest_seq) < (excluded.newest_ms, excluded.newest_seq)) \
+                 SELECT count(*) FROM gone",
+                ms = STREAM_ID_MS,
+                seq = STREAM_ID_SEQ,
+                valid = STREAM_ID_VALID,
+            ),
+            newest_stream_id: format!(
+                "SELECT ms::text || '-' || seq::text FROM ( \
+                 SELECT newest_ms AS ms, newest_seq AS seq FROM eventflow_inbox_streams \
+                 WHERE inbox_table = '{t}' AND stream = $1 \
+                 UNION ALL SELECT {ms}, {seq} FROM {t} WHERE stream = $1 AND {valid} \
+                 UNION ALL SELECT {ms}, {seq} FROM {t}_quarantine WHERE stream = $1 AND {valid}) \
+                 AS ids ORDER BY ms DESC, seq DESC LIMIT 1",
+                ms = STREAM_ID_MS,
+                seq = STREAM_ID_SEQ,
+                valid = STREAM_ID_VALID,
             ),
         }
     }

@@ -2,7 +2,8 @@
 //! single writer anyway). Meant for unit-testing handlers and for small single-process services.
 //!
 //! Columns hold UUIDs as lowercase hyphenated text, timestamps as UTC RFC 3339 text with
-//! microseconds (`2025-01-01T00:00:00.000000Z`, so text order is time order) and JSON as text.
+//! microseconds (`2025-01-01T00:00:00.000000Z`, so text order is time order; times after
+//! [`LATEST_STORED_TIME`] are stored as it) and JSON as text.
 
 use super::migrations::{Migration, MIGRATIONS_TABLE};
 use super::refusal::{split_refused, Retry};
@@ -43,6 +44,11 @@ pub const MIGRATIONS: &[Migration] = &[
         version: 4,
         name: "0004_services.sql",
         sql: include_str!("../../../sql/sqlite/inbox/0004_services.sql"),
+    },
+    Migration {
+        version: 5,
+        name: "0005_stream_positions.sql",
+        sql: include_str!("../../../sql/sqlite/inbox/0005_stream_positions.sql"),
     },
 ];
 
@@ -231,8 +237,29 @@ pub(in crate::store) fn apply_migrations(
     tx.commit().map_err(lite("commit migration"))
 }
 
+/// A time as the stored text. Text order is time order only for four-digit years (a year
+/// beyond 9999 is written `+10000-...`, which sorts before `2025-...`), so times are clamped to
+/// years 0000 to 9999: a later one is stored as [`LATEST_STORED_TIME`] (a far-off retry still
+/// sorts after every real time, never before now), an earlier one as year 0000's first instant.
 pub(in crate::store) fn ts(at: DateTime<Utc>) -> String {
-    at.to_rfc3339_opts(SecondsFormat::Micros, true)
+    at.clamp(earliest_stored_time(), latest_stored_time())
+        .to_rfc3339_opts(SecondsFormat::Micros, true)
+}
+
+/// The latest time the SQLite store keeps; later times are stored as this one.
+pub const LATEST_STORED_TIME: &str = "9999-12-31T23:59:59.999999Z";
+
+fn latest_stored_time() -> DateTime<Utc> {
+    DateTime::parse_from_rfc3339(LATEST_STORED_TIME)
+        .expect("a valid constant")
+        .to_utc()
+}
+
+fn earliest_stored_time() -> DateTime<Utc> {
+    chrono::NaiveDate::from_ymd_opt(0, 1, 1)
+        .and_then(|day| day.and_hms_opt(0, 0, 0))
+        .expect("a valid date")
+        .and_utc()
 }
 
 pub(in crate::store) fn parse_ts(text: &str) -> Result<DateTime<Utc>, StoreError> {
@@ -652,14 +679,24 @@ impl InboxStore for SqliteStore {
 
     /// SQLite has one writer, so `exclusive` needs nothing more: two cleaners take turns.
     fn delete_processed_before(&self, cleanup: &ProcessedCleanup) -> Result<Cleanup, StoreError> {
-        let conn = self.lock();
-        let deleted = conn
-            .prepare_cached(&self.sql.delete_processed)
-            .and_then(|mut statement| {
-                statement.execute(params![ts(cleanup.before), cleanup.limit as i64])
-            })
+        let mut conn = self.lock();
+        let tx = conn.transaction().map_err(lite("begin a cleanup"))?;
+        let args = params![ts(cleanup.before), cleanup.limit as i64];
+        let deleted = tx
+            .prepare_cached(&self.sql.keep_newest_deleted)
+            .and_then(|mut statement| statement.execute(args))
+            .and_then(|_| tx.prepare_cached(&self.sql.delete_processed))
+            .and_then(|mut statement| statement.execute(args))
             .map_err(lite("delete processed rows"))?;
+        tx.commit().map_err(lite("commit a cleanup"))?;
         Ok(Cleanup::Deleted(deleted as u64))
+    }
+
+    fn newest_stream_id(&self, stream: &str) -> Result<Option<String>, StoreError> {
+        let conn = self.lock();
+        conn.query_row(&self.sql.newest_stream_id, [stream], |row| row.get(0))
+            .optional()
+            .map_err(lite("find the newest stored stream id"))
     }
 }
 
@@ -950,11 +987,8 @@ impl RawRow {
                 event_type: event_type.unwrap_or_default(),
                 aggregate_id: parse_uuid(&aggregate_id.unwrap_or_default())?,
                 occurred_on: parse_ts(&occurred_on.unwrap_or_default())?,
-                payload: if payload.is_object() {
-                    payload
-                } else {
-                    serde_json::json!({})
-                },
+                // Kept as stored, object or not (the reference contract).
+                payload,
                 correlation_id,
                 causation_id,
             },
@@ -1001,5 +1035,75 @@ impl RawQuarantined {
             replayed_at: parse_opt_ts(replayed_at)?,
             replayed_event_id,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(text: &str) -> DateTime<Utc> {
+        DateTime::parse_from_rfc3339(text).unwrap().to_utc()
+    }
+
+    /// June 1st of `year`, which RFC 3339 text cannot write outside 0000 to 9999.
+    fn in_year(year: i32) -> DateTime<Utc> {
+        chrono::NaiveDate::from_ymd_opt(year, 6, 1)
+            .unwrap()
+            .and_hms_opt(0, 0, 0)
+            .unwrap()
+            .and_utc()
+    }
+
+    #[test]
+    fn stored_times_sort_as_text_in_time_order_over_the_whole_range() {
+        use chrono::TimeDelta;
+        let now = at("2026-12-06T05:00:00Z");
+        let times = [
+            DateTime::<Utc>::MIN_UTC,
+            in_year(-1),
+            at("0000-01-01T00:00:00Z"),
+            at("0999-12-31T23:59:59.999999Z"),
+            now,
+            now + TimeDelta::microseconds(1),
+            at("9999-12-31T23:59:59.999998Z"),
+            at("9999-12-31T23:59:59.999999Z"),
+            in_year(10_000),
+            in_year(99_999),
+            DateTime::<Utc>::MAX_UTC,
+        ];
+        for pair in times.windows(2) {
+            assert!(
+                ts(pair[0]) <= ts(pair[1]),
+                "{} sorts after {}",
+                ts(pair[0]),
+                ts(pair[1])
+            );
+            if pair[0].year_in_range() && pair[1].year_in_range() {
+                assert!(ts(pair[0]) < ts(pair[1]), "{}", ts(pair[0]));
+            }
+        }
+        // Far-future times never sort before now, and read back as the documented maximum.
+        assert!(ts(DateTime::<Utc>::MAX_UTC) > ts(now));
+        assert_eq!(ts(DateTime::<Utc>::MAX_UTC), LATEST_STORED_TIME);
+        assert_eq!(
+            parse_ts(&ts(in_year(12_000))).unwrap(),
+            latest_stored_time()
+        );
+        // Times in range are kept exactly.
+        for time in &times[2..8] {
+            assert_eq!(parse_ts(&ts(*time)).unwrap(), *time);
+        }
+    }
+
+    trait YearInRange {
+        fn year_in_range(&self) -> bool;
+    }
+
+    impl YearInRange for DateTime<Utc> {
+        fn year_in_range(&self) -> bool {
+            use chrono::Datelike;
+            (0..=9999).contains(&self.year())
+        }
     }
 }

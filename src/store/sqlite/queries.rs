@@ -22,6 +22,8 @@ pub(super) struct Queries {
     pub requeue_dead_letters: String,
     pub list_quarantined_matching: String,
     pub delete_processed: String,
+    pub keep_newest_deleted: String,
+    pub newest_stream_id: String,
     pub claim_heads: String,
     pub adopt_owner: String,
     pub find_owner: String,
@@ -30,6 +32,14 @@ pub(super) struct Queries {
     pub parked_summary: String,
     pub skip_dead_letter: String,
 }
+
+/// A stream id's two numbers, `<ms>-<seq>`, compared as numbers (as text `9` sorts after `10`).
+const STREAM_ID_MS: &str = "CAST(substr(stream_id, 1, instr(stream_id, '-') - 1) AS INTEGER)";
+const STREAM_ID_SEQ: &str = "CAST(substr(stream_id, instr(stream_id, '-') + 1) AS INTEGER)";
+/// Only ids of that form (digits, one hyphen, digits): rows written by other tools may hold
+/// anything.
+const STREAM_ID_VALID: &str = "stream_id GLOB '[0-9]*-[0-9]*' \
+     AND stream_id NOT GLOB '*[^0-9-]*' AND stream_id NOT GLOB '*-*-*'";
 
 /// The row filter's conditions on `?1` to `?10`, as `filter_args` binds them: status, id, event
 /// id, event type, received from, received before, error text, the cursor's time and id, and
@@ -45,6 +55,10 @@ impl Queries {
     pub fn new(t: &str) -> Self {
         const DUE: &str =
             "status IN ('pending', 'failed') AND (next_retry_at IS NULL OR next_retry_at <= ?1)";
+        let doomed = format!(
+            "SELECT id FROM {t} WHERE status = 'processed' AND processed_at < ?1 \
+             ORDER BY processed_at, id LIMIT ?2"
+        );
         Self {
             insert_event: format!(
                 "INSERT INTO {t} (id, event_id, stream_id, event_type, aggregate_id, correlation_id, \
@@ -110,9 +124,34 @@ impl Queries {
                  ORDER BY received_at, id LIMIT ?9"
             ),
             delete_processed: format!(
-                "DELETE FROM {t} WHERE id IN (SELECT id FROM {t} \
-                 WHERE status = 'processed' AND processed_at < ?1 \
-                 ORDER BY processed_at LIMIT ?2)"
+                "DELETE FROM {t} WHERE id IN ({doomed})"
+            ),
+            // Run just before `delete_processed`, in its transaction: the newest stream id of
+            // the rows it is about to delete, kept per stream. (`WHERE true`: SQLite's parser
+            // needs it before an upsert's ON CONFLICT.)
+            keep_newest_deleted: format!(
+                "INSERT INTO eventflow_inbox_streams (inbox_table, stream, newest_ms, newest_seq) \
+                 SELECT '{t}', stream, ms, seq FROM (SELECT stream, {ms} AS ms, {seq} AS seq, \
+                 row_number() OVER (PARTITION BY stream ORDER BY {ms} DESC, {seq} DESC) AS n \
+                 FROM {t} WHERE id IN ({doomed}) AND stream IS NOT NULL AND {valid}) \
+                 WHERE n = 1 \
+                 ON CONFLICT (inbox_table, stream) DO UPDATE \
+                 SET newest_ms = excluded.newest_ms, newest_seq = excluded.newest_seq \
+                 WHERE (newest_ms, newest_seq) < (excluded.newest_ms, excluded.newest_seq)",
+                ms = STREAM_ID_MS,
+                seq = STREAM_ID_SEQ,
+                valid = STREAM_ID_VALID,
+            ),
+            newest_stream_id: format!(
+                "SELECT ms || '-' || seq FROM ( \
+                 SELECT newest_ms AS ms, newest_seq AS seq FROM eventflow_inbox_streams \
+                 WHERE inbox_table = '{t}' AND stream = ?1 \
+                 UNION ALL SELECT {ms}, {seq} FROM {t} WHERE stream = ?1 AND {valid} \
+                 UNION ALL SELECT {ms}, {seq} FROM {t}_quarantine WHERE stream = ?1 AND {valid}) \
+                 ORDER BY ms DESC, seq DESC LIMIT 1",
+                ms = STREAM_ID_MS,
+                seq = STREAM_ID_SEQ,
+                valid = STREAM_ID_VALID,
             ),
             // One connection, so nothing else holds a row: the storing order (rowid) and the
             // open rows before each candidate are all that decide.

@@ -231,20 +231,25 @@ fn millis(duration: Duration) -> u64 {
 }
 
 impl Transport for RedisStreams {
-    fn ensure_group(&self, stream: &str, group: &str) -> Result<(), TransportError> {
+    fn create_group(&self, stream: &str, group: &str, after: &str) -> Result<(), TransportError> {
         let mut conn = self.connection()?;
         let created = conn.run(|c| {
             redis::cmd("XGROUP")
                 .arg("CREATE")
                 .arg(stream)
                 .arg(group)
-                .arg("0")
+                .arg(after)
                 .arg("MKSTREAM")
                 .query::<Value>(c)
         });
         match created {
             Ok(_) => {
-                tracing::debug!(stream, group, "redis streams: created consumer group");
+                tracing::debug!(
+                    stream,
+                    group,
+                    after,
+                    "redis streams: created consumer group"
+                );
                 Ok(())
             }
             Err(error) if error.code() == Some("BUSYGROUP") => Ok(()),
