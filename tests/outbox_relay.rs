@@ -1071,3 +1071,94 @@ fn postgres_opposite_orders_across_streams_never_deadlock() {
     let counts = store.count_by_status().unwrap();
     assert_eq!(counts.pending, 2 * 2 * rounds, "every event enqueued once");
 }
+
+/// One call writes events for several streams, each row bound for its own.
+#[test]
+fn sqlite_enqueue_to_streams_writes_each_event_for_its_stream() {
+    let db = TempDb::new();
+    let store = SqliteOutbox::open(&db.0).unwrap();
+    store.migrate().unwrap();
+    let (a, b) = (numbered(Uuid::new_v4(), 0), numbered(Uuid::new_v4(), 0));
+    let mut conn = db.connect();
+    let tx = conn.transaction().unwrap();
+    let mut tx = tx;
+    outbox::enqueue_to_streams(&mut tx, &[("orders", a.clone()), ("invoices", b.clone())]).unwrap();
+    tx.commit().unwrap();
+    assert_eq!(
+        store.find_by_event_id(&a.event_id).unwrap()[0].stream,
+        "orders"
+    );
+    assert_eq!(
+        store.find_by_event_id(&b.event_id).unwrap()[0].stream,
+        "invoices"
+    );
+    let error = outbox::enqueue_to_streams(&mut conn, &[("", a)]).unwrap_err();
+    assert!(
+        matches!(error, outbox::EnqueueError::InvalidStream { .. }),
+        "{error}"
+    );
+}
+
+/// While one relay holds an aggregate's due rows, another's claim comes back short and says so
+/// (`contended`), so its publisher waits for the commit rather than a poll interval; once the
+/// first commits, nothing is left and nothing is reported.
+#[test]
+fn postgres_a_short_claim_reports_rows_another_relay_holds() {
+    if !support::postgres_available("postgres_a_short_claim_reports_rows_another_relay_holds") {
+        return;
+    }
+    let table = support::unique_name("ef_or");
+    let _cleanup = PgCleanup {
+        tables: vec![table.clone()],
+        stream: support::unique_name("ef_or"),
+    };
+    let store = PostgresOutbox::builder(support::postgres_url())
+        .table(&table)
+        .build()
+        .unwrap();
+    store.migrate().unwrap();
+    let outbox = OutboxTable::named(&table).unwrap();
+    let mut client = postgres::Client::connect(&support::postgres_url(), postgres::NoTls).unwrap();
+    let aggregate = Uuid::new_v4();
+    let events: Vec<Event> = (0..4).map(|n| numbered(aggregate, n)).collect();
+    outbox.enqueue_batch(&mut client, "s", &events).unwrap();
+    let claim = eventflow::store::outbox::ClaimDue {
+        limit: 10,
+        now: chrono::Utc::now(),
+    };
+    let publish_all = |rows: &[eventflow::store::outbox::OutboxRow]| {
+        eventflow::store::outbox::Delivery::Settled(
+            rows.iter()
+                .map(|r| eventflow::store::outbox::RowOutcome::Published {
+                    entry_id: format!("{}-0", r.id),
+                })
+                .collect(),
+        )
+    };
+    let (held, other) = std::thread::scope(|scope| {
+        let (claimed_tx, claimed_rx) = crossbeam_channel::bounded::<()>(0);
+        let (release_tx, release_rx) = crossbeam_channel::bounded::<()>(0);
+        let (store, claim, publish_all) = (&store, &claim, &publish_all);
+        let first = scope.spawn(move || {
+            let mut publish = |rows: &[eventflow::store::outbox::OutboxRow]| {
+                claimed_tx.send(()).unwrap();
+                release_rx.recv().unwrap();
+                publish_all(rows)
+            };
+            store.publish_due(claim, &mut publish).unwrap()
+        });
+        claimed_rx.recv().unwrap();
+        let other = store
+            .publish_due(claim, &mut |rows| publish_all(rows))
+            .unwrap();
+        release_tx.send(()).unwrap();
+        (first.join().unwrap(), other)
+    });
+    assert_eq!(held.published, 4);
+    assert_eq!(other.claimed, 0);
+    assert!(other.contended, "{other:?}");
+    let after = store
+        .publish_due(&claim, &mut |rows| publish_all(rows))
+        .unwrap();
+    assert_eq!((after.claimed, after.contended), (0, false));
+}

@@ -14,13 +14,6 @@ use crate::transport::{OutgoingEntry, TransportError};
 use chrono::{DateTime, Utc};
 use crossbeam_channel::Receiver;
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::time::Duration;
-
-/// How long a relay whose claim came back short waits, at most, while due rows it could not
-/// take remain (held by another relay, which commits within one batch's round trip): short,
-/// since a relay in another process cannot wake this one, and long enough that two relays
-/// contending for the same rows do not spin on the database.
-const CONTENDED_PAUSE: Duration = Duration::from_millis(10);
 
 pub(super) fn publish_until_stopped(
     shared: &Shared,
@@ -61,7 +54,9 @@ pub(super) fn publish_until_stopped(
                 shared
                     .counters
                     .record(&round, &enqueued, shared.clock.now());
-                if round.published + round.retried + round.dead_lettered > 0 {
+                if shared.contention_wait.is_some()
+                    && round.published + round.retried + round.dead_lettered > 0
+                {
                     // Rows this relay held may have held back another relay's claim.
                     shared.wake_siblings(index);
                 }
@@ -78,10 +73,9 @@ pub(super) fn publish_until_stopped(
                 }
                 // Due rows another relay holds become claimable when it commits: wait for
                 // that (a sibling in this process wakes this one), not a whole poll interval.
-                let pause = if round.contended {
-                    shared.poll_interval.min(CONTENDED_PAUSE)
-                } else {
-                    shared.poll_interval
+                let pause = match shared.contention_wait {
+                    Some(wait) if round.contended => wait,
+                    _ => shared.poll_interval,
                 };
                 crossbeam_channel::select! {
                     recv(wake) -> _ => {}

@@ -6,7 +6,7 @@
 //! round trip, record each row's outcome, commit. A full batch is followed at once by the next;
 //! otherwise the thread sleeps until a listener wakes it (PostgreSQL `NOTIFY` on commit) or the
 //! poll interval passes, or, when due rows remain that another relay holds, until a sibling
-//! commits (at most a few milliseconds). A broker that cannot be reached leaves the rows untouched (no attempt
+//! commits (at most `contention_wait`, 10 ms by default). A broker that cannot be reached leaves the rows untouched (no attempt
 //! is counted) and the thread backs off; an entry the broker refuses is retried on the
 //! [`RetryPolicy`]'s schedule and dead-lettered after `max_attempts`.
 
@@ -36,6 +36,7 @@ pub struct OutboxRelay {
     pub(super) workers: usize,
     pub(super) batch_size: usize,
     pub(super) poll_interval: Option<Duration>,
+    pub(super) contention_wait: Option<Duration>,
     pub(super) max_attempts: u32,
     pub(super) retry_policy: Arc<dyn RetryPolicy>,
     pub(super) retention: Option<Duration>,
@@ -101,6 +102,7 @@ impl OutboxRelay {
             batch_size: self.batch_size,
             max_attempts: self.max_attempts,
             poll_interval,
+            contention_wait: self.contention_wait.map(|wait| wait.min(poll_interval)),
             stopping: stopping.clone(),
             counters: counters.clone(),
             streams: streams.clone(),
@@ -166,6 +168,8 @@ pub(super) struct Shared {
     pub(super) batch_size: usize,
     pub(super) max_attempts: u32,
     pub(super) poll_interval: Duration,
+    /// See [`RelayBuilder::contention_wait`]; at most the poll interval.
+    pub(super) contention_wait: Option<Duration>,
     pub(super) stopping: Arc<AtomicBool>,
     pub(super) counters: Arc<Counters>,
     pub(super) streams: Arc<Mutex<BTreeSet<String>>>,
