@@ -9,6 +9,7 @@
 //! cargo run --release --example bench -- --outbox [--events 20000] [--baseline-events 3000]
 //!                                         [--relay-workers 2] [--relay-batch 500]
 //!                                         [--rate 2000] [--repeat 3]
+//! cargo run --release --example bench -- --outbox --drains 20 [--events 20000] [...]
 //! ```
 //! URLs come from `EVENTFLOW_DATABASE_URL` and `EVENTFLOW_REDIS_URL` (local defaults). Each
 //! flood scenario runs `--repeat` times and the median run is reported (`--baseline-events 0`
@@ -35,6 +36,12 @@
 //! prepared once), with as many threads as the relay has workers. Latency, in the paced run, is
 //! from the producer's commit returning to the entry being read from the stream by a blocked
 //! `XREADGROUP`, so it shows how fast `LISTEN`/`NOTIFY` wakes the relay.
+//!
+//! **Drains.** With `--outbox --drains N`, the relay drains the same backlog N times with the
+//! publishers waiting out contention the old way (`contention_wait(None)`: a short claim waits
+//! the poll interval even while rows another publisher holds remain) and N times the new way
+//! (default: at most 10 ms, woken by a sibling's commit), alternating, and reports the spread
+//! (min / median / max seconds) of each and the ratio of the medians.
 
 use eventflow::outbox::{OutboxRelay, OutboxTable};
 use eventflow::store::outbox::{OutboxStore, PostgresOutbox};
@@ -51,6 +58,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 struct Options {
     outbox: bool,
+    /// With `outbox`: drain the backlog this many times each way and report the spread.
+    drains: usize,
     ordered: bool,
     events: usize,
     baseline_events: usize,
@@ -95,6 +104,9 @@ fn main() {
     let options = parse_options();
     let repeat = |run: &dyn Fn() -> Outcome| median((0..options.repeat).map(|_| run()).collect());
     let mut outcomes = Vec::new();
+    if options.outbox && options.drains > 0 {
+        return drains(&options);
+    }
     if options.outbox {
         if options.baseline_events > 0 {
             outcomes.push(repeat(&|| naive_relay(&options)));
@@ -191,6 +203,7 @@ fn median(mut runs: Vec<Outcome>) -> Outcome {
 fn parse_options() -> Options {
     let mut options = Options {
         outbox: false,
+        drains: 0,
         ordered: false,
         events: 20_000,
         baseline_events: 3_000,
@@ -230,6 +243,7 @@ fn parse_options() -> Options {
             "--repeat" => options.repeat = value(),
             "--relay-workers" => options.relay_workers = value(),
             "--relay-batch" => options.relay_batch = value(),
+            "--drains" => options.drains = value(),
             other => panic!("unknown option {other}; see the file's doc comment"),
         }
     }
@@ -816,4 +830,72 @@ fn naive_relay(options: &Options) -> Outcome {
         elapsed,
         latencies_us: Vec::new(),
     }
+}
+
+/// One drain of a `--events` backlog over the bench's aggregates: seconds from `start()` until
+/// every row is published.
+fn drain(options: &Options, contention_wait: Option<Duration>) -> f64 {
+    let setup = outbox_setup(options, "bench_drain");
+    let n = options.events;
+    setup.enqueue_all(options, n);
+    let relay = OutboxRelay::builder()
+        .postgres(&options.database_url)
+        .redis(&options.redis_url)
+        .table(setup.table.name())
+        .workers(options.relay_workers)
+        .batch_size(options.relay_batch)
+        .contention_wait(contention_wait)
+        .retention(None)
+        .build()
+        .unwrap();
+    let started = Instant::now();
+    let handle = relay.start().unwrap();
+    while handle.stats().published < n as u64 {
+        std::thread::sleep(Duration::from_micros(500));
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    handle.shutdown(Duration::from_secs(30)).unwrap();
+    setup.cleanup(options);
+    elapsed
+}
+
+/// `--drains`: the spread of drain times with the old and the new contention wait.
+fn drains(options: &Options) {
+    let (mut before, mut after) = (Vec::new(), Vec::new());
+    for round in 0..options.drains {
+        before.push(drain(options, None));
+        after.push(drain(options, Some(Duration::from_millis(10))));
+        eprintln!(
+            "drain {}: before {:.2} s, after {:.2} s",
+            round + 1,
+            before[round],
+            after[round]
+        );
+    }
+    let spread = |runs: &mut Vec<f64>| {
+        runs.sort_by(f64::total_cmp);
+        (runs[0], runs[runs.len() / 2], runs[runs.len() - 1])
+    };
+    let (b, a) = (spread(&mut before), spread(&mut after));
+    println!(
+        "\n{} drains of {} events over {AGGREGATES} aggregates, {} relay workers, batch {}",
+        options.drains, options.events, options.relay_workers, options.relay_batch
+    );
+    println!(
+        "{:<52} {:>8} {:>8} {:>8}",
+        "scenario", "min s", "median s", "max s"
+    );
+    println!(
+        "{:<52} {:>8.2} {:>8.2} {:>8.2}",
+        "before: short claim waits the poll interval", b.0, b.1, b.2
+    );
+    println!(
+        "{:<52} {:>8.2} {:>8.2} {:>8.2}",
+        "after: waits at most 10 ms, woken by a sibling", a.0, a.1, a.2
+    );
+    println!(
+        "median before / after: {:.2}x; max before / after: {:.2}x",
+        b.1 / a.1,
+        b.2 / a.2
+    );
 }

@@ -761,3 +761,89 @@ fn a_postgres_crash_and_restart_loses_and_repeats_nothing() {
             .unwrap(),
     );
 }
+
+/// `url` with `lock_timeout` set for every session it opens, in either connection-string style.
+fn with_lock_timeout(url: &str, timeout: &str) -> String {
+    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        let separator = if url.contains('?') { '&' } else { '?' };
+        format!("{url}{separator}options=-c%20lock_timeout%3D{timeout}")
+    } else {
+        format!("{url} options='-c lock_timeout={timeout}'")
+    }
+}
+
+/// A lock held on the inbox makes the consumer's statements fail with `lock_timeout` (55P03):
+/// an outage, so nothing is quarantined or acknowledged early, and every event is handled
+/// exactly once after the lock is released.
+#[test]
+fn a_lock_timeout_on_the_inbox_quarantines_nothing_and_loses_nothing() {
+    if !services("a_lock_timeout_on_the_inbox_quarantines_nothing_and_loses_nothing") {
+        return;
+    }
+    let fixture = Fixture::new(&with_lock_timeout(&postgres_url(), "200ms"));
+    // The setting reached the consumer's sessions.
+    let mut check = Client::connect(&with_lock_timeout(&postgres_url(), "200ms"), NoTls).unwrap();
+    let shown: String = check.query_one("SHOW lock_timeout", &[]).unwrap().get(0);
+    assert_eq!(shown, "200ms");
+    let consumer = fixture.consumer("a", 2);
+    let all = events("lock", 600);
+    publish_events(&fixture.redis, &fixture.stream, &all[..200]);
+    assert!(
+        wait_until(Duration::from_secs(60), || fixture.processed() == 200),
+        "processed {} of the first 200",
+        fixture.processed()
+    );
+
+    // Hold SHARE on the inbox for 5 s (it conflicts with every insert and update) while the
+    // rest arrive.
+    let mut holder = pg();
+    let mut tx = holder.transaction().unwrap();
+    tx.batch_execute(&format!("LOCK TABLE {} IN SHARE MODE", fixture.table))
+        .unwrap();
+    publish_events(&fixture.redis, &fixture.stream, &all[200..]);
+    std::thread::sleep(Duration::from_secs(5));
+    let processed_while_locked = fixture.processed();
+    let pending_while_locked = fixture
+        .redis
+        .group_stats(&fixture.stream, "exactly-once")
+        .unwrap()
+        .pending;
+    tx.rollback().unwrap();
+
+    assert!(
+        wait_until(Duration::from_secs(120), || fixture.processed() == 600),
+        "processed {} of 600; {:?}",
+        fixture.processed(),
+        consumer.stats()
+    );
+    let stats = consumer.shutdown(Duration::from_secs(30)).unwrap().stats;
+    assert_eq!(
+        processed_while_locked, 200,
+        "nothing was stored under the lock"
+    );
+    assert!(
+        pending_while_locked > 0,
+        "the reader held the entries it could not store unacknowledged"
+    );
+    assert_eq!(
+        fixture.store.list_quarantined(10, 0).unwrap(),
+        [],
+        "nothing quarantined"
+    );
+    assert_eq!(
+        fixture.handled_counts(),
+        (600, 600),
+        "every event handled exactly once"
+    );
+    assert_eq!(stats.processed, 600);
+    let counts = fixture.store.count_by_status().unwrap();
+    assert_eq!(
+        (counts.get(EventStatus::Processed), counts.total()),
+        (600, 600)
+    );
+    let group = fixture
+        .redis
+        .group_stats(&fixture.stream, "exactly-once")
+        .unwrap();
+    assert_eq!(group.pending, 0, "everything acknowledged in the end");
+}

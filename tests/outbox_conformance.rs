@@ -265,6 +265,55 @@ fn an_abandoned_batch_leaves_its_rows_as_they_were<B: Backend>(b: &B) {
     assert_eq!(ids_of(&publish_all(b, Utc::now(), 10)), [e.event_id]);
 }
 
+/// A row the broker told "try later" is left as it was (no attempt counted); the others of the
+/// batch are recorded.
+fn a_deferred_row_is_left_as_it_was_and_the_rest_recorded<B: Backend>(b: &B) {
+    let (deferred, published) = (event(Uuid::new_v4(), 1), event(Uuid::new_v4(), 1));
+    b.enqueue("orders", &[deferred.clone(), published.clone()], true)
+        .unwrap();
+    let round = b
+        .publish_due(
+            &ClaimDue {
+                limit: 10,
+                now: Utc::now(),
+            },
+            &mut |rows| {
+                Delivery::Settled(
+                    rows.iter()
+                        .map(|row| {
+                            if row.event.event_id == deferred.event_id {
+                                RowOutcome::Deferred {
+                                    error: "OOM command not allowed".into(),
+                                }
+                            } else {
+                                RowOutcome::Published {
+                                    entry_id: "1-0".into(),
+                                }
+                            }
+                        })
+                        .collect(),
+                )
+            },
+        )
+        .unwrap();
+    assert_eq!(
+        (
+            round.claimed,
+            round.published,
+            round.deferred,
+            round.retried
+        ),
+        (2, 1, 1, 0)
+    );
+    let row = one(b, &deferred.event_id);
+    assert_eq!(
+        (row.status, row.attempts, row.last_error),
+        (OutboxStatus::Pending, 0, None)
+    );
+    assert_eq!(one(b, &published.event_id).status, OutboxStatus::Published);
+    assert_eq!(ids_of(&publish_all(b, Utc::now(), 10)), [deferred.event_id]);
+}
+
 fn a_wrong_number_of_outcomes_records_nothing<B: Backend>(b: &B) {
     let e = event(Uuid::new_v4(), 1);
     b.enqueue("orders", std::slice::from_ref(&e), true).unwrap();
@@ -605,6 +654,7 @@ conformance!(
     committed_rows_are_published_in_enqueue_order_and_rolled_back_ones_never,
     invalid_events_are_refused_and_nothing_is_written,
     an_abandoned_batch_leaves_its_rows_as_they_were,
+    a_deferred_row_is_left_as_it_was_and_the_rest_recorded,
     a_wrong_number_of_outcomes_records_nothing,
     refused_rows_wait_for_their_retry_time_then_dead_letter_and_requeue,
     a_waiting_row_holds_back_the_later_rows_of_its_aggregate_only,

@@ -461,6 +461,7 @@ fn postgres_commit_publishes_within_a_listen_wakeup_and_rollback_never() {
     if !servers_available("postgres_commit_publishes_within_a_listen_wakeup_and_rollback_never") {
         return;
     }
+    let _serial = REDIS_WRITERS.lock();
     let table = support::unique_name("ef_or");
     let stream = support::unique_name("ef_or");
     let _cleanup = PgCleanup {
@@ -578,4 +579,586 @@ fn postgres_enqueues_for_one_aggregate_commit_in_id_order() {
         published.into_inner()
     });
     assert_eq!(second_done, [first.event_id, second.event_id]);
+}
+
+/// Tests that write to the shared Redis hold this, so that the out-of-memory window of one
+/// does not fail another of this file.
+static REDIS_WRITERS: Mutex<()> = Mutex::new(());
+
+/// Restores Redis's `maxmemory` and `maxmemory-policy` when dropped, however the test ends:
+/// other tests share this server.
+struct MaxMemoryGuard {
+    conn: redis::Connection,
+    maxmemory: String,
+    policy: String,
+}
+
+impl MaxMemoryGuard {
+    fn new() -> Self {
+        let mut conn = redis::Client::open(support::redis_url())
+            .unwrap()
+            .get_connection()
+            .unwrap();
+        let get = |conn: &mut redis::Connection, name: &str| -> String {
+            let pair: Vec<String> = redis::cmd("CONFIG")
+                .arg("GET")
+                .arg(name)
+                .query(conn)
+                .unwrap();
+            pair[1].clone()
+        };
+        let maxmemory = get(&mut conn, "maxmemory");
+        let policy = get(&mut conn, "maxmemory-policy");
+        Self {
+            conn,
+            maxmemory,
+            policy,
+        }
+    }
+
+    /// Refuses every write with OOM: a limit far below what the server uses, no eviction.
+    fn starve(&mut self) {
+        redis::cmd("CONFIG")
+            .arg("SET")
+            .arg("maxmemory-policy")
+            .arg("noeviction")
+            .arg("maxmemory")
+            .arg("1")
+            .query::<()>(&mut self.conn)
+            .unwrap();
+    }
+
+    fn restore(&mut self) {
+        redis::cmd("CONFIG")
+            .arg("SET")
+            .arg("maxmemory")
+            .arg(&self.maxmemory)
+            .arg("maxmemory-policy")
+            .arg(&self.policy)
+            .query::<()>(&mut self.conn)
+            .unwrap();
+    }
+}
+
+impl Drop for MaxMemoryGuard {
+    fn drop(&mut self) {
+        if let Ok(client) = redis::Client::open(support::redis_url()) {
+            if let Ok(mut conn) = client.get_connection() {
+                let _ = redis::cmd("CONFIG")
+                    .arg("SET")
+                    .arg("maxmemory")
+                    .arg(&self.maxmemory)
+                    .arg("maxmemory-policy")
+                    .arg(&self.policy)
+                    .query::<()>(&mut conn);
+            }
+        }
+    }
+}
+
+/// Redis out of memory answers every XADD with OOM, "try later": the relay counts no attempt
+/// and dead-letters nothing, and publishes everything once memory is back.
+#[test]
+fn postgres_redis_out_of_memory_counts_no_attempt_and_publishes_everything_after() {
+    if !servers_available(
+        "postgres_redis_out_of_memory_counts_no_attempt_and_publishes_everything_after",
+    ) {
+        return;
+    }
+    let _serial = REDIS_WRITERS.lock();
+    let table = support::unique_name("ef_or");
+    let stream = support::unique_name("ef_or");
+    let _cleanup = PgCleanup {
+        tables: vec![table.clone()],
+        stream: stream.clone(),
+    };
+    let redis = eventflow::transport::RedisStreams::connect(&support::redis_url()).unwrap();
+    let relay = OutboxRelay::builder()
+        .postgres(support::postgres_url())
+        .table(&table)
+        .transport(redis.clone())
+        .workers(2)
+        .batch_size(50)
+        // One refused attempt would dead-letter: any attempt counted shows.
+        .max_attempts(1)
+        .poll_interval(Duration::from_millis(50))
+        .build()
+        .unwrap()
+        .start()
+        .unwrap();
+    let outbox = OutboxTable::named(&table).unwrap();
+    let mut client = postgres::Client::connect(&support::postgres_url(), postgres::NoTls).unwrap();
+    let aggregates: Vec<Uuid> = (0..10).map(|_| Uuid::new_v4()).collect();
+    let mut all = Vec::new();
+
+    let mut guard = MaxMemoryGuard::new();
+    guard.starve();
+    for n in 0..30 {
+        let mut tx = client.transaction().unwrap();
+        let batch: Vec<Event> = aggregates.iter().map(|a| numbered(*a, n)).collect();
+        outbox.enqueue_batch(&mut tx, &stream, &batch).unwrap();
+        tx.commit().unwrap();
+        all.extend(batch);
+    }
+    // The relay tries (and is told OOM) for a while.
+    let tried = support::wait_until(Duration::from_secs(3), || {
+        relay.stats().abandoned_batches >= 2
+    });
+    let during = relay.stats();
+    let store = PostgresOutbox::builder(support::postgres_url())
+        .table(&table)
+        .build()
+        .unwrap();
+    let counts_during = store.count_by_status().unwrap();
+    let attempts_during: i32 = client
+        .query_one(
+            &format!("SELECT COALESCE(max(attempts), 0) FROM {table}"),
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    guard.restore();
+    drop(guard);
+
+    assert!(
+        support::wait_until(Duration::from_secs(30), || relay.stats().published == 300),
+        "{:?}",
+        relay.stats()
+    );
+    let after = relay.shutdown(WAIT).unwrap().stats;
+    assert!(tried, "the relay met OOM: {during:?}");
+    assert_eq!(
+        (during.published, during.retried, during.dead_lettered),
+        (0, 0, 0),
+        "{during:?}"
+    );
+    assert_eq!(
+        (
+            counts_during.pending,
+            counts_during.failed,
+            counts_during.dead_letter
+        ),
+        (300, 0, 0)
+    );
+    assert_eq!(attempts_during, 0, "no attempt counted while out of memory");
+    assert_eq!((after.retried, after.dead_lettered), (0, 0), "{after:?}");
+    let counts = store.count_by_status().unwrap();
+    assert_eq!((counts.published, counts.dead_letter), (300, 0));
+    let published = events_of(&read_all(&redis, &stream));
+    assert_eq!(published.len(), 300, "each event published once");
+    let ids: HashSet<_> = published.iter().map(|e| e.event_id.clone()).collect();
+    assert_eq!(ids, all.iter().map(|e| e.event_id.clone()).collect());
+    assert_aggregate_order(&published);
+}
+
+/// Enqueues one event per aggregate of `aggregates` and returns their events.
+fn enqueue_each(
+    writer: &mut impl outbox::OutboxWriter,
+    outbox: &OutboxTable,
+    stream: &str,
+    aggregates: &[Uuid],
+    n: u64,
+) -> Vec<Event> {
+    let events: Vec<Event> = aggregates.iter().map(|a| numbered(*a, n)).collect();
+    outbox.enqueue_batch(writer, stream, &events).unwrap();
+    events
+}
+
+/// Runs a relay over `store` until it has published `expected` rows (on the in-process stream),
+/// and returns what reached the stream.
+fn relay_until_published(store: Arc<dyn OutboxStore>, stream: &str, expected: u64) -> Vec<Event> {
+    let broker = MemoryStream::new();
+    let relay = OutboxRelay::builder()
+        .store(store)
+        .transport(broker.clone())
+        .workers(2)
+        .batch_size(4)
+        .poll_interval(Duration::from_millis(20))
+        .build()
+        .unwrap()
+        .start()
+        .unwrap();
+    assert!(
+        support::wait_until(WAIT, || relay.stats().published >= expected),
+        "{:?}",
+        relay.stats()
+    );
+    // A little longer, to see that nothing else is published.
+    std::thread::sleep(Duration::from_millis(300));
+    let stats = relay.shutdown(WAIT).unwrap().stats;
+    assert_eq!(stats.published, expected, "{stats:?}");
+    events_of(&read_all(&broker, stream))
+}
+
+/// After an unreadable row was set aside: it is the only dead letter, and `held`, the next row
+/// of its aggregate, still waits behind it (order kept).
+fn assert_set_aside(store: &dyn OutboxStore, held: &Event) {
+    let counts = store.count_by_status().unwrap();
+    assert_eq!(counts.dead_letter, 1, "{counts:?}");
+    let held_row = &store.find_by_event_id(&held.event_id).unwrap()[0];
+    assert_eq!(
+        held_row.status,
+        OutboxStatus::Pending,
+        "its aggregate waits"
+    );
+}
+
+#[test]
+fn postgres_an_infinity_timestamp_is_set_aside_and_the_relay_goes_on() {
+    if !support::postgres_available(
+        "postgres_an_infinity_timestamp_is_set_aside_and_the_relay_goes_on",
+    ) {
+        return;
+    }
+    let table = support::unique_name("ef_or");
+    let stream = support::unique_name("ef_or");
+    let _cleanup = PgCleanup {
+        tables: vec![table.clone()],
+        stream: stream.clone(),
+    };
+    let store = Arc::new(
+        PostgresOutbox::builder(support::postgres_url())
+            .table(&table)
+            .build()
+            .unwrap(),
+    );
+    store.migrate().unwrap();
+    let outbox = OutboxTable::named(&table).unwrap();
+    let mut client = postgres::Client::connect(&support::postgres_url(), postgres::NoTls).unwrap();
+    let aggregates: Vec<Uuid> = (0..6).map(|_| Uuid::new_v4()).collect();
+    let first = enqueue_each(&mut client, &outbox, &stream, &aggregates, 0);
+    let second = enqueue_each(&mut client, &outbox, &stream, &aggregates, 1);
+    // Aggregate 0's first row gets an infinite created_at (unreadable); aggregate 1's first row
+    // an infinite retry time (never due, holding its aggregate back, readable by no listing).
+    client
+        .execute(
+            &format!("UPDATE {table} SET created_at = 'infinity' WHERE event_id = $1"),
+            &[&first[0].event_id],
+        )
+        .unwrap();
+    client
+        .execute(
+            &format!(
+                "UPDATE {table} SET status = 'failed', next_attempt_at = 'infinity' WHERE event_id = $1"
+            ),
+            &[&first[1].event_id],
+        )
+        .unwrap();
+
+    let published = relay_until_published(store.clone(), &stream, 8);
+    let ids: HashSet<String> = published.iter().map(|e| e.event_id.clone()).collect();
+    let expected: HashSet<String> = first[2..]
+        .iter()
+        .chain(&second[2..])
+        .map(|e| e.event_id.clone())
+        .collect();
+    assert_eq!(ids, expected);
+    assert_aggregate_order(&published);
+    let row = client
+        .query_one(
+            &format!("SELECT status, last_error FROM {table} WHERE event_id = $1"),
+            &[&first[0].event_id],
+        )
+        .unwrap();
+    let (status, error): (String, String) = (row.get(0), row.get(1));
+    assert_eq!(status, "dead_letter");
+    assert!(
+        error.contains("created_at") && error.contains("cannot read"),
+        "{error}"
+    );
+    assert_set_aside(&*store, &second[0]);
+    let waiting = &store.find_by_event_id(&second[1].event_id).unwrap()[0];
+    assert_eq!(
+        waiting.status,
+        OutboxStatus::Pending,
+        "behind the never-due row"
+    );
+    // Reading the never-due row is an error naming it, not a panic.
+    let error = store.find_by_event_id(&first[1].event_id).unwrap_err();
+    assert!(error.to_string().contains("next_attempt_at"), "{error}");
+}
+
+#[test]
+fn sqlite_an_unreadable_timestamp_is_set_aside_and_the_relay_goes_on() {
+    let db = TempDb::new();
+    let store = Arc::new(SqliteOutbox::open(&db.0).unwrap());
+    store.migrate().unwrap();
+    let outbox = OutboxTable::default();
+    let conn = db.connect();
+    let aggregates: Vec<Uuid> = (0..6).map(|_| Uuid::new_v4()).collect();
+    let stream = "orders";
+    let mut writer = db.connect();
+    let first = enqueue_each(&mut writer, &outbox, stream, &aggregates, 0);
+    let second = enqueue_each(&mut writer, &outbox, stream, &aggregates, 1);
+    conn.execute(
+        "UPDATE event_outbox SET created_at = 'infinity' WHERE event_id = ?1",
+        [&first[0].event_id],
+    )
+    .unwrap();
+
+    let published = relay_until_published(store.clone(), stream, 10);
+    let ids: HashSet<String> = published.iter().map(|e| e.event_id.clone()).collect();
+    let expected: HashSet<String> = first[1..]
+        .iter()
+        .chain(&second[1..])
+        .map(|e| e.event_id.clone())
+        .collect();
+    assert_eq!(ids, expected);
+    assert_aggregate_order(&published);
+    let (status, error): (String, String) = conn
+        .query_row(
+            "SELECT status, last_error FROM event_outbox WHERE event_id = ?1",
+            [&first[0].event_id],
+            |row| Ok((row.get(0)?, row.get(1)?)),
+        )
+        .unwrap();
+    assert_eq!(status, "dead_letter");
+    assert!(error.contains("cannot read"), "{error}");
+    assert_set_aside(&*store, &second[0]);
+}
+
+/// A version-1 UUID of node `node` made at `ticks`: v1 UUIDs of one node share their last 64
+/// bits (clock sequence and node id); only the time in the first 64 differs.
+fn v1_uuid(ticks: u64, node: [u8; 6]) -> Uuid {
+    let mut bytes = [0u8; 16];
+    bytes[..8].copy_from_slice(&ticks.to_be_bytes());
+    bytes[6] = (bytes[6] & 0x0f) | 0x10; // version 1
+    bytes[8] = 0x80 | 0x12; // RFC 4122 variant, clock sequence
+    bytes[9] = 0x34;
+    bytes[10..].copy_from_slice(&node);
+    Uuid::from_bytes(bytes)
+}
+
+/// Two aggregates whose ids share their last 64 bits (v1 UUIDs of one node) get different lock
+/// keys: a transaction enqueueing for one does not make another, enqueueing for the other,
+/// wait. The same aggregate still waits (the lock is real).
+#[test]
+fn postgres_v1_uuids_of_one_node_do_not_share_an_enqueue_lock() {
+    if !support::postgres_available("postgres_v1_uuids_of_one_node_do_not_share_an_enqueue_lock") {
+        return;
+    }
+    let table = support::unique_name("ef_or");
+    let _cleanup = PgCleanup {
+        tables: vec![table.clone()],
+        stream: support::unique_name("ef_or"),
+    };
+    let store = PostgresOutbox::builder(support::postgres_url())
+        .table(&table)
+        .build()
+        .unwrap();
+    store.migrate().unwrap();
+    let outbox = OutboxTable::named(&table).unwrap();
+    let node = [1, 2, 3, 4, 5, 6];
+    let (a, b) = (v1_uuid(1_000, node), v1_uuid(2_000, node));
+    assert_eq!(a.as_bytes()[8..], b.as_bytes()[8..], "same last 64 bits");
+    assert_eq!((a.get_version_num(), b.get_version_num()), (1, 1));
+    assert_ne!(a, b);
+    let connect = || postgres::Client::connect(&support::postgres_url(), postgres::NoTls).unwrap();
+
+    let mut holder = connect();
+    let mut held = holder.transaction().unwrap();
+    outbox.enqueue(&mut held, "s", &numbered(a, 0)).unwrap();
+    let mut other = connect();
+    let mut try_enqueue = |aggregate: Uuid| {
+        let mut tx = other.transaction().unwrap();
+        tx.batch_execute("SET LOCAL lock_timeout = '1s'").unwrap();
+        let result = outbox.enqueue(&mut tx, "s", &numbered(aggregate, 1));
+        if result.is_ok() {
+            tx.commit().unwrap();
+        }
+        result
+    };
+    try_enqueue(b).expect("another aggregate of the same node does not wait");
+    let error = try_enqueue(a).expect_err("the same aggregate waits for the holder");
+    assert!(
+        error.to_string().contains("55P03"),
+        "it timed out on the lock: {error}"
+    );
+    held.commit().unwrap();
+}
+
+/// `url` naming database `database`, in either connection-string style.
+fn in_database(url: &str, database: &str) -> String {
+    match url.split_once("://") {
+        Some((scheme, rest)) => {
+            let (authority, query) = match rest.split_once('?') {
+                Some((before, query)) => (before, format!("?{query}")),
+                None => (rest, String::new()),
+            };
+            let host = authority.split('/').next().unwrap_or(authority);
+            format!("{scheme}://{host}/{database}{query}")
+        }
+        None => format!("{url} dbname={database}"),
+    }
+}
+
+/// Two transactions enqueueing for aggregate A on one stream and B on another, in opposite
+/// orders, each in one call: the locks are taken in one global order, so they never deadlock.
+/// Counted on a database of the test's own, so no other test moves its deadlock counter.
+#[test]
+fn postgres_opposite_orders_across_streams_never_deadlock() {
+    if !support::postgres_available("postgres_opposite_orders_across_streams_never_deadlock") {
+        return;
+    }
+    let database = support::unique_name("ef_dl");
+    let mut admin = postgres::Client::connect(&support::postgres_url(), postgres::NoTls).unwrap();
+    admin
+        .batch_execute(&format!("CREATE DATABASE {database}"))
+        .unwrap();
+    struct DropDatabase(String);
+    impl Drop for DropDatabase {
+        fn drop(&mut self) {
+            if let Ok(mut admin) =
+                postgres::Client::connect(&support::postgres_url(), postgres::NoTls)
+            {
+                let _ = admin
+                    .batch_execute(&format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.0));
+            }
+        }
+    }
+    let _drop = DropDatabase(database.clone());
+    let config: postgres::Config = in_database(&support::postgres_url(), &database)
+        .parse()
+        .unwrap();
+    let connect = || config.connect(postgres::NoTls).unwrap();
+    let deadlocks = |client: &mut postgres::Client| -> i64 {
+        client
+            .batch_execute("SELECT pg_stat_clear_snapshot()")
+            .unwrap();
+        client
+            .query_one(
+                "SELECT deadlocks FROM pg_stat_database WHERE datname = current_database()",
+                &[],
+            )
+            .unwrap()
+            .get(0)
+    };
+    let mut watcher = connect();
+    let before = deadlocks(&mut watcher);
+    let outbox = OutboxTable::default();
+    let store = PostgresOutbox::connect(in_database(&support::postgres_url(), &database)).unwrap();
+    store.migrate().unwrap();
+    let (a, b) = (Uuid::new_v4(), Uuid::new_v4());
+    let rounds = 200;
+    let barrier = std::sync::Barrier::new(2);
+    std::thread::scope(|scope| {
+        for forward in [true, false] {
+            let (barrier, outbox, connect) = (&barrier, &outbox, &connect);
+            scope.spawn(move || {
+                let mut client = connect();
+                for n in 0..rounds {
+                    let n = 2 * n + u64::from(forward);
+                    let (x, y) = (numbered(a, n), numbered(b, n));
+                    let entries = if forward {
+                        [("s1", x), ("s2", y)]
+                    } else {
+                        [("s2", y), ("s1", x)]
+                    };
+                    barrier.wait();
+                    let mut tx = client.transaction().unwrap();
+                    outbox
+                        .enqueue_to_streams(&mut tx, &entries)
+                        .expect("no deadlock");
+                    tx.commit().unwrap();
+                }
+            });
+        }
+    });
+    drop(watcher);
+    // The counter is flushed when a session ends; a fresh session reads it.
+    let after = deadlocks(&mut connect());
+    assert_eq!(after, before, "the server detected no deadlock");
+    let counts = store.count_by_status().unwrap();
+    assert_eq!(counts.pending, 2 * 2 * rounds, "every event enqueued once");
+}
+
+/// One call writes events for several streams, each row bound for its own.
+#[test]
+fn sqlite_enqueue_to_streams_writes_each_event_for_its_stream() {
+    let db = TempDb::new();
+    let store = SqliteOutbox::open(&db.0).unwrap();
+    store.migrate().unwrap();
+    let (a, b) = (numbered(Uuid::new_v4(), 0), numbered(Uuid::new_v4(), 0));
+    let mut conn = db.connect();
+    let tx = conn.transaction().unwrap();
+    let mut tx = tx;
+    outbox::enqueue_to_streams(&mut tx, &[("orders", a.clone()), ("invoices", b.clone())]).unwrap();
+    tx.commit().unwrap();
+    assert_eq!(
+        store.find_by_event_id(&a.event_id).unwrap()[0].stream,
+        "orders"
+    );
+    assert_eq!(
+        store.find_by_event_id(&b.event_id).unwrap()[0].stream,
+        "invoices"
+    );
+    let error = outbox::enqueue_to_streams(&mut conn, &[("", a)]).unwrap_err();
+    assert!(
+        matches!(error, outbox::EnqueueError::InvalidStream { .. }),
+        "{error}"
+    );
+}
+
+/// While one relay holds an aggregate's due rows, another's claim comes back short and says so
+/// (`contended`), so its publisher waits for the commit rather than a poll interval; once the
+/// first commits, nothing is left and nothing is reported.
+#[test]
+fn postgres_a_short_claim_reports_rows_another_relay_holds() {
+    if !support::postgres_available("postgres_a_short_claim_reports_rows_another_relay_holds") {
+        return;
+    }
+    let table = support::unique_name("ef_or");
+    let _cleanup = PgCleanup {
+        tables: vec![table.clone()],
+        stream: support::unique_name("ef_or"),
+    };
+    let store = PostgresOutbox::builder(support::postgres_url())
+        .table(&table)
+        .build()
+        .unwrap();
+    store.migrate().unwrap();
+    let outbox = OutboxTable::named(&table).unwrap();
+    let mut client = postgres::Client::connect(&support::postgres_url(), postgres::NoTls).unwrap();
+    let aggregate = Uuid::new_v4();
+    let events: Vec<Event> = (0..4).map(|n| numbered(aggregate, n)).collect();
+    outbox.enqueue_batch(&mut client, "s", &events).unwrap();
+    let claim = eventflow::store::outbox::ClaimDue {
+        limit: 10,
+        now: chrono::Utc::now(),
+    };
+    let publish_all = |rows: &[eventflow::store::outbox::OutboxRow]| {
+        eventflow::store::outbox::Delivery::Settled(
+            rows.iter()
+                .map(|r| eventflow::store::outbox::RowOutcome::Published {
+                    entry_id: format!("{}-0", r.id),
+                })
+                .collect(),
+        )
+    };
+    let (held, other) = std::thread::scope(|scope| {
+        let (claimed_tx, claimed_rx) = crossbeam_channel::bounded::<()>(0);
+        let (release_tx, release_rx) = crossbeam_channel::bounded::<()>(0);
+        let (store, claim, publish_all) = (&store, &claim, &publish_all);
+        let first = scope.spawn(move || {
+            let mut publish = |rows: &[eventflow::store::outbox::OutboxRow]| {
+                claimed_tx.send(()).unwrap();
+                release_rx.recv().unwrap();
+                publish_all(rows)
+            };
+            store.publish_due(claim, &mut publish).unwrap()
+        });
+        claimed_rx.recv().unwrap();
+        let other = store
+            .publish_due(claim, &mut |rows| publish_all(rows))
+            .unwrap();
+        release_tx.send(()).unwrap();
+        (first.join().unwrap(), other)
+    });
+    assert_eq!(held.published, 4);
+    assert_eq!(other.claimed, 0);
+    assert!(other.contended, "{other:?}");
+    let after = store
+        .publish_due(&claim, &mut |rows| publish_all(rows))
+        .unwrap();
+    assert_eq!((after.claimed, after.contended), (0, false));
 }

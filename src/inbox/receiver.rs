@@ -360,8 +360,9 @@ impl<S: InboxStore> Reader<S> {
     }
 
     /// Stores events and quarantined entries in one transaction, retrying (with backoff) while
-    /// the database is unavailable; a refusal of the data itself is returned at once, another
-    /// refusal after the third attempt.
+    /// the database is unavailable or out of order (a lock or statement timeout, a missing
+    /// table, a permission error: see [`StoreError::is_refusal`]); a refusal of the data itself
+    /// is returned at once, another refusal after the third attempt.
     fn store_batch(
         &self,
         events: &[ReceivedEvent],
@@ -389,7 +390,9 @@ impl<S: InboxStore> Reader<S> {
                 }
                 Err(error) => {
                     refusals += usize::from(error.is_refusal());
-                    tracing::error!(%error, entries = events.len() + malformed.len(), "cannot store a read batch; it stays unacknowledged and is retried");
+                    // An outage (a lock or statement timeout, a missing table, a permission
+                    // error): nothing is quarantined and nothing acknowledged.
+                    tracing::warn!(%error, sqlstate = error.sqlstate().unwrap_or(""), entries = events.len() + malformed.len(), "cannot store a read batch; it stays unacknowledged and is retried");
                     if !backoff.wait(&self.stop) {
                         return Attempt::Stopped;
                     }

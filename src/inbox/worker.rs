@@ -209,7 +209,7 @@ impl<S: InboxStore> Worker<S> {
             }
             Err(error) => {
                 // The batch rolled back: its rows stay due and are claimed again after the pause.
-                tracing::error!(%error, "worker could not process a batch; backing off");
+                tracing::warn!(%error, sqlstate = error.sqlstate().unwrap_or(""), "worker could not process a batch; backing off");
                 let pause = backoff.next_pause();
                 let _ = self.halt.recv_timeout(pause);
                 None

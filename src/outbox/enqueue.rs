@@ -42,13 +42,10 @@ pub enum EnqueueError {
 /// the transaction that marks its event processed), and `rusqlite::Connection`,
 /// `rusqlite::Transaction` and `rusqlite::Savepoint`.
 pub trait OutboxWriter {
-    /// Inserts `events` into `table` (a validated name), bound for `stream`.
-    fn write_outbox(
-        &mut self,
-        table: &str,
-        stream: &str,
-        events: &[&Event],
-    ) -> Result<(), StoreError>;
+    /// Inserts `entries` (each event with the stream it is bound for), in order, into `table`
+    /// (a validated name). A backend that locks aggregates takes all of the call's locks in one
+    /// global order, whatever their streams.
+    fn write_outbox(&mut self, table: &str, entries: &[(&str, &Event)]) -> Result<(), StoreError>;
 }
 
 /// Implements [`OutboxWriter`] for `$writer` by handing it, as `$as`, to the backend's
@@ -60,11 +57,10 @@ macro_rules! writes_through {
             fn write_outbox(
                 &mut self,
                 table: &str,
-                stream: &str,
-                events: &[&Event],
+                entries: &[(&str, &Event)],
             ) -> Result<(), StoreError> {
                 let $w = self;
-                crate::store::outbox::$backend::enqueue($as, table, stream, events)
+                crate::store::outbox::$backend::enqueue($as, table, entries)
             }
         }
     )+};
@@ -139,7 +135,33 @@ impl OutboxTable {
         events: &[Event],
     ) -> Result<(), EnqueueError> {
         check_stream(stream)?;
-        for event in events {
+        let entries: Vec<(&str, &Event)> = events.iter().map(|event| (stream, event)).collect();
+        self.write(writer, &entries)
+    }
+
+    /// Writes events bound for several streams, in order, to this table in `writer`'s
+    /// transaction; see [`enqueue_to_streams`].
+    pub fn enqueue_to_streams<W: OutboxWriter + ?Sized>(
+        &self,
+        writer: &mut W,
+        entries: &[(&str, Event)],
+    ) -> Result<(), EnqueueError> {
+        for (stream, _) in entries {
+            check_stream(stream)?;
+        }
+        let entries: Vec<(&str, &Event)> = entries
+            .iter()
+            .map(|(stream, event)| (*stream, event))
+            .collect();
+        self.write(writer, &entries)
+    }
+
+    fn write<W: OutboxWriter + ?Sized>(
+        &self,
+        writer: &mut W,
+        entries: &[(&str, &Event)],
+    ) -> Result<(), EnqueueError> {
+        for (_, event) in entries {
             event
                 .validate()
                 .map_err(|source| EnqueueError::InvalidEvent {
@@ -147,11 +169,10 @@ impl OutboxTable {
                     source,
                 })?;
         }
-        if events.is_empty() {
+        if entries.is_empty() {
             return Ok(());
         }
-        let events: Vec<&Event> = events.iter().collect();
-        writer.write_outbox(&self.name, stream, &events)?;
+        writer.write_outbox(&self.name, entries)?;
         Ok(())
     }
 }
@@ -163,9 +184,10 @@ impl OutboxTable {
 /// PostgreSQL this also takes a lock on the event's aggregate until the transaction ends, so
 /// concurrent transactions enqueueing for one aggregate are published in commit order; and it
 /// wakes listening relays on commit. A transaction that enqueues for several aggregates should
-/// do so in one [`enqueue_batch`] call, which takes their locks in a fixed order: separate calls
-/// in different orders in two concurrent transactions can deadlock (PostgreSQL then aborts one),
-/// as row locks taken in different orders can.
+/// do so in one call ([`enqueue_batch`] for one stream, [`enqueue_to_streams`] for several),
+/// which takes their locks in one global order: separate calls in different orders in two
+/// concurrent transactions can deadlock (PostgreSQL then aborts one), as row locks taken in
+/// different orders can.
 pub fn enqueue<W: OutboxWriter + ?Sized>(
     writer: &mut W,
     stream: &str,
@@ -182,6 +204,26 @@ pub fn enqueue_batch<W: OutboxWriter + ?Sized>(
     events: &[Event],
 ) -> Result<(), EnqueueError> {
     OutboxTable::default().enqueue_batch(writer, stream, events)
+}
+
+/// Writes events bound for several streams (`(stream, event)` pairs) to the `event_outbox` table
+/// in order, like [`enqueue`], in one statement on PostgreSQL. Every stream name and event is
+/// validated before anything is written.
+///
+/// A transaction that emits events to several streams should use this rather than one call per
+/// stream: one call takes all of its aggregates' locks in one global order, so two transactions
+/// enqueueing for the same aggregates on different streams in opposite orders cannot deadlock.
+///
+/// ```no_run
+/// # fn f(tx: &mut postgres::Transaction<'_>, order: eventflow::Event, invoice: eventflow::Event) -> Result<(), Box<dyn std::error::Error>> {
+/// eventflow::outbox::enqueue_to_streams(tx, &[("orders", order), ("invoices", invoice)])?;
+/// # Ok(()) }
+/// ```
+pub fn enqueue_to_streams<W: OutboxWriter + ?Sized>(
+    writer: &mut W,
+    entries: &[(&str, Event)],
+) -> Result<(), EnqueueError> {
+    OutboxTable::default().enqueue_to_streams(writer, entries)
 }
 
 fn check_stream(stream: &str) -> Result<(), EnqueueError> {

@@ -45,7 +45,9 @@ mod publisher;
 mod relay;
 
 pub use builder::RelayBuilder;
-pub use enqueue::{enqueue, enqueue_batch, EnqueueError, OutboxTable, OutboxWriter};
+pub use enqueue::{
+    enqueue, enqueue_batch, enqueue_to_streams, EnqueueError, OutboxTable, OutboxWriter,
+};
 pub(crate) use handle::Counters;
 pub use handle::{RelayHandle, RelayReport, RelayStats};
 pub use relay::OutboxRelay;

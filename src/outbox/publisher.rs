@@ -1,7 +1,10 @@
 //! A publisher thread: claim a batch of due rows, append them in one round trip, record what
 //! became of each, commit; again at once after a full batch, else after a wake-up or the poll
-//! interval. An unreachable broker leaves the batch in place and the thread backs off; an
-//! entry the broker refuses is retried on the policy's schedule, then dead-lettered.
+//! interval, or, when due rows remain that another relay holds, until that relay commits. An
+//! unreachable broker, or one that says "try later" (out of memory, loading, a failover),
+//! leaves the rows in place without an attempt counted and the thread backs off; an entry the
+//! broker refuses (a key of another type) is retried on the policy's schedule, then
+//! dead-lettered.
 
 use super::relay::Shared;
 use crate::backoff::{random_unit, Backoff};
@@ -12,7 +15,12 @@ use chrono::{DateTime, Utc};
 use crossbeam_channel::Receiver;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
-pub(super) fn publish_until_stopped(shared: &Shared, wake: &Receiver<()>, stop: &Receiver<()>) {
+pub(super) fn publish_until_stopped(
+    shared: &Shared,
+    index: usize,
+    wake: &Receiver<()>,
+    stop: &Receiver<()>,
+) {
     let mut backoff = Backoff::new();
     while !shared.stopping() {
         let now = shared.clock.now();
@@ -46,14 +54,33 @@ pub(super) fn publish_until_stopped(shared: &Shared, wake: &Receiver<()>, stop: 
                 shared
                     .counters
                     .record(&round, &enqueued, shared.clock.now());
+                if shared.contention_wait.is_some()
+                    && round.published + round.retried + round.dead_lettered > 0
+                {
+                    // Rows this relay held may have held back another relay's claim.
+                    shared.wake_siblings(index);
+                }
+                if round.deferred > 0 {
+                    // The broker said "try later" for some entries: they stay as they were.
+                    if !backoff.wait(&shared.stopping) {
+                        return;
+                    }
+                    continue;
+                }
                 backoff.reset();
-                if round.claimed >= shared.batch_size {
+                if round.claimed >= shared.batch_size || round.unreadable > 0 {
                     continue; // more may be waiting
                 }
+                // Due rows another relay holds become claimable when it commits: wait for
+                // that (a sibling in this process wakes this one), not a whole poll interval.
+                let pause = match shared.contention_wait {
+                    Some(wait) if round.contended => wait,
+                    _ => shared.poll_interval,
+                };
                 crossbeam_channel::select! {
                     recv(wake) -> _ => {}
                     recv(stop) -> _ => return,
-                    default(shared.poll_interval) => {}
+                    default(pause) => {}
                 }
             }
             Ok(Err(error)) => {
@@ -98,6 +125,22 @@ fn deliver(shared: &Shared, rows: &[OutboxRow], now: DateTime<Utc>) -> Delivery 
                     .collect(),
             )
         }
+        // Every entry was told "try later" (out of memory, say): nothing was appended, so the
+        // batch is left as it was.
+        Ok(results)
+            if !results.is_empty()
+                && results
+                    .iter()
+                    .all(|result| matches!(result, Err(TransportError::Unavailable(_)))) =>
+        {
+            let error = results
+                .into_iter()
+                .find_map(Result::err)
+                .map(|error| error.to_string())
+                .unwrap_or_default();
+            tracing::warn!(%error, rows = rows.len(), "stream broker says try later; the batch stays in the outbox");
+            Delivery::Abandoned
+        }
         Ok(results) => {
             let mut streams = shared.streams.lock();
             Delivery::Settled(
@@ -109,6 +152,13 @@ fn deliver(shared: &Shared, rows: &[OutboxRow], now: DateTime<Utc>) -> Delivery 
                                 streams.insert(row.stream.clone());
                             }
                             RowOutcome::Published { entry_id }
+                        }
+                        // Not this entry's fault: no attempt counted, claimed again later.
+                        Err(TransportError::Unavailable(error)) => {
+                            tracing::warn!(%error, event_id = %row.event.event_id, stream = %row.stream, "stream broker says try later; the event stays in the outbox");
+                            RowOutcome::Deferred {
+                                error: error.to_string(),
+                            }
                         }
                         Err(error) => failed(shared, row, &error.to_string(), now),
                     })

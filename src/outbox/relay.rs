@@ -5,7 +5,8 @@
 //! Each publisher thread loops: claim a batch of due rows, append them with one pipelined
 //! round trip, record each row's outcome, commit. A full batch is followed at once by the next;
 //! otherwise the thread sleeps until a listener wakes it (PostgreSQL `NOTIFY` on commit) or the
-//! poll interval passes. A broker that cannot be reached leaves the rows untouched (no attempt
+//! poll interval passes, or, when due rows remain that another relay holds, until a sibling
+//! commits (at most `contention_wait`, 10 ms by default). A broker that cannot be reached leaves the rows untouched (no attempt
 //! is counted) and the thread backs off; an entry the broker refuses is retried on the
 //! [`RetryPolicy`]'s schedule and dead-lettered after `max_attempts`.
 
@@ -35,6 +36,7 @@ pub struct OutboxRelay {
     pub(super) workers: usize,
     pub(super) batch_size: usize,
     pub(super) poll_interval: Option<Duration>,
+    pub(super) contention_wait: Option<Duration>,
     pub(super) max_attempts: u32,
     pub(super) retry_policy: Arc<dyn RetryPolicy>,
     pub(super) retention: Option<Duration>,
@@ -88,7 +90,11 @@ impl OutboxRelay {
         let stopping = Arc::new(AtomicBool::new(false));
         let counters = Arc::new(Counters::new(self.store.table()));
         let streams = Arc::new(Mutex::new(BTreeSet::new()));
+        let (wakers, wake_rxs): (Vec<_>, Vec<_>) = (0..self.workers)
+            .map(|_| crossbeam_channel::bounded(1))
+            .unzip();
         let shared = Arc::new(Shared {
+            wakers: wakers.clone(),
             store: self.store.clone(),
             transport: self.transport.clone(),
             clock: self.clock.clone(),
@@ -96,6 +102,7 @@ impl OutboxRelay {
             batch_size: self.batch_size,
             max_attempts: self.max_attempts,
             poll_interval,
+            contention_wait: self.contention_wait.map(|wait| wait.min(poll_interval)),
             stopping: stopping.clone(),
             counters: counters.clone(),
             streams: streams.clone(),
@@ -103,14 +110,11 @@ impl OutboxRelay {
         let mut threads = Threads::new(stopping.clone());
         // Disconnects as shutdown begins, waking idle threads.
         let stop_rx = threads.stopping_signal();
-        let mut wakers = Vec::with_capacity(self.workers);
-        for n in 0..self.workers {
-            let (wake_tx, wake_rx) = crossbeam_channel::bounded(1);
-            wakers.push(wake_tx);
+        for (n, wake_rx) in wake_rxs.into_iter().enumerate() {
             let shared = shared.clone();
             let stop = stop_rx.clone();
             threads.spawn(format!("eventflow-relay-{n}"), move || {
-                publish_until_stopped(&shared, &wake_rx, &stop)
+                publish_until_stopped(&shared, n, &wake_rx, &stop)
             })?;
         }
         if let Some(first) = first_listener {
@@ -164,13 +168,27 @@ pub(super) struct Shared {
     pub(super) batch_size: usize,
     pub(super) max_attempts: u32,
     pub(super) poll_interval: Duration,
+    /// See [`RelayBuilder::contention_wait`]; at most the poll interval.
+    pub(super) contention_wait: Option<Duration>,
     pub(super) stopping: Arc<AtomicBool>,
     pub(super) counters: Arc<Counters>,
     pub(super) streams: Arc<Mutex<BTreeSet<String>>>,
+    /// Wakes each publisher thread, by index.
+    pub(super) wakers: Vec<crossbeam_channel::Sender<()>>,
 }
 
 impl Shared {
     pub(super) fn stopping(&self) -> bool {
         self.stopping.load(Ordering::SeqCst)
+    }
+
+    /// Wakes every publisher thread but `index`: it committed a batch, which may free rows
+    /// they could not claim. A thread already due to wake keeps its one pending wake-up.
+    pub(super) fn wake_siblings(&self, index: usize) {
+        for (n, waker) in self.wakers.iter().enumerate() {
+            if n != index {
+                let _ = waker.try_send(());
+            }
+        }
     }
 }

@@ -510,62 +510,92 @@ impl StoreError {
     }
 
     /// Whether the database refused the data itself (a value out of range, a constraint): the
-    /// same statement will fail again, unlike after a lost connection.
+    /// same statement will fail again, unlike after a lost connection. PostgreSQL: SQLSTATE
+    /// classes 22 (data exception) and 23 (integrity constraint violation); SQLite: a
+    /// constraint, a type mismatch, a value too big, a value that cannot be converted.
     pub fn is_data_error(&self) -> bool {
         match self {
             #[cfg(feature = "postgres")]
-            Self::Postgres { source, .. } => source.code().is_some_and(|code| {
-                let class = &code.code()[..2];
-                class == "22" || class == "23"
-            }),
+            Self::Postgres { source, .. } => source
+                .code()
+                .is_some_and(|code| sqlstate_refuses_data(code.code())),
             #[cfg(feature = "sqlite")]
-            Self::Sqlite { source, .. } => matches!(
-                source,
-                rusqlite::Error::ToSqlConversionFailure(_)
-                    | rusqlite::Error::SqliteFailure(
-                        rusqlite::ffi::Error {
-                            code: rusqlite::ErrorCode::ConstraintViolation
-                                | rusqlite::ErrorCode::TypeMismatch
-                                | rusqlite::ErrorCode::TooBig,
-                            ..
-                        },
-                        _
-                    )
-            ),
+            Self::Sqlite { source, .. } => sqlite_refuses_data(source),
             Self::Migration { source, .. } => source.is_data_error(),
             _ => false,
         }
     }
 
-    /// Whether the database answered and refused what was asked, rather than being out of
-    /// reach: a data error, a deferred constraint failing at commit, a statement the server
-    /// cannot run. Retrying the same work as it is may fail the same way, so callers split it.
-    /// Connection loss, shutdown, lack of resources and serialization failures are not
-    /// refusals: those pass.
+    /// Whether the database refused this data, so that retrying the same work as it is will
+    /// fail the same way and callers set it aside (the reader quarantines an entry, a worker
+    /// records a failed attempt for a row): a [data error](Self::is_data_error) (a deferred
+    /// constraint failing at commit is one too), a statement over one of PostgreSQL's limits
+    /// (class 54: too many parameters, an index row too large), a row eventflow cannot read, or
+    /// code that panicked while the store held the transaction.
+    ///
+    /// Everything else is an outage to back off from, with the work left where it is: lost
+    /// connections, timeouts (`lock_timeout` 55P03, `statement_timeout` 57014), serialization
+    /// failures and deadlocks, a missing table or column, a permission error, resources
+    /// running out, and an exception a trigger raises (P0001 and other codes outside classes
+    /// 22 and 23): those say something about the database, not about the entry, and quarantining
+    /// live events for them would lose them from the stream. A trigger that means "this row is
+    /// bad" should raise a class 23 code (`RAISE ... USING ERRCODE = 'check_violation'`).
     pub fn is_refusal(&self) -> bool {
         match self {
+            Self::Migration { source, .. } => source.is_refusal(),
+            Self::Corrupt { .. } | Self::Panicked(_) => true,
             #[cfg(feature = "postgres")]
             Self::Postgres { source, .. } => source
                 .code()
-                .is_some_and(|code| !matches!(&code.code()[..2], "08" | "40" | "53" | "57" | "58")),
-            #[cfg(feature = "sqlite")]
-            Self::Sqlite { source, .. } => match source {
-                rusqlite::Error::SqliteFailure(error, _) => !matches!(
-                    error.code,
-                    rusqlite::ErrorCode::DatabaseBusy
-                        | rusqlite::ErrorCode::DatabaseLocked
-                        | rusqlite::ErrorCode::OutOfMemory
-                        | rusqlite::ErrorCode::SystemIoFailure
-                        | rusqlite::ErrorCode::DiskFull
-                        | rusqlite::ErrorCode::CannotOpen
-                ),
-                _ => self.is_data_error(),
-            },
-            Self::Migration { source, .. } => source.is_refusal(),
-            Self::Corrupt { .. } | Self::Panicked(_) => true,
-            _ => false,
+                .is_some_and(|code| sqlstate_refuses_work(code.code())),
+            _ => self.is_data_error(),
         }
     }
+
+    /// The SQLSTATE the server answered with, if any (PostgreSQL only), for logs.
+    pub fn sqlstate(&self) -> Option<&str> {
+        match self {
+            #[cfg(feature = "postgres")]
+            Self::Postgres { source, .. } => source.code().map(|code| code.code()),
+            Self::Migration { source, .. } => source.sqlstate(),
+            _ => None,
+        }
+    }
+}
+
+/// Whether a SQLSTATE means the server refuses the data itself: class 22 (data exception: a
+/// value out of range, an invalid text representation) or 23 (integrity constraint violation,
+/// including deferred constraints checked at commit). Every other class is an outage.
+#[cfg_attr(not(feature = "postgres"), allow(dead_code))]
+fn sqlstate_refuses_data(code: &str) -> bool {
+    matches!(code.get(..2), Some("22" | "23"))
+}
+
+/// Whether a SQLSTATE means the server refuses this work as it is: [data](sqlstate_refuses_data)
+/// or class 54 (program limit exceeded: a statement with too many parameters, an index row too
+/// large), which no outage causes and which splitting the work may cure.
+#[cfg_attr(not(feature = "postgres"), allow(dead_code))]
+fn sqlstate_refuses_work(code: &str) -> bool {
+    sqlstate_refuses_data(code) || code.starts_with("54")
+}
+
+/// SQLite's counterpart of [`sqlstate_refuses_data`]: a constraint, a type mismatch, a value
+/// too big, a value that cannot be converted for binding.
+#[cfg(feature = "sqlite")]
+fn sqlite_refuses_data(error: &rusqlite::Error) -> bool {
+    matches!(
+        error,
+        rusqlite::Error::ToSqlConversionFailure(_)
+            | rusqlite::Error::SqliteFailure(
+                rusqlite::ffi::Error {
+                    code: rusqlite::ErrorCode::ConstraintViolation
+                        | rusqlite::ErrorCode::TypeMismatch
+                        | rusqlite::ErrorCode::TooBig,
+                    ..
+                },
+                _
+            )
+    )
 }
 
 /// Checks that `name` can be used as a table name without quoting: lowercase ASCII letters,
@@ -739,6 +769,71 @@ mod tests {
         ] {
             assert!(validate_table_name(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn only_data_and_integrity_sqlstates_refuse_an_entry() {
+        let table = [
+            ("22001", true),  // string_data_right_truncation
+            ("22008", true),  // datetime_field_overflow
+            ("22P02", true),  // invalid_text_representation
+            ("23505", true),  // unique_violation (also a deferred one at commit)
+            ("23514", true),  // check_violation (how a trigger says "bad row")
+            ("55P03", false), // lock_not_available: lock_timeout
+            ("57014", false), // query_canceled: statement_timeout
+            ("42501", false), // insufficient_privilege
+            ("42P01", false), // undefined_table
+            ("42703", false), // undefined_column
+            ("P0001", false), // raise_exception from a trigger
+            ("40001", false), // serialization_failure
+            ("40P01", false), // deadlock_detected
+            ("53100", false), // disk_full
+            ("08006", false), // connection_failure
+            ("25006", false), // read_only_sql_transaction (a standby)
+            ("XX000", false), // internal_error
+            ("", false),
+        ];
+        for (code, refuses) in table {
+            assert_eq!(sqlstate_refuses_data(code), refuses, "SQLSTATE {code}");
+            assert_eq!(sqlstate_refuses_work(code), refuses, "SQLSTATE {code}");
+        }
+        // Over a limit: split and set aside, but not a data error.
+        assert!(sqlstate_refuses_work("54000") && !sqlstate_refuses_data("54000"));
+    }
+
+    #[cfg(feature = "sqlite")]
+    #[test]
+    fn only_data_errors_refuse_an_entry_on_sqlite() {
+        use rusqlite::ffi;
+        let failure = |code| StoreError::Sqlite {
+            context: "test",
+            source: rusqlite::Error::SqliteFailure(ffi::Error::new(code), None),
+        };
+        let table = [
+            (ffi::SQLITE_CONSTRAINT, true),
+            (ffi::SQLITE_CONSTRAINT_UNIQUE, true),
+            (ffi::SQLITE_MISMATCH, true),
+            (ffi::SQLITE_TOOBIG, true),
+            (ffi::SQLITE_BUSY, false),
+            (ffi::SQLITE_LOCKED, false),
+            (ffi::SQLITE_READONLY, false),
+            (ffi::SQLITE_PERM, false),
+            (ffi::SQLITE_ERROR, false), // no such table, a syntax error
+            (ffi::SQLITE_FULL, false),
+            (ffi::SQLITE_IOERR, false),
+            (ffi::SQLITE_NOMEM, false),
+        ];
+        for (code, refuses) in table {
+            let error = failure(code);
+            assert_eq!(error.is_refusal(), refuses, "{error}");
+            assert_eq!(error.is_data_error(), refuses, "{error}");
+        }
+        let corrupt = StoreError::Corrupt {
+            row: "1".into(),
+            reason: "bad".into(),
+        };
+        assert!(corrupt.is_refusal());
+        assert!(!StoreError::Closed("x").is_refusal());
     }
 
     #[test]

@@ -1,7 +1,10 @@
 //! A batch the database refuses as a whole (a deferred constraint failing at commit, a
-//! statement the server cannot run) would fail the same way at every claim, holding up every
-//! row behind it. Its rows are therefore handled one transaction each, and a row refused on its
-//! own is recorded as a failed attempt, in a transaction of its own, as for a handler error.
+//! statement over a server limit: see [`StoreError::is_refusal`]) would fail the same way at
+//! every claim, holding up every row behind it. Its rows are therefore handled one transaction
+//! each, and a row refused on its own is recorded as a failed attempt, in a transaction of its
+//! own, as for a handler error. Anything else (a lock or statement timeout, a trigger's
+//! exception outside classes 22 and 23, a lost connection) is an outage: the batch rolls back
+//! untouched and the worker backs off, counting no attempt.
 
 use super::{Claim, ClaimParams, InboxStore, RowHandler, Settled, StoreError};
 use uuid::Uuid;

@@ -138,6 +138,13 @@ pub enum RowOutcome {
         /// Why it failed.
         error: String,
     },
+    /// Not published, for a reason that is not the row's (the broker said "try later": out of
+    /// memory, loading, a failover): the row stays as it was, without an attempt counted, and
+    /// is claimed again.
+    Deferred {
+        /// What the broker said.
+        error: String,
+    },
 }
 
 /// What one [`OutboxStore::publish_due`] call did, once committed.
@@ -151,8 +158,17 @@ pub struct PublishRound {
     pub retried: usize,
     /// Rows dead-lettered.
     pub dead_lettered: usize,
+    /// Rows left as they were because the broker said "try later" ([`RowOutcome::Deferred`]).
+    pub deferred: usize,
+    /// Rows the claim could not read (a timestamp out of range, an unexpected NULL), set aside
+    /// as dead letters with the reason; they are also counted in `dead_lettered`.
+    pub unreadable: usize,
     /// Whether the publisher abandoned the batch (nothing was recorded).
     pub abandoned: bool,
+    /// Whether due rows were left out of a short claim because another relay held them (or an
+    /// earlier row of their aggregate): they become claimable when it commits, so the caller
+    /// should not wait a whole poll interval.
+    pub contended: bool,
 }
 
 /// Row counts per status, for health checks and the `status` command.
@@ -307,9 +323,43 @@ pub(crate) fn tally(claimed: usize, outcomes: &[RowOutcome]) -> PublishRound {
             RowOutcome::Published { .. } => round.published += 1,
             RowOutcome::Retry { .. } => round.retried += 1,
             RowOutcome::DeadLetter { .. } => round.dead_lettered += 1,
+            RowOutcome::Deferred { .. } => round.deferred += 1,
         }
     }
     round
+}
+
+/// A claimed row as read: the row, or why it cannot be read, with its id either way.
+pub(crate) type ReadRow = (i64, Result<OutboxRow, StoreError>);
+
+/// Splits a claim's rows into those the relay can publish and those it cannot read, logging
+/// each of the latter. One unreadable row (an `infinity` timestamp, a NULL where none belongs)
+/// must not stop the relay: it is set aside as a dead letter with the reason, which also holds
+/// back the later rows of its aggregate, so their order is kept.
+pub(crate) fn set_aside(table: &str, read: Vec<ReadRow>) -> (Vec<OutboxRow>, Vec<(i64, String)>) {
+    let mut rows = Vec::with_capacity(read.len());
+    let mut unreadable = Vec::new();
+    for (id, row) in read {
+        match row {
+            Ok(row) => rows.push(row),
+            Err(error) => {
+                tracing::error!(table, outbox_id = id, %error, "outbox row cannot be read; dead-lettered");
+                unreadable.push((id, format!("the relay cannot read this row: {error}")));
+            }
+        }
+    }
+    (rows, unreadable)
+}
+
+/// The round of a claim that set `unreadable` rows aside (and published nothing, so that the
+/// rest, with those rows now dead letters, is claimed again at once with their order kept).
+pub(crate) fn set_aside_round(claimed: usize, unreadable: usize) -> PublishRound {
+    PublishRound {
+        claimed,
+        dead_lettered: unreadable,
+        unreadable,
+        ..PublishRound::default()
+    }
 }
 
 /// What a store does with a claimed batch once the publisher has seen it.

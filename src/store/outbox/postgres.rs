@@ -11,8 +11,9 @@
 //! skip it for that batch, so one aggregate is never published by two relays at once.
 
 use super::{
-    hand_over, tally, ClaimDue, Delivery, EnqueueListener, HandedOver, OutboxCounts, OutboxPage,
-    OutboxRow, OutboxStatus, OutboxStore, PublishRound, Requeue, RowOutcome, DEFAULT_OUTBOX_TABLE,
+    hand_over, set_aside, set_aside_round, tally, ClaimDue, Delivery, EnqueueListener, HandedOver,
+    OutboxCounts, OutboxPage, OutboxRow, OutboxStatus, OutboxStore, PublishRound, Requeue,
+    RowOutcome, DEFAULT_OUTBOX_TABLE,
 };
 use crate::event::Event;
 use crate::store::migrations::Migration;
@@ -40,20 +41,26 @@ fn channel(table: &str) -> String {
     format!("eventflow_outbox_{table}")
 }
 
-/// Advisory lock classes (the first key of the two-key form), apart from each other and from
-/// the migration lock (one-key form): enqueueing transactions hold the first, relays try the
-/// second, so a relay never makes an application wait.
-const ENQUEUE_LOCK_CLASS: i32 = 0x6566_6f31; // "efo1"
-const RELAY_LOCK_CLASS: i32 = 0x6566_6f32; // "efo2"
-
 /// Candidate rows looked at per row a claim may take: room to skip the aggregates other relays
 /// hold.
 const CANDIDATES_PER_ROW: i64 = 4;
 
-/// The aggregate's lock key: its last 32 bits, random in UUID v4 and v7 alike (the first bits of
-/// a v7 are a timestamp, shared by aggregates created close together). Two aggregates sharing a
-/// key only wait for each other.
-const LANE: &str = "('x' || right(aggregate_id::text, 8))::bit(32)::int4";
+/// An aggregate's advisory lock key for enqueueing transactions: 64 bits of the md5 of a tag
+/// and the whole id (`pg_advisory_xact_lock(bigint)`), so ids that share a part (all version-1
+/// UUIDs of one node share their last 48 bits; version-7 UUIDs made close together their first
+/// 48) do not share a key. Relays try a second key made with another tag, so a relay never
+/// makes an application wait.
+///
+/// Other users of the single-key form share the key space: the inbox's ordered mode
+/// (`hashtext(table) << 32 # md5(id)`), the migration lock, and any advisory locks the
+/// application takes itself. The tag makes these keys independent hashes of theirs, so a
+/// collision has a chance of about 2^-64 per pair of keys held at once, and its only effect is
+/// that two transactions wait for each other.
+const ENQUEUE_LANE: &str =
+    "('x' || left(md5('eventflow outbox ' || aggregate_id::text), 16))::bit(64)::int8";
+/// The relays' try-only key for an aggregate; see [`ENQUEUE_LANE`].
+const RELAY_LANE: &str =
+    "('x' || left(md5('eventflow relay ' || aggregate_id::text), 16))::bit(64)::int8";
 
 const COLUMNS: &str = "id, stream, event_id, event_type, aggregate_id, correlation_id, \
      causation_id, occurred_on, payload, status, attempts, next_attempt_at, created_at, \
@@ -198,26 +205,50 @@ impl PostgresOutbox {
             .map_err(pg("prepare record"))?;
         let mut tx = conn.transaction().map_err(pg("begin claim"))?;
         let limit = i64::try_from(claim.limit).unwrap_or(i64::MAX);
-        let rows: Vec<OutboxRow> = tx
+        let read: Vec<_> = tx
             .query(&claim_due, &[&claim.now, &limit])
             .map_err(pg("claim due outbox rows"))?
             .iter()
-            .map(read_row)
-            .collect::<Result<_, _>>()?;
+            .map(|row| Ok((column(row, 0, "id")?, read_row(row))))
+            .collect::<Result<_, StoreError>>()?;
+        let claimed = read.len();
+        let (rows, unreadable) = set_aside(&self.table, read);
+        if !unreadable.is_empty() {
+            let (ids, reasons): (Vec<i64>, Vec<String>) = unreadable
+                .into_iter()
+                .map(|(id, reason)| (id, crate::store::truncate_error(&reason)))
+                .unzip();
+            tx.execute(&self.sql.set_aside, &[&ids, &reasons, &claim.now])
+                .map_err(pg("dead-letter unreadable outbox rows"))?;
+            tx.commit().map_err(pg("commit set-aside rows"))?;
+            return Ok(set_aside_round(claimed, ids.len()));
+        }
+        // A short claim: are due rows left that another relay holds (or that wait behind one
+        // it holds)? They become claimable when it commits.
+        let contended = claimed < claim.limit && {
+            let ids: Vec<i64> = rows.iter().map(|row| row.id).collect();
+            tx.query_one(&self.sql.due_left, &[&claim.now, &ids])
+                .map_err(pg("look for due outbox rows left"))?
+                .try_get::<_, bool>(0)
+                .map_err(pg("look for due outbox rows left"))?
+        };
         if rows.is_empty() {
-            return Ok(PublishRound::default());
+            return Ok(PublishRound {
+                contended,
+                ..PublishRound::default()
+            });
         }
         let outcomes = match hand_over(&rows, publish)? {
             HandedOver::Record(outcomes) => outcomes,
             // Dropping the transaction rolls it back and frees the rows.
             HandedOver::Abandoned(round) => return Ok(round),
         };
-        let ids: Vec<i64> = rows.iter().map(|row| row.id).collect();
+        let mut ids = Vec::with_capacity(rows.len());
         let mut statuses = Vec::with_capacity(rows.len());
         let mut entry_ids = Vec::with_capacity(rows.len());
         let mut errors = Vec::with_capacity(rows.len());
         let mut next_at = Vec::with_capacity(rows.len());
-        for outcome in &outcomes {
+        for (row, outcome) in rows.iter().zip(&outcomes) {
             let (status, entry, error, at) = match outcome {
                 RowOutcome::Published { entry_id } => {
                     (OutboxStatus::Published, Some(entry_id.as_str()), None, None)
@@ -228,7 +259,10 @@ impl PostgresOutbox {
                 RowOutcome::DeadLetter { error } => {
                     (OutboxStatus::DeadLetter, None, Some(error.as_str()), None)
                 }
+                // Left as it was: not in the update.
+                RowOutcome::Deferred { .. } => continue,
             };
+            ids.push(row.id);
             statuses.push(status.as_str());
             entry_ids.push(entry);
             errors.push(error.map(crate::store::truncate_error));
@@ -240,7 +274,10 @@ impl PostgresOutbox {
         )
         .map_err(pg("record publish outcomes"))?;
         tx.commit().map_err(pg("commit published batch"))?;
-        Ok(tally(rows.len(), &outcomes))
+        Ok(PublishRound {
+            contended,
+            ..tally(rows.len(), &outcomes)
+        })
     }
 }
 
@@ -291,11 +328,12 @@ impl OutboxStore for PostgresOutbox {
             .map_err(pg("count outbox rows"))?;
         let mut counts = OutboxCounts::default();
         for row in rows {
+            let what = format!("{} rows", self.table);
             counts.add(
                 &self.table,
-                row.get(0),
-                row.get::<_, i64>(1) as u64,
-                row.get(2),
+                column(&row, &what, "status")?,
+                column::<i64>(&row, &what, "rows")? as u64,
+                column(&row, &what, "oldest")?,
             )?;
         }
         Ok(counts)
@@ -385,14 +423,17 @@ impl EnqueueListener for PgListener {
     }
 }
 
-/// Writes `events` to `table` bound for `stream`, through the caller's client or transaction:
-/// one statement, one round trip, atomic on its own.
+/// Writes `entries` (events with their streams) to `table`, through the caller's client or
+/// transaction: one statement, one round trip, atomic on its own. The aggregates' locks are
+/// taken sorted by key, whatever the streams, so two transactions never wait in a circle on
+/// locks taken by one call each.
 pub(crate) fn enqueue<C: GenericClient>(
     client: &mut C,
     table: &str,
-    stream: &str,
-    events: &[&Event],
+    entries: &[(&str, &Event)],
 ) -> Result<(), StoreError> {
+    let streams: Vec<&str> = entries.iter().map(|(stream, _)| *stream).collect();
+    let events: Vec<&Event> = entries.iter().map(|(_, event)| *event).collect();
     let event_ids: Vec<&str> = events.iter().map(|e| e.event_id.as_str()).collect();
     let types: Vec<&str> = events.iter().map(|e| e.event_type.as_str()).collect();
     let aggregates: Vec<Uuid> = events.iter().map(|e| e.aggregate_id).collect();
@@ -403,7 +444,7 @@ pub(crate) fn enqueue<C: GenericClient>(
     let payloads: Vec<String> = events.iter().map(|e| e.payload.to_string()).collect();
     let channel = channel(table);
     let params: [(&(dyn ToSql + Sync), Type); 9] = [
-        (&stream, Type::VARCHAR),
+        (&streams, Type::VARCHAR_ARRAY),
         (&aggregates, Type::UUID_ARRAY),
         (&event_ids, Type::VARCHAR_ARRAY),
         (&types, Type::VARCHAR_ARRAY),
@@ -428,21 +469,21 @@ pub(crate) fn enqueue<C: GenericClient>(
 }
 
 fn enqueue_sql(table: &str) -> String {
-    let lane = LANE.replace("aggregate_id", "a");
+    let lane = ENQUEUE_LANE.replace("aggregate_id", "a");
     format!(
         "WITH locked AS (
             SELECT count(*) AS n FROM (
-                SELECT pg_advisory_xact_lock({ENQUEUE_LOCK_CLASS}, lane)
+                SELECT pg_advisory_xact_lock(lane)
                 FROM (SELECT DISTINCT {lane} AS lane FROM unnest($2::uuid[]) AS a) AS lanes
                 ORDER BY lane) AS taken
         ), inserted AS (
             INSERT INTO {table} (event_id, stream, event_type, aggregate_id, correlation_id,
                                  causation_id, occurred_on, payload)
-            SELECT e.event_id, $1, e.event_type, e.aggregate_id, e.correlation_id,
+            SELECT e.event_id, e.stream, e.event_type, e.aggregate_id, e.correlation_id,
                    e.causation_id, e.occurred_on, e.payload::jsonb
-            FROM unnest($3::varchar[], $4::varchar[], $2::uuid[], $5::varchar[], $6::varchar[],
-                        $7::timestamptz[], $8::text[]) WITH ORDINALITY
-                 AS e(event_id, event_type, aggregate_id, correlation_id, causation_id,
+            FROM unnest($3::varchar[], $1::varchar[], $4::varchar[], $2::uuid[], $5::varchar[],
+                        $6::varchar[], $7::timestamptz[], $8::text[]) WITH ORDINALITY
+                 AS e(event_id, stream, event_type, aggregate_id, correlation_id, causation_id,
                       occurred_on, payload, n)
             -- The locks are taken before the first id is drawn.
             WHERE (SELECT n FROM locked) >= 0
@@ -463,6 +504,8 @@ struct Queries {
     find_by_event_id: String,
     list_rows: String,
     requeue_dead_letters: String,
+    set_aside: String,
+    due_left: String,
 }
 
 impl Queries {
@@ -495,7 +538,7 @@ impl Queries {
                     LIMIT $2::bigint * {CANDIDATES_PER_ROW}
                 ), lanes AS MATERIALIZED (
                     SELECT c.id FROM candidates AS c
-                    WHERE pg_try_advisory_xact_lock({RELAY_LOCK_CLASS}, {candidate_lane})
+                    WHERE pg_try_advisory_xact_lock({candidate_lane})
                     LIMIT $2
                 ), due AS (
                     SELECT o.id FROM {t} AS o
@@ -512,7 +555,7 @@ impl Queries {
                       AND b.status <> 'published'
                       AND b.id NOT IN (SELECT id FROM due))
                 ORDER BY o.id",
-                candidate_lane = LANE.replace("aggregate_id", "c.aggregate_id"),
+                candidate_lane = RELAY_LANE.replace("aggregate_id", "c.aggregate_id"),
             ),
             record_outcomes: format!(
                 "UPDATE {t} AS o SET
@@ -536,8 +579,8 @@ impl Queries {
                     FOR UPDATE SKIP LOCKED)"
             ),
             count_by_status: format!(
-                "SELECT status, count(*),
-                        min(created_at) FILTER (WHERE status IN ('pending', 'failed'))
+                "SELECT status, count(*) AS rows,
+                        min(created_at) FILTER (WHERE status IN ('pending', 'failed')) AS oldest
                  FROM {t} GROUP BY status"
             ),
             find_by_event_id: format!("SELECT {COLUMNS} FROM {t} WHERE event_id = $1 ORDER BY id"),
@@ -545,6 +588,27 @@ impl Queries {
                 "SELECT {COLUMNS} FROM {t}
                  WHERE ($1::varchar IS NULL OR status = $1) AND id > $2
                  ORDER BY id LIMIT $3"
+            ),
+            // Rows the relay cannot read become dead letters with the reason, without an
+            // attempt counted; an operator fixes the row and requeues it.
+            set_aside: format!(
+                "UPDATE {t} AS o SET status = 'dead_letter', last_error = u.reason,
+                    last_error_at = $3
+                 FROM unnest($1::bigint[], $2::text[]) AS u(id, reason)
+                 WHERE o.id = u.id"
+            ),
+            // The claim's candidate conditions, less the rows just claimed.
+            due_left: format!(
+                "SELECT EXISTS (
+                    SELECT 1 FROM {t} AS o
+                    WHERE status IN ('pending', 'failed')
+                      AND (next_attempt_at IS NULL OR next_attempt_at <= $1)
+                      AND o.id <> ALL($2::bigint[])
+                      AND NOT EXISTS (
+                        SELECT 1 FROM {t} AS w
+                        WHERE w.aggregate_id = o.aggregate_id AND w.id < o.id
+                          AND w.status IN ('failed', 'dead_letter')
+                          AND (w.status = 'dead_letter' OR w.next_attempt_at > $1)))"
             ),
             requeue_dead_letters: format!(
                 "UPDATE {t} SET status = 'pending', attempts = 0, next_attempt_at = NULL
@@ -554,32 +618,44 @@ impl Queries {
     }
 }
 
+/// Column `index` of `row`, or an error naming the row (`what`) and the column: a value the
+/// driver cannot convert (an `infinity` timestamp, an unexpected NULL) must not panic.
+fn column<'a, T: postgres::types::FromSql<'a>>(
+    row: &'a Row,
+    what: impl std::fmt::Display,
+    index: impl postgres::row::RowIndex + std::fmt::Display,
+) -> Result<T, StoreError> {
+    row.try_get(&index).map_err(|error| StoreError::Corrupt {
+        row: what.to_string(),
+        reason: format!("column {index}: {error}"),
+    })
+}
+
 fn read_row(row: &Row) -> Result<OutboxRow, StoreError> {
-    let id: i64 = row.get("id");
-    let status: String = row.get("status");
-    let payload: serde_json::Value = row.get("payload");
+    let id: i64 = column(row, "outbox", "id")?;
+    let status: String = column(row, id, "status")?;
     Ok(OutboxRow {
         id,
-        stream: row.get("stream"),
+        stream: column(row, id, "stream")?,
         event: Event {
-            event_id: row.get("event_id"),
-            event_type: row.get("event_type"),
-            aggregate_id: row.get("aggregate_id"),
-            occurred_on: row.get("occurred_on"),
-            payload,
-            correlation_id: row.get("correlation_id"),
-            causation_id: row.get("causation_id"),
+            event_id: column(row, id, "event_id")?,
+            event_type: column(row, id, "event_type")?,
+            aggregate_id: column(row, id, "aggregate_id")?,
+            occurred_on: column(row, id, "occurred_on")?,
+            payload: column(row, id, "payload")?,
+            correlation_id: column(row, id, "correlation_id")?,
+            causation_id: column(row, id, "causation_id")?,
         },
         status: OutboxStatus::parse(&status).ok_or_else(|| StoreError::Corrupt {
             row: id.to_string(),
             reason: format!("unknown outbox status {status:?}"),
         })?,
-        attempts: row.get("attempts"),
-        next_attempt_at: row.get("next_attempt_at"),
-        created_at: row.get("created_at"),
-        published_at: row.get("published_at"),
-        last_error: row.get("last_error"),
-        last_error_at: row.get("last_error_at"),
-        stream_entry_id: row.get("stream_entry_id"),
+        attempts: column(row, id, "attempts")?,
+        next_attempt_at: column(row, id, "next_attempt_at")?,
+        created_at: column(row, id, "created_at")?,
+        published_at: column(row, id, "published_at")?,
+        last_error: column(row, id, "last_error")?,
+        last_error_at: column(row, id, "last_error_at")?,
+        stream_entry_id: column(row, id, "stream_entry_id")?,
     })
 }

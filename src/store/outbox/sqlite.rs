@@ -4,8 +4,9 @@
 //! processes out. Values are stored in the same text forms as the inbox's.
 
 use super::{
-    hand_over, tally, ClaimDue, Delivery, HandedOver, OutboxCounts, OutboxPage, OutboxRow,
-    OutboxStatus, OutboxStore, PublishRound, Requeue, RowOutcome, DEFAULT_OUTBOX_TABLE,
+    hand_over, set_aside, set_aside_round, tally, ClaimDue, Delivery, HandedOver, OutboxCounts,
+    OutboxPage, OutboxRow, OutboxStatus, OutboxStore, PublishRound, ReadRow, Requeue, RowOutcome,
+    DEFAULT_OUTBOX_TABLE,
 };
 use crate::event::Event;
 use crate::store::migrations::Migration;
@@ -110,7 +111,7 @@ impl OutboxStore for SqliteOutbox {
         // Due rows in id order, less those behind an earlier row of their aggregate that waits
         // (a retry not yet due, a dead letter). An earlier row that is due is in this batch,
         // being earlier, unless the limit cut it off, and then so are the later ones.
-        let rows: Vec<OutboxRow> = {
+        let read: Vec<ReadRow> = {
             let mut statement = tx
                 .prepare_cached(&format!(
                     "SELECT {COLUMNS} FROM {t} AS o
@@ -127,11 +128,37 @@ impl OutboxStore for SqliteOutbox {
                 .map_err(lite("prepare claim"))?;
             let limit = i64::try_from(claim.limit).unwrap_or(i64::MAX);
             let rows = statement
-                .query_map(params![now, limit], read_columns)
+                .query_map(params![now, limit], |row| {
+                    // A column that cannot be read (a NULL where none belongs, a value of
+                    // another type) makes that row unreadable, not the claim.
+                    let id: i64 = row.get(0)?;
+                    let columns = read_columns(row).map_err(|error| StoreError::Corrupt {
+                        row: id.to_string(),
+                        reason: error.to_string(),
+                    });
+                    Ok((id, columns.and_then(into_row)))
+                })
                 .map_err(lite("claim due outbox rows"))?;
-            rows.map(|row| row.map_err(lite("read outbox row")).and_then(into_row))
+            rows.map(|row| row.map_err(lite("read outbox row")))
                 .collect::<Result<_, _>>()?
         };
+        let claimed = read.len();
+        let (rows, unreadable) = set_aside(t, read);
+        if !unreadable.is_empty() {
+            let mut dead = tx
+                .prepare_cached(&format!(
+                    "UPDATE {t} SET status = 'dead_letter', last_error = ?2, last_error_at = ?3
+                     WHERE id = ?1"
+                ))
+                .map_err(lite("prepare set-aside"))?;
+            for (id, reason) in &unreadable {
+                dead.execute(params![id, truncate_error(reason), now])
+                    .map_err(lite("dead-letter an unreadable outbox row"))?;
+            }
+            drop(dead);
+            tx.commit().map_err(lite("commit set-aside rows"))?;
+            return Ok(set_aside_round(claimed, unreadable.len()));
+        }
         if rows.is_empty() {
             return Ok(PublishRound::default());
         }
@@ -174,6 +201,8 @@ impl OutboxStore for SqliteOutbox {
                         truncate_error(error),
                         now
                     ]),
+                    // Left as it was.
+                    RowOutcome::Deferred { .. } => continue,
                 }
                 .map_err(lite("record publish outcome"))?;
             }
@@ -310,8 +339,7 @@ impl OutboxStore for SqliteOutbox {
 pub(crate) fn enqueue(
     conn: &Connection,
     table: &str,
-    stream: &str,
-    events: &[&Event],
+    entries: &[(&str, &Event)],
 ) -> Result<(), StoreError> {
     let mut insert = conn
         .prepare_cached(&format!(
@@ -321,7 +349,7 @@ pub(crate) fn enqueue(
         ))
         .map_err(lite("prepare enqueue"))?;
     let created_at = ts(Utc::now());
-    for event in events {
+    for (stream, event) in entries {
         insert
             .execute(params![
                 event.event_id,

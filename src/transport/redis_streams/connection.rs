@@ -14,14 +14,26 @@ use redis::{ConnectionLike, ErrorKind, RedisError, RedisResult, Value};
 use crate::transport::TransportError;
 
 /// Server error codes that say "not now" rather than "wrong request": a server loading its
-/// data, a cluster or replica without a master, a failover in progress. Callers back off on
-/// [`TransportError::Unavailable`], which is what these need.
-const TRANSIENT_SERVER_CODES: &[&str] = &[
+/// data, out of memory (`maxmemory` reached with a no-eviction policy), unable to persist
+/// (MISCONF), busy running a script, short of replicas, a cluster or replica without a master,
+/// a failover in progress, a user not (yet) allowed the command or key (NOPERM: an ACL to
+/// fix, not a bad entry). Callers back off on [`TransportError::Unavailable`], which is what
+/// these need: the outbox relay counts no attempt and dead-letters nothing for them.
+///
+/// Every other reply code (`ERR`, `WRONGTYPE`: the key holds something that is not a stream,
+/// or the command as built for this entry is wrong) refuses the request itself:
+/// [`TransportError::Broker`], a failed attempt for an outbox row.
+pub(super) const TRANSIENT_SERVER_CODES: &[&str] = &[
     "LOADING",
     "MASTERDOWN",
     "TRYAGAIN",
     "CLUSTERDOWN",
     "READONLY",
+    "OOM",
+    "MISCONF",
+    "BUSY",
+    "NOREPLICAS",
+    "NOPERM",
 ];
 
 /// Opens connections for the pool with socket timeouts set, and tells it which ones to drop.
@@ -231,6 +243,117 @@ mod tests {
             // next command, so the next call must get a new connection.
             assert_eq!(accepted.load(Ordering::SeqCst), attempt);
             std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    /// Answers `XADD` with `error`, anything else like a healthy Redis.
+    fn xadd_fails(name: &str, error: &'static str) -> (&'static str, Duration) {
+        match name {
+            "XADD" => (error, Duration::ZERO),
+            _ => answer("", name),
+        }
+    }
+
+    #[test]
+    fn try_later_replies_to_an_entry_are_outages_and_others_refuse_it() {
+        type Reply = fn(&str) -> (&'static str, Duration);
+        let cases: [(&str, Reply, bool); 12] = [
+            (
+                "OOM",
+                |n| {
+                    xadd_fails(
+                        n,
+                        "-OOM command not allowed when used memory > 'maxmemory'.\r\n",
+                    )
+                },
+                true,
+            ),
+            (
+                "MISCONF",
+                |n| xadd_fails(n, "-MISCONF Redis is configured to save RDB snapshots\r\n"),
+                true,
+            ),
+            (
+                "BUSY",
+                |n| xadd_fails(n, "-BUSY Redis is busy running a script\r\n"),
+                true,
+            ),
+            (
+                "LOADING",
+                |n| xadd_fails(n, "-LOADING Redis is loading the dataset in memory\r\n"),
+                true,
+            ),
+            (
+                "TRYAGAIN",
+                |n| xadd_fails(n, "-TRYAGAIN Multiple keys request during rehashing\r\n"),
+                true,
+            ),
+            (
+                "NOREPLICAS",
+                |n| xadd_fails(n, "-NOREPLICAS Not enough good replicas to write.\r\n"),
+                true,
+            ),
+            (
+                "READONLY",
+                |n| {
+                    xadd_fails(
+                        n,
+                        "-READONLY You can't write against a read only replica.\r\n",
+                    )
+                },
+                true,
+            ),
+            (
+                "MASTERDOWN",
+                |n| xadd_fails(n, "-MASTERDOWN Link with MASTER is down\r\n"),
+                true,
+            ),
+            (
+                "CLUSTERDOWN",
+                |n| xadd_fails(n, "-CLUSTERDOWN The cluster is down\r\n"),
+                true,
+            ),
+            (
+                "NOPERM",
+                |n| xadd_fails(n, "-NOPERM User has no permissions to access the key\r\n"),
+                true,
+            ),
+            (
+                "WRONGTYPE",
+                |n| {
+                    xadd_fails(
+                        n,
+                        "-WRONGTYPE Operation against a key holding the wrong kind of value\r\n",
+                    )
+                },
+                false,
+            ),
+            (
+                "ERR",
+                |n| {
+                    xadd_fails(
+                        n,
+                        "-ERR Invalid stream ID specified as stream command argument\r\n",
+                    )
+                },
+                false,
+            ),
+        ];
+        let fields = vec![("event_id".to_string(), b"e1".to_vec())];
+        for (code, reply, outage) in cases {
+            let (url, _) = fake_redis(reply);
+            let redis = RedisStreams::builder(url).pool_size(1).build().unwrap();
+            let results = redis
+                .publish_entries(&[crate::transport::OutgoingEntry {
+                    stream: "s",
+                    fields: &fields,
+                }])
+                .unwrap();
+            match (&results[..], outage) {
+                ([Err(TransportError::Unavailable(_))], true)
+                | ([Err(TransportError::Broker(_))], false) => {}
+                (other, _) => panic!("{code}: expected outage={outage}, got {other:?}"),
+            }
         }
     }
 

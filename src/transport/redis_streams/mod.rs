@@ -400,7 +400,9 @@ impl Transport for RedisStreams {
                     Some(Ok(reply)) => {
                         into_string(reply).ok_or_else(|| malformed("XADD", "entry id"))
                     }
-                    Some(Err(error)) => Err(TransportError::Broker(Box::new(error))),
+                    // "Try later" (out of memory, loading, ...) for this entry is an outage,
+                    // like a failed round trip; anything else refuses the entry.
+                    Some(Err(error)) => Err(command_error(error)),
                     None => Err(malformed("XADD", "number of replies")),
                 }
             })
