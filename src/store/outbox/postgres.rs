@@ -15,8 +15,11 @@ use super::{
     OutboxRow, OutboxStatus, OutboxStore, PublishRound, Requeue, RowOutcome, DEFAULT_OUTBOX_TABLE,
 };
 use crate::event::Event;
-use crate::store::migrations::Migration;
-use crate::store::postgres::{apply_migrations, new_pool, parse_url, pg, PgConnection, Pool};
+use crate::store::migrations::{Migration, PendingMigration};
+use crate::store::postgres::{
+    apply_migrations, new_pool, parse_url, pending_migrations, pg, MigrationTarget, PgConnection,
+    Pool, DEFAULT_MIGRATION_LOCK_TIMEOUT,
+};
 use crate::store::{validate_table_name, StoreError};
 use chrono::{DateTime, Utc};
 use postgres::fallible_iterator::FallibleIterator;
@@ -64,9 +67,18 @@ pub struct PostgresOutboxBuilder {
     pool_size: u32,
     connect_timeout: Duration,
     table: String,
+    migration_lock_timeout: Duration,
 }
 
 impl PostgresOutboxBuilder {
+    /// How long a migration's DDL statement waits for its table lock before giving up,
+    /// pausing and trying again (logged, up to 30 attempts), so writers are never queued long
+    /// behind it. Defaults to 2 s.
+    pub fn migration_lock_timeout(mut self, timeout: Duration) -> Self {
+        self.migration_lock_timeout = timeout;
+        self
+    }
+
     /// Most pooled connections. Each relay thread holds one while it publishes a batch, and
     /// retention one while it deletes. Defaults to 4.
     pub fn pool_size(mut self, size: u32) -> Self {
@@ -112,6 +124,7 @@ impl PostgresOutboxBuilder {
             listen_config: config,
             sql: Queries::new(&self.table),
             table: self.table,
+            migration_lock_timeout: self.migration_lock_timeout,
         })
     }
 }
@@ -129,6 +142,7 @@ pub struct PostgresOutbox {
     listen_config: postgres::Config,
     table: String,
     sql: Queries,
+    migration_lock_timeout: Duration,
 }
 
 impl std::fmt::Debug for PostgresOutbox {
@@ -148,6 +162,7 @@ impl PostgresOutbox {
             pool_size: 4,
             connect_timeout: Duration::from_secs(5),
             table: DEFAULT_OUTBOX_TABLE.to_string(),
+            migration_lock_timeout: DEFAULT_MIGRATION_LOCK_TIMEOUT,
         }
     }
 
@@ -159,6 +174,15 @@ impl PostgresOutbox {
     /// The connection pool, for the application's own queries.
     pub fn pool(&self) -> &Pool {
         &self.pool
+    }
+
+    fn migration_target(&self) -> MigrationTarget<'_> {
+        MigrationTarget {
+            target: format!("outbox:{}", self.table),
+            migrations: MIGRATIONS,
+            render: Box::new(|migration| migration.render_as(DEFAULT_OUTBOX_TABLE, &self.table)),
+            lock_timeout: self.migration_lock_timeout,
+        }
     }
 
     fn connection(&self) -> Result<r2d2::PooledConnection<crate::store::PgManager>, StoreError> {
@@ -231,12 +255,11 @@ impl OutboxStore for PostgresOutbox {
     }
 
     fn migrate(&self) -> Result<(), StoreError> {
-        apply_migrations(
-            &self.pool,
-            &format!("outbox:{}", self.table),
-            MIGRATIONS,
-            &|migration| migration.render_as(DEFAULT_OUTBOX_TABLE, &self.table),
-        )
+        apply_migrations(&self.pool, &self.migration_target())
+    }
+
+    fn pending_migrations(&self) -> Result<Vec<PendingMigration>, StoreError> {
+        pending_migrations(&self.pool, &self.migration_target())
     }
 
     fn publish_due(
