@@ -321,3 +321,68 @@ fn verify_refuses_an_unmigrated_table_and_starts_once_migrated() {
     let handle = consumer().start().expect("starts once migrated");
     handle.shutdown(Duration::from_secs(10)).expect("shutdown");
 }
+
+/// On SQLite the setting means the same: `Verify` refuses a new database (nothing created),
+/// and starts once it is migrated; the same for the outbox relay.
+#[test]
+fn verify_on_sqlite_inbox_and_outbox() {
+    use eventflow::store::outbox::{OutboxStore, SqliteOutbox};
+    use eventflow::store::SqliteStore;
+    use eventflow::OutboxRelay;
+
+    let store = Arc::new(SqliteStore::open_in_memory().unwrap());
+    let consumer = || {
+        InboxConsumer::builder()
+            .transport(MemoryStream::new())
+            .store(store.clone())
+            .stream("orders")
+            .group("billing")
+            .migrations(Migrations::Verify)
+            .handler(|_tx, _row| -> HandlerResult { Ok(()) })
+            .build()
+            .unwrap()
+    };
+    let refused = consumer().start().expect_err("a new database");
+    assert!(
+        refused
+            .to_string()
+            .contains("eventflow migrate --table event_inbox"),
+        "{refused}"
+    );
+    assert!(store.count_by_status().is_err(), "nothing created");
+    store.migrate().unwrap();
+    consumer()
+        .start()
+        .expect("starts once migrated")
+        .shutdown(Duration::from_secs(10))
+        .unwrap();
+
+    let outbox = Arc::new(SqliteOutbox::open_in_memory().unwrap());
+    let relay = || {
+        OutboxRelay::builder()
+            .store(outbox.clone())
+            .transport(MemoryStream::new())
+            .workers(1)
+            .migrations(Migrations::Verify)
+            .build()
+            .unwrap()
+    };
+    let refused = relay().start().expect_err("no outbox table");
+    assert!(
+        refused
+            .to_string()
+            .contains("eventflow migrate --outbox --outbox-table event_outbox"),
+        "{refused}"
+    );
+    assert_eq!(
+        outbox.pending_migrations().unwrap().len(),
+        1,
+        "nothing applied"
+    );
+    outbox.migrate().unwrap();
+    relay()
+        .start()
+        .expect("starts once migrated")
+        .shutdown(Duration::from_secs(10))
+        .unwrap();
+}

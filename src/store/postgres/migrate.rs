@@ -1,7 +1,7 @@
 //! Applying migrations to PostgreSQL on a live, possibly large table.
 //!
 //! Three rules keep writers moving while a table is migrated:
-//! - A file marked [`NO_TRANSACTION_MARKER`] runs one statement at a time, outside a
+//! - A file marked [`NO_TRANSACTION_MARKER`](crate::store::NO_TRANSACTION_MARKER) runs one statement at a time, outside a
 //!   transaction, so its `CREATE INDEX CONCURRENTLY` builds without blocking inserts. Its version
 //!   is recorded only after its last statement; a run that stopped half-way (a crash, a
 //!   cancelled build) is finished by the next one, and an index a cancelled concurrent build left
