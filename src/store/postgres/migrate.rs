@@ -1,11 +1,11 @@
 //! Applying migrations to PostgreSQL on a live, possibly large table.
 //!
 //! Three rules keep writers moving while a table is migrated:
-//! - A file marked [`NO_TRANSACTION_MARKER`](crate::store::NO_TRANSACTION_MARKER) runs one statement at a time, outside a
-//!   transaction, so its `CREATE INDEX CONCURRENTLY` builds without blocking inserts. Its version
-//!   is recorded only after its last statement; a run that stopped half-way (a crash, a
-//!   cancelled build) is finished by the next one, and an index a cancelled concurrent build left
-//!   `INVALID` is dropped and built again.
+//! - A file marked [`NO_TRANSACTION_MARKER`](crate::store::NO_TRANSACTION_MARKER) runs one
+//!   statement at a time, outside a transaction, so its `CREATE INDEX CONCURRENTLY` builds
+//!   without blocking inserts. Its version is recorded only after its last statement; a run
+//!   that stopped half-way (a crash, a cancelled build) is finished by the next one, and an
+//!   index a cancelled concurrent build left `INVALID` is dropped and built again.
 //! - Every other DDL statement waits at most the migration lock timeout (2 s by default) for its
 //!   table lock, then gives up and retries after a pause. A waiting `ALTER TABLE` queues every
 //!   writer behind it, so it must not wait long; between attempts the writers go through.
