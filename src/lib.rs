@@ -79,8 +79,8 @@ pub use inbox::{
 };
 pub use outbox::{OutboxRelay, RelayHandle};
 pub use retry::{ExponentialBackoff, RetryPolicy};
-pub use store::InboxStore;
 #[cfg(feature = "postgres")]
 pub use store::PostgresStore;
 #[cfg(feature = "sqlite")]
 pub use store::SqliteStore;
+pub use store::{InboxStore, Migrations};

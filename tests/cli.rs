@@ -1321,3 +1321,110 @@ fn line<'t>(text: &'t str, first: &str) -> &'t str {
         .find(|line| line.starts_with(first))
         .unwrap_or_else(|| panic!("no line starting with {first:?} in:\n{text}"))
 }
+
+/// A table of the test's own in PostgreSQL, dropped at the end with what eventflow recorded.
+struct MigrateTable(String);
+
+impl Drop for MigrateTable {
+    fn drop(&mut self) {
+        let Ok(mut client) = postgres::Client::connect(&postgres_url(), postgres::NoTls) else {
+            return;
+        };
+        let t = &self.0;
+        let _ = client.batch_execute(&format!("DROP TABLE IF EXISTS {t}_quarantine, {t}"));
+        let _ = client.execute(
+            "DELETE FROM eventflow_migrations WHERE target = $1",
+            &[&format!("inbox:{t}")],
+        );
+        let _ = client.execute(
+            "DELETE FROM eventflow_inbox_owners WHERE inbox_table = $1",
+            &[t],
+        );
+    }
+}
+
+/// `migrate --dry-run` prints every pending file (version, name, how it runs, its statements)
+/// and changes nothing; a consumer that only verifies the schema refuses to start, naming the
+/// command; after `eventflow migrate` it starts, and a dry run has nothing left to show.
+#[test]
+fn migrate_dry_run_changes_nothing_and_verify_passes_after_migrate() {
+    if !support::postgres_available("migrate_dry_run_changes_nothing_and_verify_passes") {
+        return;
+    }
+    let table = MigrateTable(unique_name("cli_dry"));
+    let url = postgres_url();
+    let env = [
+        ("EVENTFLOW_DATABASE_URL", url.as_str()),
+        ("EVENTFLOW_TABLE", table.0.as_str()),
+    ];
+    let mut client = postgres::Client::connect(&url, postgres::NoTls).unwrap();
+    let exists = |client: &mut postgres::Client| -> bool {
+        client
+            .query_one("SELECT to_regclass($1) IS NOT NULL", &[&table.0])
+            .unwrap()
+            .get(0)
+    };
+
+    let plan = eventflow(&env, &["migrate", "--dry-run"]).ok().stdout;
+    assert!(plan.contains("4 migration(s) would run"), "{plan}");
+    assert!(
+        plan.contains("0001 0001_event_inbox.sql (in one transaction)"),
+        "{plan}"
+    );
+    assert!(
+        plan.contains("0002 0002_eventflow_additions.sql (outside a transaction"),
+        "{plan}"
+    );
+    assert!(
+        plan.contains(&format!(
+            "CREATE INDEX CONCURRENTLY IF NOT EXISTS ix_{}_due",
+            table.0
+        )),
+        "{plan}"
+    );
+    let json = eventflow(&env, &["--json", "migrate", "--dry-run"])
+        .ok()
+        .json();
+    let pending = json["tables"][0]["pending"].as_array().unwrap();
+    assert_eq!(pending.len(), 4, "{json}");
+    assert_eq!(pending[1]["transactional"], false);
+    assert!(!exists(&mut client), "the dry run created nothing");
+
+    let store = Arc::new(
+        PostgresStore::builder(url.clone())
+            .table(&table.0)
+            .pool_size(2)
+            .build()
+            .unwrap(),
+    );
+    let consumer = || {
+        InboxConsumer::builder()
+            .transport(MemoryStream::new())
+            .store(store.clone())
+            .stream("orders")
+            .group(&table.0)
+            .readers(1)
+            .workers(1)
+            .migrations(eventflow::Migrations::Verify)
+            .handler(|_tx, _row| -> HandlerResult { Ok(()) })
+            .build()
+            .unwrap()
+    };
+    let refused = consumer().start().expect_err("not migrated").to_string();
+    assert!(
+        refused.contains("0001_event_inbox.sql")
+            && refused.contains(&format!("eventflow migrate --table {}", table.0)),
+        "{refused}"
+    );
+    assert!(!exists(&mut client), "verifying created nothing");
+
+    let migrated = eventflow(&env, &["migrate"]).ok().stdout;
+    assert!(
+        migrated.contains(&format!("migrated {}", table.0)),
+        "{migrated}"
+    );
+    let handle = consumer().start().expect("starts once migrated");
+    handle.shutdown(Duration::from_secs(10)).unwrap();
+    let plan = eventflow(&env, &["migrate", "--dry-run"]).ok().stdout;
+    assert!(plan.contains("is up to date"), "{plan}");
+}

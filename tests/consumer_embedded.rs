@@ -825,6 +825,11 @@ impl InboxStore for Refusing {
     fn migrate(&self) -> Result<(), eventflow::store::StoreError> {
         self.0.migrate()
     }
+    fn pending_migrations(
+        &self,
+    ) -> Result<Vec<eventflow::store::PendingMigration>, eventflow::store::StoreError> {
+        self.0.pending_migrations()
+    }
     fn store_received(
         &self,
         batch: &eventflow::store::ReceivedBatch<'_>,

@@ -236,6 +236,9 @@ impl InboxStore for Gated {
     fn migrate(&self) -> Result<(), StoreError> {
         self.inner.migrate()
     }
+    fn pending_migrations(&self) -> Result<Vec<eventflow::store::PendingMigration>, StoreError> {
+        self.inner.pending_migrations()
+    }
     fn store_received(&self, batch: &ReceivedBatch<'_>) -> Result<Stored, StoreError> {
         self.inner.store_received(batch)
     }

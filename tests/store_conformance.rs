@@ -568,6 +568,53 @@ fn dead_letter(retry_count: i32, message: &str, failed_at: DateTime<Utc>) -> Ver
 // Checks on every backend.
 
 /// Gets a store that was never migrated.
+/// `pending_migrations` (what `eventflow migrate --dry-run` prints) lists every embedded file on
+/// a new database and changes nothing; after `migrate` it lists none.
+fn pending_migrations_show_what_migrate_applies<B: Backend>(store: &B) {
+    let pending = store
+        .pending_migrations()
+        .expect("pending on a new database");
+    let versions: Vec<u32> = pending.iter().map(|m| m.version).collect();
+    assert!(versions.len() >= 2, "{versions:?}");
+    assert_eq!(versions, (1..=versions.len() as u32).collect::<Vec<_>>());
+    for migration in &pending {
+        assert!(
+            migration
+                .name
+                .starts_with(&format!("{:04}_", migration.version)),
+            "{migration:?}"
+        );
+        assert!(!migration.statements.is_empty(), "{migration:?}");
+        assert!(
+            migration
+                .statements
+                .iter()
+                .all(|s| !s.contains("--") && !s.trim().is_empty()),
+            "statements without comments: {migration:?}"
+        );
+    }
+    assert!(
+        pending[0]
+            .statements
+            .iter()
+            .any(|s| s.contains(store.table())),
+        "rendered for the store's table: {:?}",
+        pending[0].statements
+    );
+    assert!(
+        store.count_by_status().is_err(),
+        "listing the pending migrations created nothing"
+    );
+    assert_eq!(
+        store.pending_migrations().unwrap(),
+        pending,
+        "and recorded nothing"
+    );
+    store.migrate().expect("migrate");
+    assert_eq!(store.pending_migrations().unwrap(), vec![]);
+    assert_eq!(store.migration_versions(), versions);
+}
+
 fn migrate_is_idempotent<B: Backend>(store: &B) {
     assert!(
         store.count_by_status().is_err(),
@@ -4147,6 +4194,7 @@ macro_rules! conformance {
 conformance!(
     fresh: [
         migrate_is_idempotent,
+        pending_migrations_show_what_migrate_applies,
         invalid_table_names_are_rejected,
         the_longest_table_name_works,
         racing_groups_agree_on_one_owner,

@@ -100,4 +100,10 @@ impl<S: InboxStore> Admin<S> {
     pub fn migrate(&self) -> AdminResult<()> {
         Ok(self.store.migrate()?)
     }
+
+    /// The migrations [`migrate`](Self::migrate) would apply, in order, with their
+    /// statements; changes nothing.
+    pub fn pending_migrations(&self) -> AdminResult<Vec<crate::store::PendingMigration>> {
+        Ok(self.store.pending_migrations()?)
+    }
 }

@@ -129,6 +129,12 @@ impl OutboxAdmin {
         Ok(self.store.migrate()?)
     }
 
+    /// The migrations [`migrate`](Self::migrate) would apply, in order, with their
+    /// statements; changes nothing.
+    pub fn pending_migrations(&self) -> AdminResult<Vec<crate::store::PendingMigration>> {
+        Ok(self.store.pending_migrations()?)
+    }
+
     /// Row counts by status, the backlog and the age of the oldest unpublished row; or
     /// [`OutboxState::NotInstalled`] when the table does not exist.
     pub fn status(&self) -> AdminResult<OutboxState> {

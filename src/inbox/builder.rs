@@ -13,7 +13,7 @@ use crate::error::{Error, Result};
 use crate::event::InboxRow;
 use crate::handler::HandlerResult;
 use crate::retry::RetryPolicy;
-use crate::store::{AfterDeadLetter, InboxStore};
+use crate::store::{AfterDeadLetter, InboxStore, Migrations};
 use crate::transport::Transport;
 #[cfg(feature = "sqlite")]
 use std::path::PathBuf;
@@ -494,9 +494,23 @@ impl<B, H> ConsumerBuilder<B, H> {
         self
     }
 
-    /// Whether `start()` applies the embedded migrations first. Defaults to true.
+    /// Whether `start()` applies the embedded migrations first: `true` is
+    /// [`Migrations::Apply`], `false` [`Migrations::Skip`]. Defaults to true.
     pub fn migrate(mut self, migrate: bool) -> Self {
-        self.settings.migrate = migrate;
+        self.settings.migrations = if migrate {
+            Migrations::Apply
+        } else {
+            Migrations::Skip
+        };
+        self
+    }
+
+    /// What `start()` does about the schema: apply the missing migrations, only verify that
+    /// none is missing (failing with an error that names them and the `eventflow migrate`
+    /// command to run, for deployments that migrate from the command line), or nothing.
+    /// Defaults to [`Migrations::Apply`].
+    pub fn migrations(mut self, migrations: Migrations) -> Self {
+        self.settings.migrations = migrations;
         self
     }
 

@@ -15,7 +15,7 @@ use crate::maintenance::{
     self, hung_handlers::HungHandlerWatch, inbox_retention::InboxRetention,
     parked_gauges::ParkedGaugeRefresh,
 };
-use crate::store::InboxStore;
+use crate::store::{not_migrated, InboxStore, Migrations};
 use crate::transport::{Transport, TransportError};
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
@@ -80,8 +80,17 @@ pub(crate) struct Runtime<S: InboxStore> {
 impl<S: InboxStore> Start for Runtime<S> {
     fn start(self: Box<Self>) -> Result<ConsumerHandle> {
         let settings = &self.settings;
-        if settings.migrate {
-            self.store.migrate()?;
+        match settings.migrations {
+            Migrations::Apply => self.store.migrate()?,
+            Migrations::Verify => {
+                let table = self.store.table();
+                let pending = self.store.pending_migrations()?;
+                if !pending.is_empty() {
+                    let command = format!("eventflow migrate --table {table}");
+                    return Err(not_migrated(table, &pending, command).into());
+                }
+            }
+            Migrations::Skip => {}
         }
         adopt_table(self.store.as_ref(), &settings.group, settings.clock.now())?;
         for stream in &settings.streams {

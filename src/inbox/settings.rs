@@ -4,7 +4,7 @@ use super::dead_letter::DeadLetterHook;
 use crate::clock::{Clock, SystemClock};
 use crate::error::{Error, Result};
 use crate::retry::{ExponentialBackoff, RetryPolicy};
-use crate::store::AfterDeadLetter;
+use crate::store::{AfterDeadLetter, Migrations};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -36,7 +36,7 @@ pub(crate) struct Settings {
     pub max_retries: i32,
     pub retry_policy: Arc<dyn RetryPolicy>,
     pub clock: Arc<dyn Clock>,
-    pub migrate: bool,
+    pub migrations: Migrations,
     pub on_dead_letter: Option<DeadLetterHook>,
     pub retention: Option<Duration>,
     pub retention_interval: Duration,
@@ -70,7 +70,7 @@ impl Default for Settings {
             max_retries: 3,
             retry_policy: Arc::new(ExponentialBackoff::default()),
             clock: Arc::new(SystemClock),
-            migrate: true,
+            migrations: Migrations::Apply,
             on_dead_letter: None,
             retention: None,
             retention_interval: Duration::from_secs(600),

@@ -5,7 +5,7 @@ use crate::clock::{Clock, SystemClock};
 use crate::error::{Error, Result};
 use crate::retry::{ExponentialBackoff, RetryPolicy};
 use crate::store::outbox::{OutboxStore, DEFAULT_OUTBOX_TABLE};
-use crate::store::validate_table_name;
+use crate::store::{validate_table_name, Migrations};
 use crate::transport::Transport;
 use std::sync::Arc;
 use std::time::Duration;
@@ -44,7 +44,7 @@ pub struct RelayBuilder {
     trim_after: Option<Duration>,
     trim_interval: Duration,
     clock: Arc<dyn Clock>,
-    migrate: bool,
+    migrations: Migrations,
 }
 
 impl RelayBuilder {
@@ -69,7 +69,7 @@ impl RelayBuilder {
             trim_after: None,
             trim_interval: Duration::from_secs(60),
             clock: Arc::new(SystemClock),
-            migrate: true,
+            migrations: Migrations::Apply,
         }
     }
 
@@ -196,9 +196,22 @@ impl RelayBuilder {
         self
     }
 
-    /// Whether `start()` creates or upgrades the outbox table first. Defaults to true.
+    /// Whether `start()` creates or upgrades the outbox table first: `true` is
+    /// [`Migrations::Apply`], `false` [`Migrations::Skip`]. Defaults to true.
     pub fn migrate(mut self, migrate: bool) -> Self {
-        self.migrate = migrate;
+        self.migrations = if migrate {
+            Migrations::Apply
+        } else {
+            Migrations::Skip
+        };
+        self
+    }
+
+    /// What `start()` does about the schema: apply the missing migrations, only verify that
+    /// none is missing (failing with an error that names them and the `eventflow migrate
+    /// --outbox` command to run), or nothing. Defaults to [`Migrations::Apply`].
+    pub fn migrations(mut self, migrations: Migrations) -> Self {
+        self.migrations = migrations;
         self
     }
 
@@ -280,7 +293,7 @@ impl RelayBuilder {
             trim_after: self.trim_after,
             trim_interval: self.trim_interval,
             clock: self.clock,
-            migrate: self.migrate,
+            migrations: self.migrations,
         })
     }
 }

@@ -22,6 +22,7 @@ use crate::maintenance::run as run_service;
 use crate::maintenance::stream_trim::StreamTrim;
 use crate::retry::RetryPolicy;
 use crate::store::outbox::OutboxStore;
+use crate::store::{not_migrated, Migrations};
 use crate::transport::Transport;
 use parking_lot::Mutex;
 use std::collections::BTreeSet;
@@ -44,7 +45,7 @@ pub struct OutboxRelay {
     pub(super) trim_after: Option<Duration>,
     pub(super) trim_interval: Duration,
     pub(super) clock: Arc<dyn Clock>,
-    pub(super) migrate: bool,
+    pub(super) migrations: Migrations,
 }
 
 impl std::fmt::Debug for OutboxRelay {
@@ -71,8 +72,17 @@ impl OutboxRelay {
     /// Migrates (unless turned off) and starts the publisher threads, the listener (when the
     /// store has one) and the maintenance threads.
     pub fn start(self) -> Result<RelayHandle> {
-        if self.migrate {
-            self.store.migrate()?;
+        match self.migrations {
+            Migrations::Apply => self.store.migrate()?,
+            Migrations::Verify => {
+                let table = self.store.table();
+                let pending = self.store.pending_migrations()?;
+                if !pending.is_empty() {
+                    let command = format!("eventflow migrate --outbox --outbox-table {table}");
+                    return Err(not_migrated(table, &pending, command).into());
+                }
+            }
+            Migrations::Skip => {}
         }
         // A store that cannot listen now (the database is down) may later: only a store that
         // says it has no listener makes the relay a pure poller.

@@ -21,7 +21,10 @@ pub use self::postgres::{
 };
 #[cfg(feature = "sqlite")]
 pub use self::sqlite::{SqliteStore, LATEST_STORED_TIME};
-pub use migrations::Migration;
+pub(crate) use migrations::not_migrated;
+pub use migrations::{
+    split_statements, Migration, Migrations, PendingMigration, NO_TRANSACTION_MARKER,
+};
 pub use operations::{
     Cleanup, Cursor, DeadLetterRequeue, InboxRecord, Page, ProcessedCleanup, QuarantineFilter,
     Requeued, RowFilter,
@@ -50,6 +53,9 @@ pub trait InboxStore: Send + Sync + 'static {
     /// Creates or upgrades the tables by applying the embedded migrations not yet applied.
     /// Idempotent, and safe to run from several processes at once.
     fn migrate(&self) -> Result<(), StoreError>;
+
+    /// The embedded migrations not yet applied, in order, as they would run; changes nothing.
+    fn pending_migrations(&self) -> Result<Vec<PendingMigration>, StoreError>;
 
     /// The inbox table's name.
     fn table(&self) -> &str;
@@ -452,6 +458,17 @@ pub enum StoreError {
         /// Why.
         #[source]
         source: Box<StoreError>,
+    },
+    /// The table lacks migrations and the consumer or relay was told only to verify the
+    /// schema ([`Migrations::Verify`]): run `command` (`eventflow migrate ...`) first.
+    #[error("{table} is missing migrations {}: run `{command}`", missing.join(", "))]
+    NotMigrated {
+        /// The inbox or outbox table.
+        table: String,
+        /// The migration files not applied, in order.
+        missing: Vec<String>,
+        /// The command that applies them.
+        command: String,
     },
     /// A configured table name is not a plain SQL identifier.
     #[error("invalid table name {name:?}: {reason}")]

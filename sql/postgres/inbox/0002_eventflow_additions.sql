@@ -1,3 +1,6 @@
+-- eventflow: no-transaction
+-- Runs outside a transaction, one statement at a time (each safe to run again), so its indexes
+-- build concurrently without blocking writers on a large live table; recorded once all ran.
 -- eventflow's additions; a database created from the reference schema keeps working after them.
 
 -- The contract's optional causation_id attribute had no column in the reference table.
@@ -5,7 +8,7 @@ ALTER TABLE event_inbox ADD COLUMN IF NOT EXISTS causation_id VARCHAR(255);
 
 -- Workers claim due rows oldest first; this partial index keeps that claim cheap however many
 -- processed rows the table holds.
-CREATE INDEX IF NOT EXISTS ix_event_inbox_due
+CREATE INDEX CONCURRENTLY IF NOT EXISTS ix_event_inbox_due
     ON event_inbox(received_at, id) WHERE status IN ('pending', 'failed');
 
 -- Stream entries that could not be parsed into an event, kept with their raw fields so an
@@ -22,5 +25,5 @@ CREATE TABLE IF NOT EXISTS event_inbox_quarantine (
     replayed_event_id VARCHAR(255),
     CONSTRAINT uq_event_inbox_quarantine_entry UNIQUE (stream, stream_id)
 );
-CREATE INDEX IF NOT EXISTS ix_event_inbox_quarantine_received
+CREATE INDEX CONCURRENTLY IF NOT EXISTS ix_event_inbox_quarantine_received
     ON event_inbox_quarantine(received_at);

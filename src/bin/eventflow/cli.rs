@@ -96,11 +96,18 @@ pub struct Connection {
 /// What to do.
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Create or upgrade the inbox tables (idempotent); with --outbox, the outbox table too.
+    /// Create or upgrade the inbox tables (idempotent; safe while consumers run: on
+    /// PostgreSQL indexes build concurrently and DDL waits at most 2 s for a table lock, then
+    /// retries); with --outbox, the outbox table too. For consumers built with
+    /// `.migrations(Migrations::Verify)`, which check the schema but do not change it.
     Migrate {
         /// Also create or upgrade the outbox table (--outbox-table).
         #[arg(long)]
         outbox: bool,
+        /// Print what would run (version, file, whether it runs in a transaction or
+        /// concurrently, and its statements) and change nothing.
+        #[arg(long)]
+        dry_run: bool,
     },
     /// The inbox's owner, counts by status (in all and per stream) and lag, parked aggregates,
     /// the consumer group's pending entries and lag on each --stream, and the outbox backlog.

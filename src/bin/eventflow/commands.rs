@@ -4,7 +4,7 @@ use super::cli::{Cli, Command};
 use super::connect::{open_database, open_outbox, Database};
 use super::output::{self, progress};
 use super::text::format_age;
-use super::{dead_letters, outbox, parked, publish, quarantine, status, Failure};
+use super::{dead_letters, migrate, outbox, parked, publish, quarantine, status, Failure};
 use eventflow::admin::Admin;
 use eventflow::store::InboxStore;
 use serde_json::json;
@@ -22,7 +22,8 @@ pub fn run(cli: &Cli) -> Result<(), Failure> {
         }
         _ => {}
     }
-    let create = matches!(cli.command, Command::Migrate { .. });
+    // Only a real `migrate` may create a SQLite file; a dry run changes nothing.
+    let create = matches!(cli.command, Command::Migrate { dry_run: false, .. });
     let database = open_database(&cli.connection, create)?;
     let kind = database.kind();
     match database {
@@ -34,7 +35,11 @@ pub fn run(cli: &Cli) -> Result<(), Failure> {
 fn with_store<S: InboxStore>(cli: &Cli, admin: &Admin<S>, kind: &str) -> Result<(), Failure> {
     let table = &cli.connection.table;
     match &cli.command {
-        Command::Migrate { outbox } => {
+        Command::Migrate {
+            outbox,
+            dry_run: true,
+        } => migrate::dry_run(cli, admin, *outbox, kind),
+        Command::Migrate { outbox, .. } => {
             admin.migrate()?;
             let outbox_table = if *outbox {
                 open_outbox(&cli.connection, true)?.migrate()?;

@@ -11,6 +11,7 @@ mod cli;
 mod commands;
 mod connect;
 mod dead_letters;
+mod migrate;
 mod outbox;
 mod output;
 mod parked;

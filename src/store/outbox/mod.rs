@@ -23,7 +23,7 @@ pub use self::postgres::PostgresOutbox;
 #[cfg(feature = "sqlite")]
 pub use self::sqlite::SqliteOutbox;
 
-use super::StoreError;
+use super::{PendingMigration, StoreError};
 use crate::event::Event;
 use chrono::{DateTime, Utc};
 use std::time::Duration;
@@ -231,6 +231,9 @@ pub trait OutboxStore: Send + Sync + 'static {
     /// applied. Idempotent, and safe to run from several processes at once.
     fn migrate(&self) -> Result<(), StoreError>;
 
+    /// The embedded migrations not yet applied, in order, as they would run; changes nothing.
+    fn pending_migrations(&self) -> Result<Vec<PendingMigration>, StoreError>;
+
     /// Claims up to `claim.limit` due rows (pending, or failed with `next_attempt_at` passed)
     /// in `id` order, keeping per-aggregate order (see the module docs), hands them to
     /// `publish` while holding them, then records what it returns and commits. Rows claimed
@@ -277,6 +280,9 @@ impl<S: OutboxStore + ?Sized> OutboxStore for std::sync::Arc<S> {
     }
     fn migrate(&self) -> Result<(), StoreError> {
         (**self).migrate()
+    }
+    fn pending_migrations(&self) -> Result<Vec<PendingMigration>, StoreError> {
+        (**self).pending_migrations()
     }
     fn publish_due(
         &self,

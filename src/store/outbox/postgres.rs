@@ -16,9 +16,10 @@ use super::{
     RowOutcome, DEFAULT_OUTBOX_TABLE,
 };
 use crate::event::Event;
-use crate::store::migrations::Migration;
+use crate::store::migrations::{Migration, PendingMigration};
 use crate::store::postgres::{
-    apply_migrations, new_pool, parse_url, pg, PgConnection, Pool, SessionLimits,
+    apply_migrations, new_pool, parse_url, pending_migrations, pg, MigrationTarget, PgConnection,
+    Pool, SessionLimits, DEFAULT_MIGRATION_LOCK_TIMEOUT,
 };
 use crate::store::{validate_table_name, StoreError};
 use chrono::{DateTime, Utc};
@@ -74,9 +75,18 @@ pub struct PostgresOutboxBuilder {
     connect_timeout: Duration,
     table: String,
     limits: SessionLimits,
+    migration_lock_timeout: Duration,
 }
 
 impl PostgresOutboxBuilder {
+    /// How long a migration's DDL statement waits for its table lock before giving up,
+    /// pausing and trying again (logged, up to 30 attempts), so writers are never queued long
+    /// behind it. Defaults to 2 s.
+    pub fn migration_lock_timeout(mut self, timeout: Duration) -> Self {
+        self.migration_lock_timeout = timeout;
+        self
+    }
+
     /// Most pooled connections. Each relay thread holds one while it publishes a batch, and
     /// retention one while it deletes. Defaults to 4.
     pub fn pool_size(mut self, size: u32) -> Self {
@@ -137,6 +147,7 @@ impl PostgresOutboxBuilder {
             listen_config: config,
             sql: Queries::new(&self.table),
             table: self.table,
+            migration_lock_timeout: self.migration_lock_timeout,
         })
     }
 }
@@ -154,6 +165,7 @@ pub struct PostgresOutbox {
     listen_config: postgres::Config,
     table: String,
     sql: Queries,
+    migration_lock_timeout: Duration,
 }
 
 impl std::fmt::Debug for PostgresOutbox {
@@ -174,6 +186,7 @@ impl PostgresOutbox {
             connect_timeout: Duration::from_secs(5),
             limits: SessionLimits::default(),
             table: DEFAULT_OUTBOX_TABLE.to_string(),
+            migration_lock_timeout: DEFAULT_MIGRATION_LOCK_TIMEOUT,
         }
     }
 
@@ -185,6 +198,15 @@ impl PostgresOutbox {
     /// The connection pool, for the application's own queries.
     pub fn pool(&self) -> &Pool {
         &self.pool
+    }
+
+    fn migration_target(&self) -> MigrationTarget<'_> {
+        MigrationTarget {
+            target: format!("outbox:{}", self.table),
+            migrations: MIGRATIONS,
+            render: Box::new(|migration| migration.render_as(DEFAULT_OUTBOX_TABLE, &self.table)),
+            lock_timeout: self.migration_lock_timeout,
+        }
     }
 
     fn connection(&self) -> Result<r2d2::PooledConnection<crate::store::PgManager>, StoreError> {
@@ -287,12 +309,11 @@ impl OutboxStore for PostgresOutbox {
     }
 
     fn migrate(&self) -> Result<(), StoreError> {
-        apply_migrations(
-            &self.pool,
-            &format!("outbox:{}", self.table),
-            MIGRATIONS,
-            &|migration| migration.render_as(DEFAULT_OUTBOX_TABLE, &self.table),
-        )
+        apply_migrations(&self.pool, &self.migration_target())
+    }
+
+    fn pending_migrations(&self) -> Result<Vec<PendingMigration>, StoreError> {
+        pending_migrations(&self.pool, &self.migration_target())
     }
 
     fn publish_due(

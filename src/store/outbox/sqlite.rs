@@ -9,10 +9,10 @@ use super::{
     DEFAULT_OUTBOX_TABLE,
 };
 use crate::event::Event;
-use crate::store::migrations::Migration;
+use crate::store::migrations::{Migration, PendingMigration};
 use crate::store::sqlite::{
-    apply_migrations, lite, open_file, open_memory, parse_opt_ts, parse_ts, parse_uuid, ts,
-    wait_when_busy,
+    apply_migrations, lite, open_file, open_memory, parse_opt_ts, parse_ts, parse_uuid,
+    pending_migrations, ts, wait_when_busy,
 };
 use crate::store::{truncate_error, validate_table_name, StoreError};
 use chrono::{DateTime, Utc};
@@ -91,6 +91,15 @@ impl OutboxStore for SqliteOutbox {
     fn migrate(&self) -> Result<(), StoreError> {
         apply_migrations(
             &mut self.conn.lock(),
+            &format!("outbox:{}", self.table),
+            MIGRATIONS,
+            &|migration| migration.render_as(DEFAULT_OUTBOX_TABLE, &self.table),
+        )
+    }
+
+    fn pending_migrations(&self) -> Result<Vec<PendingMigration>, StoreError> {
+        pending_migrations(
+            &self.conn.lock(),
             &format!("outbox:{}", self.table),
             MIGRATIONS,
             &|migration| migration.render_as(DEFAULT_OUTBOX_TABLE, &self.table),

@@ -3,14 +3,18 @@
 
 mod batch;
 mod connection;
+mod migrate;
 mod queries;
 mod session;
 
 pub use connection::{PgConnection, PgManager, PgTransaction};
+pub(in crate::store) use migrate::{
+    apply_migrations, pending_migrations, MigrationTarget, DEFAULT_MIGRATION_LOCK_TIMEOUT,
+};
 use queries::Queries;
 pub use session::SessionLimits;
 
-use super::migrations::{Migration, MIGRATIONS_TABLE};
+use super::migrations::{Migration, PendingMigration};
 use super::{
     counts_by_stream, parse_counted_status, validate_table_name, ClaimParams, Cleanup, Cursor,
     DeadLetterRequeue, DeadLetterSkip, InboxRecord, InboxStore, Page, ParkedAggregate, ParkedPage,
@@ -60,10 +64,6 @@ pub const MIGRATIONS: &[Migration] = &[
     },
 ];
 
-/// Any constant works, as long as every eventflow process uses the same one; it serializes
-/// concurrent `migrate()` calls.
-const MIGRATION_LOCK_KEY: i64 = 0x6576_656e_7466_6c6f; // "eventflo"
-
 /// The first key of the per-table cleanup lock (`pg_try_advisory_xact_lock(key, hashtext(table))`);
 /// the two-key form never collides with the migration lock's one-key form.
 const CLEANUP_LOCK_KEY: i32 = 0x6566_636c; // "efcl"
@@ -83,9 +83,20 @@ pub struct PostgresStoreBuilder {
     connect_timeout: Duration,
     table: String,
     limits: SessionLimits,
+    migration_lock_timeout: Duration,
 }
 
 impl PostgresStoreBuilder {
+    /// How long a migration's DDL statement (`ALTER TABLE ...`) waits for its table lock before
+    /// giving up, pausing and trying again (logged, up to 30 attempts). A waiting `ALTER TABLE`
+    /// queues every writer of the table behind it, so this bounds how long a migration behind a
+    /// long transaction can stall inserts. Concurrent index builds do not block writers and
+    /// wait as long as they must. Defaults to 2 s.
+    pub fn migration_lock_timeout(mut self, timeout: Duration) -> Self {
+        self.migration_lock_timeout = timeout;
+        self
+    }
+
     /// Most pooled connections. Each reader and each worker holds one while it works.
     /// Defaults to 10.
     pub fn pool_size(mut self, size: u32) -> Self {
@@ -135,6 +146,7 @@ impl PostgresStoreBuilder {
             sql: Queries::new(&self.table),
             table: self.table,
             pool_size: self.pool_size,
+            migration_lock_timeout: self.migration_lock_timeout,
         })
     }
 }
@@ -150,6 +162,7 @@ pub struct PostgresStore {
     table: String,
     sql: Queries,
     pool_size: u32,
+    migration_lock_timeout: Duration,
 }
 
 impl std::fmt::Debug for PostgresStore {
@@ -170,6 +183,7 @@ impl PostgresStore {
             connect_timeout: Duration::from_secs(5),
             table: DEFAULT_INBOX_TABLE.to_string(),
             limits: SessionLimits::default(),
+            migration_lock_timeout: DEFAULT_MIGRATION_LOCK_TIMEOUT,
         }
     }
 
@@ -215,61 +229,6 @@ pub(in crate::store) fn new_pool(
         .min_idle(Some(0))
         .connection_timeout(connect_timeout)
         .build_unchecked(manager)
-}
-
-/// Applies the `migrations` not yet recorded for `target` (`inbox:<table>`, `outbox:<table>`),
-/// in one transaction under an advisory lock, so racing processes apply each exactly once.
-pub(in crate::store) fn apply_migrations(
-    pool: &Pool,
-    target: &str,
-    migrations: &[Migration],
-    render: &dyn Fn(&Migration) -> String,
-) -> Result<(), StoreError> {
-    let mut conn = pool.get().map_err(StoreError::Pool)?;
-    let mut tx = conn.transaction().map_err(pg("begin migration"))?;
-    // Another process may be migrating (an index build takes as long as the table is large):
-    // wait for it, whatever the session limits say.
-    tx.batch_execute("SET LOCAL statement_timeout = 0; SET LOCAL lock_timeout = 0")
-        .map_err(pg("lift the session limits for migrating"))?;
-    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK_KEY])
-        .map_err(pg("take the migration lock"))?;
-    tx.batch_execute(&format!(
-        "CREATE TABLE IF NOT EXISTS {MIGRATIONS_TABLE} (
-            target VARCHAR(255) NOT NULL,
-            version INTEGER NOT NULL,
-            name VARCHAR(255) NOT NULL,
-            applied_at TIMESTAMP WITH TIME ZONE NOT NULL DEFAULT NOW(),
-            PRIMARY KEY (target, version))"
-    ))
-    .map_err(pg("create the migrations table"))?;
-    let applied: HashSet<i32> = tx
-        .query(
-            &format!("SELECT version FROM {MIGRATIONS_TABLE} WHERE target = $1"),
-            &[&target],
-        )
-        .map_err(pg("read applied migrations"))?
-        .iter()
-        .map(|row| row.get(0))
-        .collect();
-    for migration in migrations {
-        if applied.contains(&(migration.version as i32)) {
-            continue;
-        }
-        let failed = |source| StoreError::Migration {
-            version: migration.version,
-            name: migration.name,
-            source: Box::new(source),
-        };
-        tx.batch_execute(&render(migration))
-            .map_err(|e| failed(pg("apply")(e)))?;
-        tx.execute(
-            &format!("INSERT INTO {MIGRATIONS_TABLE} (target, version, name) VALUES ($1, $2, $3)"),
-            &[&target, &(migration.version as i32), &migration.name],
-        )
-        .map_err(|e| failed(pg("record")(e)))?;
-        tracing::info!(target_table = %target, version = migration.version, name = migration.name, "applied migration");
-    }
-    tx.commit().map_err(pg("commit migration"))
 }
 
 pub(in crate::store) fn pg(context: &'static str) -> impl FnOnce(postgres::Error) -> StoreError {
@@ -378,16 +337,26 @@ impl PostgresStore {
     }
 }
 
+impl PostgresStore {
+    fn migration_target(&self) -> MigrationTarget<'_> {
+        MigrationTarget {
+            target: format!("inbox:{}", self.table),
+            migrations: MIGRATIONS,
+            render: Box::new(|migration| migration.render(&self.table)),
+            lock_timeout: self.migration_lock_timeout,
+        }
+    }
+}
+
 impl InboxStore for PostgresStore {
     type Tx<'t> = PgTransaction<'t>;
 
     fn migrate(&self) -> Result<(), StoreError> {
-        apply_migrations(
-            &self.pool,
-            &format!("inbox:{}", self.table),
-            MIGRATIONS,
-            &|migration| migration.render(&self.table),
-        )
+        apply_migrations(&self.pool, &self.migration_target())
+    }
+
+    fn pending_migrations(&self) -> Result<Vec<PendingMigration>, StoreError> {
+        pending_migrations(&self.pool, &self.migration_target())
     }
 
     fn table(&self) -> &str {

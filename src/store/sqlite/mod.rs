@@ -5,7 +5,7 @@
 //! microseconds (`2025-01-01T00:00:00.000000Z`, so text order is time order; times after
 //! [`LATEST_STORED_TIME`] are stored as it) and JSON as text.
 
-use super::migrations::{Migration, MIGRATIONS_TABLE};
+use super::migrations::{Migration, PendingMigration, MIGRATIONS_TABLE};
 use super::refusal::{split_refused, Retry};
 use super::{
     counts_by_stream, orphaned_before, parse_counted_status, truncate_error, validate_table_name,
@@ -237,6 +237,41 @@ pub(in crate::store) fn apply_migrations(
     tx.commit().map_err(lite("commit migration"))
 }
 
+/// The `migrations` not yet recorded for `target`, as they would run (SQLite runs every file in
+/// one transaction); changes nothing (the migrations table is not created when missing).
+pub(in crate::store) fn pending_migrations(
+    conn: &Connection,
+    target: &str,
+    migrations: &[Migration],
+    render: &dyn Fn(&Migration) -> String,
+) -> Result<Vec<PendingMigration>, StoreError> {
+    let exists: bool = conn
+        .query_row(
+            "SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?1)",
+            [MIGRATIONS_TABLE],
+            |row| row.get(0),
+        )
+        .map_err(lite("look for the migrations table"))?;
+    let mut applied: Vec<u32> = Vec::new();
+    if exists {
+        let mut statement = conn
+            .prepare(&format!(
+                "SELECT version FROM {MIGRATIONS_TABLE} WHERE target = ?1"
+            ))
+            .map_err(lite("read applied migrations"))?;
+        applied = statement
+            .query_map([&target], |row| row.get(0))
+            .map_err(lite("read applied migrations"))?
+            .collect::<Result<_, _>>()
+            .map_err(lite("read applied migrations"))?;
+    }
+    Ok(migrations
+        .iter()
+        .filter(|m| !applied.contains(&m.version))
+        .map(|m| PendingMigration::new(m, &render(m), true))
+        .collect())
+}
+
 /// A time as the stored text. Text order is time order only for four-digit years (a year
 /// beyond 9999 is written `+10000-...`, which sorts before `2025-...`), so times are clamped to
 /// years 0000 to 9999: a later one is stored as [`LATEST_STORED_TIME`] (a far-off retry still
@@ -294,6 +329,15 @@ impl InboxStore for SqliteStore {
     fn migrate(&self) -> Result<(), StoreError> {
         apply_migrations(
             &mut self.lock(),
+            &format!("inbox:{}", self.table),
+            MIGRATIONS,
+            &|migration| migration.render(&self.table),
+        )
+    }
+
+    fn pending_migrations(&self) -> Result<Vec<PendingMigration>, StoreError> {
+        pending_migrations(
+            &self.conn.lock(),
             &format!("inbox:{}", self.table),
             MIGRATIONS,
             &|migration| migration.render(&self.table),

@@ -1,0 +1,388 @@
+//! Migrating a live PostgreSQL table: concurrent index builds outside a transaction, applied
+//! once however many processes race; an index an interrupted build left invalid is rebuilt;
+//! DDL that waits behind a long transaction gives up after the lock timeout and retries, so
+//! writers are not queued behind it; `Migrations::Verify` refuses to start on an old schema.
+
+mod support;
+
+use eventflow::store::{InboxStore, Migration, PostgresStore, StoreError};
+use eventflow::transport::MemoryStream;
+use eventflow::{HandlerResult, InboxConsumer, Migrations};
+use postgres::{Client, NoTls};
+use std::io::Write;
+use std::sync::{Arc, Barrier, Mutex};
+use std::time::Duration;
+use support::{postgres_available, postgres_url, unique_name, wait_until};
+
+const WAIT: Duration = Duration::from_secs(60);
+
+fn connect() -> Client {
+    Client::connect(&postgres_url(), NoTls).expect("connect")
+}
+
+/// A table of the test's own, dropped (with what eventflow recorded for it) at the end.
+struct Table(String);
+
+impl Table {
+    fn new(prefix: &str) -> Self {
+        Self(unique_name(prefix))
+    }
+
+    fn store(&self) -> PostgresStore {
+        self.store_with(Duration::from_secs(2))
+    }
+
+    fn store_with(&self, lock_timeout: Duration) -> PostgresStore {
+        PostgresStore::builder(postgres_url())
+            .table(&self.0)
+            .pool_size(2)
+            .migration_lock_timeout(lock_timeout)
+            .build()
+            .expect("store")
+    }
+
+    /// The table as the earlier toolkit created it (the reference schema), with `rows` rows,
+    /// and no eventflow migration applied.
+    fn create_reference(&self, client: &mut Client, rows: i32) {
+        let reference = Migration {
+            version: 1,
+            name: "0001_event_inbox.sql",
+            sql: include_str!("../sql/postgres/inbox/0001_event_inbox.sql"),
+        };
+        client
+            .batch_execute(&reference.render(&self.0))
+            .expect("reference table");
+        client
+            .batch_execute(&format!(
+                "INSERT INTO {t} (event_id, stream_id, event_type, aggregate_id, occurred_on, \
+                 payload) SELECT 'r-' || i, i || '-0', 'Seeded', gen_random_uuid(), now(), '{{}}' \
+                 FROM generate_series(1, {rows}) AS i",
+                t = self.0
+            ))
+            .expect("seed rows");
+    }
+
+    fn index_state(&self, client: &mut Client, index: &str) -> Option<(bool, String)> {
+        client
+            .query_opt(
+                "SELECT indisvalid, pg_get_indexdef(indexrelid) FROM pg_index \
+                 WHERE indexrelid = to_regclass($1)",
+                &[&index],
+            )
+            .expect("read pg_index")
+            .map(|row| (row.get(0), row.get(1)))
+    }
+
+    fn recorded(&self, client: &mut Client) -> Vec<i32> {
+        client
+            .query(
+                "SELECT version FROM eventflow_migrations WHERE target = $1 ORDER BY version",
+                &[&format!("inbox:{}", self.0)],
+            )
+            .map(|rows| rows.iter().map(|row| row.get(0)).collect())
+            .unwrap_or_default()
+    }
+}
+
+impl Drop for Table {
+    fn drop(&mut self) {
+        let Ok(mut client) = Client::connect(&postgres_url(), NoTls) else {
+            return;
+        };
+        let t = &self.0;
+        let _ = client.batch_execute(&format!("DROP TABLE IF EXISTS {t}_quarantine, {t}"));
+        let _ = client.execute(
+            "DELETE FROM eventflow_migrations WHERE target = $1",
+            &[&format!("inbox:{t}")],
+        );
+        let _ = client.execute(
+            "DELETE FROM eventflow_inbox_owners WHERE inbox_table = $1",
+            &[t],
+        );
+    }
+}
+
+/// Two processes' stores migrating one reference table at the same moment: both succeed (a
+/// second run of a non-transactional file would fail recording its version twice), every
+/// version is recorded once, and every index is built and valid.
+#[test]
+fn racing_migrators_apply_each_file_once() {
+    if !postgres_available("racing_migrators_apply_each_file_once") {
+        return;
+    }
+    let table = Table::new("mig_race");
+    let mut client = connect();
+    table.create_reference(&mut client, 1_000);
+    let stores = [table.store(), table.store()];
+    let start = Barrier::new(stores.len());
+    let results: Vec<Result<(), StoreError>> = std::thread::scope(|scope| {
+        let runs: Vec<_> = stores
+            .iter()
+            .map(|store| {
+                scope.spawn(|| {
+                    start.wait();
+                    store.migrate()
+                })
+            })
+            .collect();
+        runs.into_iter()
+            .map(|run| run.join().expect("migrator"))
+            .collect()
+    });
+    for result in &results {
+        assert!(result.is_ok(), "{results:?}");
+    }
+    let versions = table.recorded(&mut client);
+    assert_eq!(versions, (1..=versions.len() as i32).collect::<Vec<_>>());
+    assert!(versions.len() >= 4, "{versions:?}");
+    for suffix in ["due", "processed", "aggregate_order"] {
+        let index = format!("ix_{}_{suffix}", table.0);
+        let (valid, _) = table.index_state(&mut client, &index).expect("index built");
+        assert!(valid, "{index} valid");
+    }
+    assert_eq!(stores[0].pending_migrations().unwrap(), vec![]);
+    assert_eq!(stores[0].count_by_status().unwrap().total(), 1_000);
+}
+
+/// A concurrent build that failed half-way leaves an INVALID index under the name the
+/// migration uses; `IF NOT EXISTS` alone would keep it for ever. The next migration drops it and
+/// builds it again, with the migration's definition.
+#[test]
+fn an_invalid_index_left_by_an_interrupted_build_is_rebuilt() {
+    if !postgres_available("an_invalid_index_left_by_an_interrupted_build_is_rebuilt") {
+        return;
+    }
+    let table = Table::new("mig_invalid");
+    let mut client = connect();
+    table.create_reference(&mut client, 10);
+    let index = format!("ix_{}_due", table.0);
+    // A build whose expression fails on the first row: PostgreSQL keeps the index, invalid.
+    let failed = client.batch_execute(&format!(
+        "CREATE INDEX CONCURRENTLY {index} ON {t} ((1 / (retry_count - retry_count)))",
+        t = table.0
+    ));
+    assert!(failed.is_err(), "the build fails");
+    let (valid, _) = table.index_state(&mut client, &index).expect("left behind");
+    assert!(
+        !valid,
+        "an interrupted concurrent build leaves an invalid index"
+    );
+
+    table.store().migrate().expect("migrate");
+
+    let (valid, definition) = table.index_state(&mut client, &index).expect("rebuilt");
+    assert!(valid, "rebuilt valid: {definition}");
+    assert!(
+        definition.contains("received_at") && definition.contains("pending"),
+        "with the migration's definition: {definition}"
+    );
+}
+
+/// Log lines, captured from `tracing`.
+#[derive(Clone, Default)]
+struct Logs(Arc<Mutex<Vec<u8>>>);
+
+impl Logs {
+    fn count(&self, needle: &str) -> usize {
+        String::from_utf8_lossy(&self.0.lock().unwrap())
+            .matches(needle)
+            .count()
+    }
+}
+
+impl Write for Logs {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// An `ALTER TABLE` waiting behind a long transaction queues every writer of the table behind
+/// it. With a lock timeout it gives up, logs, pauses and retries: a writer's insert goes through
+/// while the long transaction still holds the table, and the migration completes once the long
+/// transaction ends.
+#[test]
+fn ddl_behind_a_long_transaction_retries_and_lets_writers_through() {
+    if !postgres_available("ddl_behind_a_long_transaction_retries_and_lets_writers_through") {
+        return;
+    }
+    let logs = Logs::default();
+    let writer = logs.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_writer(move || writer.clone())
+        .with_ansi(false)
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+    let dispatch = tracing::dispatcher::get_default(|d| d.clone());
+
+    let table = Table::new("mig_lock");
+    let mut client = connect();
+    table.create_reference(&mut client, 100);
+    let store = table.store_with(Duration::from_millis(300));
+
+    // A long reader: its ACCESS SHARE lock lets writers in but keeps ALTER TABLE out.
+    let mut holder = connect();
+    let mut long = holder.transaction().expect("begin");
+    long.query(&format!("SELECT count(*) FROM {}", table.0), &[])
+        .expect("read");
+
+    std::thread::scope(|scope| {
+        let migrating =
+            scope.spawn(|| tracing::dispatcher::with_default(&dispatch, || store.migrate()));
+        let retried = wait_until(WAIT, || {
+            logs.count("timed out waiting for a table lock") >= 2
+        });
+        assert!(retried, "the migration retried after its lock timeout");
+
+        // A writer with no timeout of its own: queued behind a waiting ALTER TABLE it would
+        // wait for the long transaction. The statement timeout only turns such a hang into a
+        // failure.
+        let mut writer = connect();
+        writer
+            .batch_execute("SET statement_timeout = '30s'")
+            .expect("set");
+        let inserted = writer.execute(
+            &format!(
+                "INSERT INTO {} (event_id, stream_id, event_type, aggregate_id, occurred_on, \
+                 payload) VALUES ('w-1', '1-0', 'Written', gen_random_uuid(), now(), '{{}}')",
+                table.0
+            ),
+            &[],
+        );
+        assert_eq!(
+            inserted.map_err(|e| e.to_string()),
+            Ok(1),
+            "the insert went through while the migration waited"
+        );
+        assert!(
+            !migrating.is_finished(),
+            "the migration cannot finish while the long transaction holds the table"
+        );
+        long.commit().expect("end the long transaction");
+        let migrated = migrating.join().expect("migrator");
+        assert!(migrated.is_ok(), "{migrated:?}");
+    });
+    assert_eq!(store.pending_migrations().unwrap(), vec![]);
+    assert_eq!(store.count_by_status().unwrap().total(), 101);
+}
+
+/// `Migrations::Verify`: `start()` on a table lacking migrations fails naming them and the
+/// command to run, and changes nothing; once migrated, it starts.
+#[test]
+fn verify_refuses_an_unmigrated_table_and_starts_once_migrated() {
+    if !postgres_available("verify_refuses_an_unmigrated_table_and_starts_once_migrated") {
+        return;
+    }
+    let table = Table::new("mig_verify");
+    let mut client = connect();
+    table.create_reference(&mut client, 10);
+    let consumer = || {
+        InboxConsumer::builder()
+            .transport(MemoryStream::new())
+            .store(Arc::new(table.store()))
+            .stream("orders")
+            .group(&table.0)
+            .readers(1)
+            .workers(1)
+            .migrations(Migrations::Verify)
+            .handler(|_tx, _row| -> HandlerResult { Ok(()) })
+            .build()
+            .expect("build")
+    };
+    let error = consumer().start().expect_err("an unmigrated table");
+    match &error {
+        eventflow::Error::Store(StoreError::NotMigrated {
+            table: named,
+            missing,
+            command,
+        }) => {
+            assert_eq!(named, &table.0);
+            assert_eq!(missing[0], "0001_event_inbox.sql");
+            assert!(
+                missing.contains(&"0004_services.sql".to_string()),
+                "{missing:?}"
+            );
+            assert_eq!(command, &format!("eventflow migrate --table {}", table.0));
+        }
+        other => panic!("expected NotMigrated, got {other:?}"),
+    }
+    let message = error.to_string();
+    assert!(message.contains("eventflow migrate"), "{message}");
+    assert_eq!(
+        table.recorded(&mut client),
+        Vec::<i32>::new(),
+        "nothing applied"
+    );
+
+    table.store().migrate().expect("migrate");
+    let handle = consumer().start().expect("starts once migrated");
+    handle.shutdown(Duration::from_secs(10)).expect("shutdown");
+}
+
+/// On SQLite the setting means the same: `Verify` refuses a new database (nothing created),
+/// and starts once it is migrated; the same for the outbox relay.
+#[test]
+fn verify_on_sqlite_inbox_and_outbox() {
+    use eventflow::store::outbox::{OutboxStore, SqliteOutbox};
+    use eventflow::store::SqliteStore;
+    use eventflow::OutboxRelay;
+
+    let store = Arc::new(SqliteStore::open_in_memory().unwrap());
+    let consumer = || {
+        InboxConsumer::builder()
+            .transport(MemoryStream::new())
+            .store(store.clone())
+            .stream("orders")
+            .group("billing")
+            .migrations(Migrations::Verify)
+            .handler(|_tx, _row| -> HandlerResult { Ok(()) })
+            .build()
+            .unwrap()
+    };
+    let refused = consumer().start().expect_err("a new database");
+    assert!(
+        refused
+            .to_string()
+            .contains("eventflow migrate --table event_inbox"),
+        "{refused}"
+    );
+    assert!(store.count_by_status().is_err(), "nothing created");
+    store.migrate().unwrap();
+    consumer()
+        .start()
+        .expect("starts once migrated")
+        .shutdown(Duration::from_secs(10))
+        .unwrap();
+
+    let outbox = Arc::new(SqliteOutbox::open_in_memory().unwrap());
+    let relay = || {
+        OutboxRelay::builder()
+            .store(outbox.clone())
+            .transport(MemoryStream::new())
+            .workers(1)
+            .migrations(Migrations::Verify)
+            .build()
+            .unwrap()
+    };
+    let refused = relay().start().expect_err("no outbox table");
+    assert!(
+        refused
+            .to_string()
+            .contains("eventflow migrate --outbox --outbox-table event_outbox"),
+        "{refused}"
+    );
+    assert_eq!(
+        outbox.pending_migrations().unwrap().len(),
+        1,
+        "nothing applied"
+    );
+    outbox.migrate().unwrap();
+    relay()
+        .start()
+        .expect("starts once migrated")
+        .shutdown(Duration::from_secs(10))
+        .unwrap();
+}
