@@ -26,6 +26,7 @@ use eventflow::store::{
     DeadLetterSkip, Failure, InboxStore, MalformedEntry, Page, ParkedAggregate, ParkedPage,
     ParkedSummary, ProcessedCleanup, QuarantineFilter, QuarantineReplay, ReceivedBatch,
     ReceivedEvent, RowFilter, RowHandler, Settled, StatusCounts, StoreError, Stored, Verdict,
+    NEVER_FINISHED,
 };
 use eventflow::transport::StreamEntry;
 use eventflow::{
@@ -1477,6 +1478,200 @@ fn due_claims_leave_young_pending_rows_alone<B: Backend>(store: &B) {
     );
 }
 
+/// Runs a claim whose handler dies mid-attempt, as a process that aborts or a transaction the
+/// server ends: the claim's transaction is dropped unfinished. Returns the events the handler
+/// was called for.
+fn die_in_handler<B: Backend>(store: &B, claim: Claim<'_>, clock: &dyn Clock) -> Vec<String> {
+    let mut dying = handler::<B, _>(|_, row| panic!("the attempt on {} dies", row.event.event_id));
+    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        store.process_claimed(
+            &ClaimParams {
+                claim,
+                clock,
+                optimistic: false,
+            },
+            &mut dying,
+        )
+    }));
+    assert!(outcome.is_err(), "the handler died");
+    dying.calls
+}
+
+/// An attempt that dies with its process is counted: a retry or an orphan is recorded as a
+/// failed attempt before it runs, so the count survives the attempt's rolled-back transaction,
+/// and the row is dead-lettered, without running again, once its last attempt never finished.
+fn attempts_that_never_finish_are_counted<B: Backend>(store: &B) {
+    let due_claim = Claim::Due {
+        limit: 10,
+        orphan_after: std_secs(10),
+    };
+    let clock = ManualClock::new(t0() + secs(1));
+    let events = store_events(store, &["p-1"], t0());
+    // The first, fresh attempt dies: it leaves no trace (the hot path writes nothing up front).
+    let fresh_rows = fresh(&events, t0());
+    assert_eq!(
+        die_in_handler(store, Claim::Fresh(&fresh_rows), &clock),
+        ["p-1"]
+    );
+    let p1 = row(store, "p-1");
+    assert_eq!((p1.status, p1.retry_count), (EventStatus::Pending, 0));
+    let mut ok = marking(store, HashMap::new());
+    assert!(
+        process(store, due_claim, &clock, &mut ok).is_empty(),
+        "a young pending row is left to its worker"
+    );
+
+    // Found as an orphan, then as a due retry each time: every attempt is counted before it
+    // runs, with the backoff, and each dies.
+    clock.set(t0() + secs(10));
+    for attempt in 1..=MAX_RETRIES {
+        assert_eq!(
+            die_in_handler(store, due_claim, &clock),
+            ["p-1"],
+            "attempt {attempt}"
+        );
+        let p1 = row(store, "p-1");
+        assert_eq!(p1.status, EventStatus::Failed, "attempt {attempt}");
+        assert_eq!(p1.retry_count, attempt, "counted before it ran");
+        assert_eq!(p1.error_message.as_deref(), Some(NEVER_FINISHED));
+        assert_eq!(p1.last_error_at, Some(clock.now()));
+        // The test handler's up-front failure: due again a minute later.
+        assert_eq!(p1.next_retry_at, Some(clock.now() + secs(60)));
+        assert!(
+            process(store, due_claim, &clock, &mut ok).is_empty(),
+            "not due again before its backoff"
+        );
+        clock.set(clock.now() + secs(60));
+    }
+
+    // Its last attempt never finished: a dead letter, not run again.
+    let settled = process(store, due_claim, &clock, &mut ok);
+    assert_eq!(
+        settled,
+        vec![Settled {
+            row: row_as(store, "p-1", EventStatus::DeadLetter, |r| {
+                r.status = EventStatus::Failed;
+                r.next_retry_at = Some(clock.now());
+                r.last_error_at = Some(clock.now() - secs(60));
+            }),
+            verdict: dead_letter(MAX_RETRIES, NEVER_FINISHED, clock.now()),
+        }]
+    );
+    assert!(ok.calls.is_empty(), "the handler never ran again");
+    let p1 = row(store, "p-1");
+    assert_eq!(
+        (p1.status, p1.retry_count, p1.next_retry_at),
+        (EventStatus::DeadLetter, MAX_RETRIES, None)
+    );
+    assert_eq!(p1.error_message.as_deref(), Some(NEVER_FINISHED));
+    assert!(store.markers().is_empty(), "no attempt's writes committed");
+}
+
+/// The row `event_id` as stored now with `status`, changed by `edit` back to how a claim saw it.
+fn row_as<B: Backend>(
+    store: &B,
+    event_id: &str,
+    status: EventStatus,
+    edit: impl FnOnce(&mut InboxRow),
+) -> InboxRow {
+    let mut found = row(store, event_id);
+    assert_eq!(found.status, status, "{event_id}");
+    edit(&mut found);
+    found
+}
+
+/// A retry's count is taken once: a handler error after the up-front count records that same
+/// attempt, and success clears the count and the errors, as the reference does.
+fn counted_attempts_that_end_are_recorded_once<B: Backend>(store: &B) {
+    let clock = ManualClock::new(t0() + secs(30));
+    store_events(store, &["q-1", "q-2"], t0());
+    let mut h = marking(
+        store,
+        script(&[("q-1", retry_at(1, t0() + secs(40), "boom", clock.now()))]),
+    );
+    let settled = process(store, due(10), &clock, &mut h);
+    assert_eq!(event_ids(&settled), ["q-1", "q-2"]);
+    assert_eq!(
+        settled[0].row.retry_count, 0,
+        "handlers see the row as it was"
+    );
+    let q1 = row(store, "q-1");
+    assert_eq!(
+        (q1.status, q1.retry_count, q1.next_retry_at),
+        (EventStatus::Failed, 1, Some(t0() + secs(40))),
+        "one failed attempt, not two"
+    );
+    assert_eq!(q1.error_message.as_deref(), Some("boom"));
+    let q2 = row(store, "q-2");
+    assert_eq!((q2.status, q2.retry_count), (EventStatus::Processed, 0));
+    assert_eq!((q2.error_message, q2.last_error_at), (None, None));
+
+    clock.set(t0() + secs(40));
+    let mut ok = marking(store, HashMap::new());
+    assert_eq!(
+        event_ids(&process(store, due(10), &clock, &mut ok)),
+        ["q-1"]
+    );
+    let q1 = row(store, "q-1");
+    assert_eq!(
+        (
+            q1.status,
+            q1.retry_count,
+            q1.next_retry_at,
+            q1.error_message,
+            q1.last_error_at
+        ),
+        (EventStatus::Processed, 0, None, None, None)
+    );
+    assert_eq!(
+        store.markers(),
+        ["q-2", "q-1"],
+        "the failed attempt's write rolled back; each event's writes committed once"
+    );
+}
+
+/// Rows the reference toolkit left in `processing` (its process died mid-handler) are orphans:
+/// claimed once older than `orphan_after` and not held by anyone, counted, and handled, in
+/// ordered mode too, where they held back their aggregate.
+fn rows_left_processing_are_taken_over<B: Backend>(store: &B) {
+    let clock = ManualClock::new(t0() + secs(5));
+    store_events(store, &["r-1", "r-2"], t0());
+    store.force_status("r-1", EventStatus::Processing);
+    let ten = std::time::Duration::from_secs(10);
+    let heads = Claim::Heads {
+        limit: 10,
+        after_dead_letter: AfterDeadLetter::Park,
+        aggregates: None,
+        orphan_after: ten,
+    };
+    let mut ok = marking(store, HashMap::new());
+    let first = process(store, heads, &clock, &mut ok);
+    assert!(
+        first.is_empty(),
+        "r-1 is young and holds back r-2: {:?}",
+        event_ids(&first)
+    );
+    clock.set(t0() + secs(10));
+    let first = process(store, heads, &clock, &mut ok);
+    assert_eq!(event_ids(&first), ["r-1"]);
+    assert_eq!(first[0].row.status, EventStatus::Processing);
+    assert_eq!(first[0].verdict, Verdict::Processed);
+    assert_eq!(event_ids(&process(store, heads, &clock, &mut ok)), ["r-2"]);
+
+    store_events(store, &["r-3"], t0());
+    store.force_status("r-3", EventStatus::Processing);
+    let due = Claim::Due {
+        limit: 10,
+        orphan_after: ten,
+    };
+    assert_eq!(event_ids(&process(store, due, &clock, &mut ok)), ["r-3"]);
+    assert_eq!(store.markers(), ["r-1", "r-2", "r-3"]);
+    assert_eq!(
+        store.count_by_status().unwrap(),
+        counts(&[(EventStatus::Processed, 3)])
+    );
+}
+
 fn counts_and_lookups<B: Backend>(store: &B) {
     assert_eq!(store.count_by_status().unwrap(), StatusCounts::default());
     assert_eq!(store.count_by_status().unwrap().total(), 0);
@@ -2064,6 +2259,7 @@ fn parked_aggregates_are_listed_and_released_by_skipping<B: Backend>(store: &B) 
         limit: 10,
         after_dead_letter: AfterDeadLetter::Park,
         aggregates: None,
+        orphan_after: std::time::Duration::from_secs(3600),
     };
     let mut h = handler::<B, _>(
         move |_tx, row: &InboxRow| match row.event.event_id.as_str() {
@@ -2581,6 +2777,7 @@ fn heads(limit: usize, after_dead_letter: AfterDeadLetter) -> Claim<'static> {
         limit,
         after_dead_letter,
         aggregates: None,
+        orphan_after: std::time::Duration::from_secs(3600),
     }
 }
 
@@ -2632,6 +2829,7 @@ fn heads_are_claimed_among_given_aggregates<B: Backend>(store: &B) {
             limit: 10,
             after_dead_letter: AfterDeadLetter::Park,
             aggregates: Some(aggregates),
+            orphan_after: std::time::Duration::from_secs(3600),
         }
     }
     assert_eq!(
@@ -3707,6 +3905,9 @@ conformance!(
         optimistic_claims_are_exclusive_under_concurrency,
         fresh_claims_commit_processed_rows_and_failures,
         due_claims_leave_young_pending_rows_alone,
+        attempts_that_never_finish_are_counted,
+        counted_attempts_that_end_are_recorded_once,
+        rows_left_processing_are_taken_over,
         fresh_and_due_claims_are_exclusive_under_concurrency,
         counts_and_lookups,
         replaying_a_quarantined_entry_happens_once,

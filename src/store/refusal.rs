@@ -3,6 +3,7 @@
 //! row behind it. Its rows are therefore handled one transaction each, and a row refused on its
 //! own is recorded as a failed attempt, in a transaction of its own, as for a handler error.
 
+use super::attempts::Counted;
 use super::{Claim, ClaimParams, InboxStore, RowHandler, Settled, StoreError};
 use uuid::Uuid;
 
@@ -24,6 +25,15 @@ pub(crate) trait Retry<S: InboxStore> {
         id: Uuid,
         reason: &str,
     ) -> Result<Option<Settled>, StoreError>;
+
+    /// Claims the retries and orphans `params` asks for (rows another worker holds skipped) and
+    /// records each one's attempt up front, in one committed transaction (see
+    /// [`super::attempts`]); other claims count nothing.
+    fn count_attempts(
+        &mut self,
+        params: &ClaimParams<'_>,
+        handler: &mut dyn RowHandler<S>,
+    ) -> Result<Counted, StoreError>;
 }
 
 /// Runs `params` as one batch; when the database refuses it, goes row by row.

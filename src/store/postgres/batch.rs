@@ -15,7 +15,8 @@ use super::connection::PgTransaction;
 use super::{is_aborted, pg, PostgresStore};
 use crate::clock::Clock;
 use crate::event::InboxRow;
-use crate::store::refusal::{split_refused, Retry};
+use crate::store::attempts::{self, Count, Counted};
+use crate::store::refusal::Retry;
 use crate::store::{
     orphaned_before, truncate_error, AfterDeadLetter, Claim, ClaimParams, Failure, RowHandler,
     Settled, StoreError, Verdict,
@@ -41,6 +42,8 @@ struct Prepared<'s> {
     claim_rows: Statement,
     claim_fresh: Statement,
     claim_due: Statement,
+    claim_counted: Statement,
+    claim_unfinished_heads: &'s str,
     mark_processed: Statement,
     record_failures: Statement,
     dead_letter: Statement,
@@ -52,7 +55,7 @@ pub(super) fn process(
     handler: &mut dyn RowHandler<PostgresStore>,
 ) -> Result<Vec<Settled>, StoreError> {
     let mut conn = store.connection()?;
-    split_refused(
+    attempts::process(
         &mut Batches {
             store,
             conn: &mut conn,
@@ -110,6 +113,68 @@ impl Retry<PostgresStore> for Batches<'_> {
         let [settled] = settled;
         Ok(Some(settled))
     }
+
+    fn count_attempts(
+        &mut self,
+        params: &ClaimParams<'_>,
+        handler: &mut dyn RowHandler<PostgresStore>,
+    ) -> Result<Counted, StoreError> {
+        let prepared = prepare(self.store, self.conn)?;
+        let mut tx = self
+            .conn
+            .transaction()
+            .map_err(pg("begin counting attempts"))?;
+        let now = params.clock.now();
+        let rows = match params.claim {
+            Claim::Due { .. } => claim(&mut tx, &prepared, params.claim, now)?.0,
+            // Unnamed, planned for these values every time, as the other claim over any
+            // aggregate.
+            Claim::Heads {
+                limit,
+                after_dead_letter,
+                aggregates: None,
+                orphan_after,
+            } => {
+                let rows = tx
+                    .query_typed(
+                        prepared.claim_unfinished_heads,
+                        &[
+                            (&now, Type::TIMESTAMPTZ),
+                            (&(limit as i64), Type::INT8),
+                            (&(after_dead_letter == AfterDeadLetter::Park), Type::BOOL),
+                            (&orphaned_before(now, orphan_after), Type::TIMESTAMPTZ),
+                        ],
+                    )
+                    .map_err(pg("claim unfinished heads"))?;
+                readable(&mut tx, &prepared, &rows, now)?
+            }
+            _ => return Ok(Counted::default()),
+        };
+        if rows.is_empty() {
+            return Ok(Counted::default());
+        }
+        let mut counted = Counted::default();
+        let mut failures = Vec::with_capacity(rows.len());
+        for row in rows {
+            match attempts::count(&row, handler, now) {
+                Count::DeadLetter(failure) => {
+                    failures.push((row.id, failure.clone()));
+                    counted.settled.push(Settled {
+                        row,
+                        verdict: Verdict::Failed(failure),
+                    });
+                }
+                Count::Run(failure) => {
+                    failures.push((row.id, failure));
+                    counted.run.push(row);
+                }
+            }
+        }
+        let failures: Vec<(Uuid, &Failure)> = failures.iter().map(|(id, f)| (*id, f)).collect();
+        record_failures(&mut tx, &prepared, &failures)?;
+        tx.commit().map_err(pg("commit counted attempts"))?;
+        Ok(counted)
+    }
 }
 
 fn run(
@@ -159,6 +224,8 @@ fn prepare<'s>(
         claim_rows: statement(&store.sql.claim_rows)?,
         claim_fresh: statement(&store.sql.claim_fresh)?,
         claim_due: statement(&store.sql.claim_due)?,
+        claim_counted: statement(&store.sql.claim_counted)?,
+        claim_unfinished_heads: &store.sql.claim_unfinished_heads,
         mark_processed: statement(&store.sql.mark_processed)?,
         record_failures: statement(&store.sql.record_failures)?,
         dead_letter: statement(&store.sql.dead_letter)?,
@@ -175,6 +242,7 @@ fn claim(
     let mut marked = false;
     let rows = match claim {
         Claim::Fresh(rows) => return claim_fresh(tx, prepared, rows, now).map(|rows| (rows, true)),
+        Claim::Counted(rows) => return claim_counted(tx, prepared, rows).map(|rows| (rows, false)),
         Claim::Rows(ids) => tx.query(&prepared.claim_rows, &[&ids, &now]),
         Claim::Due {
             limit,
@@ -194,6 +262,7 @@ fn claim(
             limit,
             after_dead_letter,
             aggregates,
+            orphan_after: _,
         } => {
             let park = after_dead_letter == AfterDeadLetter::Park;
             let limit = limit as i64;
@@ -217,8 +286,18 @@ fn claim(
         }
     }
     .map_err(pg("claim rows"))?;
+    Ok((readable(tx, prepared, &rows, now)?, marked))
+}
+
+/// The claimed rows as [`InboxRow`]s; a row that cannot be read is dead-lettered instead.
+fn readable(
+    tx: &mut PgTransaction<'_>,
+    prepared: &Prepared<'_>,
+    rows: &[postgres::Row],
+    now: DateTime<Utc>,
+) -> Result<Vec<InboxRow>, StoreError> {
     let mut readable = Vec::with_capacity(rows.len());
-    for row in &rows {
+    for row in rows {
         match super::inbox_row(row) {
             Ok(row) => readable.push(row),
             // A row nobody can read would fail every claim that reaches it, holding up every
@@ -233,7 +312,28 @@ fn claim(
             Err(error) => return Err(error),
         }
     }
-    Ok((readable, marked))
+    Ok(readable)
+}
+
+/// Locks the rows given that are still as their count left them (`failed`, one attempt more
+/// than given), and returns those, as given.
+fn claim_counted(
+    tx: &mut PgTransaction<'_>,
+    prepared: &Prepared,
+    rows: &[InboxRow],
+) -> Result<Vec<InboxRow>, StoreError> {
+    let ids: Vec<Uuid> = rows.iter().map(|row| row.id).collect();
+    let claimed: std::collections::HashMap<Uuid, i32> = tx
+        .query(&prepared.claim_counted, &[&ids])
+        .map_err(pg("claim counted rows"))?
+        .iter()
+        .map(|row| (row.get(0), row.get(1)))
+        .collect();
+    Ok(rows
+        .iter()
+        .filter(|row| claimed.get(&row.id) == Some(&row.retry_count.saturating_add(1)))
+        .cloned()
+        .collect())
 }
 
 /// Claims fresh rows by marking them processed: one write per row instead of a lock and then
@@ -376,6 +476,15 @@ fn complete(
             Verdict::Processed => None,
         })
         .collect();
+    record_failures(tx, prepared, &failures)
+}
+
+/// Records failed attempts, in one statement.
+fn record_failures(
+    tx: &mut PgTransaction<'_>,
+    prepared: &Prepared,
+    failures: &[(Uuid, &Failure)],
+) -> Result<(), StoreError> {
     if !failures.is_empty() {
         let ids: Vec<Uuid> = failures.iter().map(|(id, _)| *id).collect();
         let statuses: Vec<&str> = failures.iter().map(|(_, f)| f.status.as_str()).collect();
