@@ -1567,6 +1567,36 @@ fn attempts_that_never_finish_are_counted<B: Backend>(store: &B) {
     assert!(store.markers().is_empty(), "no attempt's writes committed");
 }
 
+/// An orphan runs in a transaction of its own: an attempt that dies takes no other row's
+/// handled work with it, so a poison event cannot get its batch's other rows counted again and
+/// again and dead-lettered for its sake.
+fn orphans_run_alone<B: Backend>(store: &B) {
+    let clock = ManualClock::new(t0() + secs(30));
+    store_events(store, &["s-ok", "s-die"], t0());
+    let mut dying = handler::<B, _>(|tx, row| {
+        store
+            .write_marker(tx, &row.event.event_id)
+            .expect("write a marker");
+        assert_ne!(row.event.event_id, "s-die", "the attempt on s-die dies");
+        Verdict::Processed
+    });
+    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        store.process_claimed(
+            &ClaimParams {
+                claim: due(10),
+                clock: &clock,
+                optimistic: true,
+            },
+            &mut dying,
+        )
+    }));
+    assert!(outcome.is_err(), "the attempt on s-die died");
+    assert_eq!(store.markers(), ["s-ok"], "s-ok committed before s-die ran");
+    assert_eq!(row(store, "s-ok").status, EventStatus::Processed);
+    let died = row(store, "s-die");
+    assert_eq!((died.status, died.retry_count), (EventStatus::Failed, 1));
+}
+
 /// The row `event_id` as stored now with `status`, changed by `edit` back to how a claim saw it.
 fn row_as<B: Backend>(
     store: &B,
@@ -3907,6 +3937,7 @@ conformance!(
         due_claims_leave_young_pending_rows_alone,
         attempts_that_never_finish_are_counted,
         counted_attempts_that_end_are_recorded_once,
+        orphans_run_alone,
         rows_left_processing_are_taken_over,
         fresh_and_due_claims_are_exclusive_under_concurrency,
         counts_and_lookups,

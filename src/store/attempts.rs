@@ -17,6 +17,10 @@
 //! by the retry delay. So an event whose handler kills its process runs at most
 //! `max_retries + 1` times: once uncounted, then counted each time, and a row found due again
 //! with its last attempt used is dead-lettered with [`NEVER_FINISHED`] without running.
+//!
+//! A row whose last attempt may have died runs alone, in a transaction of its own, so that a
+//! poison event does not take the attempts of its batch's other rows down with it again and
+//! again (they would be counted too); plain retries run together.
 
 use super::refusal::{split_refused, Retry};
 use super::{Claim, ClaimParams, Failure, InboxStore, RowHandler, Settled, StoreError};
@@ -44,6 +48,19 @@ pub(crate) enum Count {
     Run(Failure),
 }
 
+/// Whether `row`'s last attempt may have died with its process: it is an orphan (`pending` or
+/// `processing` yet claimed as due) or its last recorded error is an attempt that never
+/// finished. A `failed` row whose handler returned an error is a plain retry.
+fn may_have_died(row: &InboxRow) -> bool {
+    row.status != EventStatus::Failed || never_finished(row)
+}
+
+fn never_finished(row: &InboxRow) -> bool {
+    row.error_message
+        .as_deref()
+        .is_some_and(|error| error.starts_with(NEVER_FINISHED))
+}
+
 /// Decides what to record for `row`, claimed as a retry or an orphan at `now`.
 pub(crate) fn count<S: InboxStore>(
     row: &InboxRow,
@@ -51,10 +68,7 @@ pub(crate) fn count<S: InboxStore>(
     now: DateTime<Utc>,
 ) -> Count {
     let failed = row.status == EventStatus::Failed;
-    let died = row
-        .error_message
-        .as_deref()
-        .is_some_and(|error| error.starts_with(NEVER_FINISHED));
+    let died = never_finished(row);
     let event = &row.event;
     if died {
         tracing::warn!(row = %row.id, event_id = %event.event_id, event_type = %event.event_type,
@@ -98,11 +112,22 @@ pub(crate) fn process<S: InboxStore>(
     }
     let Counted { mut settled, run } = backend.count_attempts(params, handler)?;
     if !run.is_empty() {
-        let counted = ClaimParams {
-            claim: Claim::Counted(&run),
-            ..*params
-        };
-        settled.extend(split_refused(backend, &counted, handler)?);
+        // A row whose last attempt may have died (an orphan, or a counted attempt that never
+        // finished) runs in a transaction of its own: if it kills its process again, it must
+        // not take the attempts of rows that happened to share its batch with it, which would
+        // be counted too and could be dead-lettered for its sake.
+        let (alone, together): (Vec<InboxRow>, Vec<InboxRow>) =
+            run.into_iter().partition(may_have_died);
+        let batches = std::iter::once(together)
+            .filter(|rows| !rows.is_empty())
+            .chain(alone.into_iter().map(|row| vec![row]));
+        for rows in batches {
+            let counted = ClaimParams {
+                claim: Claim::Counted(&rows),
+                ..*params
+            };
+            settled.extend(split_refused(backend, &counted, handler)?);
+        }
     } else if settled.is_empty() && matches!(params.claim, Claim::Heads { .. }) {
         // No retries nor orphans among the heads: pending heads, claimed as they are.
         settled = split_refused(backend, params, handler)?;
