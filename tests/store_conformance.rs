@@ -1682,11 +1682,12 @@ fn rows_left_processing_are_taken_over<B: Backend>(store: &B) {
         event_ids(&first)
     );
     clock.set(t0() + secs(10));
+    // r-1 first, and then r-2, now the head and as old.
     let first = process(store, heads, &clock, &mut ok);
-    assert_eq!(event_ids(&first), ["r-1"]);
+    assert_eq!(event_ids(&first), ["r-1", "r-2"]);
     assert_eq!(first[0].row.status, EventStatus::Processing);
     assert_eq!(first[0].verdict, Verdict::Processed);
-    assert_eq!(event_ids(&process(store, heads, &clock, &mut ok)), ["r-2"]);
+    assert!(process(store, heads, &clock, &mut ok).is_empty());
 
     store_events(store, &["r-3"], t0());
     store.force_status("r-3", EventStatus::Processing);

@@ -18,9 +18,10 @@
 //! `max_retries + 1` times: once uncounted, then counted each time, and a row found due again
 //! with its last attempt used is dead-lettered with [`NEVER_FINISHED`] without running.
 //!
-//! A row whose last attempt may have died runs alone, in a transaction of its own, so that a
-//! poison event does not take the attempts of its batch's other rows down with it again and
-//! again (they would be counted too); plain retries run together.
+//! A row whose last attempt may have died is counted alone, just before it runs alone, in
+//! transactions of its own, so that a poison event does not take its batch's other rows down
+//! with it again and again (they would be counted too, and dead-lettered for its sake); plain
+//! retries are counted and run together.
 
 use super::refusal::{split_refused, Retry};
 use super::{Claim, ClaimParams, Failure, InboxStore, RowHandler, Settled, StoreError};
@@ -92,30 +93,47 @@ pub(crate) fn count<S: InboxStore>(
     Count::Run(handler.attempt_started(row, now))
 }
 
+/// The rows of a claim to count now: every plain retry, and the first row whose last attempt
+/// may have died. The others stay as they are, for the next count: counted together, they would
+/// all be counted again each time one of them kills the process before the rest have run.
+pub(crate) fn pick(rows: Vec<InboxRow>) -> Vec<InboxRow> {
+    let mut suspect = false;
+    rows.into_iter()
+        .filter(|row| !may_have_died(row) || !std::mem::replace(&mut suspect, true))
+        .collect()
+}
+
 /// Runs `params`: a claim of retries and orphans ([`Claim::Due`], [`Claim::Heads`] over any
-/// aggregate) counts them first and runs them as [`Claim::Counted`]; the others run as they are.
+/// aggregate) counts them first and runs them as [`Claim::Counted`], again until it has settled
+/// its limit or found none; the others run as they are.
 pub(crate) fn process<S: InboxStore>(
     backend: &mut dyn Retry<S>,
     params: &ClaimParams<'_>,
     handler: &mut dyn RowHandler<S>,
 ) -> Result<Vec<Settled>, StoreError> {
-    let counting = matches!(
-        params.claim,
-        Claim::Due { .. }
-            | Claim::Heads {
-                aggregates: None,
-                ..
-            }
-    );
-    if !counting {
-        return split_refused(backend, params, handler);
-    }
-    let Counted { mut settled, run } = backend.count_attempts(params, handler)?;
-    if !run.is_empty() {
+    let limit = match params.claim {
+        Claim::Due { limit, .. }
+        | Claim::Heads {
+            limit,
+            aggregates: None,
+            ..
+        } => limit,
+        _ => return split_refused(backend, params, handler),
+    };
+    let mut settled = Vec::new();
+    while settled.len() < limit {
+        let count = ClaimParams {
+            claim: with_limit(params.claim, limit - settled.len()),
+            ..*params
+        };
+        let Counted { settled: dead, run } = backend.count_attempts(&count, handler)?;
+        if dead.is_empty() && run.is_empty() {
+            break;
+        }
+        settled.extend(dead);
         // A row whose last attempt may have died (an orphan, or a counted attempt that never
         // finished) runs in a transaction of its own: if it kills its process again, it must
-        // not take the attempts of rows that happened to share its batch with it, which would
-        // be counted too and could be dead-lettered for its sake.
+        // not take the attempts of rows that happened to share its batch with it.
         let (alone, together): (Vec<InboxRow>, Vec<InboxRow>) =
             run.into_iter().partition(may_have_died);
         let batches = std::iter::once(together)
@@ -128,9 +146,32 @@ pub(crate) fn process<S: InboxStore>(
             };
             settled.extend(split_refused(backend, &counted, handler)?);
         }
-    } else if settled.is_empty() && matches!(params.claim, Claim::Heads { .. }) {
+    }
+    if settled.is_empty() && matches!(params.claim, Claim::Heads { .. }) {
         // No retries nor orphans among the heads: pending heads, claimed as they are.
         settled = split_refused(backend, params, handler)?;
     }
     Ok(settled)
+}
+
+/// `claim` with another limit.
+fn with_limit(claim: Claim<'_>, limit: usize) -> Claim<'_> {
+    match claim {
+        Claim::Due { orphan_after, .. } => Claim::Due {
+            limit,
+            orphan_after,
+        },
+        Claim::Heads {
+            after_dead_letter,
+            aggregates,
+            orphan_after,
+            ..
+        } => Claim::Heads {
+            limit,
+            after_dead_letter,
+            aggregates,
+            orphan_after,
+        },
+        other => other,
+    }
 }

@@ -22,6 +22,11 @@ impl ChildProcess {
         Self(command.spawn().expect("start a child process"))
     }
 
+    /// Whether the process has ended by itself (an abort, say), reaping it if so.
+    pub fn exited(&mut self) -> bool {
+        matches!(self.0.try_wait(), Ok(Some(_)))
+    }
+
     /// SIGKILLs the process and waits for it: no shutdown, no goodbye.
     pub fn kill(self) {
         drop(self);

@@ -150,6 +150,7 @@ impl Retry<PostgresStore> for Batches<'_> {
             }
             _ => return Ok(Counted::default()),
         };
+        let rows = attempts::pick(rows);
         if rows.is_empty() {
             return Ok(Counted::default());
         }
