@@ -139,9 +139,11 @@ impl Backend for PostgresStore {
     }
 
     fn with_table(table: &str) -> Result<Self, StoreError> {
+        // Time from the tests' manual clock, not the database's (see `postgres_only` for that).
         PostgresStore::builder(support::postgres_url())
             .table(table)
             .pool_size(8)
+            .database_clock(false)
             .build()
     }
 
@@ -3340,6 +3342,88 @@ CREATE INDEX ix_event_inbox_aggregate_received ON event_inbox(aggregate_id, rece
         let store = TestStore::<PostgresStore>::fresh(test)?;
         setup(&*store);
         Some(store)
+    }
+
+    /// With the database's clock (the default), a host whose clock runs an hour ahead or
+    /// behind judges by the database's time: rows are stamped with it, a fresh row is not taken
+    /// as an orphan by a host an hour ahead, an orphan is found on time by a host an hour
+    /// behind, and the failures it records are due by the database's time.
+    #[test]
+    fn a_skewed_host_clock_neither_steals_fresh_rows_nor_delays_orphans() {
+        let test =
+            "postgres_only::a_skewed_host_clock_neither_steals_fresh_rows_nor_delays_orphans";
+        let Some(probe) = TestStore::<PostgresStore>::fresh(test) else {
+            return;
+        };
+        let store = TestStore(
+            PostgresStore::builder(support::postgres_url())
+                .table(probe.table())
+                .build()
+                .expect("a store on the database's clock"),
+        );
+        setup(&*store);
+        let db_now = || -> DateTime<Utc> {
+            store
+                .pool()
+                .get()
+                .unwrap()
+                .query_one("SELECT now()", &[])
+                .unwrap()
+                .get(0)
+        };
+        let hour = secs(3600);
+        let ahead = ManualClock::new(db_now() + hour);
+        let before = db_now();
+        store_events(&*store, &["k-1", "k-2"], ahead.now());
+        let k1 = row(&*store, "k-1");
+        assert!(
+            k1.received_at >= before && k1.received_at <= db_now(),
+            "stamped with the database's time, not the host's hour ahead: {}",
+            k1.received_at
+        );
+
+        // An hour ahead, ten seconds' orphan_after: by the host's clock both rows are an hour
+        // old, by the database's they were just stored.
+        let ten = std_secs(10);
+        let due = Claim::Due {
+            limit: 10,
+            orphan_after: ten,
+        };
+        let mut ok = marking(&*store, HashMap::new());
+        assert!(
+            process(&*store, due, &ahead, &mut ok).is_empty(),
+            "fresh rows are not stolen as orphans"
+        );
+
+        // Ten seconds later by the database (the rows stored 11 s ago), a host an hour behind
+        // finds them orphaned.
+        let sql = format!(
+            "UPDATE {} SET received_at = received_at - interval '11 seconds'",
+            store.table()
+        );
+        store.pool().get().unwrap().execute(&sql, &[]).unwrap();
+        let behind = ManualClock::new(db_now() - hour);
+        let mut h = marking(
+            &*store,
+            script(&[(
+                "k-1",
+                retry_at(1, behind.now() + secs(60), "x", behind.now()),
+            )]),
+        );
+        let settled = process(&*store, due, &behind, &mut h);
+        assert_eq!(event_ids(&settled), ["k-1", "k-2"], "orphans found on time");
+        let k1 = row(&*store, "k-1");
+        let next = k1.next_retry_at.expect("a retry time");
+        let now = db_now();
+        assert!(
+            next > now + secs(30) && next <= now + secs(60),
+            "due a minute after the failure by the database's time, not the host's: {next}"
+        );
+        assert!(
+            process(&*store, due, &behind, &mut ok).is_empty(),
+            "not due before then"
+        );
+        assert_eq!(row(&*store, "k-2").status, EventStatus::Processed);
     }
 
     /// An adopter whose insert meets another group's adoption still in flight waits for it,

@@ -102,13 +102,14 @@ impl Retry<PostgresStore> for Batches<'_> {
             .conn
             .transaction()
             .map_err(pg("begin recording a refusal"))?;
-        let (rows, _) = claim(&mut tx, &prepared, Claim::Rows(&[id]), params.clock.now())?;
+        let time = ClaimTime::of(self.store, &mut tx, params.claim, params.clock)?;
+        let (rows, _) = claim(&mut tx, &prepared, Claim::Rows(&[id]), time.now)?;
         let Some(row) = rows.into_iter().next() else {
             return Ok(None); // settled meanwhile by someone else
         };
         let verdict = handler.failed_after(&row, reason.to_string());
         let settled = [Settled { row, verdict }];
-        complete(&mut tx, &prepared, &settled, params.clock, false)?;
+        complete(&mut tx, &prepared, &settled, time, false)?;
         tx.commit().map_err(pg("commit a refusal"))?;
         let [settled] = settled;
         Ok(Some(settled))
@@ -124,7 +125,7 @@ impl Retry<PostgresStore> for Batches<'_> {
             .conn
             .transaction()
             .map_err(pg("begin counting attempts"))?;
-        let now = params.clock.now();
+        let now = ClaimTime::of(self.store, &mut tx, params.claim, params.clock)?.now;
         let rows = match params.claim {
             Claim::Due { .. } => claim(&mut tx, &prepared, params.claim, now)?.0,
             // Unnamed, planned for these values every time, as the other claim over any
@@ -187,7 +188,8 @@ fn run(
 ) -> Result<Vec<Settled>, StoreError> {
     let prepared = prepare(store, conn)?;
     let mut tx = conn.transaction().map_err(pg("begin a claim"))?;
-    let (rows, marked) = claim(&mut tx, &prepared, params.claim, params.clock.now())?;
+    let time = ClaimTime::of(store, &mut tx, params.claim, params.clock)?;
+    let (rows, marked) = claim(&mut tx, &prepared, params.claim, time.now)?;
     if rows.is_empty() {
         return Ok(Vec::new());
     }
@@ -209,7 +211,7 @@ fn run(
         },
         false => isolated(&mut tx, rows, handler)?,
     };
-    complete(&mut tx, &prepared, &settled, params.clock, marked)?;
+    complete(&mut tx, &prepared, &settled, time, marked)?;
     tx.commit().map_err(pg("commit handled rows"))?;
     Ok(settled)
 }
@@ -457,10 +459,10 @@ fn complete(
     tx: &mut PgTransaction<'_>,
     prepared: &Prepared,
     settled: &[Settled],
-    clock: &dyn Clock,
+    time: ClaimTime<'_>,
     marked: bool,
 ) -> Result<(), StoreError> {
-    let finished_at = clock.now();
+    let finished_at = time.local(time.clock.now());
     let processed: Vec<Uuid> = settled
         .iter()
         .filter(|s| s.verdict == Verdict::Processed)
@@ -470,14 +472,76 @@ fn complete(
         tx.execute(&prepared.mark_processed, &[&processed, &finished_at])
             .map_err(pg("mark rows processed"))?;
     }
-    let failures: Vec<(Uuid, &Failure)> = settled
+    // The handlers' times are the host clock's: moved onto the database's.
+    let failures: Vec<(Uuid, Failure)> = settled
         .iter()
         .filter_map(|s| match &s.verdict {
-            Verdict::Failed(failure) => Some((s.row.id, failure)),
+            Verdict::Failed(failure) => Some((s.row.id, time.shifted(failure))),
             Verdict::Processed => None,
         })
         .collect();
+    let failures: Vec<(Uuid, &Failure)> = failures.iter().map(|(id, f)| (*id, f)).collect();
     record_failures(tx, prepared, &failures)
+}
+
+/// The time a claim judges by: the database's (see `database_clock`) or the injected clock's,
+/// and how far the clock is from it.
+#[derive(Clone, Copy)]
+struct ClaimTime<'c> {
+    now: DateTime<Utc>,
+    clock: &'c dyn Clock,
+    /// The database's time minus the clock's, zero when the clock is the store's time.
+    skew: chrono::Duration,
+}
+
+impl<'c> ClaimTime<'c> {
+    /// A fresh claim and a claim among given aggregates take pending rows by id or aggregate,
+    /// whatever the time: they keep the host's time and no round trip.
+    fn of(
+        store: &PostgresStore,
+        tx: &mut PgTransaction<'_>,
+        claim: Claim<'_>,
+        clock: &'c dyn Clock,
+    ) -> Result<Self, StoreError> {
+        let local = clock.now();
+        let host_time = matches!(
+            claim,
+            Claim::Fresh(_)
+                | Claim::Heads {
+                    aggregates: Some(_),
+                    ..
+                }
+        );
+        if !store.database_clock || host_time {
+            return Ok(Self {
+                now: local,
+                clock,
+                skew: chrono::Duration::zero(),
+            });
+        }
+        let now: DateTime<Utc> = tx
+            .query_one("SELECT now()", &[])
+            .map_err(pg("read the database's time"))?
+            .get(0);
+        Ok(Self {
+            now,
+            clock,
+            skew: now - local,
+        })
+    }
+
+    /// A time of the clock's, on the claim's time.
+    fn local(&self, at: DateTime<Utc>) -> DateTime<Utc> {
+        at + self.skew
+    }
+
+    fn shifted(&self, failure: &Failure) -> Failure {
+        Failure {
+            next_retry_at: failure.next_retry_at.map(|at| self.local(at)),
+            failed_at: self.local(failure.failed_at),
+            ..failure.clone()
+        }
+    }
 }
 
 /// Records failed attempts, in one statement.

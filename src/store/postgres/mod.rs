@@ -75,6 +75,7 @@ pub struct PostgresStoreBuilder {
     pool_size: u32,
     connect_timeout: Duration,
     table: String,
+    database_clock: bool,
 }
 
 impl PostgresStoreBuilder {
@@ -99,6 +100,22 @@ impl PostgresStoreBuilder {
         self
     }
 
+    /// Whether the store takes times from the database's clock rather than the [`Clock`]
+    /// the runtime passes: a row's `received_at`, and for claims of retries and orphans the due
+    /// time and the orphan cutoff, with the failures they record (`last_error_at`,
+    /// `next_retry_at`, `processed_at`) moved onto the database's time. So every host judges
+    /// by one clock: a host whose clock runs ahead or behind neither steals fresh rows as
+    /// orphans nor leaves orphans waiting. Fresh rows handed over by a reader are marked
+    /// processed at the host's time (no extra round trip on the hot path). Turn it off to
+    /// drive every time from the injected clock, as tests with a manual clock do.
+    /// Defaults to on.
+    ///
+    /// [`Clock`]: crate::Clock
+    pub fn database_clock(mut self, on: bool) -> Self {
+        self.database_clock = on;
+        self
+    }
+
     /// Validates the settings and creates the pool. Connections are made on first use, so this
     /// succeeds while the database is down.
     pub fn build(self) -> Result<PostgresStore, StoreError> {
@@ -114,6 +131,7 @@ impl PostgresStoreBuilder {
             sql: Queries::new(&self.table),
             table: self.table,
             pool_size: self.pool_size,
+            database_clock: self.database_clock,
         })
     }
 }
@@ -127,6 +145,8 @@ pub struct PostgresStore {
     table: String,
     sql: Queries,
     pool_size: u32,
+    /// See [`PostgresStoreBuilder::database_clock`].
+    pub(super) database_clock: bool,
 }
 
 impl std::fmt::Debug for PostgresStore {
@@ -146,6 +166,7 @@ impl PostgresStore {
             pool_size: 10,
             connect_timeout: Duration::from_secs(5),
             table: DEFAULT_INBOX_TABLE.to_string(),
+            database_clock: true,
         }
     }
 
@@ -272,6 +293,8 @@ impl PostgresStore {
         };
         let mut tx = conn.transaction().map_err(pg("begin storing a batch"))?;
         let mut stored = Stored::default();
+        // Null: stamped with the database's time (see `database_clock`).
+        let received_at = (!self.database_clock).then_some(batch.received_at);
         if let Some(lock) = lock_aggregates {
             // Held to commit: a reader storing rows of the same aggregates waits, so within an
             // aggregate `seq` order is commit order and a worker never sees a later row before
@@ -312,7 +335,7 @@ impl PostgresStore {
                         &occurred,
                         &payloads,
                         &batch.max_retries,
-                        &batch.received_at,
+                        &received_at,
                         &batch.stream,
                     ],
                 )
@@ -338,7 +361,7 @@ impl PostgresStore {
                         &stream_ids,
                         &fields,
                         &reasons,
-                        &batch.received_at,
+                        &received_at,
                     ],
                 )
                 .map_err(pg("quarantine malformed entries"))? as usize;

@@ -97,7 +97,8 @@ impl Queries {
                  causation_id, occurred_on, payload, status, retry_count, max_retries, received_at, \
                  stream) \
                  SELECT e.id, e.event_id, e.stream_id, e.event_type, e.aggregate_id, e.correlation_id, \
-                 e.causation_id, e.occurred_on, e.payload::jsonb, 'pending', 0, $10, $11, $12 \
+                 e.causation_id, e.occurred_on, e.payload::jsonb, 'pending', 0, $10, \
+                 coalesce($11::timestamptz, now()), $12 \
                  FROM unnest($1::uuid[], $2::varchar[], $3::varchar[], $4::varchar[], $5::uuid[], \
                  $6::varchar[], $7::varchar[], $8::timestamptz[], $9::text[]) \
                  AS e(id, event_id, stream_id, event_type, aggregate_id, correlation_id, causation_id, \
@@ -113,7 +114,8 @@ impl Queries {
             ),
             insert_quarantine: format!(
                 "INSERT INTO {t}_quarantine (id, stream, stream_id, raw_fields, reason, received_at) \
-                 SELECT q.id, $1, q.stream_id, q.raw_fields::jsonb, q.reason, $6 \
+                 SELECT q.id, $1, q.stream_id, q.raw_fields::jsonb, q.reason, \
+                 coalesce($6::timestamptz, now()) \
                  FROM unnest($2::uuid[], $3::varchar[], $4::text[], $5::text[]) \
                  AS q(id, stream_id, raw_fields, reason) \
                  ON CONFLICT (stream, stream_id) DO NOTHING"
