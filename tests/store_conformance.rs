@@ -1569,34 +1569,40 @@ fn attempts_that_never_finish_are_counted<B: Backend>(store: &B) {
     assert!(store.markers().is_empty(), "no attempt's writes committed");
 }
 
-/// An orphan runs in a transaction of its own: an attempt that dies takes no other row's
-/// handled work with it, so a poison event cannot get its batch's other rows counted again and
-/// again and dead-lettered for its sake.
-fn orphans_run_alone<B: Backend>(store: &B) {
+/// A row whose counted attempt never finished runs in a transaction of its own: an attempt that
+/// dies again takes no other row's work with it, so a poison event cannot get the rows that
+/// shared its batch counted again and again and dead-lettered for its sake.
+fn attempts_that_never_finished_run_alone<B: Backend>(store: &B) {
     let clock = ManualClock::new(t0() + secs(30));
     store_events(store, &["s-ok", "s-die"], t0());
-    let mut dying = handler::<B, _>(|tx, row| {
-        store
-            .write_marker(tx, &row.event.event_id)
-            .expect("write a marker");
-        assert_ne!(row.event.event_id, "s-die", "the attempt on s-die dies");
-        Verdict::Processed
-    });
-    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        store.process_claimed(
-            &ClaimParams {
-                claim: due(10),
-                clock: &clock,
-                optimistic: true,
-            },
-            &mut dying,
-        )
-    }));
-    assert!(outcome.is_err(), "the attempt on s-die died");
-    assert_eq!(store.markers(), ["s-ok"], "s-ok committed before s-die ran");
-    assert_eq!(row(store, "s-ok").status, EventStatus::Processed);
+    for round in 1..=2 {
+        let mut h = handler::<B, _>(|tx, row| {
+            store
+                .write_marker(tx, &row.event.event_id)
+                .expect("write a marker");
+            assert_ne!(row.event.event_id, "s-die", "the attempt on s-die dies");
+            Verdict::Processed
+        });
+        let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            store.process_claimed(
+                &ClaimParams {
+                    claim: due(10),
+                    clock: &clock,
+                    optimistic: true,
+                },
+                &mut h,
+            )
+        }));
+        assert!(outcome.is_err(), "round {round}: the attempt on s-die died");
+        clock.set(clock.now() + secs(60));
+    }
+    // Round 1: both orphans counted and run together, both rolled back. Round 2: each runs
+    // alone, s-ok first, committed before s-die dies again.
+    assert_eq!(store.markers(), ["s-ok"]);
+    let ok = row(store, "s-ok");
+    assert_eq!((ok.status, ok.retry_count), (EventStatus::Processed, 0));
     let died = row(store, "s-die");
-    assert_eq!((died.status, died.retry_count), (EventStatus::Failed, 1));
+    assert_eq!((died.status, died.retry_count), (EventStatus::Failed, 2));
 }
 
 /// The row `event_id` as stored now with `status`, changed by `edit` back to how a claim saw it.
@@ -3533,6 +3539,21 @@ CREATE INDEX ix_event_inbox_aggregate_received ON event_inbox(aggregate_id, rece
             store.count_by_status().unwrap(),
             counts(&[(EventStatus::Processed, 2), (EventStatus::Failed, 1)])
         );
+        // Its retry, counted before it runs, is refused again: the refusal is recorded over
+        // the count, as one more attempt, not two, with the database's reason.
+        clock.set(t0() + secs(600));
+        let mut h = handler::<PostgresStore, _>(|tx, _row| {
+            tx.execute(&format!("INSERT INTO {t}_child VALUES ('missing')"), &[])
+                .unwrap();
+            Verdict::Processed
+        });
+        // One row at most: the test handler's refusal is due again at once.
+        let settled = process(store, due(1), &clock, &mut h);
+        assert_eq!(event_ids(&settled), ["r-bad"]);
+        let bad = row(store, "r-bad");
+        assert_eq!((bad.status, bad.retry_count), (EventStatus::Failed, 2));
+        let error = bad.error_message.unwrap_or_default();
+        assert!(error.contains("23503"), "{error}");
         let mut conn = store.pool().get().unwrap();
         let _ = conn.batch_execute(&format!("DROP TABLE {t}_child; DROP TABLE {t}_parent"));
     }
@@ -4022,7 +4043,7 @@ conformance!(
         due_claims_leave_young_pending_rows_alone,
         attempts_that_never_finish_are_counted,
         counted_attempts_that_end_are_recorded_once,
-        orphans_run_alone,
+        attempts_that_never_finished_run_alone,
         rows_left_processing_are_taken_over,
         fresh_and_due_claims_are_exclusive_under_concurrency,
         counts_and_lookups,

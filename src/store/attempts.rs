@@ -18,10 +18,11 @@
 //! `max_retries + 1` times: once uncounted, then counted each time, and a row found due again
 //! with its last attempt used is dead-lettered with [`NEVER_FINISHED`] without running.
 //!
-//! A row whose last attempt may have died is counted alone, just before it runs alone, in
-//! transactions of its own, so that a poison event does not take its batch's other rows down
-//! with it again and again (they would be counted too, and dead-lettered for its sake); plain
-//! retries are counted and run together.
+//! A row whose counted attempt never finished is counted alone, just before it runs alone, in
+//! transactions of its own, so that a poison event does not take other rows down with it again
+//! and again (they would be counted too, and dead-lettered for its sake); plain retries and
+//! orphans are counted and run together, so the rows that shared a poison event's batch are
+//! counted once for it (a `max_retries` of 1 dead-letters them: keep it at 2 or more).
 
 use super::refusal::{split_refused, Retry};
 use super::{Claim, ClaimParams, Failure, InboxStore, RowHandler, Settled, StoreError};
@@ -49,11 +50,13 @@ pub(crate) enum Count {
     Run(Failure),
 }
 
-/// Whether `row`'s last attempt may have died with its process: it is an orphan (`pending` or
-/// `processing` yet claimed as due) or its last recorded error is an attempt that never
-/// finished. A `failed` row whose handler returned an error is a plain retry.
+/// Whether `row`'s last attempt is known to have died with its process: it was counted and
+/// never finished. Orphans (`pending` or `processing` rows found due) are not: most are rows
+/// nobody tried yet (a backlog, a crashed process's stored rows), and taking them one at a
+/// time would make every recovery and backlog crawl. Counted together, the rows that shared a
+/// batch with a poison event are counted once for it, then run alone.
 fn may_have_died(row: &InboxRow) -> bool {
-    row.status != EventStatus::Failed || never_finished(row)
+    never_finished(row)
 }
 
 fn never_finished(row: &InboxRow) -> bool {
@@ -93,8 +96,8 @@ pub(crate) fn count<S: InboxStore>(
     Count::Run(handler.attempt_started(row, now))
 }
 
-/// The rows of a claim to count now: every plain retry, and the first row whose last attempt
-/// may have died. The others stay as they are, for the next count: counted together, they would
+/// The rows of a claim to count now: every plain retry and orphan, and the first row whose
+/// last attempt never finished. The others stay as they are, for the next count: counted together, they would
 /// all be counted again each time one of them kills the process before the rest have run.
 pub(crate) fn pick(rows: Vec<InboxRow>) -> Vec<InboxRow> {
     let mut suspect = false;
@@ -131,9 +134,8 @@ pub(crate) fn process<S: InboxStore>(
             break;
         }
         settled.extend(dead);
-        // A row whose last attempt may have died (an orphan, or a counted attempt that never
-        // finished) runs in a transaction of its own: if it kills its process again, it must
-        // not take the attempts of rows that happened to share its batch with it.
+        // A row whose counted attempt never finished runs in a transaction of its own: if it
+        // kills its process again, it must not take the attempts of other rows with it.
         let (alone, together): (Vec<InboxRow>, Vec<InboxRow>) =
             run.into_iter().partition(may_have_died);
         let batches = std::iter::once(together)

@@ -56,7 +56,7 @@ pub(crate) fn split_refused<S: InboxStore>(
             let mut settled = Vec::with_capacity(claimed.len());
             for id in claimed {
                 let single = ClaimParams {
-                    claim: Claim::Rows(&[id]),
+                    claim: one_row(params.claim, &id),
                     optimistic: false,
                     ..*params
                 };
@@ -64,7 +64,7 @@ pub(crate) fn split_refused<S: InboxStore>(
                     Ok(done) => settled.extend(done),
                     Err(error) if error.is_refusal() => {
                         let reason = format!("its transaction was refused: {error}");
-                        settled.extend(backend.record_refusal(params, handler, id, &reason)?);
+                        settled.extend(backend.record_refusal(&single, handler, id, &reason)?);
                     }
                     Err(error) => return Err(error),
                 }
@@ -72,5 +72,19 @@ pub(crate) fn split_refused<S: InboxStore>(
             Ok(settled)
         }
         result => result,
+    }
+}
+
+/// Row `id` of `claim` alone: a counted row stays a counted row (it is not due until its count's
+/// retry time, and its handler sees it as it was before the count), any other row is claimed by
+/// id if still due.
+pub(crate) fn one_row<'a>(claim: Claim<'a>, id: &'a Uuid) -> Claim<'a> {
+    match claim {
+        Claim::Counted(rows) => Claim::Counted(
+            rows.iter()
+                .position(|row| row.id == *id)
+                .map_or(&[][..], |at| &rows[at..=at]),
+        ),
+        _ => Claim::Rows(std::slice::from_ref(id)),
     }
 }

@@ -16,7 +16,7 @@ use super::{is_aborted, pg, PostgresStore};
 use crate::clock::Clock;
 use crate::event::InboxRow;
 use crate::store::attempts::{self, Count, Counted};
-use crate::store::refusal::Retry;
+use crate::store::refusal::{one_row, Retry};
 use crate::store::{
     orphaned_before, truncate_error, AfterDeadLetter, Claim, ClaimParams, Failure, RowHandler,
     Settled, StoreError, Verdict,
@@ -103,7 +103,7 @@ impl Retry<PostgresStore> for Batches<'_> {
             .transaction()
             .map_err(pg("begin recording a refusal"))?;
         let time = ClaimTime::of(self.store, &mut tx, params.claim, params.clock)?;
-        let (rows, _) = claim(&mut tx, &prepared, Claim::Rows(&[id]), time.now)?;
+        let (rows, _) = claim(&mut tx, &prepared, one_row(params.claim, &id), time.now)?;
         let Some(row) = rows.into_iter().next() else {
             return Ok(None); // settled meanwhile by someone else
         };

@@ -6,7 +6,7 @@
 
 use super::attempts::{self, Count, Counted};
 use super::migrations::{Migration, MIGRATIONS_TABLE};
-use super::refusal::Retry;
+use super::refusal::{one_row, Retry};
 use super::{
     counts_by_stream, orphaned_before, parse_counted_status, truncate_error, validate_table_name,
     AfterDeadLetter, Claim, ClaimParams, Cleanup, Cursor, DeadLetterRequeue, DeadLetterSkip,
@@ -891,15 +891,29 @@ impl SqliteStore {
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .map_err(lite("begin recording a refusal"))?;
         let now = params.clock.now();
-        let row = tx
-            .query_row(
-                &self.sql.claim_rows,
-                params![ts(now), ids_json([id])],
-                RawRow::read,
-            )
-            .optional()
-            .map_err(lite("claim a refused row"))?;
-        let Some(row) = row.map(RawRow::into_row).transpose()? else {
+        let row = match one_row(params.claim, &id) {
+            // A counted row, if still as its count left it.
+            Claim::Counted([row]) => tx
+                .query_row(&self.sql.claim_counted, params![ids_json([id])], |found| {
+                    found.get::<_, i32>(1)
+                })
+                .optional()
+                .map_err(lite("claim a refused row"))?
+                .filter(|count| *count == row.retry_count.saturating_add(1))
+                .map(|_| row.clone()),
+            Claim::Counted(_) => None,
+            _ => tx
+                .query_row(
+                    &self.sql.claim_rows,
+                    params![ts(now), ids_json([id])],
+                    RawRow::read,
+                )
+                .optional()
+                .map_err(lite("claim a refused row"))?
+                .map(RawRow::into_row)
+                .transpose()?,
+        };
+        let Some(row) = row else {
             return Ok(None);
         };
         let verdict = handler.failed_after(&row, reason.to_string());
