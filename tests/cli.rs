@@ -373,6 +373,7 @@ fn ordered_round(store: &PostgresStore, give_up: &[&str]) -> Vec<String> {
             limit: 10,
             after_dead_letter: AfterDeadLetter::Park,
             aggregates: None,
+            orphan_after: std::time::Duration::from_secs(3600),
         },
         clock: &SystemClock,
         optimistic: false,

@@ -26,6 +26,7 @@ use eventflow::store::{
     DeadLetterSkip, Failure, InboxStore, MalformedEntry, Page, ParkedAggregate, ParkedPage,
     ParkedSummary, ProcessedCleanup, QuarantineFilter, QuarantineReplay, ReceivedBatch,
     ReceivedEvent, RowFilter, RowHandler, Settled, StatusCounts, StoreError, Stored, Verdict,
+    NEVER_FINISHED,
 };
 use eventflow::transport::StreamEntry;
 use eventflow::{
@@ -138,9 +139,11 @@ impl Backend for PostgresStore {
     }
 
     fn with_table(table: &str) -> Result<Self, StoreError> {
+        // Time from the tests' manual clock, not the database's (see `postgres_only` for that).
         PostgresStore::builder(support::postgres_url())
             .table(table)
             .pool_size(8)
+            .database_clock(false)
             .build()
     }
 
@@ -1528,6 +1531,237 @@ fn due_claims_leave_young_pending_rows_alone<B: Backend>(store: &B) {
     );
 }
 
+/// Runs a claim whose handler dies mid-attempt, as a process that aborts or a transaction the
+/// server ends: the claim's transaction is dropped unfinished. Returns the events the handler
+/// was called for.
+fn die_in_handler<B: Backend>(store: &B, claim: Claim<'_>, clock: &dyn Clock) -> Vec<String> {
+    let mut dying = handler::<B, _>(|_, row| panic!("the attempt on {} dies", row.event.event_id));
+    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        store.process_claimed(
+            &ClaimParams {
+                claim,
+                clock,
+                optimistic: false,
+            },
+            &mut dying,
+        )
+    }));
+    assert!(outcome.is_err(), "the handler died");
+    dying.calls
+}
+
+/// An attempt that dies with its process is counted: a retry or an orphan is recorded as a
+/// failed attempt before it runs, so the count survives the attempt's rolled-back transaction,
+/// and the row is dead-lettered, without running again, once its last attempt never finished.
+fn attempts_that_never_finish_are_counted<B: Backend>(store: &B) {
+    let due_claim = Claim::Due {
+        limit: 10,
+        orphan_after: std_secs(10),
+    };
+    let clock = ManualClock::new(t0() + secs(1));
+    let events = store_events(store, &["p-1"], t0());
+    // The first, fresh attempt dies: it leaves no trace (the hot path writes nothing up front).
+    let fresh_rows = fresh(&events, t0());
+    assert_eq!(
+        die_in_handler(store, Claim::Fresh(&fresh_rows), &clock),
+        ["p-1"]
+    );
+    let p1 = row(store, "p-1");
+    assert_eq!((p1.status, p1.retry_count), (EventStatus::Pending, 0));
+    let mut ok = marking(store, HashMap::new());
+    assert!(
+        process(store, due_claim, &clock, &mut ok).is_empty(),
+        "a young pending row is left to its worker"
+    );
+
+    // Found as an orphan, then as a due retry each time: every attempt is counted before it
+    // runs, with the backoff, and each dies.
+    clock.set(t0() + secs(10));
+    for attempt in 1..=MAX_RETRIES {
+        assert_eq!(
+            die_in_handler(store, due_claim, &clock),
+            ["p-1"],
+            "attempt {attempt}"
+        );
+        let p1 = row(store, "p-1");
+        assert_eq!(p1.status, EventStatus::Failed, "attempt {attempt}");
+        assert_eq!(p1.retry_count, attempt, "counted before it ran");
+        assert_eq!(p1.error_message.as_deref(), Some(NEVER_FINISHED));
+        assert_eq!(p1.last_error_at, Some(clock.now()));
+        // The test handler's up-front failure: due again a minute later.
+        assert_eq!(p1.next_retry_at, Some(clock.now() + secs(60)));
+        assert!(
+            process(store, due_claim, &clock, &mut ok).is_empty(),
+            "not due again before its backoff"
+        );
+        clock.set(clock.now() + secs(60));
+    }
+
+    // Its last attempt never finished: a dead letter, not run again.
+    let settled = process(store, due_claim, &clock, &mut ok);
+    assert_eq!(
+        settled,
+        vec![Settled {
+            row: row_as(store, "p-1", EventStatus::DeadLetter, |r| {
+                r.status = EventStatus::Failed;
+                r.next_retry_at = Some(clock.now());
+                r.last_error_at = Some(clock.now() - secs(60));
+            }),
+            verdict: dead_letter(MAX_RETRIES, NEVER_FINISHED, clock.now()),
+        }]
+    );
+    assert!(ok.calls.is_empty(), "the handler never ran again");
+    let p1 = row(store, "p-1");
+    assert_eq!(
+        (p1.status, p1.retry_count, p1.next_retry_at),
+        (EventStatus::DeadLetter, MAX_RETRIES, None)
+    );
+    assert_eq!(p1.error_message.as_deref(), Some(NEVER_FINISHED));
+    assert!(store.markers().is_empty(), "no attempt's writes committed");
+}
+
+/// A row whose counted attempt never finished runs in a transaction of its own: an attempt that
+/// dies again takes no other row's work with it, so a poison event cannot get the rows that
+/// shared its batch counted again and again and dead-lettered for its sake.
+fn attempts_that_never_finished_run_alone<B: Backend>(store: &B) {
+    let clock = ManualClock::new(t0() + secs(30));
+    store_events(store, &["s-ok", "s-die"], t0());
+    for round in 1..=2 {
+        let mut h = handler::<B, _>(|tx, row| {
+            store
+                .write_marker(tx, &row.event.event_id)
+                .expect("write a marker");
+            assert_ne!(row.event.event_id, "s-die", "the attempt on s-die dies");
+            Verdict::Processed
+        });
+        let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            store.process_claimed(
+                &ClaimParams {
+                    claim: due(10),
+                    clock: &clock,
+                    optimistic: true,
+                },
+                &mut h,
+            )
+        }));
+        assert!(outcome.is_err(), "round {round}: the attempt on s-die died");
+        clock.set(clock.now() + secs(60));
+    }
+    // Round 1: both orphans counted and run together, both rolled back. Round 2: each runs
+    // alone, s-ok first, committed before s-die dies again.
+    assert_eq!(store.markers(), ["s-ok"]);
+    let ok = row(store, "s-ok");
+    assert_eq!((ok.status, ok.retry_count), (EventStatus::Processed, 0));
+    let died = row(store, "s-die");
+    assert_eq!((died.status, died.retry_count), (EventStatus::Failed, 2));
+}
+
+/// The row `event_id` as stored now with `status`, changed by `edit` back to how a claim saw it.
+fn row_as<B: Backend>(
+    store: &B,
+    event_id: &str,
+    status: EventStatus,
+    edit: impl FnOnce(&mut InboxRow),
+) -> InboxRow {
+    let mut found = row(store, event_id);
+    assert_eq!(found.status, status, "{event_id}");
+    edit(&mut found);
+    found
+}
+
+/// A retry's count is taken once: a handler error after the up-front count records that same
+/// attempt, and success clears the count and the errors, as the reference does.
+fn counted_attempts_that_end_are_recorded_once<B: Backend>(store: &B) {
+    let clock = ManualClock::new(t0() + secs(30));
+    store_events(store, &["q-1", "q-2"], t0());
+    let mut h = marking(
+        store,
+        script(&[("q-1", retry_at(1, t0() + secs(40), "boom", clock.now()))]),
+    );
+    let settled = process(store, due(10), &clock, &mut h);
+    assert_eq!(event_ids(&settled), ["q-1", "q-2"]);
+    assert_eq!(
+        settled[0].row.retry_count, 0,
+        "handlers see the row as it was"
+    );
+    let q1 = row(store, "q-1");
+    assert_eq!(
+        (q1.status, q1.retry_count, q1.next_retry_at),
+        (EventStatus::Failed, 1, Some(t0() + secs(40))),
+        "one failed attempt, not two"
+    );
+    assert_eq!(q1.error_message.as_deref(), Some("boom"));
+    let q2 = row(store, "q-2");
+    assert_eq!((q2.status, q2.retry_count), (EventStatus::Processed, 0));
+    assert_eq!((q2.error_message, q2.last_error_at), (None, None));
+
+    clock.set(t0() + secs(40));
+    let mut ok = marking(store, HashMap::new());
+    assert_eq!(
+        event_ids(&process(store, due(10), &clock, &mut ok)),
+        ["q-1"]
+    );
+    let q1 = row(store, "q-1");
+    assert_eq!(
+        (
+            q1.status,
+            q1.retry_count,
+            q1.next_retry_at,
+            q1.error_message,
+            q1.last_error_at
+        ),
+        (EventStatus::Processed, 0, None, None, None)
+    );
+    assert_eq!(
+        store.markers(),
+        ["q-2", "q-1"],
+        "the failed attempt's write rolled back; each event's writes committed once"
+    );
+}
+
+/// Rows the reference toolkit left in `processing` (its process died mid-handler) are orphans:
+/// claimed once older than `orphan_after` and not held by anyone, counted, and handled, in
+/// ordered mode too, where they held back their aggregate.
+fn rows_left_processing_are_taken_over<B: Backend>(store: &B) {
+    let clock = ManualClock::new(t0() + secs(5));
+    store_events(store, &["r-1", "r-2"], t0());
+    store.force_status("r-1", EventStatus::Processing);
+    let ten = std::time::Duration::from_secs(10);
+    let heads = Claim::Heads {
+        limit: 10,
+        after_dead_letter: AfterDeadLetter::Park,
+        aggregates: None,
+        orphan_after: ten,
+    };
+    let mut ok = marking(store, HashMap::new());
+    let first = process(store, heads, &clock, &mut ok);
+    assert!(
+        first.is_empty(),
+        "r-1 is young and holds back r-2: {:?}",
+        event_ids(&first)
+    );
+    clock.set(t0() + secs(10));
+    // r-1 first, and then r-2, now the head and as old.
+    let first = process(store, heads, &clock, &mut ok);
+    assert_eq!(event_ids(&first), ["r-1", "r-2"]);
+    assert_eq!(first[0].row.status, EventStatus::Processing);
+    assert_eq!(first[0].verdict, Verdict::Processed);
+    assert!(process(store, heads, &clock, &mut ok).is_empty());
+
+    store_events(store, &["r-3"], t0());
+    store.force_status("r-3", EventStatus::Processing);
+    let due = Claim::Due {
+        limit: 10,
+        orphan_after: ten,
+    };
+    assert_eq!(event_ids(&process(store, due, &clock, &mut ok)), ["r-3"]);
+    assert_eq!(store.markers(), ["r-1", "r-2", "r-3"]);
+    assert_eq!(
+        store.count_by_status().unwrap(),
+        counts(&[(EventStatus::Processed, 3)])
+    );
+}
+
 fn counts_and_lookups<B: Backend>(store: &B) {
     assert_eq!(store.count_by_status().unwrap(), StatusCounts::default());
     assert_eq!(store.count_by_status().unwrap().total(), 0);
@@ -2115,6 +2349,7 @@ fn parked_aggregates_are_listed_and_released_by_skipping<B: Backend>(store: &B) 
         limit: 10,
         after_dead_letter: AfterDeadLetter::Park,
         aggregates: None,
+        orphan_after: std::time::Duration::from_secs(3600),
     };
     let mut h = handler::<B, _>(
         move |_tx, row: &InboxRow| match row.event.event_id.as_str() {
@@ -2632,6 +2867,7 @@ fn heads(limit: usize, after_dead_letter: AfterDeadLetter) -> Claim<'static> {
         limit,
         after_dead_letter,
         aggregates: None,
+        orphan_after: std::time::Duration::from_secs(3600),
     }
 }
 
@@ -2683,6 +2919,7 @@ fn heads_are_claimed_among_given_aggregates<B: Backend>(store: &B) {
             limit: 10,
             after_dead_letter: AfterDeadLetter::Park,
             aggregates: Some(aggregates),
+            orphan_after: std::time::Duration::from_secs(3600),
         }
     }
     assert_eq!(
@@ -3390,6 +3627,88 @@ CREATE INDEX ix_event_inbox_aggregate_received ON event_inbox(aggregate_id, rece
         );
     }
 
+    /// With the database's clock (the default), a host whose clock runs an hour ahead or
+    /// behind judges by the database's time: rows are stamped with it, a fresh row is not taken
+    /// as an orphan by a host an hour ahead, an orphan is found on time by a host an hour
+    /// behind, and the failures it records are due by the database's time.
+    #[test]
+    fn a_skewed_host_clock_neither_steals_fresh_rows_nor_delays_orphans() {
+        let test =
+            "postgres_only::a_skewed_host_clock_neither_steals_fresh_rows_nor_delays_orphans";
+        let Some(probe) = TestStore::<PostgresStore>::fresh(test) else {
+            return;
+        };
+        let store = TestStore(
+            PostgresStore::builder(support::postgres_url())
+                .table(probe.table())
+                .build()
+                .expect("a store on the database's clock"),
+        );
+        setup(&*store);
+        let db_now = || -> DateTime<Utc> {
+            store
+                .pool()
+                .get()
+                .unwrap()
+                .query_one("SELECT now()", &[])
+                .unwrap()
+                .get(0)
+        };
+        let hour = secs(3600);
+        let ahead = ManualClock::new(db_now() + hour);
+        let before = db_now();
+        store_events(&*store, &["k-1", "k-2"], ahead.now());
+        let k1 = row(&*store, "k-1");
+        assert!(
+            k1.received_at >= before && k1.received_at <= db_now(),
+            "stamped with the database's time, not the host's hour ahead: {}",
+            k1.received_at
+        );
+
+        // An hour ahead, ten seconds' orphan_after: by the host's clock both rows are an hour
+        // old, by the database's they were just stored.
+        let ten = std_secs(10);
+        let due = Claim::Due {
+            limit: 10,
+            orphan_after: ten,
+        };
+        let mut ok = marking(&*store, HashMap::new());
+        assert!(
+            process(&*store, due, &ahead, &mut ok).is_empty(),
+            "fresh rows are not stolen as orphans"
+        );
+
+        // Ten seconds later by the database (the rows stored 11 s ago), a host an hour behind
+        // finds them orphaned.
+        let sql = format!(
+            "UPDATE {} SET received_at = received_at - interval '11 seconds'",
+            store.table()
+        );
+        store.pool().get().unwrap().execute(&sql, &[]).unwrap();
+        let behind = ManualClock::new(db_now() - hour);
+        let mut h = marking(
+            &*store,
+            script(&[(
+                "k-1",
+                retry_at(1, behind.now() + secs(60), "x", behind.now()),
+            )]),
+        );
+        let settled = process(&*store, due, &behind, &mut h);
+        assert_eq!(event_ids(&settled), ["k-1", "k-2"], "orphans found on time");
+        let k1 = row(&*store, "k-1");
+        let next = k1.next_retry_at.expect("a retry time");
+        let now = db_now();
+        assert!(
+            next > now + secs(30) && next <= now + secs(60),
+            "due a minute after the failure by the database's time, not the host's: {next}"
+        );
+        assert!(
+            process(&*store, due, &behind, &mut ok).is_empty(),
+            "not due before then"
+        );
+        assert_eq!(row(&*store, "k-2").status, EventStatus::Processed);
+    }
+
     /// An adopter whose insert meets another group's adoption still in flight waits for it,
     /// then is told that group: the owner is not lost between the conflict and the answer.
     #[test]
@@ -3497,6 +3816,21 @@ CREATE INDEX ix_event_inbox_aggregate_received ON event_inbox(aggregate_id, rece
             store.count_by_status().unwrap(),
             counts(&[(EventStatus::Processed, 2), (EventStatus::Failed, 1)])
         );
+        // Its retry, counted before it runs, is refused again: the refusal is recorded over
+        // the count, as one more attempt, not two, with the database's reason.
+        clock.set(t0() + secs(600));
+        let mut h = handler::<PostgresStore, _>(|tx, _row| {
+            tx.execute(&format!("INSERT INTO {t}_child VALUES ('missing')"), &[])
+                .unwrap();
+            Verdict::Processed
+        });
+        // One row at most: the test handler's refusal is due again at once.
+        let settled = process(store, due(1), &clock, &mut h);
+        assert_eq!(event_ids(&settled), ["r-bad"]);
+        let bad = row(store, "r-bad");
+        assert_eq!((bad.status, bad.retry_count), (EventStatus::Failed, 2));
+        let error = bad.error_message.unwrap_or_default();
+        assert!(error.contains("23503"), "{error}");
         let mut conn = store.pool().get().unwrap();
         let _ = conn.batch_execute(&format!("DROP TABLE {t}_child; DROP TABLE {t}_parent"));
     }
@@ -4210,6 +4544,10 @@ conformance!(
         optimistic_claims_are_exclusive_under_concurrency,
         fresh_claims_commit_processed_rows_and_failures,
         due_claims_leave_young_pending_rows_alone,
+        attempts_that_never_finish_are_counted,
+        counted_attempts_that_end_are_recorded_once,
+        attempts_that_never_finished_run_alone,
+        rows_left_processing_are_taken_over,
         fresh_and_due_claims_are_exclusive_under_concurrency,
         counts_and_lookups,
         replaying_a_quarantined_entry_happens_once,

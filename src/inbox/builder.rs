@@ -424,6 +424,10 @@ impl<B, H> ConsumerBuilder<B, H> {
     /// to the workers its reader handed it to, since a poller taking it would only make them
     /// wait. Retries are not affected: a failed row is due at its `next_retry_at`. Zero lets
     /// polls take every pending row at once. At most 7 days. Defaults to 10 s.
+    ///
+    /// An orphan's attempt is counted before it runs (its last attempt may have died with its
+    /// process), and a counted attempt is not due again before this long, whatever the retry
+    /// policy says: until then it may still be running.
     pub fn orphan_after(mut self, after: Duration) -> Self {
         self.settings.orphan_after = after;
         self

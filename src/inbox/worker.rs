@@ -16,7 +16,9 @@ use crate::backoff::{random_unit, Backoff};
 use crate::event::{EventStatus, InboxRow};
 use crate::store::{
     truncate_error, Claim, ClaimParams, Failure, InboxStore, RowHandler, StoreError, Verdict,
+    NEVER_FINISHED,
 };
+use chrono::{DateTime, Utc};
 use crossbeam_channel::{select, Receiver};
 use std::any::Any;
 use std::cell::Cell;
@@ -159,6 +161,7 @@ impl<S: InboxStore> Worker<S> {
             limit: self.settings.claim_batch,
             after_dead_letter: self.settings.after_dead_letter,
             aggregates,
+            orphan_after: self.settings.orphan_after,
         }
     }
 
@@ -280,6 +283,23 @@ impl<S: InboxStore> RowHandler<S> for Attempt<'_, S> {
     fn failed_after(&mut self, row: &InboxRow, error: String) -> Verdict {
         self.failure(row, error, false)
     }
+
+    /// One more failure with the retry policy's delay, never a dead letter: the attempt about
+    /// to run is the row's last chance when this reaches `max_retries`. Due again no sooner
+    /// than `orphan_after`, as a pending row: before that the attempt may still be running.
+    fn attempt_started(&mut self, row: &InboxRow, now: DateTime<Utc>) -> Failure {
+        let failures = row.retry_count.saturating_add(1);
+        let orphan_after = chrono::Duration::from_std(self.settings.orphan_after)
+            .unwrap_or(MAX_RETRY_DELAY)
+            .min(MAX_RETRY_DELAY);
+        Failure {
+            status: EventStatus::Failed,
+            retry_count: failures,
+            next_retry_at: Some(now + self.retry_delay(failures).max(orphan_after)),
+            error_message: NEVER_FINISHED.to_string(),
+            failed_at: now,
+        }
+    }
 }
 
 impl<S: InboxStore> Attempt<'_, S> {
@@ -289,18 +309,7 @@ impl<S: InboxStore> Attempt<'_, S> {
         let failures = row.retry_count.saturating_add(1);
         let now = self.settings.clock.now();
         let dead = give_up || (row.max_retries > 0 && failures >= row.max_retries);
-        let next_retry_at = (!dead).then(|| {
-            let delay = self
-                .settings
-                .retry_policy
-                .delay(failures as u32, random_unit());
-            // A year at most: beyond that a custom policy's delay is a bug, and a far-off time
-            // could overflow the stores' timestamp ranges.
-            let delay = chrono::Duration::from_std(delay)
-                .unwrap_or(MAX_RETRY_DELAY)
-                .min(MAX_RETRY_DELAY);
-            now + delay
-        });
+        let next_retry_at = (!dead).then(|| now + self.retry_delay(failures));
         Verdict::Failed(Failure {
             status: if dead {
                 EventStatus::DeadLetter
@@ -312,6 +321,21 @@ impl<S: InboxStore> Attempt<'_, S> {
             error_message: truncate_error(&message),
             failed_at: now,
         })
+    }
+}
+
+impl<S: InboxStore> Attempt<'_, S> {
+    /// The retry policy's delay after `failures` failed attempts.
+    fn retry_delay(&self, failures: i32) -> chrono::Duration {
+        let delay = self
+            .settings
+            .retry_policy
+            .delay(failures.max(0) as u32, random_unit());
+        // A year at most: beyond that a custom policy's delay is a bug, and a far-off time
+        // could overflow the stores' timestamp ranges.
+        chrono::Duration::from_std(delay)
+            .unwrap_or(MAX_RETRY_DELAY)
+            .min(MAX_RETRY_DELAY)
     }
 }
 

@@ -5,6 +5,7 @@
 //! same conformance suite (`tests/store_conformance.rs`). The runtime never asks which backend it
 //! has; SQL lives in the backend's own file.
 
+mod attempts;
 mod migrations;
 mod operations;
 pub mod outbox;
@@ -21,6 +22,7 @@ pub use self::postgres::{
 };
 #[cfg(feature = "sqlite")]
 pub use self::sqlite::{SqliteStore, LATEST_STORED_TIME};
+pub use attempts::NEVER_FINISHED;
 pub(crate) use migrations::not_migrated;
 pub use migrations::{
     split_statements, Migration, Migrations, PendingMigration, NO_TRANSACTION_MARKER,
@@ -180,6 +182,27 @@ pub trait RowHandler<S: InboxStore> {
     /// refused afterwards (for example a handler that swallowed a database error, leaving the
     /// transaction aborted). Its writes have been rolled back.
     fn failed_after(&mut self, row: &InboxRow, error: String) -> Verdict;
+
+    /// What to record up front, at `now`, for an attempt about to run on `row`, a retry or an
+    /// orphan (see [`NEVER_FINISHED`]): the failure it is if it never finishes. The store
+    /// commits this before the attempt starts, so an attempt that dies with its process is
+    /// counted; when the attempt ends, its own outcome is recorded over it.
+    ///
+    /// The row must not be due again before the attempt could have ended: a worker that found
+    /// it due meanwhile would count it again and take it over while it still runs.
+    ///
+    /// Defaults to one more failure, `failed` and due again a minute later (the reference
+    /// schedule's first delay), with [`NEVER_FINISHED`] as the error; the consumer's workers use
+    /// the retry policy's delay, and at least `orphan_after`, instead.
+    fn attempt_started(&mut self, row: &InboxRow, now: DateTime<Utc>) -> Failure {
+        Failure {
+            status: EventStatus::Failed,
+            retry_count: row.retry_count.saturating_add(1),
+            next_retry_at: Some(now + chrono::Duration::minutes(1)),
+            error_message: NEVER_FINISHED.to_string(),
+            failed_at: now,
+        }
+    }
 }
 
 /// A read batch to store: parsed events and entries that did not parse.
@@ -273,9 +296,16 @@ pub enum Claim<'a> {
     /// transaction, and record failures over that (`processed_at` is then the claim's time).
     Fresh(&'a [InboxRow]),
     /// Up to `limit` due rows, oldest first: failed rows whose retry time has come, and pending
-    /// rows received at least `orphan_after` ago. How retries and rows left by a crashed process
-    /// are found; younger pending rows are on their way to the worker their reader handed them
-    /// to, and taking them would only make that worker wait.
+    /// (or `processing`, as the reference toolkit leaves them) rows received at least
+    /// `orphan_after` ago. How retries and rows left by a crashed process are found; younger
+    /// pending rows are on their way to the worker their reader handed them to, and taking them
+    /// would only make that worker wait.
+    ///
+    /// Each attempt is counted before it runs (see [`RowHandler::attempt_started`]): one short
+    /// transaction records it as a failure, a second runs the handlers over that, so an attempt
+    /// that dies with its process stays counted. A failed row that has used its last attempt
+    /// (`retry_count` at a positive `max_retries`) and is found due again is dead-lettered with
+    /// [`NEVER_FINISHED`] instead of run.
     Due {
         /// Most rows to claim.
         limit: usize,
@@ -287,6 +317,11 @@ pub enum Claim<'a> {
     /// failed, or (with [`AfterDeadLetter::Park`]) dead-lettered and not skipped. How workers
     /// claim in ordered mode: at most one row per aggregate is held at a time, and its
     /// successor becomes claimable only once it commits as processed.
+    ///
+    /// Without `aggregates`, heads that are retries or orphans (pending or `processing` rows
+    /// received at least `orphan_after` ago) are counted before they run, as for [`Claim::Due`],
+    /// and claimed first; with `aggregates`, only pending heads are claimed, in one transaction,
+    /// and retries are left to the claims without.
     Heads {
         /// Most rows to claim.
         limit: usize,
@@ -296,7 +331,15 @@ pub enum Claim<'a> {
         /// the aggregates a reader just stored rows of, or those whose rows a worker just
         /// settled. `None`: any aggregate.
         aggregates: Option<&'a [Uuid]>,
+        /// How long a pending head is left alone before it counts as orphaned (see
+        /// [`Claim::Due`]).
+        orphan_after: std::time::Duration,
     },
+    /// Rows whose attempt was just counted (as [`Claim::Due`] does), given as they were before:
+    /// those of them still `failed` with one more attempt than given, so a row counted again by
+    /// someone else meanwhile is left to them. The handlers see the rows as given, so a failure
+    /// they return is the same count, not one more.
+    Counted(&'a [InboxRow]),
 }
 
 /// Parameters of [`InboxStore::process_claimed`].

@@ -6,6 +6,7 @@
 //! exception outside classes 22 and 23, a lost connection) is an outage: the batch rolls back
 //! untouched and the worker backs off, counting no attempt.
 
+use super::attempts::Counted;
 use super::{Claim, ClaimParams, InboxStore, RowHandler, Settled, StoreError};
 use uuid::Uuid;
 
@@ -27,6 +28,15 @@ pub(crate) trait Retry<S: InboxStore> {
         id: Uuid,
         reason: &str,
     ) -> Result<Option<Settled>, StoreError>;
+
+    /// Claims the retries and orphans `params` asks for (rows another worker holds skipped) and
+    /// records each one's attempt up front, in one committed transaction (see
+    /// [`super::attempts`]); other claims count nothing.
+    fn count_attempts(
+        &mut self,
+        params: &ClaimParams<'_>,
+        handler: &mut dyn RowHandler<S>,
+    ) -> Result<Counted, StoreError>;
 }
 
 /// Runs `params` as one batch; when the database refuses it, goes row by row.
@@ -49,7 +59,7 @@ pub(crate) fn split_refused<S: InboxStore>(
             let mut settled = Vec::with_capacity(claimed.len());
             for id in claimed {
                 let single = ClaimParams {
-                    claim: Claim::Rows(&[id]),
+                    claim: one_row(params.claim, &id),
                     optimistic: false,
                     ..*params
                 };
@@ -57,7 +67,7 @@ pub(crate) fn split_refused<S: InboxStore>(
                     Ok(done) => settled.extend(done),
                     Err(error) if error.is_refusal() => {
                         let reason = format!("its transaction was refused: {error}");
-                        settled.extend(backend.record_refusal(params, handler, id, &reason)?);
+                        settled.extend(backend.record_refusal(&single, handler, id, &reason)?);
                     }
                     Err(error) => return Err(error),
                 }
@@ -65,5 +75,19 @@ pub(crate) fn split_refused<S: InboxStore>(
             Ok(settled)
         }
         result => result,
+    }
+}
+
+/// Row `id` of `claim` alone: a counted row stays a counted row (it is not due until its count's
+/// retry time, and its handler sees it as it was before the count), any other row is claimed by
+/// id if still due.
+pub(crate) fn one_row<'a>(claim: Claim<'a>, id: &'a Uuid) -> Claim<'a> {
+    match claim {
+        Claim::Counted(rows) => Claim::Counted(
+            rows.iter()
+                .position(|row| row.id == *id)
+                .map_or(&[][..], |at| &rows[at..=at]),
+        ),
+        _ => Claim::Rows(std::slice::from_ref(id)),
     }
 }

@@ -32,6 +32,11 @@ impl ChildProcess {
         assert!(status.success(), "kill -{name} {} failed", self.0.id());
     }
 
+    /// Whether the process has ended by itself (an abort, say), reaping it if so.
+    pub fn exited(&mut self) -> bool {
+        matches!(self.0.try_wait(), Ok(Some(_)))
+    }
+
     /// SIGKILLs the process and waits for it: no shutdown, no goodbye.
     pub fn kill(self) {
         drop(self);

@@ -15,7 +15,8 @@ use super::connection::PgTransaction;
 use super::{is_aborted, pg, PostgresStore};
 use crate::clock::Clock;
 use crate::event::InboxRow;
-use crate::store::refusal::{split_refused, Retry};
+use crate::store::attempts::{self, Count, Counted};
+use crate::store::refusal::{one_row, Retry};
 use crate::store::{
     orphaned_before, truncate_error, AfterDeadLetter, Claim, ClaimParams, Failure, RowHandler,
     Settled, StoreError, Verdict,
@@ -41,6 +42,8 @@ struct Prepared<'s> {
     claim_rows: Statement,
     claim_fresh: Statement,
     claim_due: Statement,
+    claim_counted: Statement,
+    claim_unfinished_heads: &'s str,
     mark_processed: Statement,
     record_failures: Statement,
     dead_letter: Statement,
@@ -52,7 +55,7 @@ pub(super) fn process(
     handler: &mut dyn RowHandler<PostgresStore>,
 ) -> Result<Vec<Settled>, StoreError> {
     let mut conn = store.connection()?;
-    split_refused(
+    attempts::process(
         &mut Batches {
             store,
             conn: &mut conn,
@@ -99,16 +102,80 @@ impl Retry<PostgresStore> for Batches<'_> {
             .conn
             .transaction()
             .map_err(pg("begin recording a refusal"))?;
-        let (rows, _) = claim(&mut tx, &prepared, Claim::Rows(&[id]), params.clock.now())?;
+        let time = ClaimTime::of(self.store, &mut tx, params.claim, params.clock)?;
+        let (rows, _) = claim(&mut tx, &prepared, one_row(params.claim, &id), time.now)?;
         let Some(row) = rows.into_iter().next() else {
             return Ok(None); // settled meanwhile by someone else
         };
         let verdict = handler.failed_after(&row, reason.to_string());
         let settled = [Settled { row, verdict }];
-        complete(&mut tx, &prepared, &settled, params.clock, false)?;
+        complete(&mut tx, &prepared, &settled, time, false)?;
         tx.commit().map_err(pg("commit a refusal"))?;
         let [settled] = settled;
         Ok(Some(settled))
+    }
+
+    fn count_attempts(
+        &mut self,
+        params: &ClaimParams<'_>,
+        handler: &mut dyn RowHandler<PostgresStore>,
+    ) -> Result<Counted, StoreError> {
+        let prepared = prepare(self.store, self.conn)?;
+        let mut tx = self
+            .conn
+            .transaction()
+            .map_err(pg("begin counting attempts"))?;
+        let now = ClaimTime::of(self.store, &mut tx, params.claim, params.clock)?.now;
+        let rows = match params.claim {
+            Claim::Due { .. } => claim(&mut tx, &prepared, params.claim, now)?.0,
+            // Unnamed, planned for these values every time, as the other claim over any
+            // aggregate.
+            Claim::Heads {
+                limit,
+                after_dead_letter,
+                aggregates: None,
+                orphan_after,
+            } => {
+                let rows = tx
+                    .query_typed(
+                        prepared.claim_unfinished_heads,
+                        &[
+                            (&now, Type::TIMESTAMPTZ),
+                            (&(limit as i64), Type::INT8),
+                            (&(after_dead_letter == AfterDeadLetter::Park), Type::BOOL),
+                            (&orphaned_before(now, orphan_after), Type::TIMESTAMPTZ),
+                        ],
+                    )
+                    .map_err(pg("claim unfinished heads"))?;
+                readable(&mut tx, &prepared, &rows, now)?
+            }
+            _ => return Ok(Counted::default()),
+        };
+        let rows = attempts::pick(rows);
+        if rows.is_empty() {
+            return Ok(Counted::default());
+        }
+        let mut counted = Counted::default();
+        let mut failures = Vec::with_capacity(rows.len());
+        for row in rows {
+            match attempts::count(&row, handler, now) {
+                Count::DeadLetter(failure) => {
+                    failures.push((row.id, failure.clone()));
+                    counted.settled.push(Settled {
+                        row,
+                        verdict: Verdict::Failed(failure),
+                    });
+                }
+                Count::Run(failure) => {
+                    failures.push((row.id, failure));
+                    counted.run.push(row);
+                }
+            }
+        }
+        let failures: Vec<(Uuid, &Failure)> = failures.iter().map(|(id, f)| (*id, f)).collect();
+        record_failures(&mut tx, &prepared, &failures)?;
+        tx.commit().map_err(pg("commit counted attempts"))?;
+        Ok(counted)
     }
 }
 
@@ -121,7 +188,8 @@ fn run(
 ) -> Result<Vec<Settled>, StoreError> {
     let prepared = prepare(store, conn)?;
     let mut tx = conn.transaction().map_err(pg("begin a claim"))?;
-    let (rows, marked) = claim(&mut tx, &prepared, params.claim, params.clock.now())?;
+    let time = ClaimTime::of(store, &mut tx, params.claim, params.clock)?;
+    let (rows, marked) = claim(&mut tx, &prepared, params.claim, time.now)?;
     if rows.is_empty() {
         return Ok(Vec::new());
     }
@@ -147,7 +215,7 @@ fn run(
         },
         false => isolated(&mut tx, rows, handler)?,
     };
-    complete(&mut tx, &prepared, &settled, params.clock, marked)?;
+    complete(&mut tx, &prepared, &settled, time, marked)?;
     tx.commit().map_err(pg("commit handled rows"))?;
     Ok(settled)
 }
@@ -163,6 +231,8 @@ fn prepare<'s>(
         claim_rows: statement(&store.sql.claim_rows)?,
         claim_fresh: statement(&store.sql.claim_fresh)?,
         claim_due: statement(&store.sql.claim_due)?,
+        claim_counted: statement(&store.sql.claim_counted)?,
+        claim_unfinished_heads: &store.sql.claim_unfinished_heads,
         mark_processed: statement(&store.sql.mark_processed)?,
         record_failures: statement(&store.sql.record_failures)?,
         dead_letter: statement(&store.sql.dead_letter)?,
@@ -179,6 +249,7 @@ fn claim(
     let mut marked = false;
     let rows = match claim {
         Claim::Fresh(rows) => return claim_fresh(tx, prepared, rows, now).map(|rows| (rows, true)),
+        Claim::Counted(rows) => return claim_counted(tx, prepared, rows).map(|rows| (rows, false)),
         Claim::Rows(ids) => tx.query(&prepared.claim_rows, &[&ids, &now]),
         Claim::Due {
             limit,
@@ -198,6 +269,7 @@ fn claim(
             limit,
             after_dead_letter,
             aggregates,
+            orphan_after: _,
         } => {
             let park = after_dead_letter == AfterDeadLetter::Park;
             let limit = limit as i64;
@@ -221,8 +293,18 @@ fn claim(
         }
     }
     .map_err(pg("claim rows"))?;
+    Ok((readable(tx, prepared, &rows, now)?, marked))
+}
+
+/// The claimed rows as [`InboxRow`]s; a row that cannot be read is dead-lettered instead.
+fn readable(
+    tx: &mut PgTransaction<'_>,
+    prepared: &Prepared<'_>,
+    rows: &[postgres::Row],
+    now: DateTime<Utc>,
+) -> Result<Vec<InboxRow>, StoreError> {
     let mut readable = Vec::with_capacity(rows.len());
-    for row in &rows {
+    for row in rows {
         match super::inbox_row(row) {
             Ok(row) => readable.push(row),
             // A row nobody can read would fail every claim that reaches it, holding up every
@@ -237,7 +319,28 @@ fn claim(
             Err(error) => return Err(error),
         }
     }
-    Ok((readable, marked))
+    Ok(readable)
+}
+
+/// Locks the rows given that are still as their count left them (`failed`, one attempt more
+/// than given), and returns those, as given.
+fn claim_counted(
+    tx: &mut PgTransaction<'_>,
+    prepared: &Prepared,
+    rows: &[InboxRow],
+) -> Result<Vec<InboxRow>, StoreError> {
+    let ids: Vec<Uuid> = rows.iter().map(|row| row.id).collect();
+    let claimed: std::collections::HashMap<Uuid, i32> = tx
+        .query(&prepared.claim_counted, &[&ids])
+        .map_err(pg("claim counted rows"))?
+        .iter()
+        .map(|row| (row.get(0), row.get(1)))
+        .collect();
+    Ok(rows
+        .iter()
+        .filter(|row| claimed.get(&row.id) == Some(&row.retry_count.saturating_add(1)))
+        .cloned()
+        .collect())
 }
 
 /// Claims fresh rows by marking them processed: one write per row instead of a lock and then
@@ -360,10 +463,10 @@ fn complete(
     tx: &mut PgTransaction<'_>,
     prepared: &Prepared,
     settled: &[Settled],
-    clock: &dyn Clock,
+    time: ClaimTime<'_>,
     marked: bool,
 ) -> Result<(), StoreError> {
-    let finished_at = clock.now();
+    let finished_at = time.local(time.clock.now());
     let processed: Vec<Uuid> = settled
         .iter()
         .filter(|s| s.verdict == Verdict::Processed)
@@ -373,13 +476,84 @@ fn complete(
         tx.execute(&prepared.mark_processed, &[&processed, &finished_at])
             .map_err(pg("mark rows processed"))?;
     }
-    let failures: Vec<(Uuid, &Failure)> = settled
+    // The handlers' times are the host clock's: moved onto the database's.
+    let failures: Vec<(Uuid, Failure)> = settled
         .iter()
         .filter_map(|s| match &s.verdict {
-            Verdict::Failed(failure) => Some((s.row.id, failure)),
+            Verdict::Failed(failure) => Some((s.row.id, time.shifted(failure))),
             Verdict::Processed => None,
         })
         .collect();
+    let failures: Vec<(Uuid, &Failure)> = failures.iter().map(|(id, f)| (*id, f)).collect();
+    record_failures(tx, prepared, &failures)
+}
+
+/// The time a claim judges by: the database's (see `database_clock`) or the injected clock's,
+/// and how far the clock is from it.
+#[derive(Clone, Copy)]
+struct ClaimTime<'c> {
+    now: DateTime<Utc>,
+    clock: &'c dyn Clock,
+    /// The database's time minus the clock's, zero when the clock is the store's time.
+    skew: chrono::Duration,
+}
+
+impl<'c> ClaimTime<'c> {
+    /// A fresh claim and a claim among given aggregates take pending rows by id or aggregate,
+    /// whatever the time: they keep the host's time and no round trip.
+    fn of(
+        store: &PostgresStore,
+        tx: &mut PgTransaction<'_>,
+        claim: Claim<'_>,
+        clock: &'c dyn Clock,
+    ) -> Result<Self, StoreError> {
+        let local = clock.now();
+        let host_time = matches!(
+            claim,
+            Claim::Fresh(_)
+                | Claim::Heads {
+                    aggregates: Some(_),
+                    ..
+                }
+        );
+        if !store.database_clock || host_time {
+            return Ok(Self {
+                now: local,
+                clock,
+                skew: chrono::Duration::zero(),
+            });
+        }
+        let now: DateTime<Utc> = tx
+            .query_one("SELECT now()", &[])
+            .map_err(pg("read the database's time"))?
+            .get(0);
+        Ok(Self {
+            now,
+            clock,
+            skew: now - local,
+        })
+    }
+
+    /// A time of the clock's, on the claim's time.
+    fn local(&self, at: DateTime<Utc>) -> DateTime<Utc> {
+        at + self.skew
+    }
+
+    fn shifted(&self, failure: &Failure) -> Failure {
+        Failure {
+            next_retry_at: failure.next_retry_at.map(|at| self.local(at)),
+            failed_at: self.local(failure.failed_at),
+            ..failure.clone()
+        }
+    }
+}
+
+/// Records failed attempts, in one statement.
+fn record_failures(
+    tx: &mut PgTransaction<'_>,
+    prepared: &Prepared,
+    failures: &[(Uuid, &Failure)],
+) -> Result<(), StoreError> {
     if !failures.is_empty() {
         let ids: Vec<Uuid> = failures.iter().map(|(id, _)| *id).collect();
         let statuses: Vec<&str> = failures.iter().map(|(_, f)| f.status.as_str()).collect();

@@ -84,6 +84,7 @@ pub struct PostgresStoreBuilder {
     table: String,
     limits: SessionLimits,
     migration_lock_timeout: Duration,
+    database_clock: bool,
 }
 
 impl PostgresStoreBuilder {
@@ -125,6 +126,22 @@ impl PostgresStoreBuilder {
         self
     }
 
+    /// Whether the store takes times from the database's clock rather than the [`Clock`]
+    /// the runtime passes: a row's `received_at`, and for claims of retries and orphans the due
+    /// time and the orphan cutoff, with the failures they record (`last_error_at`,
+    /// `next_retry_at`, `processed_at`) moved onto the database's time. So every host judges
+    /// by one clock: a host whose clock runs ahead or behind neither steals fresh rows as
+    /// orphans nor leaves orphans waiting. Fresh rows handed over by a reader are marked
+    /// processed at the host's time (no extra round trip on the hot path). Turn it off to
+    /// drive every time from the injected clock, as tests with a manual clock do.
+    /// Defaults to on.
+    ///
+    /// [`Clock`]: crate::Clock
+    pub fn database_clock(mut self, on: bool) -> Self {
+        self.database_clock = on;
+        self
+    }
+
     /// Validates the settings and creates the pool. Connections are made on first use, so this
     /// succeeds while the database is down.
     pub fn build(self) -> Result<PostgresStore, StoreError> {
@@ -147,6 +164,7 @@ impl PostgresStoreBuilder {
             table: self.table,
             pool_size: self.pool_size,
             migration_lock_timeout: self.migration_lock_timeout,
+            database_clock: self.database_clock,
         })
     }
 }
@@ -163,6 +181,8 @@ pub struct PostgresStore {
     sql: Queries,
     pool_size: u32,
     migration_lock_timeout: Duration,
+    /// See [`PostgresStoreBuilder::database_clock`].
+    pub(super) database_clock: bool,
 }
 
 impl std::fmt::Debug for PostgresStore {
@@ -184,6 +204,7 @@ impl PostgresStore {
             table: DEFAULT_INBOX_TABLE.to_string(),
             limits: SessionLimits::default(),
             migration_lock_timeout: DEFAULT_MIGRATION_LOCK_TIMEOUT,
+            database_clock: true,
         }
     }
 
@@ -261,6 +282,8 @@ impl PostgresStore {
         };
         let mut tx = conn.transaction().map_err(pg("begin storing a batch"))?;
         let mut stored = Stored::default();
+        // Null: stamped with the database's time (see `database_clock`).
+        let received_at = (!self.database_clock).then_some(batch.received_at);
         if let Some(lock) = lock_aggregates {
             // Held to commit: a reader storing rows of the same aggregates waits, so within an
             // aggregate `seq` order is commit order and a worker never sees a later row before
@@ -301,7 +324,7 @@ impl PostgresStore {
                         &occurred,
                         &payloads,
                         &batch.max_retries,
-                        &batch.received_at,
+                        &received_at,
                         &batch.stream,
                     ],
                 )
@@ -327,7 +350,7 @@ impl PostgresStore {
                         &stream_ids,
                         &fields,
                         &reasons,
-                        &batch.received_at,
+                        &received_at,
                     ],
                 )
                 .map_err(pg("quarantine malformed entries"))? as usize;

@@ -11,6 +11,8 @@ pub(super) struct Queries {
     pub claim_rows: String,
     pub claim_fresh: String,
     pub claim_due: String,
+    pub claim_counted: String,
+    pub claim_unfinished_heads: String,
     pub mark_processed: String,
     pub record_failures: String,
     pub dead_letter: String,
@@ -108,6 +110,8 @@ impl Queries {
     pub fn new(t: &str) -> Self {
         const DUE: &str =
             "status IN ('pending', 'failed') AND (next_retry_at IS NULL OR next_retry_at <= ";
+        const UNFINISHED: &str = "status IN ('pending', 'failed', 'processing') \
+             AND (next_retry_at IS NULL OR next_retry_at <= ";
         Self {
             // Rows are numbered (`seq`) in the batch's stream order, then inserted sorted by
             // event_id: every reader takes the unique index's entries in one global order, so
@@ -126,7 +130,8 @@ impl Queries {
                  causation_id, occurred_on, payload, status, retry_count, max_retries, received_at, \
                  stream, seq) \
                  SELECT e.id, e.event_id, e.stream_id, e.event_type, e.aggregate_id, e.correlation_id, \
-                 e.causation_id, e.occurred_on, e.payload::jsonb, 'pending', 0, $10, $11, $12, e.seq \
+                 e.causation_id, e.occurred_on, e.payload::jsonb, 'pending', 0, $10, \
+                 coalesce($11::timestamptz, now()), $12, e.seq \
                  FROM numbered AS e CROSS JOIN durable \
                  ORDER BY e.event_id \
                  ON CONFLICT (event_id) DO NOTHING RETURNING id"
@@ -142,7 +147,8 @@ impl Queries {
             insert_quarantine: format!(
                 "WITH durable AS MATERIALIZED (SELECT {DURABLE} AS level) \
                  INSERT INTO {t}_quarantine (id, stream, stream_id, raw_fields, reason, received_at) \
-                 SELECT q.id, $1, q.stream_id, q.raw_fields::jsonb, q.reason, $6 \
+                 SELECT q.id, $1, q.stream_id, q.raw_fields::jsonb, q.reason, \
+                 coalesce($6::timestamptz, now()) \
                  FROM unnest($2::uuid[], $3::varchar[], $4::text[], $5::text[]) \
                  AS q(id, stream_id, raw_fields, reason) CROSS JOIN durable \
                  ORDER BY q.stream_id \
@@ -160,10 +166,31 @@ impl Queries {
                  WHERE id = ANY($1) AND status = 'pending' AND retry_count = 0 \
                  AND next_retry_at IS NULL RETURNING id"
             ),
+            // Retries and orphans, counted before they run. `processing` is a status only the
+            // reference toolkit writes, left by its process dying mid-handler: an orphan too.
             claim_due: format!(
-                "SELECT {COLUMNS} FROM {t} WHERE {DUE}$1) \
+                "SELECT {COLUMNS} FROM {t} WHERE {UNFINISHED}$1) \
                  AND (status = 'failed' OR received_at <= $3) \
                  ORDER BY received_at, id LIMIT $2 FOR UPDATE SKIP LOCKED"
+            ),
+            // Rows just counted: those still as recorded are checked by their retry count. It
+            // waits rather than skips: a due claim that met a row as it was being counted may
+            // hold its lock to the end of its (short) transaction though it did not take it.
+            // Nobody holding one of these rows waits for another, so in id order nobody waits
+            // in a circle.
+            claim_counted: format!(
+                "SELECT id, retry_count FROM {t} WHERE id = ANY($1) AND status = 'failed' \
+                 ORDER BY id FOR UPDATE"
+            ),
+            claim_unfinished_heads: format!(
+                "SELECT {COLUMNS} FROM {t} AS o WHERE {UNFINISHED}$1) \
+                 AND (status = 'failed' OR received_at <= $4) \
+                 AND NOT EXISTS (SELECT 1 FROM {t} AS p WHERE p.aggregate_id = o.aggregate_id \
+                 AND {} AND {} < {}) \
+                 ORDER BY received_at, id LIMIT $2 FOR UPDATE SKIP LOCKED",
+                holds_back("p", "$3"),
+                order_key("p"),
+                order_key("o")
             ),
             mark_processed: format!(
                 "UPDATE {t} SET status = 'processed', processed_at = $2, retry_count = 0, \
@@ -222,7 +249,8 @@ impl Queries {
             // The lock is taken outside the lookup: SKIP LOCKED inside it would pass over a
             // head another worker holds and return its successor. As for fresh rows, the claim
             // marks the rows processed in the same write (a failure is recorded over it before
-            // commit), and returns them as they were.
+            // commit), and returns them as they were. Only pending heads: a failed head is a
+            // retry, counted before it runs by the claims over any aggregate.
             claim_heads_among: format!(
                 "UPDATE {t} AS t SET status = 'processed', processed_at = $1, retry_count = 0, \
                  next_retry_at = NULL, error_message = NULL, last_error_at = NULL \
@@ -230,7 +258,7 @@ impl Queries {
                  FROM unnest($4::uuid[]) AS a(id) \
                  CROSS JOIN LATERAL (SELECT o.id, o.status, o.next_retry_at FROM {t} AS o \
                  WHERE o.aggregate_id = a.id AND {} ORDER BY {} LIMIT 1) AS h \
-                 WHERE h.status IN ('pending', 'failed') \
+                 WHERE h.status = 'pending' \
                  AND (h.next_retry_at IS NULL OR h.next_retry_at <= $1)) \
                  AND {DUE}$1) ORDER BY received_at, id LIMIT $2 FOR UPDATE SKIP LOCKED) AS c \
                  WHERE t.id = c.id RETURNING {}",

@@ -5,8 +5,9 @@
 //! microseconds (`2025-01-01T00:00:00.000000Z`, so text order is time order; times after
 //! [`LATEST_STORED_TIME`] are stored as it) and JSON as text.
 
+use super::attempts::{self, Count, Counted};
 use super::migrations::{Migration, PendingMigration, MIGRATIONS_TABLE};
-use super::refusal::{split_refused, Retry};
+use super::refusal::{one_row, Retry};
 use super::{
     counts_by_stream, orphaned_before, parse_counted_status, truncate_error, validate_table_name,
     AfterDeadLetter, Claim, ClaimParams, Cleanup, Cursor, DeadLetterRequeue, DeadLetterSkip,
@@ -505,7 +506,7 @@ impl InboxStore for SqliteStore {
         params: &ClaimParams<'_>,
         handler: &mut dyn RowHandler<Self>,
     ) -> Result<Vec<Settled>, StoreError> {
-        split_refused(&mut Batches(self), params, handler)
+        attempts::process(&mut Batches(self), params, handler)
     }
 
     fn count_by_status(&self) -> Result<StatusCounts, StoreError> {
@@ -794,10 +795,10 @@ impl SqliteStore {
         &self,
         params: &ClaimParams<'_>,
         handler: &mut dyn RowHandler<Self>,
-        claimed: &mut Vec<Uuid>,
+        claimed_ids: &mut Vec<Uuid>,
     ) -> Result<Vec<Settled>, StoreError> {
         let mut conn = self.lock();
-        let mut tx = conn
+        let tx = conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .map_err(lite("begin a claim"))?;
         let clock_now = params.clock.now();
@@ -832,6 +833,7 @@ impl SqliteStore {
                     limit,
                     after_dead_letter,
                     aggregates,
+                    orphan_after: _,
                 } => (
                     &self.sql.claim_heads,
                     vec![
@@ -841,37 +843,81 @@ impl SqliteStore {
                         aggregates.map(|ids| ids_json(ids.iter().copied())).into(),
                     ],
                 ),
-            };
-            let mut statement = tx.prepare_cached(sql).map_err(lite("prepare claim"))?;
-            let args: Vec<rusqlite::types::Value> = args;
-            let raw = statement
-                .query_map(rusqlite::params_from_iter(args), RawRow::read)
-                .map_err(lite("claim rows"))?
-                .collect::<Result<Vec<_>, _>>()
-                .map_err(lite("claim rows"))?;
-            let mut readable = Vec::with_capacity(raw.len());
-            for raw in raw {
-                let id = raw.text[0].clone().unwrap_or_default();
-                match raw.into_row() {
-                    Ok(row) => readable.push(row),
-                    // A row nobody can read would fail every claim that reaches it, holding up
-                    // every row behind it: it is dead-lettered with the reason instead.
-                    Err(StoreError::Corrupt { reason, .. }) => {
-                        tracing::error!(row = %id, %reason, "unreadable inbox row dead-lettered");
-                        let message = truncate_error(&format!("unreadable row: {reason}"));
-                        tx.execute(&self.sql.dead_letter, params![id, message, now])
-                            .map_err(lite("dead-letter an unreadable row"))?;
-                    }
-                    Err(error) => return Err(error),
+                Claim::Counted(rows) => {
+                    let mut statement = tx
+                        .prepare_cached(&self.sql.claim_counted)
+                        .map_err(lite("prepare claim"))?;
+                    let counts: std::collections::HashMap<String, i32> = statement
+                        .query_map(params![ids_json(rows.iter().map(|row| row.id))], |row| {
+                            Ok((row.get(0)?, row.get(1)?))
+                        })
+                        .map_err(lite("claim counted rows"))?
+                        .collect::<Result<_, _>>()
+                        .map_err(lite("claim counted rows"))?;
+                    // Only rows still as their count left them: one attempt more than given.
+                    let claimed: Vec<InboxRow> = rows
+                        .iter()
+                        .filter(|row| {
+                            counts.get(&row.id.to_string())
+                                == Some(&row.retry_count.saturating_add(1))
+                        })
+                        .cloned()
+                        .collect();
+                    drop(statement);
+                    return self.handle_claimed(tx, params, handler, claimed, claimed_ids);
                 }
-            }
-            readable
+            };
+            self.read_claimed(&tx, sql, args, &now)?
         };
+        self.handle_claimed(tx, params, handler, rows, claimed_ids)
+    }
+
+    /// Runs the claim `sql` with `args`; a row that cannot be read is dead-lettered instead.
+    fn read_claimed(
+        &self,
+        tx: &Transaction<'_>,
+        sql: &str,
+        args: Vec<rusqlite::types::Value>,
+        now: &str,
+    ) -> Result<Vec<InboxRow>, StoreError> {
+        let mut statement = tx.prepare_cached(sql).map_err(lite("prepare claim"))?;
+        let raw = statement
+            .query_map(rusqlite::params_from_iter(args), RawRow::read)
+            .map_err(lite("claim rows"))?
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(lite("claim rows"))?;
+        let mut readable = Vec::with_capacity(raw.len());
+        for raw in raw {
+            let id = raw.text[0].clone().unwrap_or_default();
+            match raw.into_row() {
+                Ok(row) => readable.push(row),
+                // A row nobody can read would fail every claim that reaches it, holding up
+                // every row behind it: it is dead-lettered with the reason instead.
+                Err(StoreError::Corrupt { reason, .. }) => {
+                    tracing::error!(row = %id, %reason, "unreadable inbox row dead-lettered");
+                    let message = truncate_error(&format!("unreadable row: {reason}"));
+                    tx.execute(&self.sql.dead_letter, params![id, message, now])
+                        .map_err(lite("dead-letter an unreadable row"))?;
+                }
+                Err(error) => return Err(error),
+            }
+        }
+        Ok(readable)
+    }
+
+    /// Runs the handlers on the claimed `rows` in `tx`, records what became of each, commits.
+    fn handle_claimed(
+        &self,
+        mut tx: Transaction<'_>,
+        params: &ClaimParams<'_>,
+        handler: &mut dyn RowHandler<Self>,
+        rows: Vec<InboxRow>,
+        claimed: &mut Vec<Uuid>,
+    ) -> Result<Vec<Settled>, StoreError> {
         if rows.is_empty() {
             return Ok(Vec::new());
         }
         claimed.extend(rows.iter().map(|row| row.id));
-
         let mut settled = Vec::with_capacity(rows.len());
         let handling = Handling::begin(self);
         for row in rows {
@@ -926,15 +972,29 @@ impl SqliteStore {
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .map_err(lite("begin recording a refusal"))?;
         let now = params.clock.now();
-        let row = tx
-            .query_row(
-                &self.sql.claim_rows,
-                params![ts(now), ids_json([id])],
-                RawRow::read,
-            )
-            .optional()
-            .map_err(lite("claim a refused row"))?;
-        let Some(row) = row.map(RawRow::into_row).transpose()? else {
+        let row = match one_row(params.claim, &id) {
+            // A counted row, if still as its count left it.
+            Claim::Counted([row]) => tx
+                .query_row(&self.sql.claim_counted, params![ids_json([id])], |found| {
+                    found.get::<_, i32>(1)
+                })
+                .optional()
+                .map_err(lite("claim a refused row"))?
+                .filter(|count| *count == row.retry_count.saturating_add(1))
+                .map(|_| row.clone()),
+            Claim::Counted(_) => None,
+            _ => tx
+                .query_row(
+                    &self.sql.claim_rows,
+                    params![ts(now), ids_json([id])],
+                    RawRow::read,
+                )
+                .optional()
+                .map_err(lite("claim a refused row"))?
+                .map(RawRow::into_row)
+                .transpose()?,
+        };
+        let Some(row) = row else {
             return Ok(None);
         };
         let verdict = handler.failed_after(&row, reason.to_string());
@@ -944,6 +1004,68 @@ impl SqliteStore {
         }
         tx.commit().map_err(lite("commit a refusal"))?;
         Ok(Some(Settled { row, verdict }))
+    }
+
+    /// Claims the retries and orphans `params` asks for and records each one's attempt up
+    /// front, in a transaction of its own (see [`attempts`]).
+    fn count_attempts(
+        &self,
+        params: &ClaimParams<'_>,
+        handler: &mut dyn RowHandler<Self>,
+    ) -> Result<Counted, StoreError> {
+        let clock_now = params.clock.now();
+        let now = ts(clock_now);
+        let (sql, args): (&str, Vec<rusqlite::types::Value>) = match params.claim {
+            Claim::Due {
+                limit,
+                orphan_after,
+            } => (
+                &self.sql.claim_due,
+                vec![
+                    now.clone().into(),
+                    (limit as i64).into(),
+                    ts(orphaned_before(clock_now, orphan_after)).into(),
+                ],
+            ),
+            Claim::Heads {
+                limit,
+                after_dead_letter,
+                aggregates: None,
+                orphan_after,
+            } => (
+                &self.sql.claim_unfinished_heads,
+                vec![
+                    now.clone().into(),
+                    (limit as i64).into(),
+                    (after_dead_letter == AfterDeadLetter::Park).into(),
+                    ts(orphaned_before(clock_now, orphan_after)).into(),
+                ],
+            ),
+            _ => return Ok(Counted::default()),
+        };
+        let mut conn = self.lock();
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(lite("begin counting attempts"))?;
+        let rows = attempts::pick(self.read_claimed(&tx, sql, args, &now)?);
+        let mut counted = Counted::default();
+        for row in rows {
+            let (failure, run) = match attempts::count(&row, handler, clock_now) {
+                Count::DeadLetter(failure) => (failure, false),
+                Count::Run(failure) => (failure, true),
+            };
+            record_failure(&tx, &self.sql.record_failure, row.id, &failure)
+                .map_err(lite("count an attempt"))?;
+            match run {
+                true => counted.run.push(row),
+                false => counted.settled.push(Settled {
+                    row,
+                    verdict: Verdict::Failed(failure),
+                }),
+            }
+        }
+        tx.commit().map_err(lite("commit counted attempts"))?;
+        Ok(counted)
     }
 }
 
@@ -968,6 +1090,14 @@ impl Retry<SqliteStore> for Batches<'_> {
         reason: &str,
     ) -> Result<Option<Settled>, StoreError> {
         self.0.record_refusal(params, handler, id, reason)
+    }
+
+    fn count_attempts(
+        &mut self,
+        params: &ClaimParams<'_>,
+        handler: &mut dyn RowHandler<SqliteStore>,
+    ) -> Result<Counted, StoreError> {
+        self.0.count_attempts(params, handler)
     }
 }
 

@@ -9,6 +9,8 @@ pub(super) struct Queries {
     pub insert_quarantine: String,
     pub claim_rows: String,
     pub claim_due: String,
+    pub claim_counted: String,
+    pub claim_unfinished_heads: String,
     pub mark_processed: String,
     pub record_failure: String,
     pub dead_letter: String,
@@ -59,6 +61,8 @@ impl Queries {
             "SELECT id FROM {t} WHERE status = 'processed' AND processed_at < ?1 \
              ORDER BY processed_at, id LIMIT ?2"
         );
+        const UNFINISHED: &str = "status IN ('pending', 'failed', 'processing') \
+             AND (next_retry_at IS NULL OR next_retry_at <= ?1)";
         Self {
             insert_event: format!(
                 "INSERT INTO {t} (id, event_id, stream_id, event_type, aggregate_id, correlation_id, \
@@ -75,9 +79,24 @@ impl Queries {
                 "SELECT {COLUMNS} FROM {t} WHERE {DUE} \
                  AND id IN (SELECT value FROM json_each(?2)) ORDER BY received_at, id"
             ),
+            // Retries and orphans, counted before they run. `processing` is a status only the
+            // reference toolkit writes, left by its process dying mid-handler: an orphan too.
             claim_due: format!(
-                "SELECT {COLUMNS} FROM {t} WHERE {DUE} AND (status = 'failed' OR received_at <= ?3) \
+                "SELECT {COLUMNS} FROM {t} WHERE {UNFINISHED} \
+                 AND (status = 'failed' OR received_at <= ?3) \
                  ORDER BY received_at, id LIMIT ?2"
+            ),
+            claim_counted: format!(
+                "SELECT id, retry_count FROM {t} WHERE status = 'failed' \
+                 AND id IN (SELECT value FROM json_each(?1))"
+            ),
+            claim_unfinished_heads: format!(
+                "SELECT {COLUMNS} FROM {t} AS o WHERE {UNFINISHED} \
+                 AND (status = 'failed' OR received_at <= ?4) \
+                 AND NOT EXISTS (SELECT 1 FROM {t} AS p WHERE p.aggregate_id = o.aggregate_id \
+                 AND {} AND p.rowid < o.rowid) \
+                 ORDER BY received_at, id LIMIT ?2",
+                holds_back("p", "?3")
             ),
             mark_processed: format!(
                 "UPDATE {t} SET status = 'processed', processed_at = ?2, retry_count = 0, \
@@ -154,10 +173,13 @@ impl Queries {
                 valid = STREAM_ID_VALID,
             ),
             // One connection, so nothing else holds a row: the storing order (rowid) and the
-            // open rows before each candidate are all that decide.
+            // open rows before each candidate are all that decide. Among given aggregates only
+            // pending heads: a failed head is a retry, counted before it runs by the claims
+            // over any aggregate.
             claim_heads: format!(
                 "SELECT {COLUMNS} FROM {t} AS o WHERE {DUE} \
-                 AND (?4 IS NULL OR o.aggregate_id IN (SELECT value FROM json_each(?4))) \
+                 AND (?4 IS NULL OR (o.status = 'pending' \
+                 AND o.aggregate_id IN (SELECT value FROM json_each(?4)))) \
                  AND NOT EXISTS (SELECT 1 FROM {t} AS p WHERE p.aggregate_id = o.aggregate_id \
                  AND {} AND p.rowid < o.rowid) \
                  ORDER BY received_at, id LIMIT ?2",
