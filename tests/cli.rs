@@ -1367,7 +1367,11 @@ fn migrate_dry_run_changes_nothing_and_verify_passes_after_migrate() {
     };
 
     let plan = eventflow(&env, &["migrate", "--dry-run"]).ok().stdout;
-    assert!(plan.contains("4 migration(s) would run"), "{plan}");
+    assert!(plan.contains("5 migration(s) would run"), "{plan}");
+    assert!(
+        plan.contains("0005 0005_stream_positions.sql (in one transaction)"),
+        "{plan}"
+    );
     assert!(
         plan.contains("0001 0001_event_inbox.sql (in one transaction)"),
         "{plan}"
@@ -1387,7 +1391,7 @@ fn migrate_dry_run_changes_nothing_and_verify_passes_after_migrate() {
         .ok()
         .json();
     let pending = json["tables"][0]["pending"].as_array().unwrap();
-    assert_eq!(pending.len(), 4, "{json}");
+    assert_eq!(pending.len(), 5, "{json}");
     assert_eq!(pending[1]["transactional"], false);
     assert!(!exists(&mut client), "the dry run created nothing");
 
