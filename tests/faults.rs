@@ -288,9 +288,11 @@ fn a_stopped_peer_does_not_wedge_the_others() {
         recovery + work,
         count(&mut db, &handled_distinct)
     );
+    // Its sessions inside a transaction were ended; pooled connections idle outside one hold
+    // no locks and may stay.
     assert!(
-        stopped_sessions.is_empty(),
-        "the stopped process's sessions were not ended by the server: {stopped_sessions:?}"
+        stopped_sessions.iter().all(|(state, _)| state == "idle"),
+        "the stopped process's transactions were not ended by the server: {stopped_sessions:?}"
     );
     assert_eq!(
         (handled, distinct),
