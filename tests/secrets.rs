@@ -321,6 +321,9 @@ fn logs_show_no_secret_while_redis_comes_and_goes() {
     handle.shutdown(Duration::from_secs(10)).unwrap();
     relay.shutdown(Duration::from_secs(10)).unwrap();
     assert_logs_clean(before + 3);
+    // The transports logged their URL, redacted.
+    let redacted = format!("url=redis://:{REDACTED}@127.0.0.1:");
+    assert!(logs().lock().iter().any(|line| line.contains(&redacted)));
 }
 
 mod property {

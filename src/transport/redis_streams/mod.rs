@@ -168,6 +168,7 @@ impl RedisStreamsBuilder {
             .error_handler(Box::new(TraceConnectErrors))
             .build_unchecked(manager);
         tracing::debug!(
+            url = %self.url,
             pool_size = self.pool_size,
             io_timeout = ?self.io_timeout,
             "redis streams transport ready"
