@@ -967,8 +967,6 @@ fn no_command_shows_a_secret_in_any_form() {
 /// of them raw, in text and in JSON (which still parses to the stored values).
 #[test]
 fn stored_control_characters_never_reach_the_terminal() {
-    use eventflow::quarantine::encode_fields;
-    use eventflow::store::MalformedEntry;
     const EVIL: &str = "\u{1b}[2J\u{1b}]0;owned\u{7}\u{9b}31m\u{7f}\u{202e}\u{2066}\r\n";
     let unsafe_char =
         |c: char| c.is_control() || matches!(c, '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}');
@@ -1000,29 +998,31 @@ fn stored_control_characters_never_reach_the_terminal() {
             event: evil_event("tty-2"),
         },
     ];
-    let malformed = [MalformedEntry {
-        id: uuid::Uuid::now_v7(),
-        stream_id: format!("1-3{EVIL}"),
-        raw_fields: encode_fields(&[(
-            format!("data{EVIL}"),
-            format!("{{not json{EVIL}").into_bytes(),
-        )]),
-        reason: format!("not JSON{EVIL}"),
-    }];
     store
         .store_received(&ReceivedBatch {
             stream: &format!("orders{EVIL}"),
             ordered: true,
             events: &events,
-            malformed: &malformed,
+            malformed: &[],
             received_at: chrono::Utc::now(),
             max_retries: 0,
         })
         .unwrap();
-    // An ordered consumer gives up on the first: a dead letter with an evil error, parking
-    // its aggregate behind it.
+    // An entry that is not an event, with an evil field name and value: quarantined.
+    let stream = MemoryStream::new();
+    stream
+        .publish(
+            "orders",
+            vec![(
+                format!("data{EVIL}"),
+                format!("{{not json{EVIL}").into_bytes(),
+            )],
+        )
+        .unwrap();
+    // An ordered consumer gives up on the first event: a dead letter with an evil error,
+    // parking its aggregate behind it.
     let handle = InboxConsumer::builder()
-        .transport(MemoryStream::new())
+        .transport(stream)
         .store(store.clone())
         .stream("orders")
         .group("billing")
