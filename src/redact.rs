@@ -74,7 +74,7 @@ impl Form {
 /// use eventflow::redact::redact;
 /// assert_eq!(
 ///     redact("postgres://app@db.example/app?password=s3cret"),
-///     "host=db.example user=app dbname=app password=<redacted>"
+///     "host=db.example port=5432 user=app dbname=app password=<redacted>"
 /// );
 /// assert_eq!(
 ///     redact("host=db user = app password = 's3 cret'"),
@@ -110,10 +110,10 @@ pub fn secrets(setting: &str) -> Vec<String> {
             }
             // The URL form's password as written (percent-encoded) too.
             if setting.contains("://") {
-                found.extend(url_secrets(setting));
+                found.extend(url_secrets(setting, Some("password")));
             }
         }
-        Form::Url => found.extend(url_secrets(setting)),
+        Form::Url => found.extend(url_secrets(setting, None)),
         Form::Path => {}
     }
     found.retain(|secret| !secret.is_empty());
@@ -373,9 +373,16 @@ fn url(_setting: &str) -> String {
     UNPARSEABLE_URL.to_string()
 }
 
-/// The URL's password and secret query values, as written and decoded.
+/// The URL's password and secret query values, as written and decoded: the value of
+/// `only_key` (PostgreSQL URLs, whose other parameters such as `sslmode` and `host` are not
+/// secret and would be scrubbed from every message), else of every key but `db` and
+/// `protocol`.
 #[cfg(feature = "redis")]
-fn url_secrets(setting: &str) -> Vec<String> {
+fn url_secrets(setting: &str, only_key: Option<&str>) -> Vec<String> {
+    let secret_key = |key: &str| match only_key {
+        Some(only) => key == only,
+        None => !PLAIN_QUERY_KEYS.contains(&key),
+    };
     let Ok(url) = url::Url::parse(setting.trim()) else {
         return Vec::new();
     };
@@ -387,17 +394,17 @@ fn url_secrets(setting: &str) -> Vec<String> {
     if let Some(query) = url.query() {
         for raw in query.split('&') {
             let (key, value) = raw.split_once('=').unwrap_or((raw, ""));
-            if !PLAIN_QUERY_KEYS.contains(&key) {
+            if secret_key(key) {
                 found.push(value.to_string());
             }
         }
         for (key, value) in url.query_pairs() {
-            if !PLAIN_QUERY_KEYS.contains(&key.as_ref()) {
+            if secret_key(&key) {
                 found.push(value.into_owned());
             }
         }
     }
-    if let Some(fragment) = url.fragment() {
+    if let Some(fragment) = url.fragment().filter(|_| only_key.is_none()) {
         if fragment != "insecure" {
             found.push(fragment.to_string());
         }
@@ -406,7 +413,7 @@ fn url_secrets(setting: &str) -> Vec<String> {
 }
 
 #[cfg(not(feature = "redis"))]
-fn url_secrets(_setting: &str) -> Vec<String> {
+fn url_secrets(_setting: &str, _only_key: Option<&str>) -> Vec<String> {
     Vec::new()
 }
 
@@ -524,6 +531,11 @@ mod tests {
             "failed for <redacted>, <redacted> and <redacted>"
         );
         assert!(!format!("{scrubber:?}").contains("other-one"));
+        // What is not secret stays, so messages keep their meaning.
+        assert_eq!(
+            secrets("postgresql://app@db/app?sslmode=require&host=/run/pg&password=pw-1"),
+            ["pw-1"]
+        );
     }
 
     #[test]
