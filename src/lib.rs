@@ -66,6 +66,7 @@ pub mod inbox;
 mod maintenance;
 pub mod outbox;
 pub mod quarantine;
+pub mod redact;
 pub mod retry;
 pub mod store;
 pub mod transport;

@@ -821,6 +821,294 @@ fn usage_errors_and_unreachable_servers_have_their_exit_codes() {
     assert!(help.stdout.contains("4  not found"), "{}", help.stdout);
 }
 
+/// Every command, text and `--json`, with a secret in the database and Redis settings in every
+/// form the drivers accept, against servers that answer and servers that do not (and with
+/// settings that do not parse): neither standard output nor standard error shows the secret.
+#[test]
+fn no_command_shows_a_secret_in_any_form() {
+    use support::secrets::{assert_no_secret, redis_forms, PasswordRedis, PgTarget, SECRET};
+    let test = "cli::no_command_shows_a_secret_in_any_form";
+    let missing = uuid::Uuid::new_v4().to_string();
+    let event = event_json("secret-1", "OrderCreated");
+    let commands: Vec<Vec<&str>> = vec![
+        vec!["migrate", "--outbox"],
+        vec!["status"],
+        vec!["dead-letters", "list"],
+        vec!["dead-letters", "show", "nope"],
+        vec!["dead-letters", "requeue", "--all"],
+        vec!["quarantine", "list"],
+        vec!["quarantine", "show", &missing],
+        vec!["quarantine", "replay", &missing],
+        vec!["parked", "list"],
+        vec!["parked", "show", &missing],
+        vec!["parked", "skip", &missing],
+        vec!["outbox", "list"],
+        vec!["outbox", "show", "nope"],
+        vec!["outbox", "requeue", "--all"],
+        vec!["outbox", "purge", "--older-than", "7d"],
+        vec!["purge", "--older-than", "7d"],
+        vec!["publish", &event],
+        vec!["--help"],
+        vec!["status", "--help"],
+    ];
+    let tables = PgTables::new();
+    let stream = unique_name("cli_secret");
+    // Runs every command with each database form in turn (text and JSON alternating), the
+    // Redis forms rotating; the runs go in parallel, and every output is checked.
+    let run_all = |databases: &[String], redis: &[String]| -> Vec<(String, Run)> {
+        let mut jobs = Vec::new();
+        for (i, database) in databases.iter().enumerate() {
+            for (j, command) in commands.iter().enumerate() {
+                let mut args = vec!["--connect-timeout", "1s"];
+                if (i + j) % 2 == 1 {
+                    args.push("--json");
+                }
+                args.extend(command.iter().copied());
+                let redis = redis[(i + j) % redis.len()].clone();
+                jobs.push((database.clone(), redis, args));
+            }
+        }
+        let runs: Vec<(String, Run)> = std::thread::scope(|scope| {
+            let handles: Vec<_> = jobs
+                .chunks(8)
+                .map(|chunk| {
+                    let (tables, stream) = (&tables, &stream);
+                    scope.spawn(move || {
+                        chunk
+                            .iter()
+                            .map(|(database, redis, args)| {
+                                let env = [
+                                    ("EVENTFLOW_DATABASE_URL", database.as_str()),
+                                    ("EVENTFLOW_REDIS_URL", redis.as_str()),
+                                    ("EVENTFLOW_TABLE", tables.inbox.as_str()),
+                                    ("EVENTFLOW_OUTBOX_TABLE", tables.outbox.as_str()),
+                                    ("EVENTFLOW_STREAM", stream.as_str()),
+                                    ("EVENTFLOW_GROUP", "g"),
+                                ];
+                                (format!("{args:?}"), eventflow(&env, args))
+                            })
+                            .collect::<Vec<_>>()
+                    })
+                })
+                .collect();
+            handles
+                .into_iter()
+                .flat_map(|h| h.join().unwrap())
+                .collect()
+        });
+        for (what, run) in &runs {
+            assert_no_secret(&format!("stdout of {what}"), &run.stdout);
+            assert_no_secret(&format!("stderr of {what}"), &run.stderr);
+        }
+        runs
+    };
+
+    // Nothing listens: every command fails to connect (exit code 3), or to parse its input.
+    let unreachable = run_all(
+        &PgTarget::unreachable().forms(),
+        &redis_forms("127.0.0.1", 1),
+    );
+    let help = |what: &str| what.contains("--help");
+    assert!(unreachable
+        .iter()
+        .all(|(what, run)| run.code != 0 || help(what)));
+    assert!(unreachable.iter().filter(|(_, run)| run.code == 3).count() >= 6 * 16);
+
+    // Settings that do not parse (an unterminated quote; a URL without its scheme).
+    let invalid = [
+        format!("host=127.0.0.1 password='{SECRET}"),
+        format!("app:{SECRET}@127.0.0.1/app"),
+    ];
+    let redis_invalid = [format!("redis://:{SECRET}@127.0.0.1:1/not-a-db")];
+    let invalid = run_all(&invalid, &redis_invalid);
+    assert!(invalid
+        .iter()
+        .all(|(what, run)| run.code != 0 || help(what)));
+
+    // Servers that answer: the password is ignored by a `trust` PostgreSQL, and required by a
+    // private Redis (the shared one is sent a password it does not expect, and refuses).
+    let Some(postgres) = PgTarget::reachable() else {
+        support::skipped(&format!(
+            "{test}: the test database URL has a password of its own"
+        ));
+        return;
+    };
+    if !support::postgres_available(test) || !support::redis_available(test) {
+        return;
+    }
+    let Some(private) = PasswordRedis::start(test) else {
+        return;
+    };
+    let shared_port = url::Url::parse(&redis_url())
+        .ok()
+        .and_then(|url| url.port())
+        .unwrap_or(6379);
+    let mut redis = redis_forms("127.0.0.1", private.port);
+    redis.truncate(2);
+    redis.push(redis_forms("127.0.0.1", shared_port).remove(0));
+    let forms = postgres.forms();
+    let migrated = run_all(&forms[..1], &redis);
+    assert_eq!(migrated[0].1.code, 0, "{}", migrated[0].1.stderr);
+    let reachable = run_all(&forms, &redis);
+    let succeeded = reachable.iter().filter(|(_, run)| run.code == 0).count();
+    // status, the listings, requeue --all, the purges and publish succeed on each form (status
+    // and publish through the private Redis at least once).
+    assert!(succeeded >= 6 * 8, "{succeeded} succeeded");
+    assert!(reachable
+        .iter()
+        .any(|(what, run)| what.contains("publish") && run.code == 0));
+    assert!(reachable
+        .iter()
+        .any(|(what, run)| what.contains("status") && run.stdout.contains("<redacted>")));
+}
+
+/// Stored values reach the terminal escaped: rows, dead letters, quarantined entries, parked
+/// aggregates and outbox rows whose ids, types, stream, stream ids, errors, payloads and field
+/// names hold escape sequences, C1 controls and bidirectional overrides are printed with none
+/// of them raw, in text and in JSON (which still parses to the stored values).
+#[test]
+fn stored_control_characters_never_reach_the_terminal() {
+    const EVIL: &str = "\u{1b}[2J\u{1b}]0;owned\u{7}\u{9b}31m\u{7f}\u{202e}\u{2066}\r\n";
+    let unsafe_char =
+        |c: char| c.is_control() || matches!(c, '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}');
+    let path: PathBuf = std::env::temp_dir().join(format!("{}.db", unique_name("cli_tty")));
+    let url = format!("sqlite://{}", path.display());
+    let env = [("EVENTFLOW_DATABASE_URL", url.as_str())];
+    eventflow(&env, &["migrate", "--outbox"]).ok();
+
+    let store = Arc::new(SqliteStore::open(&path).unwrap());
+    let aggregate = uuid::Uuid::new_v4();
+    let evil_event = |id: &str| Event {
+        event_id: format!("{id}{EVIL}"),
+        event_type: format!("Order{EVIL}Created"),
+        aggregate_id: aggregate,
+        occurred_on: chrono::Utc::now(),
+        payload: json!({ "note": EVIL, EVIL: 1 }),
+        correlation_id: Some(format!("corr{EVIL}")),
+        causation_id: Some(format!("cause{EVIL}")),
+    };
+    let events = [
+        ReceivedEvent {
+            row_id: uuid::Uuid::now_v7(),
+            stream_id: format!("1-1{EVIL}"),
+            event: evil_event("tty-1"),
+        },
+        ReceivedEvent {
+            row_id: uuid::Uuid::now_v7(),
+            stream_id: format!("1-2{EVIL}"),
+            event: evil_event("tty-2"),
+        },
+    ];
+    store
+        .store_received(&ReceivedBatch {
+            stream: &format!("orders{EVIL}"),
+            ordered: true,
+            events: &events,
+            malformed: &[],
+            received_at: chrono::Utc::now(),
+            max_retries: 0,
+        })
+        .unwrap();
+    // An entry that is not an event, with an evil field name and value: quarantined.
+    let stream = MemoryStream::new();
+    stream
+        .publish(
+            "orders",
+            vec![(
+                format!("data{EVIL}"),
+                format!("{{not json{EVIL}").into_bytes(),
+            )],
+        )
+        .unwrap();
+    // An ordered consumer gives up on the first event: a dead letter with an evil error,
+    // parking its aggregate behind it.
+    let handle = InboxConsumer::builder()
+        .transport(stream)
+        .store(store.clone())
+        .stream("orders")
+        .group("billing")
+        .ordered(true)
+        .poll_interval(Duration::from_millis(20))
+        .handler(|_tx, _row| -> HandlerResult { Err(HandlerError::give_up(format!("boom{EVIL}"))) })
+        .build()
+        .unwrap()
+        .start()
+        .unwrap();
+    assert!(wait_until(WAIT, || {
+        store
+            .count_by_status()
+            .unwrap()
+            .get(EventStatus::DeadLetter)
+            == 1
+    }));
+    handle.shutdown(Duration::from_secs(10)).unwrap();
+    let outbox = SqliteOutbox::open(&path).unwrap();
+    let mut conn = rusqlite::Connection::open(&path).unwrap();
+    eventflow::outbox::enqueue(&mut conn, &format!("orders{EVIL}"), &evil_event("tty-out"))
+        .unwrap();
+    drop(outbox);
+
+    let quarantined = eventflow(&env, &["--json", "quarantine", "list"])
+        .ok()
+        .json();
+    let entry_id = quarantined["entries"][0]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let aggregate = aggregate.to_string();
+    let first = events[0].row_id.to_string();
+    let mut printed = 0;
+    for command in [
+        &["status"][..],
+        &["dead-letters", "list"],
+        &["dead-letters", "show", &first],
+        &["quarantine", "list"],
+        &["quarantine", "show", &entry_id],
+        &["parked", "list"],
+        &["parked", "show", &aggregate],
+        &["outbox", "list"],
+        &["outbox", "show", "1"],
+    ] {
+        for json in [false, true] {
+            let mut args = command.to_vec();
+            if json {
+                args.insert(0, "--json");
+            }
+            let run = eventflow(&env, &args).ok();
+            let raw: Vec<char> = format!("{}{}", run.stdout, run.stderr)
+                .chars()
+                .filter(|c| unsafe_char(*c) && *c != '\n')
+                .collect();
+            assert!(
+                raw.is_empty(),
+                "{args:?} printed {raw:?} raw:\n{}",
+                run.stdout
+            );
+            for line in run.stdout.lines() {
+                assert!(
+                    !line.contains("owned\u{7}") && !line.ends_with('\r'),
+                    "{args:?}: {line:?}"
+                );
+            }
+            if json {
+                // Still JSON, decoding to the stored values.
+                assert!(
+                    run.json().to_string().contains("\\u001b[2J"),
+                    "{}",
+                    run.stdout
+                );
+            } else if run.stdout.contains("\\u{1b}[2J") {
+                printed += 1;
+            }
+        }
+    }
+    // Every text command showed an evil value, escaped (status: the stream's name).
+    assert_eq!(printed, 9);
+    for suffix in ["", "-wal", "-shm"] {
+        let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
+    }
+}
+
 /// A SQLite file works the same: migrate, status, dead letters listed and requeued.
 #[test]
 fn sqlite_files_are_operated_too() {

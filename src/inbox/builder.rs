@@ -12,6 +12,8 @@ use crate::clock::Clock;
 use crate::error::{Error, Result};
 use crate::event::InboxRow;
 use crate::handler::HandlerResult;
+#[cfg(any(feature = "postgres", feature = "redis"))]
+use crate::redact::ConnectionString;
 use crate::retry::RetryPolicy;
 use crate::store::{AfterDeadLetter, InboxStore, Migrations};
 use crate::transport::Transport;
@@ -32,8 +34,31 @@ pub struct ConsumerBuilder<B = NoStore, H = ()> {
 
 enum TransportChoice {
     #[cfg(feature = "redis")]
-    Redis(String),
+    Redis(ConnectionString),
     Given(Arc<dyn Transport>),
+}
+
+impl std::fmt::Debug for TransportChoice {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            #[cfg(feature = "redis")]
+            Self::Redis(url) => f.debug_tuple("Redis").field(url).finish(),
+            Self::Given(_) => f.write_str("Given"),
+        }
+    }
+}
+
+/// The store, the transport and the table; never a password (connection strings show
+/// [`redact`](crate::redact::redact)ed).
+impl<B: std::fmt::Debug, H> std::fmt::Debug for ConsumerBuilder<B, H> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ConsumerBuilder")
+            .field("store", &self.source)
+            .field("transport", &self.transport)
+            .field("table", &self.table)
+            .field("pool_size", &self.pool_size)
+            .finish_non_exhaustive()
+    }
 }
 
 /// No store chosen yet.
@@ -43,7 +68,7 @@ pub struct NoStore;
 /// A PostgreSQL store to open at `build()`.
 #[cfg(feature = "postgres")]
 #[derive(Debug, Clone)]
-pub struct PostgresUrl(String);
+pub struct PostgresUrl(ConnectionString);
 
 /// A SQLite store to open at `build()`: a file, or in memory when `None`.
 #[cfg(feature = "sqlite")]
@@ -83,7 +108,7 @@ impl StoreSource for PostgresUrl {
     type Store = crate::store::PostgresStore;
 
     fn open(self, options: &StoreOptions) -> Result<Arc<Self::Store>> {
-        let mut builder = crate::store::PostgresStore::builder(self.0);
+        let mut builder = crate::store::PostgresStore::builder(self.0.expose());
         if let Some(table) = &options.table {
             builder = builder.table(table);
         }
@@ -211,7 +236,7 @@ impl<H> ConsumerBuilder<NoStore, H> {
     /// `host=... user=... dbname=...`). Handlers receive a `postgres::Transaction`.
     #[cfg(feature = "postgres")]
     pub fn postgres(self, url: impl Into<String>) -> ConsumerBuilder<PostgresUrl, H> {
-        self.with_source(PostgresUrl(url.into()))
+        self.with_source(PostgresUrl(ConnectionString::new(url)))
     }
 
     /// Keeps the inbox in the SQLite file at `path`. Handlers receive a `rusqlite::Transaction`.
@@ -266,7 +291,7 @@ impl<B, H> ConsumerBuilder<B, H> {
     /// Reads from the Redis server at `url` (`redis://[:password@]host:port[/db]`).
     #[cfg(feature = "redis")]
     pub fn redis(mut self, url: impl Into<String>) -> Self {
-        self.transport = Some(TransportChoice::Redis(url.into()));
+        self.transport = Some(TransportChoice::Redis(ConnectionString::new(url)));
         self
     }
 
@@ -597,7 +622,7 @@ where
             }
             #[cfg(feature = "redis")]
             Some(TransportChoice::Redis(url)) => Arc::new(
-                crate::transport::RedisStreams::builder(url)
+                crate::transport::RedisStreams::builder(url.expose())
                     // One blocking connection per reader, plus room for acks and publishes.
                     .pool_size(settings.reader_threads() as u32 + 4)
                     .build()?,

@@ -3,6 +3,8 @@
 use super::relay::OutboxRelay;
 use crate::clock::{Clock, SystemClock};
 use crate::error::{Error, Result};
+#[cfg(any(feature = "postgres", feature = "redis"))]
+use crate::redact::ConnectionString;
 use crate::retry::{ExponentialBackoff, RetryPolicy};
 use crate::store::outbox::{OutboxStore, DEFAULT_OUTBOX_TABLE};
 use crate::store::{validate_table_name, Migrations};
@@ -13,7 +15,7 @@ use std::time::Duration;
 enum StoreChoice {
     Unset,
     #[cfg(feature = "postgres")]
-    Postgres(String),
+    Postgres(ConnectionString),
     #[cfg(feature = "sqlite")]
     Sqlite(std::path::PathBuf),
     Given(Arc<dyn OutboxStore>),
@@ -22,8 +24,46 @@ enum StoreChoice {
 enum TransportChoice {
     Unset,
     #[cfg(feature = "redis")]
-    Redis(String),
+    Redis(ConnectionString),
     Given(Arc<dyn Transport>),
+}
+
+impl std::fmt::Debug for StoreChoice {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Unset => f.write_str("Unset"),
+            #[cfg(feature = "postgres")]
+            Self::Postgres(url) => f.debug_tuple("Postgres").field(url).finish(),
+            #[cfg(feature = "sqlite")]
+            Self::Sqlite(path) => f.debug_tuple("Sqlite").field(path).finish(),
+            Self::Given(_) => f.write_str("Given"),
+        }
+    }
+}
+
+impl std::fmt::Debug for TransportChoice {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Unset => f.write_str("Unset"),
+            #[cfg(feature = "redis")]
+            Self::Redis(url) => f.debug_tuple("Redis").field(url).finish(),
+            Self::Given(_) => f.write_str("Given"),
+        }
+    }
+}
+
+/// The store, the transport and the main settings; never a password (connection strings show
+/// [`redact`](crate::redact::redact)ed).
+impl std::fmt::Debug for RelayBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RelayBuilder")
+            .field("store", &self.store)
+            .field("transport", &self.transport)
+            .field("table", &self.table)
+            .field("workers", &self.workers)
+            .field("batch_size", &self.batch_size)
+            .finish_non_exhaustive()
+    }
 }
 
 /// Settings for an [`OutboxRelay`]; see [`OutboxRelay::builder`]. Every setting has a default
@@ -76,7 +116,7 @@ impl RelayBuilder {
     /// Publish from the outbox in PostgreSQL at `url`.
     #[cfg(feature = "postgres")]
     pub fn postgres(mut self, url: impl Into<String>) -> Self {
-        self.store = StoreChoice::Postgres(url.into());
+        self.store = StoreChoice::Postgres(ConnectionString::new(url));
         self
     }
 
@@ -99,7 +139,7 @@ impl RelayBuilder {
     /// Publish to Redis at `url`.
     #[cfg(feature = "redis")]
     pub fn redis(mut self, url: impl Into<String>) -> Self {
-        self.transport = TransportChoice::Redis(url.into());
+        self.transport = TransportChoice::Redis(ConnectionString::new(url));
         self
     }
 
@@ -250,7 +290,7 @@ impl RelayBuilder {
             }
             #[cfg(feature = "postgres")]
             StoreChoice::Postgres(url) => Arc::new(
-                crate::store::outbox::PostgresOutbox::builder(url)
+                crate::store::outbox::PostgresOutbox::builder(url.expose())
                     .table(&self.table)
                     .pool_size(connections)
                     .build()
@@ -272,7 +312,7 @@ impl RelayBuilder {
             }
             #[cfg(feature = "redis")]
             TransportChoice::Redis(url) => Arc::new(
-                crate::transport::RedisStreams::builder(url)
+                crate::transport::RedisStreams::builder(url.expose())
                     .pool_size(connections)
                     .build()
                     .map_err(|e| Error::config("redis", e.to_string()))?,

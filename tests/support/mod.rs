@@ -4,6 +4,7 @@
 
 pub mod child;
 pub mod recorder;
+pub mod secrets;
 
 use std::time::{Duration, Instant};
 

@@ -31,8 +31,8 @@ const EXIT_CODES: &str = "Exit codes:\n  0  ok\n  1  the operation failed\n  2  
                           3  cannot connect to the database or Redis\n  4  not found (a row, an event, \
                           a parked aggregate, or the outbox table)";
 
-/// Where the inbox and the stream are.
-#[derive(Debug, Args)]
+/// Where the inbox and the stream are. Its `Debug` shows the settings redacted.
+#[derive(Args)]
 pub struct Connection {
     /// The inbox database: `postgres://user:password@host/db` (or `host=... user=...`), or a
     /// SQLite file (`sqlite://path` or a plain path).
@@ -91,6 +91,21 @@ pub struct Connection {
     /// How long to wait for a connection before giving up (exit code 3), e.g. `5s`.
     #[arg(long, default_value = "5s", value_parser = parse_age, global = true)]
     pub connect_timeout: Duration,
+}
+
+impl std::fmt::Debug for Connection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        use eventflow::redact::redact;
+        f.debug_struct("Connection")
+            .field("database_url", &self.database_url.as_deref().map(redact))
+            .field("redis_url", &redact(&self.redis_url))
+            .field("table", &self.table)
+            .field("outbox_table", &self.outbox_table)
+            .field("stream", &self.stream)
+            .field("group", &self.group)
+            .field("connect_timeout", &self.connect_timeout)
+            .finish()
+    }
 }
 
 /// What to do.
@@ -348,4 +363,31 @@ fn outbox_status() -> impl clap::builder::TypedValueParser<Value = OutboxStatus>
     use clap::builder::TypedValueParser;
     clap::builder::PossibleValuesParser::new(OutboxStatus::ALL.map(OutboxStatus::as_str))
         .map(|name| OutboxStatus::parse(&name).expect("one of the possible values"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_connection_settings_debug_redacted() {
+        let cli = Cli::parse_from([
+            "eventflow",
+            "--database-url",
+            "host=db user=app password = 'Pw-9 secret'",
+            "--redis-url",
+            "rediss://default:Pw-9-secret@cache:6380",
+            "status",
+        ]);
+        let debug = format!("{cli:?}");
+        assert!(!debug.contains("Pw-9"), "{debug}");
+        assert!(
+            debug.contains("host=db user=app password=<redacted>"),
+            "{debug}"
+        );
+        assert!(
+            debug.contains("rediss://default:<redacted>@cache:6380"),
+            "{debug}"
+        );
+    }
 }

@@ -3,6 +3,7 @@
 use super::cli::Connection;
 use super::Failure;
 use eventflow::admin::OutboxAdmin;
+use eventflow::redact::redact;
 use eventflow::store::outbox::{OutboxStore, PostgresOutbox, SqliteOutbox};
 use eventflow::store::{PostgresStore, SqliteStore, StoreError};
 use eventflow::transport::RedisStreams;
@@ -58,7 +59,8 @@ fn check_exists(path: &Path, create: bool) -> Result<(), Failure> {
     }
     Err(Failure::Unreachable(format!(
         "no SQLite database at {} (run `eventflow migrate` to create one)",
-        path.display()
+        // A string with no scheme that is not a path (`user:password@host/db`) lands here.
+        redact(&path.to_string_lossy())
     )))
 }
 

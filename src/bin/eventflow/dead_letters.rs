@@ -1,8 +1,8 @@
 //! `eventflow dead-letters list|show|requeue`.
 
 use super::cli::{Cli, DeadLetters, PageArgs, RowFilterArgs};
-use super::output::{self, progress, Table};
-use super::text::{cut, format_time};
+use super::output::{self, json_text, progress, Table};
+use super::text::{cut, format_time, safe};
 use super::Failure;
 use eventflow::admin::Admin;
 use eventflow::store::{InboxRecord, InboxStore, Page, RowFilter};
@@ -32,7 +32,8 @@ pub fn run<S: InboxStore>(
             } else {
                 println!(
                     "requeued {} (now {})",
-                    record.row.event.event_id, record.row.status
+                    safe(&record.row.event.event_id),
+                    record.row.status
                 );
             }
             Ok(())
@@ -203,10 +204,7 @@ pub fn print_row(record: &InboxRecord) {
         ),
     ];
     for (name, value) in lines {
-        println!("{name:<15} {value}");
+        println!("{name:<15} {}", safe(&value));
     }
-    println!(
-        "payload\n{}",
-        serde_json::to_string_pretty(&row.event.payload).unwrap_or_default()
-    );
+    println!("payload\n{}", json_text(&row.event.payload));
 }

@@ -4,8 +4,15 @@
 //! Exit codes: 0 ok; 1 the operation failed; 2 usage error (bad arguments or input); 3 cannot
 //! connect to the database or Redis; 4 not found (a row, an event, a parked aggregate, or the
 //! outbox table).
-//! Errors go to standard error, with any password from the connection settings replaced by
-//! `***`.
+//! Errors go to standard error. Connection settings are only ever shown
+//! [`redact`](eventflow::redact::redact)ed; as a second line of defence, any password from them
+//! found in an error message (a driver's or a server's words) is replaced by `<redacted>`, and
+//! control characters are escaped, since a message can quote stored values.
+//!
+//! Everything printed in text mode that comes from the database or the stream goes through
+//! [`text::safe`] (tables do it for every cell), and `--json` output through
+//! [`output::json_text`]: stream entries are written by whoever can `XADD`, and must not write
+//! escape sequences into an operator's terminal.
 
 mod cli;
 mod commands;
@@ -17,7 +24,6 @@ mod output;
 mod parked;
 mod publish;
 mod quarantine;
-mod redact;
 mod status;
 mod text;
 
@@ -65,15 +71,20 @@ impl Failure {
 
 fn main() -> ExitCode {
     let cli = cli::Cli::parse(); // exits with 2 on a usage error, 0 for --help
-    let mut secrets = redact::Secrets::default();
-    if let Some(url) = &cli.connection.database_url {
-        secrets.add_from(url);
-    }
-    secrets.add_from(&cli.connection.redis_url);
+    let secrets = eventflow::redact::Scrubber::new(
+        cli.connection
+            .database_url
+            .as_deref()
+            .into_iter()
+            .chain([cli.connection.redis_url.as_str()]),
+    );
     match commands::run(&cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(failure) => {
-            eprintln!("eventflow: {}", secrets.scrub(&failure.message()));
+            eprintln!(
+                "eventflow: {}",
+                text::safe(&secrets.scrub(&failure.message()))
+            );
             ExitCode::from(failure.exit_code())
         }
     }

@@ -2,7 +2,7 @@
 
 use super::cli::{Cli, Outbox};
 use super::output::{self, progress, Table};
-use super::text::{cut, format_age, format_time};
+use super::text::{cut, format_age, format_time, safe};
 use super::Failure;
 use chrono::{DateTime, Utc};
 use eventflow::admin::OutboxAdmin;
@@ -154,10 +154,7 @@ fn print_row(row: &OutboxRow) {
         ("error", text(row.last_error.as_deref())),
     ];
     for (name, value) in lines {
-        println!("{name:<15} {value}");
+        println!("{name:<15} {}", safe(&value));
     }
-    println!(
-        "payload\n{}",
-        serde_json::to_string_pretty(&row.event.payload).unwrap_or_default()
-    );
+    println!("payload\n{}", output::json_text(&row.event.payload));
 }

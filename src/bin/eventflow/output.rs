@@ -1,5 +1,6 @@
 //! Printing: aligned tables for people, JSON for scripts, progress on a terminal.
 
+use super::text::{is_unsafe, safe};
 use indicatif::{ProgressBar, ProgressStyle};
 use std::io::IsTerminal;
 use std::time::Duration;
@@ -18,8 +19,10 @@ impl Table {
         }
     }
 
+    /// Adds a row; every cell is printed [`safe`], stored values and all.
     pub fn row(&mut self, cells: Vec<String>) {
-        self.rows.push(cells);
+        self.rows
+            .push(cells.iter().map(|cell| safe(cell)).collect());
     }
 
     pub fn print(&self) {
@@ -51,12 +54,30 @@ impl Table {
     }
 }
 
-/// Prints `value` as pretty JSON.
+/// Prints `value` as pretty JSON, terminal-safe (see [`json_text`]).
 pub fn json(value: &serde_json::Value) {
-    println!(
-        "{}",
-        serde_json::to_string_pretty(value).expect("JSON values always print")
-    );
+    println!("{}", json_text(value));
+}
+
+/// `value` as pretty JSON with every character that could act on a terminal escaped.
+/// serde_json escapes C0 controls already, but writes DEL, C1 controls and the bidirectional
+/// controls as they are; those are written `\uXXXX` here, which JSON readers decode to the same
+/// value (such characters can only be inside strings, so escaping them keeps the JSON valid).
+pub fn json_text(value: &serde_json::Value) -> String {
+    let text = serde_json::to_string_pretty(value).expect("JSON values always print");
+    if !text.contains(is_unsafe) {
+        return text;
+    }
+    let mut out = String::with_capacity(text.len() + 12);
+    for c in text.chars() {
+        // C0 controls never get here raw: serde_json escaped them.
+        if is_unsafe(c) && !c.is_ascii_whitespace() {
+            out.push_str(&format!("\\u{:04x}", c as u32));
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
 
 /// A spinner counting rows on standard error, hidden when it is not a terminal or with
@@ -72,4 +93,26 @@ pub fn progress(hidden: bool, what: &'static str) -> ProgressBar {
     bar.set_message(format!("{what}: 0"));
     bar.enable_steady_tick(Duration::from_millis(120));
     bar
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_stays_json_and_terminal_safe() {
+        let value = serde_json::json!({
+            "id": "a\u{1b}[2Jb\u{7f}\u{9b}c\u{202e}d\u{2029}",
+            "n": 1,
+        });
+        let text = json_text(&value);
+        assert!(
+            !text.contains(|c: char| is_unsafe(c) && c != '\n'),
+            "{text:?}"
+        );
+        assert_eq!(
+            serde_json::from_str::<serde_json::Value>(&text).unwrap(),
+            value
+        );
+    }
 }

@@ -4,7 +4,7 @@
 use super::cli::{Cli, Parked};
 use super::dead_letters::{inbox_row_json, print_row, row_json};
 use super::output::{self, Table};
-use super::text::{cut, format_age, format_time};
+use super::text::{cut, format_age, format_time, safe};
 use super::Failure;
 use chrono::{DateTime, Utc};
 use eventflow::admin::{Admin, AdminError};
@@ -35,7 +35,7 @@ pub fn run<S: InboxStore>(cli: &Cli, admin: &Admin<S>, command: &Parked) -> Resu
             } else {
                 println!(
                     "skipped dead letter {} of aggregate {aggregate_id}",
-                    record.row.event.event_id
+                    safe(&record.row.event.event_id)
                 );
                 print_still_parked(admin, aggregate_id)?;
             }
@@ -113,7 +113,8 @@ fn show<S: InboxStore>(cli: &Cli, admin: &Admin<S>, aggregate_id: Uuid) -> Resul
     println!("{:<15} {}", "waiting", waiting_text(&parked));
     println!(
         "{:<15} dead letter {}",
-        "parked by", parked.dead_letter.event.event_id
+        "parked by",
+        safe(&parked.dead_letter.event.event_id)
     );
     println!();
     print_row(&record);
@@ -121,7 +122,7 @@ fn show<S: InboxStore>(cli: &Cli, admin: &Admin<S>, aggregate_id: Uuid) -> Resul
     println!(
         "release it: `eventflow parked skip {aggregate_id}` (the dead letter stays, skipped), \
          or `eventflow dead-letters requeue {}` (handled again, in its place in the order)",
-        parked.dead_letter.event.event_id
+        safe(&parked.dead_letter.event.event_id)
     );
     Ok(())
 }
@@ -143,7 +144,8 @@ fn skip_aggregate<S: InboxStore>(
     }
     println!(
         "skipped dead letter {} of aggregate {aggregate_id}; {} waiting events go on",
-        parked.dead_letter.event.event_id, parked.waiting
+        safe(&parked.dead_letter.event.event_id),
+        parked.waiting
     );
     print_still_parked(admin, aggregate_id)
 }
@@ -161,7 +163,10 @@ fn still_parked_by<S: InboxStore>(
 
 fn print_still_parked<S: InboxStore>(admin: &Admin<S>, aggregate_id: Uuid) -> Result<(), Failure> {
     if let Some(event_id) = still_parked_by(admin, aggregate_id)? {
-        println!("aggregate {aggregate_id} is still parked, by its later dead letter {event_id}");
+        println!(
+            "aggregate {aggregate_id} is still parked, by its later dead letter {}",
+            safe(&event_id)
+        );
     }
     Ok(())
 }

@@ -3,6 +3,7 @@
 use super::cli::Cli;
 use super::connect::open_redis;
 use super::output;
+use super::text::safe;
 use super::Failure;
 use eventflow::admin::{parse_event_json, publish_event};
 use serde_json::json;
@@ -48,8 +49,10 @@ pub fn run(cli: &Cli, inline: Option<&str>, file: Option<&Path>) -> Result<(), F
         }));
     } else {
         println!(
-            "published event {} to {stream} as entry {entry_id}",
-            event.event_id
+            "published event {} to {} as entry {}",
+            safe(&event.event_id),
+            safe(stream),
+            safe(&entry_id)
         );
     }
     Ok(())

@@ -2,7 +2,7 @@
 
 use super::cli::{Cli, Quarantine};
 use super::output::{self, Table};
-use super::text::{cut, format_time};
+use super::text::{cut, format_time, safe};
 use super::Failure;
 use eventflow::admin::{Admin, Correction};
 use eventflow::quarantine::{encode_fields, QuarantinedEntry};
@@ -77,12 +77,20 @@ pub fn run<S: InboxStore>(
                 return Ok(());
             }
             println!("id          {}", entry.id);
-            println!("stream      {} (entry {})", entry.stream, entry.stream_id);
+            println!(
+                "stream      {} (entry {})",
+                safe(&entry.stream),
+                safe(&entry.stream_id)
+            );
             println!("received    {}", format_time(entry.received_at));
-            println!("reason      {}", entry.reason);
+            println!("reason      {}", safe(&entry.reason));
             match (&entry.replayed_at, &entry.replayed_event_id) {
                 (Some(at), Some(event_id)) => {
-                    println!("replayed    {} as event {event_id}", format_time(*at))
+                    println!(
+                        "replayed    {} as event {}",
+                        format_time(*at),
+                        safe(event_id)
+                    )
                 }
                 _ => println!("replayed    no"),
             }
@@ -93,7 +101,7 @@ pub fn run<S: InboxStore>(
                 .flatten()
             {
                 let show = |v: &Value| v.as_str().map_or_else(|| v.to_string(), str::to_string);
-                println!("  {} = {}", show(&pair[0]), show(&pair[1]));
+                println!("  {} = {}", safe(&show(&pair[0])), safe(&show(&pair[1])));
             }
             Ok(())
         }
@@ -127,7 +135,7 @@ pub fn run<S: InboxStore>(
             if cli.json {
                 output::json(&json!({ "replayed": id, "event_id": event_id }));
             } else {
-                println!("replayed {id} as event {event_id} (pending)");
+                println!("replayed {id} as event {} (pending)", safe(&event_id));
             }
             Ok(())
         }

@@ -4,10 +4,10 @@
 use super::cli::Cli;
 use super::connect::{open_outbox, open_redis};
 use super::output::{self, Table};
-use super::redact::redacted;
-use super::text::format_age;
+use super::text::{format_age, safe};
 use super::Failure;
 use eventflow::admin::{stream_status, Admin, AdminError, InboxStatus, OutboxState};
+use eventflow::redact::redact;
 use eventflow::store::outbox::OutboxStatus;
 use eventflow::store::{InboxStore, StatusCounts};
 use eventflow::transport::{GroupStats, TransportError};
@@ -135,9 +135,9 @@ fn inbox_json(inbox: &InboxStatus, table: &str, kind: &str) -> Value {
 }
 
 fn print_inbox(inbox: &InboxStatus, table: &str, kind: &str, url: &str) {
-    println!("inbox: {table} ({kind} at {})", redacted(url));
+    println!("inbox: {table} ({kind} at {})", safe(&redact(url)));
     match &inbox.owner {
-        Some(owner) => println!("  owner: consumer group {owner}"),
+        Some(owner) => println!("  owner: consumer group {}", safe(owner)),
         None => println!("  owner: no owner yet (the first consumer to start adopts the table)"),
     }
     let mut rows = Table::new(&["  STATUS", "ROWS", "OLDEST"]);
@@ -248,7 +248,7 @@ fn print_stream(stream: &Stream) {
             group,
             stats,
         } => {
-            println!("stream: {stream}, group {group}");
+            println!("stream: {}, group {}", safe(stream), safe(group));
             println!("  pending (delivered, not acknowledged)  {}", stats.pending);
             println!(
                 "  lag (not yet delivered)                {}",
@@ -258,14 +258,23 @@ fn print_stream(stream: &Stream) {
             );
         }
         Stream::NoGroup { stream, group } => {
-            println!("stream: {stream}, group {group}: the group does not exist")
+            println!(
+                "stream: {}, group {}: the group does not exist",
+                safe(stream),
+                safe(group)
+            )
         }
         Stream::Failed {
             stream,
             group,
             error,
         } => {
-            println!("stream: {stream}, group {group}: cannot read: {error}")
+            println!(
+                "stream: {}, group {}: cannot read: {}",
+                safe(stream),
+                safe(group),
+                safe(&error.to_string())
+            )
         }
     }
 }

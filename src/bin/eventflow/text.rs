@@ -1,4 +1,4 @@
-//! Ages and times as operators type and read them.
+//! Ages, times and stored text as operators type and read them.
 
 use chrono::{DateTime, Utc};
 use std::time::Duration;
@@ -67,7 +67,8 @@ pub fn format_time(at: DateTime<Utc>) -> String {
     at.format("%Y-%m-%d %H:%M:%SZ").to_string()
 }
 
-/// `text` cut to `max` characters, with `…` when cut, on one line.
+/// `text` cut to `max` characters, with `…` when cut, on one line (escaped by [`safe`] when
+/// printed in a table).
 pub fn cut(text: &str, max: usize) -> String {
     let line = text.replace(['\n', '\r', '\t'], " ");
     if line.chars().count() <= max {
@@ -76,6 +77,48 @@ pub fn cut(text: &str, max: usize) -> String {
     let mut cut: String = line.chars().take(max.saturating_sub(1)).collect();
     cut.push('…');
     cut
+}
+
+/// Whether `c` could act on a terminal, or mislead whoever reads it, rather than show as
+/// itself: C0 controls (ESC starts escape sequences; `\n` and `\r` can forge lines), DEL, C1
+/// controls (U+0080 to U+009F, which some terminals obey as 8-bit escape sequences, CSI among
+/// them), the line and paragraph separators, and the Unicode bidirectional controls (U+202E
+/// RIGHT-TO-LEFT OVERRIDE and its kin), which reorder the text an operator reads.
+pub fn is_unsafe(c: char) -> bool {
+    c.is_control()
+        || matches!(
+            c,
+            '\u{061c}'
+                | '\u{200e}'
+                | '\u{200f}'
+                | '\u{2028}'
+                | '\u{2029}'
+                | '\u{202a}'..='\u{202e}'
+                | '\u{2066}'..='\u{2069}'
+        )
+}
+
+/// A stored value as the text output prints it: every [`is_unsafe`] character written as an
+/// escape (`\n`, `\r`, `\t`, `\0`, else `\u{1b}`), the rest as it is. Stream entries are written
+/// by whoever can `XADD`, so their ids, types, errors and fields must not reach an operator's
+/// terminal raw. [`eventflow::store::printable`] escapes NUL for storage; this escapes what a
+/// terminal would obey.
+pub fn safe(text: &str) -> String {
+    if !text.contains(is_unsafe) {
+        return text.to_string();
+    }
+    let mut out = String::with_capacity(text.len() + 8);
+    for c in text.chars() {
+        match c {
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            '\0' => out.push_str("\\0"),
+            c if is_unsafe(c) => out.push_str(&format!("\\u{{{:x}}}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out
 }
 
 #[cfg(test)]
@@ -104,6 +147,23 @@ mod tests {
             "3d 4h"
         );
         assert_eq!(format_age(Duration::from_secs(7200)), "2h");
+    }
+
+    #[test]
+    fn control_characters_are_escaped() {
+        assert_eq!(safe("plain text, é ü 日本"), "plain text, é ü 日本");
+        assert_eq!(
+            safe("a\u{1b}[31mred\u{7}\n\r\t\0"),
+            "a\\u{1b}[31mred\\u{7}\\n\\r\\t\\0"
+        );
+        assert_eq!(safe("\u{7f}\u{9b}\u{85}"), "\\u{7f}\\u{9b}\\u{85}");
+        assert_eq!(
+            safe("abc\u{202e}fed\u{2066}\u{200f}\u{2028}"),
+            "abc\\u{202e}fed\\u{2066}\\u{200f}\\u{2028}"
+        );
+        for c in (0u32..0x20).chain(0x7f..0xa0).filter_map(char::from_u32) {
+            assert!(!safe(&format!("x{c}y")).contains(c), "{:x}", c as u32);
+        }
     }
 
     #[test]

@@ -16,6 +16,7 @@ use super::{
     RowOutcome, DEFAULT_OUTBOX_TABLE,
 };
 use crate::event::Event;
+use crate::redact::ConnectionString;
 use crate::store::migrations::{Migration, PendingMigration};
 use crate::store::postgres::{
     apply_migrations, new_pool, parse_url, pending_migrations, pg, MigrationTarget, PgConnection,
@@ -70,7 +71,7 @@ const COLUMNS: &str = "id, stream, event_id, event_type, aggregate_id, correlati
 /// Configures a [`PostgresOutbox`].
 #[derive(Debug, Clone)]
 pub struct PostgresOutboxBuilder {
-    url: String,
+    url: ConnectionString,
     pool_size: u32,
     connect_timeout: Duration,
     table: String,
@@ -124,7 +125,7 @@ impl PostgresOutboxBuilder {
                 "pool_size must be at least 1".into(),
             ));
         }
-        let mut config = parse_url(&self.url)?;
+        let mut config = parse_url(self.url.expose())?;
         config.connect_timeout(self.connect_timeout);
         // The relay's statements are prepared once per connection, often while the table is
         // still small; a generic plan made then can scan the whole backlog per row once it
@@ -181,7 +182,7 @@ impl PostgresOutbox {
     /// Settings for an outbox at `url` (`postgresql://user@host/db` or `host=... user=...`).
     pub fn builder(url: impl Into<String>) -> PostgresOutboxBuilder {
         PostgresOutboxBuilder {
-            url: url.into(),
+            url: ConnectionString::new(url),
             pool_size: 4,
             connect_timeout: Duration::from_secs(5),
             limits: SessionLimits::default(),

@@ -23,12 +23,12 @@ use super::{
 };
 use crate::event::{Event, EventStatus, InboxRow};
 use crate::quarantine::{decode_fields, QuarantinedEntry};
+use crate::redact::ConnectionString;
 use chrono::{DateTime, Utc};
 use postgres::error::SqlState;
 use postgres::{NoTls, Row};
 use r2d2_postgres::PostgresConnectionManager;
 use std::collections::HashSet;
-use std::str::FromStr;
 use std::time::Duration;
 use uuid::Uuid;
 
@@ -78,7 +78,7 @@ pub(super) const QUARANTINE_COLUMNS: &str =
 /// Configures a [`PostgresStore`].
 #[derive(Debug, Clone)]
 pub struct PostgresStoreBuilder {
-    url: String,
+    url: ConnectionString,
     pool_size: u32,
     connect_timeout: Duration,
     table: String,
@@ -152,7 +152,7 @@ impl PostgresStoreBuilder {
             ));
         }
         let pool = new_pool(
-            parse_url(&self.url)?,
+            parse_url(self.url.expose())?,
             &self.limits,
             self.pool_size,
             self.connect_timeout,
@@ -198,7 +198,7 @@ impl PostgresStore {
     /// Settings for a store at `url` (`postgresql://user@host/db` or `host=... user=...`).
     pub fn builder(url: impl Into<String>) -> PostgresStoreBuilder {
         PostgresStoreBuilder {
-            url: url.into(),
+            url: ConnectionString::new(url),
             pool_size: 10,
             connect_timeout: Duration::from_secs(5),
             table: DEFAULT_INBOX_TABLE.to_string(),
@@ -229,10 +229,13 @@ impl PostgresStore {
 }
 
 /// A connection string as a driver config; errors never repeat the string (it may hold a
-/// password).
+/// password): see [`crate::redact::parse_error`].
 pub(in crate::store) fn parse_url(url: &str) -> Result<postgres::Config, StoreError> {
-    postgres::Config::from_str(url).map_err(|error| {
-        StoreError::InvalidConfig(format!("PostgreSQL connection string: {error}"))
+    crate::redact::parse_postgres(url).map_err(|error| {
+        StoreError::InvalidConfig(format!(
+            "PostgreSQL connection string: {}",
+            crate::redact::parse_error(&error)
+        ))
     })
 }
 

@@ -11,6 +11,7 @@
 mod connection;
 mod reply;
 
+use crate::redact::ConnectionString;
 use std::fmt;
 use std::time::Duration;
 
@@ -58,7 +59,7 @@ pub struct RedisStreams {
 /// Settings for [`RedisStreams`]; see [`RedisStreams::builder`].
 #[must_use = "a builder does nothing until build() is called"]
 pub struct RedisStreamsBuilder {
-    url: String,
+    url: ConnectionString,
     pool_size: u32,
     connect_timeout: Duration,
     io_timeout: Duration,
@@ -70,7 +71,7 @@ impl RedisStreams {
     /// with TLS).
     pub fn builder(url: impl Into<String>) -> RedisStreamsBuilder {
         RedisStreamsBuilder {
-            url: url.into(),
+            url: ConnectionString::new(url),
             pool_size: DEFAULT_POOL_SIZE,
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
             io_timeout: DEFAULT_IO_TIMEOUT,
@@ -147,7 +148,7 @@ impl RedisStreamsBuilder {
         }
         // The redis crate's parse errors describe the problem without echoing the URL, so no
         // password ends up in an error message or a log.
-        let client = redis::Client::open(self.url.as_str()).map_err(|error| {
+        let client = redis::Client::open(self.url.expose()).map_err(|error| {
             invalid_setting(
                 "url",
                 format!("not a Redis URL ({error}); expected redis://host:port/db"),
@@ -167,6 +168,7 @@ impl RedisStreamsBuilder {
             .error_handler(Box::new(TraceConnectErrors))
             .build_unchecked(manager);
         tracing::debug!(
+            url = %self.url,
             pool_size = self.pool_size,
             io_timeout = ?self.io_timeout,
             "redis streams transport ready"
@@ -182,7 +184,7 @@ impl RedisStreamsBuilder {
 impl fmt::Debug for RedisStreamsBuilder {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("RedisStreamsBuilder")
-            .field("url", &"<redacted>")
+            .field("url", &self.url)
             .field("pool_size", &self.pool_size)
             .field("connect_timeout", &self.connect_timeout)
             .field("io_timeout", &self.io_timeout)
