@@ -8,6 +8,9 @@ use std::time::{Duration, Instant};
 
 type Result<T> = std::result::Result<T, Box<dyn std::error::Error>>;
 
+/// Longest wait for the private Redis to answer after a (re)start.
+const STARTUP: Duration = Duration::from_secs(120);
+
 /// A `redis-server` of the soak's own, on a free port, keeping an append-only file synced on
 /// every write: a restart, even after SIGKILL, keeps every write it acknowledged.
 pub struct PrivateRedis {
@@ -47,12 +50,15 @@ impl PrivateRedis {
             ])
             .arg("--dir")
             .arg(&self.dir)
+            .arg("--logfile")
+            .arg(self.dir.join("redis.log"))
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .map_err(|error| format!("cannot start redis-server (is it installed?): {error}"))?;
         self.process = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(30);
+        // Loading the append-only file takes a while on a loaded machine.
+        let deadline = Instant::now() + STARTUP;
         while Instant::now() < deadline {
             let ping = redis::Client::open(self.url().as_str())
                 .and_then(|client| client.get_connection_with_timeout(Duration::from_secs(1)))
@@ -60,9 +66,30 @@ impl PrivateRedis {
             if ping.is_ok() {
                 return Ok(());
             }
+            if let Some(status) = self
+                .process
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
+                return Err(format!(
+                    "the private redis-server exited ({status}); its log ends:\n{}",
+                    self.log_tail()
+                )
+                .into());
+            }
             std::thread::sleep(Duration::from_millis(50));
         }
-        Err("the private redis-server did not answer within 30 s".into())
+        Err(format!(
+            "the private redis-server did not answer within {STARTUP:?}; its log ends:\n{}",
+            self.log_tail()
+        )
+        .into())
+    }
+
+    fn log_tail(&self) -> String {
+        let log = std::fs::read_to_string(self.dir.join("redis.log")).unwrap_or_default();
+        let lines: Vec<&str> = log.lines().collect();
+        lines[lines.len().saturating_sub(20)..].join("\n")
     }
 
     /// SIGKILLs the server and starts it again on the same port and files.

@@ -80,7 +80,18 @@ pub fn run(
         }
         fleet.ensure_running()?;
         if last_report.elapsed() >= Duration::from_secs(60) {
-            println!("after {:?}: {struck}", started.elapsed());
+            let progress = admin
+                .query_one(
+                    &format!(
+                        "SELECT (SELECT count(*) FROM {}), (SELECT count(DISTINCT event_id) FROM {})",
+                        names.committed(),
+                        names.ledger()
+                    ),
+                    &[],
+                )
+                .map(|row| format!("{} committed, {} handled", row.get::<_, i64>(0), row.get::<_, i64>(1)))
+                .unwrap_or_else(|error| format!("progress unknown: {error}"));
+            println!("after {:?}: {struck}; {progress}", started.elapsed());
             last_report = Instant::now();
         }
     }
