@@ -273,19 +273,22 @@ pub struct InboxRow {
 fn flattened(entry: &StreamEntry) -> Result<Map<String, Value>, EntryError> {
     let mut attributes = Map::new();
     for (name, raw) in &entry.fields {
+        let name = std::str::from_utf8(name).map_err(|error| {
+            EntryError::invalid(
+                String::from_utf8_lossy(name),
+                format!("the field name is not UTF-8: {error}"),
+            )
+        })?;
         let text = utf8(name, raw)?;
         let trimmed = text.trim_start();
         let value = if trimmed.starts_with('{') || trimmed.starts_with('[') {
             serde_json::from_str(text).map_err(|error| {
-                EntryError::invalid(
-                    name.as_str(),
-                    format!("looks like JSON but is not: {error}"),
-                )
+                EntryError::invalid(name, format!("looks like JSON but is not: {error}"))
             })?
         } else {
             Value::String(text.to_string())
         };
-        attributes.insert(name.clone(), value);
+        attributes.insert(name.to_string(), value);
     }
     Ok(attributes)
 }
@@ -414,13 +417,7 @@ mod tests {
     const AGGREGATE: &str = "7c8f0a6a-7b7c-4c74-9cfb-2e2e2b9b1d33";
 
     fn entry(fields: &[(&str, &str)]) -> StreamEntry {
-        StreamEntry {
-            id: "1-0".into(),
-            fields: fields
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.as_bytes().to_vec()))
-                .collect(),
-        }
+        StreamEntry::from_text_fields("1-0", fields.iter().copied())
     }
 
     #[test]
@@ -594,24 +591,27 @@ mod tests {
 
     #[test]
     fn non_utf8_values_are_an_error_not_a_panic() {
-        let entry = StreamEntry {
-            id: "1-0".into(),
-            fields: vec![("data".into(), vec![0xff, 0xfe])],
-        };
+        let entry = StreamEntry::from_text_fields("1-0", [("data", vec![0xff, 0xfe])]);
         assert!(Event::from_entry(&entry)
             .unwrap_err()
             .to_string()
             .contains("not UTF-8"));
+        let bad_name = StreamEntry {
+            id: "1-0".into(),
+            fields: vec![(vec![b'e', 0xff], b"x".to_vec())],
+        };
+        let error = Event::from_entry(&bad_name).unwrap_err();
+        assert!(
+            error.to_string().contains("field name is not UTF-8"),
+            "{error}"
+        );
     }
 
     #[test]
     fn entry_fields_round_trip() {
         let mut event = Event::new("OrderCreated", Uuid::new_v4(), json!({"order_id": "o-1"}));
         event.correlation_id = Some("c".into());
-        let entry = StreamEntry {
-            id: "1-0".into(),
-            fields: event.to_entry_fields(),
-        };
+        let entry = StreamEntry::from_text_fields("1-0", event.to_entry_fields());
         let parsed = Event::from_entry(&entry).unwrap();
         assert_eq!(parsed, event);
     }

@@ -20,7 +20,12 @@ use std::thread;
 
 use chrono::{DateTime, SubsecRound, Utc};
 use eventflow::event::EntryError;
-use eventflow::quarantine::{self, encode_fields, QuarantinedEntry};
+use eventflow::quarantine::{self, encode_fields, QuarantinedEntry, RawFields};
+
+/// An event's fields as a stream entry delivers them: names as bytes.
+fn raw_entry_fields(event: &Event) -> RawFields {
+    StreamEntry::from_text_fields("0-0", event.to_entry_fields()).fields
+}
 use eventflow::store::{
     validate_table_name, AfterDeadLetter, Claim, ClaimParams, Cleanup, Cursor, DeadLetterRequeue,
     DeadLetterSkip, Failure, InboxStore, MalformedEntry, Page, ParkedAggregate, ParkedPage,
@@ -420,13 +425,10 @@ fn received(id: &str, stream_id: &str) -> ReceivedEvent {
 }
 
 /// A malformed entry with `fields`, its reason what the parser says about them.
-fn malformed(
-    stream_id: &str,
-    fields: &[(&str, &[u8])],
-) -> (MalformedEntry, Vec<(String, Vec<u8>)>) {
-    let fields: Vec<(String, Vec<u8>)> = fields
+fn malformed(stream_id: &str, fields: &[(&str, &[u8])]) -> (MalformedEntry, RawFields) {
+    let fields: RawFields = fields
         .iter()
-        .map(|(name, value)| (name.to_string(), value.to_vec()))
+        .map(|(name, value)| (name.as_bytes().to_vec(), value.to_vec()))
         .collect();
     let reason = Event::from_entry(&StreamEntry {
         id: stream_id.to_string(),
@@ -735,11 +737,12 @@ fn malformed_entries_are_quarantined_once<B: Backend>(store: &B) {
     );
 
     let expected =
-        |entry: &MalformedEntry, stream: &str, fields: &[(String, Vec<u8>)], at| QuarantinedEntry {
+        |entry: &MalformedEntry, stream: &str, fields: &RawFields, at| QuarantinedEntry {
             id: entry.id,
             stream: stream.to_string(),
             stream_id: entry.stream_id.clone(),
             fields: fields.to_vec(),
+            oversized: None,
             reason: entry.reason.clone(),
             received_at: at,
             replayed_at: None,
@@ -806,7 +809,7 @@ fn parsed_events_with_nul_characters_are_stored<B: Backend>(store: &B) {
     for (n, data) in [in_payload, in_event_id].into_iter().enumerate() {
         let entry = StreamEntry {
             id: sid(n),
-            fields: vec![("data".into(), data.to_string().into_bytes())],
+            fields: vec![(b"data".to_vec(), data.to_string().into_bytes())],
         };
         let Ok(parsed) = Event::from_entry(&entry) else {
             continue;
@@ -1557,7 +1560,7 @@ fn replaying_a_quarantined_entry_happens_once<B: Backend>(store: &B) {
     let (no_type, _) = malformed(&sid(2), &[("event_id", b"x-1")]);
     let (still_bad, still_bad_fields) = malformed(&sid(3), &[("data", b"[1, 2]")]);
     // Valid now, rejected by an older parser: replayed as it is.
-    let parser_fixed_fields = event("replayed-d").to_entry_fields();
+    let parser_fixed_fields = raw_entry_fields(&event("replayed-d"));
     let parser_fixed = MalformedEntry {
         id: Uuid::now_v7(),
         stream_id: sid(4),
@@ -1606,6 +1609,7 @@ fn replaying_a_quarantined_entry_happens_once<B: Backend>(store: &B) {
         stream: STREAM.into(),
         stream_id: bad_json.stream_id.clone(),
         fields: bad_json_fields,
+        oversized: None,
         reason: bad_json.reason.clone(),
         received_at: t0(),
         replayed_at: Some(now),
@@ -1648,7 +1652,7 @@ fn replaying_a_quarantined_entry_happens_once<B: Backend>(store: &B) {
     assert_eq!(event_ids(&settled), ["replayed-a"]);
 
     // The public helper, with corrected fields.
-    let corrected = event("replayed-b").to_entry_fields();
+    let corrected = raw_entry_fields(&event("replayed-b"));
     let replayed_id = quarantine::replay(store, no_type.id, Some(corrected), 3, now).unwrap();
     assert_eq!(replayed_id, "replayed-b");
     let b = row(store, "replayed-b");
@@ -1663,7 +1667,7 @@ fn replaying_a_quarantined_entry_happens_once<B: Backend>(store: &B) {
     match quarantine::replay(
         store,
         no_type.id,
-        Some(event("b2").to_entry_fields()),
+        Some(raw_entry_fields(&event("b2"))),
         3,
         now,
     ) {
@@ -1680,7 +1684,7 @@ fn replaying_a_quarantined_entry_happens_once<B: Backend>(store: &B) {
     // A correction that is still invalid writes nothing.
     let before = store.count_by_status().unwrap();
     let still_invalid = vec![(
-        "data".to_string(),
+        b"data".to_vec(),
         br#"{"event_id": "x-2", "event_type": "T"}"#.to_vec(),
     )];
     match quarantine::replay(store, still_bad.id, Some(still_invalid), 3, now) {

@@ -158,6 +158,7 @@ impl<S: InboxStore> Start for Runtime<S> {
                     },
                     work: work_tx.clone(),
                     stop: stop.clone(),
+                    read_count: std::cell::Cell::new(self.settings.read_batch),
                 };
                 let number = stream_index * settings.readers + index;
                 threads.spawn(format!("{READER_THREAD}{number}"), move || reader.run())?;

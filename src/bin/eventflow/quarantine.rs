@@ -80,6 +80,12 @@ pub fn run<S: InboxStore>(
             println!("stream      {} (entry {})", entry.stream, entry.stream_id);
             println!("received    {}", format_time(entry.received_at));
             println!("reason      {}", entry.reason);
+            if let Some(oversized) = &entry.oversized {
+                println!(
+                    "oversized   {} bytes in {} fields; only a prefix of each is kept",
+                    oversized.entry_bytes, oversized.field_count
+                );
+            }
             match (&entry.replayed_at, &entry.replayed_event_id) {
                 (Some(at), Some(event_id)) => {
                     println!("replayed    {} as event {event_id}", format_time(*at))
@@ -140,6 +146,11 @@ fn entry_json(entry: &QuarantinedEntry) -> Value {
         "stream": entry.stream,
         "stream_id": entry.stream_id,
         "fields": encode_fields(&entry.fields),
+        "oversized": entry.oversized.as_ref().map(|oversized| json!({
+            "entry_bytes": oversized.entry_bytes,
+            "field_count": oversized.field_count,
+            "value_bytes": oversized.value_bytes,
+        })),
         "reason": entry.reason,
         "received_at": entry.received_at,
         "replayed_at": entry.replayed_at,

@@ -18,7 +18,7 @@ use super::{
     RowFilter, RowHandler, Settled, StatusCounts, StoreError, Stored, DEFAULT_INBOX_TABLE,
 };
 use crate::event::{Event, EventStatus, InboxRow};
-use crate::quarantine::{decode_fields, QuarantinedEntry};
+use crate::quarantine::{decode_record, QuarantinedEntry};
 use chrono::{DateTime, Utc};
 use postgres::error::SqlState;
 use postgres::{NoTls, Row};
@@ -787,14 +787,16 @@ fn corrupt(row: &dyn std::fmt::Display, column: &str, error: postgres::Error) ->
 fn quarantined_entry(row: &Row) -> Result<QuarantinedEntry, StoreError> {
     let id: Uuid = row.get(0);
     let raw: serde_json::Value = row.get(3);
+    let (fields, oversized) = decode_record(&raw).map_err(|reason| StoreError::Corrupt {
+        row: id.to_string(),
+        reason,
+    })?;
     Ok(QuarantinedEntry {
         id,
         stream: row.get(1),
         stream_id: row.get(2),
-        fields: decode_fields(&raw).map_err(|reason| StoreError::Corrupt {
-            row: id.to_string(),
-            reason,
-        })?,
+        fields,
+        oversized,
         reason: row.get(4),
         received_at: row.get(5),
         replayed_at: row.get(6),

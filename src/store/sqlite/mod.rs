@@ -15,7 +15,7 @@ use super::{
     RowHandler, Settled, StatusCounts, StoreError, Stored, Verdict, DEFAULT_INBOX_TABLE,
 };
 use crate::event::{Event, EventStatus, InboxRow};
-use crate::quarantine::{decode_fields, QuarantinedEntry};
+use crate::quarantine::{decode_record, QuarantinedEntry};
 use chrono::{DateTime, SecondsFormat, Utc};
 use parking_lot::Mutex;
 use rusqlite::{params, Connection, OptionalExtension, Row, Transaction, TransactionBehavior};
@@ -1025,11 +1025,13 @@ impl RawQuarantined {
         };
         let raw: serde_json::Value = serde_json::from_str(&raw_fields.unwrap_or_default())
             .map_err(|error| corrupt(format!("raw fields are not JSON: {error}")))?;
+        let (fields, oversized) = decode_record(&raw).map_err(corrupt)?;
         Ok(QuarantinedEntry {
             id,
             stream: stream.unwrap_or_default(),
             stream_id: stream_id.unwrap_or_default(),
-            fields: decode_fields(&raw).map_err(corrupt)?,
+            fields,
+            oversized,
             reason: reason.unwrap_or_default(),
             received_at: parse_ts(&received_at.unwrap_or_default())?,
             replayed_at: parse_opt_ts(replayed_at)?,

@@ -91,8 +91,8 @@ fn parse_entry(value: Value, command: &str) -> Result<ParsedEntry, TransportErro
         .map(|(name, value)| {
             let name = into_bytes(name).ok_or_else(|| malformed(command, "field name"))?;
             let value = into_bytes(value).ok_or_else(|| malformed(command, "field value"))?;
-            // Field names are ours and ASCII; values stay bytes so bad payloads survive intact.
-            Ok((String::from_utf8_lossy(&name).into_owned(), value))
+            // Names and values stay bytes, so a bad entry is quarantined exactly as it arrived.
+            Ok((name, value))
         })
         .collect::<Result<_, TransportError>>()?;
     Ok(ParsedEntry::Present(StreamEntry { id, fields }))
@@ -303,7 +303,7 @@ mod tests {
             id: id.to_owned(),
             fields: fields
                 .iter()
-                .map(|(name, value)| (name.to_string(), value.to_vec()))
+                .map(|(name, value)| (name.as_bytes().to_vec(), value.to_vec()))
                 .collect(),
         }
     }
