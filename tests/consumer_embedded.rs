@@ -945,6 +945,12 @@ impl InboxStore for Refusing {
     ) -> Result<eventflow::store::Cleanup, eventflow::store::StoreError> {
         self.0.delete_processed_before(cleanup)
     }
+    fn delete_quarantined_before(
+        &self,
+        cleanup: &eventflow::store::QuarantineCleanup,
+    ) -> Result<eventflow::store::Cleanup, eventflow::store::StoreError> {
+        self.0.delete_quarantined_before(cleanup)
+    }
     fn newest_stream_id(
         &self,
         stream: &str,
@@ -1795,4 +1801,39 @@ fn an_oversized_entry_is_quarantined_bounded_and_acknowledged() {
             .is_err_and(|e| e.to_string().contains("only a prefix")),
         "{replay:?}"
     );
+}
+
+/// `quarantine_retention` deletes quarantined entries once they are older than the age.
+#[test]
+fn quarantine_retention_deletes_entries_past_their_age() {
+    const DAY: Duration = Duration::from_secs(86_400);
+    let stream = MemoryStream::new();
+    let store = store();
+    let clock = ManualClock::starting_now();
+    let handle = start_recording(stream.clone(), &store, |builder| {
+        builder
+            .clock(clock.clone())
+            .quarantine_retention(30 * DAY)
+            .retention_interval(Duration::from_millis(5))
+    });
+    stream
+        .publish(STREAM, vec![("event_id".into(), b"old".to_vec())])
+        .unwrap();
+    assert!(wait_until(WAIT, || handle.stats().quarantined == 1));
+    clock.advance(20 * DAY);
+    stream
+        .publish(STREAM, vec![("event_id".into(), b"young".to_vec())])
+        .unwrap();
+    assert!(wait_until(WAIT, || handle.stats().quarantined == 2));
+    clock.advance(11 * DAY);
+    let young_only = || {
+        let left = store.list_quarantined(10, 0).unwrap();
+        left.len() == 1 && left[0].fields[0].1 == b"young"
+    };
+    assert!(
+        wait_until(WAIT, young_only),
+        "{:?}",
+        store.list_quarantined(10, 0)
+    );
+    handle.shutdown(Duration::from_secs(10)).unwrap();
 }

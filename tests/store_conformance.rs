@@ -22,15 +22,12 @@ use chrono::{DateTime, SubsecRound, Utc};
 use eventflow::event::EntryError;
 use eventflow::quarantine::{self, encode_fields, QuarantinedEntry, RawFields};
 
-/// An event's fields as a stream entry delivers them: names as bytes.
-fn raw_entry_fields(event: &Event) -> RawFields {
-    StreamEntry::from_text_fields("0-0", event.to_entry_fields()).fields
-}
 use eventflow::store::{
     validate_table_name, AfterDeadLetter, Claim, ClaimParams, Cleanup, Cursor, DeadLetterRequeue,
     DeadLetterSkip, Failure, InboxStore, MalformedEntry, Page, ParkedAggregate, ParkedPage,
-    ParkedSummary, ProcessedCleanup, QuarantineFilter, QuarantineReplay, ReceivedBatch,
-    ReceivedEvent, RowFilter, RowHandler, Settled, StatusCounts, StoreError, Stored, Verdict,
+    ParkedSummary, ProcessedCleanup, QuarantineCleanup, QuarantineFilter, QuarantineReplay,
+    ReceivedBatch, ReceivedEvent, RowFilter, RowHandler, Settled, StatusCounts, StoreError, Stored,
+    Verdict,
 };
 use eventflow::transport::StreamEntry;
 use eventflow::{
@@ -422,6 +419,11 @@ fn received(id: &str, stream_id: &str) -> ReceivedEvent {
         stream_id: stream_id.to_string(),
         event: event(id),
     }
+}
+
+/// An event's fields as a stream entry delivers them: names as bytes.
+fn raw_entry_fields(event: &Event) -> RawFields {
+    StreamEntry::from_text_fields("0-0", event.to_entry_fields()).fields
 }
 
 /// A malformed entry with `fields`, its reason what the parser says about them.
@@ -3915,6 +3917,49 @@ fn an_aggregate_keeps_stream_order_whatever_its_event_ids<B: Backend>(store: &B)
     assert_eq!(store.markers(), ids);
 }
 
+/// Quarantine retention deletes entries quarantined before the cutoff, replayed or not, oldest
+/// first and at most the limit per call, leaves younger ones, and the newest stream id of the
+/// deleted entries is still known afterwards.
+fn quarantine_retention_deletes_old_entries_and_keeps_the_newest_id<B: Backend>(store: &B) {
+    let old: Vec<MalformedEntry> = (1..=3)
+        .map(|n| malformed(&format!("1735689600000-{n}"), &[("data", b"{")]).0)
+        .collect();
+    store_batch(store, STREAM, &[], &old, t0());
+    let (young, _) = malformed("1735689600000-9", &[("event_id", b"x")]);
+    let young_id = young.id;
+    store_batch(store, "other", &[], &[young], t0() + secs(7200));
+    // A replayed entry goes too: it was kept for the operator, and the event is in the inbox.
+    let fixed = raw_entry_fields(&event("q-fixed"));
+    quarantine::replay(store, old[0].id, Some(fixed), 3, t0()).unwrap();
+
+    let purge = |limit| match store
+        .delete_quarantined_before(&QuarantineCleanup {
+            before: t0() + secs(3600),
+            limit,
+            exclusive: true,
+        })
+        .expect("delete_quarantined_before")
+    {
+        Cleanup::Deleted(deleted) => deleted,
+        Cleanup::Busy => panic!("nobody else is cleaning"),
+    };
+    assert_eq!(purge(2), 2, "at most the limit");
+    assert_eq!(purge(10), 1);
+    assert_eq!(purge(10), 0);
+    let left: Vec<Uuid> = store
+        .list_quarantined(10, 0)
+        .unwrap()
+        .iter()
+        .map(|entry| entry.id)
+        .collect();
+    assert_eq!(left, [young_id], "the younger entry stays");
+    assert_eq!(
+        store.newest_stream_id(STREAM).unwrap().as_deref(),
+        Some("1735689600000-3"),
+        "the newest id of the deleted entries is kept"
+    );
+}
+
 /// The newest stream id stored per stream compares ids as two numbers (`-10` is after `-9`),
 /// counts quarantined entries, ignores other streams and ids of another form, and survives
 /// retention deleting the rows that held it.
@@ -4188,6 +4233,7 @@ conformance!(
         non_object_payloads_are_kept_as_they_are,
         far_future_retries_are_never_due_early,
         newest_stream_id_is_kept_through_retention,
+        quarantine_retention_deletes_old_entries_and_keeps_the_newest_id,
         an_aggregate_keeps_stream_order_whatever_its_event_ids,
     ],
 );

@@ -1,8 +1,8 @@
-//! `eventflow quarantine list|show|replay`.
+//! `eventflow quarantine list|show|replay|purge`.
 
 use super::cli::{Cli, Quarantine};
-use super::output::{self, Table};
-use super::text::{cut, format_time};
+use super::output::{self, progress, Table};
+use super::text::{cut, format_age, format_time};
 use super::Failure;
 use eventflow::admin::{Admin, Correction};
 use eventflow::quarantine::{encode_fields, QuarantinedEntry};
@@ -134,6 +134,26 @@ pub fn run<S: InboxStore>(
                 output::json(&json!({ "replayed": id, "event_id": event_id }));
             } else {
                 println!("replayed {id} as event {event_id} (pending)");
+            }
+            Ok(())
+        }
+        Quarantine::Purge { older_than } => {
+            let bar = progress(cli.json, "deleted");
+            let deleted = admin.purge_quarantined(*older_than, &mut |so_far| {
+                bar.set_message(format!("deleted: {so_far}"));
+            });
+            bar.finish_and_clear();
+            let deleted = deleted?;
+            if cli.json {
+                output::json(&json!({
+                    "deleted": deleted,
+                    "older_than_seconds": older_than.as_secs(),
+                }));
+            } else {
+                println!(
+                    "deleted {deleted} quarantined entries older than {}",
+                    format_age(*older_than)
+                );
             }
             Ok(())
         }

@@ -14,8 +14,9 @@ use super::migrations::{Migration, MIGRATIONS_TABLE};
 use super::{
     counts_by_stream, parse_counted_status, validate_table_name, ClaimParams, Cleanup, Cursor,
     DeadLetterRequeue, DeadLetterSkip, InboxRecord, InboxStore, Page, ParkedAggregate, ParkedPage,
-    ParkedSummary, ProcessedCleanup, QuarantineFilter, QuarantineReplay, ReceivedBatch, Requeued,
-    RowFilter, RowHandler, Settled, StatusCounts, StoreError, Stored, DEFAULT_INBOX_TABLE,
+    ParkedSummary, ProcessedCleanup, QuarantineCleanup, QuarantineFilter, QuarantineReplay,
+    ReceivedBatch, Requeued, RowFilter, RowHandler, Settled, StatusCounts, StoreError, Stored,
+    DEFAULT_INBOX_TABLE,
 };
 use crate::event::{Event, EventStatus, InboxRow};
 use crate::quarantine::{decode_record, QuarantinedEntry};
@@ -680,6 +681,39 @@ impl InboxStore for PostgresStore {
             .map_err(pg("delete processed rows"))?
             .get(0);
         tx.commit().map_err(pg("commit a cleanup"))?;
+        Ok(Cleanup::Deleted(deleted as u64))
+    }
+
+    fn delete_quarantined_before(
+        &self,
+        cleanup: &QuarantineCleanup,
+    ) -> Result<Cleanup, StoreError> {
+        let mut conn = self.connection()?;
+        let mut tx = conn
+            .transaction()
+            .map_err(pg("begin a quarantine cleanup"))?;
+        if cleanup.exclusive {
+            // The inbox cleaner's lock key, on the quarantine table's name: the two cleaners
+            // do not wait for each other.
+            let locked: bool = tx
+                .query_one(
+                    "SELECT pg_try_advisory_xact_lock($1, hashtext($2 || '_quarantine'))",
+                    &[&CLEANUP_LOCK_KEY, &self.table],
+                )
+                .map_err(pg("take the quarantine cleanup lock"))?
+                .get(0);
+            if !locked {
+                return Ok(Cleanup::Busy);
+            }
+        }
+        let deleted: i64 = tx
+            .query_one(
+                &self.sql.delete_quarantined,
+                &[&cleanup.before, &(cleanup.limit as i64)],
+            )
+            .map_err(pg("delete quarantined entries"))?
+            .get(0);
+        tx.commit().map_err(pg("commit a quarantine cleanup"))?;
         Ok(Cleanup::Deleted(deleted as u64))
     }
 

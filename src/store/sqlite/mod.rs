@@ -11,8 +11,8 @@ use super::{
     counts_by_stream, orphaned_before, parse_counted_status, truncate_error, validate_table_name,
     AfterDeadLetter, Claim, ClaimParams, Cleanup, Cursor, DeadLetterRequeue, DeadLetterSkip,
     InboxRecord, InboxStore, Page, ParkedAggregate, ParkedPage, ParkedSummary, ProcessedCleanup,
-    QuarantineFilter, QuarantineReplay, ReceivedBatch, ReceivedEvent, Requeued, RowFilter,
-    RowHandler, Settled, StatusCounts, StoreError, Stored, Verdict, DEFAULT_INBOX_TABLE,
+    QuarantineCleanup, QuarantineFilter, QuarantineReplay, ReceivedBatch, ReceivedEvent, Requeued,
+    RowFilter, RowHandler, Settled, StatusCounts, StoreError, Stored, Verdict, DEFAULT_INBOX_TABLE,
 };
 use crate::event::{Event, EventStatus, InboxRow};
 use crate::quarantine::{decode_record, QuarantinedEntry};
@@ -689,6 +689,25 @@ impl InboxStore for SqliteStore {
             .and_then(|mut statement| statement.execute(args))
             .map_err(lite("delete processed rows"))?;
         tx.commit().map_err(lite("commit a cleanup"))?;
+        Ok(Cleanup::Deleted(deleted as u64))
+    }
+
+    fn delete_quarantined_before(
+        &self,
+        cleanup: &QuarantineCleanup,
+    ) -> Result<Cleanup, StoreError> {
+        let mut conn = self.lock();
+        let tx = conn
+            .transaction()
+            .map_err(lite("begin a quarantine cleanup"))?;
+        let args = params![ts(cleanup.before), cleanup.limit as i64];
+        let deleted = tx
+            .prepare_cached(&self.sql.keep_newest_quarantined)
+            .and_then(|mut statement| statement.execute(args))
+            .and_then(|_| tx.prepare_cached(&self.sql.delete_quarantined))
+            .and_then(|mut statement| statement.execute(args))
+            .map_err(lite("delete quarantined entries"))?;
+        tx.commit().map_err(lite("commit a quarantine cleanup"))?;
         Ok(Cleanup::Deleted(deleted as u64))
     }
 
