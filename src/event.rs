@@ -77,8 +77,8 @@ impl Event {
     ///
     /// `occurred_on` is cut to whole microseconds, the precision both databases keep, so the
     /// event reads back from an inbox or outbox table exactly as it was made. `payload` should
-    /// be a JSON object: the outbox and `eventflow publish` refuse anything else (see
-    /// [`Event::validate`]), though the inbox keeps whatever payload arrives.
+    /// be a JSON object: the outbox refuses anything else (see [`Event::validate`]), though
+    /// the inbox keeps whatever payload arrives and `eventflow publish` sends it as it is.
     pub fn new(event_type: impl Into<String>, aggregate_id: Uuid, payload: Value) -> Self {
         let now = Utc::now();
         Self {
@@ -159,6 +159,19 @@ impl Event {
     /// Checks what the inbox and outbox tables require: non-empty ids and type within their
     /// column lengths, and an object payload.
     pub fn validate(&self) -> Result<(), EntryError> {
+        self.validate_received()?;
+        if !self.payload.is_object() {
+            return Err(EntryError::invalid(
+                "payload",
+                format!("expected a JSON object, got {}", json_kind(&self.payload)),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Checks what the inbox requires of an event it receives: what [`Event::validate`]
+    /// checks, but a payload of any JSON kind, which the inbox keeps as it arrives.
+    pub fn validate_received(&self) -> Result<(), EntryError> {
         check_text("event_id", &self.event_id, MAX_ID_LEN)?;
         check_year(self.occurred_on)?;
         check_text("event_type", &self.event_type, MAX_EVENT_TYPE_LEN)?;
@@ -169,12 +182,6 @@ impl Event {
             if let Some(value) = value {
                 check_text(field, value, MAX_ID_LEN)?;
             }
-        }
-        if !self.payload.is_object() {
-            return Err(EntryError::invalid(
-                "payload",
-                format!("expected a JSON object, got {}", json_kind(&self.payload)),
-            ));
         }
         check_no_nul(&self.payload)
     }
