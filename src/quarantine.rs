@@ -16,7 +16,7 @@
 
 use crate::error::{Error, Result};
 use crate::event::{EntryError, Event};
-use crate::store::{InboxStore, QuarantineReplay, ReceivedEvent};
+use crate::store::{printable, InboxStore, MalformedEntry, QuarantineReplay, ReceivedEvent};
 use crate::transport::StreamEntry;
 use chrono::{DateTime, Utc};
 use serde_json::{json, Value};
@@ -77,6 +77,26 @@ impl QuarantinedEntry {
     }
 }
 
+/// What the inbox makes of a stream entry: the event it holds, or, when it is larger than
+/// `max_entry_bytes` or does not parse, the quarantine record to keep instead (its raw fields
+/// exactly, or for an oversized entry its size, names and value prefixes; see the module docs).
+pub fn triage(entry: &StreamEntry, max_entry_bytes: usize) -> Result<Event, MalformedEntry> {
+    let (raw_fields, reason) = if entry.size() > max_entry_bytes {
+        encode_oversized(entry, max_entry_bytes)
+    } else {
+        match Event::from_entry(entry) {
+            Ok(event) => return Ok(event),
+            Err(reason) => (encode_fields(&entry.fields), reason.to_string()),
+        }
+    };
+    Err(MalformedEntry {
+        id: Uuid::now_v7(),
+        stream_id: entry.id.clone(),
+        raw_fields,
+        reason: printable(&reason),
+    })
+}
+
 /// Encodes raw fields as the quarantine table's JSON.
 pub fn encode_fields(fields: &[(Vec<u8>, Vec<u8>)]) -> Value {
     Value::Array(
@@ -89,7 +109,7 @@ pub fn encode_fields(fields: &[(Vec<u8>, Vec<u8>)]) -> Value {
 
 /// The quarantine record of an entry larger than `limit` bytes, and its reason: the entry's
 /// size, its first fields' names and a bounded prefix of their values (see the module docs).
-pub(crate) fn encode_oversized(entry: &StreamEntry, limit: usize) -> (Value, String) {
+fn encode_oversized(entry: &StreamEntry, limit: usize) -> (Value, String) {
     let size = entry.size();
     let prefix = |bytes: &[u8]| encode_text(&bytes[..bytes.len().min(OVERSIZED_PREFIX_BYTES)]);
     let kept: Vec<Value> = entry

@@ -25,8 +25,8 @@ use super::settings::Settings;
 use super::stats::Counters;
 use super::worker::{panic_message, Work};
 use crate::backoff::Backoff;
-use crate::event::{Event, InboxRow};
-use crate::quarantine::{encode_fields, encode_oversized};
+use crate::event::InboxRow;
+use crate::quarantine::{encode_fields, triage};
 use crate::store::{
     printable, InboxStore, MalformedEntry, ReceivedBatch, ReceivedEvent, StoreError, Stored,
 };
@@ -294,19 +294,7 @@ impl<S: InboxStore> Reader<S> {
         let mut raw_fields = Vec::with_capacity(entries.len());
         let mut malformed = Vec::new();
         for entry in entries {
-            let size = entry.size();
-            if size > settings.max_entry_bytes {
-                let (record, reason) = encode_oversized(&entry, settings.max_entry_bytes);
-                tracing::warn!(stream = %self.stream, stream_id = %entry.id, size, limit = settings.max_entry_bytes, "oversized entry quarantined");
-                malformed.push(MalformedEntry {
-                    id: Uuid::now_v7(),
-                    stream_id: entry.id,
-                    raw_fields: record,
-                    reason,
-                });
-                continue;
-            }
-            match Event::from_entry(&entry) {
+            match triage(&entry, settings.max_entry_bytes) {
                 Ok(event) => {
                     raw_fields.push(entry.fields);
                     events.push(ReceivedEvent {
@@ -315,9 +303,9 @@ impl<S: InboxStore> Reader<S> {
                         event,
                     });
                 }
-                Err(reason) => {
-                    tracing::warn!(stream = %self.stream, stream_id = %entry.id, %reason, "malformed entry quarantined");
-                    malformed.push(quarantined(&entry.id, &entry.fields, reason.to_string()));
+                Err(record) => {
+                    tracing::warn!(stream = %self.stream, stream_id = %entry.id, size = entry.size(), reason = %record.reason, "malformed entry quarantined");
+                    malformed.push(record);
                 }
             }
         }
