@@ -12,6 +12,9 @@ mod memory;
 mod redis_streams;
 
 pub use memory::MemoryStream;
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub use redis_streams::fuzz_reply_parsers;
 #[cfg(feature = "redis")]
 pub use redis_streams::{RedisStreams, RedisStreamsBuilder};
 

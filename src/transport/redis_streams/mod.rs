@@ -11,6 +11,10 @@
 mod connection;
 mod reply;
 
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub use reply::fuzz_reply_parsers;
+
 use std::fmt;
 use std::time::Duration;
 

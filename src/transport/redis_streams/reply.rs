@@ -262,6 +262,19 @@ pub(super) fn parse_pending_entry(value: Value) -> Result<Option<PendingEntry>, 
     }))
 }
 
+/// Runs every reply parser on `value`, each of which parses it or refuses it with an error:
+/// the entry point of the `reply` fuzz target (`fuzz/`), which has no other way in.
+#[cfg(feature = "fuzzing")]
+pub fn fuzz_reply_parsers(value: Value) {
+    let _ = parse_read_reply(value.clone());
+    let _ = parse_autoclaim(value.clone());
+    let _ = parse_group_stats(value.clone(), "g");
+    let _ = parse_group_cursors(value.clone());
+    let _ = parse_oldest_pending(value.clone());
+    let _ = parse_pending_entry(value.clone());
+    let _ = parse_count(value);
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
