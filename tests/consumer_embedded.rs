@@ -394,7 +394,10 @@ fn shutdown_drains_in_flight_work_and_can_be_called_twice() {
     assert!(wait_until(WAIT, || handle.stats().processed >= 20));
     let report = handle.shutdown(Duration::from_secs(30)).unwrap();
     assert!(report.stopped_now);
-    assert_eq!(report.threads_joined, 4, "two readers and two workers");
+    assert_eq!(
+        report.threads_joined, 5,
+        "two readers, two workers and the hung-handler watch"
+    );
     assert!(
         report.drained > 0,
         "queued rows were handled during shutdown: {report:?}"
@@ -1604,8 +1607,8 @@ fn retention_deletes_only_processed_rows_past_their_age() {
     );
     let report = handle.shutdown(Duration::from_secs(10)).unwrap();
     assert_eq!(
-        report.threads_joined, 7,
-        "two readers, four workers and the cleaner"
+        report.threads_joined, 8,
+        "two readers, four workers, the hung-handler watch and the cleaner"
     );
     for i in 0..5 {
         assert_eq!(store.find_by_event_id(&format!("old-{i}")).unwrap(), None);
@@ -1639,7 +1642,10 @@ fn retention_is_off_by_default() {
     assert!(wait_until(WAIT, || count(&store, EventStatus::Processed) == 1));
     clock.advance(Duration::from_secs(100 * 365 * 86_400));
     let report = handle.shutdown(Duration::from_secs(10)).unwrap();
-    assert_eq!(report.threads_joined, 6, "no cleaner thread");
+    assert_eq!(
+        report.threads_joined, 7,
+        "two readers, four workers, the hung-handler watch: no cleaner thread"
+    );
     assert_eq!(count(&store, EventStatus::Processed), 1);
 }
 
