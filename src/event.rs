@@ -77,8 +77,8 @@ impl Event {
     ///
     /// `occurred_on` is cut to whole microseconds, the precision both databases keep, so the
     /// event reads back from an inbox or outbox table exactly as it was made. `payload` should
-    /// be a JSON object: the outbox and `eventflow publish` refuse anything else (see
-    /// [`Event::validate`]), though the inbox keeps whatever payload arrives.
+    /// be a JSON object: the outbox refuses anything else (see [`Event::validate`]), though
+    /// the inbox keeps whatever payload arrives and `eventflow publish` sends it as it is.
     pub fn new(event_type: impl Into<String>, aggregate_id: Uuid, payload: Value) -> Self {
         let now = Utc::now();
         Self {
@@ -159,6 +159,19 @@ impl Event {
     /// Checks what the inbox and outbox tables require: non-empty ids and type within their
     /// column lengths, and an object payload.
     pub fn validate(&self) -> Result<(), EntryError> {
+        self.validate_received()?;
+        if !self.payload.is_object() {
+            return Err(EntryError::invalid(
+                "payload",
+                format!("expected a JSON object, got {}", json_kind(&self.payload)),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Checks what the inbox requires of an event it receives: what [`Event::validate`]
+    /// checks, but a payload of any JSON kind, which the inbox keeps as it arrives.
+    pub fn validate_received(&self) -> Result<(), EntryError> {
         check_text("event_id", &self.event_id, MAX_ID_LEN)?;
         check_year(self.occurred_on)?;
         check_text("event_type", &self.event_type, MAX_EVENT_TYPE_LEN)?;
@@ -169,12 +182,6 @@ impl Event {
             if let Some(value) = value {
                 check_text(field, value, MAX_ID_LEN)?;
             }
-        }
-        if !self.payload.is_object() {
-            return Err(EntryError::invalid(
-                "payload",
-                format!("expected a JSON object, got {}", json_kind(&self.payload)),
-            ));
         }
         check_no_nul(&self.payload)
     }
@@ -273,19 +280,22 @@ pub struct InboxRow {
 fn flattened(entry: &StreamEntry) -> Result<Map<String, Value>, EntryError> {
     let mut attributes = Map::new();
     for (name, raw) in &entry.fields {
+        let name = std::str::from_utf8(name).map_err(|error| {
+            EntryError::invalid(
+                String::from_utf8_lossy(name),
+                format!("the field name is not UTF-8: {error}"),
+            )
+        })?;
         let text = utf8(name, raw)?;
         let trimmed = text.trim_start();
         let value = if trimmed.starts_with('{') || trimmed.starts_with('[') {
             serde_json::from_str(text).map_err(|error| {
-                EntryError::invalid(
-                    name.as_str(),
-                    format!("looks like JSON but is not: {error}"),
-                )
+                EntryError::invalid(name, format!("looks like JSON but is not: {error}"))
             })?
         } else {
             Value::String(text.to_string())
         };
-        attributes.insert(name.clone(), value);
+        attributes.insert(name.to_string(), value);
     }
     Ok(attributes)
 }
@@ -414,13 +424,7 @@ mod tests {
     const AGGREGATE: &str = "7c8f0a6a-7b7c-4c74-9cfb-2e2e2b9b1d33";
 
     fn entry(fields: &[(&str, &str)]) -> StreamEntry {
-        StreamEntry {
-            id: "1-0".into(),
-            fields: fields
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.as_bytes().to_vec()))
-                .collect(),
-        }
+        StreamEntry::from_text_fields("1-0", fields.iter().copied())
     }
 
     #[test]
@@ -594,24 +598,27 @@ mod tests {
 
     #[test]
     fn non_utf8_values_are_an_error_not_a_panic() {
-        let entry = StreamEntry {
-            id: "1-0".into(),
-            fields: vec![("data".into(), vec![0xff, 0xfe])],
-        };
+        let entry = StreamEntry::from_text_fields("1-0", [("data", vec![0xff, 0xfe])]);
         assert!(Event::from_entry(&entry)
             .unwrap_err()
             .to_string()
             .contains("not UTF-8"));
+        let bad_name = StreamEntry {
+            id: "1-0".into(),
+            fields: vec![(vec![b'e', 0xff], b"x".to_vec())],
+        };
+        let error = Event::from_entry(&bad_name).unwrap_err();
+        assert!(
+            error.to_string().contains("field name is not UTF-8"),
+            "{error}"
+        );
     }
 
     #[test]
     fn entry_fields_round_trip() {
         let mut event = Event::new("OrderCreated", Uuid::new_v4(), json!({"order_id": "o-1"}));
         event.correlation_id = Some("c".into());
-        let entry = StreamEntry {
-            id: "1-0".into(),
-            fields: event.to_entry_fields(),
-        };
+        let entry = StreamEntry::from_text_fields("1-0", event.to_entry_fields());
         let parsed = Event::from_entry(&entry).unwrap();
         assert_eq!(parsed, event);
     }

@@ -736,6 +736,76 @@ fn quarantine_list_show_and_replay() {
     handle.shutdown(Duration::from_secs(10)).unwrap();
 }
 
+/// `quarantine purge` deletes only entries quarantined longer ago than the age; `publish`
+/// refuses a misspelled field by name, and publishes a payload that is not an object as it is.
+#[test]
+fn quarantine_purge_and_strict_publish() {
+    let Some(setup) = Setup::new("cli::quarantine_purge_and_strict_publish") else {
+        return;
+    };
+    setup.fixed.store(true, Ordering::SeqCst);
+    let handle = setup.consumer();
+    let redis = RedisStreams::connect(&redis_url()).unwrap();
+    for id in ["old-1", "old-2", "young"] {
+        redis
+            .publish(
+                &setup.stream,
+                vec![("event_id".into(), id.as_bytes().to_vec())],
+            )
+            .unwrap();
+    }
+    assert!(wait_until(WAIT, || handle.stats().quarantined == 3));
+    setup.sql(
+        "UPDATE {t}_quarantine SET received_at = now() - interval '10 days' \
+         WHERE raw_fields::text LIKE '%old-%'",
+    );
+    let purged = setup
+        .run(&["--json", "quarantine", "purge", "--older-than", "7d"])
+        .ok()
+        .json();
+    assert_eq!(purged["deleted"], 2, "{purged}");
+    let left = setup.run(&["--json", "quarantine", "list"]).ok().json();
+    let left = left["entries"].as_array().unwrap();
+    assert_eq!(left.len(), 1);
+    assert_eq!(left[0]["fields"][0][1], "young");
+    let again = setup
+        .run(&["quarantine", "purge", "--older-than", "1h"])
+        .ok();
+    assert!(
+        again.stdout.contains("deleted 0 quarantined entries"),
+        "{}",
+        again.stdout
+    );
+
+    // A misspelled field is refused by name, and nothing is published.
+    let misspelled = setup.run(&[
+        "publish",
+        &json!({"evnet_id": "p-1", "event_type": "OrderCreated", "aggregate_id": AGGREGATE})
+            .to_string(),
+    ]);
+    assert_eq!(misspelled.code, 2, "{}", misspelled.stderr);
+    assert!(
+        misspelled.stderr.contains("unknown field `evnet_id`")
+            && misspelled.stderr.contains("did you mean `event_id`"),
+        "{}",
+        misspelled.stderr
+    );
+    // A payload that is not an object reaches the handler's row as it was published.
+    setup
+        .run(&[
+            "publish",
+            &json!({"event_id": "p-2", "event_type": "OrderCreated", "aggregate_id": AGGREGATE,
+                "payload": "plain text"})
+            .to_string(),
+        ])
+        .ok();
+    assert!(wait_until(WAIT, || setup.count(EventStatus::Processed) == 1));
+    let row = setup.store.find_by_event_id("p-2").unwrap().unwrap();
+    assert_eq!(row.event.payload, json!("plain text"));
+    assert_eq!(setup.store.find_by_event_id("p-1").unwrap(), None);
+    handle.shutdown(Duration::from_secs(10)).unwrap();
+}
+
 /// Bad usage is exit code 2; an unreachable database or Redis is 3, and the password in the
 /// connection settings appears nowhere in the output.
 #[test]

@@ -5,7 +5,7 @@ mod support;
 
 use eventflow::inbox::{ConsumerBuilder, DeadLetter, Prebuilt, DEAD_LETTER_MESSAGE};
 use eventflow::store::{InboxStore, SqliteStore};
-use eventflow::transport::{GroupStats, MemoryStream, ReadRequest, Transport};
+use eventflow::transport::{GroupStats, MemoryStream, ReadRequest, StreamEntry, Transport};
 use eventflow::{
     ConsumerHandle, Error, Event, EventStatus, HandlerError, HandlerResult, InboxConsumer,
     InboxRow, ManualClock,
@@ -160,7 +160,8 @@ fn every_event_is_handled_once_across_duplicates_styles_and_malformed_entries() 
     assert_eq!(quarantined.len(), 3);
     let kept: Vec<_> = quarantined.iter().map(|q| q.fields.clone()).collect();
     for fields in &malformed {
-        assert!(kept.contains(fields), "raw fields kept exactly: {fields:?}");
+        let raw = StreamEntry::from_text_fields("0-0", fields.clone()).fields;
+        assert!(kept.contains(&raw), "raw fields kept exactly: {fields:?}");
     }
     assert!(quarantined
         .iter()
@@ -193,7 +194,7 @@ fn a_fixed_quarantined_entry_can_be_replayed_and_is_then_handled() {
     let replayed = eventflow::quarantine::replay(
         store.as_ref(),
         entry.id,
-        Some(good.to_entry_fields()),
+        Some(StreamEntry::from_text_fields("0-0", good.to_entry_fields()).fields),
         3,
         chrono::Utc::now(),
     )
@@ -951,6 +952,12 @@ impl InboxStore for Refusing {
         cleanup: &eventflow::store::ProcessedCleanup,
     ) -> Result<eventflow::store::Cleanup, eventflow::store::StoreError> {
         self.0.delete_processed_before(cleanup)
+    }
+    fn delete_quarantined_before(
+        &self,
+        cleanup: &eventflow::store::QuarantineCleanup,
+    ) -> Result<eventflow::store::Cleanup, eventflow::store::StoreError> {
+        self.0.delete_quarantined_before(cleanup)
     }
     fn newest_stream_id(
         &self,
@@ -1725,4 +1732,119 @@ fn several_streams_feed_one_table_counted_per_stream_and_owned_by_one_group() {
             .as_deref(),
         Some("payments")
     );
+}
+
+/// An entry over `max_entry_bytes` is quarantined with its size, names and a prefix of its
+/// values, and acknowledged; the entries around it, read under a small `max_batch_bytes`, are
+/// stored and handled as usual.
+#[test]
+fn an_oversized_entry_is_quarantined_bounded_and_acknowledged() {
+    let stream = MemoryStream::new();
+    let store = store();
+    let handle = start_recording(stream.clone(), &store, |builder| {
+        builder
+            .read_batch(50)
+            .max_entry_bytes(4096)
+            .max_batch_bytes(8192)
+    });
+    for i in 0..20 {
+        stream
+            .publish(
+                STREAM,
+                event(&format!("small-{i}"), "OrderCreated").to_entry_fields(),
+            )
+            .unwrap();
+    }
+    let mut huge = event("huge-1", "OrderCreated").to_json();
+    huge["payload"]["blob"] = json!("x".repeat(100_000));
+    let huge = huge.to_string().into_bytes();
+    let huge_len = huge.len();
+    stream
+        .publish(
+            STREAM,
+            vec![("data".into(), huge), ("extra".into(), vec![0xff; 10])],
+        )
+        .unwrap();
+    for i in 20..40 {
+        stream
+            .publish(
+                STREAM,
+                event(&format!("small-{i}"), "OrderCreated").to_entry_fields(),
+            )
+            .unwrap();
+    }
+    assert!(wait_until(WAIT, || count(&store, EventStatus::Processed)
+        == 40
+        && handle.stats().quarantined == 1));
+    handle.shutdown(Duration::from_secs(10)).unwrap();
+    assert_eq!(
+        group_stats(&stream).pending,
+        0,
+        "the oversized entry is acknowledged"
+    );
+    assert_eq!(store.find_by_event_id("huge-1").unwrap(), None);
+
+    let kept = store.list_quarantined(10, 0).unwrap().remove(0);
+    let size = huge_len + "data".len() + "extra".len() + 10;
+    assert!(
+        kept.reason.contains(&format!("entry is {size} bytes"))
+            && kept.reason.contains("4096 bytes"),
+        "{}",
+        kept.reason
+    );
+    let oversized = kept.oversized.clone().expect("recorded as oversized");
+    assert_eq!(oversized.entry_bytes, size as u64);
+    assert_eq!(oversized.field_count, 2);
+    assert_eq!(oversized.value_bytes, [huge_len as u64, 10]);
+    let names: Vec<&[u8]> = kept.fields.iter().map(|(n, _)| n.as_slice()).collect();
+    assert_eq!(names, [b"data".as_slice(), b"extra"]);
+    assert_eq!(
+        kept.fields[0].1.len(),
+        eventflow::quarantine::OVERSIZED_PREFIX_BYTES
+    );
+    assert_eq!(kept.fields[1].1, vec![0xff; 10]);
+    // Only a prefix was kept, so it cannot be replayed as it is.
+    let replay =
+        eventflow::quarantine::replay(store.as_ref(), kept.id, None, 3, chrono::Utc::now());
+    assert!(
+        replay
+            .as_ref()
+            .is_err_and(|e| e.to_string().contains("only a prefix")),
+        "{replay:?}"
+    );
+}
+
+/// `quarantine_retention` deletes quarantined entries once they are older than the age.
+#[test]
+fn quarantine_retention_deletes_entries_past_their_age() {
+    const DAY: Duration = Duration::from_secs(86_400);
+    let stream = MemoryStream::new();
+    let store = store();
+    let clock = ManualClock::starting_now();
+    let handle = start_recording(stream.clone(), &store, |builder| {
+        builder
+            .clock(clock.clone())
+            .quarantine_retention(30 * DAY)
+            .retention_interval(Duration::from_millis(5))
+    });
+    stream
+        .publish(STREAM, vec![("event_id".into(), b"old".to_vec())])
+        .unwrap();
+    assert!(wait_until(WAIT, || handle.stats().quarantined == 1));
+    clock.advance(20 * DAY);
+    stream
+        .publish(STREAM, vec![("event_id".into(), b"young".to_vec())])
+        .unwrap();
+    assert!(wait_until(WAIT, || handle.stats().quarantined == 2));
+    clock.advance(11 * DAY);
+    let young_only = || {
+        let left = store.list_quarantined(10, 0).unwrap();
+        left.len() == 1 && left[0].fields[0].1 == b"young"
+    };
+    assert!(
+        wait_until(WAIT, young_only),
+        "{:?}",
+        store.list_quarantined(10, 0)
+    );
+    handle.shutdown(Duration::from_secs(10)).unwrap();
 }

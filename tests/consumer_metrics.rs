@@ -335,6 +335,12 @@ impl InboxStore for Gated {
     ) -> Result<eventflow::store::Cleanup, StoreError> {
         self.inner.delete_processed_before(cleanup)
     }
+    fn delete_quarantined_before(
+        &self,
+        cleanup: &eventflow::store::QuarantineCleanup,
+    ) -> Result<eventflow::store::Cleanup, StoreError> {
+        self.inner.delete_quarantined_before(cleanup)
+    }
     fn newest_stream_id(&self, stream: &str) -> Result<Option<String>, StoreError> {
         self.inner.newest_stream_id(stream)
     }

@@ -366,7 +366,7 @@ fn stream_entry(value: redis::Value) -> StreamEntry {
         id: String::from_utf8(text(id)).unwrap(),
         fields: flat
             .chunks(2)
-            .map(|pair| (String::from_utf8(text(&pair[0])).unwrap(), text(&pair[1])))
+            .map(|pair| (text(&pair[0]), text(&pair[1])))
             .collect(),
     }
 }

@@ -20,13 +20,14 @@ use std::thread;
 
 use chrono::{DateTime, SubsecRound, Utc};
 use eventflow::event::EntryError;
-use eventflow::quarantine::{self, encode_fields, QuarantinedEntry};
+use eventflow::quarantine::{self, encode_fields, QuarantinedEntry, RawFields};
+
 use eventflow::store::{
     validate_table_name, AfterDeadLetter, Claim, ClaimParams, Cleanup, Cursor, DeadLetterRequeue,
     DeadLetterSkip, Failure, InboxStore, MalformedEntry, Page, ParkedAggregate, ParkedPage,
-    ParkedSummary, ProcessedCleanup, QuarantineFilter, QuarantineReplay, ReceivedBatch,
-    ReceivedEvent, RowFilter, RowHandler, Settled, StatusCounts, StoreError, Stored, Verdict,
-    NEVER_FINISHED,
+    ParkedSummary, ProcessedCleanup, QuarantineCleanup, QuarantineFilter, QuarantineReplay,
+    ReceivedBatch, ReceivedEvent, RowFilter, RowHandler, Settled, StatusCounts, StoreError, Stored,
+    Verdict, NEVER_FINISHED,
 };
 use eventflow::transport::StreamEntry;
 use eventflow::{
@@ -422,14 +423,16 @@ fn received(id: &str, stream_id: &str) -> ReceivedEvent {
     }
 }
 
+/// An event's fields as a stream entry delivers them: names as bytes.
+fn raw_entry_fields(event: &Event) -> RawFields {
+    StreamEntry::from_text_fields("0-0", event.to_entry_fields()).fields
+}
+
 /// A malformed entry with `fields`, its reason what the parser says about them.
-fn malformed(
-    stream_id: &str,
-    fields: &[(&str, &[u8])],
-) -> (MalformedEntry, Vec<(String, Vec<u8>)>) {
-    let fields: Vec<(String, Vec<u8>)> = fields
+fn malformed(stream_id: &str, fields: &[(&str, &[u8])]) -> (MalformedEntry, RawFields) {
+    let fields: RawFields = fields
         .iter()
-        .map(|(name, value)| (name.to_string(), value.to_vec()))
+        .map(|(name, value)| (name.as_bytes().to_vec(), value.to_vec()))
         .collect();
     let reason = Event::from_entry(&StreamEntry {
         id: stream_id.to_string(),
@@ -785,11 +788,12 @@ fn malformed_entries_are_quarantined_once<B: Backend>(store: &B) {
     );
 
     let expected =
-        |entry: &MalformedEntry, stream: &str, fields: &[(String, Vec<u8>)], at| QuarantinedEntry {
+        |entry: &MalformedEntry, stream: &str, fields: &RawFields, at| QuarantinedEntry {
             id: entry.id,
             stream: stream.to_string(),
             stream_id: entry.stream_id.clone(),
             fields: fields.to_vec(),
+            oversized: None,
             reason: entry.reason.clone(),
             received_at: at,
             replayed_at: None,
@@ -856,7 +860,7 @@ fn parsed_events_with_nul_characters_are_stored<B: Backend>(store: &B) {
     for (n, data) in [in_payload, in_event_id].into_iter().enumerate() {
         let entry = StreamEntry {
             id: sid(n),
-            fields: vec![("data".into(), data.to_string().into_bytes())],
+            fields: vec![(b"data".to_vec(), data.to_string().into_bytes())],
         };
         let Ok(parsed) = Event::from_entry(&entry) else {
             continue;
@@ -1838,7 +1842,7 @@ fn replaying_a_quarantined_entry_happens_once<B: Backend>(store: &B) {
     let (no_type, _) = malformed(&sid(2), &[("event_id", b"x-1")]);
     let (still_bad, still_bad_fields) = malformed(&sid(3), &[("data", b"[1, 2]")]);
     // Valid now, rejected by an older parser: replayed as it is.
-    let parser_fixed_fields = event("replayed-d").to_entry_fields();
+    let parser_fixed_fields = raw_entry_fields(&event("replayed-d"));
     let parser_fixed = MalformedEntry {
         id: Uuid::now_v7(),
         stream_id: sid(4),
@@ -1887,6 +1891,7 @@ fn replaying_a_quarantined_entry_happens_once<B: Backend>(store: &B) {
         stream: STREAM.into(),
         stream_id: bad_json.stream_id.clone(),
         fields: bad_json_fields,
+        oversized: None,
         reason: bad_json.reason.clone(),
         received_at: t0(),
         replayed_at: Some(now),
@@ -1929,7 +1934,7 @@ fn replaying_a_quarantined_entry_happens_once<B: Backend>(store: &B) {
     assert_eq!(event_ids(&settled), ["replayed-a"]);
 
     // The public helper, with corrected fields.
-    let corrected = event("replayed-b").to_entry_fields();
+    let corrected = raw_entry_fields(&event("replayed-b"));
     let replayed_id = quarantine::replay(store, no_type.id, Some(corrected), 3, now).unwrap();
     assert_eq!(replayed_id, "replayed-b");
     let b = row(store, "replayed-b");
@@ -1944,7 +1949,7 @@ fn replaying_a_quarantined_entry_happens_once<B: Backend>(store: &B) {
     match quarantine::replay(
         store,
         no_type.id,
-        Some(event("b2").to_entry_fields()),
+        Some(raw_entry_fields(&event("b2"))),
         3,
         now,
     ) {
@@ -1961,7 +1966,7 @@ fn replaying_a_quarantined_entry_happens_once<B: Backend>(store: &B) {
     // A correction that is still invalid writes nothing.
     let before = store.count_by_status().unwrap();
     let still_invalid = vec![(
-        "data".to_string(),
+        b"data".to_vec(),
         br#"{"event_id": "x-2", "event_type": "T"}"#.to_vec(),
     )];
     match quarantine::replay(store, still_bad.id, Some(still_invalid), 3, now) {
@@ -4292,6 +4297,49 @@ fn an_aggregate_keeps_stream_order_whatever_its_event_ids<B: Backend>(store: &B)
     assert_eq!(store.markers(), ids);
 }
 
+/// Quarantine retention deletes entries quarantined before the cutoff, replayed or not, oldest
+/// first and at most the limit per call, leaves younger ones, and the newest stream id of the
+/// deleted entries is still known afterwards.
+fn quarantine_retention_deletes_old_entries_and_keeps_the_newest_id<B: Backend>(store: &B) {
+    let old: Vec<MalformedEntry> = (1..=3)
+        .map(|n| malformed(&format!("1735689600000-{n}"), &[("data", b"{")]).0)
+        .collect();
+    store_batch(store, STREAM, &[], &old, t0());
+    let (young, _) = malformed("1735689600000-9", &[("event_id", b"x")]);
+    let young_id = young.id;
+    store_batch(store, "other", &[], &[young], t0() + secs(7200));
+    // A replayed entry goes too: it was kept for the operator, and the event is in the inbox.
+    let fixed = raw_entry_fields(&event("q-fixed"));
+    quarantine::replay(store, old[0].id, Some(fixed), 3, t0()).unwrap();
+
+    let purge = |limit| match store
+        .delete_quarantined_before(&QuarantineCleanup {
+            before: t0() + secs(3600),
+            limit,
+            exclusive: true,
+        })
+        .expect("delete_quarantined_before")
+    {
+        Cleanup::Deleted(deleted) => deleted,
+        Cleanup::Busy => panic!("nobody else is cleaning"),
+    };
+    assert_eq!(purge(2), 2, "at most the limit");
+    assert_eq!(purge(10), 1);
+    assert_eq!(purge(10), 0);
+    let left: Vec<Uuid> = store
+        .list_quarantined(10, 0)
+        .unwrap()
+        .iter()
+        .map(|entry| entry.id)
+        .collect();
+    assert_eq!(left, [young_id], "the younger entry stays");
+    assert_eq!(
+        store.newest_stream_id(STREAM).unwrap().as_deref(),
+        Some("1735689600000-3"),
+        "the newest id of the deleted entries is kept"
+    );
+}
+
 /// The newest stream id stored per stream compares ids as two numbers (`-10` is after `-9`),
 /// counts quarantined entries, ignores other streams and ids of another form, and survives
 /// retention deleting the rows that held it.
@@ -4570,6 +4618,7 @@ conformance!(
         non_object_payloads_are_kept_as_they_are,
         far_future_retries_are_never_due_early,
         newest_stream_id_is_kept_through_retention,
+        quarantine_retention_deletes_old_entries_and_keeps_the_newest_id,
         an_aggregate_keeps_stream_order_whatever_its_event_ids,
     ],
 );

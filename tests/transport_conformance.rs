@@ -201,7 +201,19 @@ fn read_returns_entries_in_order_with_fields_intact<T: Harness>(t: &T, stream: &
     let got: Vec<_> = first.into_iter().chain(rest).collect();
     assert_eq!(ids(&got), published_ids);
     let got_fields: Vec<_> = got.iter().map(|entry| entry.fields.clone()).collect();
-    assert_eq!(got_fields, published, "names, raw bytes and order survive");
+    let published_raw: Vec<Vec<(Vec<u8>, Vec<u8>)>> = published
+        .iter()
+        .map(|entry| {
+            entry
+                .iter()
+                .map(|(name, value)| (name.clone().into_bytes(), value.clone()))
+                .collect()
+        })
+        .collect();
+    assert_eq!(
+        got_fields, published_raw,
+        "names, raw bytes and order survive"
+    );
     assert_eq!(
         got[1].field("payload"),
         Some(&b"\xff\xfe\x00not utf-8\x80"[..])

@@ -6,11 +6,26 @@ use crate::transport::Transport;
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde_json::Value;
 
+/// The top-level fields an event has; any other is refused, so a misspelling such as
+/// `evnet_id` is not silently dropped (and a random id invented in its place).
+pub const EVENT_FIELDS: [&str; 7] = [
+    "event_id",
+    "event_type",
+    "aggregate_id",
+    "occurred_on",
+    "payload",
+    "correlation_id",
+    "causation_id",
+];
+
 /// Parses an event from its JSON attributes (the `data` style's object) and validates it.
 ///
-/// `event_id` and `occurred_on` may be left out: they become a random UUID and `now`. Every
-/// other rule of the contract applies (`event_type`, a UUID `aggregate_id`, an object
-/// `payload`, lengths), and the error names the field at fault.
+/// `event_id` and `occurred_on` may be left out: they become a random UUID and `now`. A field
+/// that is not one of [`EVENT_FIELDS`] is refused, naming it (and the field it most likely
+/// misspells). Every other rule of the contract applies (`event_type`, a UUID
+/// `aggregate_id`, lengths), and the error names the field at fault. The payload may be any
+/// JSON value and is published as it is: the inbox keeps a payload that is not an object as
+/// it arrives.
 pub fn parse_event_json(text: &str, now: DateTime<Utc>) -> AdminResult<Event> {
     let value: Value = serde_json::from_str(text)
         .map_err(|error| AdminError::InvalidInput(format!("the event is not JSON: {error}")))?;
@@ -19,6 +34,19 @@ pub fn parse_event_json(text: &str, now: DateTime<Utc>) -> AdminResult<Event> {
             "the event must be a JSON object".into(),
         ));
     };
+    if let Some(unknown) = attributes
+        .keys()
+        .find(|key| !EVENT_FIELDS.contains(&key.as_str()))
+    {
+        let hint = closest_field(unknown)
+            .map(|field| format!("; did you mean `{field}`?"))
+            .unwrap_or_default();
+        return Err(AdminError::InvalidInput(format!(
+            "unknown field `{}` in the event{hint} (an event has {})",
+            unknown.escape_debug(),
+            EVENT_FIELDS.join(", ")
+        )));
+    }
     attributes
         .entry("event_id")
         .or_insert_with(|| uuid::Uuid::new_v4().to_string().into());
@@ -26,24 +54,62 @@ pub fn parse_event_json(text: &str, now: DateTime<Utc>) -> AdminResult<Event> {
         .entry("occurred_on")
         .or_insert_with(|| now.to_rfc3339_opts(SecondsFormat::Micros, true).into());
     let event = Event::from_attributes(&attributes)?;
-    event.validate()?;
+    event.validate_received()?;
     Ok(event)
 }
 
+/// The event field `name` most likely misspells: at most two edits away, ignoring case.
+fn closest_field(name: &str) -> Option<&'static str> {
+    let name = name.to_lowercase();
+    EVENT_FIELDS
+        .iter()
+        .map(|field| (edit_distance(&name, field), *field))
+        .filter(|(distance, _)| *distance <= 2)
+        .min_by_key(|(distance, _)| *distance)
+        .map(|(_, field)| field)
+}
+
+/// Levenshtein distance, counting a swap of two neighbours as one edit (`evnet`/`event`).
+fn edit_distance(a: &str, b: &str) -> usize {
+    let (a, b): (Vec<char>, Vec<char>) = (a.chars().collect(), b.chars().collect());
+    let mut rows = vec![vec![0usize; b.len() + 1]; a.len() + 1];
+    for (i, row) in rows.iter_mut().enumerate() {
+        row[0] = i;
+    }
+    for (j, cell) in rows[0].iter_mut().enumerate() {
+        *cell = j;
+    }
+    for i in 1..=a.len() {
+        for j in 1..=b.len() {
+            let cost = usize::from(a[i - 1] != b[j - 1]);
+            let mut best = (rows[i - 1][j] + 1)
+                .min(rows[i][j - 1] + 1)
+                .min(rows[i - 1][j - 1] + cost);
+            if i > 1 && j > 1 && a[i - 1] == b[j - 2] && a[i - 2] == b[j - 1] {
+                best = best.min(rows[i - 2][j - 2] + 1);
+            }
+            rows[i][j] = best;
+        }
+    }
+    rows[a.len()][b.len()]
+}
+
 /// Appends `event` to `stream` as one `data` field of JSON ([`Event::to_entry_fields`]) after
-/// validating it; returns the entry id.
+/// checking it as the inbox would ([`Event::validate_received`]: a payload of any JSON kind
+/// is kept as it is); returns the entry id.
 pub fn publish_event(
     transport: &dyn Transport,
     stream: &str,
     event: &Event,
 ) -> AdminResult<String> {
-    event.validate()?;
+    event.validate_received()?;
     Ok(transport.publish(stream, event.to_entry_fields())?)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
 
     fn now() -> DateTime<Utc> {
         DateTime::parse_from_rfc3339("2025-01-01T00:00:00Z")
@@ -75,5 +141,40 @@ mod tests {
             parse_event_json("[1]", now()),
             Err(AdminError::InvalidInput(_))
         ));
+    }
+
+    const AGGREGATE: &str = "7c8f0a6a-7b7c-4c74-9cfb-2e2e2b9b1d33";
+
+    #[test]
+    fn unknown_and_misspelled_fields_are_refused_by_name() {
+        for (field, hint) in [
+            ("evnet_type", Some("event_type")),
+            ("event_Id", Some("event_id")),
+            ("payloads", Some("payload")),
+            ("priority", None),
+        ] {
+            let text =
+                format!(r#"{{"event_type":"T","aggregate_id":"{AGGREGATE}","{field}":"x"}}"#);
+            let error = parse_event_json(&text, now()).unwrap_err().to_string();
+            assert!(
+                error.contains(&format!("unknown field `{field}`")),
+                "{error}"
+            );
+            match hint {
+                Some(hint) => assert!(error.contains(&format!("did you mean `{hint}`")), "{error}"),
+                None => assert!(!error.contains("did you mean"), "{error}"),
+            }
+        }
+    }
+
+    #[test]
+    fn a_payload_that_is_not_an_object_is_kept_as_it_is() {
+        for payload in [json!("plain text"), json!([1, 2]), json!(42), json!(null)] {
+            let text = json!({"event_type": "T", "aggregate_id": AGGREGATE, "payload": payload})
+                .to_string();
+            let event = parse_event_json(&text, now()).unwrap();
+            assert_eq!(event.payload, payload);
+            assert_eq!(event.to_json()["payload"], payload);
+        }
     }
 }

@@ -2,7 +2,7 @@
 
 use super::{Admin, AdminError, AdminResult, BATCH_ROWS};
 use crate::clock::Clock;
-use crate::store::{Cleanup, InboxStore, ProcessedCleanup};
+use crate::store::{Cleanup, InboxStore, ProcessedCleanup, QuarantineCleanup};
 use chrono::{DateTime, Utc};
 use std::time::Duration;
 
@@ -43,6 +43,36 @@ impl<S: InboxStore> Admin<S> {
             }
         }
         tracing::info!(deleted = total, %before, "purged processed rows");
+        Ok(total)
+    }
+
+    /// Deletes quarantined entries, replayed or not, quarantined more than `older_than` ago,
+    /// oldest first, [`BATCH_ROWS`] per transaction. `progress` hears the running total after
+    /// each batch. Returns how many entries went.
+    pub fn purge_quarantined(
+        &self,
+        older_than: Duration,
+        progress: &mut dyn FnMut(u64),
+    ) -> AdminResult<u64> {
+        let before = cutoff(self.clock.as_ref(), older_than)?;
+        let mut total = 0;
+        loop {
+            let cleanup = QuarantineCleanup {
+                before,
+                limit: BATCH_ROWS,
+                exclusive: false,
+            };
+            let deleted = match self.store.delete_quarantined_before(&cleanup)? {
+                Cleanup::Deleted(deleted) => deleted,
+                Cleanup::Busy => 0, // not asked for exclusivity, so never
+            };
+            total += deleted;
+            progress(total);
+            if (deleted as usize) < BATCH_ROWS {
+                break;
+            }
+        }
+        tracing::info!(deleted = total, %before, "purged quarantined entries");
         Ok(total)
     }
 }

@@ -15,8 +15,7 @@ pub struct QuarantinePage {
     pub next: Option<Cursor>,
 }
 
-/// Raw stream entry fields.
-type Fields = Vec<(String, Vec<u8>)>;
+use crate::quarantine::RawFields as Fields;
 
 /// How to fix a quarantined entry before replaying it.
 #[derive(Debug, Clone, PartialEq, Default)]
@@ -27,7 +26,8 @@ pub enum Correction {
     /// Replace every field with one `data` field holding this JSON object (the recommended
     /// entry style).
     Data(serde_json::Value),
-    /// Set these fields: each replaces the entry's field of the same name, or is added.
+    /// Set these fields: each replaces the entry's field of the same name, or is added. Not
+    /// for an oversized entry, of which only a prefix was kept: replace it whole with `Data`.
     Fields(Vec<(String, String)>),
 }
 
@@ -35,16 +35,25 @@ impl Correction {
     /// The entry's fields with the correction applied; `None` to keep them as they are.
     fn apply(self, entry: &QuarantinedEntry) -> AdminResult<Option<Fields>> {
         match self {
-            Self::AsIs => Ok(None),
-            Self::Data(data) if data.is_object() => {
-                Ok(Some(vec![("data".into(), data.to_string().into_bytes())]))
-            }
+            Self::Data(data) if data.is_object() => Ok(Some(vec![(
+                b"data".to_vec(),
+                data.to_string().into_bytes(),
+            )])),
             Self::Data(_) => Err(AdminError::InvalidInput(
                 "corrected data must be a JSON object".into(),
             )),
+            Self::AsIs | Self::Fields(_) if entry.oversized.is_some() => {
+                Err(AdminError::WrongState(format!(
+                    "quarantined entry {} was over the maximum entry size and only a prefix of \
+                     it was kept; replay it with corrected data (--data) instead",
+                    entry.id
+                )))
+            }
+            Self::AsIs => Ok(None),
             Self::Fields(set) => {
                 let mut fields = entry.fields.clone();
                 for (name, value) in set {
+                    let name = name.into_bytes();
                     match fields.iter_mut().find(|(field, _)| *field == name) {
                         Some((_, old)) => *old = value.into_bytes(),
                         None => fields.push((name, value.into_bytes())),

@@ -405,6 +405,32 @@ impl<B, H> ConsumerBuilder<B, H> {
         self
     }
 
+    /// The largest stream entry (every field name and value, in bytes) stored as an event. A
+    /// larger entry is quarantined instead, with its size, its stream id, its field names and
+    /// the first 1 KiB of each value ([`crate::quarantine::OVERSIZED_PREFIX_BYTES`]), and
+    /// acknowledged, so it is never read again; the reason gives its size and this limit. The
+    /// entry is still read whole once: Redis cannot send part of an entry. Between 1 KiB and
+    /// 512 MiB. Defaults to 1 MiB.
+    pub fn max_entry_bytes(mut self, bytes: usize) -> Self {
+        self.settings.max_entry_bytes = bytes;
+        self
+    }
+
+    /// The bytes of entries a reader aims to hold at once, besides the
+    /// [`read_batch`](Self::read_batch) count. Redis cannot be asked for a number of bytes, so
+    /// a reader stores a read batch in chunks of at most this many bytes (an entry larger than
+    /// it is a chunk of its own) and, after a batch, lowers the next read's `COUNT` to this
+    /// many bytes divided by the batch's average entry size (never below 1, never above
+    /// `read_batch`). What it really bounds: while entry sizes stay steady, a reader holds
+    /// about this many bytes; the one read on which sizes jump can still bring `read_batch`
+    /// entries of the new size, after which the count adapts. Multiply by the readers per
+    /// stream and the streams for the consumer's total. At least
+    /// [`max_entry_bytes`](Self::max_entry_bytes). Defaults to 16 MiB.
+    pub fn max_batch_bytes(mut self, bytes: usize) -> Self {
+        self.settings.max_batch_bytes = bytes;
+        self
+    }
+
     /// How long a read waits for new entries (`XREADGROUP BLOCK`), at most 60 s. A reader
     /// notices shutdown between reads, so this is roughly how long shutdown waits for an idle
     /// reader (a reader storing a batch finishes it first). Defaults to 1 s.
@@ -556,8 +582,21 @@ impl<B, H> ConsumerBuilder<B, H> {
         self
     }
 
-    /// How often the retention cleaner runs, when [`retention`](Self::retention) is set;
-    /// between 1 ms and 1 day. Defaults to 10 min.
+    /// Deletes quarantined entries once they were quarantined this long ago, replayed or
+    /// not, from a background thread of the consumer, 1,000 per transaction, every
+    /// [`retention_interval`](Self::retention_interval), so a producer sending malformed
+    /// entries cannot grow the quarantine table for ever. The newest stream id of what it
+    /// deletes is remembered, as for the inbox's own retention. One process cleans at a time.
+    /// Between 1 s and 100 years. Defaults to off (entries are kept; `eventflow quarantine
+    /// purge` deletes them by hand).
+    pub fn quarantine_retention(mut self, keep: Duration) -> Self {
+        self.settings.quarantine_retention = Some(keep);
+        self
+    }
+
+    /// How often the retention cleaners run, when [`retention`](Self::retention) or
+    /// [`quarantine_retention`](Self::quarantine_retention) is set; between 1 ms and 1 day.
+    /// Defaults to 10 min.
     pub fn retention_interval(mut self, interval: Duration) -> Self {
         self.settings.retention_interval = interval;
         self

@@ -13,7 +13,7 @@ use crate::event::InboxRow;
 use crate::handler::HandlerResult;
 use crate::maintenance::{
     self, hung_handlers::HungHandlerWatch, inbox_retention::InboxRetention,
-    parked_gauges::ParkedGaugeRefresh,
+    parked_gauges::ParkedGaugeRefresh, quarantine_retention::QuarantineRetention,
 };
 use crate::store::{not_migrated, InboxStore, Migrations};
 use crate::transport::{Transport, TransportError};
@@ -167,6 +167,7 @@ impl<S: InboxStore> Start for Runtime<S> {
                     },
                     work: work_tx.clone(),
                     stop: stop.clone(),
+                    read_count: std::cell::Cell::new(self.settings.read_batch),
                 };
                 let number = stream_index * settings.readers + index;
                 threads.spawn(format!("{READER_THREAD}{number}"), move || reader.run())?;
@@ -199,6 +200,18 @@ impl<S: InboxStore> Start for Runtime<S> {
             };
             let stopping = threads.stopping_signal();
             threads.spawn("eventflow-retention".into(), move || {
+                maintenance::run(cleaner, stopping)
+            })?;
+        }
+        if let Some(keep) = settings.quarantine_retention {
+            let cleaner = QuarantineRetention {
+                store: self.store.clone(),
+                clock: settings.clock.clone(),
+                keep,
+                interval: settings.retention_interval,
+            };
+            let stopping = threads.stopping_signal();
+            threads.spawn("eventflow-quarantine-retention".into(), move || {
                 maintenance::run(cleaner, stopping)
             })?;
         }

@@ -14,14 +14,19 @@
 //! and processes; entries a consumer has held past `reclaim_idle` are taken over and stored
 //! first. It then hands the aggregates it stored to a worker waiting for work, which claims
 //! their heads; busy workers follow the aggregates they settle, and find the rest on their polls.
+//!
+//! Input is bounded: an entry over `max_entry_bytes` is quarantined with only its size, names
+//! and a prefix of its values (see [`crate::quarantine`]); a read batch is stored in chunks of
+//! at most `max_batch_bytes`, and the next read's `COUNT` shrinks to what fits that many bytes
+//! at the last batch's average entry size (Redis cannot be asked for bytes).
 
 use super::health::Heartbeats;
 use super::settings::Settings;
 use super::stats::Counters;
 use super::worker::{panic_message, Work};
 use crate::backoff::Backoff;
-use crate::event::{Event, InboxRow};
-use crate::quarantine::encode_fields;
+use crate::event::InboxRow;
+use crate::quarantine::{encode_fields, triage};
 use crate::store::{
     printable, InboxStore, MalformedEntry, ReceivedBatch, ReceivedEvent, StoreError, Stored,
 };
@@ -30,6 +35,7 @@ use crate::transport::{
 };
 use chrono::{DateTime, Utc};
 use crossbeam_channel::Sender;
+use std::cell::Cell;
 use std::collections::HashSet;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -52,6 +58,9 @@ pub(crate) struct Reader<S: InboxStore> {
     pub consumer: String,
     pub work: Sender<Work>,
     pub stop: Arc<AtomicBool>,
+    /// The `COUNT` of the next read or reclaim: `read_batch`, lowered after large entries so
+    /// that a batch holds about `max_batch_bytes` (see [`next_read_count`]).
+    pub read_count: Cell<usize>,
 }
 
 impl<S: InboxStore> Reader<S> {
@@ -121,7 +130,7 @@ impl<S: InboxStore> Reader<S> {
             stream: &self.stream,
             group: &settings.group,
             consumer: &self.consumer,
-            count: settings.read_batch,
+            count: self.read_count.get(),
             block: settings.block,
         };
         match self.transport.read_group(&request) {
@@ -163,7 +172,7 @@ impl<S: InboxStore> Reader<S> {
                 consumer: &self.consumer,
                 min_idle: settings.reclaim_idle,
                 cursor: &cursor,
-                count: settings.read_batch,
+                count: self.read_count.get(),
             })?;
             if !reclaimed.deleted.is_empty() {
                 // Trimmed from the stream before any consumer stored them: nothing is left to keep.
@@ -187,9 +196,16 @@ impl<S: InboxStore> Reader<S> {
 
     /// Stores a batch, acknowledges it once stored, and hands the new rows to the workers. In
     /// ordered mode it first waits for the earlier entries of the stream to be stored, taking
-    /// over stale ones when `may_reclaim`.
+    /// over stale ones when `may_reclaim`. The batch is stored in chunks of at most
+    /// `max_batch_bytes`, in stream order, and sets the next read's count.
     fn take(&self, entries: Vec<StreamEntry>, may_reclaim: bool) {
         let settings = &self.settings;
+        let sizes: Vec<usize> = entries.iter().map(StreamEntry::size).collect();
+        self.read_count.set(next_read_count(
+            &sizes,
+            settings.max_batch_bytes,
+            settings.read_batch,
+        ));
         let mut later = Vec::new();
         if settings.ordered {
             match self.wait_for_earlier(&entries, may_reclaim) {
@@ -198,7 +214,14 @@ impl<S: InboxStore> Reader<S> {
                 None => return,
             }
         }
-        self.store_and_ack(entries);
+        let mut entries = entries.into_iter();
+        for chunk in chunk_lengths(&sizes, settings.max_batch_bytes) {
+            if self.stopping() {
+                // The rest stays unacknowledged, and is read again after a reclaim.
+                return;
+            }
+            self.store_and_ack(entries.by_ref().take(chunk).collect());
+        }
         if !later.is_empty() {
             self.take(later, true);
         }
@@ -271,7 +294,7 @@ impl<S: InboxStore> Reader<S> {
         let mut raw_fields = Vec::with_capacity(entries.len());
         let mut malformed = Vec::new();
         for entry in entries {
-            match Event::from_entry(&entry) {
+            match triage(&entry, settings.max_entry_bytes) {
                 Ok(event) => {
                     raw_fields.push(entry.fields);
                     events.push(ReceivedEvent {
@@ -280,9 +303,9 @@ impl<S: InboxStore> Reader<S> {
                         event,
                     });
                 }
-                Err(reason) => {
-                    tracing::warn!(stream = %self.stream, stream_id = %entry.id, %reason, "malformed entry quarantined");
-                    malformed.push(quarantined(&entry.id, &entry.fields, reason.to_string()));
+                Err(record) => {
+                    tracing::warn!(stream = %self.stream, stream_id = %entry.id, size = entry.size(), reason = %record.reason, "malformed entry quarantined");
+                    malformed.push(record);
                 }
             }
         }
@@ -407,7 +430,7 @@ impl<S: InboxStore> Reader<S> {
     fn store_each(
         &self,
         events: &[ReceivedEvent],
-        raw_fields: &[Vec<(String, Vec<u8>)>],
+        raw_fields: &[Vec<(Vec<u8>, Vec<u8>)>],
         malformed: Vec<MalformedEntry>,
         received_at: DateTime<Utc>,
     ) -> Option<(Stored, Vec<String>)> {
@@ -481,11 +504,81 @@ fn fresh_rows(
         .collect()
 }
 
-fn quarantined(stream_id: &str, fields: &[(String, Vec<u8>)], reason: String) -> MalformedEntry {
+/// The `COUNT` for the next read after a batch of entries of `sizes` bytes: as many entries of
+/// the batch's average size as fit `max_batch_bytes`, at least 1 and at most `read_batch`. An
+/// empty batch says nothing of sizes, so the count goes back to `read_batch`.
+fn next_read_count(sizes: &[usize], max_batch_bytes: usize, read_batch: usize) -> usize {
+    if sizes.is_empty() {
+        return read_batch;
+    }
+    let total = sizes.iter().copied().fold(0, usize::saturating_add);
+    let average = (total / sizes.len()).max(1);
+    (max_batch_bytes / average).clamp(1, read_batch)
+}
+
+/// How many entries of `sizes` go in each chunk, in order, so that no chunk holds more than
+/// `max_bytes` unless it is a single entry larger than that.
+fn chunk_lengths(sizes: &[usize], max_bytes: usize) -> Vec<usize> {
+    let mut chunks = Vec::new();
+    let (mut count, mut bytes) = (0usize, 0usize);
+    for &size in sizes {
+        if count > 0 && bytes.saturating_add(size) > max_bytes {
+            chunks.push(count);
+            (count, bytes) = (0, 0);
+        }
+        count += 1;
+        bytes = bytes.saturating_add(size);
+    }
+    if count > 0 {
+        chunks.push(count);
+    }
+    chunks
+}
+
+fn quarantined(stream_id: &str, fields: &[(Vec<u8>, Vec<u8>)], reason: String) -> MalformedEntry {
     MalformedEntry {
         id: Uuid::now_v7(),
         stream_id: stream_id.to_string(),
         raw_fields: encode_fields(fields),
         reason: printable(&reason),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_next_read_count_fits_the_batch_bytes_at_the_last_average_size() {
+        const MIB: usize = 1024 * 1024;
+        // 100 entries of 1 MiB: 16 MiB holds 16 of them.
+        assert_eq!(next_read_count(&[MIB; 100], 16 * MIB, 100), 16);
+        // Small entries: the count stays at read_batch.
+        assert_eq!(next_read_count(&[200; 100], 16 * MIB, 100), 100);
+        // Entries larger than the whole budget: one at a time.
+        assert_eq!(next_read_count(&[64 * MIB; 2], 16 * MIB, 100), 1);
+        // Nothing read: back to read_batch.
+        assert_eq!(next_read_count(&[], 16 * MIB, 100), 100);
+        assert_eq!(next_read_count(&[0, 0], 16, 100), 16);
+    }
+
+    #[test]
+    fn chunks_hold_at_most_the_batch_bytes_unless_one_entry_is_larger() {
+        assert_eq!(chunk_lengths(&[4, 4, 4, 4, 4], 10), [2, 2, 1]);
+        assert_eq!(chunk_lengths(&[30, 1, 1, 30, 2], 10), [1, 2, 1, 1]);
+        assert_eq!(chunk_lengths(&[10, 10], 10), [1, 1]);
+        assert_eq!(chunk_lengths(&[], 10), Vec::<usize>::new());
+        let sizes = [3, 9, 2, 2, 2, 11, 1];
+        let chunks = chunk_lengths(&sizes, 10);
+        assert_eq!(chunks.iter().sum::<usize>(), sizes.len());
+        let mut rest = &sizes[..];
+        for length in chunks {
+            let (chunk, after) = rest.split_at(length);
+            assert!(
+                length == 1 || chunk.iter().sum::<usize>() <= 10,
+                "{chunk:?}"
+            );
+            rest = after;
+        }
     }
 }

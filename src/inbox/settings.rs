@@ -14,6 +14,15 @@ const MAX_RECLAIM_IDLE: Duration = Duration::from_secs(7 * 24 * 3600);
 const MAX_RETENTION: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
 const MAX_RETENTION_INTERVAL: Duration = Duration::from_secs(24 * 3600);
 
+/// The default largest stream entry stored as an event: 1 MiB.
+pub(crate) const DEFAULT_MAX_ENTRY_BYTES: usize = 1024 * 1024;
+/// The default bytes of entries a reader aims to hold at once: 16 MiB.
+pub(crate) const DEFAULT_MAX_BATCH_BYTES: usize = 16 * 1024 * 1024;
+/// The smallest maximum entry size accepted: an event's own attributes need a few hundred bytes.
+const MIN_MAX_ENTRY_BYTES: usize = 1024;
+/// The largest maximum entry size accepted: Redis's own limit on a value (`proto-max-bulk-len`).
+const MAX_MAX_ENTRY_BYTES: usize = 512 * 1024 * 1024;
+
 /// The longest handler time limit accepted: longer is no limit at all.
 const MAX_HANDLER_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
 
@@ -26,6 +35,8 @@ pub(crate) struct Settings {
     pub readers: usize,
     pub workers: usize,
     pub read_batch: usize,
+    pub max_entry_bytes: usize,
+    pub max_batch_bytes: usize,
     pub block: Duration,
     pub claim_batch: usize,
     pub optimistic_batches: bool,
@@ -40,6 +51,7 @@ pub(crate) struct Settings {
     pub on_dead_letter: Option<DeadLetterHook>,
     pub retention: Option<Duration>,
     pub retention_interval: Duration,
+    pub quarantine_retention: Option<Duration>,
     pub ordered: bool,
     pub after_dead_letter: AfterDeadLetter,
     pub parked_gauge_interval: Duration,
@@ -60,6 +72,8 @@ impl Default for Settings {
             readers: 2,
             workers: 4,
             read_batch: 100,
+            max_entry_bytes: DEFAULT_MAX_ENTRY_BYTES,
+            max_batch_bytes: DEFAULT_MAX_BATCH_BYTES,
             block: Duration::from_millis(1000),
             claim_batch: 64,
             optimistic_batches: true,
@@ -74,6 +88,7 @@ impl Default for Settings {
             on_dead_letter: None,
             retention: None,
             retention_interval: Duration::from_secs(600),
+            quarantine_retention: None,
             ordered: false,
             after_dead_letter: AfterDeadLetter::Park,
             parked_gauge_interval: Duration::from_secs(10),
@@ -134,6 +149,22 @@ impl Settings {
         if !(1..=10_000).contains(&self.read_batch) {
             return Err(Error::config("read_batch", "between 1 and 10000 entries"));
         }
+        if !(MIN_MAX_ENTRY_BYTES..=MAX_MAX_ENTRY_BYTES).contains(&self.max_entry_bytes) {
+            return Err(Error::config(
+                "max_entry_bytes",
+                "between 1 KiB and 512 MiB (Redis's own largest value)",
+            ));
+        }
+        if self.max_batch_bytes < self.max_entry_bytes {
+            return Err(Error::config(
+                "max_batch_bytes",
+                format!(
+                    "at least max_entry_bytes ({} bytes), so that an entry of the largest size \
+                     fits a batch",
+                    self.max_entry_bytes
+                ),
+            ));
+        }
         if self.block.is_zero() || self.block > MAX_BLOCK {
             return Err(Error::config(
                 "block",
@@ -178,6 +209,14 @@ impl Settings {
                 "retention_interval",
                 "between 1 ms and 1 day",
             ));
+        }
+        if let Some(retention) = self.quarantine_retention {
+            if retention < Duration::from_secs(1) || retention > MAX_RETENTION {
+                return Err(Error::config(
+                    "quarantine_retention",
+                    "between 1 s and 100 years (quarantined entries younger than it are kept)",
+                ));
+            }
         }
         if self.parked_gauge_interval.is_zero() || self.parked_gauge_interval > MAX_INTERVAL {
             return Err(Error::config(
@@ -333,6 +372,40 @@ mod tests {
             }),
             "retention_interval"
         );
+    }
+
+    #[test]
+    fn entry_and_batch_byte_limits_are_checked() {
+        assert_eq!(
+            field_of(Settings {
+                max_entry_bytes: 10,
+                ..valid()
+            }),
+            "max_entry_bytes"
+        );
+        assert_eq!(
+            field_of(Settings {
+                max_entry_bytes: 2 * 1024 * 1024,
+                max_batch_bytes: 1024 * 1024,
+                ..valid()
+            }),
+            "max_batch_bytes"
+        );
+        assert_eq!(
+            field_of(Settings {
+                quarantine_retention: Some(Duration::ZERO),
+                ..valid()
+            }),
+            "quarantine_retention"
+        );
+        assert!(Settings {
+            max_entry_bytes: 4096,
+            max_batch_bytes: 4096,
+            quarantine_retention: Some(Duration::from_secs(30 * 24 * 3600)),
+            ..valid()
+        }
+        .validate()
+        .is_ok());
     }
 
     #[test]

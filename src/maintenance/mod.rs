@@ -3,6 +3,7 @@
 //! their builders on threads of their own and stop them with the rest at shutdown.
 //!
 //! - `inbox_retention`: deletes processed inbox rows past their retention, in batches.
+//! - `quarantine_retention`: deletes quarantined entries past their retention, in batches.
 //! - `outbox_retention`: deletes published outbox rows past their retention, in batches.
 //! - `stream_trim`: trims stream entries every consumer group has read and acknowledged.
 //! - `parked_gauges`: refreshes an ordered consumer's parked-aggregate gauges.
@@ -12,6 +13,7 @@ pub(crate) mod hung_handlers;
 pub(crate) mod inbox_retention;
 pub(crate) mod outbox_retention;
 pub(crate) mod parked_gauges;
+pub(crate) mod quarantine_retention;
 pub(crate) mod stream_trim;
 
 use crossbeam_channel::{select, Receiver, TryRecvError};

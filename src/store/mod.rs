@@ -28,8 +28,8 @@ pub use migrations::{
     split_statements, Migration, Migrations, PendingMigration, NO_TRANSACTION_MARKER,
 };
 pub use operations::{
-    Cleanup, Cursor, DeadLetterRequeue, InboxRecord, Page, ProcessedCleanup, QuarantineFilter,
-    Requeued, RowFilter,
+    Cleanup, Cursor, DeadLetterRequeue, InboxRecord, Page, ProcessedCleanup, QuarantineCleanup,
+    QuarantineFilter, Requeued, RowFilter,
 };
 pub use parking::{AfterDeadLetter, DeadLetterSkip, ParkedAggregate, ParkedPage, ParkedSummary};
 
@@ -157,6 +157,13 @@ pub trait InboxStore: Send + Sync + 'static {
     /// while it returns the limit. The newest stream id among the deleted rows is kept per
     /// stream, for [`InboxStore::newest_stream_id`].
     fn delete_processed_before(&self, cleanup: &ProcessedCleanup) -> Result<Cleanup, StoreError>;
+
+    /// Deletes up to `limit` quarantined entries, replayed or not, quarantined before
+    /// `before`, oldest first, in one transaction. Call it again while it returns the limit.
+    /// The newest stream id among the deleted entries is kept per stream, for
+    /// [`InboxStore::newest_stream_id`].
+    fn delete_quarantined_before(&self, cleanup: &QuarantineCleanup)
+        -> Result<Cleanup, StoreError>;
 
     /// The newest stream entry id (`<ms>-<seq>`, compared as two numbers, as Redis does) the
     /// inbox has stored for `stream`: in its rows, its quarantined entries, or rows retention

@@ -160,7 +160,20 @@ pub struct ProcessedCleanup {
     pub exclusive: bool,
 }
 
-/// What [`super::InboxStore::delete_processed_before`] did.
+/// Parameters of [`super::InboxStore::delete_quarantined_before`].
+#[derive(Debug, Clone)]
+pub struct QuarantineCleanup {
+    /// Entries quarantined (`received_at`) before this time go, replayed or not.
+    pub before: DateTime<Utc>,
+    /// Most entries to delete in this call (one transaction).
+    pub limit: usize,
+    /// Whether to give way when another process is cleaning the same quarantine table (on
+    /// PostgreSQL, an advisory lock per table); background cleaners set it.
+    pub exclusive: bool,
+}
+
+/// What [`super::InboxStore::delete_processed_before`] and
+/// [`super::InboxStore::delete_quarantined_before`] did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Cleanup {
     /// This many rows were deleted; fewer than the limit means none are left.

@@ -190,11 +190,19 @@ impl Group {
             self.last_delivered = *id;
             delivered.push(StreamEntry {
                 id: id.to_string(),
-                fields: fields.clone(),
+                fields: raw_fields(fields),
             });
         }
         delivered
     }
+}
+
+/// Fields as a delivered entry holds them: names as bytes, as Redis delivers them.
+fn raw_fields(fields: &Fields) -> Vec<(Vec<u8>, Vec<u8>)> {
+    fields
+        .iter()
+        .map(|(name, value)| (name.clone().into_bytes(), value.clone()))
+        .collect()
 }
 
 fn no_group(stream: &str, group: &str) -> TransportError {
@@ -328,7 +336,7 @@ impl Transport for MemoryStream {
                     pending.deliveries += 1;
                     reclaimed.entries.push(StreamEntry {
                         id: id.to_string(),
-                        fields: fields.clone(),
+                        fields: raw_fields(fields),
                     });
                     budget -= 1;
                 }

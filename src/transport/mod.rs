@@ -12,6 +12,9 @@ mod memory;
 mod redis_streams;
 
 pub use memory::MemoryStream;
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub use redis_streams::fuzz_reply_parsers;
 #[cfg(feature = "redis")]
 pub use redis_streams::{RedisStreams, RedisStreamsBuilder};
 
@@ -19,23 +22,46 @@ use std::time::Duration;
 
 /// One stream entry as the broker delivered it: its id and its raw fields, in order.
 ///
-/// Values are kept as bytes so that an entry that is not valid UTF-8 can still be quarantined
-/// exactly as it arrived.
+/// Names and values are both kept as bytes (Redis field names are binary strings like the
+/// values) so that an entry that is not valid UTF-8 can still be quarantined exactly as it
+/// arrived.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StreamEntry {
     /// The broker's entry id, for Redis `<millis>-<seq>`.
     pub id: String,
-    /// Field names and raw values, in the order the producer wrote them.
-    pub fields: Vec<(String, Vec<u8>)>,
+    /// Raw field names and raw values, in the order the producer wrote them.
+    pub fields: Vec<(Vec<u8>, Vec<u8>)>,
 }
 
 impl StreamEntry {
+    /// An entry from text field names, as producers usually write them.
+    pub fn from_text_fields<N: Into<String>, V: Into<Vec<u8>>>(
+        id: impl Into<String>,
+        fields: impl IntoIterator<Item = (N, V)>,
+    ) -> Self {
+        Self {
+            id: id.into(),
+            fields: fields
+                .into_iter()
+                .map(|(name, value)| (name.into().into_bytes(), value.into()))
+                .collect(),
+        }
+    }
+
     /// The raw value of the first field named `name`.
     pub fn field(&self, name: &str) -> Option<&[u8]> {
         self.fields
             .iter()
-            .find(|(field, _)| field == name)
+            .find(|(field, _)| field.as_slice() == name.as_bytes())
             .map(|(_, value)| value.as_slice())
+    }
+
+    /// The entry's size as the limits count it: every name and value, in bytes.
+    pub fn size(&self) -> usize {
+        self.fields
+            .iter()
+            .map(|(name, value)| name.len().saturating_add(value.len()))
+            .fold(0, usize::saturating_add)
     }
 }
 

@@ -317,6 +317,13 @@ pub enum Quarantine {
         #[arg(long, default_value_t = 3)]
         max_retries: i32,
     },
+    /// Delete quarantined entries, replayed or not, quarantined longer ago than an age, 1,000
+    /// per transaction.
+    Purge {
+        /// E.g. `30d`, `12h`, `30m`, `90s`.
+        #[arg(long, value_parser = parse_age)]
+        older_than: Duration,
+    },
 }
 
 /// `outbox ...`

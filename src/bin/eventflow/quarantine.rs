@@ -1,8 +1,8 @@
-//! `eventflow quarantine list|show|replay`.
+//! `eventflow quarantine list|show|replay|purge`.
 
 use super::cli::{Cli, Quarantine};
-use super::output::{self, Table};
-use super::text::{cut, format_time, safe};
+use super::output::{self, progress, Table};
+use super::text::{cut, format_age, format_time, safe};
 use super::Failure;
 use eventflow::admin::{Admin, Correction};
 use eventflow::quarantine::{encode_fields, QuarantinedEntry};
@@ -84,6 +84,12 @@ pub fn run<S: InboxStore>(
             );
             println!("received    {}", format_time(entry.received_at));
             println!("reason      {}", safe(&entry.reason));
+            if let Some(oversized) = &entry.oversized {
+                println!(
+                    "oversized   {} bytes in {} fields; only a prefix of each is kept",
+                    oversized.entry_bytes, oversized.field_count
+                );
+            }
             match (&entry.replayed_at, &entry.replayed_event_id) {
                 (Some(at), Some(event_id)) => {
                     println!(
@@ -139,6 +145,26 @@ pub fn run<S: InboxStore>(
             }
             Ok(())
         }
+        Quarantine::Purge { older_than } => {
+            let bar = progress(cli.json, "deleted");
+            let deleted = admin.purge_quarantined(*older_than, &mut |so_far| {
+                bar.set_message(format!("deleted: {so_far}"));
+            });
+            bar.finish_and_clear();
+            let deleted = deleted?;
+            if cli.json {
+                output::json(&json!({
+                    "deleted": deleted,
+                    "older_than_seconds": older_than.as_secs(),
+                }));
+            } else {
+                println!(
+                    "deleted {deleted} quarantined entries older than {}",
+                    format_age(*older_than)
+                );
+            }
+            Ok(())
+        }
     }
 }
 
@@ -148,6 +174,11 @@ fn entry_json(entry: &QuarantinedEntry) -> Value {
         "stream": entry.stream,
         "stream_id": entry.stream_id,
         "fields": encode_fields(&entry.fields),
+        "oversized": entry.oversized.as_ref().map(|oversized| json!({
+            "entry_bytes": oversized.entry_bytes,
+            "field_count": oversized.field_count,
+            "value_bytes": oversized.value_bytes,
+        })),
         "reason": entry.reason,
         "received_at": entry.received_at,
         "replayed_at": entry.replayed_at,

@@ -18,11 +18,12 @@ use super::migrations::{Migration, PendingMigration};
 use super::{
     counts_by_stream, parse_counted_status, validate_table_name, ClaimParams, Cleanup, Cursor,
     DeadLetterRequeue, DeadLetterSkip, InboxRecord, InboxStore, Page, ParkedAggregate, ParkedPage,
-    ParkedSummary, ProcessedCleanup, QuarantineFilter, QuarantineReplay, ReceivedBatch, Requeued,
-    RowFilter, RowHandler, Settled, StatusCounts, StoreError, Stored, DEFAULT_INBOX_TABLE,
+    ParkedSummary, ProcessedCleanup, QuarantineCleanup, QuarantineFilter, QuarantineReplay,
+    ReceivedBatch, Requeued, RowFilter, RowHandler, Settled, StatusCounts, StoreError, Stored,
+    DEFAULT_INBOX_TABLE,
 };
 use crate::event::{Event, EventStatus, InboxRow};
-use crate::quarantine::{decode_fields, QuarantinedEntry};
+use crate::quarantine::{decode_record, QuarantinedEntry};
 use crate::redact::ConnectionString;
 use chrono::{DateTime, Utc};
 use postgres::error::SqlState;
@@ -678,6 +679,39 @@ impl InboxStore for PostgresStore {
         Ok(Cleanup::Deleted(deleted as u64))
     }
 
+    fn delete_quarantined_before(
+        &self,
+        cleanup: &QuarantineCleanup,
+    ) -> Result<Cleanup, StoreError> {
+        let mut conn = self.connection()?;
+        let mut tx = conn
+            .transaction()
+            .map_err(pg("begin a quarantine cleanup"))?;
+        if cleanup.exclusive {
+            // The inbox cleaner's lock key, on the quarantine table's name: the two cleaners
+            // do not wait for each other.
+            let locked: bool = tx
+                .query_one(
+                    "SELECT pg_try_advisory_xact_lock($1, hashtext($2 || '_quarantine'))",
+                    &[&CLEANUP_LOCK_KEY, &self.table],
+                )
+                .map_err(pg("take the quarantine cleanup lock"))?
+                .get(0);
+            if !locked {
+                return Ok(Cleanup::Busy);
+            }
+        }
+        let deleted: i64 = tx
+            .query_one(
+                &self.sql.delete_quarantined,
+                &[&cleanup.before, &(cleanup.limit as i64)],
+            )
+            .map_err(pg("delete quarantined entries"))?
+            .get(0);
+        tx.commit().map_err(pg("commit a quarantine cleanup"))?;
+        Ok(Cleanup::Deleted(deleted as u64))
+    }
+
     fn newest_stream_id(&self, stream: &str) -> Result<Option<String>, StoreError> {
         let mut conn = self.connection()?;
         conn.query_opt(&self.sql.newest_stream_id, &[&stream])
@@ -782,14 +816,16 @@ fn corrupt(row: &dyn std::fmt::Display, column: &str, error: postgres::Error) ->
 fn quarantined_entry(row: &Row) -> Result<QuarantinedEntry, StoreError> {
     let id: Uuid = row.get(0);
     let raw: serde_json::Value = row.get(3);
+    let (fields, oversized) = decode_record(&raw).map_err(|reason| StoreError::Corrupt {
+        row: id.to_string(),
+        reason,
+    })?;
     Ok(QuarantinedEntry {
         id,
         stream: row.get(1),
         stream_id: row.get(2),
-        fields: decode_fields(&raw).map_err(|reason| StoreError::Corrupt {
-            row: id.to_string(),
-            reason,
-        })?,
+        fields,
+        oversized,
         reason: row.get(4),
         received_at: row.get(5),
         replayed_at: row.get(6),

@@ -26,6 +26,7 @@ pub(super) struct Queries {
     pub requeue_dead_letters: String,
     pub list_quarantined_matching: String,
     pub delete_processed: String,
+    pub delete_quarantined: String,
     pub newest_stream_id: String,
     pub lock_aggregates: String,
     pub claim_heads: String,
@@ -340,6 +341,25 @@ impl Queries {
                  ORDER BY processed_at, id LIMIT $2 FOR UPDATE SKIP LOCKED), \
                  gone AS (DELETE FROM {t} AS t USING doomed WHERE t.id = doomed.id \
                  RETURNING t.stream, t.stream_id), \
+                 kept AS (INSERT INTO eventflow_inbox_streams AS s \
+                 (inbox_table, stream, newest_ms, newest_seq) \
+                 SELECT DISTINCT ON (stream) '{t}', stream, {ms}, {seq} FROM gone \
+                 WHERE stream IS NOT NULL AND {valid} \
+                 ORDER BY stream, {ms} DESC, {seq} DESC \
+                 ON CONFLICT (inbox_table, stream) DO UPDATE \
+                 SET newest_ms = excluded.newest_ms, newest_seq = excluded.newest_seq \
+                 WHERE (s.newest_ms, s.newest_seq) < (excluded.newest_ms, excluded.newest_seq)) \
+                 SELECT count(*) FROM gone",
+                ms = STREAM_ID_MS,
+                seq = STREAM_ID_SEQ,
+                valid = STREAM_ID_VALID,
+            ),
+            // As `delete_processed`, for quarantined entries by the time they were quarantined.
+            delete_quarantined: format!(
+                "WITH doomed AS (SELECT id FROM {t}_quarantine WHERE received_at < $1 \
+                 ORDER BY received_at, id LIMIT $2 FOR UPDATE SKIP LOCKED), \
+                 gone AS (DELETE FROM {t}_quarantine AS q USING doomed WHERE q.id = doomed.id \
+                 RETURNING q.stream, q.stream_id), \
                  kept AS (INSERT INTO eventflow_inbox_streams AS s \
                  (inbox_table, stream, newest_ms, newest_seq) \
                  SELECT DISTINCT ON (stream) '{t}', stream, {ms}, {seq} FROM gone \

@@ -12,11 +12,11 @@ use super::{
     counts_by_stream, orphaned_before, parse_counted_status, truncate_error, validate_table_name,
     AfterDeadLetter, Claim, ClaimParams, Cleanup, Cursor, DeadLetterRequeue, DeadLetterSkip,
     InboxRecord, InboxStore, Page, ParkedAggregate, ParkedPage, ParkedSummary, ProcessedCleanup,
-    QuarantineFilter, QuarantineReplay, ReceivedBatch, ReceivedEvent, Requeued, RowFilter,
-    RowHandler, Settled, StatusCounts, StoreError, Stored, Verdict, DEFAULT_INBOX_TABLE,
+    QuarantineCleanup, QuarantineFilter, QuarantineReplay, ReceivedBatch, ReceivedEvent, Requeued,
+    RowFilter, RowHandler, Settled, StatusCounts, StoreError, Stored, Verdict, DEFAULT_INBOX_TABLE,
 };
 use crate::event::{Event, EventStatus, InboxRow};
-use crate::quarantine::{decode_fields, QuarantinedEntry};
+use crate::quarantine::{decode_record, QuarantinedEntry};
 use chrono::{DateTime, SecondsFormat, Utc};
 use parking_lot::Mutex;
 use rusqlite::{params, Connection, OptionalExtension, Row, Transaction, TransactionBehavior};
@@ -737,6 +737,25 @@ impl InboxStore for SqliteStore {
         Ok(Cleanup::Deleted(deleted as u64))
     }
 
+    fn delete_quarantined_before(
+        &self,
+        cleanup: &QuarantineCleanup,
+    ) -> Result<Cleanup, StoreError> {
+        let mut conn = self.lock();
+        let tx = conn
+            .transaction()
+            .map_err(lite("begin a quarantine cleanup"))?;
+        let args = params![ts(cleanup.before), cleanup.limit as i64];
+        let deleted = tx
+            .prepare_cached(&self.sql.keep_newest_quarantined)
+            .and_then(|mut statement| statement.execute(args))
+            .and_then(|_| tx.prepare_cached(&self.sql.delete_quarantined))
+            .and_then(|mut statement| statement.execute(args))
+            .map_err(lite("delete quarantined entries"))?;
+        tx.commit().map_err(lite("commit a quarantine cleanup"))?;
+        Ok(Cleanup::Deleted(deleted as u64))
+    }
+
     fn newest_stream_id(&self, stream: &str) -> Result<Option<String>, StoreError> {
         let conn = self.lock();
         conn.query_row(&self.sql.newest_stream_id, [stream], |row| row.get(0))
@@ -1199,11 +1218,13 @@ impl RawQuarantined {
         };
         let raw: serde_json::Value = serde_json::from_str(&raw_fields.unwrap_or_default())
             .map_err(|error| corrupt(format!("raw fields are not JSON: {error}")))?;
+        let (fields, oversized) = decode_record(&raw).map_err(corrupt)?;
         Ok(QuarantinedEntry {
             id,
             stream: stream.unwrap_or_default(),
             stream_id: stream_id.unwrap_or_default(),
-            fields: decode_fields(&raw).map_err(corrupt)?,
+            fields,
+            oversized,
             reason: reason.unwrap_or_default(),
             received_at: parse_ts(&received_at.unwrap_or_default())?,
             replayed_at: parse_opt_ts(replayed_at)?,

@@ -25,6 +25,8 @@ pub(super) struct Queries {
     pub list_quarantined_matching: String,
     pub delete_processed: String,
     pub keep_newest_deleted: String,
+    pub delete_quarantined: String,
+    pub keep_newest_quarantined: String,
     pub newest_stream_id: String,
     pub claim_heads: String,
     pub adopt_owner: String,
@@ -63,6 +65,9 @@ impl Queries {
         );
         const UNFINISHED: &str = "status IN ('pending', 'failed', 'processing') \
              AND (next_retry_at IS NULL OR next_retry_at <= ?1)";
+        let doomed_quarantined = format!(
+            "SELECT id FROM {t}_quarantine WHERE received_at < ?1 ORDER BY received_at, id LIMIT ?2"
+        );
         Self {
             insert_event: format!(
                 "INSERT INTO {t} (id, event_id, stream_id, event_type, aggregate_id, correlation_id, \
@@ -154,6 +159,23 @@ impl Queries {
                  row_number() OVER (PARTITION BY stream ORDER BY {ms} DESC, {seq} DESC) AS n \
                  FROM {t} WHERE id IN ({doomed}) AND stream IS NOT NULL AND {valid}) \
                  WHERE n = 1 \
+                 ON CONFLICT (inbox_table, stream) DO UPDATE \
+                 SET newest_ms = excluded.newest_ms, newest_seq = excluded.newest_seq \
+                 WHERE (newest_ms, newest_seq) < (excluded.newest_ms, excluded.newest_seq)",
+                ms = STREAM_ID_MS,
+                seq = STREAM_ID_SEQ,
+                valid = STREAM_ID_VALID,
+            ),
+            delete_quarantined: format!(
+                "DELETE FROM {t}_quarantine WHERE id IN ({doomed_quarantined})"
+            ),
+            // As `keep_newest_deleted`, for the quarantined entries about to be deleted.
+            keep_newest_quarantined: format!(
+                "INSERT INTO eventflow_inbox_streams (inbox_table, stream, newest_ms, newest_seq) \
+                 SELECT '{t}', stream, ms, seq FROM (SELECT stream, {ms} AS ms, {seq} AS seq, \
+                 row_number() OVER (PARTITION BY stream ORDER BY {ms} DESC, {seq} DESC) AS n \
+                 FROM {t}_quarantine WHERE id IN ({doomed_quarantined}) AND stream IS NOT NULL \
+                 AND {valid}) WHERE n = 1 \
                  ON CONFLICT (inbox_table, stream) DO UPDATE \
                  SET newest_ms = excluded.newest_ms, newest_seq = excluded.newest_seq \
                  WHERE (newest_ms, newest_seq) < (excluded.newest_ms, excluded.newest_seq)",

@@ -12,6 +12,10 @@ mod connection;
 mod reply;
 
 use crate::redact::ConnectionString;
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub use reply::fuzz_reply_parsers;
+
 use std::fmt;
 use std::time::Duration;
 
