@@ -13,7 +13,8 @@
 //! Redis is a private `redis-server` the soak starts on a free port, with an append-only file
 //! synced on every write, so that restarting it (SIGKILL, then start again) loses nothing the
 //! relay was told is stored; `redis-server` must be on the PATH. The soak's tables are named
-//! `soak_<run>_...` and dropped at the end unless `--keep` is given.
+//! `soak_<run>_...` and dropped at the end unless `--keep` is given or the ledger does not
+//! hold (then they are kept for inspection).
 
 mod children;
 mod faults;
@@ -198,9 +199,12 @@ fn coordinate(options: &Options) -> Result<bool, Box<dyn std::error::Error>> {
     if !drained {
         println!("NOT DRAINED within {:?}", options.drain_timeout);
     }
-    if !options.keep {
+    let holds = drained && report.holds();
+    if holds && !options.keep {
         ledger::drop_tables(&names)?;
+    } else if !holds {
+        println!("tables kept for inspection: {}_*", names.run);
     }
     drop(redis);
-    Ok(drained && report.holds())
+    Ok(holds)
 }
