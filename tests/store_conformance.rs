@@ -4297,6 +4297,56 @@ fn an_aggregate_keeps_stream_order_whatever_its_event_ids<B: Backend>(store: &B)
     assert_eq!(store.markers(), ids);
 }
 
+/// A batch that carries events twice (a relay that crashed after publishing sends them again,
+/// so a reader may read both copies at once) stores each event's first copy in the stream, so
+/// the event keeps its place in its aggregate's order.
+fn a_batch_carrying_an_event_twice_stores_its_first_copy<B: Backend>(store: &B) {
+    let aggregate = Uuid::from_u128(42);
+    let first: Vec<ReceivedEvent> = (0..40)
+        .map(|n| {
+            let mut event = received(&format!("twice-{n:02}"), &sid(n));
+            event.event.aggregate_id = aggregate;
+            event
+        })
+        .collect();
+    let again: Vec<ReceivedEvent> = first
+        .iter()
+        .enumerate()
+        .map(|(n, e)| {
+            let mut copy = received(&e.event.event_id, &sid(100 + n));
+            copy.event.aggregate_id = aggregate;
+            copy
+        })
+        .collect();
+    let batch: Vec<ReceivedEvent> = first.into_iter().chain(again).collect();
+    let stored = store
+        .store_received(&ReceivedBatch {
+            stream: STREAM,
+            ordered: true,
+            events: &batch,
+            malformed: &[],
+            received_at: t0(),
+            max_retries: MAX_RETRIES,
+        })
+        .expect("store a batch with every event twice");
+    assert_eq!((stored.inserted.len(), stored.duplicates), (40, 40));
+    for n in 0..40 {
+        let row = row(store, &format!("twice-{n:02}"));
+        assert_eq!(
+            row.stream_id,
+            sid(n),
+            "the first copy of twice-{n:02} is stored"
+        );
+    }
+    let clock = ManualClock::new(t0() + secs(60));
+    let mut ok = marking(store, HashMap::new());
+    for n in 0..40 {
+        let settled = process(store, heads(10, AfterDeadLetter::Park), &clock, &mut ok);
+        let expected = format!("twice-{n:02}");
+        assert_eq!(event_ids(&settled), [expected.as_str()], "in stream order");
+    }
+}
+
 /// Quarantine retention deletes entries quarantined before the cutoff, replayed or not, oldest
 /// first and at most the limit per call, leaves younger ones, and the newest stream id of the
 /// deleted entries is still known afterwards.
@@ -4620,6 +4670,7 @@ conformance!(
         newest_stream_id_is_kept_through_retention,
         quarantine_retention_deletes_old_entries_and_keeps_the_newest_id,
         an_aggregate_keeps_stream_order_whatever_its_event_ids,
+        a_batch_carrying_an_event_twice_stores_its_first_copy,
     ],
 );
 

@@ -120,6 +120,9 @@ impl Queries {
             // never in a circle (a deadlock, 40P01, stalls both for deadlock_timeout). The
             // aggregate locks of ordered mode are all taken before this statement, so they
             // cannot form a circle with it. `durable` makes the commit durable (see DURABLE).
+            // A batch may carry one event twice (a relay that crashed after publishing sends
+            // it again): ties are broken by `seq`, so the first copy in the stream is the one
+            // stored and the event keeps its place in its aggregate's order.
             insert_events: format!(
                 "WITH durable AS MATERIALIZED (SELECT {DURABLE} AS level), \
                  numbered AS MATERIALIZED (SELECT e.*, nextval('{t}_seq') AS seq \
@@ -134,7 +137,7 @@ impl Queries {
                  e.causation_id, e.occurred_on, e.payload::jsonb, 'pending', 0, $10, \
                  coalesce($11::timestamptz, now()), $12, e.seq \
                  FROM numbered AS e CROSS JOIN durable \
-                 ORDER BY e.event_id \
+                 ORDER BY e.event_id, e.seq \
                  ON CONFLICT (event_id) DO NOTHING RETURNING id"
             ),
             insert_one: format!(
