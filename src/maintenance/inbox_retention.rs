@@ -8,7 +8,8 @@
 
 use super::Service;
 use crate::clock::Clock;
-use crate::store::{Cleanup, InboxStore, ProcessedCleanup};
+use crate::store::{Cleanup, InboxStore, ProcessedCleanup, StoreError};
+use chrono::{DateTime, Utc};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -30,37 +31,58 @@ impl<S: InboxStore> Service for InboxRetention<S> {
     }
 
     fn run_once(&mut self, stopping: &dyn Fn() -> bool) {
-        // Validated by the builder to fit; saturate rather than panic all the same.
-        let keep = chrono::Duration::from_std(self.keep).unwrap_or(chrono::Duration::MAX);
-        let Some(before) = self.clock.now().checked_sub_signed(keep) else {
-            return;
-        };
-        let mut total = 0;
-        loop {
-            let cleanup = ProcessedCleanup {
-                before,
-                limit: BATCH_ROWS,
-                exclusive: true,
-            };
-            match self.store.delete_processed_before(&cleanup) {
-                Ok(Cleanup::Deleted(deleted)) => {
-                    total += deleted;
-                    if (deleted as usize) < BATCH_ROWS || stopping() {
-                        break;
-                    }
-                }
-                Ok(Cleanup::Busy) => {
-                    tracing::debug!("another process is cleaning the inbox; skipping this round");
-                    break;
-                }
-                Err(error) => {
-                    tracing::warn!(%error, "inbox retention failed; trying again next round");
+        delete_in_batches(
+            self.clock.as_ref(),
+            self.keep,
+            stopping,
+            "processed inbox rows",
+            |before| {
+                self.store.delete_processed_before(&ProcessedCleanup {
+                    before,
+                    limit: BATCH_ROWS,
+                    exclusive: true,
+                })
+            },
+        );
+    }
+}
+
+/// Deletes what `delete` takes (at most [`BATCH_ROWS`] older than `now - keep` per call, with
+/// exclusivity asked of the store) until a call takes fewer or shutdown begins; a round that
+/// finds another process cleaning, or fails, ends and waits for the next. Shared by the inbox's
+/// and the quarantine's retention.
+pub(crate) fn delete_in_batches(
+    clock: &dyn Clock,
+    keep: Duration,
+    stopping: &dyn Fn() -> bool,
+    what: &str,
+    mut delete: impl FnMut(DateTime<Utc>) -> Result<Cleanup, StoreError>,
+) {
+    // Validated by the builder to fit; saturate rather than panic all the same.
+    let keep = chrono::Duration::from_std(keep).unwrap_or(chrono::Duration::MAX);
+    let Some(before) = clock.now().checked_sub_signed(keep) else {
+        return;
+    };
+    let mut total = 0;
+    loop {
+        match delete(before) {
+            Ok(Cleanup::Deleted(deleted)) => {
+                total += deleted;
+                if (deleted as usize) < BATCH_ROWS || stopping() {
                     break;
                 }
             }
+            Ok(Cleanup::Busy) => {
+                tracing::debug!(what, "another process is cleaning; skipping this round");
+                break;
+            }
+            Err(error) => {
+                tracing::warn!(%error, what, "retention failed; trying again next round");
+                break;
+            }
         }
-        if total > 0 {
-            tracing::info!(deleted = total, %before, "deleted processed inbox rows past retention");
-        }
+    }
+    if total > 0 {
+        tracing::info!(deleted = total, %before, what, "deleted past retention");
     }
 }

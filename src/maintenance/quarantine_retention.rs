@@ -7,10 +7,10 @@
 //! Several consumer processes may run it; on PostgreSQL a per-table advisory lock lets one
 //! clean at a time, and the others skip their round.
 
-use super::inbox_retention::BATCH_ROWS;
+use super::inbox_retention::{delete_in_batches, BATCH_ROWS};
 use super::Service;
 use crate::clock::Clock;
-use crate::store::{Cleanup, InboxStore, QuarantineCleanup};
+use crate::store::{InboxStore, QuarantineCleanup};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -29,39 +29,18 @@ impl<S: InboxStore> Service for QuarantineRetention<S> {
     }
 
     fn run_once(&mut self, stopping: &dyn Fn() -> bool) {
-        // Validated by the builder to fit; saturate rather than panic all the same.
-        let keep = chrono::Duration::from_std(self.keep).unwrap_or(chrono::Duration::MAX);
-        let Some(before) = self.clock.now().checked_sub_signed(keep) else {
-            return;
-        };
-        let mut total = 0;
-        loop {
-            let cleanup = QuarantineCleanup {
-                before,
-                limit: BATCH_ROWS,
-                exclusive: true,
-            };
-            match self.store.delete_quarantined_before(&cleanup) {
-                Ok(Cleanup::Deleted(deleted)) => {
-                    total += deleted;
-                    if (deleted as usize) < BATCH_ROWS || stopping() {
-                        break;
-                    }
-                }
-                Ok(Cleanup::Busy) => {
-                    tracing::debug!(
-                        "another process is cleaning the quarantine; skipping this round"
-                    );
-                    break;
-                }
-                Err(error) => {
-                    tracing::warn!(%error, "quarantine retention failed; trying again next round");
-                    break;
-                }
-            }
-        }
-        if total > 0 {
-            tracing::info!(deleted = total, %before, "deleted quarantined entries past retention");
-        }
+        delete_in_batches(
+            self.clock.as_ref(),
+            self.keep,
+            stopping,
+            "quarantined entries",
+            |before| {
+                self.store.delete_quarantined_before(&QuarantineCleanup {
+                    before,
+                    limit: BATCH_ROWS,
+                    exclusive: true,
+                })
+            },
+        );
     }
 }
