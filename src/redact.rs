@@ -103,14 +103,15 @@ pub fn secrets(setting: &str) -> Vec<String> {
     match Form::of(setting) {
         Form::Postgres => {
             #[cfg(feature = "postgres")]
-            if let Ok(config) = parse_postgres(setting) {
-                if let Some(password) = config.get_password() {
+            if let Ok(info) = parse_postgres(setting) {
+                if let Some(password) = info.config.get_password() {
                     found.push(String::from_utf8_lossy(password).into_owned());
                 }
+                found.extend(info.tls.password);
             }
-            // The URL form's password as written (percent-encoded) too.
+            // The URL form's passwords as written (percent-encoded) too.
             if setting.contains("://") {
-                found.extend(url_secrets(setting, Some("password")));
+                found.extend(url_secrets(setting, Some(&["password", "sslpassword"])));
             }
         }
         Form::Url => found.extend(url_secrets(setting, None)),
@@ -189,10 +190,13 @@ impl fmt::Display for ConnectionString {
     }
 }
 
-/// The driver's own parser, so the password is found in every form the driver accepts.
+/// The parser every connection uses (the driver's, behind eventflow's reading of the TLS
+/// keys), so the password is found in every form the driver accepts.
 #[cfg(feature = "postgres")]
-pub(crate) fn parse_postgres(setting: &str) -> Result<postgres::Config, postgres::Error> {
-    setting.parse()
+pub(crate) fn parse_postgres(
+    setting: &str,
+) -> Result<crate::store::conninfo::ConnInfo, crate::store::conninfo::ParseError> {
+    crate::store::conninfo::parse(setting)
 }
 
 /// The driver's message for a connection string it could not parse, with whatever it quotes
@@ -246,7 +250,7 @@ pub(crate) fn parse_error(error: &postgres::Error) -> String {
 #[cfg(feature = "postgres")]
 fn postgres(setting: &str) -> String {
     match parse_postgres(setting) {
-        Ok(config) => render_postgres(&config),
+        Ok(info) => render_postgres(&info),
         Err(_) => UNPARSEABLE_POSTGRES.to_string(),
     }
 }
@@ -257,11 +261,13 @@ fn postgres(_setting: &str) -> String {
     UNPARSEABLE_POSTGRES.to_string()
 }
 
-/// `key=value` text of the parts worth seeing, the password as `<redacted>`. Options and the
-/// other settings are left out: `options` is free text that could hold anything.
+/// `key=value` text of the parts worth seeing, the passwords as `<redacted>`. Options and the
+/// other settings are left out: `options` is free text that could hold anything. The TLS
+/// files are named (paths are not secret); their contents are never read here.
 #[cfg(feature = "postgres")]
-fn render_postgres(config: &postgres::Config) -> String {
-    use postgres::config::{Host, SslMode};
+fn render_postgres(info: &crate::store::conninfo::ConnInfo) -> String {
+    use postgres::config::Host;
+    let config = &info.config;
     let mut parts = Vec::new();
     let hosts: Vec<String> = config
         .get_hosts()
@@ -292,14 +298,25 @@ fn render_postgres(config: &postgres::Config) -> String {
     if let Some(dbname) = config.get_dbname() {
         parts.push(format!("dbname={}", quote(dbname)));
     }
-    match config.get_ssl_mode() {
-        SslMode::Disable => parts.push("sslmode=disable".into()),
-        SslMode::Require => parts.push("sslmode=require".into()),
+    match info.tls.mode {
         // `prefer` is the default; say nothing.
-        _ => {}
+        None | Some(crate::tls::SslMode::Prefer) => {}
+        Some(mode) => parts.push(format!("sslmode={}", mode.as_str())),
+    }
+    if let Some(root) = &info.tls.root_cert {
+        parts.push(format!("sslrootcert={}", quote(root)));
+    }
+    if let Some(cert) = &info.tls.cert {
+        parts.push(format!("sslcert={}", quote(&cert.to_string_lossy())));
+    }
+    if let Some(key) = &info.tls.key {
+        parts.push(format!("sslkey={}", quote(&key.to_string_lossy())));
     }
     if config.get_password().is_some() {
         parts.push(format!("password={REDACTED}"));
+    }
+    if info.tls.password.is_some() {
+        parts.push(format!("sslpassword={REDACTED}"));
     }
     parts.join(" ")
 }
@@ -373,14 +390,14 @@ fn url(_setting: &str) -> String {
     UNPARSEABLE_URL.to_string()
 }
 
-/// The URL's password and secret query values, as written and decoded: the value of
-/// `only_key` (PostgreSQL URLs, whose other parameters such as `sslmode` and `host` are not
+/// The URL's password and secret query values, as written and decoded: the values of
+/// `only_keys` (PostgreSQL URLs, whose other parameters such as `sslmode` and `host` are not
 /// secret and would be scrubbed from every message), else of every key but `db` and
 /// `protocol`.
 #[cfg(feature = "redis")]
-fn url_secrets(setting: &str, only_key: Option<&str>) -> Vec<String> {
-    let secret_key = |key: &str| match only_key {
-        Some(only) => key == only,
+fn url_secrets(setting: &str, only_keys: Option<&[&str]>) -> Vec<String> {
+    let secret_key = |key: &str| match only_keys {
+        Some(only) => only.contains(&key),
         None => !PLAIN_QUERY_KEYS.contains(&key),
     };
     let Ok(url) = url::Url::parse(setting.trim()) else {
@@ -404,7 +421,7 @@ fn url_secrets(setting: &str, only_key: Option<&str>) -> Vec<String> {
             }
         }
     }
-    if let Some(fragment) = url.fragment().filter(|_| only_key.is_none()) {
+    if let Some(fragment) = url.fragment().filter(|_| only_keys.is_none()) {
         if fragment != "insecure" {
             found.push(fragment.to_string());
         }
@@ -413,7 +430,7 @@ fn url_secrets(setting: &str, only_key: Option<&str>) -> Vec<String> {
 }
 
 #[cfg(not(feature = "redis"))]
-fn url_secrets(_setting: &str, _only_key: Option<&str>) -> Vec<String> {
+fn url_secrets(_setting: &str, _only_keys: Option<&[&str]>) -> Vec<String> {
     Vec::new()
 }
 
@@ -444,6 +461,9 @@ mod tests {
             format!("host=db password='{SECRET}' user=app"),
             format!("host=db password = 'se cret {SECRET}' user=app"),
             format!("password='{SECRET}\\'s' host=db"),
+            format!("host=db sslmode=verify-full sslrootcert=/ca.pem password={SECRET}"),
+            format!("host=db sslcert=/c.pem sslkey=/c.key sslpassword='{SECRET}'"),
+            format!("postgres://app@db/app?sslrootcert=%2Fca.pem&sslpassword={SECRET}"),
             format!("redis://:{SECRET}@127.0.0.1:6379/0"),
             format!("redis://default:{SECRET}@127.0.0.1:6379"),
             format!("rediss://default:{SECRET}@cache.example:6380/1"),
@@ -482,6 +502,13 @@ mod tests {
             redact(&format!("redis+unix:///run/redis.sock?db=1&pass={SECRET}")),
             "redis+unix:///run/redis.sock?db=1&pass=<redacted>"
         );
+        assert_eq!(
+            redact(&format!(
+                "postgresql://app:{SECRET}@db/app?sslmode=verify-ca&sslrootcert=/etc/ca.pem"
+            )),
+            "host=db port=5432 user=app dbname=app sslmode=verify-ca sslrootcert=/etc/ca.pem \
+             password=<redacted>"
+        );
         assert_eq!(redact("redis://127.0.0.1:6379"), "redis://127.0.0.1:6379");
         assert_eq!(redact("/var/lib/app/inbox.db"), "/var/lib/app/inbox.db");
         assert_eq!(redact("sqlite:inbox.db"), "sqlite:inbox.db");
@@ -508,7 +535,7 @@ mod tests {
 
     #[test]
     fn parse_errors_quote_only_option_names() {
-        let message = |setting: &str| parse_error(&parse_postgres(setting).unwrap_err());
+        let message = |setting: &str| parse_postgres(setting).unwrap_err().to_string();
         let unknown = message("host=db password=se cret=x");
         assert!(!unknown.contains("cret"), "{unknown}");
         assert!(unknown.contains("unknown option"), "{unknown}");

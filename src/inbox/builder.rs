@@ -93,6 +93,9 @@ pub struct StoreOptions {
     /// The session limits, when set with [`ConsumerBuilder::session_limits`].
     #[cfg(feature = "postgres")]
     pub session_limits: Option<crate::store::SessionLimits>,
+    /// TLS settings, from [`ConsumerBuilder::postgres_tls`].
+    #[cfg(feature = "postgres")]
+    pub postgres_tls: crate::tls::TlsSettings,
 }
 
 /// Something that yields the consumer's store at `build()`.
@@ -123,6 +126,7 @@ impl StoreSource for PostgresUrl {
             builder
                 .pool_size(pool_size)
                 .session_limits(limits)
+                .tls(options.postgres_tls.clone())
                 .build()?,
         ))
     }
@@ -292,6 +296,24 @@ impl<B, H> ConsumerBuilder<B, H> {
     #[cfg(feature = "redis")]
     pub fn redis(mut self, url: impl Into<String>) -> Self {
         self.transport = Some(TransportChoice::Redis(ConnectionString::new(url)));
+        self
+    }
+
+    /// TLS settings in code for the Redis transport opened by [`redis`](Self::redis) (a
+    /// `rediss://` URL): a CA file, a client certificate, verification on or off; see
+    /// [`crate::tls`]. Defaults to none (the URL decides).
+    #[cfg(feature = "redis")]
+    pub fn redis_tls(mut self, settings: crate::tls::TlsSettings) -> Self {
+        self.settings.redis_tls = settings;
+        self
+    }
+
+    /// TLS settings in code for the PostgreSQL store opened by [`postgres`](ConsumerBuilder::postgres),
+    /// winning over the connection string's `sslmode`, `sslrootcert`, `sslcert` and `sslkey`;
+    /// see [`crate::tls`]. Defaults to none (the connection string decides).
+    #[cfg(feature = "postgres")]
+    pub fn postgres_tls(mut self, settings: crate::tls::TlsSettings) -> Self {
+        self.settings.postgres_tls = settings;
         self
     }
 
@@ -664,6 +686,7 @@ where
                 crate::transport::RedisStreams::builder(url.expose())
                     // One blocking connection per reader, plus room for acks and publishes.
                     .pool_size(settings.reader_threads() as u32 + 4)
+                    .tls(settings.redis_tls.clone())
                     .build()?,
             ),
             Some(TransportChoice::Given(transport)) => transport,
@@ -676,6 +699,8 @@ where
             handler_timeout: settings.handler_timeout,
             #[cfg(feature = "postgres")]
             session_limits: settings.session_limits.clone(),
+            #[cfg(feature = "postgres")]
+            postgres_tls: settings.postgres_tls.clone(),
         })?;
         if let Some(max) = store.max_connections() {
             if max < needed {

@@ -58,6 +58,12 @@ pub(crate) struct Settings {
     pub handler_timeout: Duration,
     #[cfg(feature = "postgres")]
     pub session_limits: Option<crate::store::SessionLimits>,
+    /// TLS for a PostgreSQL store opened by the builder.
+    #[cfg(feature = "postgres")]
+    pub postgres_tls: crate::tls::TlsSettings,
+    /// TLS for a Redis transport opened by the builder.
+    #[cfg(feature = "redis")]
+    pub redis_tls: crate::tls::TlsSettings,
     /// An event type given two routes on the builder; a setter cannot fail, so `validate`
     /// reports it.
     pub duplicate_route: Option<String>,
@@ -95,6 +101,10 @@ impl Default for Settings {
             handler_timeout: Duration::from_secs(30),
             #[cfg(feature = "postgres")]
             session_limits: None,
+            #[cfg(feature = "postgres")]
+            postgres_tls: crate::tls::TlsSettings::default(),
+            #[cfg(feature = "redis")]
+            redis_tls: crate::tls::TlsSettings::default(),
             duplicate_route: None,
         }
     }

@@ -85,6 +85,10 @@ pub struct RelayBuilder {
     trim_interval: Duration,
     clock: Arc<dyn Clock>,
     migrations: Migrations,
+    #[cfg(feature = "postgres")]
+    postgres_tls: crate::tls::TlsSettings,
+    #[cfg(feature = "redis")]
+    redis_tls: crate::tls::TlsSettings,
 }
 
 impl RelayBuilder {
@@ -110,6 +114,10 @@ impl RelayBuilder {
             trim_interval: Duration::from_secs(60),
             clock: Arc::new(SystemClock),
             migrations: Migrations::Apply,
+            #[cfg(feature = "postgres")]
+            postgres_tls: crate::tls::TlsSettings::default(),
+            #[cfg(feature = "redis")]
+            redis_tls: crate::tls::TlsSettings::default(),
         }
     }
 
@@ -117,6 +125,24 @@ impl RelayBuilder {
     #[cfg(feature = "postgres")]
     pub fn postgres(mut self, url: impl Into<String>) -> Self {
         self.store = StoreChoice::Postgres(ConnectionString::new(url));
+        self
+    }
+
+    /// TLS settings in code for the PostgreSQL outbox opened by [`postgres`](Self::postgres)
+    /// (its pool and its listener), winning over the connection string's `sslmode`,
+    /// `sslrootcert`, `sslcert` and `sslkey`; see [`crate::tls`]. Defaults to none (the
+    /// connection string decides).
+    #[cfg(feature = "postgres")]
+    pub fn postgres_tls(mut self, settings: crate::tls::TlsSettings) -> Self {
+        self.postgres_tls = settings;
+        self
+    }
+
+    /// TLS settings in code for the Redis transport opened by [`redis`](Self::redis) (a
+    /// `rediss://` URL); see [`crate::tls`]. Defaults to none (the URL decides).
+    #[cfg(feature = "redis")]
+    pub fn redis_tls(mut self, settings: crate::tls::TlsSettings) -> Self {
+        self.redis_tls = settings;
         self
     }
 
@@ -293,6 +319,7 @@ impl RelayBuilder {
                 crate::store::outbox::PostgresOutbox::builder(url.expose())
                     .table(&self.table)
                     .pool_size(connections)
+                    .tls(self.postgres_tls.clone())
                     .build()
                     .map_err(|e| Error::config("postgres", e.to_string()))?,
             ),
@@ -314,6 +341,7 @@ impl RelayBuilder {
             TransportChoice::Redis(url) => Arc::new(
                 crate::transport::RedisStreams::builder(url.expose())
                     .pool_size(connections)
+                    .tls(self.redis_tls.clone())
                     .build()
                     .map_err(|e| Error::config("redis", e.to_string()))?,
             ),

@@ -12,13 +12,16 @@ pub mod outbox;
 mod parking;
 #[cfg(feature = "postgres")]
 mod postgres;
+#[cfg(feature = "postgres")]
+pub(crate) use postgres::conninfo;
 mod refusal;
 #[cfg(feature = "sqlite")]
 mod sqlite;
 
 #[cfg(feature = "postgres")]
 pub use self::postgres::{
-    PgConnection, PgManager, PgTransaction, PostgresStore, PostgresStoreBuilder, SessionLimits,
+    PgConnectError, PgConnection, PgManager, PgTransaction, PostgresStore, PostgresStoreBuilder,
+    SessionLimits,
 };
 #[cfg(feature = "sqlite")]
 pub use self::sqlite::{SqliteStore, LATEST_STORED_TIME};
@@ -531,6 +534,10 @@ pub enum StoreError {
     /// The connection string could not be understood.
     #[error("invalid database configuration: {0}")]
     InvalidConfig(String),
+    /// TLS could not be set up as the connection string and the TLS settings ask: a file
+    /// missing or unusable, contradicting settings, or the `tls` feature off.
+    #[error("database TLS: {0}")]
+    Tls(#[from] crate::tls::TlsError),
     /// Code called while the store held a transaction (a retry policy, a clock) panicked; the
     /// transaction rolled back.
     #[error("panicked while processing a batch: {0}")]

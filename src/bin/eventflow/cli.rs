@@ -35,7 +35,9 @@ const EXIT_CODES: &str = "Exit codes:\n  0  ok\n  1  the operation failed\n  2  
 #[derive(Args)]
 pub struct Connection {
     /// The inbox database: `postgres://user:password@host/db` (or `host=... user=...`), or a
-    /// SQLite file (`sqlite://path` or a plain path).
+    /// SQLite file (`sqlite://path` or a plain path). TLS as in libpq: `sslmode`
+    /// (`disable`, `prefer`, `require`, `verify-ca`, `verify-full`), `sslrootcert`, `sslcert`
+    /// and `sslkey`.
     #[arg(
         long,
         env = "EVENTFLOW_DATABASE_URL",
@@ -44,7 +46,7 @@ pub struct Connection {
     )]
     pub database_url: Option<String>,
 
-    /// The Redis server (`redis://[:password@]host:port[/db]`).
+    /// The Redis server (`redis://[:password@]host:port[/db]`, `rediss://...` for TLS).
     #[arg(
         long,
         env = "EVENTFLOW_REDIS_URL",
@@ -53,6 +55,36 @@ pub struct Connection {
         global = true
     )]
     pub redis_url: String,
+
+    /// For a `rediss://` URL: a PEM file of the certificate authorities to trust, in place of
+    /// the system's trust store.
+    #[arg(
+        long,
+        env = "EVENTFLOW_REDIS_CA_FILE",
+        global = true,
+        value_name = "PEM"
+    )]
+    pub redis_ca_file: Option<PathBuf>,
+
+    /// For a `rediss://` URL: a client certificate (PEM), with `--redis-client-key`.
+    #[arg(
+        long,
+        env = "EVENTFLOW_REDIS_CLIENT_CERT",
+        global = true,
+        value_name = "PEM",
+        requires = "redis_client_key"
+    )]
+    pub redis_client_cert: Option<PathBuf>,
+
+    /// The unencrypted private key (PEM) of `--redis-client-cert`.
+    #[arg(
+        long,
+        env = "EVENTFLOW_REDIS_CLIENT_KEY",
+        global = true,
+        value_name = "PEM",
+        requires = "redis_client_cert"
+    )]
+    pub redis_client_key: Option<PathBuf>,
 
     /// The inbox table (the quarantine table is `<table>_quarantine`).
     #[arg(
@@ -99,6 +131,8 @@ impl std::fmt::Debug for Connection {
         f.debug_struct("Connection")
             .field("database_url", &self.database_url.as_deref().map(redact))
             .field("redis_url", &redact(&self.redis_url))
+            .field("redis_ca_file", &self.redis_ca_file)
+            .field("redis_client_cert", &self.redis_client_cert)
             .field("table", &self.table)
             .field("outbox_table", &self.outbox_table)
             .field("stream", &self.stream)

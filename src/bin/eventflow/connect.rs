@@ -6,6 +6,7 @@ use eventflow::admin::OutboxAdmin;
 use eventflow::redact::redact;
 use eventflow::store::outbox::{OutboxStore, PostgresOutbox, SqliteOutbox};
 use eventflow::store::{PostgresStore, SqliteStore, StoreError};
+use eventflow::tls::TlsSettings;
 use eventflow::transport::RedisStreams;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -45,7 +46,7 @@ fn database_url(connection: &Connection) -> Result<&str, Failure> {
 /// A bad table name or connection string is a usage error; anything else is the store's.
 fn invalid(error: StoreError) -> Failure {
     match error {
-        StoreError::InvalidTableName { .. } | StoreError::InvalidConfig(_) => {
+        StoreError::InvalidTableName { .. } | StoreError::InvalidConfig(_) | StoreError::Tls(_) => {
             Failure::Usage(error.to_string())
         }
         other => Failure::Admin(other.into()),
@@ -110,7 +111,15 @@ pub fn open_outbox(connection: &Connection, create: bool) -> Result<OutboxAdmin,
 
 /// The Redis transport (connections are made on first use).
 pub fn open_redis(connection: &Connection) -> Result<RedisStreams, Failure> {
+    let mut tls = TlsSettings::new();
+    if let Some(ca_file) = &connection.redis_ca_file {
+        tls = tls.ca_file(ca_file);
+    }
+    if let (Some(cert), Some(key)) = (&connection.redis_client_cert, &connection.redis_client_key) {
+        tls = tls.client_cert(cert, key);
+    }
     RedisStreams::builder(connection.redis_url.clone())
+        .tls(tls)
         .pool_size(1)
         .connect_timeout(connection.connect_timeout)
         .build()

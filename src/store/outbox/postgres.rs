@@ -20,13 +20,14 @@ use crate::redact::ConnectionString;
 use crate::store::migrations::{Migration, PendingMigration};
 use crate::store::postgres::{
     apply_migrations, new_pool, parse_url, pending_migrations, pg, MigrationTarget, PgConnection,
-    Pool, SessionLimits, DEFAULT_MIGRATION_LOCK_TIMEOUT,
+    PgConnector, Pool, SessionLimits, DEFAULT_MIGRATION_LOCK_TIMEOUT,
 };
 use crate::store::{validate_table_name, StoreError};
+use crate::tls::TlsSettings;
 use chrono::{DateTime, Utc};
 use postgres::fallible_iterator::FallibleIterator;
 use postgres::types::{ToSql, Type};
-use postgres::{GenericClient, NoTls, Row};
+use postgres::{GenericClient, Row};
 use std::time::Duration;
 use uuid::Uuid;
 
@@ -77,9 +78,19 @@ pub struct PostgresOutboxBuilder {
     table: String,
     limits: SessionLimits,
     migration_lock_timeout: Duration,
+    tls: TlsSettings,
 }
 
 impl PostgresOutboxBuilder {
+    /// TLS settings in code, for the pool and the listener alike: a CA file, a client
+    /// certificate, verification on or off. They win over the connection string's
+    /// `sslrootcert`, `sslcert`, `sslkey` and `sslmode`; see [`crate::tls`] for the modes.
+    /// Defaults to none (the connection string decides).
+    pub fn tls(mut self, settings: TlsSettings) -> Self {
+        self.tls = settings;
+        self
+    }
+
     /// How long a migration's DDL statement waits for its table lock before giving up,
     /// pausing and trying again (logged, up to 30 attempts), so writers are never queued long
     /// behind it. Defaults to 2 s.
@@ -125,7 +136,7 @@ impl PostgresOutboxBuilder {
                 "pool_size must be at least 1".into(),
             ));
         }
-        let mut config = parse_url(self.url.expose())?;
+        let (mut config, connector) = parse_url(self.url.expose(), &self.tls)?;
         config.connect_timeout(self.connect_timeout);
         // The relay's statements are prepared once per connection, often while the table is
         // still small; a generic plan made then can scan the whole backlog per row once it
@@ -138,6 +149,7 @@ impl PostgresOutboxBuilder {
         config.options(&options);
         let pool = new_pool(
             config.clone(),
+            connector.clone(),
             &self.limits,
             self.pool_size,
             self.connect_timeout,
@@ -146,6 +158,7 @@ impl PostgresOutboxBuilder {
         Ok(PostgresOutbox {
             pool,
             listen_config: config,
+            listen_connector: connector,
             sql: Queries::new(&self.table),
             table: self.table,
             migration_lock_timeout: self.migration_lock_timeout,
@@ -164,6 +177,8 @@ pub struct PostgresOutbox {
     /// For the listener's own connection, which stays out of the pool: a pooled connection
     /// would keep listening after it went back.
     listen_config: postgres::Config,
+    /// The pool's TLS connector, so the listener connects as the pool does.
+    listen_connector: PgConnector,
     table: String,
     sql: Queries,
     migration_lock_timeout: Duration,
@@ -188,6 +203,7 @@ impl PostgresOutbox {
             limits: SessionLimits::default(),
             table: DEFAULT_OUTBOX_TABLE.to_string(),
             migration_lock_timeout: DEFAULT_MIGRATION_LOCK_TIMEOUT,
+            tls: TlsSettings::default(),
         }
     }
 
@@ -396,8 +412,8 @@ impl OutboxStore for PostgresOutbox {
 
     fn listener(&self) -> Result<Option<Box<dyn EnqueueListener>>, StoreError> {
         let mut client = self
-            .listen_config
-            .connect(NoTls)
+            .listen_connector
+            .connect(&self.listen_config)
             .map_err(pg("connect the outbox listener"))?;
         // Quoted: pg_notify takes the channel name as written, LISTEN would fold it to
         // lower case.

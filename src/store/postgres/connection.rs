@@ -4,8 +4,8 @@
 //! store's statements are prepared once per connection and reused, which halves the round trips
 //! of every claim, completion and insert.
 
-use postgres::{Client, NoTls, Statement, Transaction};
-use r2d2_postgres::PostgresConnectionManager;
+use super::tls::PgConnector;
+use postgres::{Client, Statement, Transaction};
 use std::collections::HashMap;
 use std::ops::{Deref, DerefMut};
 use std::time::{Duration, Instant};
@@ -154,17 +154,57 @@ impl DerefMut for PgConnection {
     }
 }
 
-/// Makes [`PgConnection`]s for the r2d2 pool, through `r2d2_postgres`.
+/// Makes [`PgConnection`]s for the r2d2 pool, with the store's one TLS connector.
 #[derive(Debug)]
-pub struct PgManager(pub(super) PostgresConnectionManager<NoTls>);
+pub struct PgManager {
+    pub(super) config: postgres::Config,
+    pub(super) connector: PgConnector,
+}
+
+/// A connection [`PgManager`] could not open. The pool keeps only an error's text, so this
+/// one's text carries the detail: the server's refusal (`FATAL 28000: no pg_hba.conf entry
+/// ...`) or the TLS handshake's reason (`invalid peer certificate: UnknownIssuer`), where the
+/// driver's own text says only "db error" or "error performing TLS handshake".
+#[derive(Debug)]
+pub struct PgConnectError(postgres::Error);
+
+impl std::fmt::Display for PgConnectError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if let Some(db) = self.0.as_db_error() {
+            return write!(
+                f,
+                "{} {}: {}",
+                db.severity(),
+                db.code().code(),
+                db.message()
+            );
+        }
+        write!(f, "{}", self.0)?;
+        let mut source = std::error::Error::source(&self.0);
+        while let Some(cause) = source {
+            write!(f, ": {cause}")?;
+            source = cause.source();
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for PgConnectError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&self.0)
+    }
+}
 
 impl r2d2::ManageConnection for PgManager {
     type Connection = PgConnection;
-    type Error = postgres::Error;
+    type Error = PgConnectError;
 
-    fn connect(&self) -> Result<PgConnection, postgres::Error> {
+    fn connect(&self) -> Result<PgConnection, PgConnectError> {
         Ok(PgConnection {
-            client: self.0.connect()?,
+            client: self
+                .connector
+                .connect(&self.config)
+                .map_err(PgConnectError)?,
             statements: HashMap::new(),
             returned_at: Instant::now(),
         })
@@ -173,11 +213,14 @@ impl r2d2::ManageConnection for PgManager {
     /// Checks with a round trip only a connection that sat idle: one returned moments ago by
     /// a busy worker would have failed its last statement if it were broken, and checking it
     /// would cost a round trip per batch.
-    fn is_valid(&self, conn: &mut PgConnection) -> Result<(), postgres::Error> {
+    fn is_valid(&self, conn: &mut PgConnection) -> Result<(), PgConnectError> {
         if conn.returned_at.elapsed() < RECENTLY_USED {
             return Ok(());
         }
-        self.0.is_valid(&mut conn.client)
+        conn.client
+            .simple_query("")
+            .map(|_| ())
+            .map_err(PgConnectError)
     }
 
     /// r2d2 asks this when a connection comes back to the pool.

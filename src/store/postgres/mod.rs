@@ -3,16 +3,19 @@
 
 mod batch;
 mod connection;
+pub(crate) mod conninfo;
 mod migrate;
 mod queries;
 mod session;
+mod tls;
 
-pub use connection::{PgConnection, PgManager, PgTransaction};
+pub use connection::{PgConnectError, PgConnection, PgManager, PgTransaction};
 pub(in crate::store) use migrate::{
     apply_migrations, pending_migrations, MigrationTarget, DEFAULT_MIGRATION_LOCK_TIMEOUT,
 };
 use queries::Queries;
 pub use session::SessionLimits;
+pub(in crate::store) use tls::PgConnector;
 
 use super::migrations::{Migration, PendingMigration};
 use super::{
@@ -25,10 +28,10 @@ use super::{
 use crate::event::{Event, EventStatus, InboxRow};
 use crate::quarantine::{decode_record, QuarantinedEntry};
 use crate::redact::ConnectionString;
+use crate::tls::TlsSettings;
 use chrono::{DateTime, Utc};
 use postgres::error::SqlState;
-use postgres::{NoTls, Row};
-use r2d2_postgres::PostgresConnectionManager;
+use postgres::Row;
 use std::collections::HashSet;
 use std::time::Duration;
 use uuid::Uuid;
@@ -86,9 +89,18 @@ pub struct PostgresStoreBuilder {
     limits: SessionLimits,
     migration_lock_timeout: Duration,
     database_clock: bool,
+    tls: TlsSettings,
 }
 
 impl PostgresStoreBuilder {
+    /// TLS settings in code: a CA file, a client certificate, verification on or off. They win
+    /// over the connection string's `sslrootcert`, `sslcert`, `sslkey` and `sslmode`; see
+    /// [`crate::tls`] for the modes. Defaults to none (the connection string decides).
+    pub fn tls(mut self, settings: TlsSettings) -> Self {
+        self.tls = settings;
+        self
+    }
+
     /// How long a migration's DDL statement (`ALTER TABLE ...`) waits for its table lock before
     /// giving up, pausing and trying again (logged, up to 30 attempts). A waiting `ALTER TABLE`
     /// queues every writer of the table behind it, so this bounds how long a migration behind a
@@ -152,8 +164,10 @@ impl PostgresStoreBuilder {
                 "pool_size must be at least 1".into(),
             ));
         }
+        let (config, connector) = parse_url(self.url.expose(), &self.tls)?;
         let pool = new_pool(
-            parse_url(self.url.expose())?,
+            config,
+            connector,
             &self.limits,
             self.pool_size,
             self.connect_timeout,
@@ -206,6 +220,7 @@ impl PostgresStore {
             limits: SessionLimits::default(),
             migration_lock_timeout: DEFAULT_MIGRATION_LOCK_TIMEOUT,
             database_clock: true,
+            tls: TlsSettings::default(),
         }
     }
 
@@ -229,26 +244,30 @@ impl PostgresStore {
     }
 }
 
-/// A connection string as a driver config; errors never repeat the string (it may hold a
-/// password): see [`crate::redact::parse_error`].
-pub(in crate::store) fn parse_url(url: &str) -> Result<postgres::Config, StoreError> {
-    crate::redact::parse_postgres(url).map_err(|error| {
-        StoreError::InvalidConfig(format!(
-            "PostgreSQL connection string: {}",
-            crate::redact::parse_error(&error)
-        ))
-    })
+/// A connection string as a driver config and the TLS connector for it (`tls` winning over
+/// the string's TLS keys); errors never repeat the string (it may hold a password): see
+/// [`crate::redact::parse_error`].
+pub(in crate::store) fn parse_url(
+    url: &str,
+    tls: &TlsSettings,
+) -> Result<(postgres::Config, PgConnector), StoreError> {
+    let mut info = conninfo::parse(url).map_err(|error| {
+        StoreError::InvalidConfig(format!("PostgreSQL connection string: {error}"))
+    })?;
+    let connector = PgConnector::new(&mut info, tls)?;
+    Ok((info.config, connector))
 }
 
 /// A pool that connects on first use, so it can be built while the database is down.
 pub(in crate::store) fn new_pool(
     mut config: postgres::Config,
+    connector: PgConnector,
     limits: &SessionLimits,
     size: u32,
     connect_timeout: Duration,
 ) -> Pool {
     limits.apply(&mut config);
-    let manager = PgManager(PostgresConnectionManager::new(config, NoTls));
+    let manager = PgManager { config, connector };
     r2d2::Pool::builder()
         .max_size(size)
         .min_idle(Some(0))

@@ -10,8 +10,10 @@
 
 mod connection;
 mod reply;
+mod tls;
 
 use crate::redact::ConnectionString;
+use crate::tls::TlsSettings;
 #[cfg(feature = "fuzzing")]
 #[doc(hidden)]
 pub use reply::fuzz_reply_parsers;
@@ -67,18 +69,20 @@ pub struct RedisStreamsBuilder {
     pool_size: u32,
     connect_timeout: Duration,
     io_timeout: Duration,
+    tls: TlsSettings,
 }
 
 impl RedisStreams {
     /// Starts configuring a transport for the Redis at `url`
-    /// (`redis://[user:password@]host[:port][/db]`, or `rediss://` when the redis crate is built
-    /// with TLS).
+    /// (`redis://[user:password@]host[:port][/db]`, or `rediss://` for TLS, which needs the
+    /// `tls` feature; see [`crate::tls`]).
     pub fn builder(url: impl Into<String>) -> RedisStreamsBuilder {
         RedisStreamsBuilder {
             url: ConnectionString::new(url),
             pool_size: DEFAULT_POOL_SIZE,
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
             io_timeout: DEFAULT_IO_TIMEOUT,
+            tls: TlsSettings::default(),
         }
     }
 
@@ -130,10 +134,19 @@ impl RedisStreamsBuilder {
         self
     }
 
+    /// TLS settings in code for a `rediss://` URL: a CA file in place of the system's trust
+    /// store, a client certificate, verification on or off (off as the URL's `#insecure`).
+    /// Refused at `build()` for a `redis://` URL. Defaults to none.
+    pub fn tls(mut self, settings: TlsSettings) -> Self {
+        self.tls = settings;
+        self
+    }
+
     /// Checks the settings and the URL and creates the transport, without contacting Redis.
     ///
     /// Fails with [`TransportError::Broker`] naming the setting when the URL does not parse, the
-    /// pool size is zero or a timeout is zero.
+    /// pool size is zero or a timeout is zero, and holding a [`TlsError`](crate::tls::TlsError)
+    /// when TLS cannot be set up (a CA file missing, `rediss://` without the `tls` feature).
     pub fn build(self) -> Result<RedisStreams, TransportError> {
         if self.pool_size == 0 {
             return Err(invalid_setting("pool_size", "must be at least 1".into()));
@@ -152,12 +165,7 @@ impl RedisStreamsBuilder {
         }
         // The redis crate's parse errors describe the problem without echoing the URL, so no
         // password ends up in an error message or a log.
-        let client = redis::Client::open(self.url.expose()).map_err(|error| {
-            invalid_setting(
-                "url",
-                format!("not a Redis URL ({error}); expected redis://host:port/db"),
-            )
-        })?;
+        let client = tls::open_client(self.url.expose(), &self.tls)?;
         let manager = ConnectionManager {
             client: client.clone(),
             connect_timeout: self.connect_timeout,
@@ -192,6 +200,7 @@ impl fmt::Debug for RedisStreamsBuilder {
             .field("pool_size", &self.pool_size)
             .field("connect_timeout", &self.connect_timeout)
             .field("io_timeout", &self.io_timeout)
+            .field("tls", &self.tls)
             .finish()
     }
 }
