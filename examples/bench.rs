@@ -295,12 +295,12 @@ fn produce(
     n: usize,
     rate: Option<usize>,
     aggregates: Option<Vec<uuid::Uuid>>,
-) -> Instant {
+) -> Producer {
     let started = Instant::now();
     let redis = redis.clone();
     let stream = stream.to_string();
     let batch = if rate.is_some() { 10 } else { 100 };
-    std::thread::spawn(move || {
+    let thread = std::thread::spawn(move || {
         for (k, start) in (0..n).step_by(batch).enumerate() {
             if let Some(rate) = rate {
                 let due = started + Duration::from_secs_f64((k * batch) as f64 / rate as f64);
@@ -324,7 +324,40 @@ fn produce(
             redis.publish_batch(&stream, &entries).expect("XADD");
         }
     });
-    started
+    Producer {
+        started,
+        thread: Some(thread),
+    }
+}
+
+/// The producer thread of a run, and when it started.
+struct Producer {
+    started: Instant,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Producer {
+    /// Waits until `done()` reaches `n`; returns the time from the first `XADD`. Ends the bench
+    /// with the producer's error if it failed, rather than waiting for events never sent.
+    fn wait_for(mut self, n: usize, done: impl Fn() -> u64) -> Duration {
+        while done() < n as u64 {
+            if self.thread.as_ref().is_some_and(|t| t.is_finished()) {
+                if let Err(panic) = self.thread.take().expect("producer").join() {
+                    let message = panic
+                        .downcast_ref::<String>()
+                        .cloned()
+                        .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+                        .unwrap_or_default();
+                    panic!(
+                        "the producer failed after {} of {n} events handled: {message}",
+                        done()
+                    );
+                }
+            }
+            std::thread::sleep(Duration::from_micros(500));
+        }
+        self.started.elapsed()
+    }
 }
 
 fn latency_of(row: &InboxRow) -> u64 {
@@ -458,11 +491,8 @@ fn eventflow_run(options: &Options, scenario: Scenario) -> Outcome {
         .start()
         .unwrap();
     let aggregates = scenario.spread.then(|| spread_aggregates(options.events));
-    let started = produce(&redis, &stream, options.events, scenario.rate, aggregates);
-    while handle.stats().processed < options.events as u64 {
-        std::thread::sleep(Duration::from_micros(500));
-    }
-    let elapsed = started.elapsed();
+    let elapsed = produce(&redis, &stream, options.events, scenario.rate, aggregates)
+        .wait_for(options.events, || handle.stats().processed);
     handle.shutdown(Duration::from_secs(30)).unwrap();
     cleanup(options, &table, &stream);
     let out_of_order = out_of_order.load(Ordering::Relaxed);
@@ -571,11 +601,8 @@ fn baseline(options: &Options) -> Outcome {
             }
         }));
     }
-    let started = produce(&redis, &stream, n, None, None);
-    while done.load(Ordering::Relaxed) < n as u64 {
-        std::thread::sleep(Duration::from_micros(500));
-    }
-    let elapsed = started.elapsed();
+    let elapsed =
+        produce(&redis, &stream, n, None, None).wait_for(n, || done.load(Ordering::Relaxed));
     stop.store(true, Ordering::Relaxed);
     for thread in threads {
         thread.join().unwrap();
