@@ -1727,10 +1727,21 @@ fn migrate_dry_run_changes_nothing_and_verify_passes_after_migrate() {
     };
 
     let plan = eventflow(&env, &["migrate", "--dry-run"]).ok().stdout;
-    assert!(plan.contains("5 migration(s) would run"), "{plan}");
+    assert!(plan.contains("6 migration(s) would run"), "{plan}");
     assert!(
         plan.contains("0005 0005_stream_positions.sql (in one transaction)"),
         "{plan}"
+    );
+    assert!(
+        plan.contains("0006 0006_one_unique_index.sql (in one transaction)\n  DO $$"),
+        "{plan}"
+    );
+    assert!(
+        plan.contains(&format!(
+            "DROP INDEX uq_{}_event_id;\n      END IF;\n  END\n  $$;",
+            table.0
+        )),
+        "the guarded drop is one statement, shown whole: {plan}"
     );
     assert!(
         plan.contains("0001 0001_event_inbox.sql (in one transaction)"),
@@ -1751,7 +1762,7 @@ fn migrate_dry_run_changes_nothing_and_verify_passes_after_migrate() {
         .ok()
         .json();
     let pending = json["tables"][0]["pending"].as_array().unwrap();
-    assert_eq!(pending.len(), 5, "{json}");
+    assert_eq!(pending.len(), 6, "{json}");
     assert_eq!(pending[1]["transactional"], false);
     assert!(!exists(&mut client), "the dry run created nothing");
 

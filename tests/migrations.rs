@@ -322,6 +322,79 @@ fn verify_refuses_an_unmigrated_table_and_starts_once_migrated() {
     handle.shutdown(Duration::from_secs(10)).expect("shutdown");
 }
 
+/// The unique indexes of the table on `event_id` alone, by name.
+fn event_id_unique_indexes(client: &mut Client, table: &str) -> Vec<String> {
+    client
+        .query(
+            "SELECT i.indexrelid::regclass::text FROM pg_index AS i \
+             JOIN pg_attribute AS a ON a.attrelid = i.indrelid AND a.attnum = i.indkey[0] \
+             WHERE i.indrelid = to_regclass($1) AND i.indisunique AND i.indnatts = 1 \
+             AND a.attname = 'event_id' ORDER BY 1",
+            &[&table],
+        )
+        .expect("read pg_index")
+        .iter()
+        .map(|row| row.get(0))
+        .collect()
+}
+
+/// Migration 6 drops the reference schema's second unique index on `event_id`, keeping the
+/// column's constraint, which still refuses a duplicate and serves the inbox's duplicate
+/// check; on a table whose only unique index on `event_id` is that one, it keeps it.
+#[test]
+fn the_redundant_unique_index_on_event_id_goes_only_where_the_constraint_stays() {
+    if !postgres_available("the_redundant_unique_index_on_event_id_goes") {
+        return;
+    }
+    let mut client = connect();
+    let both = Table::new("mig_uq");
+    both.create_reference(&mut client, 10);
+    let t = &both.0;
+    assert_eq!(
+        event_id_unique_indexes(&mut client, t),
+        [format!("{t}_event_id_key"), format!("uq_{t}_event_id")],
+        "the reference schema declares both"
+    );
+    both.store().migrate().expect("migrate");
+    assert_eq!(
+        event_id_unique_indexes(&mut client, t),
+        [format!("{t}_event_id_key")],
+        "the constraint's index is left"
+    );
+    let duplicate = client.execute(
+        &format!(
+            "INSERT INTO {t} (event_id, stream_id, event_type, aggregate_id, occurred_on, payload) \
+             VALUES ('r-1', '1-1', 'Seeded', gen_random_uuid(), now(), '{{}}')"
+        ),
+        &[],
+    );
+    let error = duplicate.expect_err("a duplicate event id");
+    assert_eq!(
+        error.code(),
+        Some(&postgres::error::SqlState::UNIQUE_VIOLATION),
+        "{error}"
+    );
+    assert_eq!(both.recorded(&mut client), (1..=6).collect::<Vec<i32>>());
+
+    // A table made by other DDL, unique on event_id only through the index: it stays.
+    let index_only = Table::new("mig_uq_only");
+    index_only.create_reference(&mut client, 1);
+    let t = &index_only.0;
+    client
+        .batch_execute(&format!("ALTER TABLE {t} DROP CONSTRAINT {t}_event_id_key"))
+        .expect("drop the constraint");
+    index_only.store().migrate().expect("migrate");
+    assert_eq!(
+        event_id_unique_indexes(&mut client, t),
+        [format!("uq_{t}_event_id")],
+        "the only unique index is kept"
+    );
+    assert_eq!(
+        index_only.recorded(&mut client),
+        (1..=6).collect::<Vec<i32>>()
+    );
+}
+
 /// On SQLite the setting means the same: `Verify` refuses a new database (nothing created),
 /// and starts once it is migrated; the same for the outbox relay.
 #[test]

@@ -94,8 +94,8 @@ pub(crate) fn not_migrated(
 }
 
 /// The statements of a SQL file, without `--` comments, split at the `;` ending each (a `;`
-/// inside a quoted string or identifier does not end one). The embedded files use no
-/// dollar-quoted bodies; a test checks that.
+/// inside a quoted string, a quoted identifier or a dollar-quoted body such as a `DO $$ ... $$`
+/// block does not end one).
 pub fn split_statements(sql: &str) -> Vec<String> {
     let mut statements = Vec::new();
     let mut current = String::new();
@@ -112,6 +112,34 @@ pub fn split_statements(sql: &str) -> Vec<String> {
             None if c == '\'' || c == '"' => {
                 quote = Some(c);
                 current.push(c);
+            }
+            None if c == '$' => {
+                current.push(c);
+                // `$tag$` (tag empty or an identifier) opens a body that runs to the same tag.
+                let mut tag = String::from("$");
+                while let Some(&next) = chars.peek() {
+                    if next == '_' || next.is_ascii_alphanumeric() {
+                        tag.push(next);
+                        current.push(next);
+                        chars.next();
+                    } else {
+                        break;
+                    }
+                }
+                if chars.peek() == Some(&'$') && !tag[1..].starts_with(|c: char| c.is_ascii_digit())
+                {
+                    chars.next();
+                    current.push('$');
+                    tag.push('$');
+                    let mut body = String::new();
+                    for c in chars.by_ref() {
+                        body.push(c);
+                        if body.ends_with(&tag) {
+                            break;
+                        }
+                    }
+                    current.push_str(&body);
+                }
             }
             None if c == '-' && chars.peek() == Some(&'-') => {
                 // A comment runs to the end of the line.
@@ -193,6 +221,19 @@ mod tests {
         assert_eq!(
             migration.render("orders_inbox"),
             "CREATE TABLE orders_inbox (); CREATE INDEX ix_orders_inbox_a ON orders_inbox(a);"
+        );
+    }
+
+    #[test]
+    fn split_keeps_dollar_quoted_bodies_whole() {
+        let sql = "DO $$ BEGIN PERFORM 1; END $$;\nSELECT $tag$a;b$tag$; SELECT $1;";
+        assert_eq!(
+            split_statements(sql),
+            [
+                "DO $$ BEGIN PERFORM 1; END $$",
+                "SELECT $tag$a;b$tag$",
+                "SELECT $1"
+            ]
         );
     }
 

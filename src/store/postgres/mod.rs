@@ -66,6 +66,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "0005_stream_positions.sql",
         sql: include_str!("../../../sql/postgres/inbox/0005_stream_positions.sql"),
     },
+    Migration {
+        version: 6,
+        name: "0006_one_unique_index.sql",
+        sql: include_str!("../../../sql/postgres/inbox/0006_one_unique_index.sql"),
+    },
 ];
 
 /// The first key of the per-table cleanup lock (`pg_try_advisory_xact_lock(key, hashtext(table))`);
