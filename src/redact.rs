@@ -534,6 +534,7 @@ mod tests {
     }
 
     #[test]
+    #[cfg(feature = "postgres")]
     fn parse_errors_quote_only_option_names() {
         let message = |setting: &str| parse_postgres(setting).unwrap_err().to_string();
         let unknown = message("host=db password=se cret=x");

@@ -306,6 +306,7 @@ impl RelayBuilder {
         }
         validate_table_name(&self.table).map_err(|e| Error::config("table", e.to_string()))?;
         // Each publisher holds a connection while it publishes, retention one more.
+        #[cfg(any(feature = "postgres", feature = "redis"))]
         let connections = self.workers as u32 + 1;
         let store: Arc<dyn OutboxStore> = match self.store {
             StoreChoice::Unset => {

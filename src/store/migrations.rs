@@ -183,6 +183,7 @@ fn push_statement(statements: &mut Vec<String>, text: &str) {
 
 /// The index a `CREATE [UNIQUE] INDEX CONCURRENTLY IF NOT EXISTS <name> ...` statement builds,
 /// or `None` for any other statement.
+#[cfg(feature = "postgres")]
 pub(crate) fn concurrent_index_name(statement: &str) -> Option<&str> {
     let words: Vec<&str> = statement.split_whitespace().collect();
     let upper: Vec<String> = words.iter().take(8).map(|w| w.to_uppercase()).collect();
@@ -197,6 +198,7 @@ pub(crate) fn concurrent_index_name(statement: &str) -> Option<&str> {
 
 /// Whether a statement builds or drops an index concurrently (and so must run outside a
 /// transaction).
+#[cfg(feature = "postgres")]
 pub(crate) fn is_concurrent(statement: &str) -> bool {
     let upper = statement.to_uppercase();
     let words: Vec<&str> = upper.split_whitespace().take(5).collect();
@@ -251,6 +253,7 @@ mod tests {
     }
 
     #[test]
+    #[cfg(feature = "postgres")]
     fn concurrent_index_names_are_found() {
         assert_eq!(
             concurrent_index_name("CREATE INDEX CONCURRENTLY IF NOT EXISTS ix_a\n ON t(a)"),
