@@ -82,7 +82,7 @@ impl Backend for SqliteStore {
             [key],
         )
         .map(drop)
-        .map_err(|error| chain(&error))
+        .map_err(|error| support::error_chain(&error))
     }
 
     fn markers(&self) -> Vec<String> {
@@ -166,7 +166,7 @@ impl Backend for PostgresStore {
             &[&key],
         )
         .map(drop)
-        .map_err(|error| chain(&error))
+        .map_err(|error| support::error_chain(&error))
     }
 
     fn markers(&self) -> Vec<String> {
@@ -530,18 +530,6 @@ fn event_ids(settled: &[Settled]) -> Vec<&str> {
         .collect()
 }
 
-/// An error with its causes: the PostgreSQL driver's own message says only "db error".
-fn chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
-}
-
 fn counts(pairs: &[(EventStatus, u64)]) -> StatusCounts {
     StatusCounts(pairs.iter().copied().collect::<BTreeMap<_, _>>())
 }
@@ -838,7 +826,12 @@ fn quarantine_keeps_nul_characters<B: Backend>(store: &B) {
             received_at: t0(),
             max_retries: MAX_RETRIES,
         })
-        .unwrap_or_else(|error| panic!("the batch could not be stored: {}", chain(&error)));
+        .unwrap_or_else(|error| {
+            panic!(
+                "the batch could not be stored: {}",
+                support::error_chain(&error)
+            )
+        });
     assert_eq!(stored.inserted, vec![good.row_id]);
     assert_eq!(stored.quarantined, 1);
     let kept = store
@@ -883,7 +876,11 @@ fn parsed_events_with_nul_characters_are_stored<B: Backend>(store: &B) {
                 assert_eq!(stored.inserted, vec![received.row_id]);
                 assert_eq!(row(store, &parsed.event_id).event, parsed);
             }
-            Err(error) => refused.push(format!("{:?}: {}", parsed.event_id, chain(&error))),
+            Err(error) => refused.push(format!(
+                "{:?}: {}",
+                parsed.event_id,
+                support::error_chain(&error)
+            )),
         }
     }
     assert!(
@@ -2755,7 +2752,10 @@ fn racing_groups_agree_on_one_owner<B: Backend>(_fresh: &B) {
                 .into_iter()
                 .map(|adopter| {
                     adopter.join().expect("adopter").unwrap_or_else(|error| {
-                        panic!("round {round}: adopt_owner failed: {}", chain(&error))
+                        panic!(
+                            "round {round}: adopt_owner failed: {}",
+                            support::error_chain(&error)
+                        )
                     })
                 })
                 .collect()
@@ -3322,7 +3322,10 @@ fn ordered_batches_stored_concurrently_all_commit_in_order<B: Backend>(store: &B
                             max_retries: MAX_RETRIES,
                         })
                         .unwrap_or_else(|error| {
-                            panic!("writer {writer}, batch {batch}: {}", chain(&error))
+                            panic!(
+                                "writer {writer}, batch {batch}: {}",
+                                support::error_chain(&error)
+                            )
                         });
                     assert_eq!(
                         stored.inserted,
@@ -3596,7 +3599,7 @@ CREATE INDEX ix_event_inbox_aggregate_received ON event_inbox(aggregate_id, rece
                                 max_retries: MAX_RETRIES,
                             }) {
                                 Ok(stored) => inserted += stored.inserted.len(),
-                                Err(error) => errors.push(chain(&error)),
+                                Err(error) => errors.push(support::error_chain(&error)),
                             }
                         }
                         (inserted, errors)
@@ -3749,7 +3752,10 @@ CREATE INDEX ix_event_inbox_aggregate_received ON event_inbox(aggregate_id, rece
             });
             assert!(blocked, "adopt_owner waits for the racing adoption");
             racing.commit().expect("commit the racing adoption");
-            let owner = adopter.join().expect("adopter").map_err(|e| chain(&e));
+            let owner = adopter
+                .join()
+                .expect("adopter")
+                .map_err(|e| support::error_chain(&e));
             assert_eq!(owner, Ok("billing".to_string()));
         });
         assert_eq!(store.find_owner().unwrap(), Some("billing".into()));

@@ -18,7 +18,7 @@ use serde_json::json;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
-use support::{unique_name, wait_until};
+use support::{error_chain, unique_name, wait_until};
 use uuid::Uuid;
 
 const WAIT: Duration = Duration::from_secs(30);
@@ -179,17 +179,6 @@ fn pg_error(url: &str) -> String {
         Ok(()) => panic!("connected with {url}"),
         Err(error) => error_chain(&error),
     }
-}
-
-fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }
 
 fn pg_ok(url: &str) {
