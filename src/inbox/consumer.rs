@@ -4,7 +4,7 @@ use super::handle::{ConsumerHandle, Observed, Threads, READER_THREAD, WORKER_THR
 use super::health::{Heartbeats, Probes};
 use super::in_flight::InFlight;
 use super::metrics::{InboxMetrics, ParkedGauges};
-use super::receiver::Reader;
+use super::receiver::{Reader, StoredSignal};
 use super::settings::Settings;
 use super::stats::Counters;
 use super::worker::Worker;
@@ -152,6 +152,7 @@ impl<S: InboxStore> Start for Runtime<S> {
         }
         // Consumer names are per stream in Redis, so every stream's readers share the names.
         for (stream_index, stream) in settings.streams.iter().enumerate() {
+            let stored = Arc::new(StoredSignal::default());
             for index in 0..settings.readers {
                 let reader = Reader {
                     store: self.store.clone(),
@@ -167,6 +168,7 @@ impl<S: InboxStore> Start for Runtime<S> {
                     },
                     work: work_tx.clone(),
                     stop: stop.clone(),
+                    stored: stored.clone(),
                     read_count: std::cell::Cell::new(self.settings.read_batch),
                 };
                 let number = stream_index * settings.readers + index;

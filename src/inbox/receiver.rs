@@ -35,6 +35,7 @@ use crate::transport::{
 };
 use chrono::{DateTime, Utc};
 use crossbeam_channel::Sender;
+use parking_lot::{Condvar, Mutex};
 use std::cell::Cell;
 use std::collections::HashSet;
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -58,6 +59,10 @@ pub(crate) struct Reader<S: InboxStore> {
     pub consumer: String,
     pub work: Sender<Work>,
     pub stop: Arc<AtomicBool>,
+    /// Rung by each of this consumer's readers once a batch is stored and acknowledged, so a
+    /// reader waiting for earlier entries (ordered mode) looks again at once rather than after
+    /// its pause; entries held by other processes are still seen on the pause.
+    pub stored: Arc<StoredSignal>,
     /// The `COUNT` of the next read or reclaim: `read_batch`, lowered after large entries so
     /// that a batch holds about `max_batch_bytes` (see [`next_read_count`]).
     pub read_count: Cell<usize>,
@@ -250,6 +255,8 @@ impl<S: InboxStore> Reader<S> {
             if self.stopping() {
                 return None;
             }
+            // Taken before looking, so a batch acknowledged in between still wakes the wait.
+            let rung = self.stored.rung();
             match self
                 .transport
                 .oldest_pending_before(&self.stream, &settings.group, &first)
@@ -273,7 +280,7 @@ impl<S: InboxStore> Reader<S> {
                     }
                 }
                 Ok(Some(_)) => {
-                    std::thread::sleep(pause);
+                    self.stored.wait_after(rung, pause);
                     pause = (pause * 2).min(MAX_ORDER_PAUSE);
                 }
                 Err(error) => {
@@ -341,6 +348,7 @@ impl<S: InboxStore> Reader<S> {
             // Stored already: redelivery after reclaim is absorbed as duplicates.
             tracing::warn!(%error, entries = ids.len(), "acknowledging a stored batch failed; it will be reclaimed and deduplicated");
         }
+        self.stored.ring();
         if settings.ordered {
             // Idle workers claim the heads of the aggregates just stored (these rows, or earlier
             // ones still open). Busy workers are following the aggregates they settle and scan
@@ -544,9 +552,60 @@ fn quarantined(stream_id: &str, fields: &[(Vec<u8>, Vec<u8>)], reason: String) -
     }
 }
 
+/// How a consumer's readers tell each other a batch was stored and acknowledged: a counter
+/// that only grows, and a condition variable to wait for it to move.
+#[derive(Default)]
+pub(crate) struct StoredSignal {
+    rings: Mutex<u64>,
+    moved: Condvar,
+}
+
+impl StoredSignal {
+    /// How often it has rung so far.
+    pub fn rung(&self) -> u64 {
+        *self.rings.lock()
+    }
+
+    pub fn ring(&self) {
+        *self.rings.lock() += 1;
+        self.moved.notify_all();
+    }
+
+    /// Waits until it has rung more than `rung` times, or `timeout` has passed.
+    pub fn wait_after(&self, rung: u64, timeout: Duration) {
+        let mut rings = self.rings.lock();
+        if *rings == rung {
+            let _ = self.moved.wait_for(&mut rings, timeout);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A reader waiting for earlier entries wakes when another reader of its consumer rings,
+    /// long before its pause ends; a ring that came before the wait began is not missed.
+    #[test]
+    fn a_waiting_reader_wakes_when_another_stores_a_batch() {
+        let signal = Arc::new(StoredSignal::default());
+        let long = Duration::from_secs(60);
+        let rung = signal.rung();
+        let waiter = {
+            let signal = signal.clone();
+            std::thread::spawn(move || {
+                let started = Instant::now();
+                signal.wait_after(rung, long);
+                started.elapsed()
+            })
+        };
+        signal.ring();
+        assert!(waiter.join().unwrap() < long, "woken by the ring");
+        let started = Instant::now();
+        signal.wait_after(rung, long);
+        assert!(started.elapsed() < long, "a ring before the wait counts");
+        assert_eq!(signal.rung(), rung + 1);
+    }
 
     #[test]
     fn the_next_read_count_fits_the_batch_bytes_at_the_last_average_size() {
