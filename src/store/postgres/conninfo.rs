@@ -26,8 +26,8 @@ pub(crate) struct ConnInfo {
     pub(crate) tls: TlsKeys,
 }
 
-/// libpq's TLS keys, as given.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+/// libpq's TLS keys, as given. Its `Debug` never shows `sslpassword`.
+#[derive(Clone, Default, PartialEq, Eq)]
 pub(crate) struct TlsKeys {
     pub(crate) mode: Option<SslMode>,
     /// A CA file, or `system` for the system's trust store.
@@ -36,6 +36,21 @@ pub(crate) struct TlsKeys {
     pub(crate) key: Option<PathBuf>,
     /// Never shown; eventflow refuses it (encrypted keys are not supported).
     pub(crate) password: Option<String>,
+}
+
+impl fmt::Debug for TlsKeys {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TlsKeys")
+            .field("mode", &self.mode)
+            .field("root_cert", &self.root_cert)
+            .field("cert", &self.cert)
+            .field("key", &self.key)
+            .field(
+                "password",
+                &self.password.as_ref().map(|_| crate::redact::REDACTED),
+            )
+            .finish()
+    }
 }
 
 /// Why a connection string could not be read.
@@ -259,6 +274,15 @@ impl<'a> Iterator for Pairs<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn debug_never_shows_passwords() {
+        let info = parse("host=db user=app password=s3cret sslpassword=k3y-pass").unwrap();
+        let shown = format!("{info:?}");
+        assert!(!shown.contains("s3cret"), "{shown}");
+        assert!(!shown.contains("k3y-pass"), "{shown}");
+        assert!(shown.contains("password: Some(\"<redacted>\")"), "{shown}");
+    }
 
     #[test]
     fn tls_keys_come_out_of_key_value_strings() {
