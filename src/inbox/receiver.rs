@@ -348,8 +348,9 @@ impl<S: InboxStore> Reader<S> {
             // Stored already: redelivery after reclaim is absorbed as duplicates.
             tracing::warn!(%error, entries = ids.len(), "acknowledging a stored batch failed; it will be reclaimed and deduplicated");
         }
-        self.stored.ring();
         if settings.ordered {
+            // A sibling reader may be waiting for this batch (see `wait_for_earlier`).
+            self.stored.ring();
             // Idle workers claim the heads of the aggregates just stored (these rows, or earlier
             // ones still open). Busy workers are following the aggregates they settle and scan
             // for heads when they run out, so when the channel is full the rows are left to
