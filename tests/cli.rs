@@ -833,6 +833,19 @@ fn usage_errors_and_unreachable_servers_have_their_exit_codes() {
         "{}",
         two_streams.stderr
     );
+    // A zero timeout is a setting error, never the pool's panic.
+    let zero_timeout = eventflow(
+        &[("EVENTFLOW_DATABASE_URL", postgres_url().as_str())],
+        &["--connect-timeout", "0s", "status"],
+    );
+    assert_eq!(zero_timeout.code, 2, "{}", zero_timeout.stderr);
+    assert!(
+        zero_timeout
+            .stderr
+            .contains("connect_timeout must be more than zero"),
+        "{}",
+        zero_timeout.stderr
+    );
     let no_database = eventflow(&[], &["status"]);
     assert_eq!(no_database.code, 2);
     assert!(no_database.stderr.contains("EVENTFLOW_DATABASE_URL"));

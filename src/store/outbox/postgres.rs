@@ -19,8 +19,8 @@ use crate::event::Event;
 use crate::redact::ConnectionString;
 use crate::store::migrations::{Migration, PendingMigration};
 use crate::store::postgres::{
-    apply_migrations, new_pool, parse_url, pending_migrations, pg, MigrationTarget, PgConnection,
-    PgConnector, Pool, SessionLimits, DEFAULT_MIGRATION_LOCK_TIMEOUT,
+    apply_migrations, new_pool, parse_url, pending_migrations, pg, validate_pool, MigrationTarget,
+    PgConnection, PgConnector, Pool, SessionLimits, DEFAULT_MIGRATION_LOCK_TIMEOUT,
 };
 use crate::store::{validate_table_name, StoreError};
 use crate::tls::TlsSettings;
@@ -131,11 +131,7 @@ impl PostgresOutboxBuilder {
     /// succeeds while the database is down.
     pub fn build(self) -> Result<PostgresOutbox, StoreError> {
         validate_table_name(&self.table)?;
-        if self.pool_size == 0 {
-            return Err(StoreError::InvalidConfig(
-                "pool_size must be at least 1".into(),
-            ));
-        }
+        validate_pool(self.pool_size, self.connect_timeout)?;
         let (mut config, connector) = parse_url(self.url.expose(), &self.tls)?;
         config.connect_timeout(self.connect_timeout);
         // The relay's statements are prepared once per connection, often while the table is

@@ -164,11 +164,7 @@ impl PostgresStoreBuilder {
     /// succeeds while the database is down.
     pub fn build(self) -> Result<PostgresStore, StoreError> {
         validate_table_name(&self.table)?;
-        if self.pool_size == 0 {
-            return Err(StoreError::InvalidConfig(
-                "pool_size must be at least 1".into(),
-            ));
-        }
+        validate_pool(self.pool_size, self.connect_timeout)?;
         let (config, connector) = parse_url(self.url.expose(), &self.tls)?;
         let pool = new_pool(
             config,
@@ -261,6 +257,25 @@ pub(in crate::store) fn parse_url(
     })?;
     let connector = PgConnector::new(&mut info, tls)?;
     Ok((info.config, connector))
+}
+
+/// The pool settings both PostgreSQL builders take, checked in `build()` (the pool itself
+/// panics on a zero timeout).
+pub(in crate::store) fn validate_pool(
+    size: u32,
+    connect_timeout: Duration,
+) -> Result<(), StoreError> {
+    if size == 0 {
+        return Err(StoreError::InvalidConfig(
+            "pool_size must be at least 1".into(),
+        ));
+    }
+    if connect_timeout.is_zero() {
+        return Err(StoreError::InvalidConfig(
+            "connect_timeout must be more than zero".into(),
+        ));
+    }
+    Ok(())
 }
 
 /// A pool that connects on first use, so it can be built while the database is down.
@@ -855,4 +870,41 @@ fn quarantined_entry(row: &Row) -> Result<QuarantinedEntry, StoreError> {
         replayed_at: row.get(6),
         replayed_event_id: row.get(7),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::outbox::PostgresOutbox;
+
+    /// Both PostgreSQL builders refuse an empty pool and a zero connect timeout in `build()`,
+    /// naming the setting, where the pool would panic. No server is needed: nothing connects.
+    #[test]
+    fn builders_refuse_pool_settings_the_pool_would_panic_on() {
+        let url = "host=127.0.0.1 user=postgres dbname=test";
+        let refused = |result: Result<(), StoreError>| match result {
+            Err(StoreError::InvalidConfig(message)) => message,
+            other => panic!("expected InvalidConfig, got {other:?}"),
+        };
+        let store = |size, timeout| {
+            PostgresStore::builder(url)
+                .pool_size(size)
+                .connect_timeout(timeout)
+                .build()
+                .map(drop)
+        };
+        let outbox = |size, timeout| {
+            PostgresOutbox::builder(url)
+                .pool_size(size)
+                .connect_timeout(timeout)
+                .build()
+                .map(drop)
+        };
+        let second = Duration::from_secs(1);
+        for build in [&store as &dyn Fn(u32, Duration) -> _, &outbox] {
+            assert!(refused(build(0, second)).contains("pool_size"));
+            assert!(refused(build(2, Duration::ZERO)).contains("connect_timeout"));
+            assert!(build(2, second).is_ok());
+        }
+    }
 }
