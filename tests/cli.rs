@@ -833,6 +833,32 @@ fn usage_errors_and_unreachable_servers_have_their_exit_codes() {
         "{}",
         two_streams.stderr
     );
+    // A misspelt scheme, or a plain path to no file, is refused, never made into a new SQLite
+    // file named after the typo; `sqlite:path` creates one.
+    let typo = std::env::temp_dir().join(unique_name("cli_typo"));
+    let plain = typo.to_string_lossy().to_string();
+    for (url, says) in [
+        (
+            "postgress://postgres:TopSecret-1@127.0.0.1/test".to_string(),
+            "is not a database URL",
+        ),
+        (plain.clone(), "to create one, write it as sqlite:"),
+    ] {
+        let run = eventflow(&[("EVENTFLOW_DATABASE_URL", url.as_str())], &["migrate"]);
+        assert_eq!(run.code, 2, "{url}: {}", run.stderr);
+        assert!(run.stderr.contains(says), "{url}: {}", run.stderr);
+        assert!(!run.stderr.contains("TopSecret-1"), "{}", run.stderr);
+    }
+    assert!(!typo.exists(), "no file was created");
+    let explicit = format!("sqlite:{plain}");
+    eventflow(
+        &[("EVENTFLOW_DATABASE_URL", explicit.as_str())],
+        &["migrate"],
+    )
+    .ok();
+    assert!(typo.exists(), "sqlite:path creates the database");
+    let _ = std::fs::remove_file(&typo);
+
     // A zero timeout is a setting error, never the pool's panic.
     let zero_timeout = eventflow(
         &[("EVENTFLOW_DATABASE_URL", postgres_url().as_str())],

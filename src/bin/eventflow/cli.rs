@@ -35,7 +35,8 @@ const EXIT_CODES: &str = "Exit codes:\n  0  ok\n  1  the operation failed\n  2  
 #[derive(Args)]
 pub struct Connection {
     /// The inbox database: `postgres://user:password@host/db` (or `host=... user=...`), or a
-    /// SQLite file (`sqlite://path` or a plain path). TLS as in libpq: `sslmode`
+    /// SQLite file: `sqlite:path` (`migrate` creates it), or the plain path of an existing
+    /// file (a plain path to no file is refused, as a likely typo). TLS as in libpq: `sslmode`
     /// (`disable`, `prefer`, `require`, `verify-ca`, `verify-full`), `sslrootcert`, `sslcert`
     /// and `sslkey`.
     #[arg(

@@ -22,18 +22,39 @@ pub enum Database {
 /// Where a database URL points.
 enum Target {
     Postgres(String),
-    Sqlite(PathBuf),
+    /// A SQLite file; `explicit` when written as `sqlite:path` (a new file may then be created).
+    Sqlite {
+        path: PathBuf,
+        explicit: bool,
+    },
 }
 
-fn target(url: &str) -> Target {
+/// Reads a database URL. A misspelt scheme (`postgress://`) is refused rather than taken for a
+/// file name.
+fn target(url: &str) -> Result<Target, Failure> {
     if url.starts_with("postgres://") || url.starts_with("postgresql://") || url.contains('=') {
-        return Target::Postgres(url.to_string());
+        return Ok(Target::Postgres(url.to_string()));
     }
-    let path = url
+    if let Some(path) = url
         .strip_prefix("sqlite://")
         .or_else(|| url.strip_prefix("sqlite:"))
-        .unwrap_or(url);
-    Target::Sqlite(PathBuf::from(path))
+    {
+        return Ok(Target::Sqlite {
+            path: PathBuf::from(path),
+            explicit: true,
+        });
+    }
+    if url.contains("://") {
+        return Err(Failure::Usage(format!(
+            "{} is not a database URL: use postgres://..., key=value (host=... dbname=...), \
+             or sqlite:path",
+            redact(url)
+        )));
+    }
+    Ok(Target::Sqlite {
+        path: PathBuf::from(url),
+        explicit: false,
+    })
 }
 
 /// The database URL, or a usage error saying how to give one.
@@ -53,21 +74,28 @@ fn invalid(error: StoreError) -> Failure {
     }
 }
 
-/// A SQLite file must exist unless `create` (for `migrate`): opening would create an empty one.
-fn check_exists(path: &Path, create: bool) -> Result<(), Failure> {
-    if create || path.exists() {
+/// A SQLite file must exist unless `create` (for `migrate`) and it was written as
+/// `sqlite:path`: opening would create an empty one, and a plain path may be a typo.
+fn check_exists(path: &Path, explicit: bool, create: bool) -> Result<(), Failure> {
+    if path.exists() || (create && explicit) {
         return Ok(());
     }
+    // A string with no scheme that is not a path (`user:password@host/db`) lands here.
+    let shown = redact(&path.to_string_lossy());
+    if create {
+        return Err(Failure::Usage(format!(
+            "no SQLite database at {shown}; to create one, write it as sqlite:{shown}"
+        )));
+    }
     Err(Failure::Unreachable(format!(
-        "no SQLite database at {} (run `eventflow migrate` to create one)",
-        // A string with no scheme that is not a path (`user:password@host/db`) lands here.
-        redact(&path.to_string_lossy())
+        "no SQLite database at {shown} (create one with `eventflow migrate` and \
+         --database-url sqlite:{shown})"
     )))
 }
 
 /// Opens the inbox database. A SQLite file must exist unless `create` (for `migrate`).
 pub fn open_database(connection: &Connection, create: bool) -> Result<Database, Failure> {
-    match target(database_url(connection)?) {
+    match target(database_url(connection)?)? {
         Target::Postgres(url) => PostgresStore::builder(url)
             .table(&connection.table)
             .pool_size(2)
@@ -75,8 +103,8 @@ pub fn open_database(connection: &Connection, create: bool) -> Result<Database, 
             .build()
             .map(Database::Postgres)
             .map_err(invalid),
-        Target::Sqlite(path) => {
-            check_exists(&path, create)?;
+        Target::Sqlite { path, explicit } => {
+            check_exists(&path, explicit, create)?;
             SqliteStore::open(&path)
                 .and_then(|store| store.with_table(&connection.table))
                 .map(Database::Sqlite)
@@ -88,7 +116,7 @@ pub fn open_database(connection: &Connection, create: bool) -> Result<Database, 
 /// Opens the outbox table `--outbox-table` in the same database. A SQLite file must exist
 /// unless `create` (for `migrate`).
 pub fn open_outbox(connection: &Connection, create: bool) -> Result<OutboxAdmin, Failure> {
-    let store: Arc<dyn OutboxStore> = match target(database_url(connection)?) {
+    let store: Arc<dyn OutboxStore> = match target(database_url(connection)?)? {
         Target::Postgres(url) => Arc::new(
             PostgresOutbox::builder(url)
                 .table(&connection.outbox_table)
@@ -97,8 +125,8 @@ pub fn open_outbox(connection: &Connection, create: bool) -> Result<OutboxAdmin,
                 .build()
                 .map_err(invalid)?,
         ),
-        Target::Sqlite(path) => {
-            check_exists(&path, create)?;
+        Target::Sqlite { path, explicit } => {
+            check_exists(&path, explicit, create)?;
             Arc::new(
                 SqliteOutbox::open(&path)
                     .and_then(|store| store.with_table(&connection.outbox_table))
