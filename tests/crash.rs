@@ -7,15 +7,13 @@
 
 mod support;
 
-use eventflow::store::{InboxStore, PostgresStore};
-use eventflow::transport::{RedisStreams, Transport};
-use eventflow::{Event, HandlerResult, InboxConsumer};
-use postgres::{Client, NoTls};
-use serde_json::json;
+use eventflow::transport::Transport;
+use eventflow::{HandlerResult, InboxConsumer};
+use postgres::Client;
 use std::time::{Duration, Instant};
 use support::child::ChildProcess;
-use support::{postgres_url, redis_url, unique_name, wait_until};
-use uuid::Uuid;
+use support::pipeline::{publish, Pipeline};
+use support::{postgres_url, redis_url, wait_until};
 
 const GROUP: &str = "crash";
 const EVENTS: usize = 20_000;
@@ -82,30 +80,18 @@ fn a_consumer_killed_mid_batch_loses_and_repeats_nothing() {
     if !(support::postgres_available(test) && support::redis_available(test)) {
         return;
     }
-    let table = unique_name("crash");
-    let stream = unique_name("crash_stream");
-    let store = PostgresStore::builder(postgres_url())
-        .table(&table)
-        .build()
-        .unwrap();
-    store.migrate().unwrap();
-    let mut db = Client::connect(&postgres_url(), NoTls).unwrap();
+    let Pipeline {
+        table,
+        stream,
+        mut db,
+        redis,
+        ..
+    } = Pipeline::new("crash", GROUP);
     db.batch_execute(&format!(
         "CREATE TABLE {table}_handled (event_id TEXT NOT NULL, process TEXT NOT NULL)"
     ))
     .unwrap();
-    let redis = RedisStreams::connect(&redis_url()).unwrap();
-    redis.ensure_group(&stream, GROUP).unwrap();
-    let events: Vec<_> = (0..EVENTS)
-        .map(|i| {
-            let mut event = Event::new("OrderCreated", Uuid::new_v4(), json!({ "i": i }));
-            event.event_id = format!("c-{i}");
-            event.to_entry_fields()
-        })
-        .collect();
-    for chunk in events.chunks(1000) {
-        redis.publish_batch(&stream, chunk).unwrap();
-    }
+    publish(&redis, &stream, (0..EVENTS).map(|i| format!("c-{i}")));
 
     let first = spawn_child(&stream, &table, "first");
     let handled_sql = format!("SELECT count(*) FROM {table}_handled");

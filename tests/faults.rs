@@ -5,17 +5,16 @@
 
 mod support;
 
-use eventflow::store::{InboxStore, PostgresStore, SessionLimits};
-use eventflow::transport::{RedisStreams, Transport};
-use eventflow::{Event, ExponentialBackoff, HandlerResult, InboxConsumer};
+use eventflow::store::SessionLimits;
+use eventflow::transport::RedisStreams;
+use eventflow::{ExponentialBackoff, HandlerResult, InboxConsumer};
 use postgres::{Client, NoTls};
-use serde_json::json;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use support::child::ChildProcess;
+use support::pipeline::{publish, Pipeline};
 use support::{postgres_url, redis_url, unique_name, wait_until};
-use uuid::Uuid;
 
 const GROUP: &str = "faults";
 
@@ -129,34 +128,19 @@ fn holds_both(sessions: &[(String, Option<String>)]) -> bool {
     storing && handling
 }
 
-fn publish(redis: &RedisStreams, stream: &str, ids: impl IntoIterator<Item = String>) {
-    let entries: Vec<_> = ids
-        .into_iter()
-        .map(|id| {
-            let mut event = Event::new("OrderPlaced", Uuid::new_v4(), json!({}));
-            event.event_id = id;
-            event.to_entry_fields()
-        })
-        .collect();
-    for chunk in entries.chunks(500) {
-        redis.publish_batch(stream, chunk).unwrap();
-    }
-}
-
 #[test]
 fn a_stopped_peer_does_not_wedge_the_others() {
     let test = "a_stopped_peer_does_not_wedge_the_others";
     if !(support::postgres_available(test) && support::redis_available(test)) {
         return;
     }
-    let table = unique_name("stopped");
-    let stream = unique_name("stopped_stream");
-    let store = PostgresStore::builder(postgres_url())
-        .table(&table)
-        .build()
-        .unwrap();
-    store.migrate().unwrap();
-    let mut db = Client::connect(&postgres_url(), NoTls).unwrap();
+    let Pipeline {
+        table,
+        stream,
+        mut db,
+        redis,
+        ..
+    } = Pipeline::new("stopped", GROUP);
     let sleep_seconds = TRIGGER_SLEEP.as_secs_f64();
     db.batch_execute(&format!(
         "CREATE TABLE {table}_handled (event_id TEXT NOT NULL, process TEXT NOT NULL);
@@ -169,8 +153,6 @@ fn a_stopped_peer_does_not_wedge_the_others() {
            FOR EACH ROW EXECUTE FUNCTION {table}_slow();"
     ))
     .unwrap();
-    let redis = RedisStreams::connect(&redis_url()).unwrap();
-    redis.ensure_group(&stream, GROUP).unwrap();
 
     let names = [format!("{table}_a"), format!("{table}_b")];
     let children: Vec<ChildProcess> = names

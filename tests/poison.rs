@@ -8,15 +8,13 @@
 
 mod support;
 
-use eventflow::store::{InboxStore, PostgresStore, NEVER_FINISHED};
-use eventflow::transport::{RedisStreams, Transport};
-use eventflow::{Event, ExponentialBackoff, HandlerResult, InboxConsumer};
-use postgres::{Client, NoTls};
-use serde_json::json;
+use eventflow::store::{InboxStore, NEVER_FINISHED};
+use eventflow::transport::Transport;
+use eventflow::{ExponentialBackoff, HandlerResult, InboxConsumer};
 use std::time::{Duration, Instant};
 use support::child::ChildProcess;
-use support::{postgres_url, redis_url, unique_name};
-use uuid::Uuid;
+use support::pipeline::{publish, Pipeline};
+use support::{postgres_url, redis_url};
 
 const GROUP: &str = "poison";
 const EVENTS: usize = 300;
@@ -90,28 +88,18 @@ fn a_poison_event_ends_as_a_dead_letter() {
     if !(support::postgres_available(test) && support::redis_available(test)) {
         return;
     }
-    let table = unique_name("poison");
-    let stream = unique_name("poison_stream");
-    let store = PostgresStore::builder(postgres_url())
-        .table(&table)
-        .build()
-        .unwrap();
-    store.migrate().unwrap();
-    let mut db = Client::connect(&postgres_url(), NoTls).unwrap();
+    let Pipeline {
+        table,
+        stream,
+        store,
+        mut db,
+        redis,
+    } = Pipeline::new("poison", GROUP);
     db.batch_execute(&format!(
         "CREATE TABLE {table}_handled (event_id TEXT NOT NULL)"
     ))
     .unwrap();
-    let redis = RedisStreams::connect(&redis_url()).unwrap();
-    redis.ensure_group(&stream, GROUP).unwrap();
-    let events: Vec<_> = (0..EVENTS)
-        .map(|i| {
-            let mut event = Event::new("OrderCreated", Uuid::new_v4(), json!({ "i": i }));
-            event.event_id = format!("p-{i}");
-            event.to_entry_fields()
-        })
-        .collect();
-    redis.publish_batch(&stream, &events).unwrap();
+    publish(&redis, &stream, (0..EVENTS).map(|i| format!("p-{i}")));
 
     // The supervisor: restart the consumer whenever it dies, until the poison is settled and
     // everything else processed, or a minute has passed.

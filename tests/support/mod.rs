@@ -3,6 +3,8 @@
 #![allow(dead_code)]
 
 pub mod child;
+#[cfg(all(feature = "postgres", feature = "redis"))]
+pub mod pipeline;
 pub mod recorder;
 pub mod secrets;
 
