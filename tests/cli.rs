@@ -1727,19 +1727,9 @@ struct MigrateTable(String);
 
 impl Drop for MigrateTable {
     fn drop(&mut self) {
-        let Ok(mut client) = postgres::Client::connect(&postgres_url(), postgres::NoTls) else {
-            return;
-        };
-        let t = &self.0;
-        let _ = client.batch_execute(&format!("DROP TABLE IF EXISTS {t}_quarantine, {t}"));
-        let _ = client.execute(
-            "DELETE FROM eventflow_migrations WHERE target = $1",
-            &[&format!("inbox:{t}")],
-        );
-        let _ = client.execute(
-            "DELETE FROM eventflow_inbox_owners WHERE inbox_table = $1",
-            &[t],
-        );
+        if let Ok(mut client) = postgres::Client::connect(&postgres_url(), postgres::NoTls) {
+            support::drop_inbox_table(&mut client, &self.0, &[]);
+        }
     }
 }
 

@@ -132,10 +132,7 @@ fn a_consumer_killed_mid_batch_loses_and_repeats_nothing() {
         "crash test: first process handled {handled_by_first} and stored {stored_by_first} before SIGKILL, \
          {pending_at_kill} entries read but unacknowledged at the kill; in the end {handled} handled, {distinct} distinct"
     );
-    let _ = db.batch_execute(&format!(
-        "DROP TABLE {table}_handled; DROP TABLE {table}; DROP TABLE {table}_quarantine; \
-         DELETE FROM eventflow_migrations WHERE target = 'inbox:{table}'"
-    ));
+    support::drop_inbox_table(&mut db, &table, &["handled"]);
     assert!(finished, "not every event was processed after the restart");
     assert!(
         pending_at_kill > 0,

@@ -252,12 +252,8 @@ fn a_stopped_peer_does_not_wedge_the_others() {
         ),
     );
     drop(children);
-    let _ = db.batch_execute(&format!(
-        "DROP TABLE {table}_handled; DROP TABLE {table}; DROP TABLE {table}_quarantine; \
-         DROP FUNCTION {table}_slow(); \
-         DELETE FROM eventflow_migrations WHERE target = 'inbox:{table}'; \
-         DELETE FROM eventflow_inbox_owners WHERE inbox_table = '{table}'"
-    ));
+    support::drop_inbox_table(&mut db, &table, &["handled"]);
+    let _ = db.batch_execute(&format!("DROP FUNCTION IF EXISTS {table}_slow()"));
     eprintln!(
         "stopped-peer test: {published} events, the survivor finished in {took:?} \
          (bound {:?}); {handled} handled, {distinct} distinct, {by_stopped} by the stopped process",
@@ -355,11 +351,7 @@ fn a_hung_handler_is_reported_and_its_rows_go_to_other_workers() {
         )
         .unwrap();
     let (handled, distinct): (i64, i64) = (row.get(0), row.get(1));
-    let _ = db.batch_execute(&format!(
-        "DROP TABLE {table}_handled; DROP TABLE {table}; DROP TABLE {table}_quarantine; \
-         DELETE FROM eventflow_migrations WHERE target = 'inbox:{table}'; \
-         DELETE FROM eventflow_inbox_owners WHERE inbox_table = '{table}'"
-    ));
+    support::drop_inbox_table(&mut db, &table, &["handled"]);
     if let Ok(mut conn) = redis::Client::open(redis_url()).and_then(|c| c.get_connection()) {
         let _: redis::RedisResult<()> = redis::cmd("DEL").arg(&stream).query(&mut conn);
     }

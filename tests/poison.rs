@@ -161,11 +161,7 @@ fn a_poison_event_ends_as_a_dead_letter() {
         poison.error_message,
         handled.len()
     );
-    let _ = db.batch_execute(&format!(
-        "DROP TABLE {table}_handled; DROP TABLE {table}; DROP TABLE {table}_quarantine; \
-         DELETE FROM eventflow_migrations WHERE target = 'inbox:{table}'; \
-         DELETE FROM eventflow_inbox_owners WHERE inbox_table = '{table}'"
-    ));
+    support::drop_inbox_table(&mut db, &table, &["handled"]);
     assert!(
         finished,
         "the poison was not settled, or events were left unprocessed"

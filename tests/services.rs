@@ -31,12 +31,7 @@ fn count(db: &mut Client, sql: &str) -> i64 {
 }
 
 fn drop_inbox(db: &mut Client, table: &str) {
-    let _ = db.batch_execute(&format!(
-        "DROP TABLE IF EXISTS {table}_handled; DROP TABLE IF EXISTS {table}_fixed; \
-         DROP TABLE IF EXISTS {table}; DROP TABLE IF EXISTS {table}_quarantine; \
-         DELETE FROM eventflow_migrations WHERE target = 'inbox:{table}'; \
-         DELETE FROM eventflow_inbox_owners WHERE inbox_table = '{table}'"
-    ));
+    support::drop_inbox_table(db, table, &["handled", "fixed"]);
 }
 
 fn entry(event_id: String, aggregate: Uuid, payload: serde_json::Value) -> Vec<(String, Vec<u8>)> {

@@ -140,3 +140,23 @@ pub fn error_chain(error: &dyn std::error::Error) -> String {
     }
     text
 }
+
+/// Drops a test's inbox `table`, its quarantine and the test's own tables named
+/// `<table>_<suffix>` for each of `extra`, and forgets what eventflow recorded for it
+/// (migrations, owner, stream positions). Best effort: a statement that fails does not stop
+/// the others.
+pub fn drop_inbox_table(db: &mut postgres::Client, table: &str, extra: &[&str]) {
+    for suffix in extra {
+        let _ = db.batch_execute(&format!("DROP TABLE IF EXISTS {table}_{suffix}"));
+    }
+    let _ = db.batch_execute(&format!(
+        "DROP TABLE IF EXISTS {table}_quarantine; DROP TABLE IF EXISTS {table}"
+    ));
+    for forget in [
+        "DELETE FROM eventflow_migrations WHERE target = 'inbox:' || $1",
+        "DELETE FROM eventflow_inbox_owners WHERE inbox_table = $1",
+        "DELETE FROM eventflow_inbox_streams WHERE inbox_table = $1",
+    ] {
+        let _ = db.execute(forget, &[&table]);
+    }
+}
