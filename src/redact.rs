@@ -50,7 +50,7 @@ impl Form {
             Self::Path
         } else if trimmed.starts_with("postgres://") || trimmed.starts_with("postgresql://") {
             Self::Postgres
-        } else if trimmed.contains("://") {
+        } else if starts_with_scheme(trimmed) {
             Self::Url
         } else if trimmed.contains('=') {
             Self::Postgres
@@ -58,6 +58,18 @@ impl Form {
             Self::Path
         }
     }
+}
+
+/// Whether `setting` opens with a URL scheme (`redis://`): letters, then letters, digits, `+`,
+/// `-` or `.`, then `://`. A `://` further on is a value's (`password='a://b'` in `key=value`
+/// text), not a scheme.
+fn starts_with_scheme(setting: &str) -> bool {
+    setting.split_once("://").is_some_and(|(scheme, _)| {
+        scheme.starts_with(|c: char| c.is_ascii_alphabetic())
+            && scheme
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.'))
+    })
 }
 
 /// `setting` (a PostgreSQL connection string in URL or `key=value` form, a Redis URL, or a
@@ -531,6 +543,16 @@ mod tests {
         ] {
             assert_eq!(redact(&bad), placeholder, "{bad}");
         }
+    }
+
+    #[test]
+    #[cfg(feature = "postgres")]
+    fn a_value_holding_a_scheme_does_not_make_key_value_text_a_url() {
+        let setting = "host=db user=app password='Qz://' dbname=app";
+        let shown = redact(setting);
+        assert!(!shown.contains("Qz://"), "{shown}");
+        assert!(shown.contains(&format!("password={REDACTED}")), "{shown}");
+        assert_eq!(secrets(setting), ["Qz://"]);
     }
 
     #[test]
