@@ -26,8 +26,8 @@ use eventflow::store::{
     validate_table_name, AfterDeadLetter, Claim, ClaimParams, Cleanup, Cursor, DeadLetterRequeue,
     DeadLetterSkip, Failure, InboxStore, MalformedEntry, Page, ParkedAggregate, ParkedPage,
     ParkedSummary, ProcessedCleanup, QuarantineCleanup, QuarantineFilter, QuarantineReplay,
-    ReceivedBatch, ReceivedEvent, RowFilter, RowHandler, Settled, StatusCounts, StoreError, Stored,
-    Verdict, NEVER_FINISHED,
+    QuarantineSummary, ReceivedBatch, ReceivedEvent, RowFilter, RowHandler, Settled, StatusCounts,
+    StoreError, Stored, Verdict, NEVER_FINISHED,
 };
 use eventflow::transport::StreamEntry;
 use eventflow::{
@@ -622,6 +622,8 @@ fn migrate_is_idempotent<B: Backend>(store: &B) {
         (1..=versions.len() as u32).collect::<Vec<_>>(),
         "each migration recorded once, in order"
     );
+    let embedded: Vec<u32> = store.migrations().iter().map(|m| m.version).collect();
+    assert_eq!(embedded, versions, "every embedded migration, in order");
     store.migrate().expect("second migrate, right after");
     assert_eq!(store.migration_versions(), versions);
 
@@ -635,6 +637,10 @@ fn migrate_is_idempotent<B: Backend>(store: &B) {
         counts(&[(EventStatus::Pending, 1)])
     );
     assert_eq!(store.list_quarantined(10, 0).unwrap(), vec![]);
+    assert_eq!(
+        store.quarantine_summary().unwrap(),
+        QuarantineSummary::default()
+    );
     store.ping().expect("ping");
 }
 
@@ -1897,6 +1903,15 @@ fn replaying_a_quarantined_entry_happens_once<B: Backend>(store: &B) {
     assert_eq!(
         store.find_quarantined(bad_json.id).unwrap(),
         Some(replayed.clone())
+    );
+    assert_eq!(
+        store.quarantine_summary().unwrap(),
+        QuarantineSummary {
+            waiting: 3,
+            replayed: 1,
+            oldest_waiting: Some(t0()),
+        },
+        "the replayed entry counts apart from those still waiting"
     );
 
     let again = received("replayed-a-again", &bad_json.stream_id);

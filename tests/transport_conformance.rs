@@ -420,9 +420,14 @@ fn missing_group_gives_no_group_until_ensured_again<T: Harness>(t: &T, stream: &
         stream,
     );
 
+    // Only `stream_exists` tells a missing stream from a missing group.
+    assert_eq!(t.stream_exists(stream).unwrap(), Some(false));
+
     // A stream that exists without the group is no different.
     let published = publish_numbered(t, stream, 2);
     assert_no_group(t.read_group(&request), stream);
+    assert_no_group(t.group_stats(stream, GROUP), stream);
+    assert_eq!(t.stream_exists(stream).unwrap(), Some(true));
 
     // Losing the group after reads: readers see NoGroup, recreate it and start from the beginning.
     t.ensure_group(stream, GROUP).unwrap();

@@ -32,7 +32,7 @@ pub use migrations::{
 };
 pub use operations::{
     Cleanup, Cursor, DeadLetterRequeue, InboxRecord, Page, ProcessedCleanup, QuarantineCleanup,
-    QuarantineFilter, Requeued, RowFilter,
+    QuarantineFilter, QuarantineSummary, Requeued, RowFilter,
 };
 pub use parking::{AfterDeadLetter, DeadLetterSkip, ParkedAggregate, ParkedPage, ParkedSummary};
 
@@ -61,6 +61,13 @@ pub trait InboxStore: Send + Sync + 'static {
 
     /// The embedded migrations not yet applied, in order, as they would run; changes nothing.
     fn pending_migrations(&self) -> Result<Vec<PendingMigration>, StoreError>;
+
+    /// Every embedded migration, applied or not, in order: with [`Self::pending_migrations`],
+    /// what `eventflow migrate list` shows. Defaults to none, for stores that embed no
+    /// migrations of their own; a store wrapping another should return the inner one's.
+    fn migrations(&self) -> &'static [Migration] {
+        &[]
+    }
 
     /// The inbox table's name.
     fn table(&self) -> &str;
@@ -154,6 +161,35 @@ pub trait InboxStore: Send + Sync + 'static {
         filter: &QuarantineFilter,
         page: &Page,
     ) -> Result<Vec<QuarantinedEntry>, StoreError>;
+
+    /// How many entries are quarantined, replayed or not, and the oldest not replayed. The
+    /// default reads every entry a page at a time (for stores wrapping another, and test
+    /// doubles); the backends count in one statement.
+    fn quarantine_summary(&self) -> Result<QuarantineSummary, StoreError> {
+        let mut summary = QuarantineSummary::default();
+        let mut page = Page::first(1000);
+        loop {
+            let entries = self.list_quarantined_matching(&QuarantineFilter::default(), &page)?;
+            for entry in &entries {
+                if entry.replayed_at.is_some() {
+                    summary.replayed += 1;
+                } else {
+                    summary.waiting += 1;
+                    let oldest = summary.oldest_waiting.get_or_insert(entry.received_at);
+                    *oldest = (*oldest).min(entry.received_at);
+                }
+            }
+            match entries.last() {
+                Some(last) if entries.len() == page.limit => {
+                    page.after = Some(Cursor {
+                        received_at: last.received_at,
+                        id: last.id,
+                    })
+                }
+                _ => return Ok(summary),
+            }
+        }
+    }
 
     /// Deletes up to `limit` processed rows whose `processed_at` is before `before`, oldest
     /// first, in one transaction. Rows in any other status are never deleted. Call it again

@@ -129,6 +129,17 @@ pub struct Requeued {
     pub last: Option<Cursor>,
 }
 
+/// How much is quarantined, for `eventflow status`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct QuarantineSummary {
+    /// Entries not replayed yet: what an operator still has to look at.
+    pub waiting: u64,
+    /// Entries replayed already, kept until retention or a purge deletes them.
+    pub replayed: u64,
+    /// When the oldest entry not replayed yet was quarantined.
+    pub oldest_waiting: Option<DateTime<Utc>>,
+}
+
 /// Which quarantined entries an operation is about. Every field set must match.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct QuarantineFilter {

@@ -470,6 +470,10 @@ impl Transport for MemoryStream {
         })
     }
 
+    fn stream_exists(&self, stream: &str) -> Result<Option<bool>, TransportError> {
+        Ok(Some(self.shared.streams.lock().contains_key(stream)))
+    }
+
     /// Answers when the streams' lock can be had within `timeout`: the only way this broker can
     /// fail to answer is a caller holding it.
     fn ping(&self, timeout: Duration) -> Result<(), TransportError> {

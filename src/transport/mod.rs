@@ -257,8 +257,17 @@ pub trait Transport: Send + Sync + 'static {
     /// groups is left whole: nobody has read it yet.
     fn trim_consumed(&self, stream: &str, before: &str) -> Result<u64, TransportError>;
 
-    /// Pending and lag counts of a consumer group.
+    /// Pending and lag counts of a consumer group. [`TransportError::NoGroup`] when the group
+    /// does not exist, the stream included; [`Transport::stream_exists`] tells which.
     fn group_stats(&self, stream: &str, group: &str) -> Result<GroupStats, TransportError>;
+
+    /// Whether `stream` exists, to tell a missing stream from a missing group (`eventflow
+    /// status` does). Defaults to `None`, "cannot tell", for transports wrapping another or
+    /// test doubles; the Redis and in-process transports answer.
+    fn stream_exists(&self, stream: &str) -> Result<Option<bool>, TransportError> {
+        let _ = stream;
+        Ok(None)
+    }
 
     /// The group's oldest pending entry with an id below `before` (`<millis>-<seq>`), whoever
     /// holds it (Redis `XPENDING <stream> <group> - (<before> 1`). An ordered reader waits
@@ -316,6 +325,10 @@ impl<T: Transport + ?Sized> Transport for std::sync::Arc<T> {
 
     fn group_stats(&self, stream: &str, group: &str) -> Result<GroupStats, TransportError> {
         (**self).group_stats(stream, group)
+    }
+
+    fn stream_exists(&self, stream: &str) -> Result<Option<bool>, TransportError> {
+        (**self).stream_exists(stream)
     }
 
     fn oldest_pending_before(

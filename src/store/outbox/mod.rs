@@ -23,7 +23,7 @@ pub use self::postgres::PostgresOutbox;
 #[cfg(feature = "sqlite")]
 pub use self::sqlite::SqliteOutbox;
 
-use super::{PendingMigration, StoreError};
+use super::{Migration, PendingMigration, StoreError};
 use crate::event::Event;
 use chrono::{DateTime, Utc};
 use std::time::Duration;
@@ -234,6 +234,13 @@ pub trait OutboxStore: Send + Sync + 'static {
     /// The embedded migrations not yet applied, in order, as they would run; changes nothing.
     fn pending_migrations(&self) -> Result<Vec<PendingMigration>, StoreError>;
 
+    /// Every embedded migration, applied or not, in order: with [`Self::pending_migrations`],
+    /// what `eventflow migrate list` shows. Defaults to none, for stores that embed no
+    /// migrations of their own; a store wrapping another should return the inner one's.
+    fn migrations(&self) -> &'static [Migration] {
+        &[]
+    }
+
     /// Claims up to `claim.limit` due rows (pending, or failed with `next_attempt_at` passed)
     /// in `id` order, keeping per-aggregate order (see the module docs), hands them to
     /// `publish` while holding them, then records what it returns and commits. Rows claimed
@@ -283,6 +290,9 @@ impl<S: OutboxStore + ?Sized> OutboxStore for std::sync::Arc<S> {
     }
     fn pending_migrations(&self) -> Result<Vec<PendingMigration>, StoreError> {
         (**self).pending_migrations()
+    }
+    fn migrations(&self) -> &'static [Migration] {
+        (**self).migrations()
     }
     fn publish_due(
         &self,

@@ -329,6 +329,10 @@ impl OutboxStore for PostgresOutbox {
         pending_migrations(&self.pool, &self.migration_target())
     }
 
+    fn migrations(&self) -> &'static [Migration] {
+        MIGRATIONS
+    }
+
     fn publish_due(
         &self,
         claim: &ClaimDue,

@@ -106,6 +106,10 @@ impl OutboxStore for SqliteOutbox {
         )
     }
 
+    fn migrations(&self) -> &'static [Migration] {
+        MIGRATIONS
+    }
+
     fn publish_due(
         &self,
         claim: &ClaimDue,

@@ -22,8 +22,8 @@ use super::{
     counts_by_stream, parse_counted_status, validate_table_name, ClaimParams, Cleanup, Cursor,
     DeadLetterRequeue, DeadLetterSkip, InboxRecord, InboxStore, Page, ParkedAggregate, ParkedPage,
     ParkedSummary, ProcessedCleanup, QuarantineCleanup, QuarantineFilter, QuarantineReplay,
-    ReceivedBatch, Requeued, RowFilter, RowHandler, Settled, StatusCounts, StoreError, Stored,
-    DEFAULT_INBOX_TABLE,
+    QuarantineSummary, ReceivedBatch, Requeued, RowFilter, RowHandler, Settled, StatusCounts,
+    StoreError, Stored, DEFAULT_INBOX_TABLE,
 };
 use crate::event::{Event, EventStatus, InboxRow};
 use crate::quarantine::{decode_record, QuarantinedEntry};
@@ -425,6 +425,10 @@ impl InboxStore for PostgresStore {
         pending_migrations(&self.pool, &self.migration_target())
     }
 
+    fn migrations(&self) -> &'static [Migration] {
+        MIGRATIONS
+    }
+
     fn table(&self) -> &str {
         &self.table
     }
@@ -490,6 +494,21 @@ impl InboxStore for PostgresStore {
             oldest_waiting: row
                 .try_get(1)
                 .map_err(|e| corrupt(&"parked rows", "received_at", e))?,
+        })
+    }
+
+    fn quarantine_summary(&self) -> Result<QuarantineSummary, StoreError> {
+        let mut conn = self.connection()?;
+        let row = conn
+            .query_one(&self.sql.quarantine_summary, &[])
+            .map_err(pg("count quarantined entries"))?;
+        let (waiting, replayed): (i64, i64) = (row.get(0), row.get(1));
+        Ok(QuarantineSummary {
+            waiting: waiting as u64,
+            replayed: replayed as u64,
+            oldest_waiting: row
+                .try_get(2)
+                .map_err(|e| corrupt(&"quarantined entries", "received_at", e))?,
         })
     }
 

@@ -36,6 +36,7 @@ pub(super) struct Queries {
     pub count_by_stream: String,
     pub list_parked: String,
     pub parked_summary: String,
+    pub quarantine_summary: String,
     pub skip_dead_letter: String,
 }
 
@@ -305,6 +306,11 @@ impl Queries {
                  AND d.status = 'dead_letter' AND d.skipped_at IS NULL AND {} < {}))",
                 order_key("d"),
                 order_key("w")
+            ),
+            quarantine_summary: format!(
+                "SELECT count(*) FILTER (WHERE replayed_at IS NULL), \
+                 count(*) FILTER (WHERE replayed_at IS NOT NULL), \
+                 min(received_at) FILTER (WHERE replayed_at IS NULL) FROM {t}_quarantine"
             ),
             skip_dead_letter: format!(
                 "UPDATE {t} SET skipped_at = $2 \

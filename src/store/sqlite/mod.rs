@@ -12,8 +12,9 @@ use super::{
     counts_by_stream, orphaned_before, parse_counted_status, truncate_error, validate_table_name,
     AfterDeadLetter, Claim, ClaimParams, Cleanup, Cursor, DeadLetterRequeue, DeadLetterSkip,
     InboxRecord, InboxStore, Page, ParkedAggregate, ParkedPage, ParkedSummary, ProcessedCleanup,
-    QuarantineCleanup, QuarantineFilter, QuarantineReplay, ReceivedBatch, ReceivedEvent, Requeued,
-    RowFilter, RowHandler, Settled, StatusCounts, StoreError, Stored, Verdict, DEFAULT_INBOX_TABLE,
+    QuarantineCleanup, QuarantineFilter, QuarantineReplay, QuarantineSummary, ReceivedBatch,
+    ReceivedEvent, Requeued, RowFilter, RowHandler, Settled, StatusCounts, StoreError, Stored,
+    Verdict, DEFAULT_INBOX_TABLE,
 };
 use crate::event::{Event, EventStatus, InboxRow};
 use crate::quarantine::{decode_record, QuarantinedEntry};
@@ -345,6 +346,10 @@ impl InboxStore for SqliteStore {
         )
     }
 
+    fn migrations(&self) -> &'static [Migration] {
+        MIGRATIONS
+    }
+
     fn table(&self) -> &str {
         &self.table
     }
@@ -441,6 +446,20 @@ impl InboxStore for SqliteStore {
             .map_err(lite("count parked aggregates"))?;
         Ok(ParkedSummary {
             aggregates: aggregates as u64,
+            oldest_waiting: parse_opt_ts(oldest)?,
+        })
+    }
+
+    fn quarantine_summary(&self) -> Result<QuarantineSummary, StoreError> {
+        let (waiting, replayed, oldest): (i64, i64, Option<String>) = self
+            .lock()
+            .query_row(&self.sql.quarantine_summary, [], |row| {
+                Ok((row.get(0)?, row.get(1)?, row.get(2)?))
+            })
+            .map_err(lite("count quarantined entries"))?;
+        Ok(QuarantineSummary {
+            waiting: waiting as u64,
+            replayed: replayed as u64,
             oldest_waiting: parse_opt_ts(oldest)?,
         })
     }

@@ -34,6 +34,7 @@ pub(super) struct Queries {
     pub count_by_stream: String,
     pub list_parked: String,
     pub parked_summary: String,
+    pub quarantine_summary: String,
     pub skip_dead_letter: String,
 }
 
@@ -235,6 +236,10 @@ impl Queries {
                  (SELECT min(w.received_at) FROM {t} AS w WHERE w.status IN ('pending', 'failed') \
                  AND EXISTS (SELECT 1 FROM {t} AS d WHERE d.aggregate_id = w.aggregate_id \
                  AND d.status = 'dead_letter' AND d.skipped_at IS NULL AND d.rowid < w.rowid))"
+            ),
+            quarantine_summary: format!(
+                "SELECT count(*) - count(replayed_at), count(replayed_at), \
+                 min(CASE WHEN replayed_at IS NULL THEN received_at END) FROM {t}_quarantine"
             ),
             skip_dead_letter: format!(
                 "UPDATE {t} SET skipped_at = ?2 \

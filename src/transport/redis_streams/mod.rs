@@ -509,6 +509,16 @@ impl Transport for RedisStreams {
         parse_group_stats(reply, group)?.ok_or_else(|| no_group(stream, group))
     }
 
+    fn stream_exists(&self, stream: &str) -> Result<Option<bool>, TransportError> {
+        let mut conn = self.connection()?;
+        let reply = conn
+            .run(|c| redis::cmd("EXISTS").arg(stream).query::<Value>(c))
+            .map_err(command_error)?;
+        parse_count(reply)
+            .map(|count| Some(count > 0))
+            .ok_or_else(|| malformed("EXISTS", "count"))
+    }
+
     fn oldest_pending_before(
         &self,
         stream: &str,
