@@ -53,6 +53,23 @@ impl Run {
     }
 }
 
+/// The `error` object a `--json` run printed on standard error, after checking its shape: a
+/// kind, the exit code the process ended with, a message and a list of causes, and nothing on
+/// standard output.
+fn json_error(run: &Run) -> Value {
+    let parsed: Value = serde_json::from_str(&run.stderr)
+        .unwrap_or_else(|error| panic!("stderr not JSON ({error}): {}", run.stderr));
+    let error = &parsed["error"];
+    assert!(error["kind"].is_string(), "{parsed}");
+    assert_eq!(error["exit_code"], run.code, "{parsed}");
+    assert!(error["message"].is_string(), "{parsed}");
+    assert!(error["causes"].is_array(), "{parsed}");
+    assert_eq!(parsed.as_object().unwrap().len(), 1, "{parsed}");
+    assert_eq!(error.as_object().unwrap().len(), 4, "{parsed}");
+    assert_eq!(run.stdout, "", "nothing on stdout");
+    error.clone()
+}
+
 /// Runs `eventflow` with `args` and only the environment given (no EVENTFLOW_* leaks in).
 fn eventflow(env: &[(&str, &str)], args: &[&str]) -> Run {
     let mut command = Command::new(env!("CARGO_BIN_EXE_eventflow"));
@@ -259,7 +276,7 @@ fn publish_dead_letter_requeue_status_and_purge() {
     let rows = listed["rows"].as_array().unwrap();
     assert_eq!(rows.len(), 1);
     assert_eq!(rows[0]["event_id"], "broken-1");
-    assert_eq!(rows[0]["error_message"], "the billing service is down");
+    assert_eq!(rows[0]["last_error"], "the billing service is down");
     assert_eq!(listed["next_cursor"], Value::Null);
     let table = setup
         .run(&["dead-letters", "list", "--error", "BILLING"])
@@ -444,7 +461,8 @@ fn status_owner_streams_and_parked_aggregates() {
     assert_eq!(first, ["park-1", "pay-1"]);
     assert!(ordered_round(&setup.store, &[]).is_empty(), "A is parked");
 
-    // Status: the owner, per stream, parked; both streams of the group (one has no group).
+    // Status: the owner, per stream, parked; three streams of the group: one with the group,
+    // one without it, and one that does not exist at all.
     let mut redis_conn = redis::Client::open(redis_url())
         .unwrap()
         .get_connection()
@@ -457,7 +475,15 @@ fn status_owner_streams_and_parked_aggregates() {
         .arg("MKSTREAM")
         .query(&mut redis_conn)
         .unwrap();
-    let streams = format!("{},{payments}", setup.stream);
+    let _: String = redis::cmd("XADD")
+        .arg(&payments)
+        .arg("*")
+        .arg("ping")
+        .arg("1")
+        .query(&mut redis_conn)
+        .unwrap();
+    let nowhere = format!("{}_nowhere", setup.stream);
+    let streams = format!("{},{payments},{nowhere}", setup.stream);
     let status = setup
         .run(&["--json", "status", "--stream", &streams])
         .ok()
@@ -483,18 +509,28 @@ fn status_owner_streams_and_parked_aggregates() {
     assert_eq!(ours["counts"]["pending"], 2);
     assert_eq!(ours["total"], 3);
     let streams = status["streams"].as_array().unwrap();
-    assert_eq!(streams.len(), 2);
+    assert_eq!(streams.len(), 3);
     assert_eq!(streams[0]["stream"], setup.stream.as_str());
     assert_eq!(streams[0]["pending"], 0);
     assert_eq!(streams[0]["lag"], 0);
+    assert_eq!(streams[0]["missing"], Value::Null);
     assert_eq!(streams[1]["stream"], payments.as_str());
-    assert!(streams[1]["error"]
-        .as_str()
-        .unwrap()
-        .contains("does not exist"));
+    assert_eq!(streams[1]["missing"], "group");
+    assert_eq!(streams[1]["error"], "the consumer group does not exist");
+    assert_eq!(streams[2]["stream"], nowhere.as_str());
+    assert_eq!(streams[2]["missing"], "stream");
+    assert_eq!(streams[2]["error"], "the stream does not exist");
     assert_eq!(status["stream"], streams[0]);
     let human = setup
-        .run(&["status", "--stream", &setup.stream, "--stream", &payments])
+        .run(&[
+            "status",
+            "--stream",
+            &setup.stream,
+            "--stream",
+            &payments,
+            "--stream",
+            &nowhere,
+        ])
         .ok()
         .stdout;
     assert!(human.contains("owner: consumer group billing"), "{human}");
@@ -515,6 +551,12 @@ fn status_owner_streams_and_parked_aggregates() {
         )),
         "{human}"
     );
+    assert!(
+        human.contains(&format!(
+            "stream: {nowhere}, group billing: the stream does not exist"
+        )),
+        "{human}"
+    );
 
     // Listed and shown; an aggregate that is not parked is not found.
     let listed = setup.run(&["--json", "parked", "list"]).ok().json();
@@ -524,7 +566,7 @@ fn status_owner_streams_and_parked_aggregates() {
     assert_eq!(parked[0]["waiting"], 2);
     assert_eq!(parked[0]["dead_letter"]["event_id"], "park-1");
     assert_eq!(parked[0]["dead_letter"]["stream"], setup.stream.as_str());
-    assert_eq!(listed["next_after"], Value::Null);
+    assert_eq!(listed["next_cursor"], Value::Null);
     let table = setup.run(&["parked", "list"]).ok().stdout;
     assert!(table.starts_with("AGGREGATE ID"), "{table}");
     let row = line(&table, &a.to_string());
@@ -536,7 +578,7 @@ fn status_owner_streams_and_parked_aggregates() {
         .run(&["--json", "parked", "list", "--limit", "1"])
         .ok()
         .json();
-    assert_eq!(page["next_after"], a.to_string());
+    assert_eq!(page["next_cursor"], a.to_string());
     let after = setup
         .run(&["parked", "list", "--after", &a.to_string()])
         .ok();
@@ -604,13 +646,7 @@ fn status_owner_streams_and_parked_aggregates() {
 
     // Dead letters by the stream they came from.
     let ours = setup
-        .run(&[
-            "--json",
-            "dead-letters",
-            "list",
-            "--from-stream",
-            &setup.stream,
-        ])
+        .run(&["--json", "dead-letters", "list", "--stream", &setup.stream])
         .ok()
         .json();
     let ids: Vec<&str> = ours["rows"]
@@ -620,10 +656,25 @@ fn status_owner_streams_and_parked_aggregates() {
         .map(|row| row["event_id"].as_str().unwrap())
         .collect();
     assert_eq!(ids, ["park-1", "park-2"]);
+    // The older spelling still works (a hidden alias).
     let theirs = setup
         .run(&["dead-letters", "list", "--from-stream", &payments])
         .ok();
     assert_eq!(theirs.stdout.trim(), "no dead letters");
+    // EVENTFLOW_STREAM, which `status` and `publish` read, never filters a listing: with it
+    // naming the other stream, our two dead letters are still listed.
+    let mut env = setup.env();
+    env.retain(|(name, _)| *name != "EVENTFLOW_STREAM");
+    env.push(("EVENTFLOW_STREAM", payments.clone()));
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let unfiltered = eventflow(&env, &["--json", "dead-letters", "list"])
+        .ok()
+        .json();
+    assert_eq!(
+        unfiltered["rows"].as_array().unwrap().len(),
+        2,
+        "{unfiltered}"
+    );
     let _: Result<(), _> = redis::cmd("DEL").arg(&payments).query(&mut redis_conn);
 }
 
@@ -647,6 +698,16 @@ fn quarantine_list_show_and_replay() {
         .publish(&setup.stream, vec![("event_id".into(), b"q-2".to_vec())])
         .unwrap();
     assert!(wait_until(WAIT, || handle.stats().quarantined == 2));
+    let status = setup.run(&["--json", "status"]).ok().json();
+    let quarantine = &status["inbox"]["quarantine"];
+    assert_eq!(quarantine["waiting"], 2, "{status}");
+    assert_eq!(quarantine["replayed"], 0, "{status}");
+    assert!(quarantine["oldest_waiting_age_seconds"].as_u64().unwrap() < 60);
+    let human = setup.run(&["status"]).ok().stdout;
+    assert!(
+        human.contains("quarantined: 2 waiting, the oldest"),
+        "{human}"
+    );
 
     let listed = setup.run(&["quarantine", "list", "--json"]).ok().json();
     let entries = listed["entries"].as_array().unwrap();
@@ -729,6 +790,18 @@ fn quarantine_list_show_and_replay() {
         .map(|entry| &entry["replayed_event_id"])
         .collect();
     assert!(replayed_as.contains(&&json!("q-1")) && replayed_as.contains(&&json!("q-2")));
+    let status = setup.run(&["--json", "status"]).ok().json();
+    let quarantine = &status["inbox"]["quarantine"];
+    assert_eq!(
+        (&quarantine["waiting"], &quarantine["replayed"]),
+        (&json!(0), &json!(2))
+    );
+    assert_eq!(quarantine["oldest_waiting_age_seconds"], Value::Null);
+    let human = setup.run(&["status"]).ok().stdout;
+    assert!(
+        human.contains("quarantined: none waiting (2 replayed kept)"),
+        "{human}"
+    );
     let twice = setup.run(&["quarantine", "replay", &id]);
     assert_eq!(twice.code, 1, "{}", twice.stderr);
     let unknown = setup.run(&["quarantine", "show", &uuid::Uuid::new_v4().to_string()]);
@@ -776,6 +849,17 @@ fn quarantine_purge_and_strict_publish() {
         "{}",
         again.stdout
     );
+    let everything = setup.run(&["quarantine", "purge", "--older-than", "0s"]);
+    assert_eq!(everything.code, 2, "{}", everything.stderr);
+    assert!(
+        everything
+            .stderr
+            .contains("deletes every quarantined entry; pass --yes"),
+        "{}",
+        everything.stderr
+    );
+    let left = setup.run(&["--json", "quarantine", "list"]).ok().json();
+    assert_eq!(left["entries"].as_array().unwrap().len(), 1, "nothing went");
 
     // A misspelled field is refused by name, and nothing is published.
     let misspelled = setup.run(&[
@@ -812,7 +896,8 @@ fn quarantine_purge_and_strict_publish() {
 fn usage_errors_and_unreachable_servers_have_their_exit_codes() {
     for args in [
         &["frobnicate"][..],
-        &["purge", "--older-than", "7w"],
+        &["purge", "--older-than", "7x"],
+        &["purge", "--older-than", "7"],
         &["purge"],
         &["dead-letters", "requeue"],
         &["dead-letters", "list", "--limit", "0"],
@@ -859,19 +944,25 @@ fn usage_errors_and_unreachable_servers_have_their_exit_codes() {
     assert!(typo.exists(), "sqlite:path creates the database");
     let _ = std::fs::remove_file(&typo);
 
-    // A zero timeout is a setting error, never the pool's panic.
-    let zero_timeout = eventflow(
-        &[("EVENTFLOW_DATABASE_URL", postgres_url().as_str())],
-        &["--connect-timeout", "0s", "status"],
-    );
-    assert_eq!(zero_timeout.code, 2, "{}", zero_timeout.stderr);
-    assert!(
-        zero_timeout
-            .stderr
-            .contains("connect_timeout must be more than zero"),
-        "{}",
-        zero_timeout.stderr
-    );
+    // A zero or absurd timeout is a setting error, never the pool's panic.
+    for (timeout, says) in [
+        ("0s", "must be more than zero"),
+        ("2h", "at most 1h"),
+        ("300000000000y", "at most 1h"),
+        ("1000000000000y", "too large"),
+    ] {
+        let refused = eventflow(
+            &[("EVENTFLOW_DATABASE_URL", postgres_url().as_str())],
+            &["--connect-timeout", timeout, "status"],
+        );
+        assert_eq!(refused.code, 2, "{timeout}: {}", refused.stderr);
+        assert!(
+            refused.stderr.contains("--connect-timeout") && refused.stderr.contains(says),
+            "{timeout}: {}",
+            refused.stderr
+        );
+        assert!(!refused.stderr.contains("panicked"), "{}", refused.stderr);
+    }
     let no_database = eventflow(&[], &["status"]);
     assert_eq!(no_database.code, 2);
     assert!(no_database.stderr.contains("EVENTFLOW_DATABASE_URL"));
@@ -1285,7 +1376,35 @@ fn sqlite_files_are_operated_too() {
         .json();
     assert_eq!(shown["status"], "pending");
     assert_eq!(shown["replay_count"], 1);
-    let purged = eventflow(&env, &["purge", "--older-than", "0s"]).ok();
+    // Ages as people write them; the processed rows are younger than both.
+    for (age, seconds) in [("1h30m", 5400), ("1w", 604_800)] {
+        let kept = eventflow(&env, &["--json", "purge", "--older-than", age])
+            .ok()
+            .json();
+        assert_eq!(kept["older_than_seconds"], seconds, "{age}");
+        assert_eq!(kept["deleted"], 0, "{age}");
+    }
+    // An age that takes every row is asked about; with no terminal to ask on it is refused,
+    // and nothing goes, until --yes confirms it.
+    for args in [
+        &["purge", "--older-than", "0s"][..],
+        &["purge", "--older-than", "500ms"],
+    ] {
+        let refused = eventflow(&env, args);
+        assert_eq!(refused.code, 2, "{args:?}: {}", refused.stderr);
+        assert!(
+            refused.stderr.contains("deletes every processed row")
+                && refused.stderr.contains("--yes"),
+            "{}",
+            refused.stderr
+        );
+    }
+    let refused = eventflow(&env, &["--json", "purge", "--older-than", "0s"]);
+    assert_eq!(refused.code, 2);
+    assert_eq!(json_error(&refused)["kind"], "usage", "{}", refused.stderr);
+    let status = eventflow(&env, &["--json", "status"]).ok().json();
+    assert_eq!(status["inbox"]["counts"]["processed"], 2, "nothing deleted");
+    let purged = eventflow(&env, &["purge", "--older-than", "0s", "--yes"]).ok();
     assert_eq!(
         purged.stdout.trim(),
         "deleted 2 processed rows older than 0s"
@@ -1481,7 +1600,7 @@ fn outbox_status_list_show_requeue_and_purge() {
     assert_eq!(rows[0]["status"], "dead_letter");
     assert_eq!(rows[0]["attempts"], 1);
     assert_eq!(rows[0]["last_error"], "refused by the broker");
-    assert_eq!(dead["next_after"], Value::Null);
+    assert_eq!(dead["next_cursor"], Value::Null);
     let table_text = tables
         .run(&["outbox", "list", "--status", "dead_letter"])
         .ok()
@@ -1498,10 +1617,10 @@ fn outbox_status_list_show_requeue_and_purge() {
         .ok()
         .json();
     assert_eq!(first["rows"].as_array().unwrap().len(), 3);
-    assert_eq!(first["next_after"], id_of("dead-1"));
-    let after = first["next_after"].to_string();
+    assert_eq!(first["next_cursor"], id_of("dead-1").to_string());
+    let after = first["next_cursor"].as_str().unwrap();
     let rest = tables
-        .run(&["--json", "outbox", "list", "--after", &after])
+        .run(&["--json", "outbox", "list", "--after", after])
         .ok()
         .json();
     let ids: Vec<&str> = rest["rows"]
@@ -1548,9 +1667,7 @@ fn outbox_status_list_show_requeue_and_purge() {
     let wrong = tables.run(&[
         "outbox",
         "requeue",
-        "--id",
         &id_of("dead-1").to_string(),
-        "--id",
         &id_of("wait-1").to_string(),
     ]);
     assert_eq!(wrong.code, 1, "{}", wrong.stderr);
@@ -1560,7 +1677,7 @@ fn outbox_status_list_show_requeue_and_purge() {
         wrong.stderr
     );
     assert_eq!(store.count_by_status().unwrap().dead_letter, 2);
-    let unknown = tables.run(&["outbox", "requeue", "--id", "0"]);
+    let unknown = tables.run(&["outbox", "requeue", "0"]);
     assert_eq!(unknown.code, 4, "{}", unknown.stderr);
     let one = tables
         .run(&[
@@ -1666,6 +1783,7 @@ fn sqlite_outbox_is_operated_too() {
         .stdout;
     assert_eq!(listed.lines().count(), 2, "{listed}");
     assert!(line(&listed, "2 ").contains(" dead-1 "), "{listed}");
+    // By the older spelling, `--id`, kept as a hidden alias of the positional ids.
     let requeued = eventflow(&env, &["--json", "outbox", "requeue", "--id", "2"])
         .ok()
         .json();
@@ -1673,6 +1791,15 @@ fn sqlite_outbox_is_operated_too() {
     assert_eq!(
         store.find_by_event_id("dead-1").unwrap()[0].status,
         OutboxStatus::Pending
+    );
+    let everything = eventflow(&env, &["outbox", "purge", "--older-than", "0s"]);
+    assert_eq!(everything.code, 2, "{}", everything.stderr);
+    assert!(
+        everything
+            .stderr
+            .contains("deletes every published outbox row; pass --yes"),
+        "{}",
+        everything.stderr
     );
     let purged = eventflow(&env, &["outbox", "purge", "--older-than", "2d"]).ok();
     assert_eq!(
@@ -1823,13 +1950,229 @@ fn migrate_dry_run_changes_nothing_and_verify_passes_after_migrate() {
     );
     assert!(!exists(&mut client), "verifying created nothing");
 
+    // `migrate list` names every file, none applied yet; it creates nothing either.
+    let listed = eventflow(&env, &["--json", "migrate", "list"]).ok().json();
+    let migrations = listed["migrations"].as_array().unwrap();
+    assert_eq!(migrations.len(), 6, "{listed}");
+    assert_eq!(migrations[0]["name"], "0001_event_inbox.sql");
+    assert!(migrations.iter().all(|m| m["applied"] == false), "{listed}");
+    let human = eventflow(&env, &["migrate", "list"]).ok().stdout;
+    assert!(human.contains("6 not applied"), "{human}");
+    assert!(line(&human, "  0003").ends_with(" no"), "{human}");
+    assert!(!exists(&mut client), "listing created nothing");
+
+    // `migrate` says what it applied, one line a file; a second run, that nothing was left.
     let migrated = eventflow(&env, &["migrate"]).ok().stdout;
     assert!(
-        migrated.contains(&format!("migrated {}", table.0)),
+        migrated.contains(&format!(
+            "migrated {} (PostgreSQL): applied 6 migrations\n  0001 0001_event_inbox.sql\n",
+            table.0
+        )),
         "{migrated}"
+    );
+    assert!(
+        migrated.contains("  0006 0006_one_unique_index.sql"),
+        "{migrated}"
+    );
+    let again = eventflow(&env, &["--json", "migrate"]).ok().json();
+    assert_eq!(again["tables"][0]["table"], table.0.as_str());
+    assert_eq!(again["tables"][0]["applied"], json!([]), "{again}");
+    let again = eventflow(&env, &["migrate"]).ok().stdout;
+    assert!(again.contains("up to date, nothing to apply"), "{again}");
+    let listed = eventflow(&env, &["--json", "migrate", "list"]).ok().json();
+    assert!(
+        listed["migrations"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|m| m["applied"] == true),
+        "{listed}"
+    );
+    let human = eventflow(&env, &["migrate", "list"]).ok().stdout;
+    assert!(human.contains("up to date"), "{human}");
+    // The outbox's, in a table never created there.
+    let outbox = unique_name("cli_dry_out");
+    let outbox_list = eventflow(
+        &env,
+        &[
+            "--json",
+            "migrate",
+            "list",
+            "--outbox",
+            "--outbox-table",
+            &outbox,
+        ],
+    )
+    .ok()
+    .json();
+    assert_eq!(outbox_list["table"], outbox.as_str());
+    assert_eq!(
+        outbox_list["migrations"][0]["applied"], false,
+        "{outbox_list}"
     );
     let handle = consumer().start().expect("starts once migrated");
     handle.shutdown(Duration::from_secs(10)).unwrap();
     let plan = eventflow(&env, &["migrate", "--dry-run"]).ok().stdout;
     assert!(plan.contains("is up to date"), "{plan}");
+}
+
+/// Under `--json` every failure is one object on standard error, `{"error": {"kind",
+/// "exit_code", "message", "causes"}}`: arguments clap refused, a refused port, a database that
+/// does not exist, a missing inbox or outbox table, an unknown row. The text form says the same
+/// with its causes; a connection error names what failed (the refused port, the missing
+/// database), and a missing inbox table says how to create it (exit code 4).
+#[test]
+fn errors_have_one_json_shape_and_keep_their_causes() {
+    let no_file = [("EVENTFLOW_DATABASE_URL", "sqlite:/nonexistent/inbox.db")];
+    let bare = eventflow(&no_file, &["--json", "purge", "--older-than", "7"]);
+    assert_eq!(bare.code, 2, "{}", bare.stderr);
+    let error = json_error(&bare);
+    assert_eq!(error["kind"], "usage");
+    assert!(
+        error["message"].as_str().unwrap().contains("has no unit"),
+        "{error}"
+    );
+    let unknown = eventflow(&no_file, &["frobnicate", "--json"]);
+    assert_eq!(json_error(&unknown)["kind"], "usage");
+    let help = eventflow(&[], &["--json", "--help"]);
+    assert_eq!(help.code, 0);
+    assert!(help.stdout.contains("Usage:"), "{}", help.stdout);
+    let bare_text = eventflow(&no_file, &["purge", "--older-than", "7"]);
+    assert_eq!(bare_text.code, 2);
+    assert!(
+        bare_text.stderr.contains("write 7s, 7m, 7h, 7d or 7w"),
+        "{}",
+        bare_text.stderr
+    );
+
+    // Nothing listens on the port: the refusal is in the message.
+    let refused_url = "postgres://postgres@127.0.0.1:1/test";
+    let refused = eventflow(
+        &[("EVENTFLOW_DATABASE_URL", refused_url)],
+        &["--json", "--connect-timeout", "1s", "status"],
+    );
+    assert_eq!(refused.code, 3, "{}", refused.stderr);
+    let error = json_error(&refused);
+    assert_eq!(error["kind"], "unreachable");
+    assert!(
+        error["message"]
+            .as_str()
+            .unwrap()
+            .contains("Connection refused"),
+        "{error}"
+    );
+    let refused = eventflow(
+        &[("EVENTFLOW_DATABASE_URL", refused_url)],
+        &["--connect-timeout", "1s", "dead-letters", "list"],
+    );
+    assert_eq!(refused.code, 3);
+    assert!(
+        refused.stderr.starts_with("eventflow: cannot connect: ")
+            && refused.stderr.contains("Connection refused"),
+        "{}",
+        refused.stderr
+    );
+
+    if !support::postgres_available("cli::errors_have_one_json_shape_and_keep_their_causes") {
+        return;
+    }
+    // The server answers, and says the database does not exist.
+    let no_database = unique_name("cli_no_db");
+    let url = support::postgres_url_with(Some(&no_database), None);
+    for json in [true, false] {
+        let mut args = vec!["--connect-timeout", "5s", "status"];
+        if json {
+            args.insert(0, "--json");
+        }
+        let missing = eventflow(&[("EVENTFLOW_DATABASE_URL", url.as_str())], &args);
+        assert_eq!(missing.code, 3, "{}", missing.stderr);
+        let says = format!("database \"{no_database}\" does not exist");
+        if json {
+            let error = json_error(&missing);
+            assert_eq!(error["kind"], "unreachable");
+            assert!(
+                error["message"].as_str().unwrap().contains(&says),
+                "{error}"
+            );
+        } else {
+            assert!(missing.stderr.contains(&says), "{}", missing.stderr);
+        }
+    }
+
+    // A table never migrated: exit code 4, and the command that creates it.
+    let tables = PgTables::new();
+    for args in [
+        &["--json", "dead-letters", "list"][..],
+        &["--json", "status"],
+        &["--json", "purge", "--older-than", "7d"],
+    ] {
+        let missing = tables.run(args);
+        assert_eq!(missing.code, 4, "{args:?}: {}", missing.stderr);
+        let error = json_error(&missing);
+        assert_eq!(error["kind"], "not_installed", "{error}");
+        assert!(
+            error["message"].as_str().unwrap().contains(&format!(
+                "create it with `eventflow migrate --table {}`",
+                tables.inbox
+            )),
+            "{error}"
+        );
+        assert!(
+            error["causes"][0]
+                .as_str()
+                .unwrap()
+                .contains("does not exist"),
+            "{error}"
+        );
+    }
+    let missing = tables.run(&["quarantine", "list"]);
+    assert_eq!(missing.code, 4, "{}", missing.stderr);
+    assert!(
+        missing.stderr.starts_with(&format!(
+            "eventflow: the inbox is not installed: table {} does not exist",
+            tables.inbox
+        )) && missing.stderr.contains("\n  caused by: "),
+        "{}",
+        missing.stderr
+    );
+    let outbox = tables.run(&["--json", "outbox", "list"]);
+    assert_eq!(outbox.code, 4);
+    assert_eq!(json_error(&outbox)["kind"], "not_installed");
+
+    // Once migrated, an unknown row is not found.
+    tables.run(&["migrate"]).ok();
+    let unknown = tables.run(&["--json", "dead-letters", "show", "no-such-event"]);
+    assert_eq!(unknown.code, 4, "{}", unknown.stderr);
+    let error = json_error(&unknown);
+    assert_eq!(error["kind"], "not_found");
+    assert_eq!(error["causes"], json!([]));
+}
+
+/// A reader that stops reading (`eventflow ... | head -1`) ends the command quietly, never
+/// with a panic about a broken pipe.
+#[test]
+fn a_closed_standard_output_is_no_panic() {
+    let path = std::env::temp_dir().join(format!("{}.db", unique_name("cli_pipe")));
+    let url = format!("sqlite:{}", path.display());
+    let env = [("EVENTFLOW_DATABASE_URL", url.as_str())];
+    eventflow(&env, &["migrate"]).ok();
+    for args in [&["migrate", "list"][..], &["--json", "status"]] {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_eventflow"))
+            .envs(env)
+            .args(args)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("run eventflow");
+        // Nobody reads: every write finds the pipe closed.
+        drop(child.stdout.take());
+        let output = child.wait_with_output().expect("exited");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(0), "{args:?}: {stderr}");
+        assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
+    }
+    for suffix in ["", "-wal", "-shm"] {
+        let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
+    }
 }

@@ -31,6 +31,7 @@
 
 mod dead_letters;
 mod error;
+mod migrate;
 mod outbox;
 mod parked;
 mod publish;
@@ -40,11 +41,12 @@ mod status;
 
 pub use dead_letters::RowPage;
 pub use error::{AdminError, AdminResult};
+pub use migrate::MigrationState;
 pub use outbox::{OutboxAdmin, OutboxReport, OutboxRowPage, OutboxState};
 pub use parked::ParkedList;
 pub use publish::{parse_event_json, publish_event};
 pub use quarantine::{Correction, QuarantinePage};
-pub use status::{stream_status, InboxStatus};
+pub use status::{stream_status, InboxStatus, StreamStatus};
 
 use crate::clock::{Clock, SystemClock};
 use crate::store::InboxStore;
@@ -94,16 +96,5 @@ impl<S: InboxStore> Admin<S> {
     /// The store.
     pub fn store(&self) -> &S {
         &self.store
-    }
-
-    /// Creates or upgrades the tables (idempotent; safe from several processes at once).
-    pub fn migrate(&self) -> AdminResult<()> {
-        Ok(self.store.migrate()?)
-    }
-
-    /// The migrations [`migrate`](Self::migrate) would apply, in order, with their
-    /// statements; changes nothing.
-    pub fn pending_migrations(&self) -> AdminResult<Vec<crate::store::PendingMigration>> {
-        Ok(self.store.pending_migrations()?)
     }
 }

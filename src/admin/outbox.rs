@@ -3,12 +3,12 @@
 
 use super::purge::cutoff;
 use super::status::age;
-use super::{AdminError, AdminResult, BATCH_ROWS};
+use super::{AdminError, AdminResult, MigrationState, BATCH_ROWS};
 use crate::clock::{Clock, SystemClock};
 use crate::store::outbox::{
     OutboxCounts, OutboxPage, OutboxRow, OutboxStatus, OutboxStore, Requeue,
 };
-use crate::store::StoreError;
+use crate::store::{PendingMigration, StoreError};
 use chrono::{DateTime, Utc};
 use std::sync::Arc;
 use std::time::Duration;
@@ -124,15 +124,24 @@ impl OutboxAdmin {
         self.store.as_ref()
     }
 
-    /// Creates or upgrades the outbox table (idempotent; safe from several processes at once).
-    pub fn migrate(&self) -> AdminResult<()> {
-        Ok(self.store.migrate()?)
+    /// Creates or upgrades the outbox table (idempotent; safe from several processes at once)
+    /// and returns the migrations that were missing, now applied.
+    pub fn migrate(&self) -> AdminResult<Vec<PendingMigration>> {
+        let pending = self.store.pending_migrations()?;
+        self.store.migrate()?;
+        Ok(pending)
     }
 
     /// The migrations [`migrate`](Self::migrate) would apply, in order, with their
     /// statements; changes nothing.
-    pub fn pending_migrations(&self) -> AdminResult<Vec<crate::store::PendingMigration>> {
+    pub fn pending_migrations(&self) -> AdminResult<Vec<PendingMigration>> {
         Ok(self.store.pending_migrations()?)
+    }
+
+    /// Every embedded migration of the outbox table, in order, and whether it is applied.
+    pub fn migrations(&self) -> AdminResult<Vec<MigrationState>> {
+        let pending = self.store.pending_migrations()?;
+        Ok(MigrationState::list(self.store.migrations(), &pending))
     }
 
     /// Row counts by status, the backlog and the age of the oldest unpublished row; or

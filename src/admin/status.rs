@@ -1,11 +1,12 @@
 //! How the inbox and the stream stand: who owns the inbox, counts (in all and per stream), lag,
-//! and what per-aggregate order holds back. (The outbox's backlog is
+//! what per-aggregate order holds back and what is quarantined; and each stream's consumer
+//! group, or which of stream and group is missing. (The outbox's backlog is
 //! [`super::OutboxAdmin::status`].)
 
 use super::{Admin, AdminResult};
 use crate::event::EventStatus;
-use crate::store::{InboxStore, ParkedSummary, StatusCounts};
-use crate::transport::{GroupStats, Transport};
+use crate::store::{InboxStore, ParkedSummary, QuarantineSummary, StatusCounts};
+use crate::transport::{GroupStats, Transport, TransportError};
 use chrono::{DateTime, Utc};
 use std::time::Duration;
 
@@ -22,6 +23,8 @@ pub struct InboxStatus {
     /// Aggregates parked behind a dead letter (per-aggregate order), and the oldest event
     /// waiting behind one.
     pub parked: ParkedSummary,
+    /// Stream entries that did not parse into events, replayed or not.
+    pub quarantine: QuarantineSummary,
     /// `received_at` of the oldest pending row.
     pub oldest_pending: Option<DateTime<Utc>>,
     /// `received_at` of the oldest failed row (waiting for a retry).
@@ -46,6 +49,11 @@ impl InboxStatus {
     pub fn parked_lag(&self) -> Option<Duration> {
         self.parked.oldest_waiting.map(|at| age(self.now, at))
     }
+
+    /// How long the oldest quarantined entry not replayed yet has waited for an operator.
+    pub fn quarantine_lag(&self) -> Option<Duration> {
+        self.quarantine.oldest_waiting.map(|at| age(self.now, at))
+    }
 }
 
 /// `now - then`, zero when `then` is ahead (another machine's clock).
@@ -55,7 +63,7 @@ pub(super) fn age(now: DateTime<Utc>, then: DateTime<Utc>) -> Duration {
 
 impl<S: InboxStore> Admin<S> {
     /// The inbox's owner, row counts by status (in all and per stream), the age of the oldest
-    /// pending and failed rows, and the parked aggregates. Several reads, not one snapshot: on
+    /// pending and failed rows, the parked aggregates and the quarantined entries. Several reads, not one snapshot: on
     /// a busy inbox the totals and the per-stream counts may differ by the rows that moved
     /// in between.
     pub fn inbox_status(&self) -> AdminResult<InboxStatus> {
@@ -64,6 +72,7 @@ impl<S: InboxStore> Admin<S> {
             counts: self.store.count_by_status()?,
             by_stream: self.store.count_by_stream()?,
             parked: self.store.parked_summary()?,
+            quarantine: self.store.quarantine_summary()?,
             oldest_pending: self.store.oldest_received(EventStatus::Pending)?,
             oldest_failed: self.store.oldest_received(EventStatus::Failed)?,
             now: self.clock.now(),
@@ -71,11 +80,61 @@ impl<S: InboxStore> Admin<S> {
     }
 }
 
-/// Pending entries and lag of a consumer group.
+/// Where a consumer group stands on a stream, or what is missing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum StreamStatus {
+    /// The group's pending entries and lag.
+    Group(GroupStats),
+    /// The stream exists but the group does not: no consumer of it has started yet (or the
+    /// group was destroyed). The consumer creates it when it starts.
+    NoGroup,
+    /// The stream does not exist: nothing was ever published to it (or the name is wrong),
+    /// or Redis restarted without persistence.
+    NoStream,
+}
+
+/// Pending entries and lag of a consumer group, or whether the stream or only the group is
+/// missing. A transport that cannot tell the two apart reports [`StreamStatus::NoGroup`].
 pub fn stream_status(
     transport: &dyn Transport,
     stream: &str,
     group: &str,
-) -> AdminResult<GroupStats> {
-    Ok(transport.group_stats(stream, group)?)
+) -> AdminResult<StreamStatus> {
+    match transport.group_stats(stream, group) {
+        Ok(stats) => Ok(StreamStatus::Group(stats)),
+        Err(TransportError::NoGroup { .. }) => match transport.stream_exists(stream)? {
+            Some(false) => Ok(StreamStatus::NoStream),
+            Some(true) | None => Ok(StreamStatus::NoGroup),
+        },
+        Err(error) => Err(error.into()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::transport::MemoryStream;
+
+    #[test]
+    fn a_missing_stream_is_told_from_a_missing_group() {
+        let transport = MemoryStream::new();
+        assert_eq!(
+            stream_status(&transport, "orders", "billing").unwrap(),
+            StreamStatus::NoStream
+        );
+        transport.ensure_group("orders", "shipping").unwrap();
+        assert_eq!(
+            stream_status(&transport, "orders", "billing").unwrap(),
+            StreamStatus::NoGroup
+        );
+        transport.ensure_group("orders", "billing").unwrap();
+        assert_eq!(
+            stream_status(&transport, "orders", "billing").unwrap(),
+            StreamStatus::Group(GroupStats {
+                pending: 0,
+                lag: Some(0)
+            })
+        );
+    }
 }

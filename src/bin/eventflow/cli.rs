@@ -1,6 +1,6 @@
 //! The command line, as clap parses it.
 
-use super::text::{parse_age, parse_time};
+use super::text::{parse_age, parse_time, parse_timeout};
 use chrono::{DateTime, Utc};
 use clap::{Args, Parser, Subcommand};
 use eventflow::store::outbox::OutboxStatus;
@@ -12,14 +12,16 @@ use std::time::Duration;
 /// purges, and publishing events by hand.
 ///
 /// Exit codes: 0 ok; 1 the operation failed; 2 usage error; 3 cannot connect to the database
-/// or Redis; 4 not found (a row, an event, a parked aggregate, or the outbox table).
+/// or Redis; 4 not found (a row, an event, a parked aggregate), or the inbox or outbox table
+/// does not exist. Under `--json`, an error is a JSON object on standard error.
 #[derive(Debug, Parser)]
 #[command(name = "eventflow", version, after_help = EXIT_CODES)]
 pub struct Cli {
     #[command(flatten)]
     pub connection: Connection,
 
-    /// Print JSON instead of tables, for scripts.
+    /// Print JSON instead of tables, for scripts; errors too, as
+    /// `{"error": {"kind", "exit_code", "message", "causes"}}` on standard error.
     #[arg(long, global = true)]
     pub json: bool,
 
@@ -29,7 +31,7 @@ pub struct Cli {
 
 const EXIT_CODES: &str = "Exit codes:\n  0  ok\n  1  the operation failed\n  2  usage error\n  \
                           3  cannot connect to the database or Redis\n  4  not found (a row, an event, \
-                          a parked aggregate, or the outbox table)";
+                          a parked aggregate), or the inbox or outbox table does not exist";
 
 /// Where the inbox and the stream are. Its `Debug` shows the settings redacted.
 #[derive(Args)]
@@ -106,23 +108,9 @@ pub struct Connection {
     )]
     pub outbox_table: String,
 
-    /// The stream (for `status` and `publish`). `status` takes several, comma-separated or
-    /// with the flag repeated, and shows each one's pending entries and lag; `publish` takes one.
-    #[arg(
-        long,
-        env = "EVENTFLOW_STREAM",
-        global = true,
-        value_delimiter = ',',
-        value_name = "STREAM[,STREAM...]"
-    )]
-    pub stream: Vec<String>,
-
-    /// The consumer group (for `status`).
-    #[arg(long, env = "EVENTFLOW_GROUP", global = true)]
-    pub group: Option<String>,
-
-    /// How long to wait for a connection before giving up (exit code 3), e.g. `5s`.
-    #[arg(long, default_value = "5s", value_parser = parse_age, global = true)]
+    /// How long to wait for a connection before giving up (exit code 3): `5s`, `500ms`, up
+    /// to `1h`.
+    #[arg(long, default_value = "5s", value_parser = parse_timeout, global = true)]
     pub connect_timeout: Duration,
 }
 
@@ -136,8 +124,6 @@ impl std::fmt::Debug for Connection {
             .field("redis_client_cert", &self.redis_client_cert)
             .field("table", &self.table)
             .field("outbox_table", &self.outbox_table)
-            .field("stream", &self.stream)
-            .field("group", &self.group)
             .field("connect_timeout", &self.connect_timeout)
             .finish()
     }
@@ -150,6 +136,8 @@ pub enum Command {
     /// PostgreSQL indexes build concurrently and DDL waits at most 2 s for a table lock, then
     /// retries); with --outbox, the outbox table too. For consumers built with
     /// `.migrations(Migrations::Verify)`, which check the schema but do not change it.
+    /// Prints the migrations it applied.
+    #[command(args_conflicts_with_subcommands = true)]
     Migrate {
         /// Also create or upgrade the outbox table (--outbox-table).
         #[arg(long)]
@@ -158,10 +146,16 @@ pub enum Command {
         /// concurrently, and its statements) and change nothing.
         #[arg(long)]
         dry_run: bool,
+        #[command(subcommand)]
+        list: Option<MigrateList>,
     },
     /// The inbox's owner, counts by status (in all and per stream) and lag, parked aggregates,
-    /// the consumer group's pending entries and lag on each --stream, and the outbox backlog.
-    Status,
+    /// quarantined entries, the consumer group's pending entries and lag on each --stream (or
+    /// whether the stream or the group is missing), and the outbox backlog.
+    Status {
+        #[command(flatten)]
+        streams: StreamArgs,
+    },
     /// Events whose handling was given up on.
     #[command(subcommand)]
     DeadLetters(DeadLetters),
@@ -178,15 +172,19 @@ pub enum Command {
     #[command(subcommand)]
     Outbox(Outbox),
     /// Delete processed rows older than an age, 1,000 per transaction.
-    Purge {
-        /// E.g. `7d`, `12h`, `30m`, `90s`.
-        #[arg(long, value_parser = parse_age)]
-        older_than: Duration,
-    },
+    Purge(PurgeArgs),
     /// Add an event to the stream (needs --stream), in the recommended `data` style, after
     /// checking it. `event_id` and `occurred_on` may be left out: they become a random UUID
     /// and now.
     Publish {
+        /// The stream to add to (one).
+        #[arg(
+            long,
+            env = "EVENTFLOW_STREAM",
+            value_delimiter = ',',
+            value_name = "STREAM"
+        )]
+        stream: Vec<String>,
         /// The event as a JSON object; `-` reads standard input.
         #[arg(conflicts_with = "file", required_unless_present = "file")]
         event: Option<String>,
@@ -194,6 +192,46 @@ pub enum Command {
         #[arg(long)]
         file: Option<PathBuf>,
     },
+}
+
+/// `migrate list`
+#[derive(Debug, Subcommand)]
+pub enum MigrateList {
+    /// Every migration, in order, and whether the table has it.
+    List {
+        /// The outbox table's migrations (--outbox-table) instead of the inbox's.
+        #[arg(long)]
+        outbox: bool,
+    },
+}
+
+/// The streams `status` reports on, and the consumer group whose progress it shows.
+#[derive(Debug, Args)]
+pub struct StreamArgs {
+    /// The streams, comma-separated or with the flag repeated.
+    #[arg(
+        long,
+        env = "EVENTFLOW_STREAM",
+        value_delimiter = ',',
+        value_name = "STREAM[,STREAM...]"
+    )]
+    pub stream: Vec<String>,
+
+    /// The consumer group.
+    #[arg(long, env = "EVENTFLOW_GROUP")]
+    pub group: Option<String>,
+}
+
+/// What a purge deletes: rows older than an age, after asking when the age takes them all.
+#[derive(Debug, Args)]
+pub struct PurgeArgs {
+    /// E.g. `7d`, `1w`, `12h`, `1h30m`, `90s`. Under one second means every row, and is asked
+    /// about first (or needs --yes).
+    #[arg(long, value_parser = parse_age)]
+    pub older_than: Duration,
+    /// Do not ask before deleting every row (`--older-than 0s`): for scripts.
+    #[arg(long, short = 'y')]
+    pub yes: bool,
 }
 
 /// `dead-letters ...`
@@ -217,14 +255,14 @@ pub enum DeadLetters {
         clap::ArgGroup::new("which")
             .required(true)
             .multiple(true)
-            .args(["key", "all", "event_type", "error", "since", "until", "from_stream"])
+            .args(["key", "all", "event_type", "error", "since", "until", "stream"])
     ))]
     Requeue {
         /// Event id or row id of one dead letter.
-        #[arg(conflicts_with_all = ["all", "event_type", "error", "since", "until", "from_stream"])]
+        #[arg(conflicts_with_all = ["all", "event_type", "error", "since", "until", "stream"])]
         key: Option<String>,
         /// Every dead letter.
-        #[arg(long, conflicts_with_all = ["event_type", "error", "since", "until", "from_stream"])]
+        #[arg(long, conflicts_with_all = ["event_type", "error", "since", "until", "stream"])]
         all: bool,
         #[command(flatten)]
         filter: RowFilterArgs,
@@ -246,10 +284,10 @@ pub struct RowFilterArgs {
     /// Only rows received before this time: RFC 3339, or an age such as `30m` (ago).
     #[arg(long, value_parser = parse_time)]
     pub until: Option<DateTime<Utc>>,
-    /// Only rows read from this stream. (Not `--stream`: that one names the streams `status`
-    /// reads, often from EVENTFLOW_STREAM, and must not filter silently.)
-    #[arg(long, value_name = "STREAM")]
-    pub from_stream: Option<String>,
+    /// Only rows read from this stream. (Never from EVENTFLOW_STREAM: a filter set by the
+    /// environment would hide rows silently.)
+    #[arg(long, value_name = "STREAM", alias = "from-stream")]
+    pub stream: Option<String>,
 }
 
 impl RowFilterArgs {
@@ -258,7 +296,7 @@ impl RowFilterArgs {
             && self.error.is_none()
             && self.since.is_none()
             && self.until.is_none()
-            && self.from_stream.is_none()
+            && self.stream.is_none()
     }
 }
 
@@ -268,8 +306,8 @@ pub struct PageArgs {
     /// Most items to list.
     #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u32).range(1..=10_000))]
     pub limit: u32,
-    /// Continue after this cursor (printed at the end of a full page).
-    #[arg(long, value_parser = |s: &str| s.parse::<Cursor>())]
+    /// Continue after this cursor (printed at the end of a full page, `next_cursor` in JSON).
+    #[arg(long, value_name = "CURSOR", value_parser = |s: &str| s.parse::<Cursor>())]
     pub after: Option<Cursor>,
 }
 
@@ -281,8 +319,9 @@ pub enum Parked {
         /// Most aggregates to list.
         #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u32).range(1..=10_000))]
         limit: u32,
-        /// Continue after this aggregate id (printed at the end of a full page).
-        #[arg(long, value_name = "AGGREGATE_ID")]
+        /// Continue after this cursor, an aggregate id (printed at the end of a full page,
+        /// `next_cursor` in JSON).
+        #[arg(long, value_name = "CURSOR")]
         after: Option<uuid::Uuid>,
     },
     /// Show one parked aggregate: its dead letter and what waits behind it. Exit code 4 when
@@ -315,8 +354,8 @@ pub enum Quarantine {
     /// List quarantined entries, oldest first.
     List {
         /// Only entries from this stream.
-        #[arg(long)]
-        from_stream: Option<String>,
+        #[arg(long, value_name = "STREAM", alias = "from-stream")]
+        stream: Option<String>,
         /// Only entries whose reason contains this text (either case).
         #[arg(long)]
         reason: Option<String>,
@@ -354,11 +393,7 @@ pub enum Quarantine {
     },
     /// Delete quarantined entries, replayed or not, quarantined longer ago than an age, 1,000
     /// per transaction.
-    Purge {
-        /// E.g. `30d`, `12h`, `30m`, `90s`.
-        #[arg(long, value_parser = parse_age)]
-        older_than: Duration,
-    },
+    Purge(PurgeArgs),
 }
 
 /// `outbox ...`
@@ -372,32 +407,32 @@ pub enum Outbox {
         /// Most rows to list.
         #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u32).range(1..=10_000))]
         limit: u32,
-        /// Continue after this row id (printed at the end of a full page).
-        #[arg(long)]
+        /// Continue after this cursor, a row id (printed at the end of a full page,
+        /// `next_cursor` in JSON).
+        #[arg(long, value_name = "CURSOR")]
         after: Option<i64>,
     },
     /// Show the rows of one event (one per stream it goes to), by event id or row id.
     Show {
-        /// Event id, or row id.
-        event_id: String,
+        /// Event id or row id.
+        key: String,
     },
     /// Put dead letters back to pending (attempts reset): those with the given row ids, or
     /// all of them.
-    #[command(group(clap::ArgGroup::new("which").required(true).args(["id", "all"])))]
+    #[command(group(clap::ArgGroup::new("which").required(true).multiple(true).args(["ids", "id", "all"])))]
     Requeue {
-        /// A dead letter's row id (repeatable). Any other id fails and nothing is requeued.
-        #[arg(long, value_name = "ID")]
+        /// Row ids of dead letters. Any other id fails and nothing is requeued.
+        #[arg(value_name = "ID", conflicts_with = "all")]
+        ids: Vec<i64>,
+        /// The same, the older spelling (`--id 4711 --id 4712`).
+        #[arg(long, value_name = "ID", hide = true, conflicts_with = "all")]
         id: Vec<i64>,
         /// Every dead letter.
         #[arg(long)]
         all: bool,
     },
     /// Delete published rows older than an age, 1,000 per transaction.
-    Purge {
-        /// E.g. `7d`, `12h`, `30m`, `90s`.
-        #[arg(long, value_parser = parse_age)]
-        older_than: Duration,
-    },
+    Purge(PurgeArgs),
 }
 
 /// `pending`, `failed`, `published` or `dead_letter`.

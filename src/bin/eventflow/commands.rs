@@ -1,6 +1,7 @@
 //! Dispatching a command to the operations API, with the store its URL names.
 
-use super::cli::{Cli, Command};
+use super::cli::{Cli, Command, MigrateList};
+use super::confirm::purge_confirmed;
 use super::connect::{open_database, open_outbox, Database};
 use super::output::{self, progress};
 use super::text::format_age;
@@ -13,62 +14,59 @@ use std::sync::Arc;
 /// Runs the command line's command.
 pub fn run(cli: &Cli) -> Result<(), Failure> {
     match &cli.command {
-        Command::Publish { event, file } => {
-            return publish::run(cli, event.as_deref(), file.as_deref())
-        }
+        Command::Publish {
+            stream,
+            event,
+            file,
+        } => return publish::run(cli, stream, event.as_deref(), file.as_deref()),
         // The outbox needs no inbox.
         Command::Outbox(command) => {
             return outbox::run(cli, &open_outbox(&cli.connection, false)?, command)
         }
+        Command::Migrate {
+            list: Some(MigrateList::List { outbox: true }),
+            ..
+        } => return migrate::list_outbox(cli),
         _ => {}
     }
-    // Only a real `migrate` may create a SQLite file; a dry run changes nothing.
-    let create = matches!(cli.command, Command::Migrate { dry_run: false, .. });
+    // Only a real `migrate` may create a SQLite file; a dry run or a list changes nothing.
+    let create = matches!(
+        cli.command,
+        Command::Migrate {
+            dry_run: false,
+            list: None,
+            ..
+        }
+    );
     let database = open_database(&cli.connection, create)?;
     let kind = database.kind();
-    match database {
+    let done = match database {
         Database::Postgres(store) => with_store(cli, &Admin::new(Arc::new(store)), kind),
         Database::Sqlite(store) => with_store(cli, &Admin::new(Arc::new(store)), kind),
-    }
+    };
+    done.map_err(|failure| match failure {
+        Failure::Admin(error) => Failure::from_inbox(error, &cli.connection.table),
+        other => other,
+    })
 }
 
 fn with_store<S: InboxStore>(cli: &Cli, admin: &Admin<S>, kind: &str) -> Result<(), Failure> {
-    let table = &cli.connection.table;
     match &cli.command {
+        Command::Migrate { list: Some(_), .. } => migrate::list_inbox(cli, admin, kind),
         Command::Migrate {
             outbox,
             dry_run: true,
+            ..
         } => migrate::dry_run(cli, admin, *outbox, kind),
-        Command::Migrate { outbox, .. } => {
-            admin.migrate()?;
-            let outbox_table = if *outbox {
-                open_outbox(&cli.connection, true)?.migrate()?;
-                Some(cli.connection.outbox_table.as_str())
-            } else {
-                None
-            };
-            if cli.json {
-                output::json(&json!({
-                    "migrated": true,
-                    "table": table,
-                    "outbox_table": outbox_table,
-                    "database": kind,
-                }));
-            } else {
-                println!("migrated {table} ({kind})");
-                if let Some(outbox_table) = outbox_table {
-                    println!("migrated outbox {outbox_table} ({kind})");
-                }
-            }
-            Ok(())
-        }
-        Command::Status => status::run(cli, admin, kind),
+        Command::Migrate { outbox, .. } => migrate::apply(cli, admin, *outbox, kind),
+        Command::Status { streams } => status::run(cli, admin, kind, streams),
         Command::DeadLetters(command) => dead_letters::run(cli, admin, command),
         Command::Quarantine(command) => quarantine::run(cli, admin, command),
         Command::Parked(command) => parked::run(cli, admin, command),
-        Command::Purge { older_than } => {
+        Command::Purge(purge) => {
+            purge_confirmed(purge, "processed row")?;
             let bar = progress(cli.json, "deleted");
-            let deleted = admin.purge_processed(*older_than, &mut |so_far| {
+            let deleted = admin.purge_processed(purge.older_than, &mut |so_far| {
                 bar.set_message(format!("deleted: {so_far}"));
             });
             bar.finish_and_clear();
@@ -76,12 +74,12 @@ fn with_store<S: InboxStore>(cli: &Cli, admin: &Admin<S>, kind: &str) -> Result<
             if cli.json {
                 output::json(&json!({
                     "deleted": deleted,
-                    "older_than_seconds": older_than.as_secs(),
+                    "older_than_seconds": purge.older_than.as_secs(),
                 }));
             } else {
-                println!(
+                say!(
                     "deleted {deleted} processed rows older than {}",
-                    format_age(*older_than)
+                    format_age(purge.older_than)
                 );
             }
             Ok(())

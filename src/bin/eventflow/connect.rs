@@ -93,6 +93,14 @@ fn check_exists(path: &Path, explicit: bool, create: bool) -> Result<(), Failure
     )))
 }
 
+/// The backend the database URL names, for humans: "PostgreSQL" or "SQLite".
+pub fn database_kind(connection: &Connection) -> Result<&'static str, Failure> {
+    Ok(match target(database_url(connection)?)? {
+        Target::Postgres(_) => "PostgreSQL",
+        Target::Sqlite { .. } => "SQLite",
+    })
+}
+
 /// Opens the inbox database. A SQLite file must exist unless `create` (for `migrate`).
 pub fn open_database(connection: &Connection, create: bool) -> Result<Database, Failure> {
     match target(database_url(connection)?)? {

@@ -30,7 +30,7 @@ pub fn run<S: InboxStore>(
             if cli.json {
                 output::json(&json!({ "requeued": 1, "row": row_json(&record) }));
             } else {
-                println!(
+                say!(
                     "requeued {} (now {})",
                     safe(&record.row.event.event_id),
                     record.row.status
@@ -46,7 +46,7 @@ pub fn run<S: InboxStore>(
             if !all && filter.is_empty() {
                 return Err(Failure::Usage(
                     "say which dead letters to requeue: an event id, filters \
-                     (--event-type, --error, --since, --until, --from-stream), or --all"
+                     (--event-type, --error, --since, --until, --stream), or --all"
                         .into(),
                 ));
             }
@@ -59,7 +59,7 @@ pub fn run<S: InboxStore>(
             if cli.json {
                 output::json(&json!({ "requeued": requeued }));
             } else {
-                println!("requeued {requeued} dead letters");
+                say!("requeued {requeued} dead letters");
             }
             Ok(())
         }
@@ -73,7 +73,7 @@ fn row_filter(args: &RowFilterArgs) -> RowFilter {
         error_contains: args.error.clone(),
         received_from: args.since,
         received_before: args.until,
-        stream: args.from_stream.clone(),
+        stream: args.stream.clone(),
         ..RowFilter::default()
     }
 }
@@ -99,7 +99,7 @@ fn list<S: InboxStore>(
         return Ok(());
     }
     if listed.rows.is_empty() {
-        println!("no dead letters");
+        say!("no dead letters");
         return Ok(());
     }
     let mut table = Table::new(&[
@@ -118,7 +118,7 @@ fn list<S: InboxStore>(
     }
     table.print();
     if let Some(next) = listed.next {
-        println!("more: --after {next}");
+        say!("more: --after {next}");
     }
     Ok(())
 }
@@ -144,14 +144,14 @@ pub fn inbox_row_json(row: &InboxRow) -> Value {
         "causation_id": row.event.causation_id,
         "payload": row.event.payload,
         "stream": row.stream,
-        "stream_id": row.stream_id,
+        "entry_id": row.stream_id,
         "status": row.status.as_str(),
         "retry_count": row.retry_count,
         "max_retries": row.max_retries,
         "received_at": row.received_at,
         "processed_at": row.processed_at,
         "next_retry_at": row.next_retry_at,
-        "error_message": row.error_message,
+        "last_error": row.error_message,
         "last_error_at": row.last_error_at,
     })
 }
@@ -181,7 +181,7 @@ pub fn print_row(record: &InboxRecord) {
             row.event.causation_id.clone().unwrap_or_else(|| "-".into()),
         ),
         ("stream", row.stream.clone().unwrap_or_else(|| "-".into())),
-        ("stream id", row.stream_id.clone()),
+        ("entry id", row.stream_id.clone()),
         ("received", format_time(row.received_at)),
         ("processed", time(row.processed_at)),
         (
@@ -204,7 +204,7 @@ pub fn print_row(record: &InboxRecord) {
         ),
     ];
     for (name, value) in lines {
-        println!("{name:<15} {}", safe(&value));
+        say!("{name:<15} {}", safe(&value));
     }
-    println!("payload\n{}", json_text(&row.event.payload));
+    say!("payload\n{}", json_text(&row.event.payload));
 }

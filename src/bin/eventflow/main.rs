@@ -2,9 +2,10 @@
 //! [`eventflow::admin`]: parsing arguments, opening connections, printing results.
 //!
 //! Exit codes: 0 ok; 1 the operation failed; 2 usage error (bad arguments or input); 3 cannot
-//! connect to the database or Redis; 4 not found (a row, an event, a parked aggregate, or the
-//! outbox table).
-//! Errors go to standard error. Connection settings are only ever shown
+//! connect to the database or Redis; 4 not found (a row, an event, a parked aggregate), or the
+//! inbox or outbox table does not exist.
+//! Errors go to standard error, with their causes; under `--json` as one JSON object (see
+//! [`failure`]), arguments clap refuses included. Connection settings are only ever shown
 //! [`redact`](eventflow::redact::redact)ed; as a second line of defence, any password from them
 //! found in an error message (a driver's or a server's words) is replaced by `<redacted>`, and
 //! control characters are escaped, since a message can quote stored values.
@@ -14,63 +15,33 @@
 //! [`output::json_text`]: stream entries are written by whoever can `XADD`, and must not write
 //! escape sequences into an operator's terminal.
 
+#[macro_use]
+mod output;
 mod cli;
 mod commands;
+mod confirm;
 mod connect;
 mod dead_letters;
+mod failure;
 mod migrate;
 mod outbox;
-mod output;
 mod parked;
 mod publish;
 mod quarantine;
 mod status;
 mod text;
 
+use clap::error::ErrorKind;
 use clap::Parser;
-use eventflow::admin::AdminError;
+pub use failure::Failure;
+use failure::{error_json, Kind};
 use std::process::ExitCode;
 
-/// Why a command failed, which decides the exit code.
-pub enum Failure {
-    /// Bad arguments or input: exit code 2.
-    Usage(String),
-    /// The database or Redis cannot be reached: exit code 3.
-    Unreachable(String),
-    /// What the operations API said: 3 when unreachable, 4 when not found (the outbox table
-    /// included), 2 for bad input, else 1.
-    Admin(AdminError),
-}
-
-impl From<AdminError> for Failure {
-    fn from(error: AdminError) -> Self {
-        Self::Admin(error)
-    }
-}
-
-impl Failure {
-    fn exit_code(&self) -> u8 {
-        match self {
-            Self::Usage(_) => 2,
-            Self::Unreachable(_) => 3,
-            Self::Admin(error) if error.is_unreachable() => 3,
-            Self::Admin(AdminError::NotFound { .. } | AdminError::NotInstalled { .. }) => 4,
-            Self::Admin(AdminError::InvalidEvent(_) | AdminError::InvalidInput(_)) => 2,
-            Self::Admin(_) => 1,
-        }
-    }
-
-    fn message(&self) -> String {
-        match self {
-            Self::Usage(message) | Self::Unreachable(message) => message.clone(),
-            Self::Admin(error) if error.is_unreachable() => format!("cannot connect: {error}"),
-            Self::Admin(error) => error.to_string(),
-        }
-    }
-}
-
 fn main() -> ExitCode {
-    let cli = cli::Cli::parse(); // exits with 2 on a usage error, 0 for --help
+    let cli = match cli::Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(error) => return usage_error(error),
+    };
     let secrets = eventflow::redact::Scrubber::new(
         cli.connection
             .database_url
@@ -80,12 +51,46 @@ fn main() -> ExitCode {
     );
     match commands::run(&cli) {
         Ok(()) => ExitCode::SUCCESS,
-        Err(failure) => {
-            eprintln!(
-                "eventflow: {}",
-                text::safe(&secrets.scrub(&failure.message()))
-            );
-            ExitCode::from(failure.exit_code())
-        }
+        Err(failure) => ExitCode::from(failure.report(cli.json, &secrets)),
     }
+}
+
+/// Arguments clap refused (exit code 2), or `--help` and `--version` (0). Under `--json` a
+/// refusal is the JSON error object too, so scripts read one shape whatever went wrong.
+fn usage_error(error: clap::Error) -> ExitCode {
+    let json = std::env::args_os()
+        .skip(1)
+        .take_while(|arg| arg != "--")
+        .any(|arg| arg == "--json");
+    let informational = matches!(
+        error.kind(),
+        ErrorKind::DisplayHelp
+            | ErrorKind::DisplayVersion
+            | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
+    );
+    if !json || informational {
+        error.exit();
+    }
+    // clap's first line, without its `error: ` and the usage and tip that follow.
+    let rendered = error.render().to_string();
+    let first = rendered.lines().next().unwrap_or_default();
+    let message = first.strip_prefix("error: ").unwrap_or(first);
+    // clap may quote an argument back; one could hold a connection setting's password.
+    let args: Vec<String> = std::env::args_os()
+        .map(|arg| arg.to_string_lossy().into_owned())
+        .collect();
+    let settings = ["EVENTFLOW_DATABASE_URL", "EVENTFLOW_REDIS_URL"]
+        .into_iter()
+        .filter_map(|name| std::env::var(name).ok());
+    let settings: Vec<String> = args
+        .iter()
+        .map(|arg| match arg.split_once('=') {
+            Some((flag, value)) if flag.starts_with("--") => value.to_string(),
+            _ => arg.clone(),
+        })
+        .chain(settings)
+        .collect();
+    let secrets = eventflow::redact::Scrubber::new(settings.iter().map(String::as_str));
+    eprintln!("{}", error_json(Kind::Usage, &secrets.scrub(message), &[]));
+    ExitCode::from(Kind::Usage.exit_code())
 }

@@ -1,6 +1,7 @@
 //! `eventflow outbox list|show|requeue|purge`.
 
 use super::cli::{Cli, Outbox};
+use super::confirm::purge_confirmed;
 use super::output::{self, progress, Table};
 use super::text::{cut, format_age, format_time, safe};
 use super::Failure;
@@ -16,8 +17,8 @@ pub fn run(cli: &Cli, admin: &OutboxAdmin, command: &Outbox) -> Result<(), Failu
             limit,
             after,
         } => list(cli, admin, *status, *limit as usize, *after),
-        Outbox::Show { event_id } => {
-            let rows = admin.show(event_id)?;
+        Outbox::Show { key } => {
+            let rows = admin.show(key)?;
             if cli.json {
                 output::json(&json!({
                     "event_id": rows[0].event.event_id,
@@ -26,24 +27,31 @@ pub fn run(cli: &Cli, admin: &OutboxAdmin, command: &Outbox) -> Result<(), Failu
             } else {
                 for (i, row) in rows.iter().enumerate() {
                     if i > 0 {
-                        println!();
+                        say!();
                     }
                     print_row(row);
                 }
             }
             Ok(())
         }
-        Outbox::Requeue { id, all } => {
-            let which = if *all { Requeue::All } else { Requeue::Ids(id) };
+        Outbox::Requeue { ids, id, all } => {
+            let ids: Vec<i64> = ids.iter().chain(id).copied().collect();
+            let which = if *all {
+                Requeue::All
+            } else {
+                Requeue::Ids(&ids)
+            };
             let requeued = admin.requeue_dead_letters(which)?;
             if cli.json {
                 output::json(&json!({ "requeued": requeued }));
             } else {
-                println!("requeued {requeued} outbox dead letters");
+                say!("requeued {requeued} outbox dead letters");
             }
             Ok(())
         }
-        Outbox::Purge { older_than } => {
+        Outbox::Purge(purge) => {
+            purge_confirmed(purge, "published outbox row")?;
+            let older_than = &purge.older_than;
             let bar = progress(cli.json, "deleted");
             let deleted = admin.purge_published(*older_than, &mut |so_far| {
                 bar.set_message(format!("deleted: {so_far}"));
@@ -56,7 +64,7 @@ pub fn run(cli: &Cli, admin: &OutboxAdmin, command: &Outbox) -> Result<(), Failu
                     "older_than_seconds": older_than.as_secs(),
                 }));
             } else {
-                println!(
+                say!(
                     "deleted {deleted} published outbox rows older than {}",
                     format_age(*older_than)
                 );
@@ -77,14 +85,14 @@ fn list(
     if cli.json {
         output::json(&json!({
             "rows": listed.rows.iter().map(row_json).collect::<Vec<_>>(),
-            "next_after": listed.next,
+            "next_cursor": listed.next.map(|cursor| cursor.to_string()),
         }));
         return Ok(());
     }
     if listed.rows.is_empty() {
         match status {
-            Some(status) => println!("no {} rows", status.as_str()),
-            None => println!("no rows"),
+            Some(status) => say!("no {} rows", status.as_str()),
+            None => say!("no rows"),
         }
         return Ok(());
     }
@@ -105,7 +113,7 @@ fn list(
     }
     table.print();
     if let Some(next) = listed.next {
-        println!("more: --after {next}");
+        say!("more: --after {next}");
     }
     Ok(())
 }
@@ -128,7 +136,7 @@ fn row_json(row: &OutboxRow) -> Value {
         "published_at": row.published_at,
         "last_error": row.last_error,
         "last_error_at": row.last_error_at,
-        "stream_entry_id": row.stream_entry_id,
+        "entry_id": row.stream_entry_id,
     })
 }
 
@@ -154,7 +162,7 @@ fn print_row(row: &OutboxRow) {
         ("error", text(row.last_error.as_deref())),
     ];
     for (name, value) in lines {
-        println!("{name:<15} {}", safe(&value));
+        say!("{name:<15} {}", safe(&value));
     }
-    println!("payload\n{}", output::json_text(&row.event.payload));
+    say!("payload\n{}", output::json_text(&row.event.payload));
 }

@@ -2,8 +2,38 @@
 
 use super::text::{is_unsafe, safe};
 use indicatif::{ProgressBar, ProgressStyle};
-use std::io::IsTerminal;
+use std::io::{IsTerminal, Write};
 use std::time::Duration;
+
+/// `println!` for the command's output: standard output closed by its reader
+/// (`eventflow dead-letters list | head`) ends the process quietly instead of panicking.
+macro_rules! say {
+    () => {
+        $crate::output::write_line(format_args!(""))
+    };
+    ($($arg:tt)*) => {
+        $crate::output::write_line(format_args!($($arg)*))
+    };
+}
+
+/// Writes one line to standard output. When the reader has gone (a broken pipe) the output
+/// is not wanted any more and the process exits with 0, as `grep` and `ripgrep` do; the work
+/// was done before its report was printed. Any other write error exits with 1.
+pub fn write_line(line: std::fmt::Arguments<'_>) {
+    let mut out = std::io::stdout().lock();
+    let written = out
+        .write_fmt(line)
+        .and_then(|()| out.write_all(b"\n"))
+        .and_then(|()| out.flush());
+    match written {
+        Ok(()) => {}
+        Err(error) if error.kind() == std::io::ErrorKind::BrokenPipe => std::process::exit(0),
+        Err(error) => {
+            eprintln!("eventflow: cannot write to standard output: {error}");
+            std::process::exit(1);
+        }
+    }
+}
 
 /// A table printed with aligned columns.
 pub struct Table {
@@ -45,7 +75,7 @@ impl Table {
                     }
                 })
                 .collect();
-            println!("{}", text.join("  ").trim_end());
+            say!("{}", text.join("  ").trim_end());
         };
         line(self.headers.clone());
         for row in &self.rows {
@@ -56,7 +86,7 @@ impl Table {
 
 /// Prints `value` as pretty JSON, terminal-safe (see [`json_text`]).
 pub fn json(value: &serde_json::Value) {
-    println!("{}", json_text(value));
+    say!("{}", json_text(value));
 }
 
 /// `value` as pretty JSON with every character that could act on a terminal escaped.

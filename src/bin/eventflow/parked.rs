@@ -33,7 +33,7 @@ pub fn run<S: InboxStore>(cli: &Cli, admin: &Admin<S>, command: &Parked) -> Resu
                     "still_parked_by": still_parked_by(admin, aggregate_id)?,
                 }));
             } else {
-                println!(
+                say!(
                     "skipped dead letter {} of aggregate {aggregate_id}",
                     safe(&record.row.event.event_id)
                 );
@@ -61,12 +61,12 @@ fn list<S: InboxStore>(
     if cli.json {
         output::json(&json!({
             "aggregates": listed.aggregates.iter().map(parked_json).collect::<Vec<_>>(),
-            "next_after": listed.next,
+            "next_cursor": listed.next.map(|cursor| cursor.to_string()),
         }));
         return Ok(());
     }
     if listed.aggregates.is_empty() {
-        println!("no parked aggregates");
+        say!("no parked aggregates");
         return Ok(());
     }
     let mut table = Table::new(&[
@@ -92,7 +92,7 @@ fn list<S: InboxStore>(
     }
     table.print();
     if let Some(next) = listed.next {
-        println!("more: --after {next}");
+        say!("more: --after {next}");
     }
     Ok(())
 }
@@ -109,17 +109,17 @@ fn show<S: InboxStore>(cli: &Cli, admin: &Admin<S>, aggregate_id: Uuid) -> Resul
         output::json(&json);
         return Ok(());
     }
-    println!("{:<15} {aggregate_id}", "aggregate id");
-    println!("{:<15} {}", "waiting", waiting_text(&parked));
-    println!(
+    say!("{:<15} {aggregate_id}", "aggregate id");
+    say!("{:<15} {}", "waiting", waiting_text(&parked));
+    say!(
         "{:<15} dead letter {}",
         "parked by",
         safe(&parked.dead_letter.event.event_id)
     );
-    println!();
+    say!();
     print_row(&record);
-    println!();
-    println!(
+    say!();
+    say!(
         "release it: `eventflow parked skip {aggregate_id}` (the dead letter stays, skipped), \
          or `eventflow dead-letters requeue {}` (handled again, in its place in the order)",
         safe(&parked.dead_letter.event.event_id)
@@ -142,7 +142,7 @@ fn skip_aggregate<S: InboxStore>(
         }));
         return Ok(());
     }
-    println!(
+    say!(
         "skipped dead letter {} of aggregate {aggregate_id}; {} waiting events go on",
         safe(&parked.dead_letter.event.event_id),
         parked.waiting
@@ -163,7 +163,7 @@ fn still_parked_by<S: InboxStore>(
 
 fn print_still_parked<S: InboxStore>(admin: &Admin<S>, aggregate_id: Uuid) -> Result<(), Failure> {
     if let Some(event_id) = still_parked_by(admin, aggregate_id)? {
-        println!(
+        say!(
             "aggregate {aggregate_id} is still parked, by its later dead letter {}",
             safe(&event_id)
         );

@@ -10,8 +10,13 @@ use serde_json::json;
 use std::io::Read;
 use std::path::Path;
 
-pub fn run(cli: &Cli, inline: Option<&str>, file: Option<&Path>) -> Result<(), Failure> {
-    let stream = match cli.connection.stream.as_slice() {
+pub fn run(
+    cli: &Cli,
+    streams: &[String],
+    inline: Option<&str>,
+    file: Option<&Path>,
+) -> Result<(), Failure> {
+    let stream = match streams {
         [stream] => stream,
         [] => {
             return Err(Failure::Usage(
@@ -48,7 +53,7 @@ pub fn run(cli: &Cli, inline: Option<&str>, file: Option<&Path>) -> Result<(), F
             "event_id": event.event_id,
         }));
     } else {
-        println!(
+        say!(
             "published event {} to {} as entry {}",
             safe(&event.event_id),
             safe(stream),

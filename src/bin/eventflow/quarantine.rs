@@ -1,6 +1,7 @@
 //! `eventflow quarantine list|show|replay|purge`.
 
 use super::cli::{Cli, Quarantine};
+use super::confirm::purge_confirmed;
 use super::output::{self, progress, Table};
 use super::text::{cut, format_age, format_time, safe};
 use super::Failure;
@@ -16,7 +17,7 @@ pub fn run<S: InboxStore>(
 ) -> Result<(), Failure> {
     match command {
         Quarantine::List {
-            from_stream,
+            stream,
             reason,
             since,
             until,
@@ -24,7 +25,7 @@ pub fn run<S: InboxStore>(
             page,
         } => {
             let filter = QuarantineFilter {
-                stream: from_stream.clone(),
+                stream: stream.clone(),
                 reason_contains: reason.clone(),
                 received_from: *since,
                 received_before: *until,
@@ -46,7 +47,7 @@ pub fn run<S: InboxStore>(
                 return Ok(());
             }
             if listed.entries.is_empty() {
-                println!("no quarantined entries");
+                say!("no quarantined entries");
                 return Ok(());
             }
             let mut table =
@@ -66,7 +67,7 @@ pub fn run<S: InboxStore>(
             }
             table.print();
             if let Some(next) = listed.next {
-                println!("more: --after {next}");
+                say!("more: --after {next}");
             }
             Ok(())
         }
@@ -76,38 +77,39 @@ pub fn run<S: InboxStore>(
                 output::json(&entry_json(&entry));
                 return Ok(());
             }
-            println!("id          {}", entry.id);
-            println!(
+            say!("id          {}", entry.id);
+            say!(
                 "stream      {} (entry {})",
                 safe(&entry.stream),
                 safe(&entry.stream_id)
             );
-            println!("received    {}", format_time(entry.received_at));
-            println!("reason      {}", safe(&entry.reason));
+            say!("received    {}", format_time(entry.received_at));
+            say!("reason      {}", safe(&entry.reason));
             if let Some(oversized) = &entry.oversized {
-                println!(
+                say!(
                     "oversized   {} bytes in {} fields; only a prefix of each is kept",
-                    oversized.entry_bytes, oversized.field_count
+                    oversized.entry_bytes,
+                    oversized.field_count
                 );
             }
             match (&entry.replayed_at, &entry.replayed_event_id) {
                 (Some(at), Some(event_id)) => {
-                    println!(
+                    say!(
                         "replayed    {} as event {}",
                         format_time(*at),
                         safe(event_id)
                     )
                 }
-                _ => println!("replayed    no"),
+                _ => say!("replayed    no"),
             }
-            println!("fields");
+            say!("fields");
             for pair in encode_fields(&entry.fields)
                 .as_array()
                 .into_iter()
                 .flatten()
             {
                 let show = |v: &Value| v.as_str().map_or_else(|| v.to_string(), str::to_string);
-                println!("  {} = {}", safe(&show(&pair[0])), safe(&show(&pair[1])));
+                say!("  {} = {}", safe(&show(&pair[0])), safe(&show(&pair[1])));
             }
             Ok(())
         }
@@ -141,11 +143,13 @@ pub fn run<S: InboxStore>(
             if cli.json {
                 output::json(&json!({ "replayed": id, "event_id": event_id }));
             } else {
-                println!("replayed {id} as event {} (pending)", safe(&event_id));
+                say!("replayed {id} as event {} (pending)", safe(&event_id));
             }
             Ok(())
         }
-        Quarantine::Purge { older_than } => {
+        Quarantine::Purge(purge) => {
+            purge_confirmed(purge, "quarantined entry")?;
+            let older_than = &purge.older_than;
             let bar = progress(cli.json, "deleted");
             let deleted = admin.purge_quarantined(*older_than, &mut |so_far| {
                 bar.set_message(format!("deleted: {so_far}"));
@@ -158,7 +162,7 @@ pub fn run<S: InboxStore>(
                     "older_than_seconds": older_than.as_secs(),
                 }));
             } else {
-                println!(
+                say!(
                     "deleted {deleted} quarantined entries older than {}",
                     format_age(*older_than)
                 );
@@ -172,7 +176,7 @@ fn entry_json(entry: &QuarantinedEntry) -> Value {
     json!({
         "id": entry.id,
         "stream": entry.stream,
-        "stream_id": entry.stream_id,
+        "entry_id": entry.stream_id,
         "fields": encode_fields(&entry.fields),
         "oversized": entry.oversized.as_ref().map(|oversized| json!({
             "entry_bytes": oversized.entry_bytes,

@@ -1,27 +1,31 @@
-//! `eventflow status`: the inbox (its owner, counts in all and per stream, parked aggregates),
-//! the streams and the outbox at a glance.
+//! `eventflow status`: the inbox (its owner, counts in all and per stream, parked aggregates,
+//! quarantined entries), the streams and the outbox at a glance.
 
-use super::cli::Cli;
+use super::cli::{Cli, StreamArgs};
 use super::connect::{open_outbox, open_redis};
 use super::output::{self, Table};
 use super::text::{format_age, safe};
 use super::Failure;
-use eventflow::admin::{stream_status, Admin, AdminError, InboxStatus, OutboxState};
+use eventflow::admin::{stream_status, Admin, AdminError, InboxStatus, OutboxState, StreamStatus};
 use eventflow::redact::redact;
 use eventflow::store::outbox::OutboxStatus;
 use eventflow::store::{InboxStore, StatusCounts};
-use eventflow::transport::{GroupStats, TransportError};
+use eventflow::transport::GroupStats;
 use eventflow::EventStatus;
 use serde_json::{json, Value};
 
 /// What the stream section found for one stream.
-enum Stream {
+enum StreamLine {
     Stats {
         stream: String,
         group: String,
         stats: GroupStats,
     },
     NoGroup {
+        stream: String,
+        group: String,
+    },
+    NoStream {
         stream: String,
         group: String,
     },
@@ -32,10 +36,15 @@ enum Stream {
     },
 }
 
-pub fn run<S: InboxStore>(cli: &Cli, admin: &Admin<S>, kind: &str) -> Result<(), Failure> {
+pub fn run<S: InboxStore>(
+    cli: &Cli,
+    admin: &Admin<S>,
+    kind: &str,
+    streams: &StreamArgs,
+) -> Result<(), Failure> {
     let inbox = admin.inbox_status()?;
     let outbox = open_outbox(&cli.connection, false)?.status()?;
-    let streams = stream_section(cli)?;
+    let streams = stream_section(cli, streams)?;
     if cli.json {
         let streams_json: Vec<Value> = streams.iter().map(stream_json).collect();
         output::json(&json!({
@@ -54,7 +63,7 @@ pub fn run<S: InboxStore>(cli: &Cli, admin: &Admin<S>, kind: &str) -> Result<(),
     }
     // Printed above; the exit code says a stream could not be read.
     match streams.into_iter().find_map(|stream| match stream {
-        Stream::Failed { error, .. } => Some(error),
+        StreamLine::Failed { error, .. } => Some(error),
         _ => None,
     }) {
         Some(error) => Err(Failure::Admin(error)),
@@ -63,30 +72,28 @@ pub fn run<S: InboxStore>(cli: &Cli, admin: &Admin<S>, kind: &str) -> Result<(),
 }
 
 /// Each `--stream`'s group stats; none without `--group`.
-fn stream_section(cli: &Cli) -> Result<Vec<Stream>, Failure> {
-    let Some(group) = &cli.connection.group else {
+fn stream_section(cli: &Cli, streams: &StreamArgs) -> Result<Vec<StreamLine>, Failure> {
+    let Some(group) = &streams.group else {
         return Ok(Vec::new());
     };
-    if cli.connection.stream.is_empty() {
+    if streams.stream.is_empty() {
         return Ok(Vec::new());
     }
     let redis = open_redis(&cli.connection)?;
-    Ok(cli
-        .connection
+    Ok(streams
         .stream
         .iter()
         .map(|stream| {
             let (stream, group) = (stream.clone(), group.clone());
             match stream_status(&redis, &stream, &group) {
-                Ok(stats) => Stream::Stats {
+                Ok(StreamStatus::Group(stats)) => StreamLine::Stats {
                     stream,
                     group,
                     stats,
                 },
-                Err(AdminError::Transport(TransportError::NoGroup { .. })) => {
-                    Stream::NoGroup { stream, group }
-                }
-                Err(error) => Stream::Failed {
+                Ok(StreamStatus::NoStream) => StreamLine::NoStream { stream, group },
+                Ok(_) => StreamLine::NoGroup { stream, group },
+                Err(error) => StreamLine::Failed {
                     stream,
                     group,
                     error,
@@ -131,14 +138,20 @@ fn inbox_json(inbox: &InboxStatus, table: &str, kind: &str) -> Value {
             "oldest_waiting_at": inbox.parked.oldest_waiting,
             "oldest_waiting_age_seconds": inbox.parked_lag().map(|age| age.as_secs()),
         },
+        "quarantine": {
+            "waiting": inbox.quarantine.waiting,
+            "replayed": inbox.quarantine.replayed,
+            "oldest_waiting_at": inbox.quarantine.oldest_waiting,
+            "oldest_waiting_age_seconds": inbox.quarantine_lag().map(|age| age.as_secs()),
+        },
     })
 }
 
 fn print_inbox(inbox: &InboxStatus, table: &str, kind: &str, url: &str) {
-    println!("inbox: {table} ({kind} at {})", safe(&redact(url)));
+    say!("inbox: {table} ({kind} at {})", safe(&redact(url)));
     match &inbox.owner {
-        Some(owner) => println!("  owner: consumer group {}", safe(owner)),
-        None => println!("  owner: no owner yet (the first consumer to start adopts the table)"),
+        Some(owner) => say!("  owner: consumer group {}", safe(owner)),
+        None => say!("  owner: no owner yet (the first consumer to start adopts the table)"),
     }
     let mut rows = Table::new(&["  STATUS", "ROWS", "OLDEST"]);
     for status in EventStatus::ALL {
@@ -168,12 +181,29 @@ fn print_inbox(inbox: &InboxStatus, table: &str, kind: &str, url: &str) {
         n => format!("{n} aggregates"),
     };
     match inbox.parked_lag() {
-        _ if inbox.parked.aggregates == 0 => println!("  parked: none"),
-        Some(age) => println!(
+        _ if inbox.parked.aggregates == 0 => say!("  parked: none"),
+        Some(age) => say!(
             "  parked: {parked}, the oldest waiting event {} ago (`eventflow parked list`)",
             format_age(age)
         ),
-        None => println!("  parked: {parked}, no events waiting yet (`eventflow parked list`)"),
+        None => say!("  parked: {parked}, no events waiting yet (`eventflow parked list`)"),
+    }
+    let quarantine = &inbox.quarantine;
+    let replayed = match quarantine.replayed {
+        0 => String::new(),
+        n => format!(" ({n} replayed kept)"),
+    };
+    match inbox.quarantine_lag() {
+        _ if quarantine.waiting == 0 => say!("  quarantined: none waiting{replayed}"),
+        Some(age) => say!(
+            "  quarantined: {} waiting, the oldest {} ago{replayed} (`eventflow quarantine list`)",
+            quarantine.waiting,
+            format_age(age)
+        ),
+        None => say!(
+            "  quarantined: {} waiting{replayed} (`eventflow quarantine list`)",
+            quarantine.waiting
+        ),
     }
 }
 
@@ -203,9 +233,9 @@ fn print_by_stream(by_stream: &[(Option<String>, StatusCounts)]) {
     rows.print();
 }
 
-fn stream_json(stream: &Stream) -> Value {
+fn stream_json(stream: &StreamLine) -> Value {
     match stream {
-        Stream::Stats {
+        StreamLine::Stats {
             stream,
             group,
             stats,
@@ -215,12 +245,19 @@ fn stream_json(stream: &Stream) -> Value {
             "pending": stats.pending,
             "lag": stats.lag,
         }),
-        Stream::NoGroup { stream, group } => json!({
+        StreamLine::NoGroup { stream, group } => json!({
             "stream": stream,
             "group": group,
+            "missing": "group",
             "error": "the consumer group does not exist",
         }),
-        Stream::Failed {
+        StreamLine::NoStream { stream, group } => json!({
+            "stream": stream,
+            "group": group,
+            "missing": "stream",
+            "error": "the stream does not exist",
+        }),
+        StreamLine::Failed {
             stream,
             group,
             error,
@@ -232,44 +269,53 @@ fn stream_json(stream: &Stream) -> Value {
     }
 }
 
-fn print_streams(streams: &[Stream]) {
+fn print_streams(streams: &[StreamLine]) {
     if streams.is_empty() {
-        println!("stream: not shown (give --stream and --group, or EVENTFLOW_STREAM and EVENTFLOW_GROUP)");
+        say!("stream: not shown (give --stream and --group, or EVENTFLOW_STREAM and EVENTFLOW_GROUP)");
     }
     for stream in streams {
         print_stream(stream);
     }
 }
 
-fn print_stream(stream: &Stream) {
+fn print_stream(stream: &StreamLine) {
     match stream {
-        Stream::Stats {
+        StreamLine::Stats {
             stream,
             group,
             stats,
         } => {
-            println!("stream: {}, group {}", safe(stream), safe(group));
-            println!("  pending (delivered, not acknowledged)  {}", stats.pending);
-            println!(
+            say!("stream: {}, group {}", safe(stream), safe(group));
+            say!("  pending (delivered, not acknowledged)  {}", stats.pending);
+            say!(
                 "  lag (not yet delivered)                {}",
                 stats
                     .lag
                     .map_or("unknown".to_string(), |lag| lag.to_string())
             );
         }
-        Stream::NoGroup { stream, group } => {
-            println!(
-                "stream: {}, group {}: the group does not exist",
+        StreamLine::NoGroup { stream, group } => {
+            say!(
+                "stream: {}, group {}: the group does not exist (a consumer creates it when it \
+                 starts)",
                 safe(stream),
                 safe(group)
             )
         }
-        Stream::Failed {
+        StreamLine::NoStream { stream, group } => {
+            say!(
+                "stream: {}, group {}: the stream does not exist (nothing published to it yet, \
+                 or a misspelt name)",
+                safe(stream),
+                safe(group)
+            )
+        }
+        StreamLine::Failed {
             stream,
             group,
             error,
         } => {
-            println!(
+            say!(
                 "stream: {}, group {}: cannot read: {}",
                 safe(stream),
                 safe(group),
@@ -305,17 +351,17 @@ fn print_outbox(outbox: &OutboxState) {
     let report = match outbox {
         OutboxState::Installed(report) => report,
         OutboxState::NotInstalled { table } => {
-            println!(
+            say!(
                 "outbox: not installed (no table {table}; `eventflow migrate --outbox` creates it)"
             );
             return;
         }
         _ => {
-            println!("outbox: installed");
+            say!("outbox: installed");
             return;
         }
     };
-    println!("outbox: {}", report.table);
+    say!("outbox: {}", report.table);
     let mut rows = Table::new(&["  STATUS", "ROWS", "OLDEST"]);
     for status in OutboxStatus::ALL {
         rows.row(vec![

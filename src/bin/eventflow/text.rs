@@ -3,31 +3,33 @@
 use chrono::{DateTime, Utc};
 use std::time::Duration;
 
-/// `90s`, `30m`, `12h`, `7d` (a bare number is seconds).
+/// An age or a timeout as people write them, read by `humantime`: `90s`, `30m`, `1h30m`, `7d`,
+/// `1w`, `500ms`, `2 days`. A bare number is refused: `7` could mean seconds or days, and
+/// guessing wrong in a purge deletes what was meant to stay.
 pub fn parse_age(text: &str) -> Result<Duration, String> {
     let text = text.trim();
-    let split = text
-        .find(|c: char| !c.is_ascii_digit())
-        .unwrap_or(text.len());
-    let (number, unit) = text.split_at(split);
-    let number: u64 = number
-        .parse()
-        .map_err(|_| format!("{text:?} is not an age such as 90s, 30m, 12h or 7d"))?;
-    let unit_secs = match unit {
-        "" | "s" => 1,
-        "m" => 60,
-        "h" => 3600,
-        "d" => 86_400,
-        _ => {
-            return Err(format!(
-                "unknown unit {unit:?} in {text:?}: use s, m, h or d"
-            ))
-        }
-    };
-    number
-        .checked_mul(unit_secs)
-        .map(Duration::from_secs)
-        .ok_or_else(|| format!("{text:?} is too long"))
+    if !text.is_empty() && text.chars().all(|c| c.is_ascii_digit()) {
+        return Err(format!(
+            "{text:?} has no unit: write {text}s, {text}m, {text}h, {text}d or {text}w"
+        ));
+    }
+    humantime::parse_duration(text)
+        .map_err(|error| format!("{text:?} is not an age such as 90s, 1h30m, 7d or 1w: {error}"))
+}
+
+/// The longest `--connect-timeout`: a command that waits longer for a connection is hung.
+const MAX_CONNECT_TIMEOUT: Duration = Duration::from_secs(3600);
+
+/// A connection timeout: an age (see [`parse_age`]) more than zero and at most an hour.
+pub fn parse_timeout(text: &str) -> Result<Duration, String> {
+    let timeout = parse_age(text)?;
+    if timeout.is_zero() {
+        return Err("must be more than zero".into());
+    }
+    if timeout > MAX_CONNECT_TIMEOUT {
+        return Err(format!("{} is too long: at most 1h", text.trim()));
+    }
+    Ok(timeout)
 }
 
 /// An RFC 3339 time, or an age meaning that long ago.
@@ -130,11 +132,25 @@ mod tests {
         assert_eq!(parse_age("90s"), Ok(Duration::from_secs(90)));
         assert_eq!(parse_age("30m"), Ok(Duration::from_secs(1800)));
         assert_eq!(parse_age("12h"), Ok(Duration::from_secs(43_200)));
+        assert_eq!(parse_age("1h30m"), Ok(Duration::from_secs(5400)));
         assert_eq!(parse_age("7d"), Ok(Duration::from_secs(604_800)));
-        assert_eq!(parse_age("15"), Ok(Duration::from_secs(15)));
-        for bad in ["", "d", "7w", "-1d", "1.5h", "99999999999999999999d"] {
+        assert_eq!(parse_age("1w"), Ok(Duration::from_secs(604_800)));
+        assert_eq!(parse_age("0s"), Ok(Duration::ZERO));
+        assert_eq!(parse_age("500ms"), Ok(Duration::from_millis(500)));
+        for bad in ["", "d", "7x", "-1d", "99999999999999999999d"] {
             assert!(parse_age(bad).is_err(), "{bad}");
         }
+        let bare = parse_age("15").unwrap_err();
+        assert!(bare.contains("no unit") && bare.contains("15s"), "{bare}");
+    }
+
+    #[test]
+    fn timeouts_are_more_than_zero_and_at_most_an_hour() {
+        assert_eq!(parse_timeout("5s"), Ok(Duration::from_secs(5)));
+        assert_eq!(parse_timeout("1h"), Ok(Duration::from_secs(3600)));
+        assert!(parse_timeout("0s").unwrap_err().contains("more than zero"));
+        assert!(parse_timeout("1h1s").unwrap_err().contains("at most 1h"));
+        assert!(parse_timeout("300000000000y").is_err());
     }
 
     #[test]

@@ -1,0 +1,66 @@
+//! Creating and upgrading the inbox tables, and telling which migrations a table has.
+
+use super::{Admin, AdminResult};
+use crate::store::{InboxStore, Migration, PendingMigration};
+
+/// One embedded migration, and whether the table has it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct MigrationState {
+    /// Its version; migrations apply in increasing order.
+    pub version: u32,
+    /// Its file name.
+    pub name: &'static str,
+    /// Whether it is recorded as applied to the table.
+    pub applied: bool,
+}
+
+impl MigrationState {
+    /// Each of `all`, applied unless it is `pending`.
+    pub(super) fn list(all: &[Migration], pending: &[PendingMigration]) -> Vec<Self> {
+        all.iter()
+            .map(|migration| Self {
+                version: migration.version,
+                name: migration.name,
+                applied: !pending.iter().any(|p| p.version == migration.version),
+            })
+            .collect()
+    }
+}
+
+impl<S: InboxStore> Admin<S> {
+    /// Creates or upgrades the tables (idempotent; safe from several processes at once) and
+    /// returns the migrations that were missing, now applied (by this call, or by a process
+    /// migrating at the same time).
+    pub fn migrate(&self) -> AdminResult<Vec<PendingMigration>> {
+        let pending = self.store.pending_migrations()?;
+        self.store.migrate()?;
+        Ok(pending)
+    }
+
+    /// The migrations [`migrate`](Self::migrate) would apply, in order, with their
+    /// statements; changes nothing.
+    pub fn pending_migrations(&self) -> AdminResult<Vec<PendingMigration>> {
+        Ok(self.store.pending_migrations()?)
+    }
+
+    /// Every embedded migration of the inbox tables, in order, and whether it is applied.
+    ///
+    /// ```
+    /// use eventflow::admin::Admin;
+    /// use eventflow::SqliteStore;
+    /// use std::sync::Arc;
+    ///
+    /// let admin = Admin::new(Arc::new(SqliteStore::open_in_memory()?));
+    /// assert!(admin.migrations()?.iter().all(|m| !m.applied));
+    /// let applied = admin.migrate()?;
+    /// assert_eq!(applied.len(), admin.migrations()?.len());
+    /// assert!(admin.migrations()?.iter().all(|m| m.applied));
+    /// assert!(admin.migrate()?.is_empty(), "nothing left to apply");
+    /// # Ok::<(), eventflow::admin::AdminError>(())
+    /// ```
+    pub fn migrations(&self) -> AdminResult<Vec<MigrationState>> {
+        let pending = self.store.pending_migrations()?;
+        Ok(MigrationState::list(self.store.migrations(), &pending))
+    }
+}
