@@ -2176,3 +2176,83 @@ fn a_closed_standard_output_is_no_panic() {
         let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
     }
 }
+
+/// On a terminal, a purge of every row asks first: "n" (or anything but yes) deletes nothing
+/// and exits 1; "y" goes on. The terminal is util-linux's `script`, which runs the command on
+/// a pseudo-terminal fed from the test's pipe.
+#[test]
+fn a_purge_of_everything_asks_on_a_terminal() {
+    let has_script = Command::new("script")
+        .arg("--version")
+        .output()
+        .is_ok_and(|output| output.status.success());
+    if !has_script {
+        support::skipped("cli::a_purge_of_everything_asks_on_a_terminal: no `script` command");
+        return;
+    }
+    let path = std::env::temp_dir().join(format!("{}.db", unique_name("cli_ask")));
+    let url = format!("sqlite:{}", path.display());
+    eventflow(&[("EVENTFLOW_DATABASE_URL", url.as_str())], &["migrate"]).ok();
+    let store = SqliteStore::open(&path).unwrap();
+    let stream = MemoryStream::new();
+    let store = Arc::new(store);
+    let handle = start_sqlite_consumer(&stream, &store);
+    let event = parse_event_json(&event_json("ask-1", "OrderCreated"), Utc::now()).unwrap();
+    stream.publish("orders", event.to_entry_fields()).unwrap();
+    assert!(wait_until(WAIT, || store
+        .count_by_status()
+        .unwrap()
+        .get(EventStatus::Processed)
+        == 1));
+    handle.shutdown(Duration::from_secs(10)).unwrap();
+
+    let on_a_terminal = |answer: &str| -> (i32, String) {
+        // `script` hands the command to a shell: quoted, in case a path holds a space.
+        let quote = |text: &str| format!("'{}'", text.replace('\'', "'\\''"));
+        let command = format!(
+            "{} --database-url {} purge --older-than 0s",
+            quote(env!("CARGO_BIN_EXE_eventflow")),
+            quote(&url)
+        );
+        let mut child = Command::new("script")
+            .args(["-qec", &command, "/dev/null"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("run script");
+        use std::io::Write;
+        let mut stdin = child.stdin.take().unwrap();
+        stdin.write_all(answer.as_bytes()).unwrap();
+        drop(stdin);
+        let output = child.wait_with_output().unwrap();
+        let shown = String::from_utf8_lossy(&output.stdout).into_owned()
+            + &String::from_utf8_lossy(&output.stderr);
+        (output.status.code().expect("exited"), shown)
+    };
+    let (code, shown) = on_a_terminal("n\n");
+    assert_eq!(code, 1, "{shown}");
+    assert!(
+        shown.contains("deletes every processed row, however recent. Go on? [y/N]")
+            && shown.contains("not confirmed: nothing was deleted"),
+        "{shown}"
+    );
+    assert_eq!(
+        store.count_by_status().unwrap().get(EventStatus::Processed),
+        1
+    );
+    let (code, shown) = on_a_terminal("y\n");
+    assert_eq!(code, 0, "{shown}");
+    assert!(
+        shown.contains("deleted 1 processed rows older than 0s"),
+        "{shown}"
+    );
+    assert_eq!(
+        store.count_by_status().unwrap().get(EventStatus::Processed),
+        0
+    );
+    drop(store);
+    for suffix in ["", "-wal", "-shm"] {
+        let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
+    }
+}
