@@ -1677,6 +1677,13 @@ fn outbox_status_list_show_requeue_and_purge() {
         wrong.stderr
     );
     assert_eq!(store.count_by_status().unwrap().dead_letter, 2);
+    let unsaid = tables.run(&["outbox", "requeue"]);
+    assert_eq!(unsaid.code, 2, "{}", unsaid.stderr);
+    assert!(
+        unsaid.stderr.contains("their row ids, or --all"),
+        "{}",
+        unsaid.stderr
+    );
     let unknown = tables.run(&["outbox", "requeue", "0"]);
     assert_eq!(unknown.code, 4, "{}", unknown.stderr);
     let one = tables

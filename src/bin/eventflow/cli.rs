@@ -418,8 +418,7 @@ pub enum Outbox {
         key: String,
     },
     /// Put dead letters back to pending (attempts reset): those with the given row ids, or
-    /// all of them.
-    #[command(group(clap::ArgGroup::new("which").required(true).multiple(true).args(["ids", "id", "all"])))]
+    /// all of them with --all.
     Requeue {
         /// Row ids of dead letters. Any other id fails and nothing is requeued.
         #[arg(value_name = "ID", conflicts_with = "all")]

@@ -36,6 +36,11 @@ pub fn run(cli: &Cli, admin: &OutboxAdmin, command: &Outbox) -> Result<(), Failu
         }
         Outbox::Requeue { ids, id, all } => {
             let ids: Vec<i64> = ids.iter().chain(id).copied().collect();
+            if ids.is_empty() && !all {
+                return Err(Failure::Usage(
+                    "say which dead letters to requeue: their row ids, or --all".into(),
+                ));
+            }
             let which = if *all {
                 Requeue::All
             } else {
