@@ -17,6 +17,7 @@
 mod cli;
 mod commands;
 mod connect;
+mod console;
 mod dead_letters;
 mod migrate;
 mod outbox;
@@ -78,7 +79,11 @@ fn main() -> ExitCode {
             .into_iter()
             .chain([cli.connection.redis_url.as_str()]),
     );
-    match commands::run(&cli) {
+    let result = match &cli.command {
+        cli::Command::Console(args) => console::run(&cli, args),
+        _ => commands::run(&cli),
+    };
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(failure) => {
             eprintln!(
