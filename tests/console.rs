@@ -11,8 +11,12 @@ mod support;
 
 use base64::Engine;
 use eventflow::admin::publish_event;
+use eventflow::outbox::OutboxTable;
+use eventflow::store::outbox::{
+    ClaimDue, Delivery, OutboxRow, OutboxStatus, OutboxStore, PostgresOutbox, RowOutcome,
+};
 use eventflow::store::{InboxStore, PostgresStore};
-use eventflow::transport::RedisStreams;
+use eventflow::transport::{RedisStreams, Transport};
 use eventflow::{ConsumerHandle, Event, EventStatus, HandlerResult, InboxConsumer};
 use serde_json::{json, Value};
 use std::io::{BufRead, BufReader, Read, Write};
@@ -154,6 +158,35 @@ fn raw_status(address: &str, request: &str) -> u16 {
         .unwrap_or_else(|| panic!("no status line in {reply:?}"))
 }
 
+/// The CSRF cookie (`name=value`) and token a page hands out, for posting as its forms do.
+struct Session {
+    cookie: String,
+    token: String,
+}
+
+impl Session {
+    fn from(page: &Answer) -> Self {
+        let cookie = page
+            .set_cookie
+            .as_deref()
+            .expect("pages set the CSRF cookie");
+        Self {
+            cookie: cookie.split(';').next().unwrap().to_string(),
+            token: form_token(&page.body).to_string(),
+        }
+    }
+
+    /// Posts `form` (plus the token) to `path` of `console`.
+    fn post(&self, console: &Console, path: &str, form: &str) -> Answer {
+        let url = format!("{}{path}", console.url);
+        post(
+            &url,
+            &format!("{form}&csrf={}", self.token),
+            Some(&self.cookie),
+        )
+    }
+}
+
 /// The CSRF token in a page's forms.
 fn form_token(html: &str) -> &str {
     let start = html
@@ -249,6 +282,8 @@ fn basic_authentication_guards_every_page() {
 /// consumer whose handler fails (once, then dead letter) on `Broken` events until `fixed`.
 struct Setup {
     table: String,
+    /// Not created unless a test migrates it: then the outbox shows as installed.
+    outbox_table: String,
     stream: String,
     group: String,
     store: Arc<PostgresStore>,
@@ -269,6 +304,7 @@ impl Setup {
         store.migrate().unwrap();
         Some(Self {
             table,
+            outbox_table: unique_name("console_outbox"),
             stream: unique_name("console_stream"),
             group: "billing".into(),
             store: Arc::new(store),
@@ -281,8 +317,7 @@ impl Setup {
             ("EVENTFLOW_DATABASE_URL", postgres_url()),
             ("EVENTFLOW_REDIS_URL", redis_url()),
             ("EVENTFLOW_TABLE", self.table.clone()),
-            // Never created: the outbox is shown as not installed.
-            ("EVENTFLOW_OUTBOX_TABLE", unique_name("console_no_outbox")),
+            ("EVENTFLOW_OUTBOX_TABLE", self.outbox_table.clone()),
             ("EVENTFLOW_STREAM", self.stream.clone()),
             ("EVENTFLOW_GROUP", self.group.clone()),
         ]
@@ -353,6 +388,11 @@ impl Drop for Setup {
     fn drop(&mut self) {
         if let Ok(mut db) = postgres::Client::connect(&postgres_url(), postgres::NoTls) {
             support::drop_inbox_table(&mut db, &self.table, &[]);
+            let outbox = &self.outbox_table;
+            let _ = db.batch_execute(&format!(
+                "DROP TABLE IF EXISTS {outbox}; \
+                 DELETE FROM eventflow_migrations WHERE target = 'outbox:{outbox}'"
+            ));
         }
         if let Ok(client) = redis::Client::open(redis_url()) {
             if let Ok(mut conn) = client.get_connection() {
@@ -390,20 +430,20 @@ fn pages_escape_stored_values_and_actions_need_the_csrf_token() {
     assert!(listed.body.contains(&event.event_id), "{}", listed.body);
     assert!(!listed.body.contains("<img"), "{}", listed.body);
 
-    let cookie = listed.set_cookie.expect("pages set the CSRF cookie");
-    assert!(cookie.contains("SameSite=Strict"), "{cookie}");
-    let cookie = cookie.split(';').next().unwrap().to_string();
-    let token = form_token(&listed.body).to_string();
+    let set_cookie = listed.set_cookie.as_deref().unwrap_or_default();
+    assert!(set_cookie.contains("SameSite=Strict"), "{set_cookie}");
+    let session = Session::from(&listed);
+    let (cookie, token) = (&session.cookie, &session.token);
     let requeue = format!("{}/dead-letters/requeue", console.url);
     let key = format!("key={}", event.event_id);
     let forged = [
         post(&requeue, &key, None),
-        post(&requeue, &key, Some(&cookie)),
+        post(&requeue, &key, Some(cookie)),
         post(&requeue, &format!("{key}&csrf={token}"), None),
         post(
             &requeue,
             &format!("{key}&csrf={}", "0".repeat(64)),
-            Some(&cookie),
+            Some(cookie),
         ),
     ];
     for refused in forged {
@@ -419,10 +459,10 @@ fn pages_escape_stored_values_and_actions_need_the_csrf_token() {
     assert_eq!(raw_status(address, &own), 200);
 
     // Skipping through the console, with the page's token and cookie, works.
-    let skipped = post(
-        &format!("{}/dead-letters/skip", console.url),
-        &format!("{key}&csrf={token}&back=%2Fdead-letters"),
-        Some(&cookie),
+    let skipped = session.post(
+        &console,
+        "/dead-letters/skip",
+        &format!("{key}&back=%2Fdead-letters"),
     );
     assert_eq!(skipped.status, 200, "{}", skipped.body);
     assert!(
@@ -430,13 +470,158 @@ fn pages_escape_stored_values_and_actions_need_the_csrf_token() {
         "{}",
         skipped.body
     );
-    let again = post(
-        &format!("{}/dead-letters/skip", console.url),
-        &format!("{key}&csrf={token}"),
-        Some(&cookie),
-    );
+    let again = session.post(&console, "/dead-letters/skip", &key);
     assert_eq!(again.status, 409, "skipped twice: {}", again.body);
     consumer.shutdown(WAIT).unwrap();
+}
+
+/// The other sections over HTTP: the outbox page lists a dead letter and requeues it; a
+/// malformed entry is listed escaped in the quarantine and replayed with corrected data, then
+/// handled; the dead letter's aggregate is listed as parked and released by skipping it.
+#[test]
+fn quarantine_replay_parked_release_and_outbox_requeue() {
+    let Some(setup) = Setup::new("console::quarantine_replay_parked_release_and_outbox_requeue")
+    else {
+        return;
+    };
+    let outbox = PostgresOutbox::builder(postgres_url())
+        .table(&setup.outbox_table)
+        .pool_size(1)
+        .build()
+        .unwrap();
+    outbox.migrate().unwrap();
+    let mut db = postgres::Client::connect(&postgres_url(), postgres::NoTls).unwrap();
+    let mut tx = db.transaction().unwrap();
+    let refused = Event::new("OrderPlaced", uuid::Uuid::new_v4(), json!({"order": 1}));
+    OutboxTable::named(&setup.outbox_table)
+        .unwrap()
+        .enqueue(&mut tx, "orders", &refused)
+        .unwrap();
+    tx.commit().unwrap();
+    outbox
+        .publish_due(
+            &ClaimDue {
+                limit: 10,
+                now: chrono::Utc::now(),
+            },
+            &mut |rows| {
+                let refuse = |_row: &OutboxRow| RowOutcome::DeadLetter {
+                    error: "refused by the broker <b>".into(),
+                };
+                Delivery::Settled(rows.iter().map(refuse).collect())
+            },
+        )
+        .unwrap();
+    let outbox_row = outbox.find_by_event_id(&refused.event_id).unwrap()[0].id;
+
+    setup.fixed.store(true, Ordering::SeqCst);
+    let consumer = setup.consumer();
+    let redis = RedisStreams::builder(redis_url()).build().unwrap();
+    let malformed = "{\"event_id\": \"<b>q-1</b>\", oops";
+    redis
+        .publish(
+            &setup.stream,
+            vec![("data".into(), malformed.as_bytes().to_vec())],
+        )
+        .unwrap();
+    assert!(wait_until(WAIT, || consumer.stats().quarantined == 1));
+    setup.fixed.store(false, Ordering::SeqCst);
+    let dead = setup.dead_letter();
+    let console = setup.console();
+
+    // The outbox: its dead letter listed (the default view), escaped, and requeued.
+    let listed = get(&format!("{}/outbox", console.url));
+    assert_eq!(listed.status, 200, "{}", listed.body);
+    assert!(listed.body.contains(&refused.event_id), "{}", listed.body);
+    assert!(
+        listed.body.contains("refused by the broker &lt;b&gt;"),
+        "{}",
+        listed.body
+    );
+    let session = Session::from(&listed);
+    let requeued = session.post(&console, "/outbox/requeue", &format!("id={outbox_row}"));
+    assert_eq!(requeued.status, 200, "{}", requeued.body);
+    let row = outbox
+        .find_by_event_id(&refused.event_id)
+        .unwrap()
+        .remove(0);
+    assert_eq!(row.status, OutboxStatus::Pending);
+    let again = session.post(&console, "/outbox/requeue", &format!("id={outbox_row}"));
+    assert_eq!(
+        again.status, 409,
+        "not a dead letter any more: {}",
+        again.body
+    );
+
+    // The quarantine: listed escaped, shown, replayed with corrected data, then handled.
+    let listed = get(&format!("{}/quarantine", console.url));
+    assert!(
+        listed.body.contains("&lt;b&gt;q-1&lt;/b&gt;"),
+        "{}",
+        listed.body
+    );
+    assert!(!listed.body.contains("<b>q-1"), "{}", listed.body);
+    let start = listed.body.find("id=\"entry-").expect("an entry row") + 10;
+    let entry = listed.body[start..start + 36].to_string();
+    let shown = get(&format!("{}/quarantine/entry?id={entry}", console.url));
+    assert!(
+        shown.body.contains("Replay with this data"),
+        "{}",
+        shown.body
+    );
+    let not_json = session.post(
+        &console,
+        "/quarantine/replay",
+        &format!("id={entry}&data=%7Boops"),
+    );
+    assert_eq!(not_json.status, 400, "{}", not_json.body);
+    let corrected = json!({
+        "event_id": "q-1",
+        "event_type": "OrderCreated",
+        "aggregate_id": uuid::Uuid::new_v4(),
+        "occurred_on": "2025-01-01T00:00:00Z",
+        "payload": {},
+    })
+    .to_string();
+    let form = format!("id={entry}&data={}", encode(&corrected));
+    let replayed = session.post(&console, "/quarantine/replay", &form);
+    assert_eq!(replayed.status, 200, "{}", replayed.body);
+    assert!(replayed.body.contains("as event q-1"), "{}", replayed.body);
+    assert!(wait_until(WAIT, || setup.status("q-1") == Some(EventStatus::Processed)));
+
+    // Parked: the dead letter's aggregate, released by skipping it.
+    let parked = get(&format!("{}/parked", console.url));
+    let aggregate = dead.aggregate_id.to_string();
+    assert!(parked.body.contains(&aggregate), "{}", parked.body);
+    let released = session.post(
+        &console,
+        "/parked/skip",
+        &format!("aggregate_id={aggregate}"),
+    );
+    assert_eq!(released.status, 200, "{}", released.body);
+    assert!(
+        released.body.contains("released aggregate"),
+        "{}",
+        released.body
+    );
+    let parked = get(&format!("{}/parked", console.url));
+    assert!(
+        parked.body.contains("No parked aggregates"),
+        "{}",
+        parked.body
+    );
+    let twice = session.post(
+        &console,
+        "/parked/skip",
+        &format!("aggregate_id={aggregate}"),
+    );
+    assert_eq!(twice.status, 404, "{}", twice.body);
+    consumer.shutdown(WAIT).unwrap();
+}
+
+/// `text` percent-encoded for a form body.
+fn encode(text: &str) -> String {
+    url::form_urlencoded::byte_serialize(text.as_bytes()).collect()
 }
 
 /// The story in a browser: the overview counts the dead letter; clicking its "Requeue"
@@ -470,7 +655,8 @@ fn a_dead_letter_requeued_in_chromium_is_handled() {
         .text(&driver.find(&row))
         .contains("billing is down <img"));
     driver.click(&driver.find(&format!("{row} button.requeue")));
-    let notice = driver.text(&driver.find("p.notice"));
+    // The click submits a form; the result page may still be loading when it returns.
+    let notice = driver.text(&driver.find_soon("p.notice"));
     assert!(
         notice.starts_with(&format!("Requeued dead letter {}", event.event_id)),
         "{notice}"
@@ -636,6 +822,23 @@ impl WebDriver {
             .as_str()
             .unwrap_or_else(|| panic!("no element {css}: {found}"))
             .to_string()
+    }
+
+    /// The first element matching `css`, waiting for it to appear (a page still loading).
+    fn find_soon(&self, css: &str) -> String {
+        let url = format!("{}/session/{}/element", self.base, self.session);
+        let query = json!({"using": "css selector", "value": css});
+        let mut found = None;
+        let appeared = wait_until(WAIT, || {
+            let Ok(mut response) = agent().post(&url).send_json(&query) else {
+                return false;
+            };
+            let reply: Value = response.body_mut().read_json().unwrap_or_default();
+            found = reply["value"][ELEMENT].as_str().map(str::to_string);
+            found.is_some()
+        });
+        assert!(appeared, "no element {css} appeared");
+        found.unwrap()
     }
 
     fn text(&self, element: &str) -> String {
