@@ -187,6 +187,15 @@ impl Session {
     }
 }
 
+/// The target of the link whose text starts with `label`, unescaped.
+fn link_before(html: &str, label: &str) -> String {
+    let end = html
+        .find(&format!("\">{label}"))
+        .unwrap_or_else(|| panic!("no link {label:?} in {html}"));
+    let start = html[..end].rfind("href=\"").unwrap() + 6;
+    html[start..end].replace("&amp;", "&")
+}
+
 /// The CSRF token in a page's forms.
 fn form_token(html: &str) -> &str {
     let start = html
@@ -472,6 +481,73 @@ fn pages_escape_stored_values_and_actions_need_the_csrf_token() {
     );
     let again = session.post(&console, "/dead-letters/skip", &key);
     assert_eq!(again.status, 409, "skipped twice: {}", again.body);
+    consumer.shutdown(WAIT).unwrap();
+}
+
+/// Dead letters a page at a time: the next page's link keeps the page size and the filters,
+/// and the last page has none; filters narrow the listing and the bulk requeue, which
+/// requeues every match across pages.
+#[test]
+fn dead_letters_page_by_page_and_requeued_by_filter() {
+    let Some(setup) = Setup::new("console::dead_letters_page_by_page_and_requeued_by_filter")
+    else {
+        return;
+    };
+    let consumer = setup.consumer();
+    let events: Vec<Event> = (0..3).map(|_| setup.dead_letter()).collect();
+    let console = setup.console();
+    let shown = |page: &Answer| {
+        events
+            .iter()
+            .filter(|event| page.body.contains(&event.event_id))
+            .count()
+    };
+    let first = get(&format!(
+        "{}/dead-letters?event_type=Broken&limit=2",
+        console.url
+    ));
+    assert_eq!(first.status, 200, "{}", first.body);
+    assert_eq!(shown(&first), 2);
+    let next = link_before(&first.body, "Next page");
+    assert!(
+        next.contains("limit=2") && next.contains("event_type=Broken"),
+        "{next}"
+    );
+    let second = get(&format!("{}{next}", console.url));
+    assert_eq!(shown(&second), 1, "{}", second.body);
+    assert!(!second.body.contains("Next page"), "{}", second.body);
+    assert!(second.body.contains("First page"), "{}", second.body);
+
+    let other = get(&format!("{}/dead-letters?event_type=Other", console.url));
+    assert_eq!(shown(&other), 0);
+    assert!(other
+        .body
+        .contains("No dead letters matching these filters"));
+    let bad = get(&format!("{}/dead-letters?since=yesterday", console.url));
+    assert_eq!(bad.status, 400, "{}", bad.body);
+    assert!(bad.body.contains("since"), "{}", bad.body);
+
+    let session = Session::from(&first);
+    let none = session.post(
+        &console,
+        "/dead-letters/requeue-matching",
+        "event_type=Other",
+    );
+    assert!(
+        none.body.contains("Requeued 0 dead letters"),
+        "{}",
+        none.body
+    );
+    setup.fixed.store(true, Ordering::SeqCst);
+    let all = session.post(
+        &console,
+        "/dead-letters/requeue-matching",
+        "event_type=Broken",
+    );
+    assert!(all.body.contains("Requeued 3 dead letters"), "{}", all.body);
+    assert!(wait_until(WAIT, || events.iter().all(|event| setup
+        .status(&event.event_id)
+        == Some(EventStatus::Processed))));
     consumer.shutdown(WAIT).unwrap();
 }
 

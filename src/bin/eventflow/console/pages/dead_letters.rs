@@ -54,7 +54,10 @@ pub fn list<S: InboxStore>(
     };
     let listed = backends.admin.list_rows(&rows_filter, page)?;
     let kept = filter_params(params);
-    let mut this_page = kept.clone();
+    // Links to other pages keep the page size too; the bulk requeue form takes only filters.
+    let mut paging = kept.clone();
+    paging.push(("limit", params.get("limit").unwrap_or_default()));
+    let mut this_page = paging.clone();
     let after = params.get("after").unwrap_or_default();
     this_page.push(("after", after));
     let back_here = here("/dead-letters", &this_page);
@@ -93,12 +96,12 @@ pub fn list<S: InboxStore>(
     }
     body.raw("<p>");
     if page.after.is_some() {
-        layout::link(&mut body, &href("/dead-letters", &kept), "First page");
+        layout::link(&mut body, &href("/dead-letters", &paging), "First page");
         body.raw(" · ");
     }
     if let Some(next) = listed.next {
         let next = next.to_string();
-        let mut next_params = kept.clone();
+        let mut next_params = paging.clone();
         next_params.push(("after", &next));
         layout::link(
             &mut body,

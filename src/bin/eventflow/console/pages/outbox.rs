@@ -51,9 +51,14 @@ pub fn list<S: InboxStore>(
         .transpose()?;
     let listed = backends.outbox.list_rows(status, after, limit(params)?)?;
     let after_text = after.map(|id| id.to_string()).unwrap_or_default();
+    let limit_text = params.get("limit").unwrap_or_default();
     let back_here = here(
         "/outbox",
-        &[("status", status_text), ("after", &after_text)],
+        &[
+            ("status", status_text),
+            ("limit", limit_text),
+            ("after", &after_text),
+        ],
     );
 
     body.raw("<p>Table <code>")
@@ -127,7 +132,7 @@ pub fn list<S: InboxStore>(
     if after.is_some() {
         layout::link(
             &mut body,
-            &href("/outbox", &[("status", status_text)]),
+            &href("/outbox", &[("status", status_text), ("limit", limit_text)]),
             "First page",
         );
         body.raw(" · ");
@@ -136,7 +141,14 @@ pub fn list<S: InboxStore>(
         let next = next.to_string();
         layout::link(
             &mut body,
-            &href("/outbox", &[("status", status_text), ("after", &next)]),
+            &href(
+                "/outbox",
+                &[
+                    ("status", status_text),
+                    ("limit", limit_text),
+                    ("after", &next),
+                ],
+            ),
             "Next page →",
         );
     }

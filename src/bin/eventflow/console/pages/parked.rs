@@ -31,7 +31,8 @@ pub fn list<S: InboxStore>(
     })?;
     let now = chrono::Utc::now();
     let after_text = after.map(|id| id.to_string()).unwrap_or_default();
-    let back_here = here("/parked", &[("after", &after_text)]);
+    let limit_text = params.get("limit").unwrap_or_default();
+    let back_here = here("/parked", &[("limit", limit_text), ("after", &after_text)]);
 
     let mut body = Html::new();
     body.raw(
@@ -103,14 +104,18 @@ pub fn list<S: InboxStore>(
     }
     body.raw("<p>");
     if after.is_some() {
-        layout::link(&mut body, "/parked", "First page");
+        layout::link(
+            &mut body,
+            &href("/parked", &[("limit", limit_text)]),
+            "First page",
+        );
         body.raw(" · ");
     }
     if let Some(next) = listed.next {
         let next = next.to_string();
         layout::link(
             &mut body,
-            &href("/parked", &[("after", &next)]),
+            &href("/parked", &[("limit", limit_text), ("after", &next)]),
             "Next page →",
         );
     }

@@ -52,6 +52,7 @@ pub fn list<S: InboxStore>(
     if include_replayed {
         kept.push(("include_replayed", "1"));
     }
+    kept.push(("limit", params.get("limit").unwrap_or_default()));
 
     let mut body = Html::new();
     body.raw("<form class=\"filters\" method=\"get\" action=\"/quarantine\">");
