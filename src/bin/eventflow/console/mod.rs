@@ -33,6 +33,7 @@ use eventflow::redact::{redact, Scrubber};
 use eventflow::store::InboxStore;
 use listen::HostCheck;
 use routes::Guard;
+use std::io::Write;
 use std::sync::Arc;
 
 /// The environment variable holding the basic-auth password.
@@ -126,10 +127,10 @@ fn start<S: InboxStore>(
     let who = if guard.auth.is_some() {
         "basic authentication"
     } else {
-        "no authentication (loopback only)"
+        "no authentication: loopback only"
     };
     println!("eventflow console: listening on http://{address}/ ({who}); stop with Ctrl-C");
-    use std::io::Write;
+    // Whoever started the console may be waiting for this line (a script, a test) on a pipe.
     let _ = std::io::stdout().flush();
     server::serve(server, backends, guard);
     Err(Failure::Unreachable(format!(

@@ -122,11 +122,16 @@ pub fn required<'p>(params: &'p Params, name: &str) -> Result<&'p str, PageError
 }
 
 /// Where an action's "back" link goes: the page the form was on, when it names a path of this
-/// console (never another site: `//host` and `\` are refused), else the overview.
+/// console, else the overview. Never another site: `//host`, `\` (which browsers read as `/`)
+/// and whitespace or controls (which browsers drop from URLs: `/\t/host`) are refused.
 pub fn back(params: &Params) -> &str {
     params
         .get("back")
-        .filter(|path| path.starts_with('/') && !path.starts_with("//") && !path.contains('\\'))
+        .filter(|path| {
+            path.starts_with('/')
+                && !path.starts_with("//")
+                && !path.contains(|c: char| c == '\\' || c.is_whitespace() || c.is_control())
+        })
         .unwrap_or("/")
 }
 
@@ -177,6 +182,7 @@ mod tests {
             "back=https://evil.example/",
             "back=//evil.example",
             "back=/%5Cevil",
+            "back=/%09/evil.example",
             "",
         ] {
             assert_eq!(back(&Params::parse(bad)), "/", "{bad}");
