@@ -192,6 +192,26 @@ pub enum Command {
         #[arg(long)]
         file: Option<PathBuf>,
     },
+    /// Serve a web console: counts and lag, dead letters (requeue, skip), quarantined entries
+    /// (replay), parked aggregates (release) and the outbox (requeue). Runs until stopped.
+    Console(ConsoleArgs),
+}
+
+/// `console`: where to listen and who may come in.
+#[derive(Debug, Args)]
+pub struct ConsoleArgs {
+    /// The address to listen on, `IP:PORT` (port 0 picks a free port; the address is printed).
+    /// Any address but a loopback one needs --basic-auth-user.
+    #[arg(long, default_value = "127.0.0.1:8080", value_name = "IP:PORT")]
+    pub listen: std::net::SocketAddr,
+    /// Ask for HTTP basic authentication as this user. The password is read from
+    /// EVENTFLOW_CONSOLE_PASSWORD only, never from a flag, so it stays out of `ps` and shell
+    /// history.
+    #[arg(long, env = "EVENTFLOW_CONSOLE_USER", value_name = "USER")]
+    pub basic_auth_user: Option<String>,
+    /// The streams whose pending entries and lag the overview shows, for `--group`.
+    #[command(flatten)]
+    pub streams: StreamArgs,
 }
 
 /// `migrate list`

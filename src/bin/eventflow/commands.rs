@@ -84,7 +84,7 @@ fn with_store<S: InboxStore>(cli: &Cli, admin: &Admin<S>, kind: &str) -> Result<
             }
             Ok(())
         }
-        Command::Publish { .. } | Command::Outbox(_) => {
+        Command::Publish { .. } | Command::Outbox(_) | Command::Console(_) => {
             unreachable!("run before the inbox is opened")
         }
     }

@@ -21,6 +21,7 @@ mod cli;
 mod commands;
 mod confirm;
 mod connect;
+mod console;
 mod dead_letters;
 mod failure;
 mod migrate;
@@ -49,7 +50,11 @@ fn main() -> ExitCode {
             .into_iter()
             .chain([cli.connection.redis_url.as_str()]),
     );
-    match commands::run(&cli) {
+    let result = match &cli.command {
+        cli::Command::Console(args) => console::run(&cli, args),
+        _ => commands::run(&cli),
+    };
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(failure) => ExitCode::from(failure.report(cli.json, &secrets)),
     }
