@@ -403,6 +403,7 @@ fn store_ordered(store: &PostgresStore, stream: &str, event_id: &str, aggregate:
             malformed: &[],
             received_at: Utc::now(),
             max_retries: 1,
+            stored_by: None,
         })
         .unwrap();
     assert_eq!(stored.inserted.len(), 1);
@@ -1118,6 +1119,7 @@ fn stored_control_characters_never_reach_the_terminal() {
             malformed: &[],
             received_at: chrono::Utc::now(),
             max_retries: 0,
+            stored_by: None,
         })
         .unwrap();
     // An entry that is not an event, with an evil field name and value: quarantined.
@@ -1756,7 +1758,11 @@ fn migrate_dry_run_changes_nothing_and_verify_passes_after_migrate() {
     };
 
     let plan = eventflow(&env, &["migrate", "--dry-run"]).ok().stdout;
-    assert!(plan.contains("6 migration(s) would run"), "{plan}");
+    assert!(plan.contains("7 migration(s) would run"), "{plan}");
+    assert!(
+        plan.contains("0007 0007_live_consumers.sql (in one transaction)"),
+        "{plan}"
+    );
     assert!(
         plan.contains("0005 0005_stream_positions.sql (in one transaction)"),
         "{plan}"
@@ -1791,7 +1797,7 @@ fn migrate_dry_run_changes_nothing_and_verify_passes_after_migrate() {
         .ok()
         .json();
     let pending = json["tables"][0]["pending"].as_array().unwrap();
-    assert_eq!(pending.len(), 6, "{json}");
+    assert_eq!(pending.len(), 7, "{json}");
     assert_eq!(pending[1]["transactional"], false);
     assert!(!exists(&mut client), "the dry run created nothing");
 
