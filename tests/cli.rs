@@ -420,6 +420,7 @@ fn store_ordered(store: &PostgresStore, stream: &str, event_id: &str, aggregate:
             malformed: &[],
             received_at: Utc::now(),
             max_retries: 1,
+            stored_by: None,
         })
         .unwrap();
     assert_eq!(stored.inserted.len(), 1);
@@ -1209,6 +1210,7 @@ fn stored_control_characters_never_reach_the_terminal() {
             malformed: &[],
             received_at: chrono::Utc::now(),
             max_retries: 0,
+            stored_by: None,
         })
         .unwrap();
     // An entry that is not an event, with an evil field name and value: quarantined.
@@ -1890,7 +1892,11 @@ fn migrate_dry_run_changes_nothing_and_verify_passes_after_migrate() {
     };
 
     let plan = eventflow(&env, &["migrate", "--dry-run"]).ok().stdout;
-    assert!(plan.contains("6 migration(s) would run"), "{plan}");
+    assert!(plan.contains("7 migration(s) would run"), "{plan}");
+    assert!(
+        plan.contains("0007 0007_live_consumers.sql (in one transaction)"),
+        "{plan}"
+    );
     assert!(
         plan.contains("0005 0005_stream_positions.sql (in one transaction)"),
         "{plan}"
@@ -1925,7 +1931,7 @@ fn migrate_dry_run_changes_nothing_and_verify_passes_after_migrate() {
         .ok()
         .json();
     let pending = json["tables"][0]["pending"].as_array().unwrap();
-    assert_eq!(pending.len(), 6, "{json}");
+    assert_eq!(pending.len(), 7, "{json}");
     assert_eq!(pending[1]["transactional"], false);
     assert!(!exists(&mut client), "the dry run created nothing");
 
@@ -1960,11 +1966,11 @@ fn migrate_dry_run_changes_nothing_and_verify_passes_after_migrate() {
     // `migrate list` names every file, none applied yet; it creates nothing either.
     let listed = eventflow(&env, &["--json", "migrate", "list"]).ok().json();
     let migrations = listed["migrations"].as_array().unwrap();
-    assert_eq!(migrations.len(), 6, "{listed}");
+    assert_eq!(migrations.len(), 7, "{listed}");
     assert_eq!(migrations[0]["name"], "0001_event_inbox.sql");
     assert!(migrations.iter().all(|m| m["applied"] == false), "{listed}");
     let human = eventflow(&env, &["migrate", "list"]).ok().stdout;
-    assert!(human.contains("6 not applied"), "{human}");
+    assert!(human.contains("7 not applied"), "{human}");
     assert!(line(&human, "  0003").ends_with(" no"), "{human}");
     assert!(!exists(&mut client), "listing created nothing");
 
@@ -1972,13 +1978,13 @@ fn migrate_dry_run_changes_nothing_and_verify_passes_after_migrate() {
     let migrated = eventflow(&env, &["migrate"]).ok().stdout;
     assert!(
         migrated.contains(&format!(
-            "migrated {} (PostgreSQL): applied 6 migrations\n  0001 0001_event_inbox.sql\n",
+            "migrated {} (PostgreSQL): applied 7 migrations\n  0001 0001_event_inbox.sql\n",
             table.0
         )),
         "{migrated}"
     );
     assert!(
-        migrated.contains("  0006 0006_one_unique_index.sql"),
+        migrated.contains("  0006 0006_one_unique_index.sql\n  0007 0007_live_consumers.sql"),
         "{migrated}"
     );
     let again = eventflow(&env, &["--json", "migrate"]).ok().json();

@@ -30,6 +30,13 @@ fn crash_child() {
     let prefix = std::env::var("EVENTFLOW_CRASH_PREFIX").unwrap();
     let insert = format!("INSERT INTO {table}_handled (event_id, process) VALUES ($1, $2)");
     let process = prefix.clone();
+    let millis = |name: &str, default: u64| {
+        std::env::var(name).map_or(default, |value| value.parse().unwrap())
+    };
+    // Rows a dead process (or a failed batch) left pending are taken after 1 s, not 10, unless
+    // the test asks for longer (to see that a dead process's rows go at once all the same).
+    let orphan_after = Duration::from_millis(millis("EVENTFLOW_CRASH_ORPHAN_AFTER_MS", 1_000));
+    let handler_pause = Duration::from_millis(millis("EVENTFLOW_CRASH_HANDLER_MS", 0));
     let handle = InboxConsumer::builder()
         .redis(redis_url())
         .postgres(postgres_url())
@@ -43,9 +50,9 @@ fn crash_child() {
         .reclaim_idle(Duration::from_secs(1))
         .reclaim_interval(Duration::from_millis(300))
         .poll_interval(Duration::from_millis(100))
-        // Rows a dead process (or a failed batch) left pending are taken after 1 s, not 10.
-        .orphan_after(Duration::from_secs(1))
+        .orphan_after(orphan_after)
         .handler(move |tx, row| -> HandlerResult {
+            std::thread::sleep(handler_pause);
             tx.execute(&insert, &[&row.event.event_id, &process])?;
             Ok(())
         })
@@ -60,14 +67,22 @@ fn crash_child() {
 }
 
 fn spawn_child(stream: &str, table: &str, prefix: &str) -> ChildProcess {
-    ChildProcess::spawn(
-        "crash_child",
-        &[
-            ("EVENTFLOW_CRASH_STREAM", stream),
-            ("EVENTFLOW_CRASH_TABLE", table),
-            ("EVENTFLOW_CRASH_PREFIX", prefix),
-        ],
-    )
+    spawn_child_with(stream, table, prefix, &[])
+}
+
+fn spawn_child_with(
+    stream: &str,
+    table: &str,
+    prefix: &str,
+    settings: &[(&str, &str)],
+) -> ChildProcess {
+    let mut envs = vec![
+        ("EVENTFLOW_CRASH_STREAM", stream),
+        ("EVENTFLOW_CRASH_TABLE", table),
+        ("EVENTFLOW_CRASH_PREFIX", prefix),
+    ];
+    envs.extend_from_slice(settings);
+    ChildProcess::spawn("crash_child", &envs)
 }
 
 fn count(client: &mut Client, sql: &str) -> i64 {
@@ -142,6 +157,99 @@ fn a_consumer_killed_mid_batch_loses_and_repeats_nothing() {
         handled_by_first > 0 && (handled_by_first as usize) < EVENTS,
         "killed mid-run"
     );
+    assert_eq!(
+        (handled, distinct),
+        (EVENTS as i64, EVENTS as i64),
+        "every event handled exactly once"
+    );
+}
+
+/// Two consumers share a backlog; one is SIGKILLed while rows it stored wait for its workers.
+/// With `orphan_after` at a minute, the survivor takes those rows within seconds all the same:
+/// the dead process's lease ended with it. Every event is still handled exactly once.
+#[test]
+fn a_killed_consumers_stored_rows_go_to_the_survivor_long_before_orphan_after() {
+    let test = "a_killed_consumers_stored_rows_go_to_the_survivor_long_before_orphan_after";
+    if !(support::postgres_available(test) && support::redis_available(test)) {
+        return;
+    }
+    const ORPHAN_AFTER: Duration = Duration::from_secs(60);
+    let Pipeline {
+        table,
+        stream,
+        mut db,
+        redis,
+        ..
+    } = Pipeline::new("lease", GROUP);
+    db.batch_execute(&format!(
+        "CREATE TABLE {table}_handled (event_id TEXT NOT NULL, process TEXT NOT NULL)"
+    ))
+    .unwrap();
+    publish(&redis, &stream, (0..EVENTS).map(|i| format!("l-{i}")));
+    // Slow handlers, so rows wait for the workers after their reader stored them.
+    let orphan_ms = ORPHAN_AFTER.as_millis().to_string();
+    let settings = [
+        ("EVENTFLOW_CRASH_ORPHAN_AFTER_MS", orphan_ms.as_str()),
+        ("EVENTFLOW_CRASH_HANDLER_MS", "1"),
+    ];
+    let doomed = spawn_child_with(&stream, &table, "doomed", &settings);
+    let survivor = spawn_child_with(&stream, &table, "survivor", &settings);
+
+    let number_sql = "SELECT process FROM eventflow_consumer_processes \
+         WHERE inbox_table = $1 AND consumer LIKE 'doomed-%'";
+    let waiting = |db: &mut Client, process: i32| -> i64 {
+        db.query_one(
+            &format!("SELECT count(*) FROM {table} WHERE stored_by = $1 AND status <> 'processed'"),
+            &[&process],
+        )
+        .unwrap()
+        .get(0)
+    };
+    let mut process = None;
+    let mut waiting_at_kill = 0;
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_secs(60) {
+        if let Some(row) = db.query_opt(number_sql, &[&table]).unwrap() {
+            let number: i32 = row.get(0);
+            process = Some(number);
+            waiting_at_kill = waiting(&mut db, number);
+            if waiting_at_kill >= 50 {
+                break;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    doomed.kill();
+    let killed_at = Instant::now();
+    let process = process.expect("the doomed consumer registered its lease");
+    let taken = wait_until(ORPHAN_AFTER, || waiting(&mut db, process) == 0);
+    let takeover = killed_at.elapsed();
+
+    let processed_sql = format!("SELECT count(*) FROM {table} WHERE status = 'processed'");
+    let finished = wait_until(Duration::from_secs(180), || {
+        count(&mut db, &processed_sql) == EVENTS as i64
+            && redis.group_stats(&stream, GROUP).unwrap().pending == 0
+    });
+    survivor.kill();
+    let row = db
+        .query_one(
+            &format!("SELECT count(*), count(DISTINCT event_id) FROM {table}_handled"),
+            &[],
+        )
+        .unwrap();
+    let (handled, distinct): (i64, i64) = (row.get(0), row.get(1));
+    eprintln!(
+        "lease test: {waiting_at_kill} rows stored by the killed process waited for its workers; \
+         the survivor had handled them {takeover:?} after the kill (orphan_after {ORPHAN_AFTER:?})"
+    );
+    support::drop_inbox_table(&mut db, &table, &["handled"]);
+    assert!(waiting_at_kill > 0, "the kill caught stored rows waiting");
+    assert!(taken, "the dead process's rows were never taken");
+    assert!(
+        takeover < ORPHAN_AFTER / 4,
+        "the dead process's rows waited {takeover:?}, as if for orphan_after"
+    );
+    assert!(finished, "not every event was processed");
     assert_eq!(
         (handled, distinct),
         (EVENTS as i64, EVENTS as i64),

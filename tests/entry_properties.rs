@@ -173,6 +173,7 @@ fn check_on<S: InboxStore>(store: &S, mut entry: StreamEntry) -> Result<(), Test
                 malformed: &[],
                 received_at: Utc::now(),
                 max_retries: 3,
+                stored_by: None,
             };
             // A duplicate event id from an earlier case is skipped, as on the stream.
             let stored = store.store_received(&batch);
@@ -187,6 +188,7 @@ fn check_on<S: InboxStore>(store: &S, mut entry: StreamEntry) -> Result<(), Test
                 malformed: std::slice::from_ref(&record),
                 received_at: Utc::now(),
                 max_retries: 3,
+                stored_by: None,
             };
             let stored = store.store_received(&batch);
             prop_assert!(stored.is_ok(), "{stored:?} for {entry:?}");

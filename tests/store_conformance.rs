@@ -17,6 +17,7 @@ mod support;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::ops::Deref;
 use std::thread;
+use std::time::Duration;
 
 use chrono::{DateTime, SubsecRound, Utc};
 use eventflow::event::EntryError;
@@ -56,6 +57,9 @@ trait Backend: InboxStore + Sized {
     fn clear_stream(&self, event_id: &str);
     /// Removes what the test created; best effort.
     fn drop_tables(&self);
+    /// Ends the database session holding `process`'s lease, as an administrator or a network
+    /// failure would. Only called on stores that give leases.
+    fn end_lease_session(&self, process: i32);
 }
 
 impl Backend for SqliteStore {
@@ -131,6 +135,10 @@ impl Backend for SqliteStore {
 
     fn drop_tables(&self) {
         // In memory: gone with the store.
+    }
+
+    fn end_lease_session(&self, _process: i32) {
+        unreachable!("SQLite gives no process leases");
     }
 }
 
@@ -244,6 +252,27 @@ impl Backend for PostgresStore {
         let _ = conn.execute(
             "DELETE FROM eventflow_inbox_streams WHERE inbox_table = $1",
             &[&t],
+        );
+        let _ = conn.execute(
+            "DELETE FROM eventflow_consumer_processes WHERE inbox_table = $1",
+            &[&t],
+        );
+    }
+
+    fn end_lease_session(&self, process: i32) {
+        let mut conn = self.pool().get().unwrap();
+        // A two-key advisory lock shows its keys as classid and objid, with objsubid 2.
+        let ended = conn
+            .query(
+                "SELECT pg_terminate_backend(pid) FROM pg_locks WHERE locktype = 'advisory' \
+                 AND objsubid = 2 AND objid = $1::int8::oid AND granted",
+                &[&i64::from(process)],
+            )
+            .unwrap();
+        assert_eq!(
+            ended.len(),
+            1,
+            "one session holds process {process}'s lease"
         );
     }
 }
@@ -464,6 +493,7 @@ fn store_batch<B: Backend>(
             malformed,
             received_at,
             max_retries: MAX_RETRIES,
+            stored_by: None,
         })
         .expect("store_received")
 }
@@ -831,6 +861,7 @@ fn quarantine_keeps_nul_characters<B: Backend>(store: &B) {
             malformed: std::slice::from_ref(&entry),
             received_at: t0(),
             max_retries: MAX_RETRIES,
+            stored_by: None,
         })
         .unwrap_or_else(|error| {
             panic!(
@@ -876,6 +907,7 @@ fn parsed_events_with_nul_characters_are_stored<B: Backend>(store: &B) {
             malformed: &[],
             received_at: t0(),
             max_retries: MAX_RETRIES,
+            stored_by: None,
         };
         match store.store_received(&batch) {
             Ok(stored) => {
@@ -1341,6 +1373,7 @@ fn due(limit: usize) -> Claim<'static> {
     Claim::Due {
         limit,
         orphan_after: std::time::Duration::ZERO,
+        dead_processes: &[],
     }
 }
 
@@ -1499,6 +1532,7 @@ fn due_claims_leave_young_pending_rows_alone<B: Backend>(store: &B) {
         Claim::Due {
             limit: 10,
             orphan_after: ten,
+            dead_processes: &[],
         },
         &clock,
         &mut ok,
@@ -1514,6 +1548,7 @@ fn due_claims_leave_young_pending_rows_alone<B: Backend>(store: &B) {
         Claim::Due {
             limit: 10,
             orphan_after: ten,
+            dead_processes: &[],
         },
         &clock,
         &mut ok,
@@ -1529,7 +1564,8 @@ fn due_claims_leave_young_pending_rows_alone<B: Backend>(store: &B) {
             store,
             Claim::Due {
                 limit: 10,
-                orphan_after: huge
+                orphan_after: huge,
+                dead_processes: &[],
             },
             &clock,
             &mut ok
@@ -1564,6 +1600,7 @@ fn attempts_that_never_finish_are_counted<B: Backend>(store: &B) {
     let due_claim = Claim::Due {
         limit: 10,
         orphan_after: std_secs(10),
+        dead_processes: &[],
     };
     let clock = ManualClock::new(t0() + secs(1));
     let events = store_events(store, &["p-1"], t0());
@@ -1729,6 +1766,88 @@ fn counted_attempts_that_end_are_recorded_once<B: Backend>(store: &B) {
 /// Rows the reference toolkit left in `processing` (its process died mid-handler) are orphans:
 /// claimed once older than `orphan_after` and not held by anyone, counted, and handled, in
 /// ordered mode too, where they held back their aggregate.
+/// A process's lease: while it lives its rows wait for `orphan_after` like any fresh row; once
+/// its session ends the others find it dead and its pending rows are theirs at once. A lease
+/// whose session was lost is taken again under the same number, alive once more.
+fn a_dead_processs_rows_are_orphans_at_once_and_a_live_ones_are_not<B: Backend>(store: &B) {
+    let year = std::time::Duration::from_secs(365 * 24 * 3600);
+    let Some(lease) = store.open_process_lease("conformance-a").unwrap() else {
+        // A store that cannot tell processes apart finds none dead: rows wait for orphan_after.
+        assert!(store.dead_processes(0, year).unwrap().is_empty());
+        return;
+    };
+    let watcher = store.open_process_lease("conformance-b").unwrap().unwrap();
+    let (me, other) = (lease.process(), watcher.process());
+    assert_ne!(me, other, "each process has a number of its own");
+    let events = vec![received("lv-1", &sid(1)), received("lv-2", &sid(2))];
+    store
+        .store_received(&ReceivedBatch {
+            stream: STREAM,
+            ordered: false,
+            events: &events,
+            malformed: &[],
+            received_at: t0(),
+            max_retries: MAX_RETRIES,
+            stored_by: Some(me),
+        })
+        .unwrap();
+    let clock = ManualClock::new(t0() + secs(1));
+    let mut ok = marking(store, HashMap::new());
+    let due = |dead: &[i32]| {
+        let claim = Claim::Due {
+            limit: 10,
+            orphan_after: year,
+            dead_processes: dead,
+        };
+        let settled = process(store, claim, &clock, &mut marking(store, HashMap::new()));
+        event_ids(&settled)
+            .iter()
+            .map(|id| id.to_string())
+            .collect::<Vec<_>>()
+    };
+
+    assert!(store.dead_processes(other, year).unwrap().is_empty());
+    assert!(
+        due(&[other]).is_empty(),
+        "rows of a live process stay with it"
+    );
+
+    // Lost and taken again: dead meanwhile, alive after.
+    store.end_lease_session(me);
+    let mut lease = lease;
+    assert!(support::wait_until(Duration::from_secs(10), || {
+        store.dead_processes(other, year).unwrap() == [me]
+    }));
+    lease.keep().unwrap();
+    assert!(store.dead_processes(other, year).unwrap().is_empty());
+    assert_eq!(lease.process(), me, "the same number");
+
+    drop(lease);
+    assert!(support::wait_until(Duration::from_secs(10), || {
+        store.dead_processes(other, year).unwrap() == [me]
+    }));
+    assert_eq!(due(&[me]), ["lv-1", "lv-2"]);
+    assert!(process(
+        store,
+        Claim::Due {
+            limit: 10,
+            orphan_after: year,
+            dead_processes: &[me],
+        },
+        &clock,
+        &mut ok
+    )
+    .is_empty());
+    // A process does not find itself dead, and the dead are forgotten after forget_after.
+    assert!(store.dead_processes(me, year).unwrap().is_empty());
+    assert!(store
+        .dead_processes(other, Duration::ZERO)
+        .unwrap()
+        .is_empty());
+    assert!(store.dead_processes(other, year).unwrap().is_empty());
+    drop(watcher);
+}
+
 fn rows_left_processing_are_taken_over<B: Backend>(store: &B) {
     let clock = ManualClock::new(t0() + secs(5));
     store_events(store, &["r-1", "r-2"], t0());
@@ -1760,6 +1879,7 @@ fn rows_left_processing_are_taken_over<B: Backend>(store: &B) {
     let due = Claim::Due {
         limit: 10,
         orphan_after: ten,
+        dead_processes: &[],
     };
     assert_eq!(event_ids(&process(store, due, &clock, &mut ok)), ["r-3"]);
     assert_eq!(store.markers(), ["r-1", "r-2", "r-3"]);
@@ -2273,6 +2393,7 @@ fn store_one<B: Backend>(store: &B, stream: &str, event: &ReceivedEvent, n: i64,
             malformed: &[],
             received_at: t0() + secs(n),
             max_retries: MAX_RETRIES,
+            stored_by: None,
         })
         .expect("store_received");
     assert_eq!(stored.inserted, [event.row_id]);
@@ -3335,6 +3456,7 @@ fn ordered_batches_stored_concurrently_all_commit_in_order<B: Backend>(store: &B
                             malformed: &[],
                             received_at: t0(),
                             max_retries: MAX_RETRIES,
+                            stored_by: None,
                         })
                         .unwrap_or_else(|error| {
                             panic!(
@@ -3487,6 +3609,7 @@ CREATE INDEX ix_event_inbox_aggregate_received ON event_inbox(aggregate_id, rece
                     malformed: &[],
                     received_at: t0(),
                     max_retries: MAX_RETRIES,
+                    stored_by: None,
                 })
                 .expect("store an ordered batch");
             let recorded: Vec<(String, String)> = store
@@ -3612,6 +3735,7 @@ CREATE INDEX ix_event_inbox_aggregate_received ON event_inbox(aggregate_id, rece
                                 malformed: &[],
                                 received_at: t0(),
                                 max_retries: MAX_RETRIES,
+                                stored_by: None,
                             }) {
                                 Ok(stored) => inserted += stored.inserted.len(),
                                 Err(error) => errors.push(support::error_chain(&error)),
@@ -3694,6 +3818,7 @@ CREATE INDEX ix_event_inbox_aggregate_received ON event_inbox(aggregate_id, rece
         let due = Claim::Due {
             limit: 10,
             orphan_after: ten,
+            dead_processes: &[],
         };
         let mut ok = marking(&*store, HashMap::new());
         assert!(
@@ -4303,6 +4428,7 @@ fn an_aggregate_keeps_stream_order_whatever_its_event_ids<B: Backend>(store: &B)
             malformed: &[],
             received_at: t0(),
             max_retries: MAX_RETRIES,
+            stored_by: None,
         })
         .expect("store an ordered batch");
     let clock = ManualClock::new(t0() + secs(60));
@@ -4348,6 +4474,7 @@ fn a_batch_carrying_an_event_twice_stores_its_first_copy<B: Backend>(store: &B) 
             malformed: &[],
             received_at: t0(),
             max_retries: MAX_RETRIES,
+            stored_by: None,
         })
         .expect("store a batch with every event twice");
     assert_eq!((stored.inserted.len(), stored.duplicates), (40, 40));
@@ -4667,6 +4794,7 @@ conformance!(
         counted_attempts_that_end_are_recorded_once,
         attempts_that_never_finished_run_alone,
         rows_left_processing_are_taken_over,
+        a_dead_processs_rows_are_orphans_at_once_and_a_live_ones_are_not,
         fresh_and_due_claims_are_exclusive_under_concurrency,
         counts_and_lookups,
         replaying_a_quarantined_entry_happens_once,

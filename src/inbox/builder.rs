@@ -498,11 +498,31 @@ impl<B, H> ConsumerBuilder<B, H> {
     /// wait. Retries are not affected: a failed row is due at its `next_retry_at`. Zero lets
     /// polls take every pending row at once. At most 7 days. Defaults to 10 s.
     ///
+    /// With [`process_leases`](Self::process_leases) on (PostgreSQL), the rows of a process
+    /// known dead are taken at once, whatever their age; this is then the bound for the rest:
+    /// rows stored without a lease, or by a process cut off from the database but not yet
+    /// known dead.
+    ///
     /// An orphan's attempt is counted before it runs (its last attempt may have died with its
     /// process), and a counted attempt is not due again before this long, whatever the retry
     /// policy says: until then it may still be running.
     pub fn orphan_after(mut self, after: Duration) -> Self {
         self.settings.orphan_after = after;
+        self
+    }
+
+    /// Whether this consumer process holds a lease in the database while it runs, recorded on
+    /// the rows it stores, so that when it dies the other processes take the rows it stored
+    /// but never handled within about a second instead of after
+    /// [`orphan_after`](Self::orphan_after). On PostgreSQL the lease is a session advisory lock
+    /// on a connection of its own, outside the pool (one more connection per process); SQLite
+    /// has none. Behind a pooler in transaction mode (PgBouncer's `pool_mode = transaction`)
+    /// a session lock may outlive the process or end before it: dead processes are then found
+    /// late (by `orphan_after`) or live ones early (their fresh rows claimed by others, which
+    /// costs a claim, never a second handling); give such a deployment a session-mode pool or
+    /// turn this off. Defaults to on.
+    pub fn process_leases(mut self, on: bool) -> Self {
+        self.settings.process_leases = on;
         self
     }
 

@@ -3,6 +3,7 @@
 use super::handle::{ConsumerHandle, Observed, Threads, READER_THREAD, WORKER_THREAD};
 use super::health::{Heartbeats, Probes};
 use super::in_flight::InFlight;
+use super::liveness::Liveness;
 use super::metrics::{InboxMetrics, ParkedGauges};
 use super::receiver::{Reader, StoredSignal};
 use super::settings::Settings;
@@ -13,7 +14,8 @@ use crate::event::InboxRow;
 use crate::handler::HandlerResult;
 use crate::maintenance::{
     self, hung_handlers::HungHandlerWatch, inbox_retention::InboxRetention,
-    parked_gauges::ParkedGaugeRefresh, quarantine_retention::QuarantineRetention,
+    parked_gauges::ParkedGaugeRefresh, process_liveness::ProcessLiveness,
+    quarantine_retention::QuarantineRetention,
 };
 use crate::store::{not_migrated, InboxStore, Migrations};
 use crate::transport::{Transport, TransportError};
@@ -130,6 +132,24 @@ impl<S: InboxStore> Start for Runtime<S> {
         let stop = Arc::new(AtomicBool::new(false));
         let mut threads = Threads::new(stop.clone());
         let base_name = consumer_name(&settings.consumer_prefix);
+        // Taken before any reader stores a row, so every row records this process. A store
+        // that cannot tell processes apart has no lease and no watch; a lease that cannot be
+        // taken now is taken by the watch later, rows stored meanwhile being found by age.
+        let liveness = Arc::new(Liveness::default());
+        let lease = match settings
+            .process_leases
+            .then(|| self.store.open_process_lease(&base_name))
+        {
+            None | Some(Ok(None)) => None,
+            Some(Ok(Some(lease))) => {
+                liveness.set_process(lease.process());
+                Some(Some(lease))
+            }
+            Some(Err(error)) => {
+                tracing::warn!(%error, "cannot take the consumer process lease yet; trying again in the background");
+                Some(None)
+            }
+        };
         let in_flight = Arc::new(InFlight::new(
             (0..settings.workers).map(|index| format!("{WORKER_THREAD}{index}")),
         ));
@@ -147,6 +167,7 @@ impl<S: InboxStore> Start for Runtime<S> {
                 halt: threads.halt_signal(),
                 stop: stop.clone(),
                 recent_failure: Default::default(),
+                liveness: liveness.clone(),
             };
             threads.spawn(format!("{WORKER_THREAD}{index}"), move || worker.run())?;
         }
@@ -169,6 +190,7 @@ impl<S: InboxStore> Start for Runtime<S> {
                     work: work_tx.clone(),
                     stop: stop.clone(),
                     stored: stored.clone(),
+                    liveness: liveness.clone(),
                     read_count: std::cell::Cell::new(self.settings.read_batch),
                 };
                 let number = stream_index * settings.readers + index;
@@ -185,6 +207,22 @@ impl<S: InboxStore> Start for Runtime<S> {
             let stopping = threads.stopping_signal();
             threads.spawn("eventflow-parked-gauges".into(), move || {
                 maintenance::run(refresh, stopping)
+            })?;
+        }
+        if let Some(lease) = lease {
+            let watch = ProcessLiveness {
+                store: self.store.clone(),
+                lease,
+                consumer: base_name.clone(),
+                liveness: liveness.clone(),
+                forget_after: settings.orphan_after,
+                work: work_tx.clone(),
+                workers: settings.workers,
+                warned: false,
+            };
+            let stopping = threads.stopping_signal();
+            threads.spawn("eventflow-process-liveness".into(), move || {
+                maintenance::run(watch, stopping)
             })?;
         }
         let watch =

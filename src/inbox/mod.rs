@@ -23,12 +23,13 @@ pub(crate) use handle::Threads;
 pub(crate) use worker::panic_message;
 mod health;
 pub(crate) mod in_flight;
+pub(crate) mod liveness;
 pub mod metrics;
 mod receiver;
 mod router;
 mod settings;
 mod stats;
-mod worker;
+pub(crate) mod worker;
 
 #[cfg(feature = "postgres")]
 pub use builder::PostgresUrl;

@@ -21,6 +21,7 @@
 //! at the last batch's average entry size (Redis cannot be asked for bytes).
 
 use super::health::Heartbeats;
+use super::liveness::Liveness;
 use super::settings::Settings;
 use super::stats::Counters;
 use super::worker::{panic_message, Work};
@@ -63,6 +64,8 @@ pub(crate) struct Reader<S: InboxStore> {
     /// reader waiting for earlier entries (ordered mode) looks again at once rather than after
     /// its pause; entries held by other processes are still seen on the pause.
     pub stored: Arc<StoredSignal>,
+    /// This process's number, recorded on the rows it stores.
+    pub liveness: Arc<Liveness>,
     /// The `COUNT` of the next read or reclaim: `read_batch`, lowered after large entries so
     /// that a batch holds about `max_batch_bytes` (see [`next_read_count`]).
     pub read_count: Cell<usize>,
@@ -411,6 +414,7 @@ impl<S: InboxStore> Reader<S> {
                 malformed,
                 received_at,
                 max_retries: self.settings.max_retries,
+                stored_by: self.liveness.process(),
             };
             match self.store.store_received(&batch) {
                 Ok(stored) => return Attempt::Stored(stored),

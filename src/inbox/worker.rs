@@ -9,6 +9,7 @@ use super::consumer::Handler;
 use super::dead_letter::{announce, DeadLetter};
 use super::health::Heartbeats;
 use super::in_flight::InFlight;
+use super::liveness::Liveness;
 use super::metrics::{Busy, InboxMetrics};
 use super::settings::Settings;
 use super::stats::Counters;
@@ -40,6 +41,9 @@ pub(crate) enum Work {
     Rows(Vec<InboxRow>),
     /// Rows of these aggregates were just stored: claim their heads (ordered mode).
     Aggregates(Vec<Uuid>),
+    /// A consumer process was found dead: claim due rows now, its rows among them, rather
+    /// than on the next tick.
+    Sweep,
 }
 
 pub(crate) struct Worker<S: InboxStore> {
@@ -54,6 +58,8 @@ pub(crate) struct Worker<S: InboxStore> {
     pub work: Receiver<Work>,
     pub halt: Receiver<()>,
     pub stop: Arc<AtomicBool>,
+    /// The consumer processes found dead, whose rows are orphans at any age.
+    pub liveness: Arc<Liveness>,
     /// Set when the last batch had a failure: the next batch runs with a savepoint per event
     /// from the start, since failures tend to come in runs (a dependency is down).
     pub recent_failure: Cell<bool>,
@@ -77,6 +83,7 @@ impl<S: InboxStore> Worker<S> {
                             self.drain_due(&mut backoff);
                         }
                     }
+                    Ok(Work::Sweep) => self.drain_due(&mut backoff),
                     // Every reader has stopped and the queue is drained.
                     Err(_) => break,
                 },
@@ -114,12 +121,14 @@ impl<S: InboxStore> Worker<S> {
     fn drain_due(&self, backoff: &mut Backoff) {
         let settings = &self.settings;
         let limit = settings.claim_batch;
+        let dead_processes = self.liveness.dead();
         while !self.stop.load(Ordering::Relaxed) {
             let claim = match settings.ordered {
                 true => self.heads(None),
                 false => Claim::Due {
                     limit,
                     orphan_after: settings.orphan_after,
+                    dead_processes: &dead_processes,
                 },
             };
             let Some(settled) = self.process(claim, backoff) else {

@@ -8,11 +8,13 @@
 //! - `stream_trim`: trims stream entries every consumer group has read and acknowledged.
 //! - `parked_gauges`: refreshes an ordered consumer's parked-aggregate gauges.
 //! - `hung_handlers`: logs and counts handlers running past the handler time limit.
+//! - `process_liveness`: keeps a consumer process's lease and finds processes that died.
 
 pub(crate) mod hung_handlers;
 pub(crate) mod inbox_retention;
 pub(crate) mod outbox_retention;
 pub(crate) mod parked_gauges;
+pub(crate) mod process_liveness;
 pub(crate) mod quarantine_retention;
 pub(crate) mod stream_trim;
 

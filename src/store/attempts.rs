@@ -159,9 +159,14 @@ pub(crate) fn process<S: InboxStore>(
 /// `claim` with another limit.
 fn with_limit(claim: Claim<'_>, limit: usize) -> Claim<'_> {
     match claim {
-        Claim::Due { orphan_after, .. } => Claim::Due {
+        Claim::Due {
+            orphan_after,
+            dead_processes,
+            ..
+        } => Claim::Due {
             limit,
             orphan_after,
+            dead_processes,
         },
         Claim::Heads {
             after_dead_letter,

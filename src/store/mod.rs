@@ -217,6 +217,47 @@ pub trait InboxStore: Send + Sync + 'static {
     fn max_connections(&self) -> Option<u32> {
         None
     }
+
+    /// Registers a consumer process of this table as alive for as long as the returned lease
+    /// lives, on a database session of its own (not one of the pool's): the process records
+    /// the lease's number on the rows it stores ([`ReceivedBatch::stored_by`]), and once the
+    /// session ends with the process, other processes find it in
+    /// [`dead_processes`](Self::dead_processes) and take its rows at once (see
+    /// [`Claim::Due`]) instead of after `orphan_after`. `None` when the store cannot tell
+    /// one process from another (SQLite: a file one process writes), where rows are found by
+    /// age alone.
+    fn open_process_lease(
+        &self,
+        consumer: &str,
+    ) -> Result<Option<Box<dyn ProcessLease>>, StoreError> {
+        let _ = consumer;
+        Ok(None)
+    }
+
+    /// The consumer processes of this table, other than `me`, whose lease has ended: they
+    /// stopped or died, and the rows they stored but did not settle are free to take. A
+    /// process found dead is remembered for `forget_after` (give `orphan_after`: its rows are
+    /// orphans by age by then), then forgotten. Empty where processes are not told apart.
+    fn dead_processes(
+        &self,
+        me: i32,
+        forget_after: std::time::Duration,
+    ) -> Result<Vec<i32>, StoreError> {
+        let _ = (me, forget_after);
+        Ok(Vec::new())
+    }
+}
+
+/// A consumer process's proof of life (see [`InboxStore::open_process_lease`]): held open for
+/// as long as the process runs, and ended by its death, however sudden.
+pub trait ProcessLease: Send {
+    /// The process's number, recorded on the rows it stores.
+    fn process(&self) -> i32;
+
+    /// Checks that the lease still holds, and takes it again (same number) on a new session if
+    /// that session was lost: meanwhile other processes may have taken this one's fresh rows,
+    /// which costs them a claim, never a second handling.
+    fn keep(&mut self) -> Result<(), StoreError>;
 }
 
 /// What the store calls for each claimed row, inside the batch transaction.
@@ -268,6 +309,9 @@ pub struct ReceivedBatch<'a> {
     pub received_at: DateTime<Utc>,
     /// The `max_retries` of every event stored.
     pub max_retries: i32,
+    /// The storing consumer process's number (see [`InboxStore::open_process_lease`]), recorded
+    /// on every row stored; `None` records none (the row is then found by age alone).
+    pub stored_by: Option<i32>,
 }
 
 /// An event read from the stream, with the id its row gets if it is new.
@@ -343,7 +387,8 @@ pub enum Claim<'a> {
     Fresh(&'a [InboxRow]),
     /// Up to `limit` due rows, oldest first: failed rows whose retry time has come, and pending
     /// (or `processing`, as the reference toolkit leaves them) rows received at least
-    /// `orphan_after` ago. How retries and rows left by a crashed process are found; younger
+    /// `orphan_after` ago or stored by a process found dead. How retries and rows left by a
+    /// crashed process are found; younger
     /// pending rows are on their way to the worker their reader handed them to, and taking them
     /// would only make that worker wait.
     ///
@@ -357,6 +402,10 @@ pub enum Claim<'a> {
         limit: usize,
         /// How long a pending row is left to its reader's workers before anyone may take it.
         orphan_after: std::time::Duration,
+        /// Consumer processes found dead ([`InboxStore::dead_processes`]): the pending rows
+        /// they stored are orphans whatever their age. A store that records no process on its
+        /// rows ignores it.
+        dead_processes: &'a [i32],
     },
     /// Up to `limit` due rows, oldest first, that are the head of their aggregate: no earlier
     /// row of the aggregate (in storing order) is still open, that is pending, processing,

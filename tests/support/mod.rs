@@ -156,6 +156,7 @@ pub fn drop_inbox_table(db: &mut postgres::Client, table: &str, extra: &[&str]) 
         "DELETE FROM eventflow_migrations WHERE target = 'inbox:' || $1",
         "DELETE FROM eventflow_inbox_owners WHERE inbox_table = $1",
         "DELETE FROM eventflow_inbox_streams WHERE inbox_table = $1",
+        "DELETE FROM eventflow_consumer_processes WHERE inbox_table = $1",
     ] {
         let _ = db.execute(forget, &[&table]);
     }

@@ -19,8 +19,9 @@ use crate::event::Event;
 use crate::redact::ConnectionString;
 use crate::store::migrations::{Migration, PendingMigration};
 use crate::store::postgres::{
-    apply_migrations, new_pool, parse_url, pending_migrations, pg, validate_pool, MigrationTarget,
-    PgConnection, PgConnector, Pool, SessionLimits, DEFAULT_MIGRATION_LOCK_TIMEOUT,
+    apply_migrations, new_manager, new_pool, parse_url, pending_migrations, pg, validate_pool,
+    MigrationTarget, PgConnection, PgConnector, Pool, SessionLimits,
+    DEFAULT_MIGRATION_LOCK_TIMEOUT,
 };
 use crate::store::{validate_table_name, StoreError};
 use crate::tls::TlsSettings;
@@ -143,18 +144,13 @@ impl PostgresOutboxBuilder {
             None => "-c plan_cache_mode=force_custom_plan".to_string(),
         };
         config.options(&options);
-        let pool = new_pool(
-            config.clone(),
-            connector.clone(),
-            &self.limits,
-            self.pool_size,
-            self.connect_timeout,
-        );
-        self.limits.apply(&mut config);
+        let manager = new_manager(config, connector, &self.limits);
+        let (listen_config, listen_connector) = manager.parts();
+        let pool = new_pool(manager, self.pool_size, self.connect_timeout);
         Ok(PostgresOutbox {
             pool,
-            listen_config: config,
-            listen_connector: connector,
+            listen_config,
+            listen_connector,
             sql: Queries::new(&self.table),
             table: self.table,
             migration_lock_timeout: self.migration_lock_timeout,

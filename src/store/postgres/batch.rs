@@ -254,11 +254,12 @@ fn claim(
         Claim::Due {
             limit,
             orphan_after,
+            dead_processes,
         } => {
             let orphaned_before = orphaned_before(now, orphan_after);
             tx.query(
                 &prepared.claim_due,
-                &[&now, &(limit as i64), &orphaned_before],
+                &[&now, &(limit as i64), &orphaned_before, &dead_processes],
             )
         }
         // Any aggregate: unnamed, so planned for these values every time; a cached generic

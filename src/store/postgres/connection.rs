@@ -155,7 +155,7 @@ impl DerefMut for PgConnection {
 }
 
 /// Makes [`PgConnection`]s for the r2d2 pool, with the store's one TLS connector.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct PgManager {
     pub(super) config: postgres::Config,
     pub(super) connector: PgConnector,
@@ -195,16 +195,25 @@ impl std::error::Error for PgConnectError {
     }
 }
 
+impl PgManager {
+    /// The driver config and the TLS connector, for sessions opened by other means.
+    pub(in crate::store) fn parts(&self) -> (postgres::Config, PgConnector) {
+        (self.config.clone(), self.connector.clone())
+    }
+
+    /// A plain session, for one held outside the pool.
+    pub(super) fn connect_client(&self) -> Result<postgres::Client, postgres::Error> {
+        self.connector.connect(&self.config)
+    }
+}
+
 impl r2d2::ManageConnection for PgManager {
     type Connection = PgConnection;
     type Error = PgConnectError;
 
     fn connect(&self) -> Result<PgConnection, PgConnectError> {
         Ok(PgConnection {
-            client: self
-                .connector
-                .connect(&self.config)
-                .map_err(PgConnectError)?,
+            client: self.connect_client().map_err(PgConnectError)?,
             statements: HashMap::new(),
             returned_at: Instant::now(),
         })

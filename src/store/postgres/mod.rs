@@ -4,6 +4,7 @@
 mod batch;
 mod connection;
 pub(crate) mod conninfo;
+mod liveness;
 mod migrate;
 mod queries;
 mod session;
@@ -21,9 +22,9 @@ use super::migrations::{Migration, PendingMigration};
 use super::{
     counts_by_stream, parse_counted_status, validate_table_name, ClaimParams, Cleanup, Cursor,
     DeadLetterRequeue, DeadLetterSkip, InboxRecord, InboxStore, Page, ParkedAggregate, ParkedPage,
-    ParkedSummary, ProcessedCleanup, QuarantineCleanup, QuarantineFilter, QuarantineReplay,
-    QuarantineSummary, ReceivedBatch, Requeued, RowFilter, RowHandler, Settled, StatusCounts,
-    StoreError, Stored, DEFAULT_INBOX_TABLE,
+    ParkedSummary, ProcessLease, ProcessedCleanup, QuarantineCleanup, QuarantineFilter,
+    QuarantineReplay, QuarantineSummary, ReceivedBatch, Requeued, RowFilter, RowHandler, Settled,
+    StatusCounts, StoreError, Stored, DEFAULT_INBOX_TABLE,
 };
 use crate::event::{Event, EventStatus, InboxRow};
 use crate::quarantine::{decode_record, QuarantinedEntry};
@@ -70,6 +71,11 @@ pub const MIGRATIONS: &[Migration] = &[
         version: 6,
         name: "0006_one_unique_index.sql",
         sql: include_str!("../../../sql/postgres/inbox/0006_one_unique_index.sql"),
+    },
+    Migration {
+        version: 7,
+        name: "0007_live_consumers.sql",
+        sql: include_str!("../../../sql/postgres/inbox/0007_live_consumers.sql"),
     },
 ];
 
@@ -166,15 +172,11 @@ impl PostgresStoreBuilder {
         validate_table_name(&self.table)?;
         validate_pool(self.pool_size, self.connect_timeout)?;
         let (config, connector) = parse_url(self.url.expose(), &self.tls)?;
-        let pool = new_pool(
-            config,
-            connector,
-            &self.limits,
-            self.pool_size,
-            self.connect_timeout,
-        );
+        let manager = new_manager(config, connector, &self.limits);
+        let pool = new_pool(manager.clone(), self.pool_size, self.connect_timeout);
         Ok(PostgresStore {
             pool,
+            manager: std::sync::Arc::new(manager),
             handler_statement: self.limits.handler_statement(),
             sql: Queries::new(&self.table),
             table: self.table,
@@ -191,6 +193,8 @@ impl PostgresStoreBuilder {
 /// prepared statements per connection.
 pub struct PostgresStore {
     pool: Pool,
+    /// Opens the sessions that hold consumer processes' leases, outside the pool.
+    manager: std::sync::Arc<PgManager>,
     /// `SET LOCAL` of the handler time limit, when it differs from the session's limits.
     handler_statement: Option<String>,
     table: String,
@@ -278,16 +282,18 @@ pub(in crate::store) fn validate_pool(
     Ok(())
 }
 
-/// A pool that connects on first use, so it can be built while the database is down.
-pub(in crate::store) fn new_pool(
+/// What opens the store's connections: the pool's, and any it holds outside the pool.
+pub(in crate::store) fn new_manager(
     mut config: postgres::Config,
     connector: PgConnector,
     limits: &SessionLimits,
-    size: u32,
-    connect_timeout: Duration,
-) -> Pool {
+) -> PgManager {
     limits.apply(&mut config);
-    let manager = PgManager { config, connector };
+    PgManager { config, connector }
+}
+
+/// A pool that connects on first use, so it can be built while the database is down.
+pub(in crate::store) fn new_pool(manager: PgManager, size: u32, connect_timeout: Duration) -> Pool {
     r2d2::Pool::builder()
         .max_size(size)
         .min_idle(Some(0))
@@ -369,6 +375,7 @@ impl PostgresStore {
                         &batch.max_retries,
                         &received_at,
                         &batch.stream,
+                        &batch.stored_by,
                     ],
                 )
                 .map_err(pg("insert events"))?
@@ -630,6 +637,19 @@ impl InboxStore for PostgresStore {
 
     fn max_connections(&self) -> Option<u32> {
         Some(self.pool_size)
+    }
+
+    fn open_process_lease(
+        &self,
+        consumer: &str,
+    ) -> Result<Option<Box<dyn ProcessLease>>, StoreError> {
+        let lease = liveness::PgProcessLease::open(self.manager.clone(), &self.table, consumer)?;
+        Ok(Some(Box::new(lease)))
+    }
+
+    fn dead_processes(&self, me: i32, forget_after: Duration) -> Result<Vec<i32>, StoreError> {
+        let mut conn = self.connection()?;
+        liveness::dead_processes(&mut conn, &self.table, me, forget_after)
     }
 
     fn list_rows(&self, filter: &RowFilter, page: &Page) -> Result<Vec<InboxRecord>, StoreError> {

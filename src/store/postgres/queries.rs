@@ -133,10 +133,10 @@ impl Queries {
                  occurred_on, payload, ord) ORDER BY e.ord) \
                  INSERT INTO {t} (id, event_id, stream_id, event_type, aggregate_id, correlation_id, \
                  causation_id, occurred_on, payload, status, retry_count, max_retries, received_at, \
-                 stream, seq) \
+                 stream, seq, stored_by) \
                  SELECT e.id, e.event_id, e.stream_id, e.event_type, e.aggregate_id, e.correlation_id, \
                  e.causation_id, e.occurred_on, e.payload::jsonb, 'pending', 0, $10, \
-                 coalesce($11::timestamptz, now()), $12, e.seq \
+                 coalesce($11::timestamptz, now()), $12, e.seq, $13 \
                  FROM numbered AS e CROSS JOIN durable \
                  ORDER BY e.event_id, e.seq \
                  ON CONFLICT (event_id) DO NOTHING RETURNING id"
@@ -173,9 +173,10 @@ impl Queries {
             ),
             // Retries and orphans, counted before they run. `processing` is a status only the
             // reference toolkit writes, left by its process dying mid-handler: an orphan too.
+            // So is a row whose storing process is known dead ($4), at any age.
             claim_due: format!(
                 "SELECT {COLUMNS} FROM {t} WHERE {UNFINISHED}$1) \
-                 AND (status = 'failed' OR received_at <= $3) \
+                 AND (status = 'failed' OR received_at <= $3 OR stored_by = ANY($4::int4[])) \
                  ORDER BY received_at, id LIMIT $2 FOR UPDATE SKIP LOCKED"
             ),
             // Rows just counted: those still as recorded are checked by their retry count. It

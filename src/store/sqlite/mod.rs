@@ -856,9 +856,11 @@ impl SqliteStore {
                         ids_json(rows.iter().map(|row| row.id)).into(),
                     ],
                 ),
+                // SQLite records no process on its rows: found by age alone.
                 Claim::Due {
                     limit,
                     orphan_after,
+                    dead_processes: _,
                 } => (
                     &self.sql.claim_due,
                     vec![
@@ -1057,6 +1059,7 @@ impl SqliteStore {
             Claim::Due {
                 limit,
                 orphan_after,
+                dead_processes: _,
             } => (
                 &self.sql.claim_due,
                 vec![

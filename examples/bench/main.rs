@@ -10,6 +10,7 @@
 //!                                         [--relay-workers 2] [--relay-batch 500]
 //!                                         [--rate 2000] [--repeat 3]
 //! cargo run --release --example bench -- --outbox --drains 20 [--events 20000] [...]
+//! cargo run --release --example bench -- --takeover [--events 20000] [--repeat 3]
 //! ```
 //! URLs come from `EVENTFLOW_DATABASE_URL` and `EVENTFLOW_REDIS_URL` (local defaults). Each
 //! flood scenario runs `--repeat` times and the median run is reported (`--baseline-events 0`
@@ -42,6 +43,11 @@
 //! the poll interval even while rows another publisher holds remain) and N times the new way
 //! (default: at most 10 ms, woken by a sibling's commit), alternating, and reports the spread
 //! (min / median / max seconds) of each and the ratio of the medians.
+//!
+//! **Takeover.** With `--takeover`, how soon the rows a killed consumer process stored are
+//! taken by the survivor, with process leases and without (see `takeover.rs`).
+
+mod takeover;
 
 use eventflow::outbox::{OutboxRelay, OutboxTable};
 use eventflow::store::outbox::{OutboxStore, PostgresOutbox};
@@ -58,6 +64,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 struct Options {
     outbox: bool,
+    /// Measure how soon a killed consumer's stored rows are taken over (see `takeover.rs`).
+    takeover: bool,
     /// With `outbox`: drain the backlog this many times each way and report the spread.
     drains: usize,
     ordered: bool,
@@ -101,7 +109,14 @@ impl Outcome {
 }
 
 fn main() {
-    let options = parse_options();
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.first().map(String::as_str) == Some("--takeover-child") {
+        takeover::child(&args[1..], &parse_options(Vec::new()));
+    }
+    let options = parse_options(args);
+    if options.takeover {
+        return takeover::run(&options);
+    }
     let repeat = |run: &dyn Fn() -> Outcome| median((0..options.repeat).map(|_| run()).collect());
     let mut outcomes = Vec::new();
     if options.outbox && options.drains > 0 {
@@ -200,9 +215,10 @@ fn median(mut runs: Vec<Outcome>) -> Outcome {
     runs.swap_remove(runs.len() / 2)
 }
 
-fn parse_options() -> Options {
+fn parse_options(args: Vec<String>) -> Options {
     let mut options = Options {
         outbox: false,
+        takeover: false,
         drains: 0,
         ordered: false,
         events: 20_000,
@@ -220,11 +236,12 @@ fn parse_options() -> Options {
         redis_url: std::env::var("EVENTFLOW_REDIS_URL")
             .unwrap_or_else(|_| "redis://127.0.0.1:6379".into()),
     };
-    let mut args = std::env::args().skip(1);
+    let mut args = args.into_iter();
     while let Some(flag) = args.next() {
-        if flag == "--outbox" || flag == "--ordered" {
+        if flag == "--outbox" || flag == "--ordered" || flag == "--takeover" {
             options.outbox |= flag == "--outbox";
             options.ordered |= flag == "--ordered";
+            options.takeover |= flag == "--takeover";
             continue;
         }
         let mut value = || {
