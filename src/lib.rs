@@ -69,6 +69,7 @@ pub mod quarantine;
 pub mod redact;
 pub mod retry;
 pub mod store;
+pub mod testing;
 pub mod tls;
 pub mod transport;
 

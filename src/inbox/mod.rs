@@ -22,12 +22,14 @@ mod handle;
 pub(crate) use handle::Threads;
 pub(crate) use worker::panic_message;
 mod health;
+mod idle;
 pub(crate) mod in_flight;
 pub mod metrics;
 mod receiver;
 mod router;
 mod settings;
 mod stats;
+pub(crate) mod verdict;
 mod worker;
 
 #[cfg(feature = "postgres")]

@@ -8,15 +8,16 @@
 use super::consumer::Handler;
 use super::dead_letter::{announce, DeadLetter};
 use super::health::Heartbeats;
+use super::idle::{Activity, SweepRequest, Swept};
 use super::in_flight::InFlight;
 use super::metrics::{Busy, InboxMetrics};
 use super::settings::Settings;
 use super::stats::Counters;
-use crate::backoff::{random_unit, Backoff};
+use super::verdict::{Jitter, Rules, MAX_RETRY_DELAY};
+use crate::backoff::Backoff;
 use crate::event::{EventStatus, InboxRow};
 use crate::store::{
-    truncate_error, Claim, ClaimParams, Failure, InboxStore, RowHandler, StoreError, Verdict,
-    NEVER_FINISHED,
+    Claim, ClaimParams, Failure, InboxStore, RowHandler, StoreError, Verdict, NEVER_FINISHED,
 };
 use chrono::{DateTime, Utc};
 use crossbeam_channel::{select, Receiver};
@@ -27,9 +28,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 use uuid::Uuid;
-
-/// The longest delay before a retry, whatever the policy says.
-const MAX_RETRY_DELAY: chrono::Duration = chrono::Duration::days(365);
 
 /// Tries at a batch of handed-over rows before leaving them to the orphan polls.
 const FRESH_ATTEMPTS: usize = 3;
@@ -54,6 +52,14 @@ pub(crate) struct Worker<S: InboxStore> {
     pub work: Receiver<Work>,
     pub halt: Receiver<()>,
     pub stop: Arc<AtomicBool>,
+    /// Told when a hand-over or a claim begins and ends, for `ConsumerHandle::wait_idle`.
+    pub activity: Arc<Activity>,
+    /// Requests from `ConsumerHandle::wait_idle` to claim every due row now.
+    pub sweeps: Receiver<SweepRequest>,
+    /// Rows this worker has settled, and batches it failed to process, so a sweep can say what
+    /// it did.
+    pub settled: Cell<usize>,
+    pub failed_batches: Cell<usize>,
     /// Set when the last batch had a failure: the next batch runs with a savepoint per event
     /// from the start, since failures tend to come in runs (a dependency is down).
     pub recent_failure: Cell<bool>,
@@ -68,7 +74,8 @@ impl<S: InboxStore> Worker<S> {
                 recv(self.work) -> work => match work {
                     Ok(Work::Rows(rows)) => {
                         self.counters.metrics.queued(-(rows.len() as i64));
-                        self.handle_fresh(&rows, &mut backoff)
+                        self.handle_fresh(&rows, &mut backoff);
+                        self.activity.leave(true);
                     }
                     Ok(Work::Aggregates(aggregates)) => {
                         // A chain that moved a full batch at some step met a backlog: look for
@@ -76,11 +83,23 @@ impl<S: InboxStore> Worker<S> {
                         if self.follow_heads(aggregates, &mut backoff) >= self.settings.claim_batch {
                             self.drain_due(&mut backoff);
                         }
+                        self.activity.leave(true);
                     }
                     // Every reader has stopped and the queue is drained.
                     Err(_) => break,
                 },
-                recv(tick) -> _ => self.drain_due(&mut backoff),
+                recv(tick) -> _ => {
+                    let mut busy = self.activity.busy();
+                    busy.did_something(self.sweep(&mut backoff).settled > 0);
+                }
+                recv(self.sweeps) -> request => if let Ok(reply) = request {
+                    let mut busy = self.activity.busy();
+                    let swept = self.sweep(&mut backoff);
+                    busy.did_something(swept.settled > 0);
+                    // Ended before answering, so the waiter finds the consumer quiet.
+                    drop(busy);
+                    let _ = reply.send(swept);
+                },
                 recv(self.halt) -> _ => break,
             }
         }
@@ -106,6 +125,16 @@ impl<S: InboxStore> Worker<S> {
             self.halt.try_recv(),
             Err(crossbeam_channel::TryRecvError::Disconnected)
         )
+    }
+
+    /// Claims every due row ([`drain_due`](Self::drain_due)) and says what that did.
+    fn sweep(&self, backoff: &mut Backoff) -> Swept {
+        let (settled, failed) = (self.settled.get(), self.failed_batches.get());
+        self.drain_due(backoff);
+        Swept {
+            settled: self.settled.get() - settled,
+            failed: self.failed_batches.get() > failed,
+        }
     }
 
     /// Claims due rows batch after batch until there are none left (or shutdown begins). In
@@ -193,6 +222,7 @@ impl<S: InboxStore> Worker<S> {
         match outcome {
             Ok(settled) => {
                 backoff.reset();
+                self.settled.set(self.settled.get() + settled.len());
                 let failed = settled.iter().any(|s| s.verdict != Verdict::Processed);
                 self.recent_failure.set(failed);
                 if !settled.is_empty() {
@@ -212,6 +242,7 @@ impl<S: InboxStore> Worker<S> {
             }
             Err(error) => {
                 // The batch rolled back: its rows stay due and are claimed again after the pause.
+                self.failed_batches.set(self.failed_batches.get() + 1);
                 tracing::warn!(%error, sqlstate = error.sqlstate().unwrap_or(""), "worker could not process a batch; backing off");
                 let pause = backoff.next_pause();
                 let _ = self.halt.recv_timeout(pause);
@@ -265,23 +296,15 @@ impl<S: InboxStore> RowHandler<S> for Attempt<'_, S> {
         let started = Instant::now();
         let (in_flight, slot) = self.in_flight;
         in_flight.started(slot, row);
-        let outcome = catch_unwind(AssertUnwindSafe(|| self.handler.handle(tx, row)));
+        let verdict = self.rules().run(self.handler, tx, row);
         in_flight.finished(slot);
         self.metrics
             .handler_ran(row.stream.as_deref(), started.elapsed());
-        match outcome {
-            Ok(Ok(())) => Verdict::Processed,
-            Ok(Err(error)) => self.failure(row, error.to_string(), error.is_give_up()),
-            Err(panic) => self.failure(
-                row,
-                format!("handler panicked: {}", panic_message(panic.as_ref())),
-                false,
-            ),
-        }
+        verdict
     }
 
     fn failed_after(&mut self, row: &InboxRow, error: String) -> Verdict {
-        self.failure(row, error, false)
+        self.rules().failure(row, error, false)
     }
 
     /// One more failure with the retry policy's delay, never a dead letter: the attempt about
@@ -295,7 +318,7 @@ impl<S: InboxStore> RowHandler<S> for Attempt<'_, S> {
         Failure {
             status: EventStatus::Failed,
             retry_count: failures,
-            next_retry_at: Some(now + self.retry_delay(failures).max(orphan_after)),
+            next_retry_at: Some(now + self.rules().retry_delay(failures).max(orphan_after)),
             error_message: NEVER_FINISHED.to_string(),
             failed_at: now,
         }
@@ -303,39 +326,13 @@ impl<S: InboxStore> RowHandler<S> for Attempt<'_, S> {
 }
 
 impl<S: InboxStore> Attempt<'_, S> {
-    /// The reference rule: one more failure; dead-lettered when it reaches a positive
-    /// `max_retries` (or the handler gave up), else retried after the policy's delay.
-    fn failure(&self, row: &InboxRow, message: String, give_up: bool) -> Verdict {
-        let failures = row.retry_count.saturating_add(1);
-        let now = self.settings.clock.now();
-        let dead = give_up || (row.max_retries > 0 && failures >= row.max_retries);
-        let next_retry_at = (!dead).then(|| now + self.retry_delay(failures));
-        Verdict::Failed(Failure {
-            status: if dead {
-                EventStatus::DeadLetter
-            } else {
-                EventStatus::Failed
-            },
-            retry_count: failures,
-            next_retry_at,
-            error_message: truncate_error(&message),
-            failed_at: now,
-        })
-    }
-}
-
-impl<S: InboxStore> Attempt<'_, S> {
-    /// The retry policy's delay after `failures` failed attempts.
-    fn retry_delay(&self, failures: i32) -> chrono::Duration {
-        let delay = self
-            .settings
-            .retry_policy
-            .delay(failures.max(0) as u32, random_unit());
-        // A year at most: beyond that a custom policy's delay is a bug, and a far-off time
-        // could overflow the stores' timestamp ranges.
-        chrono::Duration::from_std(delay)
-            .unwrap_or(MAX_RETRY_DELAY)
-            .min(MAX_RETRY_DELAY)
+    /// The consumer's decision rules, with its clock and retry policy.
+    fn rules(&self) -> Rules<'_> {
+        Rules {
+            clock: self.settings.clock.as_ref(),
+            retry_policy: self.settings.retry_policy.as_ref(),
+            jitter: Jitter::Random,
+        }
     }
 }
 
