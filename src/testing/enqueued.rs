@@ -67,8 +67,8 @@ pub fn enqueued<R: OutboxReader + ?Sized>(
     reader.pending_outbox(table)
 }
 
-/// Asserts that exactly one event of `event_type` waits in the `event_outbox` table for
-/// `stream`, as `reader` sees it, and returns its row so the test can check the payload.
+/// Asserts that exactly one event of `event_type` waits in the outbox `table` for `stream`, as
+/// `reader` sees it (see [`enqueued`]), and returns its row so the test can check the payload.
 ///
 /// # Panics
 /// When there is none or more than one, or the table cannot be read; the message lists every
@@ -83,17 +83,17 @@ pub fn enqueued<R: OutboxReader + ?Sized>(
 /// let event = Event::new("InvoiceIssued", uuid::Uuid::new_v4(), serde_json::json!({"total": 12}));
 /// outbox::enqueue(&mut tx, "invoices", &event)?;
 ///
-/// let row = testing::assert_enqueued(&mut tx, "invoices", "InvoiceIssued");
+/// let row = testing::assert_enqueued(&mut tx, "event_outbox", "invoices", "InvoiceIssued");
 /// assert_eq!(row.event.payload["total"], 12);
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
 #[track_caller]
 pub fn assert_enqueued<R: OutboxReader + ?Sized>(
     reader: &mut R,
+    table: &str,
     stream: &str,
     event_type: &str,
 ) -> OutboxRow {
-    let table = crate::store::outbox::DEFAULT_OUTBOX_TABLE;
     let rows = match enqueued(reader, table) {
         Ok(rows) => rows,
         Err(error) => panic!("cannot read the outbox table {table}: {error}"),
@@ -120,7 +120,7 @@ pub fn assert_enqueued<R: OutboxReader + ?Sized>(
         listing.join("\n")
     };
     panic!(
-        "expected one {event_type} event enqueued for stream {stream}, found {}; the outbox holds:\n{listing}",
+        "expected one {event_type} event enqueued for stream {stream}, found {}; {table} holds:\n{listing}",
         matching.len()
     );
 }

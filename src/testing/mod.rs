@@ -6,7 +6,7 @@
 //!   test's clock, or [`Outcome::DeadLetter`] with its reason. The decision is the consumer's
 //!   own code, not a copy of it.
 //! - [`enqueued`] lists what a transaction wrote to the outbox, and [`assert_enqueued`] checks
-//!   that it wrote one event of a type to a stream.
+//!   that it wrote one event of a type for a stream.
 //! - [`ConsumerHandle::wait_idle`](crate::ConsumerHandle::wait_idle) blocks until a running
 //!   consumer has settled everything it was given, instead of polling its stats.
 //!
