@@ -287,7 +287,9 @@ impl ConsumerHandle {
     /// It waits on signals from the readers and workers, not on a timer: when they are quiet
     /// it checks that the streams hold nothing unread or unacknowledged for the group and asks
     /// a free worker to claim due rows at once rather than on its next poll, so retries made
-    /// due by advancing a [`ManualClock`](crate::ManualClock) are handled before it returns.
+    /// due by advancing a [`ManualClock`](crate::ManualClock), and pending rows no reader
+    /// handed over (a replayed quarantine entry, a requeued dead letter), are handled before
+    /// it returns, without waiting out `orphan_after`.
     /// Entries another consumer of the group holds unacknowledged keep the consumer from being
     /// idle until they are reclaimed, and work other processes do on the same table is not
     /// waited for.

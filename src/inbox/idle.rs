@@ -6,7 +6,7 @@
 //! [`ConsumerHandle::wait_idle`]: super::ConsumerHandle::wait_idle
 
 use crate::error::{Error, Result};
-use crate::transport::Transport;
+use crate::transport::{Transport, TransportError};
 use crossbeam_channel::Sender;
 use parking_lot::{Condvar, Mutex};
 use std::sync::Arc;
@@ -161,8 +161,9 @@ impl IdleWatch {
                 }
                 continue;
             }
-            // Rows due in the inbox (retries whose time has come, orphans, rows a hand-over
-            // left behind): a worker claims them now instead of on its next tick.
+            // Rows due in the inbox (retries whose time has come, pending rows no hand-over
+            // carries, such as a replayed quarantine entry): a worker claims them now instead
+            // of on its next tick.
             let swept = self.sweep(deadline, timeout)?;
             if swept.settled > 0 {
                 waiting_for = "rows a sweep settled".into();
@@ -182,7 +183,16 @@ impl IdleWatch {
     /// What the streams still hold for the group, if anything.
     fn stream_backlog(&self) -> Result<Option<String>> {
         for stream in &self.streams {
-            let stats = self.transport.group_stats(stream, &self.group)?;
+            let stats = match self.transport.group_stats(stream, &self.group) {
+                Ok(stats) => stats,
+                // Lost (a broker restart, say): a reader creates it again and says so.
+                Err(TransportError::NoGroup { .. }) => {
+                    return Ok(Some(format!(
+                        "the group on stream {stream}, to be created again"
+                    )))
+                }
+                Err(error) => return Err(error.into()),
+            };
             let unread = stats.lag.unwrap_or(0);
             if unread > 0 || stats.pending > 0 {
                 return Ok(Some(format!(

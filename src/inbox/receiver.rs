@@ -116,6 +116,8 @@ impl<S: InboxStore> Reader<S> {
                 Ok(()) => {
                     tracing::info!(stream = %self.stream, group = %settings.group, after, "consumer group created again, after the newest stored entry");
                     *group_ready = true;
+                    // Wakes a `wait_idle` that found the group missing.
+                    drop(self.activity.busy());
                 }
                 Err(error) => {
                     tracing::warn!(%error, "cannot create the consumer group; retrying");

@@ -26,7 +26,7 @@ use std::cell::Cell;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 use uuid::Uuid;
 
 /// Tries at a batch of handed-over rows before leaving them to the orphan polls.
@@ -81,7 +81,7 @@ impl<S: InboxStore> Worker<S> {
                         // A chain that moved a full batch at some step met a backlog: look for
                         // heads of any aggregate before waiting for the next hand-over or tick.
                         if self.follow_heads(aggregates, &mut backoff) >= self.settings.claim_batch {
-                            self.drain_due(&mut backoff);
+                            self.drain_due(&mut backoff, self.settings.orphan_after);
                         }
                         self.activity.leave(true);
                     }
@@ -90,11 +90,16 @@ impl<S: InboxStore> Worker<S> {
                 },
                 recv(tick) -> _ => {
                     let mut busy = self.activity.busy();
-                    busy.did_something(self.sweep(&mut backoff).settled > 0);
+                    let swept = self.sweep(&mut backoff, self.settings.orphan_after);
+                    busy.did_something(swept.settled > 0);
                 }
+                // Asked by `ConsumerHandle::wait_idle` once readers and hand-overs are quiet:
+                // then every pending row is one a hand-over left behind (a replayed quarantine
+                // entry, a batch that failed on a database error), so none is left to wait
+                // out `orphan_after`.
                 recv(self.sweeps) -> request => if let Ok(reply) = request {
                     let mut busy = self.activity.busy();
-                    let swept = self.sweep(&mut backoff);
+                    let swept = self.sweep(&mut backoff, Duration::ZERO);
                     busy.did_something(swept.settled > 0);
                     // Ended before answering, so the waiter finds the consumer quiet.
                     drop(busy);
@@ -128,9 +133,9 @@ impl<S: InboxStore> Worker<S> {
     }
 
     /// Claims every due row ([`drain_due`](Self::drain_due)) and says what that did.
-    fn sweep(&self, backoff: &mut Backoff) -> Swept {
+    fn sweep(&self, backoff: &mut Backoff, orphan_after: Duration) -> Swept {
         let (settled, failed) = (self.settled.get(), self.failed_batches.get());
-        self.drain_due(backoff);
+        self.drain_due(backoff, orphan_after);
         Swept {
             settled: self.settled.get() - settled,
             failed: self.failed_batches.get() > failed,
@@ -139,16 +144,16 @@ impl<S: InboxStore> Worker<S> {
 
     /// Claims due rows batch after batch until there are none left (or shutdown begins). In
     /// ordered mode it claims aggregate heads, following each batch's aggregates to their next
-    /// heads before looking for more.
-    fn drain_due(&self, backoff: &mut Backoff) {
+    /// heads before looking for more. Pending rows count as orphaned after `orphan_after`.
+    fn drain_due(&self, backoff: &mut Backoff, orphan_after: Duration) {
         let settings = &self.settings;
         let limit = settings.claim_batch;
         while !self.stop.load(Ordering::Relaxed) {
             let claim = match settings.ordered {
-                true => self.heads(None),
+                true => self.heads(None, orphan_after),
                 false => Claim::Due {
                     limit,
-                    orphan_after: settings.orphan_after,
+                    orphan_after,
                 },
             };
             let Some(settled) = self.process(claim, backoff) else {
@@ -173,7 +178,8 @@ impl<S: InboxStore> Worker<S> {
         let mut aggregates = distinct(aggregates);
         let mut largest = 0;
         while !aggregates.is_empty() && !self.stop.load(Ordering::Relaxed) {
-            match self.process(self.heads(Some(&aggregates)), backoff) {
+            let heads = self.heads(Some(&aggregates), self.settings.orphan_after);
+            match self.process(heads, backoff) {
                 Some(settled) => {
                     largest = largest.max(settled.len());
                     aggregates = distinct(settled);
@@ -185,12 +191,12 @@ impl<S: InboxStore> Worker<S> {
         largest
     }
 
-    fn heads<'a>(&self, aggregates: Option<&'a [Uuid]>) -> Claim<'a> {
+    fn heads<'a>(&self, aggregates: Option<&'a [Uuid]>, orphan_after: Duration) -> Claim<'a> {
         Claim::Heads {
             limit: self.settings.claim_batch,
             after_dead_letter: self.settings.after_dead_letter,
             aggregates,
-            orphan_after: self.settings.orphan_after,
+            orphan_after,
         }
     }
 
