@@ -58,49 +58,61 @@ fn charge(tx: &mut Transaction<'_>, row: &InboxRow) -> HandlerResult {
 
 /// The README's "Testing your handlers" example, word for word: keep the two the same.
 mod readme {
+    /// The README's first Rust block after its testing heading is this module's example.
+    #[test]
+    fn the_readme_shows_this_example() {
+        let readme = include_str!("../README.md");
+        let section = &readme[readme
+            .find("## Testing your handlers")
+            .expect("the README's testing section")..];
+        let start = section.find("```rust\n").expect("a Rust block") + "```rust\n".len();
+        let shown = &section[start..start + section[start..].find("```").unwrap()];
+        let source = include_str!("testing_helpers.rs");
+        let begin = source.find("    // README example start\n").unwrap()
+            + "    // README example start\n".len();
+        let end = source.find("    // README example end\n").unwrap();
+        let kept: String = source[begin..end]
+            .lines()
+            .map(|line| format!("{}\n", line.strip_prefix("    ").unwrap_or(line)))
+            .collect();
+        assert!(kept.contains("fn charge("), "the markers moved: {kept}");
+        assert_eq!(shown, kept, "update the README's testing example");
+    }
+
     // README example start
     use eventflow::testing::{run_handler, Outcome, RunOptions};
-    use eventflow::{Clock, Event, HandlerResult, InboxRow, ManualClock};
+    use eventflow::{Clock, Event, HandlerError, HandlerResult, InboxRow, ManualClock};
     use rusqlite::{Connection, Transaction};
+    use serde_json::json;
     use std::time::Duration;
 
     fn charge(tx: &mut Transaction<'_>, row: &InboxRow) -> HandlerResult {
-        let amount = row.event.payload["amount"].as_i64().ok_or("no amount")?;
+        let amount = row.event.payload["amount"]
+            .as_i64()
+            .ok_or_else(|| HandlerError::give_up("no amount"))?;
         tx.execute("INSERT INTO charges (amount) VALUES (?1)", [amount])?;
         Ok(())
     }
 
     #[test]
-    fn a_charge_is_written_and_a_bad_one_retried_in_a_minute() {
+    fn a_charge_is_written_a_bad_one_dead_lettered_a_database_error_retried() {
         let mut conn = Connection::open_in_memory().unwrap();
-        conn.execute("CREATE TABLE charges (amount INTEGER NOT NULL)", [])
+        conn.execute("CREATE TABLE charges (amount INTEGER)", [])
             .unwrap();
         let mut tx = conn.transaction().unwrap();
         let clock = ManualClock::starting_now();
         let options = RunOptions::new().clock(clock.clone());
+        let event = |payload| Event::new("ChargeRequested", uuid::Uuid::new_v4(), payload);
 
-        let good = Event::new(
-            "ChargeRequested",
-            uuid::Uuid::new_v4(),
-            serde_json::json!({"amount": 5}),
-        );
-        assert_eq!(
-            run_handler(&charge, &mut tx, &good, &options).unwrap(),
-            Outcome::Processed
-        );
-
-        let bad = Event::new(
-            "ChargeRequested",
-            uuid::Uuid::new_v4(),
-            serde_json::json!({}),
-        );
-        assert_eq!(
-            run_handler(&charge, &mut tx, &bad, &options).unwrap(),
-            Outcome::Retry {
-                next_attempt_at: clock.now() + Duration::from_secs(60),
-                retry_count: 1,
-                reason: "no amount".into(),
-            }
+        let ok = run_handler(&charge, &mut tx, &event(json!({"amount": 5})), &options).unwrap();
+        assert_eq!(ok, Outcome::Processed);
+        let bad = run_handler(&charge, &mut tx, &event(json!({})), &options).unwrap();
+        assert!(matches!(bad, Outcome::DeadLetter { .. }) && bad.reason() == Some("no amount"));
+        tx.execute("DROP TABLE charges", []).unwrap(); // the database fails: retried in a minute
+        let retry = run_handler(&charge, &mut tx, &event(json!({"amount": 5})), &options).unwrap();
+        let in_a_minute = clock.now() + Duration::from_secs(60);
+        assert!(
+            matches!(retry, Outcome::Retry { next_attempt_at, .. } if next_attempt_at == in_a_minute)
         );
     }
     // README example end
