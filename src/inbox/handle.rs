@@ -291,8 +291,9 @@ impl ConsumerHandle {
     /// handed over (a replayed quarantine entry, a requeued dead letter), are handled before
     /// it returns, without waiting out `orphan_after`.
     /// Entries another consumer of the group holds unacknowledged keep the consumer from being
-    /// idle until they are reclaimed, and work other processes do on the same table is not
-    /// waited for.
+    /// idle until they are reclaimed. Not waited for: work other processes do on the same
+    /// table, the maintenance services (retention, stream trimming), and, on a Redis older than
+    /// 7, which does not report a group's lag, entries no reader has been handed yet.
     ///
     /// Returns [`Error::IdleTimedOut`] saying what was still going on when `timeout` ran out,
     /// [`Error::NotRunning`] after [`shutdown`](Self::shutdown), or the broker's error when
