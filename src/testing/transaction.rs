@@ -2,7 +2,7 @@
 //! so the handler's store type is inferred from the transaction the test passes, and each
 //! undoes a failed handler's writes as the consumer does, with a savepoint.
 
-use crate::store::{InboxStore, StoreError};
+use crate::store::InboxStore;
 
 /// A transaction a handler can run in: `rusqlite::Transaction` (a [`SqliteStore`]'s handlers)
 /// or [`PgTransaction`] (a [`PostgresStore`]'s, opened with
@@ -22,8 +22,11 @@ pub trait HandlerTransaction<'t>: sealed::Savepoints {
 
 /// The savepoint that fences one handler run, as the consumer fences each row of a batch.
 /// Plain SQL both backends speak alike.
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
 const SAVEPOINT: &str = "SAVEPOINT eventflow_test";
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
 const RELEASE: &str = "RELEASE SAVEPOINT eventflow_test";
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
 const UNDO: &str = "ROLLBACK TO SAVEPOINT eventflow_test; RELEASE SAVEPOINT eventflow_test";
 
 pub(crate) mod sealed {
@@ -45,7 +48,7 @@ pub(crate) mod sealed {
 #[cfg(feature = "sqlite")]
 mod sqlite {
     use super::*;
-    use crate::store::SqliteStore;
+    use crate::store::{SqliteStore, StoreError};
     use rusqlite::Transaction;
 
     fn lite(context: &'static str) -> impl FnOnce(rusqlite::Error) -> StoreError {
@@ -85,7 +88,7 @@ mod sqlite {
 #[cfg(feature = "postgres")]
 mod postgres {
     use super::*;
-    use crate::store::{PgTransaction, PostgresStore};
+    use crate::store::{PgTransaction, PostgresStore, StoreError};
 
     fn pg(context: &'static str) -> impl FnOnce(::postgres::Error) -> StoreError {
         move |source| StoreError::Postgres { context, source }
