@@ -76,12 +76,10 @@ fn main() -> Result<(), Box<dyn Error>> {
     let unpayable = Event::new("Unpayable", uuid::Uuid::new_v4(), serde_json::json!({}));
     stream.publish(STREAM, unpayable.to_entry_fields())?;
 
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while handle.stats().processed + handle.stats().dead_lettered < 11 {
-        if Instant::now() > deadline {
-            return Err(format!("events not handled in time: {:?}", handle.stats()).into());
-        }
-        std::thread::sleep(Duration::from_millis(20));
+    handle.wait_idle(Duration::from_secs(30))?;
+    let stats = handle.stats();
+    if stats.processed + stats.dead_lettered != 11 {
+        return Err(format!("expected 11 events settled; got {stats:?}").into());
     }
     let health = handle.health();
     println!(

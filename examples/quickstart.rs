@@ -2,27 +2,34 @@
 //! table, routed by event type to typed handlers and handled exactly once by a worker pool, each
 //! handler writing in the row's transaction, each order's events in order.
 //!
-//! With no servers configured it runs on the embedded default: a SQLite file and the in-process
-//! stream. Set `EVENTFLOW_REDIS_URL` and/or `EVENTFLOW_DATABASE_URL` (a PostgreSQL URL) to use
-//! the real servers:
+//! With no servers configured it runs on the embedded default: a SQLite file in a new
+//! temporary directory, whose path it prints, and the in-process stream. Each run starts
+//! afresh, so it can be run again and again. Set `EVENTFLOW_REDIS_URL` and/or
+//! `EVENTFLOW_DATABASE_URL` (a PostgreSQL URL) to use the real servers, and
+//! `EVENTFLOW_QUICKSTART_STREAM_PREFIX` to name the streams something other than
+//! `eventflow-quickstart-orders` and `eventflow-quickstart-customers` (on a shared Redis, say):
 //!
 //! ```text
 //! cargo run --example quickstart
 //! EVENTFLOW_REDIS_URL=redis://127.0.0.1:6379 \
 //! EVENTFLOW_DATABASE_URL="host=127.0.0.1 user=postgres dbname=test" cargo run --example quickstart
+//! EVENTFLOW_QUICKSTART_STREAM_PREFIX=my-try cargo run --example quickstart
 //! ```
+//!
+//! Logs go to stderr, coloured only when stderr is a terminal; `RUST_LOG` sets their level.
 
 use eventflow::transport::{MemoryStream, RedisStreams, Transport};
-use eventflow::{ConsumerHandle, Event, HandlerResult, InboxConsumer, InboxRow};
+use eventflow::{Event, HandlerResult, InboxConsumer, InboxRow};
 use serde::Deserialize;
 use serde_json::json;
 use std::error::Error;
+use std::io::IsTerminal;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tracing_subscriber::EnvFilter;
 
-const ORDERS_STREAM: &str = "eventflow-quickstart-orders";
-const CUSTOMERS_STREAM: &str = "eventflow-quickstart-customers";
+/// The streams' names start with this unless `EVENTFLOW_QUICKSTART_STREAM_PREFIX` says otherwise.
+const DEFAULT_STREAM_PREFIX: &str = "eventflow-quickstart";
 const GROUP: &str = "order-service";
 const ORDERS: usize = 10;
 const PAID: usize = 5;
@@ -44,12 +51,38 @@ struct CustomerRegistered {
     email: String,
 }
 
+/// The two streams the example produces to and consumes from.
+struct Streams {
+    orders: String,
+    customers: String,
+}
+
+impl Streams {
+    fn from_env() -> Result<Self, Box<dyn Error>> {
+        let prefix = std::env::var("EVENTFLOW_QUICKSTART_STREAM_PREFIX")
+            .unwrap_or_else(|_| DEFAULT_STREAM_PREFIX.to_string());
+        if prefix.trim().is_empty() {
+            return Err(
+                "EVENTFLOW_QUICKSTART_STREAM_PREFIX is empty; unset it or name a prefix".into(),
+            );
+        }
+        Ok(Self {
+            orders: format!("{prefix}-orders"),
+            customers: format!("{prefix}-customers"),
+        })
+    }
+}
+
 fn main() -> Result<(), Box<dyn Error>> {
     tracing_subscriber::fmt()
         .with_env_filter(
             EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("eventflow=info")),
         )
+        // Colour codes only for a person watching; a file or a pipe gets plain text.
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .init();
+    let streams = Streams::from_env()?;
 
     let transport: Arc<dyn Transport> = match std::env::var("EVENTFLOW_REDIS_URL") {
         Ok(url) => {
@@ -75,7 +108,7 @@ fn main() -> Result<(), Box<dyn Error>> {
             )?;
             consumer
                 .postgres(url)
-                .streams([ORDERS_STREAM, CUSTOMERS_STREAM])
+                .streams([&streams.orders, &streams.customers])
                 .group(GROUP)
                 .ordered(true)
                 .route_typed("OrderCreated", |tx, row, order: OrderCreated| -> HandlerResult {
@@ -112,11 +145,17 @@ fn main() -> Result<(), Box<dyn Error>> {
                 .start()?
         }
         Err(_) => {
-            let path = std::env::var("EVENTFLOW_SQLITE_PATH")
-                .map(std::path::PathBuf::from)
-                .unwrap_or_else(|_| std::env::temp_dir().join("eventflow-quickstart.db"));
+            // A directory of this run's own: each run starts from an empty inbox, so what it
+            // reports is its own doing, and two runs at once never share a file.
+            let dir = std::env::temp_dir().join(format!(
+                "eventflow-quickstart-{}",
+                &uuid::Uuid::new_v4().simple().to_string()[..12]
+            ));
+            std::fs::create_dir_all(&dir)?;
+            let path = dir.join("inbox.db");
             println!(
-                "inbox: SQLite file {} (set EVENTFLOW_DATABASE_URL to use PostgreSQL)",
+                "inbox: SQLite file {} (set EVENTFLOW_DATABASE_URL to use PostgreSQL; \
+                 the directory is left for you to look at or delete)",
                 path.display()
             );
             let db = rusqlite::Connection::open(&path)?;
@@ -127,7 +166,7 @@ fn main() -> Result<(), Box<dyn Error>> {
             )?;
             consumer
                 .sqlite(path)
-                .streams([ORDERS_STREAM, CUSTOMERS_STREAM])
+                .streams([&streams.orders, &streams.customers])
                 .group(GROUP)
                 .ordered(true)
                 .route_typed("OrderCreated", |tx, row, order: OrderCreated| -> HandlerResult {
@@ -169,11 +208,18 @@ fn main() -> Result<(), Box<dyn Error>> {
         handle.consumer_name()
     );
 
-    produce(transport.as_ref())?;
-    wait_for(&handle, (ORDERS + PAID + CUSTOMERS + 2) as u64)?;
+    produce(transport.as_ref(), &streams)?;
+    // Everything produced is read, stored and settled: no polling, no sleeping.
+    handle.wait_idle(Duration::from_secs(30))?;
 
     let report = handle.shutdown(Duration::from_secs(10))?;
     let stats = report.stats;
+    let settled = (ORDERS + PAID + CUSTOMERS + 2) as u64;
+    if stats.processed + stats.dead_lettered != settled || stats.quarantined != 1 {
+        return Err(
+            format!("expected {settled} events settled and 1 quarantined; got {stats:?}").into(),
+        );
+    }
     println!(
         "\nreceived {} entries: {} events handled, {} duplicate skipped, {} malformed entry quarantined, \
          {} dead-lettered (a payload that is not an OrderCreated, and a type with no route)",
@@ -188,7 +234,7 @@ fn main() -> Result<(), Box<dyn Error>> {
 
 /// Orders (one sent twice, one invalid, one of a type nobody routes) and payments on one
 /// stream, an entry that is not an event, and customers on another stream.
-fn produce(transport: &dyn Transport) -> Result<(), Box<dyn Error>> {
+fn produce(transport: &dyn Transport, streams: &Streams) -> Result<(), Box<dyn Error>> {
     let run = uuid::Uuid::new_v4().simple().to_string();
     let orders: Vec<(String, uuid::Uuid)> = (1..=ORDERS)
         .map(|i| (format!("o-{}-{i}", &run[..8]), uuid::Uuid::new_v4()))
@@ -210,8 +256,12 @@ fn produce(transport: &dyn Transport) -> Result<(), Box<dyn Error>> {
     let unrouted = Event::new("OrderGiftWrapped", uuid::Uuid::new_v4(), json!({}));
     entries.push(unrouted.to_entry_fields()); // no route: dead letter, never silently dropped
     entries.push(vec![("data".to_string(), b"{this is not json".to_vec())]); // quarantined
-    let ids = transport.publish_batch(ORDERS_STREAM, &entries)?;
-    println!("produced {} entries to stream {ORDERS_STREAM}", ids.len());
+    let ids = transport.publish_batch(&streams.orders, &entries)?;
+    println!(
+        "produced {} entries to stream {}",
+        ids.len(),
+        streams.orders
+    );
 
     let customers: Vec<_> = (1..=CUSTOMERS)
         .map(|i| {
@@ -219,10 +269,11 @@ fn produce(transport: &dyn Transport) -> Result<(), Box<dyn Error>> {
             Event::new("CustomerRegistered", uuid::Uuid::new_v4(), email).to_entry_fields()
         })
         .collect();
-    let ids = transport.publish_batch(CUSTOMERS_STREAM, &customers)?;
+    let ids = transport.publish_batch(&streams.customers, &customers)?;
     println!(
-        "produced {} entries to stream {CUSTOMERS_STREAM}",
-        ids.len()
+        "produced {} entries to stream {}",
+        ids.len(),
+        streams.customers
     );
     Ok(())
 }
@@ -234,18 +285,4 @@ fn announce(row: &InboxRow, subject: &str) {
         row.stream.as_deref().unwrap_or("?"),
         row.stream_id
     );
-}
-
-fn wait_for(handle: &ConsumerHandle, settled: u64) -> Result<(), Box<dyn Error>> {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let stats = handle.stats();
-        if stats.processed + stats.dead_lettered >= settled && stats.quarantined >= 1 {
-            return Ok(());
-        }
-        if Instant::now() > deadline {
-            return Err(format!("timed out waiting for events; so far {stats:?}").into());
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
 }

@@ -48,6 +48,20 @@ pub enum Error {
         /// Names of the threads still running.
         still_running: Vec<String>,
     },
+    /// [`ConsumerHandle::wait_idle`](crate::ConsumerHandle::wait_idle) ran out of time with
+    /// the consumer still busy; `waiting_for` says with what (entries not yet read, rows being
+    /// handled, a handler that does not return).
+    #[error("the consumer was not idle within {timeout:?}; still waiting for {waiting_for}")]
+    IdleTimedOut {
+        /// The timeout given.
+        timeout: Duration,
+        /// What the consumer was still doing.
+        waiting_for: String,
+    },
+    /// The consumer was shut down, so it will never be idle with its work done: what it left
+    /// stays in the inbox and the stream for the next start.
+    #[error("the consumer has been shut down")]
+    NotRunning,
     /// The inbox table belongs to another consumer group. An inbox finds duplicates by
     /// `event_id` per table, so a second service on the same table would skip every event the
     /// first one stored: each service (group) needs a table of its own.

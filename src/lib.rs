@@ -42,14 +42,16 @@
 //!
 //! let event = Event::new("OrderCreated", uuid::Uuid::new_v4(), serde_json::json!({"order_id": "o-1"}));
 //! stream.publish("orders", event.to_entry_fields())?;
-//! # let deadline = std::time::Instant::now() + Duration::from_secs(10);
-//! # while handle.stats().processed < 1 && std::time::Instant::now() < deadline {
-//! #     std::thread::sleep(Duration::from_millis(10));
-//! # }
+//! handle.wait_idle(Duration::from_secs(10))?;         // read, stored and handled
 //! let report = handle.shutdown(Duration::from_secs(10))?;
 //! assert_eq!(report.stats.processed, 1);
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
+//!
+//! # Testing
+//! [`testing::run_handler`] runs a handler on one event inside a test's own transaction and
+//! says what the consumer would record; [`ConsumerHandle::wait_idle`] waits for a running
+//! consumer to settle what it was given.
 //!
 //! # Features
 //! `postgres`, `sqlite` and `redis` (all on by default) each enable one backend.
@@ -69,6 +71,7 @@ pub mod quarantine;
 pub mod redact;
 pub mod retry;
 pub mod store;
+pub mod testing;
 pub mod tls;
 pub mod transport;
 

@@ -139,12 +139,9 @@ fn every_event_is_handled_once_across_duplicates_styles_and_malformed_entries() 
         stream.publish(STREAM, fields.clone()).unwrap();
     }
 
-    assert!(
-        wait_until(WAIT, || count(&store, EventStatus::Processed) == 300
-            && handle.stats().quarantined == 3),
-        "stats: {:?}",
-        handle.stats()
-    );
+    handle.wait_idle(WAIT).unwrap();
+    assert_eq!(count(&store, EventStatus::Processed), 300);
+    assert_eq!(handle.stats().quarantined, 3);
     let report = handle.shutdown(Duration::from_secs(10)).unwrap();
     assert_eq!(
         handled(&store),
@@ -175,19 +172,17 @@ fn every_event_is_handled_once_across_duplicates_styles_and_malformed_entries() 
 fn a_fixed_quarantined_entry_can_be_replayed_and_is_then_handled() {
     let stream = MemoryStream::new();
     let store = store();
-    // The replayed row was handed to no worker: a poll takes it once it counts as orphaned.
-    let handle = start_recording(stream.clone(), &store, |builder| {
-        builder
-            .poll_interval(Duration::from_millis(20))
-            .orphan_after(Duration::from_millis(100))
-    });
+    // The default poll interval and orphan_after: wait_idle has a worker take the replayed
+    // row, which no reader handed over, without waiting for either.
+    let handle = start_recording(stream.clone(), &store, |builder| builder);
     let good = event("fixed-1", "OrderCreated");
     let mut data = good.to_json();
     data.as_object_mut().unwrap().remove("aggregate_id");
     stream
         .publish(STREAM, vec![("data".into(), data.to_string().into_bytes())])
         .unwrap();
-    assert!(wait_until(WAIT, || handle.stats().quarantined == 1));
+    handle.wait_idle(WAIT).unwrap();
+    assert_eq!(handle.stats().quarantined, 1);
 
     let entry = store.list_quarantined(10, 0).unwrap().remove(0);
     assert!(entry.reason.contains("aggregate_id"), "{}", entry.reason);
@@ -201,7 +196,8 @@ fn a_fixed_quarantined_entry_can_be_replayed_and_is_then_handled() {
     .unwrap();
     assert_eq!(replayed, "fixed-1");
     // Workers find the replayed row on their own: no stream entry announces it.
-    assert!(wait_until(WAIT, || count(&store, EventStatus::Processed) == 1));
+    handle.wait_idle(WAIT).unwrap();
+    assert_eq!(count(&store, EventStatus::Processed), 1);
     handle.shutdown(Duration::from_secs(10)).unwrap();
     assert_eq!(handled(&store), (1, 1));
     let entry = store.find_quarantined(entry.id).unwrap().unwrap();
@@ -267,10 +263,11 @@ fn failures_follow_the_retry_schedule_then_dead_letter_and_panics_never_kill_the
             .unwrap()
             .is_some_and(|r| check(&r))
     };
-    assert!(wait_until(WAIT, || is("flaky", &|r| r.retry_count == 1)
-        && is("broken", &|r| r.retry_count == 1)
-        && is("hopeless", &|r| r.status == EventStatus::DeadLetter)
-        && is("panics", &|r| r.retry_count == 1)));
+    handle.wait_idle(WAIT).unwrap();
+    assert!(is("flaky", &|r| r.retry_count == 1));
+    assert!(is("broken", &|r| r.retry_count == 1));
+    assert!(is("hopeless", &|r| r.status == EventStatus::DeadLetter));
+    assert!(is("panics", &|r| r.retry_count == 1));
 
     let flaky = row("flaky");
     assert_eq!(flaky.status, EventStatus::Failed);
@@ -298,17 +295,18 @@ fn failures_follow_the_retry_schedule_then_dead_letter_and_panics_never_kill_the
     stream
         .publish(STREAM, event("after-panic", "Plain").to_entry_fields())
         .unwrap();
-    assert!(wait_until(WAIT, || is("after-panic", &|r| r.status
-        == EventStatus::Processed)));
+    handle.wait_idle(WAIT).unwrap();
+    assert_eq!(row("after-panic").status, EventStatus::Processed);
 
-    // Nothing is retried before its time.
+    // Nothing is retried before its time: wait_idle has a worker claim every due row.
     clock.advance(Duration::from_secs(50));
-    std::thread::sleep(Duration::from_millis(200));
+    handle.wait_idle(WAIT).unwrap();
     assert_eq!(row("flaky").retry_count, 1);
 
     clock.advance(Duration::from_secs(20)); // 70 s: past 60 s + 10 %
-    assert!(wait_until(WAIT, || row("flaky").retry_count == 2
-        && row("panics").status == EventStatus::Processed));
+    handle.wait_idle(WAIT).unwrap();
+    assert_eq!(row("flaky").retry_count, 2);
+    assert_eq!(row("panics").status, EventStatus::Processed);
     let flaky = row("flaky");
     let delay = flaky.next_retry_at.unwrap() - flaky.last_error_at.unwrap();
     assert!(
@@ -317,9 +315,9 @@ fn failures_follow_the_retry_schedule_then_dead_letter_and_panics_never_kill_the
     );
 
     clock.advance(Duration::from_secs(140));
-    assert!(wait_until(WAIT, || row("flaky").status
-        == EventStatus::Processed
-        && row("broken").status == EventStatus::DeadLetter));
+    handle.wait_idle(WAIT).unwrap();
+    assert_eq!(row("flaky").status, EventStatus::Processed);
+    assert_eq!(row("broken").status, EventStatus::DeadLetter);
     handle.shutdown(Duration::from_secs(10)).unwrap();
 
     let flaky = row("flaky");
@@ -445,11 +443,9 @@ fn entries_a_dead_consumer_left_pending_are_reclaimed() {
             .reclaim_idle(Duration::from_millis(200))
             .reclaim_interval(Duration::from_millis(50))
     });
-    assert!(
-        wait_until(WAIT, || count(&store, EventStatus::Processed) == 30),
-        "{:?}",
-        handle.stats()
-    );
+    // Idle only once the dead consumer's entries are taken over and handled.
+    handle.wait_idle(WAIT).unwrap();
+    assert_eq!(count(&store, EventStatus::Processed), 30);
     let report = handle.shutdown(Duration::from_secs(10)).unwrap();
     assert_eq!(report.stats.reclaimed, 10);
     assert_eq!(handled(&store), (30, 30));
@@ -470,18 +466,17 @@ fn a_lost_consumer_group_is_created_again_and_redelivery_is_deduplicated() {
             .publish(STREAM, event(&format!("g-{i}"), "T").to_entry_fields())
             .unwrap();
     }
-    assert!(wait_until(WAIT, || count(&store, EventStatus::Processed) == 5));
+    handle.wait_idle(WAIT).unwrap();
+    assert_eq!(count(&store, EventStatus::Processed), 5);
     assert!(stream.destroy_group(STREAM, GROUP));
     for i in 5..10 {
         stream
             .publish(STREAM, event(&format!("g-{i}"), "T").to_entry_fields())
             .unwrap();
     }
-    assert!(
-        wait_until(WAIT, || count(&store, EventStatus::Processed) == 10),
-        "{:?}",
-        handle.stats()
-    );
+    // Idle once the group is back and has delivered the new entries.
+    handle.wait_idle(WAIT).unwrap();
+    assert_eq!(count(&store, EventStatus::Processed), 10);
     let report = handle.shutdown(Duration::from_secs(10)).unwrap();
     // The new group starts after the newest stored entry: the first five are not read again.
     assert_eq!(report.stats.duplicates, 0);
@@ -506,7 +501,8 @@ fn a_lost_group_does_not_replay_history_that_retention_purged() {
             .publish(STREAM, event(&format!("h-{i}"), "T").to_entry_fields())
             .unwrap();
     }
-    assert!(wait_until(WAIT, || count(&store, EventStatus::Processed) == 1000));
+    handle.wait_idle(WAIT).unwrap();
+    assert_eq!(count(&store, EventStatus::Processed), 1000);
     let purged = store
         .delete_processed_before(&eventflow::store::ProcessedCleanup {
             before: chrono::Utc::now() + chrono::Duration::days(1),
@@ -522,17 +518,10 @@ fn a_lost_group_does_not_replay_history_that_retention_purged() {
             .publish(STREAM, event(&format!("h-{i}"), "T").to_entry_fields())
             .unwrap();
     }
-    // The group is back and has delivered every entry, all acknowledged: nothing more comes.
-    assert!(
-        wait_until(WAIT, || {
-            count(&store, EventStatus::Processed) >= 100
-                && stream
-                    .group_stats(STREAM, GROUP)
-                    .is_ok_and(|stats| stats.lag == Some(0) && stats.pending == 0)
-        }),
-        "{:?}",
-        handle.stats()
-    );
+    // Idle: the group is back and has delivered every entry, all acknowledged and handled.
+    handle.wait_idle(WAIT).unwrap();
+    let stats = group_stats(&stream);
+    assert_eq!((stats.lag, stats.pending), (Some(0), 0));
     let report = handle.shutdown(Duration::from_secs(10)).unwrap();
     assert_eq!(
         handled(&store),
@@ -557,7 +546,8 @@ fn start_creates_a_missing_group_after_the_newest_stored_entry() {
             .publish(STREAM, event(&format!("s-{i}"), "T").to_entry_fields())
             .unwrap();
     }
-    assert!(wait_until(WAIT, || count(&store, EventStatus::Processed) == 50));
+    first.wait_idle(WAIT).unwrap();
+    assert_eq!(count(&store, EventStatus::Processed), 50);
     first.shutdown(Duration::from_secs(10)).unwrap();
     store
         .delete_processed_before(&eventflow::store::ProcessedCleanup {
@@ -575,13 +565,10 @@ fn start_creates_a_missing_group_after_the_newest_stored_entry() {
     let second = start_recording(stream.clone(), &store, |builder| {
         builder.block(Duration::from_millis(20))
     });
-    assert!(
-        wait_until(WAIT, || count(&store, EventStatus::Processed) == 10
-            && group_stats(&stream).lag == Some(0)
-            && group_stats(&stream).pending == 0),
-        "{:?}",
-        second.stats()
-    );
+    second.wait_idle(WAIT).unwrap();
+    assert_eq!(count(&store, EventStatus::Processed), 10);
+    let stats = group_stats(&stream);
+    assert_eq!((stats.lag, stats.pending), (Some(0), 0));
     let report = second.shutdown(Duration::from_secs(10)).unwrap();
     assert_eq!(handled(&store), (60, 60), "10 more handler runs, not 60");
     assert_eq!(report.stats.received, 10);
@@ -721,7 +708,8 @@ fn a_broker_outage_is_waited_out_without_losing_events() {
     assert!(wait_until(WAIT, || outage.failures.load(Ordering::SeqCst) >= 3));
     assert!(handle.is_running(), "an outage does not stop the consumer");
     outage.down.store(false, Ordering::SeqCst);
-    assert!(wait_until(WAIT, || count(&store, EventStatus::Processed) == 50));
+    handle.wait_idle(WAIT).unwrap();
+    assert_eq!(count(&store, EventStatus::Processed), 50);
     handle.shutdown(Duration::from_secs(10)).unwrap();
     assert_eq!(handled(&store), (50, 50));
 }
@@ -1000,16 +988,12 @@ fn an_entry_the_database_refuses_is_quarantined_without_holding_back_its_batch()
     stream
         .publish(STREAM, event("later", "T").to_entry_fields())
         .unwrap();
-    assert!(
-        wait_until(WAIT, || store
-            .count_by_status()
-            .unwrap()
-            .get(EventStatus::Processed)
-            == 11
-            && handle.stats().quarantined == 1),
-        "{:?}",
-        handle.stats()
+    handle.wait_idle(WAIT).unwrap();
+    assert_eq!(
+        store.count_by_status().unwrap().get(EventStatus::Processed),
+        11
     );
+    assert_eq!(handle.stats().quarantined, 1);
     handle.shutdown(Duration::from_secs(10)).unwrap();
     let quarantined = store.list_quarantined(10, 0).unwrap();
     assert_eq!(quarantined.len(), 1);
@@ -1041,7 +1025,8 @@ fn a_broker_without_reclaim_still_gets_read() {
             .publish(STREAM, event(&format!("n-{i}"), "T").to_entry_fields())
             .unwrap();
     }
-    assert!(wait_until(WAIT, || count(&store, EventStatus::Processed) == 20));
+    handle.wait_idle(WAIT).unwrap();
+    assert_eq!(count(&store, EventStatus::Processed), 20);
     assert!(
         outage.failures.load(Ordering::SeqCst) >= 2,
         "reclaim was tried and failed"
@@ -1132,16 +1117,10 @@ fn a_sqlite_handler_that_calls_its_store_fails_instead_of_hanging() {
     stream
         .publish(STREAM, event("self-call", "T").to_entry_fields())
         .unwrap();
-    let failed = || {
-        store
-            .find_by_event_id("self-call")
-            .unwrap()
-            .is_some_and(|r| r.retry_count == 1)
-    };
-    assert!(wait_until(WAIT, failed), "{:?}", handle.stats());
+    handle.wait_idle(WAIT).unwrap();
     handle.shutdown(Duration::from_secs(10)).unwrap();
     let row = store.find_by_event_id("self-call").unwrap().unwrap();
-    assert_eq!(row.status, EventStatus::Failed);
+    assert_eq!((row.status, row.retry_count), (EventStatus::Failed, 1));
     assert!(row
         .error_message
         .unwrap()
@@ -1265,13 +1244,10 @@ fn the_dead_letter_hook_fires_once_per_dead_letter_after_its_commit() {
     ];
     stream.publish_batch(STREAM, &entries).unwrap();
     let status = |id: &str| store.find_by_event_id(id).unwrap().map(|r| r.status);
-    assert!(
-        wait_until(WAIT, || status("hopeless") == Some(EventStatus::DeadLetter)
-            && status("broken") == Some(EventStatus::Failed)
-            && status("fine") == Some(EventStatus::Processed)),
-        "{:?}",
-        handle.stats()
-    );
+    handle.wait_idle(WAIT).unwrap();
+    assert_eq!(status("hopeless"), Some(EventStatus::DeadLetter));
+    assert_eq!(status("broken"), Some(EventStatus::Failed));
+    assert_eq!(status("fine"), Some(EventStatus::Processed));
     assert_eq!(
         attempts.lock()["hopeless"],
         2,
@@ -1281,12 +1257,14 @@ fn the_dead_letter_hook_fires_once_per_dead_letter_after_its_commit() {
 
     // The second failure of the broken event exhausts max_retries = 2.
     clock.advance(Duration::from_secs(70));
-    assert!(wait_until(WAIT, || status("broken") == Some(EventStatus::DeadLetter)));
+    handle.wait_idle(WAIT).unwrap();
+    assert_eq!(status("broken"), Some(EventStatus::DeadLetter));
     // The hook panicked the first time; the only worker still handles events.
     stream
         .publish(STREAM, event("after", "Fine").to_entry_fields())
         .unwrap();
-    assert!(wait_until(WAIT, || status("after") == Some(EventStatus::Processed)));
+    handle.wait_idle(WAIT).unwrap();
+    assert_eq!(status("after"), Some(EventStatus::Processed));
     let report = handle.shutdown(Duration::from_secs(10)).unwrap();
 
     assert_eq!(report.stats.dead_lettered, 2);
@@ -1395,7 +1373,8 @@ fn each_dead_letter_is_logged_once_with_the_fields_alerts_match_on() {
     let mut logged = event(&id, "CustomerDeleted");
     logged.correlation_id = Some("corr-9".into());
     stream.publish(STREAM, logged.to_entry_fields()).unwrap();
-    assert!(wait_until(WAIT, || handle.stats().dead_lettered == 1));
+    handle.wait_idle(WAIT).unwrap();
+    assert_eq!(handle.stats().dead_lettered, 1);
     handle.shutdown(Duration::from_secs(10)).unwrap();
 
     let lines: Vec<_> = logs
@@ -1431,7 +1410,8 @@ fn a_running_consumer_is_live_and_ready_and_not_live_after_shutdown() {
     stream
         .publish(STREAM, event("h-1", "T").to_entry_fields())
         .unwrap();
-    assert!(wait_until(WAIT, || count(&store, EventStatus::Processed) == 1));
+    handle.wait_idle(WAIT).unwrap();
+    assert_eq!(count(&store, EventStatus::Processed), 1);
 
     let health = handle.health();
     assert!(health.is_live() && health.is_ready(), "{health:?}");
@@ -1519,7 +1499,8 @@ fn a_handler_past_the_time_limit_makes_the_consumer_not_live_until_it_returns() 
     assert!(hung.running_for > Duration::from_millis(100), "{hung:?}");
 
     release_tx.send(()).unwrap();
-    assert!(wait_until(WAIT, || count(&store, EventStatus::Processed) == 1));
+    handle.wait_idle(WAIT).unwrap();
+    assert_eq!(count(&store, EventStatus::Processed), 1);
     assert!(wait_until(WAIT, || handle.health().is_live()));
     handle.shutdown(Duration::from_secs(10)).unwrap();
 }
@@ -1591,16 +1572,17 @@ fn retention_deletes_only_processed_rows_past_their_age() {
     }
     publish("poison", "Poison");
     publish("flaky", "Flaky");
-    assert!(wait_until(WAIT, || count(&store, EventStatus::Processed)
-        == 5
-        && count(&store, EventStatus::DeadLetter) == 1
-        && count(&store, EventStatus::Failed) == 1));
+    handle.wait_idle(WAIT).unwrap();
+    assert_eq!(count(&store, EventStatus::Processed), 5);
+    assert_eq!(count(&store, EventStatus::DeadLetter), 1);
+    assert_eq!(count(&store, EventStatus::Failed), 1);
 
     clock.advance(4 * DAY);
     for i in 0..2 {
         publish(&format!("young-{i}"), "OrderCreated");
     }
-    assert!(wait_until(WAIT, || count(&store, EventStatus::Processed) == 7));
+    handle.wait_idle(WAIT).unwrap();
+    assert_eq!(count(&store, EventStatus::Processed), 7);
 
     // Now the first five are 8 days old and the last two 4 days: the round that deletes the
     // old ones sees the young ones in the same statement.
@@ -1644,7 +1626,8 @@ fn retention_is_off_by_default() {
     stream
         .publish(STREAM, event("kept", "OrderCreated").to_entry_fields())
         .unwrap();
-    assert!(wait_until(WAIT, || count(&store, EventStatus::Processed) == 1));
+    handle.wait_idle(WAIT).unwrap();
+    assert_eq!(count(&store, EventStatus::Processed), 1);
     clock.advance(Duration::from_secs(100 * 365 * 86_400));
     let report = handle.shutdown(Duration::from_secs(10)).unwrap();
     assert_eq!(
@@ -1680,12 +1663,14 @@ fn several_streams_feed_one_table_counted_per_stream_and_owned_by_one_group() {
         let e = event(&format!("payment-{i}"), "PaymentReceived");
         stream.publish("payments", e.to_entry_fields()).unwrap();
     }
-    assert!(wait_until(WAIT, || handle.stats().processed == 5));
+    handle.wait_idle(WAIT).unwrap();
+    assert_eq!(handle.stats().processed, 5);
     // The same event again, on the other stream once the first copy is stored: a duplicate,
     // since duplicates are found per table. (Sent at once, either copy could be stored first.)
     let again = event("order-0", "OrderCreated");
     stream.publish("payments", again.to_entry_fields()).unwrap();
-    assert!(wait_until(WAIT, || handle.stats().duplicates == 1));
+    handle.wait_idle(WAIT).unwrap();
+    assert_eq!(handle.stats().duplicates, 1);
 
     // Another service (group) on the same table is refused; the table stays the first's.
     let refused = InboxConsumer::builder()
@@ -1773,9 +1758,9 @@ fn an_oversized_entry_is_quarantined_bounded_and_acknowledged() {
             )
             .unwrap();
     }
-    assert!(wait_until(WAIT, || count(&store, EventStatus::Processed)
-        == 40
-        && handle.stats().quarantined == 1));
+    handle.wait_idle(WAIT).unwrap();
+    assert_eq!(count(&store, EventStatus::Processed), 40);
+    assert_eq!(handle.stats().quarantined, 1);
     handle.shutdown(Duration::from_secs(10)).unwrap();
     assert_eq!(
         group_stats(&stream).pending,
@@ -1830,12 +1815,14 @@ fn quarantine_retention_deletes_entries_past_their_age() {
     stream
         .publish(STREAM, vec![("event_id".into(), b"old".to_vec())])
         .unwrap();
-    assert!(wait_until(WAIT, || handle.stats().quarantined == 1));
+    handle.wait_idle(WAIT).unwrap();
+    assert_eq!(handle.stats().quarantined, 1);
     clock.advance(20 * DAY);
     stream
         .publish(STREAM, vec![("event_id".into(), b"young".to_vec())])
         .unwrap();
-    assert!(wait_until(WAIT, || handle.stats().quarantined == 2));
+    handle.wait_idle(WAIT).unwrap();
+    assert_eq!(handle.stats().quarantined, 2);
     clock.advance(11 * DAY);
     let young_only = || {
         let left = store.list_quarantined(10, 0).unwrap();

@@ -156,16 +156,17 @@ fn counters_and_histograms_count_what_happened_to_every_entry() {
         .unwrap();
 
     let status = |id: &str| store.find_by_event_id(id).unwrap().map(|r| r.status);
-    assert!(
-        wait_until(WAIT, || handle.stats().received == 30
-            && handle.stats().processed == 20
-            && status("flaky") == Some(EventStatus::Failed)
-            && status("hopeless") == Some(EventStatus::DeadLetter)),
-        "{:?}",
-        handle.stats()
+    // Idle only once the entries another consumer held are reclaimed and handled.
+    handle.wait_idle(WAIT).unwrap();
+    assert_eq!(
+        (handle.stats().received, handle.stats().processed),
+        (30, 20)
     );
+    assert_eq!(status("flaky"), Some(EventStatus::Failed));
+    assert_eq!(status("hopeless"), Some(EventStatus::DeadLetter));
     clock.advance(Duration::from_secs(70)); // past the first retry's 60 s + 10 %
-    assert!(wait_until(WAIT, || status("flaky") == Some(EventStatus::Processed)));
+    handle.wait_idle(WAIT).unwrap();
+    assert_eq!(status("flaky"), Some(EventStatus::Processed));
     let report = handle.shutdown(Duration::from_secs(10)).unwrap();
 
     let s = stream_name.as_str();
@@ -399,7 +400,8 @@ fn gauges_show_queued_rows_and_busy_workers_and_return_to_zero() {
         gauges()
     );
     drop(release);
-    assert!(wait_until(WAIT, || handle.stats().processed == 4));
+    handle.wait_idle(WAIT).unwrap();
+    assert_eq!(handle.stats().processed, 4);
     assert!(
         wait_until(WAIT, || gauges() == (0.0, 0.0)),
         "{:?}",

@@ -171,14 +171,11 @@ fn two_consumers_with_four_workers_each_handle_20000_events_exactly_once() {
         })
     };
     producer.join().unwrap();
-    assert!(
-        wait_until(Duration::from_secs(240), || fixture.processed() == 20_000
-            && a.stats().received + b.stats().received == 21_000),
-        "processed {} of 20000; a: {:?}, b: {:?}",
-        fixture.processed(),
-        a.stats(),
-        b.stats()
-    );
+    // Once a is idle the stream holds nothing for the group, so b, once idle, was the last.
+    a.wait_idle(Duration::from_secs(240)).unwrap();
+    b.wait_idle(Duration::from_secs(240)).unwrap();
+    assert_eq!(fixture.processed(), 20_000);
+    assert_eq!(a.stats().received + b.stats().received, 21_000);
     let a = a.shutdown(Duration::from_secs(30)).unwrap().stats;
     let b = b.shutdown(Duration::from_secs(30)).unwrap().stats;
 
@@ -216,11 +213,8 @@ fn a_destroyed_group_does_not_replay_history_that_retention_purged() {
     let fixture = Fixture::new(&postgres_url());
     let handle = fixture.consumer("p6", 4);
     publish_events(&fixture.redis, &fixture.stream, &events("h", 1000));
-    assert!(
-        wait_until(Duration::from_secs(60), || fixture.processed() == 1000),
-        "{:?}",
-        handle.stats()
-    );
+    handle.wait_idle(Duration::from_secs(60)).unwrap();
+    assert_eq!(fixture.processed(), 1000);
     let purged = fixture
         .store
         .delete_processed_before(&eventflow::store::ProcessedCleanup {
@@ -241,18 +235,13 @@ fn a_destroyed_group_does_not_replay_history_that_retention_purged() {
     assert_eq!(destroyed, 1);
     let more: Vec<Event> = events("h", 1100).split_off(1000);
     publish_events(&fixture.redis, &fixture.stream, &more);
-    // The group is back and has delivered every entry, all acknowledged: nothing more comes.
-    assert!(
-        wait_until(Duration::from_secs(60), || {
-            fixture.processed() >= 100
-                && fixture
-                    .redis
-                    .group_stats(&fixture.stream, "exactly-once")
-                    .is_ok_and(|stats| stats.lag == Some(0) && stats.pending == 0)
-        }),
-        "{:?}",
-        handle.stats()
-    );
+    // Idle: the group is back and has delivered every entry, all acknowledged and handled.
+    handle.wait_idle(Duration::from_secs(60)).unwrap();
+    let group = fixture
+        .redis
+        .group_stats(&fixture.stream, "exactly-once")
+        .unwrap();
+    assert_eq!((group.lag, group.pending), (Some(0), 0));
     let report = handle.shutdown(Duration::from_secs(10)).unwrap();
     assert_eq!(
         fixture.handled_counts(),
@@ -342,12 +331,15 @@ fn readers_meeting_reordered_duplicates_never_deadlock() {
             .unwrap()
     };
     let (a, b) = (consumer("a"), consumer("b"));
-    let done = wait_until(Duration::from_secs(120), || {
-        a.stats().received + b.stats().received == published as u64
-            && store
-                .count_by_status()
-                .is_ok_and(|c| c.get(EventStatus::Processed) == EVENTS as u64)
-    });
+    // Once a is idle the stream holds nothing for the group, so b, once idle, was the last.
+    let idle = a
+        .wait_idle(Duration::from_secs(120))
+        .and_then(|()| b.wait_idle(Duration::from_secs(120)));
+    let done = idle.is_ok()
+        && a.stats().received + b.stats().received == published as u64
+        && store
+            .count_by_status()
+            .is_ok_and(|c| c.get(EventStatus::Processed) == EVENTS as u64);
     let a = a.shutdown(Duration::from_secs(30)).unwrap().stats;
     let b = b.shutdown(Duration::from_secs(30)).unwrap().stats;
     let handled: (i64, i64) = {
@@ -415,6 +407,8 @@ fn killed_database_connections_are_reconnected_without_losing_or_repeating_event
     std::thread::sleep(Duration::from_millis(500));
     stop.store(true, Ordering::SeqCst);
     let kills = killer.join().unwrap();
+    // Polled, not wait_idle: an attempt whose connection was killed is a failure retried a
+    // minute later on the system clock, and wait_idle counts a retry not yet due as settled.
     assert!(
         wait_until(Duration::from_secs(120), || fixture.processed() == 3_000),
         "processed {}",
@@ -544,7 +538,8 @@ fn a_redis_restart_is_waited_out_and_the_lost_group_recreated() {
         .unwrap();
     let redis = RedisStreams::connect(&server.url()).unwrap();
     publish_events(&redis, &fixture.stream, &events("before", 500));
-    assert!(wait_until(Duration::from_secs(30), || fixture.processed() == 500));
+    handle.wait_idle(Duration::from_secs(30)).unwrap();
+    assert_eq!(fixture.processed(), 500);
 
     server.kill();
     std::thread::sleep(Duration::from_secs(1)); // the consumer sees the outage and backs off
@@ -788,11 +783,8 @@ fn a_lock_timeout_on_the_inbox_quarantines_nothing_and_loses_nothing() {
     let consumer = fixture.consumer("a", 2);
     let all = events("lock", 600);
     publish_events(&fixture.redis, &fixture.stream, &all[..200]);
-    assert!(
-        wait_until(Duration::from_secs(60), || fixture.processed() == 200),
-        "processed {} of the first 200",
-        fixture.processed()
-    );
+    consumer.wait_idle(Duration::from_secs(60)).unwrap();
+    assert_eq!(fixture.processed(), 200);
 
     // Hold SHARE on the inbox for 5 s (it conflicts with every insert and update) while the
     // rest arrive.
@@ -810,12 +802,8 @@ fn a_lock_timeout_on_the_inbox_quarantines_nothing_and_loses_nothing() {
         .pending;
     tx.rollback().unwrap();
 
-    assert!(
-        wait_until(Duration::from_secs(120), || fixture.processed() == 600),
-        "processed {} of 600; {:?}",
-        fixture.processed(),
-        consumer.stats()
-    );
+    consumer.wait_idle(Duration::from_secs(120)).unwrap();
+    assert_eq!(fixture.processed(), 600);
     let stats = consumer.shutdown(Duration::from_secs(30)).unwrap().stats;
     assert_eq!(
         processed_while_locked, 200,

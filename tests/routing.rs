@@ -22,7 +22,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 use support::recorder::recorder;
-use support::{postgres_url, redis_url, unique_name, wait_until};
+use support::{postgres_url, redis_url, unique_name};
 use uuid::Uuid;
 
 const GROUP: &str = "billing";
@@ -261,15 +261,11 @@ fn event(event_type: &str, payload: Value) -> Event {
     Event::new(event_type, Uuid::new_v4(), payload)
 }
 
-/// Waits until the consumer has processed and dead-lettered exactly this many, then stops it
-/// and checks nothing more happened meanwhile.
+/// Waits until the consumer is idle, stops it, and checks it processed and dead-lettered
+/// exactly this many.
 fn settle(handle: ConsumerHandle, processed: u64, dead_lettered: u64) {
-    let reached = wait_until(WAIT, || {
-        let stats = handle.stats();
-        stats.processed >= processed && stats.dead_lettered >= dead_lettered
-    });
+    handle.wait_idle(WAIT).unwrap();
     let stats = handle.shutdown(WAIT).unwrap().stats;
-    assert!(reached, "timed out: {stats:?}");
     assert_eq!(
         (stats.processed, stats.dead_lettered, stats.failed),
         (processed, dead_lettered, 0),

@@ -2,6 +2,7 @@
 
 use super::handle::{ConsumerHandle, Observed, Threads, READER_THREAD, WORKER_THREAD};
 use super::health::{Heartbeats, Probes};
+use super::idle::{Activity, IdleWatch};
 use super::in_flight::InFlight;
 use super::liveness::Liveness;
 use super::metrics::{InboxMetrics, ParkedGauges};
@@ -129,6 +130,8 @@ impl<S: InboxStore> Start for Runtime<S> {
             InboxMetrics::new(&settings.streams, &settings.group),
         ));
         let heartbeats = Arc::new(Heartbeats::new());
+        let activity = Arc::new(Activity::default());
+        let (sweeps, sweep_requests) = crossbeam_channel::unbounded();
         let stop = Arc::new(AtomicBool::new(false));
         let mut threads = Threads::new(stop.clone());
         let base_name = consumer_name(&settings.consumer_prefix);
@@ -166,6 +169,10 @@ impl<S: InboxStore> Start for Runtime<S> {
                 work: work_rx.clone(),
                 halt: threads.halt_signal(),
                 stop: stop.clone(),
+                activity: activity.clone(),
+                sweeps: sweep_requests.clone(),
+                settled: Default::default(),
+                failed_batches: Default::default(),
                 recent_failure: Default::default(),
                 liveness: liveness.clone(),
             };
@@ -189,6 +196,7 @@ impl<S: InboxStore> Start for Runtime<S> {
                     },
                     work: work_tx.clone(),
                     stop: stop.clone(),
+                    activity: activity.clone(),
                     stored: stored.clone(),
                     liveness: liveness.clone(),
                     read_count: std::cell::Cell::new(self.settings.read_batch),
@@ -271,6 +279,13 @@ impl<S: InboxStore> Start for Runtime<S> {
                 workers: settings.workers,
                 in_flight,
                 handler_timeout: settings.handler_timeout,
+            },
+            IdleWatch {
+                activity,
+                sweeps,
+                transport: self.transport.clone(),
+                streams: settings.streams.clone(),
+                group: settings.group.clone(),
             },
         ))
     }

@@ -1,6 +1,7 @@
 //! A running consumer: its threads, and stopping them.
 
 use super::health::{Health, Heartbeats, Probes, ThreadCount, PING_TIMEOUT};
+use super::idle::IdleWatch;
 use super::in_flight::InFlight;
 use super::stats::{ConsumerStats, Counters};
 use crate::error::{Error, Result};
@@ -180,6 +181,7 @@ pub struct ConsumerHandle {
     counters: Arc<Counters>,
     consumer: String,
     observed: Observed,
+    idle: IdleWatch,
 }
 
 impl std::fmt::Debug for ConsumerHandle {
@@ -197,12 +199,14 @@ impl ConsumerHandle {
         counters: Arc<Counters>,
         consumer: String,
         observed: Observed,
+        idle: IdleWatch,
     ) -> Self {
         Self {
             threads: Mutex::new(Some(threads)),
             counters,
             consumer,
             observed,
+            idle,
         }
     }
 
@@ -272,6 +276,56 @@ impl ConsumerHandle {
             database,
             broker,
         }
+    }
+
+    /// Blocks until the consumer is idle, or `timeout` passes: everything published to its
+    /// streams before the call has been read and stored, and every row due in the inbox has
+    /// been settled (processed, scheduled for a retry that is not yet due under the
+    /// consumer's clock, or dead-lettered). For tests: publish, wait, then assert, with no
+    /// polling of [`stats`](Self::stats) and no sleeping.
+    ///
+    /// It waits on signals from the readers and workers, not on a timer: when they are quiet
+    /// it checks that the streams hold nothing unread or unacknowledged for the group and asks
+    /// a free worker to claim due rows at once rather than on its next poll, so retries made
+    /// due by advancing a [`ManualClock`](crate::ManualClock), and pending rows no reader
+    /// handed over (a replayed quarantine entry, a requeued dead letter), are handled before
+    /// it returns, without waiting out `orphan_after`.
+    /// Entries another consumer of the group holds unacknowledged keep the consumer from being
+    /// idle until they are reclaimed. Not waited for: work other processes do on the same
+    /// table, the maintenance services (retention, stream trimming), and, on a Redis older than
+    /// 7, which does not report a group's lag, entries no reader has been handed yet.
+    ///
+    /// Returns [`Error::IdleTimedOut`] saying what was still going on when `timeout` ran out,
+    /// [`Error::NotRunning`] after [`shutdown`](Self::shutdown), or the broker's error when
+    /// the streams could not be checked.
+    ///
+    /// ```
+    /// use eventflow::transport::{MemoryStream, Transport};
+    /// use eventflow::{Event, InboxConsumer};
+    /// use std::time::Duration;
+    ///
+    /// let stream = MemoryStream::new();
+    /// let handle = InboxConsumer::builder()
+    ///     .transport(stream.clone())
+    ///     .sqlite_in_memory()
+    ///     .stream("orders")
+    ///     .group("billing")
+    ///     .handler(|_tx, _row| Ok(()))
+    ///     .build()?
+    ///     .start()?;
+    /// let event = Event::new("OrderCreated", uuid::Uuid::new_v4(), serde_json::json!({}));
+    /// stream.publish("orders", event.to_entry_fields())?;
+    ///
+    /// handle.wait_idle(Duration::from_secs(10))?;
+    /// assert_eq!(handle.stats().processed, 1);
+    /// # handle.shutdown(Duration::from_secs(10))?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn wait_idle(&self, timeout: Duration) -> Result<()> {
+        if !self.is_running() {
+            return Err(Error::NotRunning);
+        }
+        self.idle.wait(timeout)
     }
 
     /// Whether the threads are running (shutdown not yet called).

@@ -7,7 +7,8 @@
 //! process, rows stored by other processes). Each row is locked by one worker from claim to
 //! commit, and the handler's writes commit with the row's move to `processed`.
 //!
-//! Observing a running consumer: [`ConsumerHandle::stats`] counts what it did, [`metrics`]
+//! Observing a running consumer: [`ConsumerHandle::wait_idle`] blocks until it has settled
+//! what it was given, [`ConsumerHandle::stats`] counts what it did, [`metrics`]
 //! records the same and more through the `metrics` facade, [`ConsumerHandle::health`] answers
 //! liveness and readiness probes, and [`ConsumerBuilder::on_dead_letter`] hears of every dead
 //! letter.
@@ -22,6 +23,7 @@ mod handle;
 pub(crate) use handle::Threads;
 pub(crate) use worker::panic_message;
 mod health;
+mod idle;
 pub(crate) mod in_flight;
 pub(crate) mod liveness;
 pub mod metrics;
@@ -29,6 +31,7 @@ mod receiver;
 mod router;
 mod settings;
 mod stats;
+pub(crate) mod verdict;
 pub(crate) mod worker;
 
 #[cfg(feature = "postgres")]

@@ -21,6 +21,7 @@
 //! at the last batch's average entry size (Redis cannot be asked for bytes).
 
 use super::health::Heartbeats;
+use super::idle::Activity;
 use super::liveness::Liveness;
 use super::settings::Settings;
 use super::stats::Counters;
@@ -60,6 +61,9 @@ pub(crate) struct Reader<S: InboxStore> {
     pub consumer: String,
     pub work: Sender<Work>,
     pub stop: Arc<AtomicBool>,
+    /// Told when a batch is being stored and when a hand-over is queued, for
+    /// `ConsumerHandle::wait_idle`.
+    pub activity: Arc<Activity>,
     /// Rung by each of this consumer's readers once a batch is stored and acknowledged, so a
     /// reader waiting for earlier entries (ordered mode) looks again at once rather than after
     /// its pause; entries held by other processes are still seen on the pause.
@@ -115,6 +119,8 @@ impl<S: InboxStore> Reader<S> {
                 Ok(()) => {
                     tracing::info!(stream = %self.stream, group = %settings.group, after, "consumer group created again, after the newest stored entry");
                     *group_ready = true;
+                    // Wakes a `wait_idle` that found the group missing.
+                    drop(self.activity.busy());
                 }
                 Err(error) => {
                     tracing::warn!(%error, "cannot create the consumer group; retrying");
@@ -126,7 +132,11 @@ impl<S: InboxStore> Reader<S> {
         if Instant::now() >= *next_reclaim {
             // A failed reclaim is tried again next interval; reading goes on meanwhile.
             *next_reclaim = Instant::now() + settings.reclaim_interval;
-            if let Err(error) = self.reclaim(|entries| self.take(entries, true)) {
+            let reclaimed = self.reclaim(|entries| {
+                let _busy = self.activity.busy();
+                self.take(entries, true)
+            });
+            if let Err(error) = reclaimed {
                 tracing::warn!(%error, "reclaiming stale entries failed; trying again later");
                 if let TransportError::NoGroup { .. } = error {
                     *group_ready = false;
@@ -146,6 +156,7 @@ impl<S: InboxStore> Reader<S> {
                 self.heartbeats.read();
                 backoff.reset();
                 if !entries.is_empty() {
+                    let _busy = self.activity.busy();
                     self.take(entries, true);
                 }
             }
@@ -362,11 +373,14 @@ impl<S: InboxStore> Reader<S> {
             // nothing waits in memory.
             let aggregates = stored_aggregates(&events, &stored.inserted);
             for chunk in aggregates.chunks(settings.claim_batch) {
+                // Counted before the send, so a worker never ends a hand-over not yet begun.
+                self.activity.enter();
                 if self
                     .work
                     .try_send(Work::Aggregates(chunk.to_vec()))
                     .is_err()
                 {
+                    self.activity.leave(false);
                     break;
                 }
             }
@@ -387,8 +401,10 @@ impl<S: InboxStore> Reader<S> {
         for rows in fresh.chunks(chunk) {
             // Counted before the send, so a worker never takes rows not yet counted.
             self.counters.metrics.queued(rows.len() as i64);
+            self.activity.enter();
             if self.work.send(Work::Rows(rows.to_vec())).is_err() {
                 self.counters.metrics.queued(-(rows.len() as i64));
+                self.activity.leave(false);
                 return; // workers halted; the rows stay pending for the next start
             }
         }

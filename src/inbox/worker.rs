@@ -8,16 +8,17 @@
 use super::consumer::Handler;
 use super::dead_letter::{announce, DeadLetter};
 use super::health::Heartbeats;
+use super::idle::{Activity, SweepRequest, Swept};
 use super::in_flight::InFlight;
 use super::liveness::Liveness;
 use super::metrics::{Busy, InboxMetrics};
 use super::settings::Settings;
 use super::stats::Counters;
-use crate::backoff::{random_unit, Backoff};
+use super::verdict::{Jitter, Rules, MAX_RETRY_DELAY};
+use crate::backoff::Backoff;
 use crate::event::{EventStatus, InboxRow};
 use crate::store::{
-    truncate_error, Claim, ClaimParams, Failure, InboxStore, RowHandler, StoreError, Verdict,
-    NEVER_FINISHED,
+    Claim, ClaimParams, Failure, InboxStore, RowHandler, StoreError, Verdict, NEVER_FINISHED,
 };
 use chrono::{DateTime, Utc};
 use crossbeam_channel::{select, Receiver};
@@ -26,11 +27,8 @@ use std::cell::Cell;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 use uuid::Uuid;
-
-/// The longest delay before a retry, whatever the policy says.
-const MAX_RETRY_DELAY: chrono::Duration = chrono::Duration::days(365);
 
 /// Tries at a batch of handed-over rows before leaving them to the orphan polls.
 const FRESH_ATTEMPTS: usize = 3;
@@ -60,6 +58,14 @@ pub(crate) struct Worker<S: InboxStore> {
     pub stop: Arc<AtomicBool>,
     /// The consumer processes found dead, whose rows are orphans at any age.
     pub liveness: Arc<Liveness>,
+    /// Told when a hand-over or a claim begins and ends, for `ConsumerHandle::wait_idle`.
+    pub activity: Arc<Activity>,
+    /// Requests from `ConsumerHandle::wait_idle` to claim every due row now.
+    pub sweeps: Receiver<SweepRequest>,
+    /// Rows this worker has settled, and batches it failed to process, so a sweep can say what
+    /// it did.
+    pub settled: Cell<usize>,
+    pub failed_batches: Cell<usize>,
     /// Set when the last batch had a failure: the next batch runs with a savepoint per event
     /// from the start, since failures tend to come in runs (a dependency is down).
     pub recent_failure: Cell<bool>,
@@ -74,20 +80,38 @@ impl<S: InboxStore> Worker<S> {
                 recv(self.work) -> work => match work {
                     Ok(Work::Rows(rows)) => {
                         self.counters.metrics.queued(-(rows.len() as i64));
-                        self.handle_fresh(&rows, &mut backoff)
+                        self.handle_fresh(&rows, &mut backoff);
+                        self.activity.leave(true);
                     }
                     Ok(Work::Aggregates(aggregates)) => {
                         // A chain that moved a full batch at some step met a backlog: look for
                         // heads of any aggregate before waiting for the next hand-over or tick.
                         if self.follow_heads(aggregates, &mut backoff) >= self.settings.claim_batch {
-                            self.drain_due(&mut backoff);
+                            self.drain_due(&mut backoff, self.settings.orphan_after);
                         }
+                        self.activity.leave(true);
                     }
-                    Ok(Work::Sweep) => self.drain_due(&mut backoff),
+                    Ok(Work::Sweep) => self.drain_due(&mut backoff, self.settings.orphan_after),
                     // Every reader has stopped and the queue is drained.
                     Err(_) => break,
                 },
-                recv(tick) -> _ => self.drain_due(&mut backoff),
+                recv(tick) -> _ => {
+                    let mut busy = self.activity.busy();
+                    let swept = self.sweep(&mut backoff, self.settings.orphan_after);
+                    busy.did_something(swept.settled > 0);
+                }
+                // Asked by `ConsumerHandle::wait_idle` once readers and hand-overs are quiet:
+                // then every pending row is one a hand-over left behind (a replayed quarantine
+                // entry, a batch that failed on a database error), so none is left to wait
+                // out `orphan_after`.
+                recv(self.sweeps) -> request => if let Ok(reply) = request {
+                    let mut busy = self.activity.busy();
+                    let swept = self.sweep(&mut backoff, Duration::ZERO);
+                    busy.did_something(swept.settled > 0);
+                    // Ended before answering, so the waiter finds the consumer quiet.
+                    drop(busy);
+                    let _ = reply.send(swept);
+                },
                 recv(self.halt) -> _ => break,
             }
         }
@@ -115,19 +139,29 @@ impl<S: InboxStore> Worker<S> {
         )
     }
 
+    /// Claims every due row ([`drain_due`](Self::drain_due)) and says what that did.
+    fn sweep(&self, backoff: &mut Backoff, orphan_after: Duration) -> Swept {
+        let (settled, failed) = (self.settled.get(), self.failed_batches.get());
+        self.drain_due(backoff, orphan_after);
+        Swept {
+            settled: self.settled.get() - settled,
+            failed: self.failed_batches.get() > failed,
+        }
+    }
+
     /// Claims due rows batch after batch until there are none left (or shutdown begins). In
     /// ordered mode it claims aggregate heads, following each batch's aggregates to their next
-    /// heads before looking for more.
-    fn drain_due(&self, backoff: &mut Backoff) {
+    /// heads before looking for more. Pending rows count as orphaned after `orphan_after`.
+    fn drain_due(&self, backoff: &mut Backoff, orphan_after: Duration) {
         let settings = &self.settings;
         let limit = settings.claim_batch;
         let dead_processes = self.liveness.dead();
         while !self.stop.load(Ordering::Relaxed) {
             let claim = match settings.ordered {
-                true => self.heads(None),
+                true => self.heads(None, orphan_after),
                 false => Claim::Due {
                     limit,
-                    orphan_after: settings.orphan_after,
+                    orphan_after,
                     dead_processes: &dead_processes,
                 },
             };
@@ -153,7 +187,8 @@ impl<S: InboxStore> Worker<S> {
         let mut aggregates = distinct(aggregates);
         let mut largest = 0;
         while !aggregates.is_empty() && !self.stop.load(Ordering::Relaxed) {
-            match self.process(self.heads(Some(&aggregates)), backoff) {
+            let heads = self.heads(Some(&aggregates), self.settings.orphan_after);
+            match self.process(heads, backoff) {
                 Some(settled) => {
                     largest = largest.max(settled.len());
                     aggregates = distinct(settled);
@@ -165,12 +200,12 @@ impl<S: InboxStore> Worker<S> {
         largest
     }
 
-    fn heads<'a>(&self, aggregates: Option<&'a [Uuid]>) -> Claim<'a> {
+    fn heads<'a>(&self, aggregates: Option<&'a [Uuid]>, orphan_after: Duration) -> Claim<'a> {
         Claim::Heads {
             limit: self.settings.claim_batch,
             after_dead_letter: self.settings.after_dead_letter,
             aggregates,
-            orphan_after: self.settings.orphan_after,
+            orphan_after,
         }
     }
 
@@ -202,6 +237,7 @@ impl<S: InboxStore> Worker<S> {
         match outcome {
             Ok(settled) => {
                 backoff.reset();
+                self.settled.set(self.settled.get() + settled.len());
                 let failed = settled.iter().any(|s| s.verdict != Verdict::Processed);
                 self.recent_failure.set(failed);
                 if !settled.is_empty() {
@@ -221,6 +257,7 @@ impl<S: InboxStore> Worker<S> {
             }
             Err(error) => {
                 // The batch rolled back: its rows stay due and are claimed again after the pause.
+                self.failed_batches.set(self.failed_batches.get() + 1);
                 tracing::warn!(%error, sqlstate = error.sqlstate().unwrap_or(""), "worker could not process a batch; backing off");
                 let pause = backoff.next_pause();
                 let _ = self.halt.recv_timeout(pause);
@@ -274,23 +311,15 @@ impl<S: InboxStore> RowHandler<S> for Attempt<'_, S> {
         let started = Instant::now();
         let (in_flight, slot) = self.in_flight;
         in_flight.started(slot, row);
-        let outcome = catch_unwind(AssertUnwindSafe(|| self.handler.handle(tx, row)));
+        let verdict = self.rules().run(self.handler, tx, row);
         in_flight.finished(slot);
         self.metrics
             .handler_ran(row.stream.as_deref(), started.elapsed());
-        match outcome {
-            Ok(Ok(())) => Verdict::Processed,
-            Ok(Err(error)) => self.failure(row, error.to_string(), error.is_give_up()),
-            Err(panic) => self.failure(
-                row,
-                format!("handler panicked: {}", panic_message(panic.as_ref())),
-                false,
-            ),
-        }
+        verdict
     }
 
     fn failed_after(&mut self, row: &InboxRow, error: String) -> Verdict {
-        self.failure(row, error, false)
+        self.rules().failure(row, error, false)
     }
 
     /// One more failure with the retry policy's delay, never a dead letter: the attempt about
@@ -304,7 +333,7 @@ impl<S: InboxStore> RowHandler<S> for Attempt<'_, S> {
         Failure {
             status: EventStatus::Failed,
             retry_count: failures,
-            next_retry_at: Some(now + self.retry_delay(failures).max(orphan_after)),
+            next_retry_at: Some(now + self.rules().retry_delay(failures).max(orphan_after)),
             error_message: NEVER_FINISHED.to_string(),
             failed_at: now,
         }
@@ -312,39 +341,13 @@ impl<S: InboxStore> RowHandler<S> for Attempt<'_, S> {
 }
 
 impl<S: InboxStore> Attempt<'_, S> {
-    /// The reference rule: one more failure; dead-lettered when it reaches a positive
-    /// `max_retries` (or the handler gave up), else retried after the policy's delay.
-    fn failure(&self, row: &InboxRow, message: String, give_up: bool) -> Verdict {
-        let failures = row.retry_count.saturating_add(1);
-        let now = self.settings.clock.now();
-        let dead = give_up || (row.max_retries > 0 && failures >= row.max_retries);
-        let next_retry_at = (!dead).then(|| now + self.retry_delay(failures));
-        Verdict::Failed(Failure {
-            status: if dead {
-                EventStatus::DeadLetter
-            } else {
-                EventStatus::Failed
-            },
-            retry_count: failures,
-            next_retry_at,
-            error_message: truncate_error(&message),
-            failed_at: now,
-        })
-    }
-}
-
-impl<S: InboxStore> Attempt<'_, S> {
-    /// The retry policy's delay after `failures` failed attempts.
-    fn retry_delay(&self, failures: i32) -> chrono::Duration {
-        let delay = self
-            .settings
-            .retry_policy
-            .delay(failures.max(0) as u32, random_unit());
-        // A year at most: beyond that a custom policy's delay is a bug, and a far-off time
-        // could overflow the stores' timestamp ranges.
-        chrono::Duration::from_std(delay)
-            .unwrap_or(MAX_RETRY_DELAY)
-            .min(MAX_RETRY_DELAY)
+    /// The consumer's decision rules, with its clock and retry policy.
+    fn rules(&self) -> Rules<'_> {
+        Rules {
+            clock: self.settings.clock.as_ref(),
+            retry_policy: self.settings.retry_policy.as_ref(),
+            jitter: Jitter::Random,
+        }
     }
 }
 

@@ -502,6 +502,23 @@ pub(crate) fn enqueue<C: GenericClient>(
     Ok(())
 }
 
+/// The unpublished (pending) rows of `table` that `client` sees, in id order: what the caller's
+/// transaction enqueued, for [`crate::testing::enqueued`].
+pub(crate) fn list_pending<C: GenericClient>(
+    client: &mut C,
+    table: &str,
+) -> Result<Vec<OutboxRow>, StoreError> {
+    client
+        .query(
+            &format!("SELECT {COLUMNS} FROM {table} WHERE status = 'pending' ORDER BY id"),
+            &[],
+        )
+        .map_err(pg("list enqueued outbox rows"))?
+        .iter()
+        .map(read_row)
+        .collect()
+}
+
 fn enqueue_sql(table: &str) -> String {
     let lane = ENQUEUE_LANE.replace("aggregate_id", "a");
     format!(

@@ -380,6 +380,21 @@ pub(crate) fn enqueue(
     Ok(())
 }
 
+/// The unpublished (pending) rows of `table` that `conn` sees, in id order: what the caller's
+/// transaction enqueued, for [`crate::testing::enqueued`].
+pub(crate) fn list_pending(conn: &Connection, table: &str) -> Result<Vec<OutboxRow>, StoreError> {
+    let mut statement = conn
+        .prepare_cached(&format!(
+            "SELECT {COLUMNS} FROM {table} WHERE status = 'pending' ORDER BY id"
+        ))
+        .map_err(lite("list enqueued outbox rows"))?;
+    let rows = statement
+        .query_map([], read_columns)
+        .map_err(lite("list enqueued outbox rows"))?;
+    rows.map(|row| row.map_err(lite("read outbox row")).and_then(into_row))
+        .collect()
+}
+
 /// A row's columns as read, before parsing (which can fail with a store error, not a
 /// rusqlite one).
 type Columns = (

@@ -64,11 +64,14 @@ fn cached(
 }
 
 impl PgConnection {
-    /// Begins a transaction that can prepare statements into this connection's cache.
+    /// Begins a transaction that can prepare statements into this connection's cache: the
+    /// kind a handler runs in. Dropping it uncommitted rolls it back, which is what a handler's
+    /// unit test wants (see [`crate::testing::run_handler`]); take the connection from
+    /// [`PostgresStore::pool`](crate::store::PostgresStore::pool).
     ///
     /// Always READ COMMITTED, whatever the role's or database's default: claims rely on its
     /// re-check of a row that changed while they waited for it.
-    pub(in crate::store) fn transaction(&mut self) -> Result<PgTransaction<'_>, postgres::Error> {
+    pub fn transaction(&mut self) -> Result<PgTransaction<'_>, postgres::Error> {
         let tx = self
             .client
             .build_transaction()
