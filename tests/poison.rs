@@ -161,6 +161,20 @@ fn a_poison_event_ends_as_a_dead_letter() {
         poison.error_message,
         handled.len()
     );
+    let unsettled: Vec<String> = db
+        .query(
+            &format!(
+                "SELECT event_id || ' ' || status || ' after ' || retry_count || ': ' || \
+                 coalesce(error_message, '') FROM {table} WHERE status <> 'processed' \
+                 ORDER BY event_id"
+            ),
+            &[],
+        )
+        .unwrap()
+        .iter()
+        .map(|row| row.get(0))
+        .collect();
+    eprintln!("poison test: rows not processed: {unsettled:#?}");
     support::drop_inbox_table(&mut db, &table, &["handled"]);
     assert!(
         finished,

@@ -9,6 +9,7 @@ use super::metrics::{InboxMetrics, ParkedGauges};
 use super::receiver::{Reader, StoredSignal};
 use super::settings::Settings;
 use super::stats::Counters;
+use super::suspects::SuspectGate;
 use super::worker::Worker;
 use crate::error::{Error, Result};
 use crate::event::InboxRow;
@@ -139,6 +140,7 @@ impl<S: InboxStore> Start for Runtime<S> {
         // that cannot tell processes apart has no lease and no watch; a lease that cannot be
         // taken now is taken by the watch later, rows stored meanwhile being found by age.
         let liveness = Arc::new(Liveness::default());
+        let suspects = Arc::new(SuspectGate::default());
         let lease = match settings
             .process_leases
             .then(|| self.store.open_process_lease(&base_name))
@@ -175,6 +177,7 @@ impl<S: InboxStore> Start for Runtime<S> {
                 failed_batches: Default::default(),
                 recent_failure: Default::default(),
                 liveness: liveness.clone(),
+                suspects: suspects.clone(),
             };
             threads.spawn(format!("{WORKER_THREAD}{index}"), move || worker.run())?;
         }

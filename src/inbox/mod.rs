@@ -31,6 +31,7 @@ mod receiver;
 mod router;
 mod settings;
 mod stats;
+mod suspects;
 pub(crate) mod verdict;
 pub(crate) mod worker;
 

@@ -14,6 +14,7 @@ use super::liveness::Liveness;
 use super::metrics::{Busy, InboxMetrics};
 use super::settings::Settings;
 use super::stats::Counters;
+use super::suspects::SuspectGate;
 use super::verdict::{Jitter, Rules, MAX_RETRY_DELAY};
 use crate::backoff::Backoff;
 use crate::event::{EventStatus, InboxRow};
@@ -58,6 +59,8 @@ pub(crate) struct Worker<S: InboxStore> {
     pub stop: Arc<AtomicBool>,
     /// The consumer processes found dead, whose rows are orphans at any age.
     pub liveness: Arc<Liveness>,
+    /// Shared by the process's workers: a suspect runs with no other counted attempt.
+    pub suspects: Arc<SuspectGate>,
     /// Told when a hand-over or a claim begins and ends, for `ConsumerHandle::wait_idle`.
     pub activity: Arc<Activity>,
     /// Requests from `ConsumerHandle::wait_idle` to claim every due row now.
@@ -218,6 +221,8 @@ impl<S: InboxStore> Worker<S> {
             metrics: &self.counters.metrics,
             busy: None,
             in_flight: (&self.in_flight, self.index),
+            suspects: &self.suspects,
+            entered: None,
         };
         let params = ClaimParams {
             claim,
@@ -302,6 +307,19 @@ struct Attempt<'a, S: InboxStore> {
     busy: Option<Busy<'a>>,
     /// Where this worker notes the handler it runs, and its slot there.
     in_flight: (&'a InFlight, usize),
+    /// Keeps a suspect's attempt apart from the process's other counted attempts.
+    suspects: &'a SuspectGate,
+    /// The turn taken at the gate and not yet given back (a suspect's or not), released on
+    /// drop if a panic skipped `counted_end`.
+    entered: Option<bool>,
+}
+
+impl<S: InboxStore> Drop for Attempt<'_, S> {
+    fn drop(&mut self) {
+        if let Some(suspect) = self.entered.take() {
+            self.suspects.leave(suspect);
+        }
+    }
 }
 
 impl<S: InboxStore> RowHandler<S> for Attempt<'_, S> {
@@ -320,6 +338,17 @@ impl<S: InboxStore> RowHandler<S> for Attempt<'_, S> {
 
     fn failed_after(&mut self, row: &InboxRow, error: String) -> Verdict {
         self.rules().failure(row, error, false)
+    }
+
+    fn counted_begin(&mut self, suspect: bool) {
+        self.suspects.enter(suspect);
+        self.entered = Some(suspect);
+    }
+
+    fn counted_end(&mut self, suspect: bool) {
+        if self.entered.take().is_some() {
+            self.suspects.leave(suspect);
+        }
     }
 
     /// One more failure with the retry policy's delay, never a dead letter: the attempt about

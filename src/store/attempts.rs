@@ -19,7 +19,9 @@
 //! with its last attempt used is dead-lettered with [`NEVER_FINISHED`] without running.
 //!
 //! A row whose counted attempt never finished is counted alone, just before it runs alone, in
-//! transactions of its own, so that a poison event does not take other rows down with it again
+//! transactions of its own (and, through [`RowHandler::counted_begin`], with no other counted
+//! attempt of its process running beside it), so that a poison event does not take other rows
+//! down with it again
 //! and again (they would be counted too, and dead-lettered for its sake); plain retries and
 //! orphans are counted and run together, so the rows that shared a poison event's batch are
 //! counted once for it (a `max_retries` of 1 dead-letters them: keep it at 2 or more).
@@ -138,15 +140,18 @@ pub(crate) fn process<S: InboxStore>(
         // kills its process again, it must not take the attempts of other rows with it.
         let (alone, together): (Vec<InboxRow>, Vec<InboxRow>) =
             run.into_iter().partition(may_have_died);
-        let batches = std::iter::once(together)
-            .filter(|rows| !rows.is_empty())
-            .chain(alone.into_iter().map(|row| vec![row]));
-        for rows in batches {
+        let batches = std::iter::once((together, false))
+            .filter(|(rows, _)| !rows.is_empty())
+            .chain(alone.into_iter().map(|row| (vec![row], true)));
+        for (rows, suspect) in batches {
             let counted = ClaimParams {
                 claim: Claim::Counted(&rows),
                 ..*params
             };
-            settled.extend(split_refused(backend, &counted, handler)?);
+            handler.counted_begin(suspect);
+            let outcome = split_refused(backend, &counted, handler);
+            handler.counted_end(suspect);
+            settled.extend(outcome?);
         }
     }
     if settled.is_empty() && matches!(params.claim, Claim::Heads { .. }) {

@@ -290,6 +290,22 @@ pub trait RowHandler<S: InboxStore> {
             failed_at: now,
         }
     }
+
+    /// Called before the handlers of counted attempts run: `suspect` for a single row whose
+    /// last counted attempt never finished (it may kill the process again), otherwise for a
+    /// batch of plain retries and orphans. Always followed by [`counted_end`](Self::counted_end)
+    /// with the same `suspect`. A consumer runs a suspect with no other counted attempt of its
+    /// process beside it, so that if it dies again it takes no other row's attempt with it.
+    /// Defaults to nothing.
+    fn counted_begin(&mut self, suspect: bool) {
+        let _ = suspect;
+    }
+
+    /// Called once the counted attempts announced by [`counted_begin`](Self::counted_begin)
+    /// are settled (or failed to be). Defaults to nothing.
+    fn counted_end(&mut self, suspect: bool) {
+        let _ = suspect;
+    }
 }
 
 /// A read batch to store: parsed events and entries that did not parse.
