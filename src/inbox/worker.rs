@@ -7,6 +7,7 @@
 
 use super::consumer::Handler;
 use super::dead_letter::{announce, DeadLetter};
+use super::handler_span::{handler_span, record_failure};
 use super::health::Heartbeats;
 use super::in_flight::InFlight;
 use super::liveness::Liveness;
@@ -274,18 +275,33 @@ impl<S: InboxStore> RowHandler<S> for Attempt<'_, S> {
         let started = Instant::now();
         let (in_flight, slot) = self.in_flight;
         in_flight.started(slot, row);
-        let outcome = catch_unwind(AssertUnwindSafe(|| self.handler.handle(tx, row)));
+        let span = handler_span(row, &self.settings.group);
+        let outcome =
+            span.in_scope(|| catch_unwind(AssertUnwindSafe(|| self.handler.handle(tx, row))));
         in_flight.finished(slot);
         self.metrics
             .handler_ran(row.stream.as_deref(), started.elapsed());
         match outcome {
             Ok(Ok(())) => Verdict::Processed,
-            Ok(Err(error)) => self.failure(row, error.to_string(), error.is_give_up()),
-            Err(panic) => self.failure(
-                row,
-                format!("handler panicked: {}", panic_message(panic.as_ref())),
-                false,
-            ),
+            Ok(Err(error)) => {
+                record_failure(
+                    &span,
+                    if error.is_give_up() {
+                        "give_up"
+                    } else {
+                        "handler_error"
+                    },
+                );
+                self.failure(row, error.to_string(), error.is_give_up())
+            }
+            Err(panic) => {
+                record_failure(&span, "panic");
+                self.failure(
+                    row,
+                    format!("handler panicked: {}", panic_message(panic.as_ref())),
+                    false,
+                )
+            }
         }
     }
 
