@@ -234,7 +234,10 @@ fn publish_dead_letter_requeue_status_and_purge() {
             .contains(&format!("published event ok-{i} to {}", setup.stream)));
     }
     let file = std::env::temp_dir().join(format!("{}.json", unique_name("event")));
-    std::fs::write(&file, event_json("broken-1", "Broken")).unwrap();
+    // With headers, which the dead letter keeps and `show` prints.
+    let mut broken: Value = serde_json::from_str(&event_json("broken-1", "Broken")).unwrap();
+    broken["headers"] = json!({"tenant": "acme"});
+    std::fs::write(&file, broken.to_string()).unwrap();
     let published = setup
         .run(&["--json", "publish", "--file", file.to_str().unwrap()])
         .ok()
@@ -277,6 +280,7 @@ fn publish_dead_letter_requeue_status_and_purge() {
     assert_eq!(rows.len(), 1);
     assert_eq!(rows[0]["event_id"], "broken-1");
     assert_eq!(rows[0]["last_error"], "the billing service is down");
+    assert_eq!(rows[0]["headers"], json!({"tenant": "acme"}));
     assert_eq!(listed["next_cursor"], Value::Null);
     let table = setup
         .run(&["dead-letters", "list", "--error", "BILLING"])
@@ -290,6 +294,10 @@ fn publish_dead_letter_requeue_status_and_purge() {
     assert_eq!(none.stdout.trim(), "no dead letters");
     let shown = setup.run(&["dead-letters", "show", "broken-1"]).ok().stdout;
     assert!(shown.contains("status          dead_letter"), "{shown}");
+    assert!(
+        shown.contains("headers         {\"tenant\":\"acme\"}"),
+        "{shown}"
+    );
 
     // Requeueing a row that is not a dead letter fails; an unknown one is not found.
     let wrong = setup.run(&["dead-letters", "requeue", "ok-0"]);
