@@ -8,6 +8,7 @@
 //! link on retries.
 
 use crate::event::InboxRow;
+use crate::handler::HandlerResult;
 use std::fmt;
 use tracing::field::Empty;
 
@@ -41,9 +42,16 @@ pub(crate) fn handler_span(row: &InboxRow, group: &str) -> tracing::Span {
     span
 }
 
-/// Marks the span failed: the attempt will be retried or the event dead-lettered.
-/// `error_type` is a low-cardinality class of failure, as the conventions ask of `error.type`.
-pub(crate) fn record_failure(span: &tracing::Span, error_type: &'static str) {
+/// Marks the span failed when the handler returned an error or panicked (the attempt will be
+/// retried or the event dead-lettered), with `error.type` a low-cardinality class of failure as
+/// the conventions ask: `handler_error`, `give_up` or `panic`.
+pub(crate) fn record_outcome(span: &tracing::Span, outcome: &std::thread::Result<HandlerResult>) {
+    let error_type = match outcome {
+        Ok(Ok(())) => return,
+        Ok(Err(error)) if error.is_give_up() => "give_up",
+        Ok(Err(_)) => "handler_error",
+        Err(_) => "panic",
+    };
     span.record("otel.status_code", "error");
     span.record("error.type", error_type);
 }

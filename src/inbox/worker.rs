@@ -7,7 +7,7 @@
 
 use super::consumer::Handler;
 use super::dead_letter::{announce, DeadLetter};
-use super::handler_span::{handler_span, record_failure};
+use super::handler_span::{handler_span, record_outcome};
 use super::health::Heartbeats;
 use super::in_flight::InFlight;
 use super::liveness::Liveness;
@@ -281,27 +281,15 @@ impl<S: InboxStore> RowHandler<S> for Attempt<'_, S> {
         in_flight.finished(slot);
         self.metrics
             .handler_ran(row.stream.as_deref(), started.elapsed());
+        record_outcome(&span, &outcome);
         match outcome {
             Ok(Ok(())) => Verdict::Processed,
-            Ok(Err(error)) => {
-                record_failure(
-                    &span,
-                    if error.is_give_up() {
-                        "give_up"
-                    } else {
-                        "handler_error"
-                    },
-                );
-                self.failure(row, error.to_string(), error.is_give_up())
-            }
-            Err(panic) => {
-                record_failure(&span, "panic");
-                self.failure(
-                    row,
-                    format!("handler panicked: {}", panic_message(panic.as_ref())),
-                    false,
-                )
-            }
+            Ok(Err(error)) => self.failure(row, error.to_string(), error.is_give_up()),
+            Err(panic) => self.failure(
+                row,
+                format!("handler panicked: {}", panic_message(panic.as_ref())),
+                false,
+            ),
         }
     }
 
