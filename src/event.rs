@@ -7,6 +7,7 @@
 //! means `{}`, and a payload that is not a JSON object is kept as it arrived (the earlier toolkit
 //! replaced it with `{}`, losing it).
 
+use crate::headers::{self, Headers};
 use crate::transport::StreamEntry;
 use chrono::{DateTime, NaiveDateTime, Utc};
 use serde::de::DeserializeOwned;
@@ -41,6 +42,10 @@ pub struct Event {
     /// Id of the event or command that caused this one, if the producer set one.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub causation_id: Option<String>,
+    /// Metadata carried beside the payload, such as the W3C trace context (`traceparent`,
+    /// `tracestate`); empty when the producer set none. Bounded, see [`crate::headers`].
+    #[serde(default, skip_serializing_if = "Headers::is_empty")]
+    pub headers: Headers,
 }
 
 /// Why a stream entry is not a valid event.
@@ -89,7 +94,21 @@ impl Event {
             payload,
             correlation_id: None,
             causation_id: None,
+            headers: Headers::new(),
         }
+    }
+
+    /// The event with header `name` set to `value` (replacing any value it had).
+    ///
+    /// ```
+    /// # use eventflow::Event;
+    /// let event = Event::new("OrderCreated", uuid::Uuid::nil(), serde_json::json!({}))
+    ///     .with_header("tenant", "acme");
+    /// assert_eq!(event.headers["tenant"], "acme");
+    /// ```
+    pub fn with_header(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
+        self.headers.insert(name.into(), value.into());
+        self
     }
 
     /// The payload deserialized into `T`.
@@ -152,6 +171,7 @@ impl Event {
             },
             correlation_id: optional_string(attributes, "correlation_id")?,
             causation_id: optional_string(attributes, "causation_id")?,
+            headers: headers::from_attribute(attributes.get(headers::FIELD))?,
         };
         Ok(event)
     }
@@ -170,7 +190,8 @@ impl Event {
     }
 
     /// Checks what the inbox requires of an event it receives: what [`Event::validate`]
-    /// checks, but a payload of any JSON kind, which the inbox keeps as it arrives.
+    /// checks, but a payload of any JSON kind, which the inbox keeps as it arrives. Headers
+    /// must be within their bounds (see [`crate::headers`]).
     pub fn validate_received(&self) -> Result<(), EntryError> {
         check_text("event_id", &self.event_id, MAX_ID_LEN)?;
         check_year(self.occurred_on)?;
@@ -183,10 +204,12 @@ impl Event {
                 check_text(field, value, MAX_ID_LEN)?;
             }
         }
-        check_no_nul(&self.payload)
+        check_no_nul(&self.payload)?;
+        headers::check(&self.headers)
     }
 
-    /// The event as the JSON object producers put in the `data` field.
+    /// The event as the JSON object producers put in the `data` field; `headers` is left out
+    /// when there are none.
     pub fn to_json(&self) -> Value {
         serde_json::to_value(self).expect("an Event always serializes")
     }
@@ -621,6 +644,69 @@ mod tests {
         let entry = StreamEntry::from_text_fields("1-0", event.to_entry_fields());
         let parsed = Event::from_entry(&entry).unwrap();
         assert_eq!(parsed, event);
+    }
+
+    #[test]
+    fn headers_travel_as_one_attribute_in_either_style_and_are_absent_when_empty() {
+        let plain = Event::new("OrderCreated", Uuid::new_v4(), json!({}));
+        assert!(
+            plain.to_json().get("headers").is_none(),
+            "no headers, no key"
+        );
+
+        let event = plain
+            .with_header(
+                "traceparent",
+                "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+            )
+            .with_header("tenant", "acme");
+        let fields = event.to_entry_fields();
+        assert_eq!(fields.len(), 1, "still one `data` field");
+        let parsed = Event::from_entry(&StreamEntry::from_text_fields("1-0", fields)).unwrap();
+        assert_eq!(parsed, event);
+
+        // Flattened: a `headers` field holding the object's JSON.
+        let flattened = Event::from_entry(&entry(&[
+            ("event_id", "e-3"),
+            ("event_type", "T"),
+            ("aggregate_id", AGGREGATE),
+            ("occurred_on", "2025-01-01T00:00:00Z"),
+            ("headers", r#"{"tenant": "acme"}"#),
+        ]))
+        .unwrap();
+        assert_eq!(flattened.headers["tenant"], "acme");
+        assert_eq!(flattened.headers.len(), 1);
+    }
+
+    #[test]
+    fn bad_headers_are_an_entry_error_naming_the_field() {
+        let base = [
+            ("event_id", "e"),
+            ("event_type", "T"),
+            ("aggregate_id", AGGREGATE),
+            ("occurred_on", "2025-01-01T00:00:00Z"),
+        ];
+        for bad in ["plain text", r#"{"n": 1}"#, "[1]"] {
+            let mut fields = base.to_vec();
+            fields.push(("headers", bad));
+            let error = Event::from_entry(&entry(&fields)).unwrap_err();
+            assert!(
+                matches!(&error, EntryError::Invalid { field, .. } if field == "headers"),
+                "{bad}: {error}"
+            );
+        }
+        let too_many: Map<String, Value> = (0..65).map(|n| (format!("h{n}"), json!("v"))).collect();
+        let data = json!({"event_id": "e", "event_type": "T", "aggregate_id": AGGREGATE,
+            "occurred_on": "2025-01-01T00:00:00Z", "headers": too_many});
+        let error = Event::from_entry(&entry(&[("data", &data.to_string())])).unwrap_err();
+        assert!(
+            error.to_string().contains("65 headers, at most 64"),
+            "{error}"
+        );
+
+        let mut event = Event::new("T", Uuid::nil(), json!({}));
+        event.headers.insert("n".into(), "x".repeat(10_000));
+        assert!(event.validate().is_err(), "the outbox refuses it too");
     }
 
     #[test]

@@ -54,7 +54,10 @@
 //! consumer to settle what it was given.
 //!
 //! # Features
-//! `postgres`, `sqlite` and `redis` (all on by default) each enable one backend.
+//! `postgres`, `sqlite` and `redis` (all on by default) each enable one backend. `otel` (off by
+//! default) carries OpenTelemetry trace context from `outbox::enqueue` to the handler through
+//! the event's [`headers`](Event::headers); see the `otel` module and the README's "Tracing"
+//! section.
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
@@ -64,8 +67,11 @@ pub mod clock;
 mod error;
 pub mod event;
 mod handler;
+pub mod headers;
 pub mod inbox;
 mod maintenance;
+#[cfg(feature = "otel")]
+pub mod otel;
 pub mod outbox;
 pub mod quarantine;
 pub mod redact;
@@ -79,6 +85,7 @@ pub use clock::{Clock, ManualClock, SystemClock};
 pub use error::{Error, Result};
 pub use event::{EntryError, Event, EventStatus, InboxRow};
 pub use handler::{BoxError, HandlerError, HandlerResult};
+pub use headers::Headers;
 pub use inbox::{
     ConsumerHandle, ConsumerStats, InboxConsumer, Router, ShutdownReport, UnknownEvents,
 };

@@ -234,7 +234,10 @@ fn publish_dead_letter_requeue_status_and_purge() {
             .contains(&format!("published event ok-{i} to {}", setup.stream)));
     }
     let file = std::env::temp_dir().join(format!("{}.json", unique_name("event")));
-    std::fs::write(&file, event_json("broken-1", "Broken")).unwrap();
+    // With headers, which the dead letter keeps and `show` prints.
+    let mut broken: Value = serde_json::from_str(&event_json("broken-1", "Broken")).unwrap();
+    broken["headers"] = json!({"tenant": "acme"});
+    std::fs::write(&file, broken.to_string()).unwrap();
     let published = setup
         .run(&["--json", "publish", "--file", file.to_str().unwrap()])
         .ok()
@@ -277,6 +280,7 @@ fn publish_dead_letter_requeue_status_and_purge() {
     assert_eq!(rows.len(), 1);
     assert_eq!(rows[0]["event_id"], "broken-1");
     assert_eq!(rows[0]["last_error"], "the billing service is down");
+    assert_eq!(rows[0]["headers"], json!({"tenant": "acme"}));
     assert_eq!(listed["next_cursor"], Value::Null);
     let table = setup
         .run(&["dead-letters", "list", "--error", "BILLING"])
@@ -290,6 +294,10 @@ fn publish_dead_letter_requeue_status_and_purge() {
     assert_eq!(none.stdout.trim(), "no dead letters");
     let shown = setup.run(&["dead-letters", "show", "broken-1"]).ok().stdout;
     assert!(shown.contains("status          dead_letter"), "{shown}");
+    assert!(
+        shown.contains("headers         {\"tenant\":\"acme\"}"),
+        "{shown}"
+    );
 
     // Requeueing a row that is not a dead letter fails; an unknown one is not found.
     let wrong = setup.run(&["dead-letters", "requeue", "ok-0"]);
@@ -1189,6 +1197,7 @@ fn stored_control_characters_never_reach_the_terminal() {
         payload: json!({ "note": EVIL, EVIL: 1 }),
         correlation_id: Some(format!("corr{EVIL}")),
         causation_id: Some(format!("cause{EVIL}")),
+        headers: Default::default(),
     };
     let events = [
         ReceivedEvent {
@@ -1892,9 +1901,13 @@ fn migrate_dry_run_changes_nothing_and_verify_passes_after_migrate() {
     };
 
     let plan = eventflow(&env, &["migrate", "--dry-run"]).ok().stdout;
-    assert!(plan.contains("7 migration(s) would run"), "{plan}");
+    assert!(plan.contains("8 migration(s) would run"), "{plan}");
     assert!(
         plan.contains("0007 0007_live_consumers.sql (in one transaction)"),
+        "{plan}"
+    );
+    assert!(
+        plan.contains("0008 0008_headers.sql (in one transaction)"),
         "{plan}"
     );
     assert!(
@@ -1931,7 +1944,7 @@ fn migrate_dry_run_changes_nothing_and_verify_passes_after_migrate() {
         .ok()
         .json();
     let pending = json["tables"][0]["pending"].as_array().unwrap();
-    assert_eq!(pending.len(), 7, "{json}");
+    assert_eq!(pending.len(), 8, "{json}");
     assert_eq!(pending[1]["transactional"], false);
     assert!(!exists(&mut client), "the dry run created nothing");
 
@@ -1966,11 +1979,11 @@ fn migrate_dry_run_changes_nothing_and_verify_passes_after_migrate() {
     // `migrate list` names every file, none applied yet; it creates nothing either.
     let listed = eventflow(&env, &["--json", "migrate", "list"]).ok().json();
     let migrations = listed["migrations"].as_array().unwrap();
-    assert_eq!(migrations.len(), 7, "{listed}");
+    assert_eq!(migrations.len(), 8, "{listed}");
     assert_eq!(migrations[0]["name"], "0001_event_inbox.sql");
     assert!(migrations.iter().all(|m| m["applied"] == false), "{listed}");
     let human = eventflow(&env, &["migrate", "list"]).ok().stdout;
-    assert!(human.contains("7 not applied"), "{human}");
+    assert!(human.contains("8 not applied"), "{human}");
     assert!(line(&human, "  0003").ends_with(" no"), "{human}");
     assert!(!exists(&mut client), "listing created nothing");
 
@@ -1978,13 +1991,15 @@ fn migrate_dry_run_changes_nothing_and_verify_passes_after_migrate() {
     let migrated = eventflow(&env, &["migrate"]).ok().stdout;
     assert!(
         migrated.contains(&format!(
-            "migrated {} (PostgreSQL): applied 7 migrations\n  0001 0001_event_inbox.sql\n",
+            "migrated {} (PostgreSQL): applied 8 migrations\n  0001 0001_event_inbox.sql\n",
             table.0
         )),
         "{migrated}"
     );
     assert!(
-        migrated.contains("  0006 0006_one_unique_index.sql\n  0007 0007_live_consumers.sql"),
+        migrated.contains(
+            "  0006 0006_one_unique_index.sql\n  0007 0007_live_consumers.sql\n  0008 0008_headers.sql"
+        ),
         "{migrated}"
     );
     let again = eventflow(&env, &["--json", "migrate"]).ok().json();

@@ -1,6 +1,6 @@
 //! Property tests of entry parsing and quarantine: any stream entry, in either style or in
 //! none, with arbitrary field names and byte values, either parses into an event the store
-//! takes, or becomes a quarantine record that gives back its raw bytes exactly (names
+//! takes (and reads back with its headers), or becomes a quarantine record that gives back its raw bytes exactly (names
 //! included) when read and replayed; never a panic. Oversized entries keep a bounded record.
 //!
 //! Runs on SQLite always and on PostgreSQL (whose `jsonb` refuses NUL) when it answers.
@@ -21,7 +21,7 @@ use std::sync::OnceLock;
 use uuid::Uuid;
 
 const MAX_ENTRY_BYTES: usize = 1024 * 1024;
-const NAMES: [&str; 8] = [
+const NAMES: [&str; 9] = [
     "data",
     "event_id",
     "event_type",
@@ -30,6 +30,7 @@ const NAMES: [&str; 8] = [
     "payload",
     "correlation_id",
     "causation_id",
+    "headers",
 ];
 
 /// Bytes that are often text, sometimes not: NUL, invalid UTF-8, control characters.
@@ -80,12 +81,26 @@ fn data_object() -> impl Strategy<Value = Value> {
     .prop_map(|pairs| Value::Object(pairs.into_iter().collect::<Map<_, _>>()))
 }
 
-/// A whole valid event in the `data` style, so that the parsing side is well exercised.
+/// A whole valid event in the `data` style, so that the parsing side is well exercised; some
+/// with headers (text of any kind, so some hold a NUL and are refused).
 fn valid_data() -> impl Strategy<Value = Value> {
-    ("[a-zA-Z0-9-]{1,20}", "[A-Za-z]{1,12}", attribute()).prop_map(|(id, kind, payload)| {
-        json!({"event_id": id, "event_type": kind, "aggregate_id": Uuid::new_v4().to_string(),
-               "occurred_on": "2025-06-01T12:00:00.5+02:00", "payload": payload})
-    })
+    let headers = proptest::option::of(vec(("[a-z-]{1,12}", ".{0,16}"), 0..4));
+    ("[a-zA-Z0-9-]{1,20}", "[A-Za-z]{1,12}", attribute(), headers).prop_map(
+        |(id, kind, payload, headers)| {
+            let mut data = json!({"event_id": id, "event_type": kind,
+                "aggregate_id": Uuid::new_v4().to_string(),
+                "occurred_on": "2025-06-01T12:00:00.5+02:00", "payload": payload});
+            if let Some(headers) = headers {
+                data["headers"] = Value::Object(
+                    headers
+                        .into_iter()
+                        .map(|(name, value)| (name, Value::String(value)))
+                        .collect(),
+                );
+            }
+            data
+        },
+    )
 }
 
 fn entry() -> impl Strategy<Value = StreamEntry> {
@@ -178,6 +193,13 @@ fn check_on<S: InboxStore>(store: &S, mut entry: StreamEntry) -> Result<(), Test
             // A duplicate event id from an earlier case is skipped, as on the stream.
             let stored = store.store_received(&batch);
             prop_assert!(stored.is_ok(), "{stored:?} for {event:?}");
+            if !stored.unwrap().inserted.is_empty() {
+                let row = store
+                    .find_by_event_id(&event.event_id)
+                    .unwrap()
+                    .expect("stored");
+                prop_assert_eq!(&row.event.headers, &event.headers, "headers read back");
+            }
         }
         Err(record) => {
             let id = record.id;

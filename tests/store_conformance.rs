@@ -441,6 +441,17 @@ fn event(id: &str) -> Event {
         }),
         correlation_id: Some(format!("corr-{id}")),
         causation_id: Some(format!("cause-{id}")),
+        headers: [
+            (
+                "traceparent",
+                "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+            ),
+            ("tenant", "ünïcødé \"quoted\""),
+            ("empty", ""),
+        ]
+        .into_iter()
+        .map(|(name, value)| (name.to_string(), value.to_string()))
+        .collect(),
     }
 }
 
@@ -4130,6 +4141,7 @@ CREATE INDEX ix_event_inbox_aggregate_received ON event_inbox(aggregate_id, rece
                 payload: json!({"order_id": "o-123"}),
                 correlation_id: Some("corr-legacy".into()),
                 causation_id: None,
+                headers: Default::default(),
             }
         );
         assert_eq!(legacy.status, EventStatus::Pending);

@@ -8,7 +8,7 @@ use serde_json::Value;
 
 /// The top-level fields an event has; any other is refused, so a misspelling such as
 /// `evnet_id` is not silently dropped (and a random id invented in its place).
-pub const EVENT_FIELDS: [&str; 7] = [
+pub const EVENT_FIELDS: [&str; 8] = [
     "event_id",
     "event_type",
     "aggregate_id",
@@ -16,6 +16,7 @@ pub const EVENT_FIELDS: [&str; 7] = [
     "payload",
     "correlation_id",
     "causation_id",
+    "headers",
 ];
 
 /// Parses an event from its JSON attributes (the `data` style's object) and validates it.

@@ -8,6 +8,7 @@
 //! that rolled back is never announced: the row is still due and is tried again.
 
 use crate::event::InboxRow;
+use crate::headers::Headers;
 use crate::store::Failure;
 use chrono::{DateTime, Utc};
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -38,6 +39,8 @@ pub struct DeadLetter {
     pub aggregate_id: Uuid,
     /// The event's correlation id, if the producer set one.
     pub correlation_id: Option<String>,
+    /// The event's headers (trace context and other metadata), empty when it had none.
+    pub headers: Headers,
     /// Failed attempts, the last one included (the row's `retry_count`).
     pub attempts: i32,
     /// The last attempt's error, at most 1000 characters.
@@ -57,6 +60,7 @@ impl DeadLetter {
             event_type: row.event.event_type.clone(),
             aggregate_id: row.event.aggregate_id,
             correlation_id: row.event.correlation_id.clone(),
+            headers: row.event.headers.clone(),
             attempts: failure.retry_count,
             error: failure.error_message.clone(),
             dead_lettered_at: failure.failed_at,

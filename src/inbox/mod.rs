@@ -20,6 +20,7 @@ mod builder;
 mod consumer;
 mod dead_letter;
 mod handle;
+mod handler_span;
 pub(crate) use handle::Threads;
 pub(crate) use worker::panic_message;
 mod health;

@@ -7,6 +7,7 @@
 
 use super::consumer::Handler;
 use super::dead_letter::{announce, DeadLetter};
+use super::handler_span::{handler_span, record_outcome};
 use super::health::Heartbeats;
 use super::idle::{Activity, SweepRequest, Swept};
 use super::in_flight::InFlight;
@@ -329,11 +330,14 @@ impl<S: InboxStore> RowHandler<S> for Attempt<'_, S> {
         let started = Instant::now();
         let (in_flight, slot) = self.in_flight;
         in_flight.started(slot, row);
-        let verdict = self.rules().run(self.handler, tx, row);
+        let span = handler_span(row, &self.settings.group);
+        let outcome =
+            span.in_scope(|| catch_unwind(AssertUnwindSafe(|| self.handler.handle(tx, row))));
         in_flight.finished(slot);
         self.metrics
             .handler_ran(row.stream.as_deref(), started.elapsed());
-        verdict
+        record_outcome(&span, &outcome);
+        self.rules().after_handler(row, outcome)
     }
 
     fn failed_after(&mut self, row: &InboxRow, error: String) -> Verdict {

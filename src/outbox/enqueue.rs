@@ -161,6 +161,22 @@ impl OutboxTable {
         writer: &mut W,
         entries: &[(&str, &Event)],
     ) -> Result<(), EnqueueError> {
+        // With `otel`, the events go out carrying the current span's trace context.
+        #[cfg(feature = "otel")]
+        let traced = crate::otel::with_current_context(entries);
+        #[cfg(feature = "otel")]
+        let traced_entries: Vec<(&str, &Event)>;
+        #[cfg(feature = "otel")]
+        let entries = match &traced {
+            Some(traced) => {
+                traced_entries = traced
+                    .iter()
+                    .map(|(stream, event)| (*stream, event))
+                    .collect();
+                &traced_entries[..]
+            }
+            None => entries,
+        };
         for (_, event) in entries {
             event
                 .validate()
@@ -188,6 +204,11 @@ impl OutboxTable {
 /// which takes their locks in one global order: separate calls in different orders in two
 /// concurrent transactions can deadlock (PostgreSQL then aborts one), as row locks taken in
 /// different orders can.
+///
+/// The event's [`headers`](Event::headers) are published with it. With the `otel` feature, the
+/// current span's trace context is added to them as W3C `traceparent` (and `tracestate`), so
+/// the handler that consumes the event joins the trace; an event that already has a
+/// `traceparent` keeps its own.
 pub fn enqueue<W: OutboxWriter + ?Sized>(
     writer: &mut W,
     stream: &str,

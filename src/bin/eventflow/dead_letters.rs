@@ -2,7 +2,7 @@
 
 use super::cli::{Cli, DeadLetters, PageArgs, RowFilterArgs};
 use super::output::{self, json_text, progress, Table};
-use super::text::{cut, format_time, safe};
+use super::text::{cut, format_time, headers_text, safe};
 use super::Failure;
 use eventflow::admin::Admin;
 use eventflow::store::{InboxRecord, InboxStore, Page, RowFilter};
@@ -142,6 +142,7 @@ pub fn inbox_row_json(row: &InboxRow) -> Value {
         "occurred_on": row.event.occurred_on,
         "correlation_id": row.event.correlation_id,
         "causation_id": row.event.causation_id,
+        "headers": row.event.headers,
         "payload": row.event.payload,
         "stream": row.stream,
         "entry_id": row.stream_id,
@@ -180,6 +181,7 @@ pub fn print_row(record: &InboxRecord) {
             "causation id",
             row.event.causation_id.clone().unwrap_or_else(|| "-".into()),
         ),
+        ("headers", headers_text(&row.event.headers)),
         ("stream", row.stream.clone().unwrap_or_else(|| "-".into())),
         ("entry id", row.stream_id.clone()),
         ("received", format_time(row.received_at)),

@@ -3,7 +3,7 @@
 use super::cli::{Cli, Outbox};
 use super::confirm::purge_confirmed;
 use super::output::{self, progress, Table};
-use super::text::{cut, format_age, format_time, safe};
+use super::text::{cut, format_age, format_time, headers_text, safe};
 use super::Failure;
 use chrono::{DateTime, Utc};
 use eventflow::admin::OutboxAdmin;
@@ -133,6 +133,7 @@ fn row_json(row: &OutboxRow) -> Value {
         "occurred_on": row.event.occurred_on,
         "correlation_id": row.event.correlation_id,
         "causation_id": row.event.causation_id,
+        "headers": row.event.headers,
         "payload": row.event.payload,
         "status": row.status.as_str(),
         "attempts": row.attempts,
@@ -158,6 +159,7 @@ fn print_row(row: &OutboxRow) {
         ("occurred on", format_time(row.event.occurred_on)),
         ("correlation id", text(row.event.correlation_id.as_deref())),
         ("causation id", text(row.event.causation_id.as_deref())),
+        ("headers", headers_text(&row.event.headers)),
         ("created", format_time(row.created_at)),
         ("attempts", row.attempts.to_string()),
         ("next attempt", time(row.next_attempt_at)),

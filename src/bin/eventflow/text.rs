@@ -69,6 +69,15 @@ pub fn format_time(at: DateTime<Utc>) -> String {
     at.format("%Y-%m-%d %H:%M:%SZ").to_string()
 }
 
+/// Event headers on one line, as their JSON object, or `-` for none (print it through
+/// [`safe`], as any stored text).
+pub fn headers_text(headers: &eventflow::Headers) -> String {
+    match headers.is_empty() {
+        true => "-".into(),
+        false => serde_json::to_string(headers).expect("string pairs serialize"),
+    }
+}
+
 /// `text` cut to `max` characters, with `…` when cut, on one line (escaped by [`safe`] when
 /// printed in a table).
 pub fn cut(text: &str, max: usize) -> String {

@@ -16,6 +16,7 @@ use super::{
     RowOutcome, DEFAULT_OUTBOX_TABLE,
 };
 use crate::event::Event;
+use crate::headers;
 use crate::redact::ConnectionString;
 use crate::store::migrations::{Migration, PendingMigration};
 use crate::store::postgres::{
@@ -33,11 +34,18 @@ use std::time::Duration;
 use uuid::Uuid;
 
 /// The embedded outbox migrations for PostgreSQL, from `sql/postgres/outbox/`.
-pub const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    name: "0001_event_outbox.sql",
-    sql: include_str!("../../../sql/postgres/outbox/0001_event_outbox.sql"),
-}];
+pub const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        name: "0001_event_outbox.sql",
+        sql: include_str!("../../../sql/postgres/outbox/0001_event_outbox.sql"),
+    },
+    Migration {
+        version: 2,
+        name: "0002_headers.sql",
+        sql: include_str!("../../../sql/postgres/outbox/0002_headers.sql"),
+    },
+];
 
 /// The `NOTIFY` channel of an outbox table (at most 57 characters, within PostgreSQL's 63), so
 /// a relay hears only about its own table.
@@ -68,7 +76,7 @@ const RELAY_LANE: &str =
 
 const COLUMNS: &str = "id, stream, event_id, event_type, aggregate_id, correlation_id, \
      causation_id, occurred_on, payload, status, attempts, next_attempt_at, created_at, \
-     published_at, last_error, last_error_at, stream_entry_id";
+     published_at, last_error, last_error_at, stream_entry_id, headers";
 
 /// Configures a [`PostgresOutbox`].
 #[derive(Debug, Clone)]
@@ -476,8 +484,12 @@ pub(crate) fn enqueue<C: GenericClient>(
     let causations: Vec<Option<&str>> = events.iter().map(|e| e.causation_id.as_deref()).collect();
     let occurred: Vec<DateTime<Utc>> = events.iter().map(|e| e.occurred_on).collect();
     let payloads: Vec<String> = events.iter().map(|e| e.payload.to_string()).collect();
+    let headers: Vec<Option<String>> = events
+        .iter()
+        .map(|e| headers::to_column_text(&e.headers))
+        .collect();
     let channel = channel(table);
-    let params: [(&(dyn ToSql + Sync), Type); 9] = [
+    let params: [(&(dyn ToSql + Sync), Type); 10] = [
         (&streams, Type::VARCHAR_ARRAY),
         (&aggregates, Type::UUID_ARRAY),
         (&event_ids, Type::VARCHAR_ARRAY),
@@ -487,6 +499,7 @@ pub(crate) fn enqueue<C: GenericClient>(
         (&occurred, Type::TIMESTAMPTZ_ARRAY),
         (&payloads, Type::TEXT_ARRAY),
         (&channel, Type::TEXT),
+        (&headers, Type::TEXT_ARRAY),
     ];
     // A typed query goes out in one round trip: no separate prepare on the caller's connection.
     let inserted: i64 = client
@@ -529,13 +542,13 @@ fn enqueue_sql(table: &str) -> String {
                 ORDER BY lane) AS taken
         ), inserted AS (
             INSERT INTO {table} (event_id, stream, event_type, aggregate_id, correlation_id,
-                                 causation_id, occurred_on, payload)
+                                 causation_id, occurred_on, payload, headers)
             SELECT e.event_id, e.stream, e.event_type, e.aggregate_id, e.correlation_id,
-                   e.causation_id, e.occurred_on, e.payload::jsonb
+                   e.causation_id, e.occurred_on, e.payload::jsonb, e.headers::jsonb
             FROM unnest($3::varchar[], $1::varchar[], $4::varchar[], $2::uuid[], $5::varchar[],
-                        $6::varchar[], $7::timestamptz[], $8::text[]) WITH ORDINALITY
+                        $6::varchar[], $7::timestamptz[], $8::text[], $10::text[]) WITH ORDINALITY
                  AS e(event_id, stream, event_type, aggregate_id, correlation_id, causation_id,
-                      occurred_on, payload, n)
+                      occurred_on, payload, headers, n)
             -- The locks are taken before the first id is drawn.
             WHERE (SELECT n FROM locked) >= 0
             ORDER BY e.n
@@ -696,6 +709,12 @@ fn read_row(row: &Row) -> Result<OutboxRow, StoreError> {
             payload: column(row, id, "payload")?,
             correlation_id: column(row, id, "correlation_id")?,
             causation_id: column(row, id, "causation_id")?,
+            headers: headers::from_column(column(row, id, "headers")?).map_err(|reason| {
+                StoreError::Corrupt {
+                    row: id.to_string(),
+                    reason,
+                }
+            })?,
         },
         status: OutboxStatus::parse(&status).ok_or_else(|| StoreError::Corrupt {
             row: id.to_string(),

@@ -9,6 +9,7 @@ use super::{
     DEFAULT_OUTBOX_TABLE,
 };
 use crate::event::Event;
+use crate::headers;
 use crate::store::migrations::{Migration, PendingMigration};
 use crate::store::sqlite::{
     apply_migrations, lite, open_file, open_memory, parse_opt_ts, parse_ts, parse_uuid,
@@ -21,15 +22,22 @@ use rusqlite::{params, Connection, Row, TransactionBehavior};
 use std::path::Path;
 
 /// The embedded outbox migrations for SQLite, from `sql/sqlite/outbox/`.
-pub const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    name: "0001_event_outbox.sql",
-    sql: include_str!("../../../sql/sqlite/outbox/0001_event_outbox.sql"),
-}];
+pub const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        name: "0001_event_outbox.sql",
+        sql: include_str!("../../../sql/sqlite/outbox/0001_event_outbox.sql"),
+    },
+    Migration {
+        version: 2,
+        name: "0002_headers.sql",
+        sql: include_str!("../../../sql/sqlite/outbox/0002_headers.sql"),
+    },
+];
 
 const COLUMNS: &str = "id, stream, event_id, event_type, aggregate_id, correlation_id, \
      causation_id, occurred_on, payload, status, attempts, next_attempt_at, created_at, \
-     published_at, last_error, last_error_at, stream_entry_id";
+     published_at, last_error, last_error_at, stream_entry_id, headers";
 
 /// The outbox in SQLite, for relays.
 ///
@@ -357,8 +365,8 @@ pub(crate) fn enqueue(
     let mut insert = conn
         .prepare_cached(&format!(
             "INSERT INTO {table} (event_id, stream, event_type, aggregate_id, correlation_id,
-                                  causation_id, occurred_on, payload, created_at)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)"
+                                  causation_id, occurred_on, payload, created_at, headers)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)"
         ))
         .map_err(lite("prepare enqueue"))?;
     let created_at = ts(Utc::now());
@@ -374,6 +382,7 @@ pub(crate) fn enqueue(
                 ts(event.occurred_on),
                 event.payload.to_string(),
                 created_at,
+                headers::to_column_text(&event.headers),
             ])
             .map_err(lite("enqueue outbox event"))?;
     }
@@ -413,6 +422,7 @@ type Columns = (
     Option<String>,
     Option<String>,
     Option<String>,
+    Option<String>,
 );
 
 fn read_columns(row: &Row<'_>) -> rusqlite::Result<Columns> {
@@ -432,6 +442,7 @@ fn read_columns(row: &Row<'_>) -> rusqlite::Result<Columns> {
         row.get(14)?,
         row.get(15)?,
         row.get(16)?,
+        row.get(17)?,
     ))
 }
 
@@ -452,6 +463,7 @@ fn into_row(columns: Columns) -> Result<OutboxRow, StoreError> {
         last_error,
         last_error_at,
         stream_entry_id,
+        headers,
     ) = columns;
     let corrupt = |reason: String| StoreError::Corrupt {
         row: id.to_string(),
@@ -469,6 +481,7 @@ fn into_row(columns: Columns) -> Result<OutboxRow, StoreError> {
                 .map_err(|error| corrupt(format!("payload is not JSON: {error}")))?,
             correlation_id,
             causation_id,
+            headers: headers::from_column_text(headers.as_deref()).map_err(corrupt)?,
         },
         status: OutboxStatus::parse(&status)
             .ok_or_else(|| corrupt(format!("unknown outbox status {status:?}")))?,

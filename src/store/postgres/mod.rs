@@ -27,6 +27,7 @@ use super::{
     StatusCounts, StoreError, Stored, DEFAULT_INBOX_TABLE,
 };
 use crate::event::{Event, EventStatus, InboxRow};
+use crate::headers;
 use crate::quarantine::{decode_record, QuarantinedEntry};
 use crate::redact::ConnectionString;
 use crate::tls::TlsSettings;
@@ -77,6 +78,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "0007_live_consumers.sql",
         sql: include_str!("../../../sql/postgres/inbox/0007_live_consumers.sql"),
     },
+    Migration {
+        version: 8,
+        name: "0008_headers.sql",
+        sql: include_str!("../../../sql/postgres/inbox/0008_headers.sql"),
+    },
 ];
 
 /// The first key of the per-table cleanup lock (`pg_try_advisory_xact_lock(key, hashtext(table))`);
@@ -86,7 +92,9 @@ const CLEANUP_LOCK_KEY: i32 = 0x6566_636c; // "efcl"
 pub(super) const COLUMNS: &str =
     "id, event_id, stream_id, event_type, aggregate_id, correlation_id, causation_id, \
      occurred_on, payload, status, retry_count, max_retries, received_at, processed_at, \
-     next_retry_at, error_message, last_error_at, stream";
+     next_retry_at, error_message, last_error_at, stream, headers";
+/// How many columns [`COLUMNS`] names: the index of the first column a query selects after them.
+const COLUMN_COUNT: usize = 19;
 pub(super) const QUARANTINE_COLUMNS: &str =
     "id, stream, stream_id, raw_fields, reason, received_at, replayed_at, replayed_event_id";
 
@@ -359,6 +367,10 @@ impl PostgresStore {
             let occurred: Vec<DateTime<Utc>> = events.iter().map(|e| e.event.occurred_on).collect();
             let payloads: Vec<String> =
                 events.iter().map(|e| e.event.payload.to_string()).collect();
+            let headers: Vec<Option<String>> = events
+                .iter()
+                .map(|e| headers::to_column_text(&e.event.headers))
+                .collect();
             let inserted: HashSet<Uuid> = tx
                 .query(
                     &insert_events,
@@ -376,6 +388,7 @@ impl PostgresStore {
                         &received_at,
                         &batch.stream,
                         &batch.stored_by,
+                        &headers,
                     ],
                 )
                 .map_err(pg("insert events"))?
@@ -479,12 +492,12 @@ impl InboxStore for PostgresStore {
         .iter()
         .map(|row| {
             let dead_letter = inbox_row(row)?;
-            let waiting: i64 = row.get(18);
+            let waiting: i64 = row.get(COLUMN_COUNT);
             Ok(ParkedAggregate {
                 aggregate_id: dead_letter.event.aggregate_id,
                 dead_letter,
                 waiting: waiting as u64,
-                oldest_waiting: row.get(19),
+                oldest_waiting: row.get(COLUMN_COUNT + 1),
             })
         })
         .collect()
@@ -621,6 +634,7 @@ impl InboxStore for PostgresStore {
                 &replay.max_retries,
                 &replay.now,
                 &stream,
+                &headers::to_column(&event.headers),
             ],
         )
         .map_err(pg("store a replayed event"))?;
@@ -664,8 +678,8 @@ impl InboxStore for PostgresStore {
             .map(|row| {
                 Ok(InboxRecord {
                     row: inbox_row(row)?,
-                    replay_count: row.get(18),
-                    last_replayed_at: row.get(19),
+                    replay_count: row.get(COLUMN_COUNT),
+                    last_replayed_at: row.get(COLUMN_COUNT + 1),
                 })
             })
             .collect()
@@ -859,6 +873,11 @@ pub(super) fn inbox_row(row: &Row) -> Result<InboxRow, StoreError> {
         reason: format!("unknown status {status:?}"),
     })?;
     let payload: serde_json::Value = column!(8, "payload");
+    let headers =
+        headers::from_column(column!(18, "headers")).map_err(|reason| StoreError::Corrupt {
+            row: id.to_string(),
+            reason,
+        })?;
     Ok(InboxRow {
         id,
         event: Event {
@@ -870,6 +889,7 @@ pub(super) fn inbox_row(row: &Row) -> Result<InboxRow, StoreError> {
             occurred_on: column!(7, "occurred_on"),
             // Kept as stored, object or not (the reference contract).
             payload,
+            headers,
         },
         stream_id: column!(2, "stream_id"),
         stream: column!(17, "stream"),

@@ -128,15 +128,16 @@ impl Queries {
                 "WITH durable AS MATERIALIZED (SELECT {DURABLE} AS level), \
                  numbered AS MATERIALIZED (SELECT e.*, nextval('{t}_seq') AS seq \
                  FROM unnest($1::uuid[], $2::varchar[], $3::varchar[], $4::varchar[], $5::uuid[], \
-                 $6::varchar[], $7::varchar[], $8::timestamptz[], $9::text[]) WITH ORDINALITY \
+                 $6::varchar[], $7::varchar[], $8::timestamptz[], $9::text[], $14::text[]) \
+                 WITH ORDINALITY \
                  AS e(id, event_id, stream_id, event_type, aggregate_id, correlation_id, causation_id, \
-                 occurred_on, payload, ord) ORDER BY e.ord) \
+                 occurred_on, payload, headers, ord) ORDER BY e.ord) \
                  INSERT INTO {t} (id, event_id, stream_id, event_type, aggregate_id, correlation_id, \
                  causation_id, occurred_on, payload, status, retry_count, max_retries, received_at, \
-                 stream, seq, stored_by) \
+                 stream, seq, stored_by, headers) \
                  SELECT e.id, e.event_id, e.stream_id, e.event_type, e.aggregate_id, e.correlation_id, \
                  e.causation_id, e.occurred_on, e.payload::jsonb, 'pending', 0, $10, \
-                 coalesce($11::timestamptz, now()), $12, e.seq, $13 \
+                 coalesce($11::timestamptz, now()), $12, e.seq, $13, e.headers::jsonb \
                  FROM numbered AS e CROSS JOIN durable \
                  ORDER BY e.event_id, e.seq \
                  ON CONFLICT (event_id) DO NOTHING RETURNING id"
@@ -144,8 +145,8 @@ impl Queries {
             insert_one: format!(
                 "INSERT INTO {t} (id, event_id, stream_id, event_type, aggregate_id, correlation_id, \
                  causation_id, occurred_on, payload, status, retry_count, max_retries, received_at, \
-                 stream) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, 'pending', 0, $10, $11, $12) \
+                 stream, headers) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, 'pending', 0, $10, $11, $12, $13) \
                  ON CONFLICT (event_id) DO NOTHING"
             ),
             // Sorted for the same reason as the events, and durable the same way.

@@ -17,6 +17,7 @@ use super::{
     Verdict, DEFAULT_INBOX_TABLE,
 };
 use crate::event::{Event, EventStatus, InboxRow};
+use crate::headers;
 use crate::quarantine::{decode_record, QuarantinedEntry};
 use chrono::{DateTime, SecondsFormat, Utc};
 use parking_lot::Mutex;
@@ -52,6 +53,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "0005_stream_positions.sql",
         sql: include_str!("../../../sql/sqlite/inbox/0005_stream_positions.sql"),
     },
+    Migration {
+        version: 6,
+        name: "0006_headers.sql",
+        sql: include_str!("../../../sql/sqlite/inbox/0006_headers.sql"),
+    },
 ];
 
 mod queries;
@@ -61,7 +67,9 @@ use queries::Queries;
 const COLUMNS: &str =
     "id, event_id, stream_id, event_type, aggregate_id, correlation_id, causation_id, \
      occurred_on, payload, status, retry_count, max_retries, received_at, processed_at, \
-     next_retry_at, error_message, last_error_at, stream";
+     next_retry_at, error_message, last_error_at, stream, headers";
+/// How many columns [`COLUMNS`] names: the index of the first column a query selects after them.
+const COLUMN_COUNT: usize = 19;
 const QUARANTINE_COLUMNS: &str =
     "id, stream, stream_id, raw_fields, reason, received_at, replayed_at, replayed_event_id";
 
@@ -416,8 +424,8 @@ impl InboxStore for SqliteStore {
                 |row| {
                     Ok((
                         RawRow::read(row)?,
-                        row.get::<_, i64>(18)?,
-                        row.get::<_, Option<String>>(19)?,
+                        row.get::<_, i64>(COLUMN_COUNT)?,
+                        row.get::<_, Option<String>>(COLUMN_COUNT + 1)?,
                     ))
                 },
             )
@@ -643,8 +651,8 @@ impl InboxStore for SqliteStore {
             .query_map(rusqlite::params_from_iter(args), |row| {
                 Ok((
                     RawRow::read(row)?,
-                    row.get::<_, i32>(18)?,
-                    row.get::<_, Option<String>>(19)?,
+                    row.get::<_, i32>(COLUMN_COUNT)?,
+                    row.get::<_, Option<String>>(COLUMN_COUNT + 1)?,
                 ))
             })
             .map_err(lite("list rows"))?
@@ -824,6 +832,7 @@ fn insert_event(
         max_retries,
         received_at,
         stream,
+        headers::to_column_text(&event.headers),
     ])
 }
 
@@ -1160,14 +1169,14 @@ fn record_failure(
 
 /// A row's columns as SQLite returns them, converted outside rusqlite's error type.
 struct RawRow {
-    text: [Option<String>; 18],
+    text: [Option<String>; COLUMN_COUNT],
     retry_count: i32,
     max_retries: i32,
 }
 
 impl RawRow {
     fn read(row: &Row<'_>) -> rusqlite::Result<Self> {
-        let mut text: [Option<String>; 18] = Default::default();
+        let mut text: [Option<String>; COLUMN_COUNT] = Default::default();
         for (index, slot) in text.iter_mut().enumerate() {
             if index != 10 && index != 11 {
                 *slot = row.get(index)?;
@@ -1181,7 +1190,7 @@ impl RawRow {
     }
 
     fn into_row(self) -> Result<InboxRow, StoreError> {
-        let [id, event_id, stream_id, event_type, aggregate_id, correlation_id, causation_id, occurred_on, payload, status, _, _, received_at, processed_at, next_retry_at, error_message, last_error_at, stream] =
+        let [id, event_id, stream_id, event_type, aggregate_id, correlation_id, causation_id, occurred_on, payload, status, _, _, received_at, processed_at, next_retry_at, error_message, last_error_at, stream, headers] =
             self.text;
         let id = id.unwrap_or_default();
         let corrupt = |reason: String| StoreError::Corrupt {
@@ -1193,6 +1202,7 @@ impl RawRow {
             .ok_or_else(|| corrupt(format!("unknown status {status_text:?}")))?;
         let payload = serde_json::from_str::<serde_json::Value>(&payload.unwrap_or_default())
             .map_err(|error| corrupt(format!("payload is not JSON: {error}")))?;
+        let headers = headers::from_column_text(headers.as_deref()).map_err(corrupt)?;
         Ok(InboxRow {
             id: parse_uuid(&id)?,
             stream_id: stream_id.unwrap_or_default(),
@@ -1206,6 +1216,7 @@ impl RawRow {
                 payload,
                 correlation_id,
                 causation_id,
+                headers,
             },
             status,
             retry_count: self.retry_count,

@@ -73,8 +73,8 @@ impl Queries {
             insert_event: format!(
                 "INSERT INTO {t} (id, event_id, stream_id, event_type, aggregate_id, correlation_id, \
                  causation_id, occurred_on, payload, status, retry_count, max_retries, received_at, \
-                 stream) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, 'pending', 0, ?10, ?11, ?12) \
+                 stream, headers) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, 'pending', 0, ?10, ?11, ?12, ?13) \
                  ON CONFLICT (event_id) DO NOTHING"
             ),
             insert_quarantine: format!(
