@@ -5,8 +5,8 @@
 //! cargo run --release --example bench -- [--events 20000] [--baseline-events 3000] [--workers 4]
 //!                                         [--readers 2] [--read-batch 500] [--claim-batch 64]
 //!                                         [--rate 2000 (0 skips the paced run)] [--repeat 3]
-//!                                         [--floor-read-batch 500] [--floor-claim-batch 64]
-//!                                         [--no-floor]
+//!                                         [--floor-read-batch 500] [--floor-claim-batch 512]
+//!                                         [--no-floor | --floor-only]
 //! cargo run --release --example bench -- --ordered [--events 20000] [--rate 1000] [...]
 //! cargo run --release --example bench -- --backlog [--events 1000000] [--workers 4] [...]
 //! cargo run --release --example bench -- --outbox [--events 20000] [--baseline-events 3000]
@@ -86,9 +86,16 @@ struct Options {
     /// Run the hand-written floor next to the inbox scenarios (see `floor.rs`); `--no-floor`
     /// skips it.
     floor: bool,
-    /// Entries per `XREADGROUP` of the floor's readers.
+    /// Run only the floors (`--floor-only`), to tune their batch sizes.
+    floor_only: bool,
+    /// Entries per `XREADGROUP` of the floor's readers. Defaults to 500, the bench's read batch
+    /// for eventflow (100 to 1,000 ran alike, within the noise).
     floor_read_batch: usize,
-    /// Rows per claim of the floor's workers.
+    /// Rows per claim of the floor's workers. Defaults to 512, not the consumer's 64: on the
+    /// reference table no index serves `ORDER BY received_at` among pending rows, so each claim
+    /// sorts every pending row, and under a flood a small claim pays that sort for few rows (in two
+    /// sweeps at 100,000 events, on a machine with a load average of 15 to 30, 64 ran at a third
+    /// of the rate or less of 256, 512 and 1,024, which ran alike within the noise).
     floor_claim_batch: usize,
     /// Measure how soon a killed consumer's stored rows are taken over (see `takeover.rs`).
     takeover: bool,
@@ -192,7 +199,7 @@ fn main() {
             outcomes.push(relay_run(&options, Some(options.rate)));
         }
     } else {
-        if options.baseline_events > 0 {
+        if options.baseline_events > 0 && !options.floor_only {
             outcomes.push(repeat(&|| baseline(&options)));
         }
         let floor = |handler, aggregates: Option<Vec<uuid::Uuid>>| {
@@ -202,6 +209,10 @@ fn main() {
                     .floor
                     .then(|| floor::run(options, handler, aggregates.clone()))
             }
+        };
+        let measured = |scenario| {
+            let options = &options;
+            move || (!options.floor_only).then(|| eventflow_run(options, scenario))
         };
         if options.ordered {
             let scenario = |ordered, rate| Scenario {
@@ -213,8 +224,8 @@ fn main() {
             let floods = alternate(
                 &[
                     &floor(Handler::OneRow, Some(spread_aggregates(options.events))),
-                    &|| Some(eventflow_run(&options, scenario(false, None))),
-                    &|| Some(eventflow_run(&options, scenario(true, None))),
+                    &measured(scenario(false, None)),
+                    &measured(scenario(true, None)),
                 ],
                 options.repeat,
             );
@@ -223,7 +234,7 @@ fn main() {
                 ordered_share = Some(ordered.rate() / unordered.rate());
             }
             outcomes.extend(floods);
-            if options.rate > 0 {
+            if options.rate > 0 && !options.floor_only {
                 for ordered in [false, true] {
                     let paced = scenario(ordered, Some(options.rate));
                     outcomes.push(eventflow_run(&options, paced));
@@ -237,13 +248,13 @@ fn main() {
             outcomes.extend(alternate(
                 &[
                     &floor(Handler::NoOp, None),
-                    &|| Some(eventflow_run(&options, flood(false))),
+                    &measured(flood(false)),
                     &floor(Handler::OneRow, None),
-                    &|| Some(eventflow_run(&options, flood(true))),
+                    &measured(flood(true)),
                 ],
                 options.repeat,
             ));
-            if options.rate > 0 {
+            if options.rate > 0 && !options.floor_only {
                 let paced = Scenario {
                     write: true,
                     rate: Some(options.rate),
@@ -305,7 +316,7 @@ fn print_table(outcomes: &[Outcome]) {
 
 /// Runs each of `runs` `repeat` times, round by round, so that a slow spell of the shared
 /// machine falls on every scenario alike, and returns the median run of each (a run that
-/// returns `None`, a floor switched off, is left out).
+/// returns `None`, switched off by `--no-floor` or `--floor-only`, is left out).
 fn alternate(runs: &[&dyn Fn() -> Option<Outcome>], repeat: usize) -> Vec<Outcome> {
     let mut results: Vec<Vec<Outcome>> = runs.iter().map(|_| Vec::new()).collect();
     for _ in 0..repeat {
@@ -338,8 +349,9 @@ fn parse_options(args: Vec<String>) -> Options {
         outbox: false,
         backlog: false,
         floor: true,
+        floor_only: false,
         floor_read_batch: 500,
-        floor_claim_batch: 64,
+        floor_claim_batch: 512,
         takeover: false,
         drains: 0,
         ordered: false,
@@ -371,6 +383,7 @@ fn parse_options(args: Vec<String>) -> Options {
             "--takeover" => options.takeover = true,
             "--backlog" => options.backlog = true,
             "--no-floor" => options.floor = false,
+            "--floor-only" => options.floor_only = true,
             "--events" => options.events = value(),
             "--baseline-events" => options.baseline_events = value(),
             "--workers" => options.workers = value(),
@@ -387,6 +400,10 @@ fn parse_options(args: Vec<String>) -> Options {
             other => panic!("unknown option {other}; see the file's doc comment"),
         }
     }
+    assert!(
+        options.floor || !options.floor_only,
+        "--no-floor and --floor-only leave nothing to run"
+    );
     for (flag, value) in [
         ("--repeat", options.repeat),
         ("--floor-read-batch", options.floor_read_batch),
