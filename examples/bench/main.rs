@@ -5,7 +5,10 @@
 //! cargo run --release --example bench -- [--events 20000] [--baseline-events 3000] [--workers 4]
 //!                                         [--readers 2] [--read-batch 500] [--claim-batch 64]
 //!                                         [--rate 2000 (0 skips the paced run)] [--repeat 3]
+//!                                         [--floor-read-batch 500] [--floor-claim-batch 512]
+//!                                         [--no-floor | --floor-only]
 //! cargo run --release --example bench -- --ordered [--events 20000] [--rate 1000] [...]
+//! cargo run --release --example bench -- --backlog [--events 1000000] [--workers 4] [...]
 //! cargo run --release --example bench -- --outbox [--events 20000] [--baseline-events 3000]
 //!                                         [--relay-workers 2] [--relay-batch 500]
 //!                                         [--rate 2000] [--repeat 3]
@@ -24,12 +27,24 @@
 //! committed as processed, with the producer sending as fast as it can; latency from each
 //! event's XADD to the start of its handler.
 //!
+//! **Floor.** Next to the inbox scenarios runs the hand-written batched loop a competent
+//! engineer would write with no library (see `floor.rs`), with the same events, the same
+//! handler and the same thread counts, measured the same way. Each eventflow flood is printed
+//! as a multiple of the floor with its handler (no-op or one-row write) in the "vs floor"
+//! column. The floors and the eventflow floods run round by round (floor, eventflow, floor,
+//! eventflow, ... `--repeat` times), so a slow spell of the shared machine hits both.
+//!
+//! **Backlog.** With `--backlog`, the consumer drains `--events` events produced before it
+//! starts, and the run reports its resident memory and the rate of the first and the last
+//! 100,000 (see `backlog.rs`).
+//!
 //! **Ordered.** With `--ordered`, the eventflow scenarios spread their events over 1,000
 //! aggregates (each gets `events / 1000`, in a shuffled interleaving; the other scenarios use a
 //! new aggregate per event) and run the one-row-write handler unordered and then with
 //! `.ordered(true)`, same settings; a line under the table gives ordered as a share of
 //! unordered. The paced runs (unordered, then ordered) show the latency to the handler's start.
-//! The ordered runs check that each aggregate's events reach the handler in sending order.
+//! The ordered runs check that each aggregate's events reach the handler in sending order. The
+//! floor runs the one-row write over the same aggregates (it keeps no order: the easier job).
 //!
 //! **Outbox.** Events are enqueued first (transactions of 100, over 1,000 aggregates), then the
 //! relay is started; throughput is measured from `start()` until every row is published. The
@@ -47,6 +62,8 @@
 //! **Takeover.** With `--takeover`, how soon the rows a killed consumer process stored are
 //! taken by the survivor, with process leases and without (see `takeover.rs`).
 
+mod backlog;
+mod floor;
 mod takeover;
 
 use eventflow::outbox::{OutboxRelay, OutboxTable};
@@ -64,6 +81,22 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 struct Options {
     outbox: bool,
+    /// Measure a backlog's memory and the rate at its start and end (see `backlog.rs`).
+    backlog: bool,
+    /// Run the hand-written floor next to the inbox scenarios (see `floor.rs`); `--no-floor`
+    /// skips it.
+    floor: bool,
+    /// Run only the floors (`--floor-only`), to tune their batch sizes.
+    floor_only: bool,
+    /// Entries per `XREADGROUP` of the floor's readers. Defaults to 500, the bench's read batch
+    /// for eventflow (100 to 1,000 ran alike, within the noise).
+    floor_read_batch: usize,
+    /// Rows per claim of the floor's workers. Defaults to 512, not the consumer's 64: on the
+    /// reference table no index serves `ORDER BY received_at` among pending rows, so each claim
+    /// sorts every pending row, and under a flood a small claim pays that sort for few rows (in two
+    /// sweeps at 100,000 events, on a machine with a load average of 15 to 30, 64 ran at a third
+    /// of the rate or less of 256, 512 and 1,024, which ran alike within the noise).
+    floor_claim_batch: usize,
     /// Measure how soon a killed consumer's stored rows are taken over (see `takeover.rs`).
     takeover: bool,
     /// With `outbox`: drain the backlog this many times each way and report the spread.
@@ -89,6 +122,37 @@ struct Outcome {
     events: usize,
     elapsed: Duration,
     latencies_us: Vec<u64>,
+    role: Role,
+}
+
+/// What a run is in the table, which decides its ratio columns.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Role {
+    /// The one-transaction-per-event baseline (or the naive relay): 1× in the "vs base" column.
+    Baseline,
+    /// The hand-written floor with this handler: 1× in the "vs floor" column for it.
+    Floor(Handler),
+    /// A measured run, divided by the floor with the same handler when it has one (a paced
+    /// run's rate is the producer's pace, so it has none).
+    Measured(Option<Handler>),
+}
+
+/// What an inbox scenario's handler does, which decides the floor it is compared to.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Handler {
+    /// Nothing: the cost of moving events alone.
+    NoOp,
+    /// One `INSERT` in the handler's transaction, as a real handler writes its effect.
+    OneRow,
+}
+
+impl Handler {
+    fn describe(self) -> &'static str {
+        match self {
+            Handler::NoOp => "no-op",
+            Handler::OneRow => "one-row write",
+        }
+    }
 }
 
 impl Outcome {
@@ -117,8 +181,12 @@ fn main() {
     if options.takeover {
         return takeover::run(&options);
     }
+    if options.backlog {
+        return backlog::run(&options);
+    }
     let repeat = |run: &dyn Fn() -> Outcome| median((0..options.repeat).map(|_| run()).collect());
     let mut outcomes = Vec::new();
+    let mut ordered_share = None;
     if options.outbox && options.drains > 0 {
         return drains(&options);
     }
@@ -131,9 +199,21 @@ fn main() {
             outcomes.push(relay_run(&options, Some(options.rate)));
         }
     } else {
-        if options.baseline_events > 0 {
+        if options.baseline_events > 0 && !options.floor_only {
             outcomes.push(repeat(&|| baseline(&options)));
         }
+        let floor = |handler, aggregates: Option<Vec<uuid::Uuid>>| {
+            let options = &options;
+            move || {
+                options
+                    .floor
+                    .then(|| floor::run(options, handler, aggregates.clone()))
+            }
+        };
+        let measured = |scenario| {
+            let options = &options;
+            move || (!options.floor_only).then(|| eventflow_run(options, scenario))
+        };
         if options.ordered {
             let scenario = |ordered, rate| Scenario {
                 write: true,
@@ -141,23 +221,40 @@ fn main() {
                 ordered,
                 rate,
             };
-            outcomes.push(repeat(&|| eventflow_run(&options, scenario(false, None))));
-            outcomes.push(repeat(&|| eventflow_run(&options, scenario(true, None))));
-            if options.rate > 0 {
+            let floods = alternate(
+                &[
+                    &floor(Handler::OneRow, Some(spread_aggregates(options.events))),
+                    &measured(scenario(false, None)),
+                    &measured(scenario(true, None)),
+                ],
+                options.repeat,
+            );
+            // The unordered and ordered floods are the last two.
+            if let [.., unordered, ordered] = &floods[..] {
+                ordered_share = Some(ordered.rate() / unordered.rate());
+            }
+            outcomes.extend(floods);
+            if options.rate > 0 && !options.floor_only {
                 for ordered in [false, true] {
                     let paced = scenario(ordered, Some(options.rate));
                     outcomes.push(eventflow_run(&options, paced));
                 }
             }
         } else {
-            for write in [false, true] {
-                let flood = Scenario {
-                    write,
-                    ..Scenario::default()
-                };
-                outcomes.push(repeat(&|| eventflow_run(&options, flood)));
-            }
-            if options.rate > 0 {
+            let flood = |write| Scenario {
+                write,
+                ..Scenario::default()
+            };
+            outcomes.extend(alternate(
+                &[
+                    &floor(Handler::NoOp, None),
+                    &measured(flood(false)),
+                    &floor(Handler::OneRow, None),
+                    &measured(flood(true)),
+                ],
+                options.repeat,
+            ));
+            if options.rate > 0 && !options.floor_only {
                 let paced = Scenario {
                     write: true,
                     rate: Some(options.rate),
@@ -167,8 +264,23 @@ fn main() {
             }
         }
     }
+    print_table(&outcomes);
+    if let Some(share) = ordered_share {
+        println!(
+            "ordered / unordered (one-row write, {AGGREGATES} aggregates): {:.0} %",
+            100.0 * share
+        );
+    }
+}
 
-    let base = outcomes[0].rate();
+/// The results, one row per run, with each rate as a multiple of the baseline's and of the
+/// floor's with the same handler ("-" where there is none to divide by).
+fn print_table(outcomes: &[Outcome]) {
+    let rate_of = |role| outcomes.iter().find(|o| o.role == role).map(Outcome::rate);
+    let base = rate_of(Role::Baseline);
+    let ratio = |rate: f64, to: Option<f64>| {
+        to.map_or_else(|| "-".to_string(), |to| format!("{:.2}x", rate / to))
+    };
     let width = outcomes
         .iter()
         .map(|o| o.name.len())
@@ -176,30 +288,52 @@ fn main() {
         .unwrap_or(0)
         .max(48);
     println!(
-        "\n{:<width$} {:>7} {:>8} {:>10} {:>9} {:>9} {:>8}",
-        "scenario", "events", "seconds", "events/s", "p50 ms", "p99 ms", "ratio"
+        "\n{:<width$} {:>7} {:>8} {:>10} {:>9} {:>9} {:>8} {:>8}",
+        "scenario", "events", "seconds", "events/s", "p50 ms", "p99 ms", "vs base", "vs floor"
     );
-    for outcome in &outcomes {
+    for outcome in outcomes {
+        let floor = match outcome.role {
+            Role::Floor(handler) | Role::Measured(Some(handler)) => rate_of(Role::Floor(handler)),
+            Role::Baseline | Role::Measured(None) => None,
+        };
         println!(
-            "{:<width$} {:>7} {:>8.2} {:>10.0} {:>9} {:>9} {:>7.1}x",
+            "{:<width$} {:>7} {:>8.2} {:>10.0} {:>9} {:>9} {:>8} {:>8}",
             outcome.name,
             outcome.events,
             outcome.elapsed.as_secs_f64(),
             outcome.rate(),
             outcome.percentile_ms(0.50),
             outcome.percentile_ms(0.99),
-            outcome.rate() / base
+            ratio(outcome.rate(), base),
+            ratio(outcome.rate(), floor),
         );
     }
-    println!("ratio: events/s relative to the baseline in the first row, same machine, same run");
-    if options.ordered && !options.outbox {
-        // The unordered and ordered floods are the two rows after the baseline (if any).
-        let floods = &outcomes[usize::from(options.baseline_events > 0)..];
-        println!(
-            "ordered / unordered (one-row write, {AGGREGATES} aggregates): {:.0} %",
-            100.0 * floods[1].rate() / floods[0].rate()
-        );
+    let floors = outcomes.iter().any(|o| matches!(o.role, Role::Floor(_)));
+    println!(
+        "vs base: events/s over the baseline's{}; same machine, same command",
+        if floors {
+            "; vs floor: over the hand-written floor's with the same handler"
+        } else {
+            ""
+        }
+    );
+}
+
+/// Runs each of `runs` `repeat` times, round by round, so that a slow spell of the shared
+/// machine falls on every scenario alike, and returns the median run of each (a run that
+/// returns `None`, switched off by `--no-floor` or `--floor-only`, is left out).
+fn alternate(runs: &[&dyn Fn() -> Option<Outcome>], repeat: usize) -> Vec<Outcome> {
+    let mut results: Vec<Vec<Outcome>> = runs.iter().map(|_| Vec::new()).collect();
+    for _ in 0..repeat {
+        for (run, results) in runs.iter().zip(&mut results) {
+            results.extend(run());
+        }
     }
+    results
+        .into_iter()
+        .filter(|runs| !runs.is_empty())
+        .map(median)
+        .collect()
 }
 
 /// The run with the median rate; the machine is shared with the servers, so single runs vary.
@@ -218,6 +352,11 @@ fn median(mut runs: Vec<Outcome>) -> Outcome {
 fn parse_options(args: Vec<String>) -> Options {
     let mut options = Options {
         outbox: false,
+        backlog: false,
+        floor: true,
+        floor_only: false,
+        floor_read_batch: 500,
+        floor_claim_batch: 512,
         takeover: false,
         drains: 0,
         ordered: false,
@@ -238,18 +377,18 @@ fn parse_options(args: Vec<String>) -> Options {
     };
     let mut args = args.into_iter();
     while let Some(flag) = args.next() {
-        if flag == "--outbox" || flag == "--ordered" || flag == "--takeover" {
-            options.outbox |= flag == "--outbox";
-            options.ordered |= flag == "--ordered";
-            options.takeover |= flag == "--takeover";
-            continue;
-        }
         let mut value = || {
             args.next()
                 .and_then(|v| v.parse().ok())
                 .expect("a number after the flag")
         };
         match flag.as_str() {
+            "--outbox" => options.outbox = true,
+            "--ordered" => options.ordered = true,
+            "--takeover" => options.takeover = true,
+            "--backlog" => options.backlog = true,
+            "--no-floor" => options.floor = false,
+            "--floor-only" => options.floor_only = true,
             "--events" => options.events = value(),
             "--baseline-events" => options.baseline_events = value(),
             "--workers" => options.workers = value(),
@@ -261,8 +400,21 @@ fn parse_options(args: Vec<String>) -> Options {
             "--relay-workers" => options.relay_workers = value(),
             "--relay-batch" => options.relay_batch = value(),
             "--drains" => options.drains = value(),
+            "--floor-read-batch" => options.floor_read_batch = value(),
+            "--floor-claim-batch" => options.floor_claim_batch = value(),
             other => panic!("unknown option {other}; see the file's doc comment"),
         }
+    }
+    assert!(
+        options.floor || !options.floor_only,
+        "--no-floor and --floor-only leave nothing to run"
+    );
+    for (flag, value) in [
+        ("--repeat", options.repeat),
+        ("--floor-read-batch", options.floor_read_batch),
+        ("--floor-claim-batch", options.floor_claim_batch),
+    ] {
+        assert!(value > 0, "{flag} must be at least 1");
     }
     options
 }
@@ -280,6 +432,10 @@ fn unique(prefix: &str) -> String {
         &uuid::Uuid::new_v4().simple().to_string()[..12]
     )
 }
+
+/// Reader threads per stream when `--readers` is not given: the consumer's default, which the
+/// floor then uses too.
+const DEFAULT_READERS: usize = 2;
 
 /// Aggregates the `--ordered` scenarios (and the outbox scenarios) spread their events over.
 const AGGREGATES: usize = 1_000;
@@ -354,20 +510,23 @@ struct Producer {
 }
 
 impl Producer {
+    /// Waits until every event is sent; ends the bench with the producer's error if it failed.
+    fn finish(mut self) {
+        if let Err(panic) = self.thread.take().expect("producer").join() {
+            panic!("the producer failed: {}", panic_text(&*panic));
+        }
+    }
+
     /// Waits until `done()` reaches `n`; returns the time from the first `XADD`. Ends the bench
     /// with the producer's error if it failed, rather than waiting for events never sent.
     fn wait_for(mut self, n: usize, done: impl Fn() -> u64) -> Duration {
         while done() < n as u64 {
             if self.thread.as_ref().is_some_and(|t| t.is_finished()) {
                 if let Err(panic) = self.thread.take().expect("producer").join() {
-                    let message = panic
-                        .downcast_ref::<String>()
-                        .cloned()
-                        .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
-                        .unwrap_or_default();
                     panic!(
-                        "the producer failed after {} of {n} events handled: {message}",
-                        done()
+                        "the producer failed after {} of {n} events handled: {}",
+                        done(),
+                        panic_text(&*panic)
                     );
                 }
             }
@@ -375,6 +534,15 @@ impl Producer {
         }
         self.started.elapsed()
     }
+}
+
+/// What a panic said, when it said it with a string.
+fn panic_text(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<String>()
+        .cloned()
+        .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+        .unwrap_or_default()
 }
 
 fn latency_of(row: &InboxRow) -> u64 {
@@ -406,7 +574,7 @@ fn setup(options: &Options, prefix: &str) -> Setup {
     let store = Arc::new(
         PostgresStore::builder(&options.database_url)
             .table(&table)
-            .pool_size((options.workers + options.readers.unwrap_or(2)) as u32 + 2)
+            .pool_size((options.workers + options.readers.unwrap_or(DEFAULT_READERS)) as u32 + 2)
             .build()
             .unwrap(),
     );
@@ -439,12 +607,20 @@ struct Scenario {
 }
 
 impl Scenario {
+    fn handler(&self) -> Handler {
+        if self.write {
+            Handler::OneRow
+        } else {
+            Handler::NoOp
+        }
+    }
+
     fn name(&self, options: &Options) -> String {
         let mut name = format!(
             "eventflow{}, {} workers, {} handler",
             if self.ordered { " ordered" } else { "" },
             options.workers,
-            if self.write { "one-row write" } else { "no-op" },
+            self.handler().describe(),
         );
         if self.spread {
             name += &format!(", {AGGREGATES} aggregates");
@@ -523,6 +699,8 @@ fn eventflow_run(options: &Options, scenario: Scenario) -> Outcome {
         events: options.events,
         elapsed,
         latencies_us,
+        // A paced run's rate is the producer's pace: no floor to divide by.
+        role: Role::Measured(scenario.rate.is_none().then_some(scenario.handler())),
     }
 }
 
@@ -634,6 +812,7 @@ fn baseline(options: &Options) -> Outcome {
         events: n,
         elapsed,
         latencies_us,
+        role: Role::Baseline,
     }
 }
 
@@ -736,6 +915,7 @@ fn relay_run(options: &Options, rate: Option<usize>) -> Outcome {
             events: n,
             elapsed,
             latencies_us: Vec::new(),
+            role: Role::Measured(None),
         };
     };
 
@@ -803,6 +983,7 @@ fn relay_run(options: &Options, rate: Option<usize>) -> Outcome {
         events: n,
         elapsed,
         latencies_us,
+        role: Role::Measured(None),
     }
 }
 
@@ -873,6 +1054,7 @@ fn naive_relay(options: &Options) -> Outcome {
         events: n,
         elapsed,
         latencies_us: Vec::new(),
+        role: Role::Baseline,
     }
 }
 
