@@ -8,6 +8,7 @@
 //! hold one for their whole wait, which is why the pool has a size. Reclaiming needs Redis 6.2
 //! (`XAUTOCLAIM`); group lag needs Redis 7.
 
+pub(crate) mod cluster_url;
 mod connection;
 mod reply;
 mod tls;
@@ -28,7 +29,9 @@ use super::{
     GroupStats, OutgoingEntry, PendingEntry, ReadRequest, ReclaimRequest, Reclaimed, StreamEntry,
     Transport, TransportError,
 };
-use connection::{command_error, group_error, no_group, ConnectionManager, TraceConnectErrors};
+use connection::{
+    command_error, group_error, no_group, ConnectionManager, Target, TraceConnectErrors,
+};
 use reply::{
     into_string, malformed, parse_autoclaim, parse_count, parse_group_cursors, parse_group_stats,
     parse_oldest_pending, parse_pending_entry, parse_read_reply, AutoClaimReply,
@@ -58,8 +61,17 @@ const DEFAULT_IO_TIMEOUT: Duration = Duration::from_secs(10);
 pub struct RedisStreams {
     pool: r2d2::Pool<ConnectionManager>,
     /// For pings, which use a connection of their own.
-    client: redis::Client,
+    ping_target: PingTarget,
     io_timeout: Duration,
+}
+
+/// What a ping opens a connection of its own to.
+#[derive(Clone)]
+enum PingTarget {
+    /// Boxed: a client is ten times the size of the seed list.
+    Node(Box<redis::Client>),
+    /// The seed URLs, for a cluster client built with the ping's own timeouts.
+    Cluster(Vec<String>),
 }
 
 /// Settings for [`RedisStreams`]; see [`RedisStreams::builder`].
@@ -75,7 +87,17 @@ pub struct RedisStreamsBuilder {
 impl RedisStreams {
     /// Starts configuring a transport for the Redis at `url`
     /// (`redis://[user:password@]host[:port][/db]`, or `rediss://` for TLS, which needs the
-    /// `tls` feature; see [`crate::tls`]).
+    /// `tls` feature; see [`crate::tls`]), or for the Redis Cluster whose seed nodes `url` lists
+    /// (`redis+cluster://[user:password@]host:port[,host:port...]`).
+    ///
+    /// On a cluster every command is routed to the master that owns its stream's slot;
+    /// `MOVED` and `ASK` redirections are followed and the slot map is read again when
+    /// slots move (after a failover or resharding). A call that still finds the cluster
+    /// unsettled (`CLUSTERDOWN`, `TRYAGAIN`, a redirection left over after a few retries, a
+    /// node that does not answer) fails with [`TransportError::Unavailable`], which readers
+    /// and the outbox relay retry with back-off as they do for a single server, and the
+    /// connection is dropped so the next one learns the cluster's layout anew. TLS to a
+    /// cluster (`rediss+cluster://`) is not supported yet and is refused at `build()`.
     pub fn builder(url: impl Into<String>) -> RedisStreamsBuilder {
         RedisStreamsBuilder {
             url: ConnectionString::new(url),
@@ -165,9 +187,22 @@ impl RedisStreamsBuilder {
         }
         // The redis crate's parse errors describe the problem without echoing the URL, so no
         // password ends up in an error message or a log.
-        let client = tls::open_client(self.url.expose(), &self.tls)?;
+        let (target, ping_target) = if cluster_url::is_cluster_url(self.url.expose()) {
+            let seeds = cluster_seeds(self.url.expose(), &self.tls)?;
+            let client = cluster_client(&seeds, self.connect_timeout, self.io_timeout)?;
+            (Target::Cluster(client), PingTarget::Cluster(seeds))
+        } else {
+            let client = tls::open_client(self.url.expose(), &self.tls)?;
+            (
+                Target::Node(client.clone()),
+                PingTarget::Node(Box::new(client)),
+            )
+        };
+        // A check-out test pings every node of a cluster; a cluster connection instead finds a
+        // dead node when a command fails, and is then dropped (see `has_broken`).
+        let test_on_check_out = matches!(target, Target::Node(_));
         let manager = ConnectionManager {
-            client: client.clone(),
+            target,
             connect_timeout: self.connect_timeout,
             io_timeout: self.io_timeout,
         };
@@ -176,6 +211,7 @@ impl RedisStreamsBuilder {
             // Open connections on demand: eager ones would hammer a Redis that is still down
             // and make building depend on it.
             .min_idle(Some(0))
+            .test_on_check_out(test_on_check_out)
             .connection_timeout(self.connect_timeout)
             .error_handler(Box::new(TraceConnectErrors))
             .build_unchecked(manager);
@@ -187,7 +223,7 @@ impl RedisStreamsBuilder {
         );
         Ok(RedisStreams {
             pool,
-            client,
+            ping_target,
             io_timeout: self.io_timeout,
         })
     }
@@ -203,6 +239,54 @@ impl fmt::Debug for RedisStreamsBuilder {
             .field("tls", &self.tls)
             .finish()
     }
+}
+
+/// How many times the cluster client itself follows a redirection or waits out a
+/// `CLUSTERDOWN`/`TRYAGAIN` before the call fails: enough for a redirection after slots moved
+/// and a short election, few enough that a longer outage reaches the caller's own back-off
+/// (readers, the outbox relay) within about a second instead of the crate's minutes.
+const CLUSTER_RETRIES: u32 = 3;
+/// The cluster client's shortest and longest wait between those retries, in milliseconds (its
+/// defaults, 1.28 s to 11 min, are for callers without back-off of their own).
+const CLUSTER_RETRY_WAIT_MS: (u64, u64) = (20, 400);
+
+/// The seed URLs of a cluster URL; TLS settings and `rediss+cluster://` are refused for now.
+fn cluster_seeds(url: &str, tls: &TlsSettings) -> Result<Vec<String>, TransportError> {
+    let parsed = cluster_url::ClusterUrl::parse(url).map_err(|problem| {
+        invalid_setting(
+            "url",
+            format!("{problem} (redis+cluster://host:port,host:port)"),
+        )
+    })?;
+    if parsed.tls || !tls.is_empty() {
+        return Err(invalid_setting(
+            "url",
+            "TLS to a Redis Cluster (rediss+cluster://) is not supported yet".into(),
+        ));
+    }
+    Ok(parsed.seed_urls())
+}
+
+/// The cluster client for `seeds`; fails when a seed is not a Redis URL or the seeds' users
+/// and passwords differ.
+fn cluster_client(
+    seeds: &[String],
+    connect_timeout: Duration,
+    io_timeout: Duration,
+) -> Result<redis::cluster::ClusterClient, TransportError> {
+    redis::cluster::ClusterClient::builder(seeds.iter().map(String::as_str))
+        .connection_timeout(connect_timeout)
+        .response_timeout(io_timeout)
+        .retries(CLUSTER_RETRIES)
+        .min_retry_wait(CLUSTER_RETRY_WAIT_MS.0)
+        .max_retry_wait(CLUSTER_RETRY_WAIT_MS.1)
+        .build()
+        .map_err(|error| {
+            invalid_setting(
+                "url",
+                format!("not a Redis Cluster URL ({error}); expected redis+cluster://host:port,host:port"),
+            )
+        })
 }
 
 /// A setting that `build` refused.
@@ -296,14 +380,14 @@ impl Transport for RedisStreams {
         let mut conn = self.connection()?;
         if blocking {
             let wait = request.block.saturating_add(self.io_timeout);
-            conn.run(|c| c.set_read_timeout(Some(wait)))
+            conn.set_read_timeout(wait)
                 .map_err(|error| group_error(error, stream, group))?;
         }
         let reply = conn.run(|c| command.query::<Value>(c));
         if blocking && !conn.is_broken() {
             // A connection left with the long timeout would let a later stuck command hang for
-            // the whole block time; if the reset fails, `run` marks it broken and it is dropped.
-            let _ = conn.run(|c| c.set_read_timeout(Some(self.io_timeout)));
+            // the whole block time; if the reset fails, it is marked broken and dropped.
+            let _ = conn.set_read_timeout(self.io_timeout);
         }
         let reply = reply.map_err(|error| group_error(error, stream, group))?;
         parse_read_reply(reply)
@@ -383,23 +467,26 @@ impl Transport for RedisStreams {
         entries: &[OutgoingEntry<'_>],
     ) -> Result<Vec<Result<String, TransportError>>, TransportError> {
         // Entries without fields never reach Redis; the rest go out as one pipeline whose
-        // per-command errors come back one by one instead of failing the whole round trip.
-        let mut pipeline = redis::pipe();
-        pipeline.ignore_errors();
-        let mut sent = 0;
-        for entry in entries.iter().filter(|entry| !entry.fields.is_empty()) {
-            pipeline.cmd("XADD").arg(entry.stream).arg("*");
-            for (name, value) in entry.fields {
-                pipeline.arg(name).arg(value.as_slice());
-            }
-            sent += 1;
-        }
+        // per-command errors come back one by one instead of failing the whole round trip (on
+        // a cluster, one pipeline per node that owns one of the streams).
+        let commands: Vec<redis::Cmd> = entries
+            .iter()
+            .filter(|entry| !entry.fields.is_empty())
+            .map(|entry| {
+                let mut command = redis::cmd("XADD");
+                command.arg(entry.stream).arg("*");
+                for (name, value) in entry.fields {
+                    command.arg(name).arg(value.as_slice());
+                }
+                command
+            })
+            .collect();
+        let sent = commands.len();
         let mut replies = if sent == 0 {
             Vec::new()
         } else {
             let mut conn = self.connection()?;
-            conn.run(|c| pipeline.query::<Vec<redis::RedisResult<Value>>>(c))
-                .map_err(command_error)?
+            conn.pipeline(commands).map_err(command_error)?
         }
         .into_iter();
         if replies.len() != sent {
@@ -541,23 +628,32 @@ impl Transport for RedisStreams {
     }
 
     /// `PING` on a connection of its own, opened within `timeout`, answered within what is left
-    /// of it. Not a pooled one: checking one out runs a validity check bound only by
+    /// of it (on a cluster: by every node, each step within `timeout`). Not a pooled one: checking one out runs a validity check bound only by
     /// `io_timeout`, and a new connection also proves that connections can be made.
     fn ping(&self, timeout: Duration) -> Result<(), TransportError> {
         let started = std::time::Instant::now();
         // Zero timeouts mean "none" to the redis crate and the socket: at least a millisecond.
         let at_least = |d: Duration| d.max(Duration::from_millis(1));
-        let mut conn = self
-            .client
-            .get_connection_with_timeout(at_least(timeout))
-            .map_err(command_error)?;
-        let left = Some(at_least(timeout.saturating_sub(started.elapsed())));
-        conn.set_read_timeout(left).map_err(command_error)?;
-        conn.set_write_timeout(left).map_err(command_error)?;
-        match redis::cmd("PING")
-            .query::<Value>(&mut conn)
-            .map_err(command_error)?
-        {
+        let reply = match &self.ping_target {
+            PingTarget::Node(client) => {
+                let mut conn = client
+                    .get_connection_with_timeout(at_least(timeout))
+                    .map_err(command_error)?;
+                let left = Some(at_least(timeout.saturating_sub(started.elapsed())));
+                conn.set_read_timeout(left).map_err(command_error)?;
+                conn.set_write_timeout(left).map_err(command_error)?;
+                redis::cmd("PING").query::<Value>(&mut conn)
+            }
+            // Opening a cluster connection reads the slot map from a seed and connects to
+            // every master; the PING then goes to every node and must be answered by all.
+            // Each step is bounded by `timeout`, so the whole takes about that long at most.
+            PingTarget::Cluster(seeds) => {
+                let client = cluster_client(seeds, at_least(timeout), at_least(timeout))?;
+                let mut conn = client.get_connection().map_err(command_error)?;
+                redis::cmd("PING").query::<Value>(&mut conn)
+            }
+        };
+        match reply.map_err(command_error)? {
             Value::SimpleString(pong) if pong == "PONG" => Ok(()),
             _ => Err(malformed("PING", "PONG")),
         }
