@@ -205,9 +205,13 @@ impl r2d2::ManageConnection for ConnectionManager {
                 conn.set_write_timeout(Some(self.io_timeout))?;
                 Link::Node(conn)
             }
-            // The cluster client was built with these timeouts; it applies them to each node's
-            // socket as it opens it.
-            Target::Cluster(client) => Link::Cluster(Box::new(client.get_connection()?)),
+            // The cluster client was built with the connect and read timeouts; the write
+            // timeout it keeps per connection, and applies to each node's socket as it opens it.
+            Target::Cluster(client) => {
+                let conn = client.get_connection()?;
+                conn.set_write_timeout(Some(self.io_timeout))?;
+                Link::Cluster(Box::new(conn))
+            }
         };
         tracing::debug!("redis streams: opened a connection");
         Ok(Connection {

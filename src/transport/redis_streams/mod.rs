@@ -692,6 +692,50 @@ mod tests {
     }
 
     #[test]
+    fn cluster_urls_are_checked_at_build_without_echoing_the_password() {
+        let message = |builder: RedisStreamsBuilder| builder.build().unwrap_err().to_string();
+        for (url, expected) in [
+            ("redis+cluster://:hunter2@a:7000,,b:7001", "seed nodes"),
+            ("redis+cluster://:hunter2@a:7000/1", "only database 0"),
+            ("rediss+cluster://:hunter2@a:7000", "not supported yet"),
+            (
+                "redis+cluster://:hunter2@a:notaport",
+                "not a Redis Cluster URL",
+            ),
+        ] {
+            let shown = message(RedisStreams::builder(url));
+            assert!(shown.contains("`url`"), "{url}: {shown}");
+            assert!(shown.contains(expected), "{url}: {shown}");
+            assert!(!shown.contains("hunter2"), "{url}: {shown}");
+        }
+        let with_tls =
+            RedisStreams::builder("redis+cluster://a:7000").tls(TlsSettings::new().verify(true));
+        assert!(message(with_tls).contains("not supported yet"));
+        let built = RedisStreams::builder("redis+cluster://:hunter2@a:7000,b:7001")
+            .build()
+            .unwrap();
+        assert!(!format!("{built:?}").contains("hunter2"));
+    }
+
+    #[test]
+    fn a_cluster_that_does_not_answer_is_unavailable() {
+        let redis = RedisStreams::builder("redis+cluster://127.0.0.1:1,127.0.0.1:2")
+            .connect_timeout(Duration::from_millis(200))
+            .build()
+            .unwrap();
+        let result = redis.ensure_group("s", "g");
+        assert!(
+            matches!(result, Err(TransportError::Unavailable(_))),
+            "{result:?}"
+        );
+        let result = redis.ping(Duration::from_millis(200));
+        assert!(
+            matches!(result, Err(TransportError::Unavailable(_))),
+            "{result:?}"
+        );
+    }
+
+    #[test]
     fn build_needs_no_server_and_calls_then_report_unavailable() {
         // Port 1 is reserved (tcpmux) and closed on any machine that runs these tests.
         let redis = RedisStreams::builder("redis://127.0.0.1:1")
