@@ -6,6 +6,10 @@
 //! Both jobs rest on one rule, `is_unavailable`, which is why they live together: a failure
 //! that leaves the socket in an unknown state both breaks the connection and makes the call
 //! worth retrying.
+//!
+//! A pooled connection is either a single server's or a Redis Cluster's (the redis crate's
+//! cluster connection, which routes each command by its key's slot); [`Connection`] hides
+//! which from the commands, save for pipelines, which a cluster splits per node.
 
 use std::time::{Duration, Instant};
 
@@ -19,8 +23,9 @@ use crate::transport::TransportError;
 /// (MISCONF), busy running a script, short of replicas, a cluster or replica without a master,
 /// a failover in progress, a user not (yet) allowed the command or key (NOPERM: an ACL to
 /// fix, not a bad entry), and on a cluster a redirection the cluster client did not follow in
-/// its retries (`MOVED`, `ASK`: slots moving during a failover or resharding). Callers back off on [`TransportError::Unavailable`], which is what
-/// these need: the outbox relay counts no attempt and dead-letters nothing for them.
+/// its retries (`MOVED`, `ASK`: slots moving during a failover or resharding). Callers back off
+/// on [`TransportError::Unavailable`], which is what these need: the outbox relay counts no
+/// attempt and dead-letters nothing for them.
 ///
 /// Every other reply code (`ERR`, `WRONGTYPE`: the key holds something that is not a stream,
 /// or the command as built for this entry is wrong) refuses the request itself:
@@ -101,8 +106,10 @@ impl Connection {
     /// reply or server error, in order. The outer error means the round trip failed.
     ///
     /// A cluster pipeline reports only the errors when a command is refused, not the other
-    /// replies; the commands that were not refused are then sent again one by one, so that
-    /// each gets its own answer. An `XADD` among them is appended twice in that rare case.
+    /// replies. The commands that were not refused are then sent again one by one, so that
+    /// each gets its own answer (an `XADD` among them is appended twice in that rare case), and
+    /// so are those the cluster did not run at all (`MOVED`, `ASK`, `TRYAGAIN`, `CLUSTERDOWN`),
+    /// which the cluster client then routes anew.
     pub(super) fn pipeline(
         &mut self,
         commands: Vec<redis::Cmd>,
@@ -175,8 +182,12 @@ fn cluster_pipeline(
     };
     let mut replies: Vec<Option<RedisResult<Value>>> = commands.iter().map(|_| None).collect();
     for (index, server_error) in refused.iter() {
+        let error = RedisError::from(server_error.clone());
+        if error.is_cluster_error() {
+            continue; // not run: sent again below
+        }
         if let Some(reply) = replies.get_mut(*index) {
-            *reply = Some(Err(RedisError::from(server_error.clone())));
+            *reply = Some(Err(error));
         }
     }
     commands
