@@ -224,10 +224,6 @@ fn a_bad_cluster_url_is_a_usage_error_that_shows_no_password() {
             "redis+cluster://:hunter2@127.0.0.1:7000/3",
             "only database 0",
         ),
-        (
-            "rediss+cluster://:hunter2@127.0.0.1:7000",
-            "not supported yet",
-        ),
     ] {
         let out = eventflow(
             &[("EVENTFLOW_REDIS_URL", url), ("EVENTFLOW_STREAM", "s")],

@@ -150,12 +150,26 @@ pub fn names_on_distinct_masters(prefix: &str, suffixes: &[&str]) -> String {
 pub struct PrivateCluster {
     base: u16,
     dir: PathBuf,
+    /// Holds `server.pem`, `server.key` and `ca.pem` when the nodes speak only TLS.
+    tls_dir: Option<PathBuf>,
 }
 
 impl PrivateCluster {
     /// Starts one; `None` (skipped, or a failure under `EVENTFLOW_REQUIRE_SERVICES=1`) when
     /// `redis-server` is not installed.
     pub fn start(test: &str) -> Option<Self> {
+        Self::start_with(test, None)
+    }
+
+    /// Starts one whose nodes speak only TLS, to clients and to one another, with the
+    /// certificate `server.pem` (which must allow both server and client use, as the nodes
+    /// connect to one another with it), its key `server.key` and the authority `ca.pem` in
+    /// `tls_dir`.
+    pub fn start_with_tls(test: &str, tls_dir: &std::path::Path) -> Option<Self> {
+        Self::start_with(test, Some(tls_dir.to_path_buf()))
+    }
+
+    fn start_with(test: &str, tls_dir: Option<PathBuf>) -> Option<Self> {
         let installed = Command::new("redis-server")
             .arg("--version")
             .output()
@@ -172,16 +186,29 @@ impl PrivateCluster {
         let cluster = Self {
             base,
             dir: std::env::temp_dir().join(super::unique_name("ef_cluster")),
+            tls_dir,
         };
         cluster.script("start");
         Some(cluster)
     }
 
-    fn script(&self, action: &str) {
-        let out = Command::new(concat!(env!("CARGO_MANIFEST_DIR"), "/.ci/redis-cluster"))
+    /// `.ci/redis-cluster <action>` for this cluster.
+    fn command(&self, action: &str) -> Command {
+        let mut command = Command::new(concat!(env!("CARGO_MANIFEST_DIR"), "/.ci/redis-cluster"));
+        command
             .arg(action)
             .env("EVENTFLOW_CLUSTER_PORT", self.base.to_string())
-            .env("EVENTFLOW_CLUSTER_DIR", &self.dir)
+            .env("EVENTFLOW_CLUSTER_DIR", &self.dir);
+        match &self.tls_dir {
+            Some(tls_dir) => command.env("EVENTFLOW_CLUSTER_TLS_DIR", tls_dir),
+            None => command.env_remove("EVENTFLOW_CLUSTER_TLS_DIR"),
+        };
+        command
+    }
+
+    fn script(&self, action: &str) {
+        let out = self
+            .command(action)
             .output()
             .expect(".ci/redis-cluster runs");
         assert!(
@@ -192,12 +219,16 @@ impl PrivateCluster {
         );
     }
 
-    /// Its URL, all six nodes as seeds.
+    /// Its URL, all six nodes as seeds (`rediss+cluster://` for TLS).
     pub fn url(&self) -> String {
         let seeds: Vec<String> = (self.base..self.base + 6)
             .map(|port| format!("127.0.0.1:{port}"))
             .collect();
-        format!("redis+cluster://{}", seeds.join(","))
+        let scheme = match self.tls_dir {
+            Some(_) => "rediss+cluster",
+            None => "redis+cluster",
+        };
+        format!("{scheme}://{}", seeds.join(","))
     }
 
     /// Waits until the replica of the master holding `key` has every write the master has
@@ -269,11 +300,7 @@ impl PrivateCluster {
 
 impl Drop for PrivateCluster {
     fn drop(&mut self) {
-        let _ = Command::new(concat!(env!("CARGO_MANIFEST_DIR"), "/.ci/redis-cluster"))
-            .arg("stop")
-            .env("EVENTFLOW_CLUSTER_PORT", self.base.to_string())
-            .env("EVENTFLOW_CLUSTER_DIR", &self.dir)
-            .output();
+        let _ = self.command("stop").output();
     }
 }
 

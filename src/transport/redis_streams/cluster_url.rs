@@ -1,4 +1,5 @@
-//! Redis Cluster URLs: `redis+cluster://[user[:password]@]host:port[,host:port...][/][?query]`.
+//! Redis Cluster URLs: `redis+cluster://[user[:password]@]host:port[,host:port...][/][?query]`,
+//! or `rediss+cluster://...` for TLS to every node.
 //!
 //! One URL names the cluster by a list of seed nodes, so a cluster fits every place that takes
 //! one Redis URL (`RedisStreams::builder`, the consumer and relay builders' `.redis(url)`,

@@ -8,6 +8,7 @@
 //! hold one for their whole wait, which is why the pool has a size. Reclaiming needs Redis 6.2
 //! (`XAUTOCLAIM`); group lag needs Redis 7.
 
+mod cluster;
 pub(crate) mod cluster_url;
 mod connection;
 mod reply;
@@ -70,8 +71,8 @@ pub struct RedisStreams {
 enum PingTarget {
     /// Boxed: a client is ten times the size of the seed list.
     Node(Box<redis::Client>),
-    /// The seed URLs, for a cluster client built with the ping's own timeouts.
-    Cluster(Vec<String>),
+    /// The cluster's settings, for a client built with the ping's own timeouts.
+    Cluster(cluster::ClusterSettings),
 }
 
 /// Settings for [`RedisStreams`]; see [`RedisStreams::builder`].
@@ -96,8 +97,9 @@ impl RedisStreams {
     /// unsettled (`CLUSTERDOWN`, `TRYAGAIN`, a redirection left over after a few retries, a
     /// node that does not answer) fails with [`TransportError::Unavailable`], which readers
     /// and the outbox relay retry with back-off as they do for a single server, and the
-    /// connection is dropped so the next one learns the cluster's layout anew. TLS to a
-    /// cluster (`rediss+cluster://`) is not supported yet and is refused at `build()`.
+    /// connection is dropped so the next one learns the cluster's layout anew.
+    /// `rediss+cluster://` is TLS to every node, with [`tls`](RedisStreamsBuilder::tls) and
+    /// `#insecure` read as for `rediss://`.
     pub fn builder(url: impl Into<String>) -> RedisStreamsBuilder {
         RedisStreamsBuilder {
             url: ConnectionString::new(url),
@@ -188,9 +190,9 @@ impl RedisStreamsBuilder {
         // The redis crate's parse errors describe the problem without echoing the URL, so no
         // password ends up in an error message or a log.
         let (target, ping_target) = if cluster_url::is_cluster_url(self.url.expose()) {
-            let seeds = cluster_seeds(self.url.expose(), &self.tls)?;
-            let client = cluster_client(&seeds, self.connect_timeout, self.io_timeout)?;
-            (Target::Cluster(client), PingTarget::Cluster(seeds))
+            let settings = cluster::ClusterSettings::new(self.url.expose(), &self.tls)?;
+            let client = settings.client(self.connect_timeout, self.io_timeout)?;
+            (Target::Cluster(client), PingTarget::Cluster(settings))
         } else {
             let client = tls::open_client(self.url.expose(), &self.tls)?;
             (
@@ -239,54 +241,6 @@ impl fmt::Debug for RedisStreamsBuilder {
             .field("tls", &self.tls)
             .finish()
     }
-}
-
-/// How many times the cluster client itself follows a redirection or waits out a
-/// `CLUSTERDOWN`/`TRYAGAIN` before the call fails: enough for a redirection after slots moved
-/// and a short election, few enough that a longer outage reaches the caller's own back-off
-/// (readers, the outbox relay) within about a second instead of the crate's minutes.
-const CLUSTER_RETRIES: u32 = 3;
-/// The cluster client's shortest and longest wait between those retries, in milliseconds (its
-/// defaults, 1.28 s to 11 min, are for callers without back-off of their own).
-const CLUSTER_RETRY_WAIT_MS: (u64, u64) = (20, 400);
-
-/// The seed URLs of a cluster URL; TLS settings and `rediss+cluster://` are refused for now.
-fn cluster_seeds(url: &str, tls: &TlsSettings) -> Result<Vec<String>, TransportError> {
-    let parsed = cluster_url::ClusterUrl::parse(url).map_err(|problem| {
-        invalid_setting(
-            "url",
-            format!("{problem} (redis+cluster://host:port,host:port)"),
-        )
-    })?;
-    if parsed.tls || !tls.is_empty() {
-        return Err(invalid_setting(
-            "url",
-            "TLS to a Redis Cluster (rediss+cluster://) is not supported yet".into(),
-        ));
-    }
-    Ok(parsed.seed_urls())
-}
-
-/// The cluster client for `seeds`; fails when a seed is not a Redis URL or the seeds' users
-/// and passwords differ.
-fn cluster_client(
-    seeds: &[String],
-    connect_timeout: Duration,
-    io_timeout: Duration,
-) -> Result<redis::cluster::ClusterClient, TransportError> {
-    redis::cluster::ClusterClient::builder(seeds.iter().map(String::as_str))
-        .connection_timeout(connect_timeout)
-        .response_timeout(io_timeout)
-        .retries(CLUSTER_RETRIES)
-        .min_retry_wait(CLUSTER_RETRY_WAIT_MS.0)
-        .max_retry_wait(CLUSTER_RETRY_WAIT_MS.1)
-        .build()
-        .map_err(|error| {
-            invalid_setting(
-                "url",
-                format!("not a Redis Cluster URL ({error}); expected redis+cluster://host:port,host:port"),
-            )
-        })
 }
 
 /// A setting that `build` refused.
@@ -647,8 +601,8 @@ impl Transport for RedisStreams {
             // Opening a cluster connection reads the slot map from a seed and connects to
             // every master; the PING then goes to every node and must be answered by all.
             // Each step is bounded by `timeout`, so the whole takes about that long at most.
-            PingTarget::Cluster(seeds) => {
-                let client = cluster_client(seeds, at_least(timeout), at_least(timeout))?;
+            PingTarget::Cluster(settings) => {
+                let client = settings.client(at_least(timeout), at_least(timeout))?;
                 let mut conn = client.get_connection().map_err(command_error)?;
                 redis::cmd("PING").query::<Value>(&mut conn)
             }
@@ -663,7 +617,6 @@ impl Transport for RedisStreams {
 #[cfg(test)]
 mod tests {
     use super::*;
-
     #[test]
     fn a_requested_wait_is_never_sent_as_block_0() {
         assert_eq!(block_millis(Duration::from_micros(10)), 1);
@@ -697,7 +650,6 @@ mod tests {
         for (url, expected) in [
             ("redis+cluster://:hunter2@a:7000,,b:7001", "seed nodes"),
             ("redis+cluster://:hunter2@a:7000/1", "only database 0"),
-            ("rediss+cluster://:hunter2@a:7000", "not supported yet"),
             (
                 "redis+cluster://:hunter2@a:notaport",
                 "not a Redis Cluster URL",
@@ -710,7 +662,18 @@ mod tests {
         }
         let with_tls =
             RedisStreams::builder("redis+cluster://a:7000").tls(TlsSettings::new().verify(true));
-        assert!(message(with_tls).contains("not supported yet"));
+        assert!(message(with_tls).contains("rediss+cluster://"));
+        #[cfg(feature = "tls")]
+        {
+            let missing_ca = RedisStreams::builder("rediss+cluster://:hunter2@a:7000")
+                .tls(TlsSettings::new().ca_file("/nonexistent/ca.pem"));
+            let shown = message(missing_ca);
+            assert!(shown.contains("/nonexistent/ca.pem"), "{shown}");
+            assert!(!shown.contains("hunter2"), "{shown}");
+            assert!(RedisStreams::builder("rediss+cluster://a:7000#insecure")
+                .build()
+                .is_ok());
+        }
         let built = RedisStreams::builder("redis+cluster://:hunter2@a:7000,b:7001")
             .build()
             .unwrap();
