@@ -7,6 +7,10 @@
 //! conversion errors. Connections come from an r2d2 pool managed by `connection`; blocking reads
 //! hold one for their whole wait, which is why the pool has a size. Reclaiming needs Redis 6.2
 //! (`XAUTOCLAIM`); group lag needs Redis 7.
+//!
+//! On a Redis Cluster (`cluster_url`, `cluster`) each pooled connection is the redis crate's
+//! cluster connection: every command here names one stream, so each is routed by that key's
+//! slot and the methods need not know which kind of Redis they talk to.
 
 mod cluster;
 pub(crate) mod cluster_url;
