@@ -17,6 +17,9 @@
 
 use std::fmt;
 
+#[cfg(feature = "redis")]
+use crate::transport::redis_streams::cluster_url;
+
 /// What a credential is replaced with.
 pub const REDACTED: &str = "<redacted>";
 
@@ -95,6 +98,10 @@ fn starts_with_scheme(setting: &str) -> bool {
 /// assert_eq!(
 ///     redact("rediss://default:s3cret@cache:6380/2"),
 ///     "rediss://default:<redacted>@cache:6380/2"
+/// );
+/// assert_eq!(
+///     redact("redis+cluster://:s3cret@10.0.0.1:7000,10.0.0.2:7000"),
+///     "redis+cluster://:<redacted>@10.0.0.1:7000,10.0.0.2:7000"
 /// );
 /// assert_eq!(redact("sqlite:///var/lib/app/inbox.db"), "sqlite:///var/lib/app/inbox.db");
 /// ```
@@ -346,10 +353,53 @@ fn quote(value: &str) -> String {
 /// `#insecure` (the only one Redis reads) is redacted too.
 #[cfg(feature = "redis")]
 fn url(setting: &str) -> String {
+    if cluster_url::is_cluster_url(setting) {
+        return redis_cluster_url(setting);
+    }
     let Ok(url) = url::Url::parse(setting.trim()) else {
         return UNPARSEABLE_URL.to_string();
     };
-    let mut out = format!("{}:", url.scheme());
+    render_url(&url, url.scheme(), &host_and_port(&url))
+}
+
+/// A Redis Cluster URL (`redis+cluster://user:secret@a:7000,b:7001`) redacted as its first
+/// seed would be, with every seed's host and port shown; a placeholder if any seed does not
+/// parse.
+#[cfg(feature = "redis")]
+fn redis_cluster_url(setting: &str) -> String {
+    let Ok(parsed) = cluster_url::ClusterUrl::parse(setting) else {
+        return UNPARSEABLE_URL.to_string();
+    };
+    let seeds: Option<Vec<url::Url>> = parsed
+        .seed_urls()
+        .iter()
+        .map(|seed| url::Url::parse(seed).ok())
+        .collect();
+    let Some(seeds) = seeds.filter(|seeds| !seeds.is_empty()) else {
+        return UNPARSEABLE_URL.to_string();
+    };
+    let hosts: Vec<String> = seeds.iter().map(host_and_port).collect();
+    let scheme = if parsed.tls {
+        "rediss+cluster"
+    } else {
+        "redis+cluster"
+    };
+    render_url(&seeds[0], scheme, &hosts.join(","))
+}
+
+#[cfg(feature = "redis")]
+fn host_and_port(url: &url::Url) -> String {
+    let mut out = url.host_str().unwrap_or_default().to_string();
+    if let Some(port) = url.port() {
+        out.push_str(&format!(":{port}"));
+    }
+    out
+}
+
+/// `url` rendered with `scheme` and `hosts` in place of its own, its credentials redacted.
+#[cfg(feature = "redis")]
+fn render_url(url: &url::Url, scheme: &str, hosts: &str) -> String {
+    let mut out = format!("{scheme}:");
     if url.has_authority() {
         out.push_str("//");
     }
@@ -361,12 +411,7 @@ fn url(setting: &str) -> String {
         }
         out.push('@');
     }
-    if let Some(host) = url.host_str() {
-        out.push_str(host);
-    }
-    if let Some(port) = url.port() {
-        out.push_str(&format!(":{port}"));
-    }
+    out.push_str(hosts);
     out.push_str(url.path());
     if url.query().is_some() {
         let pairs: Vec<String> = url
@@ -412,6 +457,17 @@ fn url_secrets(setting: &str, only_keys: Option<&[&str]>) -> Vec<String> {
         Some(only) => only.contains(&key),
         None => !PLAIN_QUERY_KEYS.contains(&key),
     };
+    if cluster_url::is_cluster_url(setting) {
+        // Every seed carries the same credentials and query: the first one's are all of them.
+        return match cluster_url::ClusterUrl::parse(setting) {
+            Ok(parsed) => parsed
+                .seed_urls()
+                .first()
+                .map(|seed| url_secrets(seed, only_keys))
+                .unwrap_or_default(),
+            Err(_) => Vec::new(),
+        };
+    }
     let Ok(url) = url::Url::parse(setting.trim()) else {
         return Vec::new();
     };
@@ -482,6 +538,9 @@ mod tests {
             format!("rediss://:{SECRET}@cache.example#insecure"),
             format!("redis+unix:///run/redis.sock?db=1&pass={SECRET}"),
             format!("redis://127.0.0.1:6379/?password={SECRET}"),
+            format!("redis+cluster://:{SECRET}@10.0.0.1:7000,10.0.0.2:7000"),
+            format!("redis+cluster://app:{SECRET}@a:7000,b:7001/?protocol=resp3"),
+            format!("rediss+cluster://10.0.0.1:7000/0?pass={SECRET}"),
         ]
     }
 
@@ -522,6 +581,12 @@ mod tests {
              password=<redacted>"
         );
         assert_eq!(redact("redis://127.0.0.1:6379"), "redis://127.0.0.1:6379");
+        assert_eq!(
+            redact(&format!(
+                "redis+cluster://app:{SECRET}@a:7000, b:7001/?db=0"
+            )),
+            "redis+cluster://app:<redacted>@a:7000,b:7001/?db=0"
+        );
         assert_eq!(redact("/var/lib/app/inbox.db"), "/var/lib/app/inbox.db");
         assert_eq!(redact("sqlite:inbox.db"), "sqlite:inbox.db");
     }
@@ -539,6 +604,14 @@ mod tests {
                 UNPARSEABLE_POSTGRES,
             ),
             (format!("redis://:{SECRET}@[::1/"), UNPARSEABLE_URL),
+            (
+                format!("redis+cluster://:{SECRET}@a:1,[::1"),
+                UNPARSEABLE_URL,
+            ),
+            (
+                format!("redis+cluster://:{SECRET}@a:1,,b:2"),
+                UNPARSEABLE_URL,
+            ),
             (format!("app:{SECRET}@db/app"), UNRECOGNISED),
         ] {
             assert_eq!(redact(&bad), placeholder, "{bad}");

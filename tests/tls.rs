@@ -1,6 +1,7 @@
 //! TLS end to end: a throwaway certificate authority made with `openssl`, a PostgreSQL cluster
-//! with `ssl=on` whose roles are allowed only through `hostssl`, and Redis servers with only a
-//! TLS port, all on loopback ports of their own, started here and stopped when the test ends.
+//! with `ssl=on` whose roles are allowed only through `hostssl`, Redis servers with only a TLS
+//! port, and a Redis Cluster whose nodes speak only TLS, all on loopback ports of their own,
+//! started here and stopped when the test ends.
 //!
 //! Skipped with a message when `openssl`, `initdb` or `redis-server` is missing, unless
 //! `EVENTFLOW_REQUIRE_SERVICES=1`. One test runs the steps in order, so the servers are started
@@ -36,6 +37,7 @@ fn tls_to_postgres_and_redis() {
     require_without_a_ca_does_not_verify(&servers);
     verify_ca_skips_the_name_and_verify_full_checks_it(&servers);
     client_certificates(&servers);
+    cluster_over_tls(&servers);
 }
 
 /// Verified all the way (`verify-full` against the test CA) for `user`.
@@ -314,6 +316,77 @@ fn client_certificates(servers: &Servers) {
     );
 }
 
+/// A Redis Cluster over TLS (`rediss+cluster://`): entries published to streams on several
+/// masters are read back with the test CA verified; another authority is refused, as an outage;
+/// `#insecure` connects unchecked.
+fn cluster_over_tls(servers: &Servers) {
+    let tls_dir = servers.file("cluster-tls");
+    std::fs::create_dir_all(&tls_dir).unwrap();
+    for (from, to) in [
+        ("cluster-node.pem", "server.pem"),
+        ("cluster-node.key", "server.key"),
+        ("ca.pem", "ca.pem"),
+    ] {
+        std::fs::copy(servers.file(from), tls_dir.join(to)).unwrap();
+    }
+    let Some(cluster) =
+        support::cluster::PrivateCluster::start_with_tls("tls_to_postgres_and_redis", &tls_dir)
+    else {
+        return;
+    };
+    let url = cluster.url();
+    assert!(url.starts_with("rediss+cluster://"), "{url}");
+
+    let redis = RedisStreams::builder(&url)
+        .tls(redis_tls(servers))
+        .build()
+        .unwrap();
+    redis.ping(Duration::from_secs(5)).unwrap();
+    // Their slots (877, 8888, 12365, 13997) put them on all three masters.
+    let streams = ["tls-orders", "tls-payments", "tls-refunds", "tls-invoices"];
+    let fields = vec![("n".to_string(), b"1".to_vec())];
+    let outgoing: Vec<eventflow::transport::OutgoingEntry<'_>> = streams
+        .iter()
+        .map(|stream| eventflow::transport::OutgoingEntry {
+            stream,
+            fields: &fields,
+        })
+        .collect();
+    let results = redis.publish_entries(&outgoing).unwrap();
+    for (stream, result) in streams.iter().zip(results) {
+        let id = result.unwrap();
+        redis.ensure_group(stream, "g").unwrap();
+        let read = redis
+            .read_group(&eventflow::transport::ReadRequest {
+                stream,
+                group: "g",
+                consumer: "c",
+                count: 10,
+                block: Duration::ZERO,
+            })
+            .unwrap();
+        assert_eq!(read.len(), 1, "{stream}");
+        assert_eq!(read[0].id, id, "{stream}");
+    }
+
+    let rogue = RedisStreams::builder(&url)
+        .tls(TlsSettings::new().ca_file(servers.file("rogue-ca.pem")))
+        .connect_timeout(Duration::from_secs(2))
+        .build()
+        .unwrap();
+    let refused = rogue.publish(streams[0], fields.clone());
+    assert!(
+        matches!(refused, Err(TransportError::Unavailable(_))),
+        "{refused:?}"
+    );
+    assert!(rogue.ping(Duration::from_secs(2)).is_err());
+
+    let unchecked = RedisStreams::builder(format!("{url}#insecure"))
+        .build()
+        .unwrap();
+    unchecked.ping(Duration::from_secs(5)).unwrap();
+}
+
 /// The certificate authorities, the PostgreSQL cluster and the Redis servers of one run.
 struct Servers {
     dir: PathBuf,
@@ -408,6 +481,15 @@ impl Servers {
                 "localhost",
                 "basicConstraints=CA:FALSE\nkeyUsage=digitalSignature\n\
                  extendedKeyUsage=serverAuth\nsubjectAltName=DNS:localhost,IP:127.0.0.1\n",
+            ),
+            (
+                // Cluster nodes connect to one another with their certificate, so it serves
+                // as a client certificate too.
+                "cluster-node",
+                "localhost",
+                "basicConstraints=CA:FALSE\nkeyUsage=digitalSignature\n\
+                 extendedKeyUsage=serverAuth,clientAuth\n\
+                 subjectAltName=DNS:localhost,IP:127.0.0.1\n",
             ),
             (
                 "client",

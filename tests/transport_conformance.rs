@@ -1,14 +1,18 @@
 //! The transport conformance suite: what every [`Transport`] must do, written once.
 //!
 //! Each check is a function generic over the transport. The `conformance!` list at the bottom
-//! runs all of them against `MemoryStream` always and against `RedisStreams` when Redis answers
-//! (`EVENTFLOW_TEST_REDIS_URL`; skipped with a message otherwise, or failing under
-//! `EVENTFLOW_REQUIRE_SERVICES=1`). Every test works on its own stream, so they run in parallel.
-//! The lag checks expect Redis 7 or later, which reports lag.
+//! runs all of them against `MemoryStream` always, against `RedisStreams` when Redis answers
+//! (`EVENTFLOW_TEST_REDIS_URL`), and against `RedisStreams` on a Redis Cluster when one answers
+//! (`EVENTFLOW_REDIS_CLUSTER_URL`, started by `.ci/redis-cluster start`); a missing server
+//! skips with a message, or fails under `EVENTFLOW_REQUIRE_SERVICES=1`. On the cluster each
+//! check's stream and its second stream (`<stream>.b`) live on different masters. Every test
+//! works on its own streams, so they run in parallel. The lag checks expect Redis 7 or later,
+//! which reports lag.
 
 mod support;
 
 use std::collections::HashSet;
+use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -47,6 +51,20 @@ impl Harness for RedisStreams {
             .arg(stream)
             .arg(group)
             .query(&mut raw_redis())
+            .expect("XGROUP DESTROY");
+        assert_eq!(destroyed, 1, "group to destroy existed");
+    }
+}
+
+/// The cluster runs hand the transport over in an `Arc` (itself a [`Transport`]), which tells
+/// their harness to reach the streams through the cluster.
+impl Harness for Arc<RedisStreams> {
+    fn lose_group(&self, stream: &str, group: &str) {
+        let destroyed: i64 = redis::cmd("XGROUP")
+            .arg("DESTROY")
+            .arg(stream)
+            .arg(group)
+            .query(&mut support::cluster::raw_cluster().expect("raw cluster connection"))
             .expect("XGROUP DESTROY");
         assert_eq!(destroyed, 1, "group to destroy existed");
     }
@@ -671,6 +689,26 @@ impl Drop for DropStream {
     }
 }
 
+/// Deletes a test's streams on the cluster when the test ends, passed or not.
+struct DropClusterStreams(String);
+
+impl Drop for DropClusterStreams {
+    fn drop(&mut self) {
+        if let Ok(mut conn) = support::cluster::raw_cluster() {
+            support::cluster::delete_keys(&mut conn, &[self.0.clone(), format!("{}.b", self.0)]);
+        }
+    }
+}
+
+fn cluster_transport() -> Arc<RedisStreams> {
+    Arc::new(
+        RedisStreams::builder(support::cluster::cluster_url())
+            .pool_size(8)
+            .build()
+            .expect("RedisStreams from the test cluster URL"),
+    )
+}
+
 fn redis_transport() -> RedisStreams {
     RedisStreams::builder(support::redis_url())
         .pool_size(8)
@@ -678,7 +716,8 @@ fn redis_transport() -> RedisStreams {
         .expect("RedisStreams from the test URL")
 }
 
-/// Runs each listed check once per transport, as `memory::<check>` and `redis_streams::<check>`.
+/// Runs each listed check once per transport, as `memory::<check>`, `redis_streams::<check>`
+/// and `redis_cluster::<check>`.
 macro_rules! conformance {
     ($($check:ident),* $(,)?) => {
         mod memory {
@@ -701,6 +740,20 @@ macro_rules! conformance {
                     let stream = crate::support::unique_name("ef_tc");
                     let _cleanup = super::DropStream(stream.clone());
                     super::$check(&super::redis_transport(), &stream);
+                }
+            )*
+        }
+
+        mod redis_cluster {
+            $(
+                #[test]
+                fn $check() {
+                    if !crate::support::cluster::cluster_available(concat!("redis_cluster::", stringify!($check))) {
+                        return;
+                    }
+                    let stream = crate::support::cluster::names_on_distinct_masters("ef_tcc", &[".b"]);
+                    let _cleanup = super::DropClusterStreams(stream.clone());
+                    super::$check(&super::cluster_transport(), &stream);
                 }
             )*
         }
@@ -760,4 +813,55 @@ fn redis_refuses_one_entry_and_appends_the_rest() {
         "{results:?}"
     );
     assert!(results[1].is_ok(), "{results:?}");
+}
+
+/// The same on a cluster, where a pipeline spans masters and reports only the refused entry:
+/// the entries around it are still appended, each reported with its own id.
+#[test]
+fn redis_cluster_refuses_one_entry_and_appends_the_rest() {
+    if !support::cluster::cluster_available("redis_cluster_refuses_one_entry_and_appends_the_rest")
+    {
+        return;
+    }
+    let stream = support::cluster::names_on_distinct_masters("ef_tcc", &[".b"]);
+    let _cleanup = DropClusterStreams(stream.clone());
+    let wrong_type = format!("{stream}.b");
+    redis::cmd("SET")
+        .arg(&wrong_type)
+        .arg("not a stream")
+        .query::<()>(&mut support::cluster::raw_cluster().unwrap())
+        .unwrap();
+    let one = fields(&[("n", b"1")]);
+    let two = fields(&[("n", b"2")]);
+    let transport = cluster_transport();
+    let results = transport
+        .publish_entries(&[
+            OutgoingEntry {
+                stream: &stream,
+                fields: &one,
+            },
+            OutgoingEntry {
+                stream: &wrong_type,
+                fields: &one,
+            },
+            OutgoingEntry {
+                stream: &stream,
+                fields: &two,
+            },
+        ])
+        .unwrap();
+    assert!(
+        matches!(results[1], Err(TransportError::Broker(_))),
+        "{results:?}"
+    );
+    let first = results[0].as_ref().expect("first entry appended").clone();
+    let third = results[2].as_ref().expect("third entry appended").clone();
+    transport.ensure_group(&stream, GROUP).unwrap();
+    let got = read(&transport, &stream, "c1", 10, Duration::ZERO);
+    let got_ids = ids(&got);
+    assert!(
+        got_ids.contains(&first) && got_ids.contains(&third),
+        "{got_ids:?}"
+    );
+    assert_eq!(got.last().unwrap().field("n"), Some(&b"2"[..]));
 }

@@ -9,7 +9,7 @@
 
 mod memory;
 #[cfg(feature = "redis")]
-mod redis_streams;
+pub(crate) mod redis_streams;
 
 pub use memory::MemoryStream;
 #[cfg(feature = "fuzzing")]

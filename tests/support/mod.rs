@@ -3,6 +3,8 @@
 #![allow(dead_code)]
 
 pub mod child;
+#[cfg(feature = "redis")]
+pub mod cluster;
 #[cfg(all(feature = "postgres", feature = "redis"))]
 pub mod pipeline;
 pub mod recorder;
@@ -84,7 +86,7 @@ pub fn redis_available(test: &str) -> bool {
     available("Redis", test, result.map_err(|e| e.to_string()))
 }
 
-fn available(service: &str, test: &str, result: Result<(), String>) -> bool {
+pub(crate) fn available(service: &str, test: &str, result: Result<(), String>) -> bool {
     match result {
         Ok(()) => true,
         Err(error) if services_required() => {

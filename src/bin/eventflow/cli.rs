@@ -49,7 +49,8 @@ pub struct Connection {
     )]
     pub database_url: Option<String>,
 
-    /// The Redis server (`redis://[:password@]host:port[/db]`, `rediss://...` for TLS).
+    /// The Redis server (`redis://[:password@]host:port[/db]`, `rediss://...` for TLS), or a
+    /// Redis Cluster by its seed nodes (`redis+cluster://[:password@]host:port,host:port`).
     #[arg(
         long,
         env = "EVENTFLOW_REDIS_URL",

@@ -6,9 +6,14 @@
 //! Both jobs rest on one rule, `is_unavailable`, which is why they live together: a failure
 //! that leaves the socket in an unknown state both breaks the connection and makes the call
 //! worth retrying.
+//!
+//! A pooled connection is either a single server's or a Redis Cluster's (the redis crate's
+//! cluster connection, which routes each command by its key's slot); [`Connection`] hides
+//! which from the commands, save for pipelines, which a cluster splits per node.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
+use redis::cluster::{ClusterClient, ClusterConnection};
 use redis::{ConnectionLike, ErrorKind, RedisError, RedisResult, Value};
 
 use crate::transport::TransportError;
@@ -17,8 +22,10 @@ use crate::transport::TransportError;
 /// data, out of memory (`maxmemory` reached with a no-eviction policy), unable to persist
 /// (MISCONF), busy running a script, short of replicas, a cluster or replica without a master,
 /// a failover in progress, a user not (yet) allowed the command or key (NOPERM: an ACL to
-/// fix, not a bad entry). Callers back off on [`TransportError::Unavailable`], which is what
-/// these need: the outbox relay counts no attempt and dead-letters nothing for them.
+/// fix, not a bad entry), and on a cluster a redirection the cluster client did not follow in
+/// its retries (`MOVED`, `ASK`: slots moving during a failover or resharding). Callers back off
+/// on [`TransportError::Unavailable`], which is what these need: the outbox relay counts no
+/// attempt and dead-letters nothing for them.
 ///
 /// Every other reply code (`ERR`, `WRONGTYPE`: the key holds something that is not a stream,
 /// or the command as built for this entry is wrong) refuses the request itself:
@@ -34,38 +41,117 @@ pub(super) const TRANSIENT_SERVER_CODES: &[&str] = &[
     "BUSY",
     "NOREPLICAS",
     "NOPERM",
+    "MOVED",
+    "ASK",
 ];
+
+/// What the pool opens connections to: one Redis server, or a Redis Cluster through its seeds.
+pub(super) enum Target {
+    /// A single server (or a proxy that looks like one).
+    Node(redis::Client),
+    /// A cluster: each connection holds a socket per node it has talked to and routes every
+    /// command by its key's slot, following `MOVED` and `ASK` and re-reading the slot map.
+    Cluster(ClusterClient),
+}
 
 /// Opens connections for the pool with socket timeouts set, and tells it which ones to drop.
 pub(super) struct ConnectionManager {
-    pub(super) client: redis::Client,
+    pub(super) target: Target,
     pub(super) connect_timeout: Duration,
     pub(super) io_timeout: Duration,
 }
 
+/// The open link behind a pooled connection.
+enum Link {
+    Node(redis::Connection),
+    /// Boxed: it holds a map of node connections and is several times a node's size.
+    Cluster(Box<ClusterConnection>),
+}
+
 /// A pooled connection and whether a failure has made it unusable.
 pub(super) struct Connection {
-    inner: redis::Connection,
+    link: Link,
     /// Set after a failure that was not a server reply. After a timed-out read the reply may
     /// still arrive later and would be taken as the answer to the next command, so such a
     /// connection must never be reused even though the socket looks open.
     broken: bool,
+    /// The socket read timeout now set, to tell a cluster call that timed out inside the
+    /// cluster client's own retries (see [`Connection::run`]).
+    read_timeout: Duration,
 }
 
 impl Connection {
     /// Runs `command`, marking the connection broken when it fails in a way that leaves the
     /// socket in an unknown state.
+    ///
+    /// A cluster connection retries a timed-out command itself, and a call that then succeeds
+    /// may have left a late reply on a node's socket (a pipeline's later replies are not
+    /// skipped by the redis crate as a single late reply is). So a cluster call that took
+    /// longer than the read timeout is taken as having timed out inside, and its connection is
+    /// dropped after it even when it succeeded.
     pub(super) fn run<R>(
         &mut self,
-        command: impl FnOnce(&mut redis::Connection) -> RedisResult<R>,
+        command: impl FnOnce(&mut dyn ConnectionLike) -> RedisResult<R>,
     ) -> RedisResult<R> {
-        let result = command(&mut self.inner);
-        if let Err(error) = &result {
+        let started = Instant::now();
+        let result = match &mut self.link {
+            Link::Node(conn) => command(conn),
+            Link::Cluster(conn) => command(conn.as_mut()),
+        };
+        self.settle(&result, started);
+        result
+    }
+
+    /// Sends `commands` in one round trip (one per node on a cluster) and returns each one's
+    /// reply or server error, in order. The outer error means the round trip failed.
+    ///
+    /// A cluster pipeline reports only the errors when a command is refused, not the other
+    /// replies. The commands that were not refused are then sent again one by one, so that
+    /// each gets its own answer (an `XADD` among them is appended twice in that rare case), and
+    /// so are those the cluster did not run at all (`MOVED`, `ASK`, `TRYAGAIN`, `CLUSTERDOWN`),
+    /// which the cluster client then routes anew.
+    pub(super) fn pipeline(
+        &mut self,
+        commands: Vec<redis::Cmd>,
+    ) -> RedisResult<Vec<RedisResult<Value>>> {
+        let started = Instant::now();
+        let result = match &mut self.link {
+            Link::Node(conn) => {
+                let mut pipeline = redis::pipe();
+                pipeline.ignore_errors();
+                for command in commands {
+                    pipeline.add_command(command);
+                }
+                pipeline.query::<Vec<RedisResult<Value>>>(conn)
+            }
+            Link::Cluster(conn) => cluster_pipeline(conn.as_mut(), commands),
+        };
+        self.settle(&result, started);
+        result
+    }
+
+    fn settle<R>(&mut self, result: &RedisResult<R>, started: Instant) {
+        if let Err(error) = result {
             if is_unavailable(error) {
                 self.broken = true;
             }
         }
-        result
+        if matches!(self.link, Link::Cluster(_)) && started.elapsed() >= self.read_timeout {
+            self.broken = true;
+        }
+    }
+
+    /// Sets the socket read timeout, on every node's socket for a cluster.
+    pub(super) fn set_read_timeout(&mut self, timeout: Duration) -> RedisResult<()> {
+        let set = match &mut self.link {
+            Link::Node(conn) => conn.set_read_timeout(Some(timeout)),
+            Link::Cluster(conn) => conn.set_read_timeout(Some(timeout)),
+        };
+        match set {
+            Ok(()) => self.read_timeout = timeout,
+            Err(_) => self.broken = true,
+        }
+        set
     }
 
     /// Whether a failure has made this connection unusable; the pool drops it on return.
@@ -74,20 +160,75 @@ impl Connection {
     }
 }
 
+/// A cluster pipeline whose refused commands come back as errors in their place (see
+/// [`Connection::pipeline`]).
+fn cluster_pipeline(
+    conn: &mut ClusterConnection,
+    commands: Vec<redis::Cmd>,
+) -> RedisResult<Vec<RedisResult<Value>>> {
+    let mut pipeline = redis::cluster::cluster_pipe();
+    for command in &commands {
+        pipeline.add_command(command.clone());
+    }
+    let error = match pipeline.query::<Vec<Value>>(conn) {
+        Ok(replies) => return Ok(replies.into_iter().map(Ok).collect()),
+        Err(error) => error,
+    };
+    if !matches!(error.kind(), ErrorKind::Server(_) | ErrorKind::Extension) {
+        return Err(error);
+    }
+    let Some(refused) = error.clone().into_server_errors() else {
+        return Err(error);
+    };
+    let mut replies: Vec<Option<RedisResult<Value>>> = commands.iter().map(|_| None).collect();
+    for (index, server_error) in refused.iter() {
+        let error = RedisError::from(server_error.clone());
+        if error.is_cluster_error() {
+            continue; // not run: sent again below
+        }
+        if let Some(reply) = replies.get_mut(*index) {
+            *reply = Some(Err(error));
+        }
+    }
+    commands
+        .iter()
+        .zip(replies)
+        .map(|(command, reply)| match reply {
+            Some(refused) => Ok(refused),
+            None => match command.query::<Value>(conn) {
+                Ok(value) => Ok(Ok(value)),
+                Err(error) if matches!(error.kind(), ErrorKind::Server(_)) => Ok(Err(error)),
+                Err(error) => Err(error),
+            },
+        })
+        .collect()
+}
+
 impl r2d2::ManageConnection for ConnectionManager {
     type Connection = Connection;
     type Error = RedisError;
 
     fn connect(&self) -> Result<Connection, RedisError> {
-        let inner = self
-            .client
-            .get_connection_with_timeout(self.connect_timeout)?;
-        inner.set_read_timeout(Some(self.io_timeout))?;
-        inner.set_write_timeout(Some(self.io_timeout))?;
+        let link = match &self.target {
+            Target::Node(client) => {
+                let conn = client.get_connection_with_timeout(self.connect_timeout)?;
+                conn.set_read_timeout(Some(self.io_timeout))?;
+                conn.set_write_timeout(Some(self.io_timeout))?;
+                Link::Node(conn)
+            }
+            // The cluster client was built with the connect and read timeouts; the write
+            // timeout it keeps per connection, and applies to each node's socket as it opens it.
+            Target::Cluster(client) => {
+                let conn = client.get_connection()?;
+                conn.set_write_timeout(Some(self.io_timeout))?;
+                Link::Cluster(Box::new(conn))
+            }
+        };
         tracing::debug!("redis streams: opened a connection");
         Ok(Connection {
-            inner,
+            link,
             broken: false,
+            read_timeout: self.io_timeout,
         })
     }
 
@@ -103,7 +244,13 @@ impl r2d2::ManageConnection for ConnectionManager {
     }
 
     fn has_broken(&self, conn: &mut Connection) -> bool {
-        let broken = conn.broken || !conn.inner.is_open();
+        // A cluster connection with a node's socket closed (the node died, or a failover
+        // moved its slots) is dropped whole, so the next one reads the cluster's layout anew.
+        let open = match &conn.link {
+            Link::Node(inner) => inner.is_open(),
+            Link::Cluster(inner) => inner.is_open(),
+        };
+        let broken = conn.broken || !open;
         if broken {
             tracing::debug!("redis streams: discarding a broken connection");
         }

@@ -7,7 +7,13 @@
 //! conversion errors. Connections come from an r2d2 pool managed by `connection`; blocking reads
 //! hold one for their whole wait, which is why the pool has a size. Reclaiming needs Redis 6.2
 //! (`XAUTOCLAIM`); group lag needs Redis 7.
+//!
+//! On a Redis Cluster (`cluster_url`, `cluster`) each pooled connection is the redis crate's
+//! cluster connection: every command here names one stream, so each is routed by that key's
+//! slot and the methods need not know which kind of Redis they talk to.
 
+mod cluster;
+pub(crate) mod cluster_url;
 mod connection;
 mod reply;
 mod tls;
@@ -28,7 +34,9 @@ use super::{
     GroupStats, OutgoingEntry, PendingEntry, ReadRequest, ReclaimRequest, Reclaimed, StreamEntry,
     Transport, TransportError,
 };
-use connection::{command_error, group_error, no_group, ConnectionManager, TraceConnectErrors};
+use connection::{
+    command_error, group_error, no_group, ConnectionManager, Target, TraceConnectErrors,
+};
 use reply::{
     into_string, malformed, parse_autoclaim, parse_count, parse_group_cursors, parse_group_stats,
     parse_oldest_pending, parse_pending_entry, parse_read_reply, AutoClaimReply,
@@ -58,8 +66,17 @@ const DEFAULT_IO_TIMEOUT: Duration = Duration::from_secs(10);
 pub struct RedisStreams {
     pool: r2d2::Pool<ConnectionManager>,
     /// For pings, which use a connection of their own.
-    client: redis::Client,
+    ping_target: PingTarget,
     io_timeout: Duration,
+}
+
+/// What a ping opens a connection of its own to.
+#[derive(Clone)]
+enum PingTarget {
+    /// Boxed: a client is ten times the size of the seed list.
+    Node(Box<redis::Client>),
+    /// The cluster's settings, for a client built with the ping's own timeouts.
+    Cluster(cluster::ClusterSettings),
 }
 
 /// Settings for [`RedisStreams`]; see [`RedisStreams::builder`].
@@ -75,7 +92,18 @@ pub struct RedisStreamsBuilder {
 impl RedisStreams {
     /// Starts configuring a transport for the Redis at `url`
     /// (`redis://[user:password@]host[:port][/db]`, or `rediss://` for TLS, which needs the
-    /// `tls` feature; see [`crate::tls`]).
+    /// `tls` feature; see [`crate::tls`]), or for the Redis Cluster whose seed nodes `url` lists
+    /// (`redis+cluster://[user:password@]host:port[,host:port...]`).
+    ///
+    /// On a cluster every command is routed to the master that owns its stream's slot;
+    /// `MOVED` and `ASK` redirections are followed and the slot map is read again when
+    /// slots move (after a failover or resharding). A call that still finds the cluster
+    /// unsettled (`CLUSTERDOWN`, `TRYAGAIN`, a redirection left over after a few retries, a
+    /// node that does not answer) fails with [`TransportError::Unavailable`], which readers
+    /// and the outbox relay retry with back-off as they do for a single server, and the
+    /// connection is dropped so the next one learns the cluster's layout anew.
+    /// `rediss+cluster://` is TLS to every node, with [`tls`](RedisStreamsBuilder::tls) and
+    /// `#insecure` read as for `rediss://`.
     pub fn builder(url: impl Into<String>) -> RedisStreamsBuilder {
         RedisStreamsBuilder {
             url: ConnectionString::new(url),
@@ -165,9 +193,22 @@ impl RedisStreamsBuilder {
         }
         // The redis crate's parse errors describe the problem without echoing the URL, so no
         // password ends up in an error message or a log.
-        let client = tls::open_client(self.url.expose(), &self.tls)?;
+        let (target, ping_target) = if cluster_url::is_cluster_url(self.url.expose()) {
+            let settings = cluster::ClusterSettings::new(self.url.expose(), &self.tls)?;
+            let client = settings.client(self.connect_timeout, self.io_timeout)?;
+            (Target::Cluster(client), PingTarget::Cluster(settings))
+        } else {
+            let client = tls::open_client(self.url.expose(), &self.tls)?;
+            (
+                Target::Node(client.clone()),
+                PingTarget::Node(Box::new(client)),
+            )
+        };
+        // A check-out test pings every node of a cluster; a cluster connection instead finds a
+        // dead node when a command fails, and is then dropped (see `has_broken`).
+        let test_on_check_out = matches!(target, Target::Node(_));
         let manager = ConnectionManager {
-            client: client.clone(),
+            target,
             connect_timeout: self.connect_timeout,
             io_timeout: self.io_timeout,
         };
@@ -176,6 +217,7 @@ impl RedisStreamsBuilder {
             // Open connections on demand: eager ones would hammer a Redis that is still down
             // and make building depend on it.
             .min_idle(Some(0))
+            .test_on_check_out(test_on_check_out)
             .connection_timeout(self.connect_timeout)
             .error_handler(Box::new(TraceConnectErrors))
             .build_unchecked(manager);
@@ -187,7 +229,7 @@ impl RedisStreamsBuilder {
         );
         Ok(RedisStreams {
             pool,
-            client,
+            ping_target,
             io_timeout: self.io_timeout,
         })
     }
@@ -296,14 +338,14 @@ impl Transport for RedisStreams {
         let mut conn = self.connection()?;
         if blocking {
             let wait = request.block.saturating_add(self.io_timeout);
-            conn.run(|c| c.set_read_timeout(Some(wait)))
+            conn.set_read_timeout(wait)
                 .map_err(|error| group_error(error, stream, group))?;
         }
         let reply = conn.run(|c| command.query::<Value>(c));
         if blocking && !conn.is_broken() {
             // A connection left with the long timeout would let a later stuck command hang for
-            // the whole block time; if the reset fails, `run` marks it broken and it is dropped.
-            let _ = conn.run(|c| c.set_read_timeout(Some(self.io_timeout)));
+            // the whole block time; if the reset fails, it is marked broken and dropped.
+            let _ = conn.set_read_timeout(self.io_timeout);
         }
         let reply = reply.map_err(|error| group_error(error, stream, group))?;
         parse_read_reply(reply)
@@ -383,23 +425,26 @@ impl Transport for RedisStreams {
         entries: &[OutgoingEntry<'_>],
     ) -> Result<Vec<Result<String, TransportError>>, TransportError> {
         // Entries without fields never reach Redis; the rest go out as one pipeline whose
-        // per-command errors come back one by one instead of failing the whole round trip.
-        let mut pipeline = redis::pipe();
-        pipeline.ignore_errors();
-        let mut sent = 0;
-        for entry in entries.iter().filter(|entry| !entry.fields.is_empty()) {
-            pipeline.cmd("XADD").arg(entry.stream).arg("*");
-            for (name, value) in entry.fields {
-                pipeline.arg(name).arg(value.as_slice());
-            }
-            sent += 1;
-        }
+        // per-command errors come back one by one instead of failing the whole round trip (on
+        // a cluster, one pipeline per node that owns one of the streams).
+        let commands: Vec<redis::Cmd> = entries
+            .iter()
+            .filter(|entry| !entry.fields.is_empty())
+            .map(|entry| {
+                let mut command = redis::cmd("XADD");
+                command.arg(entry.stream).arg("*");
+                for (name, value) in entry.fields {
+                    command.arg(name).arg(value.as_slice());
+                }
+                command
+            })
+            .collect();
+        let sent = commands.len();
         let mut replies = if sent == 0 {
             Vec::new()
         } else {
             let mut conn = self.connection()?;
-            conn.run(|c| pipeline.query::<Vec<redis::RedisResult<Value>>>(c))
-                .map_err(command_error)?
+            conn.pipeline(commands).map_err(command_error)?
         }
         .into_iter();
         if replies.len() != sent {
@@ -541,23 +586,32 @@ impl Transport for RedisStreams {
     }
 
     /// `PING` on a connection of its own, opened within `timeout`, answered within what is left
-    /// of it. Not a pooled one: checking one out runs a validity check bound only by
+    /// of it (on a cluster: by every node, each step within `timeout`). Not a pooled one: checking one out runs a validity check bound only by
     /// `io_timeout`, and a new connection also proves that connections can be made.
     fn ping(&self, timeout: Duration) -> Result<(), TransportError> {
         let started = std::time::Instant::now();
         // Zero timeouts mean "none" to the redis crate and the socket: at least a millisecond.
         let at_least = |d: Duration| d.max(Duration::from_millis(1));
-        let mut conn = self
-            .client
-            .get_connection_with_timeout(at_least(timeout))
-            .map_err(command_error)?;
-        let left = Some(at_least(timeout.saturating_sub(started.elapsed())));
-        conn.set_read_timeout(left).map_err(command_error)?;
-        conn.set_write_timeout(left).map_err(command_error)?;
-        match redis::cmd("PING")
-            .query::<Value>(&mut conn)
-            .map_err(command_error)?
-        {
+        let reply = match &self.ping_target {
+            PingTarget::Node(client) => {
+                let mut conn = client
+                    .get_connection_with_timeout(at_least(timeout))
+                    .map_err(command_error)?;
+                let left = Some(at_least(timeout.saturating_sub(started.elapsed())));
+                conn.set_read_timeout(left).map_err(command_error)?;
+                conn.set_write_timeout(left).map_err(command_error)?;
+                redis::cmd("PING").query::<Value>(&mut conn)
+            }
+            // Opening a cluster connection reads the slot map from a seed and connects to
+            // every master; the PING then goes to every node and must be answered by all.
+            // Each step is bounded by `timeout`, so the whole takes about that long at most.
+            PingTarget::Cluster(settings) => {
+                let client = settings.client(at_least(timeout), at_least(timeout))?;
+                let mut conn = client.get_connection().map_err(command_error)?;
+                redis::cmd("PING").query::<Value>(&mut conn)
+            }
+        };
+        match reply.map_err(command_error)? {
             Value::SimpleString(pong) if pong == "PONG" => Ok(()),
             _ => Err(malformed("PING", "PONG")),
         }
@@ -567,7 +621,6 @@ impl Transport for RedisStreams {
 #[cfg(test)]
 mod tests {
     use super::*;
-
     #[test]
     fn a_requested_wait_is_never_sent_as_block_0() {
         assert_eq!(block_millis(Duration::from_micros(10)), 1);
@@ -593,6 +646,60 @@ mod tests {
         let built = RedisStreams::builder(url).build().unwrap();
         assert!(!format!("{built:?}").contains("hunter2"));
         assert!(!format!("{:?}", RedisStreams::builder(url)).contains("hunter2"));
+    }
+
+    #[test]
+    fn cluster_urls_are_checked_at_build_without_echoing_the_password() {
+        let message = |builder: RedisStreamsBuilder| builder.build().unwrap_err().to_string();
+        for (url, expected) in [
+            ("redis+cluster://:hunter2@a:7000,,b:7001", "seed nodes"),
+            ("redis+cluster://:hunter2@a:7000/1", "only database 0"),
+            (
+                "redis+cluster://:hunter2@a:notaport",
+                "not a Redis Cluster URL",
+            ),
+        ] {
+            let shown = message(RedisStreams::builder(url));
+            assert!(shown.contains("`url`"), "{url}: {shown}");
+            assert!(shown.contains(expected), "{url}: {shown}");
+            assert!(!shown.contains("hunter2"), "{url}: {shown}");
+        }
+        let with_tls =
+            RedisStreams::builder("redis+cluster://a:7000").tls(TlsSettings::new().verify(true));
+        assert!(message(with_tls).contains("rediss+cluster://"));
+        #[cfg(feature = "tls")]
+        {
+            let missing_ca = RedisStreams::builder("rediss+cluster://:hunter2@a:7000")
+                .tls(TlsSettings::new().ca_file("/nonexistent/ca.pem"));
+            let shown = message(missing_ca);
+            assert!(shown.contains("/nonexistent/ca.pem"), "{shown}");
+            assert!(!shown.contains("hunter2"), "{shown}");
+            assert!(RedisStreams::builder("rediss+cluster://a:7000#insecure")
+                .build()
+                .is_ok());
+        }
+        let built = RedisStreams::builder("redis+cluster://:hunter2@a:7000,b:7001")
+            .build()
+            .unwrap();
+        assert!(!format!("{built:?}").contains("hunter2"));
+    }
+
+    #[test]
+    fn a_cluster_that_does_not_answer_is_unavailable() {
+        let redis = RedisStreams::builder("redis+cluster://127.0.0.1:1,127.0.0.1:2")
+            .connect_timeout(Duration::from_millis(200))
+            .build()
+            .unwrap();
+        let result = redis.ensure_group("s", "g");
+        assert!(
+            matches!(result, Err(TransportError::Unavailable(_))),
+            "{result:?}"
+        );
+        let result = redis.ping(Duration::from_millis(200));
+        assert!(
+            matches!(result, Err(TransportError::Unavailable(_))),
+            "{result:?}"
+        );
     }
 
     #[test]

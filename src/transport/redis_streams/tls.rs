@@ -56,49 +56,59 @@ pub(super) fn open_client(url: &str, tls: &TlsSettings) -> Result<redis::Client,
             }),
             _ => info,
         };
-        if tls.get_ca_file().is_none() && tls.get_client_cert().is_none() {
-            return redis::Client::open(info).map_err(not_a_url);
+        match certificates(tls)? {
+            None => redis::Client::open(info).map_err(not_a_url),
+            Some(certificates) => redis::Client::build_with_tls(info, certificates)
+                .map_err(|error| tls_error(TlsError::Config(error.to_string()))),
         }
-        let read = |path: &std::path::Path, what: &'static str| {
-            // Parsed now, so a file without certificates is named at build().
-            crate::tls::config::certificates(path, what).map_err(tls_error)?;
-            std::fs::read(path).map_err(|source| {
-                tls_error(TlsError::Read {
-                    what,
-                    path: path.to_path_buf(),
-                    source,
-                })
-            })
-        };
-        let root_cert = match tls.get_ca_file() {
-            Some(path) => Some(read(path, "CA file")?),
-            None => None,
-        };
-        let client_tls = match tls.get_client_cert() {
-            Some((cert, key)) => Some(redis::ClientTlsConfig {
-                client_cert: read(cert, "client certificate")?,
-                client_key: std::fs::read(key).map_err(|source| {
-                    tls_error(TlsError::Read {
-                        what: "client key",
-                        path: key.to_path_buf(),
-                        source,
-                    })
-                })?,
-            }),
-            None => None,
-        };
-        redis::Client::build_with_tls(
-            info,
-            redis::TlsCertificates {
-                client_tls,
-                root_cert,
-            },
-        )
-        .map_err(|error| tls_error(TlsError::Config(error.to_string())))
     }
 }
 
-fn tls_error(error: TlsError) -> TransportError {
+/// The CA file and client certificate of `tls`, read now so that a missing or empty file is
+/// named at `build()`; `None` when neither is set (the system's trust store, no client
+/// certificate).
+#[cfg(feature = "tls")]
+pub(super) fn certificates(
+    tls: &TlsSettings,
+) -> Result<Option<redis::TlsCertificates>, TransportError> {
+    if tls.get_ca_file().is_none() && tls.get_client_cert().is_none() {
+        return Ok(None);
+    }
+    let read = |path: &std::path::Path, what: &'static str| {
+        // Parsed now, so a file without certificates is named at build().
+        crate::tls::config::certificates(path, what).map_err(tls_error)?;
+        std::fs::read(path).map_err(|source| {
+            tls_error(TlsError::Read {
+                what,
+                path: path.to_path_buf(),
+                source,
+            })
+        })
+    };
+    let root_cert = match tls.get_ca_file() {
+        Some(path) => Some(read(path, "CA file")?),
+        None => None,
+    };
+    let client_tls = match tls.get_client_cert() {
+        Some((cert, key)) => Some(redis::ClientTlsConfig {
+            client_cert: read(cert, "client certificate")?,
+            client_key: std::fs::read(key).map_err(|source| {
+                tls_error(TlsError::Read {
+                    what: "client key",
+                    path: key.to_path_buf(),
+                    source,
+                })
+            })?,
+        }),
+        None => None,
+    };
+    Ok(Some(redis::TlsCertificates {
+        client_tls,
+        root_cert,
+    }))
+}
+
+pub(super) fn tls_error(error: TlsError) -> TransportError {
     TransportError::Broker(Box::new(error))
 }
 
