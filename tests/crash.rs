@@ -7,7 +7,7 @@
 
 mod support;
 
-use eventflow::transport::Transport;
+use eventflow::transport::{RedisStreams, Transport};
 use eventflow::{HandlerResult, InboxConsumer};
 use postgres::Client;
 use std::time::{Duration, Instant};
@@ -89,6 +89,26 @@ fn count(client: &mut Client, sql: &str) -> i64 {
     client.query_one(sql, &[]).unwrap().get(0)
 }
 
+/// Waits (up to 3 minutes) until every event is processed and nothing is pending in the group.
+fn all_settled(db: &mut Client, redis: &RedisStreams, table: &str, stream: &str) -> bool {
+    let processed_sql = format!("SELECT count(*) FROM {table} WHERE status = 'processed'");
+    wait_until(Duration::from_secs(180), || {
+        count(db, &processed_sql) == EVENTS as i64
+            && redis.group_stats(stream, GROUP).unwrap().pending == 0
+    })
+}
+
+/// How many handler commits the `_handled` table holds, and for how many distinct events.
+fn handled_and_distinct(db: &mut Client, table: &str) -> (i64, i64) {
+    let row = db
+        .query_one(
+            &format!("SELECT count(*), count(DISTINCT event_id) FROM {table}_handled"),
+            &[],
+        )
+        .unwrap();
+    (row.get(0), row.get(1))
+}
+
 #[test]
 fn a_consumer_killed_mid_batch_loses_and_repeats_nothing() {
     let test = "a_consumer_killed_mid_batch_loses_and_repeats_nothing";
@@ -126,23 +146,12 @@ fn a_consumer_killed_mid_batch_loses_and_repeats_nothing() {
     }
     first.kill();
     let handled_by_first = count(&mut db, &handled_sql);
-    let processed_sql = format!("SELECT count(*) FROM {table} WHERE status = 'processed'");
     let stored_by_first = count(&mut db, &format!("SELECT count(*) FROM {table}"));
 
     let second = spawn_child(&stream, &table, "second");
-    let finished = wait_until(Duration::from_secs(180), || {
-        count(&mut db, &processed_sql) == EVENTS as i64
-            && redis.group_stats(&stream, GROUP).unwrap().pending == 0
-    });
+    let finished = all_settled(&mut db, &redis, &table, &stream);
     second.kill();
-
-    let row = db
-        .query_one(
-            &format!("SELECT count(*), count(DISTINCT event_id) FROM {table}_handled"),
-            &[],
-        )
-        .unwrap();
-    let (handled, distinct): (i64, i64) = (row.get(0), row.get(1));
+    let (handled, distinct) = handled_and_distinct(&mut db, &table);
     eprintln!(
         "crash test: first process handled {handled_by_first} and stored {stored_by_first} before SIGKILL, \
          {pending_at_kill} entries read but unacknowledged at the kill; in the end {handled} handled, {distinct} distinct"
@@ -225,19 +234,9 @@ fn a_killed_consumers_stored_rows_go_to_the_survivor_long_before_orphan_after() 
     let taken = wait_until(ORPHAN_AFTER, || waiting(&mut db, process) == 0);
     let takeover = killed_at.elapsed();
 
-    let processed_sql = format!("SELECT count(*) FROM {table} WHERE status = 'processed'");
-    let finished = wait_until(Duration::from_secs(180), || {
-        count(&mut db, &processed_sql) == EVENTS as i64
-            && redis.group_stats(&stream, GROUP).unwrap().pending == 0
-    });
+    let finished = all_settled(&mut db, &redis, &table, &stream);
     survivor.kill();
-    let row = db
-        .query_one(
-            &format!("SELECT count(*), count(DISTINCT event_id) FROM {table}_handled"),
-            &[],
-        )
-        .unwrap();
-    let (handled, distinct): (i64, i64) = (row.get(0), row.get(1));
+    let (handled, distinct) = handled_and_distinct(&mut db, &table);
     eprintln!(
         "lease test: {waiting_at_kill} rows stored by the killed process waited for its workers; \
          the survivor had handled them {takeover:?} after the kill (orphan_after {ORPHAN_AFTER:?})"

@@ -24,34 +24,10 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-/// The reference toolkit's PostgreSQL DDL, verbatim but for the table's name (`event_inbox`
-/// becomes the run's own table, in its indexes' and constraint's names too).
-const REFERENCE_DDL: &str = "
-CREATE EXTENSION IF NOT EXISTS pgcrypto;
-CREATE TABLE event_inbox (
-    id              UUID PRIMARY KEY DEFAULT gen_random_uuid(),
-    event_id        VARCHAR(255) NOT NULL UNIQUE,
-    stream_id       VARCHAR(255) NOT NULL,
-    event_type      VARCHAR(128) NOT NULL,
-    aggregate_id    UUID NOT NULL,
-    correlation_id  VARCHAR(255),
-    occurred_on     TIMESTAMP WITH TIME ZONE NOT NULL,
-    payload         JSONB NOT NULL,
-    status          VARCHAR(50) NOT NULL DEFAULT 'pending',
-    retry_count     INTEGER NOT NULL DEFAULT 0,
-    max_retries     INTEGER NOT NULL DEFAULT 3,
-    received_at     TIMESTAMP WITH TIME ZONE NOT NULL DEFAULT NOW(),
-    processed_at    TIMESTAMP WITH TIME ZONE,
-    next_retry_at   TIMESTAMP WITH TIME ZONE,
-    error_message   TEXT,
-    last_error_at   TIMESTAMP WITH TIME ZONE,
-    CONSTRAINT chk_event_inbox_status CHECK (
-        status IN ('pending', 'processing', 'processed', 'failed', 'dead_letter'))
-);
-CREATE UNIQUE INDEX uq_event_inbox_event_id ON event_inbox(event_id);
-CREATE INDEX ix_event_inbox_status_next_retry ON event_inbox(status, next_retry_at);
-CREATE INDEX ix_event_inbox_aggregate_received ON event_inbox(aggregate_id, received_at);
-";
+/// The reference schema's PostgreSQL DDL, the file eventflow's first migration is: each
+/// `event_inbox` in it (the table's, its indexes' and its constraint's names) becomes the run's
+/// own table.
+const REFERENCE_DDL: &str = include_str!("../../sql/postgres/inbox/0001_event_inbox.sql");
 
 /// The attributes of one `data` entry, parsed as a hand-written consumer would.
 #[derive(serde::Deserialize)]
