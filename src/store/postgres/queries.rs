@@ -248,9 +248,6 @@ impl Queries {
                 order_key("p"),
                 order_key("o")
             ),
-            // DO UPDATE (to the same value), not DO NOTHING: it returns the row that won, even
-            // one another adopter committed after this statement's snapshot was taken, which a
-            // SELECT in the same statement cannot see.
             // Driven by the aggregates: each one's earliest open row, read from the open-rows
             // index in order (one probe that stops at the first row), claimed when it is due.
             // The lock is taken outside the lookup: SKIP LOCKED inside it would pass over a
@@ -258,21 +255,32 @@ impl Queries {
             // marks the rows processed in the same write (a failure is recorded over it before
             // commit), and returns them as they were. Only pending heads: a failed head is a
             // retry, counted before it runs by the claims over any aggregate.
+            // Each step is fenced (MATERIALIZED, a LATERAL probe by id with OFFSET 0) so the
+            // statement's one plan is always a probe per aggregate and then one per head, even
+            // when the plan was made while the table was small: written as a join of the due
+            // rows with the heads, a plan cached early walked every due row and ran the probes
+            // again for each (on a 20,000-event flood over 1,000 aggregates, one claim read
+            // 545,000 buffers in 1.6 s; 85 buffers per claimed row on average, 28 now).
+            // Every head found is locked before the limit applies; callers pass at most
+            // `limit` aggregates, so no head is locked and then left.
             claim_heads_among: format!(
-                "UPDATE {t} AS t SET status = 'processed', processed_at = $1, retry_count = 0, \
-                 next_retry_at = NULL, error_message = NULL, last_error_at = NULL \
-                 FROM (SELECT {COLUMNS} FROM {t} WHERE id IN (SELECT h.id \
-                 FROM unnest($4::uuid[]) AS a(id) \
+                "WITH heads AS MATERIALIZED (SELECT h.id FROM unnest($4::uuid[]) AS a(id) \
                  CROSS JOIN LATERAL (SELECT o.id, o.status, o.next_retry_at FROM {t} AS o \
                  WHERE o.aggregate_id = a.id AND {} ORDER BY {} LIMIT 1) AS h \
-                 WHERE h.status = 'pending' \
-                 AND (h.next_retry_at IS NULL OR h.next_retry_at <= $1)) \
-                 AND {DUE}$1) ORDER BY received_at, id LIMIT $2 FOR UPDATE SKIP LOCKED) AS c \
-                 WHERE t.id = c.id RETURNING {}",
+                 WHERE h.status = 'pending' AND (h.next_retry_at IS NULL OR h.next_retry_at <= $1)), \
+                 claimed AS MATERIALIZED (SELECT c.* FROM heads CROSS JOIN LATERAL \
+                 (SELECT {COLUMNS} FROM {t} WHERE id = heads.id AND {DUE}$1) \
+                 OFFSET 0 FOR UPDATE SKIP LOCKED) AS c ORDER BY c.received_at, c.id LIMIT $2) \
+                 UPDATE {t} AS t SET status = 'processed', processed_at = $1, retry_count = 0, \
+                 next_retry_at = NULL, error_message = NULL, last_error_at = NULL \
+                 FROM claimed AS c WHERE t.id = c.id RETURNING {}",
                 holds_back("o", "$3"),
                 order_columns("o"),
                 qualified(COLUMNS, "c")
             ),
+            // DO UPDATE (to the same value), not DO NOTHING: it returns the row that won, even
+            // one another adopter committed after this statement's snapshot was taken, which a
+            // SELECT in the same statement cannot see.
             adopt_owner: format!(
                 "INSERT INTO eventflow_inbox_owners (inbox_table, consumer_group, adopted_at) \
                  VALUES ('{t}', $1, $2) ON CONFLICT (inbox_table) \
