@@ -10,6 +10,7 @@ use super::receiver::{Reader, StoredSignal};
 use super::settings::Settings;
 use super::stats::Counters;
 use super::suspects::SuspectGate;
+use super::waiting_aggregates::WaitingAggregates;
 use super::worker::Worker;
 use crate::error::{Error, Result};
 use crate::event::InboxRow;
@@ -141,6 +142,7 @@ impl<S: InboxStore> Start for Runtime<S> {
         // taken now is taken by the watch later, rows stored meanwhile being found by age.
         let liveness = Arc::new(Liveness::default());
         let suspects = Arc::new(SuspectGate::default());
+        let waiting = Arc::new(WaitingAggregates::default());
         let lease = match settings
             .process_leases
             .then(|| self.store.open_process_lease(&base_name))
@@ -178,6 +180,7 @@ impl<S: InboxStore> Start for Runtime<S> {
                 recent_failure: Default::default(),
                 liveness: liveness.clone(),
                 suspects: suspects.clone(),
+                waiting: waiting.clone(),
             };
             threads.spawn(format!("{WORKER_THREAD}{index}"), move || worker.run())?;
         }
@@ -202,6 +205,7 @@ impl<S: InboxStore> Start for Runtime<S> {
                     activity: activity.clone(),
                     stored: stored.clone(),
                     liveness: liveness.clone(),
+                    waiting: waiting.clone(),
                     read_count: std::cell::Cell::new(self.settings.read_batch),
                 };
                 let number = stream_index * settings.readers + index;

@@ -34,6 +34,7 @@ mod settings;
 mod stats;
 mod suspects;
 pub(crate) mod verdict;
+mod waiting_aggregates;
 pub(crate) mod worker;
 
 #[cfg(feature = "postgres")]

@@ -13,7 +13,8 @@
 //! acknowledged), so each stream is stored in its own order whatever the number of readers
 //! and processes; entries a consumer has held past `reclaim_idle` are taken over and stored
 //! first. It then hands the aggregates it stored to a worker waiting for work, which claims
-//! their heads; busy workers follow the aggregates they settle, and find the rest on their polls.
+//! their heads; when none is free they wait in memory for busy workers, which follow the
+//! aggregates they settle and top their claims up from there.
 //!
 //! Input is bounded: an entry over `max_entry_bytes` is quarantined with only its size, names
 //! and a prefix of its values (see [`crate::quarantine`]); a read batch is stored in chunks of
@@ -25,6 +26,7 @@ use super::idle::Activity;
 use super::liveness::Liveness;
 use super::settings::Settings;
 use super::stats::Counters;
+use super::waiting_aggregates::WaitingAggregates;
 use super::worker::{panic_message, Work};
 use crate::backoff::Backoff;
 use crate::event::InboxRow;
@@ -70,6 +72,8 @@ pub(crate) struct Reader<S: InboxStore> {
     pub stored: Arc<StoredSignal>,
     /// This process's number, recorded on the rows it stores.
     pub liveness: Arc<Liveness>,
+    /// Ordered mode: where the aggregates go that no worker was free to take.
+    pub waiting: Arc<WaitingAggregates>,
     /// The `COUNT` of the next read or reclaim: `read_batch`, lowered after large entries so
     /// that a batch holds about `max_batch_bytes` (see [`next_read_count`]).
     pub read_count: Cell<usize>,
@@ -366,13 +370,12 @@ impl<S: InboxStore> Reader<S> {
             // A sibling reader may be waiting for this batch (see `wait_for_earlier`).
             self.stored.ring();
             // Idle workers claim the heads of the aggregates just stored (these rows, or earlier
-            // ones still open). Busy workers are following the aggregates they settle and scan
-            // for heads when they run out, so when the channel is full the rows are left to
-            // them: a backlog is worked through in full batches of distinct aggregates instead
-            // of many small ones fighting over the same heads. The rows are in the table, so
-            // nothing waits in memory.
+            // ones still open). Busy workers are following the aggregates they settle, so when
+            // the channel is full the rest wait for them in `waiting`, from which they top up
+            // each claim: a backlog is worked through in full batches of distinct aggregates
+            // instead of many small ones fighting over the same heads.
             let aggregates = stored_aggregates(&events, &stored.inserted);
-            for chunk in aggregates.chunks(settings.claim_batch) {
+            for (index, chunk) in aggregates.chunks(settings.claim_batch).enumerate() {
                 // Counted before the send, so a worker never ends a hand-over not yet begun.
                 self.activity.enter();
                 if self
@@ -381,6 +384,8 @@ impl<S: InboxStore> Reader<S> {
                     .is_err()
                 {
                     self.activity.leave(false);
+                    self.waiting
+                        .add(&aggregates[index * settings.claim_batch..]);
                     break;
                 }
             }

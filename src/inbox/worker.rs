@@ -17,6 +17,7 @@ use super::settings::Settings;
 use super::stats::Counters;
 use super::suspects::SuspectGate;
 use super::verdict::{Jitter, Rules, MAX_RETRY_DELAY};
+use super::waiting_aggregates::WaitingAggregates;
 use crate::backoff::Backoff;
 use crate::event::{EventStatus, InboxRow};
 use crate::store::{
@@ -62,6 +63,8 @@ pub(crate) struct Worker<S: InboxStore> {
     pub liveness: Arc<Liveness>,
     /// Shared by the process's workers: a suspect runs with no other counted attempt.
     pub suspects: Arc<SuspectGate>,
+    /// Ordered mode: aggregates stored while every worker was busy, to top claims up with.
+    pub waiting: Arc<WaitingAggregates>,
     /// Told when a hand-over or a claim begins and ends, for `ConsumerHandle::wait_idle`.
     pub activity: Arc<Activity>,
     /// Requests from `ConsumerHandle::wait_idle` to claim every due row now.
@@ -88,9 +91,13 @@ impl<S: InboxStore> Worker<S> {
                         self.activity.leave(true);
                     }
                     Ok(Work::Aggregates(aggregates)) => {
-                        // A chain that moved a full batch at some step met a backlog: look for
-                        // heads of any aggregate before waiting for the next hand-over or tick.
-                        if self.follow_heads(aggregates, &mut backoff) >= self.settings.claim_batch {
+                        // A chain that moved a full batch at some step met a backlog. Its
+                        // aggregates were all handed over or queued in `waiting`, and the
+                        // chain drained that, unless it overflowed: then look for heads of
+                        // any aggregate before waiting for the next hand-over or tick.
+                        if self.follow_heads(aggregates, &mut backoff) >= self.settings.claim_batch
+                            && self.waiting.overflowed()
+                        {
                             self.drain_due(&mut backoff, self.settings.orphan_after);
                         }
                         self.activity.leave(true);
@@ -185,12 +192,19 @@ impl<S: InboxStore> Worker<S> {
     /// Claims the heads of `aggregates`, then of the aggregates of the rows it settled, and so
     /// on until none is left: settling a head is what makes the next row of its aggregate a
     /// head, so following them costs one lookup by aggregate per batch instead of a scan of
-    /// every due row. A row stored after the lookup is handed over by its reader.
+    /// every due row. A row stored after the lookup is handed over by its reader. Each claim
+    /// is topped up to a full batch with aggregates waiting for a free worker.
     /// Returns the largest batch it settled.
     fn follow_heads(&self, aggregates: Vec<Uuid>, backoff: &mut Backoff) -> usize {
+        let limit = self.settings.claim_batch;
         let mut aggregates = distinct(aggregates);
         let mut largest = 0;
-        while !aggregates.is_empty() && !self.stop.load(Ordering::Relaxed) {
+        loop {
+            let room = limit.saturating_sub(aggregates.len());
+            self.waiting.take_into(&mut aggregates, room);
+            if aggregates.is_empty() || self.stop.load(Ordering::Relaxed) {
+                break;
+            }
             let heads = self.heads(Some(&aggregates), self.settings.orphan_after);
             match self.process(heads, backoff) {
                 Some(settled) => {
