@@ -690,3 +690,50 @@ fn status_shows_each_partitions_lag() {
         let _: i64 = redis::cmd("DEL").arg(stream).query(&mut conn).unwrap();
     }
 }
+
+/// `eventflow publish --stream orders --partitions orders=3` sends the event where the relay
+/// would: to its aggregate's partition.
+#[test]
+fn the_command_publishes_to_the_aggregates_partition() {
+    if !support::redis_available("the_command_publishes_to_the_aggregates_partition") {
+        return;
+    }
+    let logical = support::unique_name("ef_part");
+    let aggregate = Uuid::new_v4();
+    let expected = partition_stream(&logical, partition_of(&aggregate, PARTITIONS));
+    let event = json!({"event_type": "OrderCreated", "aggregate_id": aggregate, "payload": {}});
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_eventflow"))
+        .env_remove("EVENTFLOW_DATABASE_URL")
+        .env("EVENTFLOW_REDIS_URL", support::redis_url())
+        .env("EVENTFLOW_STREAM", &logical)
+        .env("EVENTFLOW_PARTITIONS", format!("{logical}={PARTITIONS}"))
+        .args(["--json", "publish", &event.to_string()])
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let said: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(said["stream"], expected.as_str(), "{said}");
+    assert_eq!(said["partition_of"], logical.as_str(), "{said}");
+    assert_eq!(
+        said["partition"],
+        partition_of(&aggregate, PARTITIONS),
+        "{said}"
+    );
+
+    let redis = RedisStreams::connect(&support::redis_url()).unwrap();
+    let published = read_everything(&redis, &expected);
+    assert_eq!(
+        published,
+        vec![said["event_id"].as_str().unwrap().to_string()]
+    );
+    assert_ne!(redis.stream_exists(&logical).unwrap(), Some(true));
+    let mut conn = redis::Client::open(support::redis_url())
+        .unwrap()
+        .get_connection()
+        .unwrap();
+    let _: i64 = redis::cmd("DEL").arg(&expected).query(&mut conn).unwrap();
+}

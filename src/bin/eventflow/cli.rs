@@ -188,6 +188,16 @@ pub enum Command {
             value_name = "STREAM"
         )]
         stream: Vec<String>,
+        /// Streams split into partitions by the relay, as STREAM=N: an event for a split
+        /// stream goes to the partition its aggregate_id hashes to, as the relay sends it.
+        #[arg(
+            long,
+            env = "EVENTFLOW_PARTITIONS",
+            value_delimiter = ',',
+            value_name = "STREAM=N[,STREAM=N...]",
+            value_parser = parse_partitions
+        )]
+        partitions: Vec<(String, u32)>,
         /// The event as a JSON object; `-` reads standard input.
         #[arg(conflicts_with = "file", required_unless_present = "file")]
         event: Option<String>,
