@@ -16,6 +16,7 @@ use crate::handler::HandlerResult;
 use crate::redact::ConnectionString;
 use crate::retry::RetryPolicy;
 use crate::store::{AfterDeadLetter, InboxStore, Migrations};
+use crate::transport::partition::{invalid_partition_count, partition_streams};
 use crate::transport::Transport;
 #[cfg(feature = "sqlite")]
 use std::path::PathBuf;
@@ -345,6 +346,34 @@ impl<B, H> ConsumerBuilder<B, H> {
         self.settings
             .streams
             .extend(streams.into_iter().map(Into::into));
+        self
+    }
+
+    /// Reads every partition of the logical stream `stream`, split into `partitions` by the
+    /// relays that publish to it ([`RelayBuilder::partitioned_stream`] with the same count):
+    /// the streams `stream:{<tag>}` named by [`partition_streams`], each read like a stream
+    /// given to [`stream`](Self::stream), by its own [`readers`](Self::readers) threads. Every
+    /// stored row records its partition's stream. With [`ordered`](Self::ordered), each
+    /// aggregate's events keep their order: the relay sends all of an aggregate's events to one
+    /// partition, whose order the readers keep. `partitions` is between 1 and
+    /// [`MAX_PARTITIONS`](crate::transport::partition::MAX_PARTITIONS).
+    ///
+    /// While the partition count changes, give the larger count (or, from an unsplit stream,
+    /// both `.stream(s)` and `.partitioned_stream(s, n)`) so that the old partitions are read
+    /// until they drain; the README's "Partitioned streams" says in which order to change
+    /// relays and consumers to keep each aggregate's order. Defaults to no split stream.
+    ///
+    /// [`RelayBuilder::partitioned_stream`]: crate::outbox::RelayBuilder::partitioned_stream
+    /// [`partition_streams`]: crate::transport::partition::partition_streams
+    pub fn partitioned_stream(mut self, stream: impl Into<String>, partitions: u32) -> Self {
+        let stream = stream.into();
+        match invalid_partition_count(&stream, partitions) {
+            Some(why) => self.settings.bad_partitions = Some(why),
+            None => self
+                .settings
+                .streams
+                .extend(partition_streams(&stream, partitions)),
+        }
         self
     }
 

@@ -68,6 +68,8 @@ pub(crate) struct Settings {
     /// An event type given two routes on the builder; a setter cannot fail, so `validate`
     /// reports it.
     pub duplicate_route: Option<String>,
+    /// Why a `partitioned_stream` count was refused, reported by `validate` likewise.
+    pub bad_partitions: Option<String>,
 }
 
 impl Default for Settings {
@@ -108,6 +110,7 @@ impl Default for Settings {
             #[cfg(feature = "redis")]
             redis_tls: crate::tls::TlsSettings::default(),
             duplicate_route: None,
+            bad_partitions: None,
         }
     }
 }
@@ -115,6 +118,9 @@ impl Default for Settings {
 impl Settings {
     /// Checks each setting and the rules between them; the error names the setter.
     pub fn validate(&self) -> Result<()> {
+        if let Some(why) = &self.bad_partitions {
+            return Err(Error::config("partitioned_stream", why.clone()));
+        }
         if self.streams.is_empty() {
             return Err(Error::config(
                 "stream",
@@ -442,6 +448,17 @@ mod tests {
         };
         assert!(three.validate().is_ok());
         assert_eq!(three.connections_needed(), 3 * 2 + 4);
+    }
+
+    #[test]
+    fn a_refused_partition_count_names_partitioned_stream() {
+        assert_eq!(
+            field_of(Settings {
+                bad_partitions: Some("\"orders\" has 0 partitions".into()),
+                ..valid()
+            }),
+            "partitioned_stream"
+        );
     }
 
     #[test]

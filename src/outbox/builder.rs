@@ -8,6 +8,7 @@ use crate::redact::ConnectionString;
 use crate::retry::{ExponentialBackoff, RetryPolicy};
 use crate::store::outbox::{OutboxStore, DEFAULT_OUTBOX_TABLE};
 use crate::store::{validate_table_name, Migrations};
+use crate::transport::partition::{invalid_partition_count, Partitioning};
 use crate::transport::Transport;
 use std::sync::Arc;
 use std::time::Duration;
@@ -62,6 +63,7 @@ impl std::fmt::Debug for RelayBuilder {
             .field("table", &self.table)
             .field("workers", &self.workers)
             .field("batch_size", &self.batch_size)
+            .field("partitioned_streams", &self.partitioned_streams)
             .finish_non_exhaustive()
     }
 }
@@ -75,6 +77,7 @@ pub struct RelayBuilder {
     table: String,
     workers: usize,
     batch_size: usize,
+    partitioned_streams: Vec<(String, u32)>,
     poll_interval: Option<Duration>,
     contention_wait: Option<Duration>,
     max_attempts: u32,
@@ -100,6 +103,7 @@ impl RelayBuilder {
             table: DEFAULT_OUTBOX_TABLE.to_string(),
             workers: 2,
             batch_size: 500,
+            partitioned_streams: Vec::new(),
             poll_interval: None,
             contention_wait: Some(Duration::from_millis(10)),
             max_attempts: 10,
@@ -196,6 +200,22 @@ impl RelayBuilder {
     /// 100. Defaults to 500.
     pub fn batch_size(mut self, size: usize) -> Self {
         self.batch_size = size;
+        self
+    }
+
+    /// Splits the logical stream `stream` into `partitions` streams: an event enqueued for
+    /// `stream` is published to `stream:{<tag>}`, the partition its `aggregate_id` hashes to
+    /// (see [`crate::transport::partition`] for the names and the hash), so all the events of one
+    /// aggregate go to one partition, in the order they were enqueued, and the partitions can
+    /// live on different Redis Cluster masters. Consumers read every partition with
+    /// [`ConsumerBuilder::partitioned_stream`](crate::inbox::ConsumerBuilder::partitioned_stream)
+    /// and the same count. Call it once per split stream; `partitions` is between 1 and
+    /// [`MAX_PARTITIONS`](crate::transport::partition::MAX_PARTITIONS). The outbox row keeps
+    /// the logical stream; its entry id is the partition's. Changing the count of a running
+    /// system moves aggregates between partitions: see the README's "Partitioned streams" for
+    /// the order-keeping procedure. Defaults to no stream split.
+    pub fn partitioned_stream(mut self, stream: impl Into<String>, partitions: u32) -> Self {
+        self.partitioned_streams.push((stream.into(), partitions));
         self
     }
 
@@ -305,6 +325,7 @@ impl RelayBuilder {
             }
         }
         validate_table_name(&self.table).map_err(|e| Error::config("table", e.to_string()))?;
+        let partitioning = partitioning(&self.partitioned_streams)?;
         // Each publisher holds a connection while it publishes, retention one more.
         #[cfg(any(feature = "postgres", feature = "redis"))]
         let connections = self.workers as u32 + 1;
@@ -353,6 +374,7 @@ impl RelayBuilder {
             transport,
             workers: self.workers,
             batch_size: self.batch_size,
+            partitioning,
             poll_interval: self.poll_interval,
             contention_wait: self.contention_wait,
             max_attempts: self.max_attempts,
@@ -365,4 +387,25 @@ impl RelayBuilder {
             migrations: self.migrations,
         })
     }
+}
+
+/// The relay's split streams, each named once with an accepted count.
+fn partitioning(streams: &[(String, u32)]) -> Result<Partitioning> {
+    let mut partitioning = Partitioning::default();
+    for (index, (stream, partitions)) in streams.iter().enumerate() {
+        if let Some(why) = invalid_partition_count(stream, *partitions) {
+            return Err(Error::config("partitioned_stream", why));
+        }
+        if streams[..index]
+            .iter()
+            .any(|(earlier, _)| earlier == stream)
+        {
+            return Err(Error::config(
+                "partitioned_stream",
+                format!("{stream:?} is given twice; give each split stream one count"),
+            ));
+        }
+        partitioning.insert(stream.clone(), *partitions);
+    }
+    Ok(partitioning)
 }

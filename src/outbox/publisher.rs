@@ -103,13 +103,19 @@ pub(super) fn publish_until_stopped(
 fn deliver(shared: &Shared, rows: &[OutboxRow], now: DateTime<Utc>) -> Delivery {
     let fields: Vec<Vec<(String, Vec<u8>)>> =
         rows.iter().map(|row| row.event.to_entry_fields()).collect();
-    let entries: Vec<OutgoingEntry<'_>> = rows
+    // The row's stream, or its aggregate's partition of it when the stream is split.
+    let targets: Vec<_> = rows
+        .iter()
+        .map(|row| {
+            shared
+                .partitioning
+                .stream_for(&row.stream, &row.event.aggregate_id)
+        })
+        .collect();
+    let entries: Vec<OutgoingEntry<'_>> = targets
         .iter()
         .zip(&fields)
-        .map(|(row, fields)| OutgoingEntry {
-            stream: &row.stream,
-            fields,
-        })
+        .map(|(stream, fields)| OutgoingEntry { stream, fields })
         .collect();
     match shared.transport.publish_entries(&entries) {
         Err(TransportError::Unavailable(error)) => {
@@ -145,11 +151,12 @@ fn deliver(shared: &Shared, rows: &[OutboxRow], now: DateTime<Utc>) -> Delivery 
             let mut streams = shared.streams.lock();
             Delivery::Settled(
                 rows.iter()
+                    .zip(&targets)
                     .zip(results)
-                    .map(|(row, result)| match result {
+                    .map(|((row, target), result)| match result {
                         Ok(entry_id) => {
-                            if !streams.contains(&row.stream) {
-                                streams.insert(row.stream.clone());
+                            if !streams.contains(target.as_ref()) {
+                                streams.insert(target.to_string());
                             }
                             RowOutcome::Published { entry_id }
                         }

@@ -23,6 +23,7 @@ use crate::maintenance::stream_trim::StreamTrim;
 use crate::retry::RetryPolicy;
 use crate::store::outbox::OutboxStore;
 use crate::store::{not_migrated, Migrations};
+use crate::transport::partition::Partitioning;
 use crate::transport::Transport;
 use parking_lot::Mutex;
 use std::collections::BTreeSet;
@@ -36,6 +37,7 @@ pub struct OutboxRelay {
     pub(super) transport: Arc<dyn Transport>,
     pub(super) workers: usize,
     pub(super) batch_size: usize,
+    pub(super) partitioning: Partitioning,
     pub(super) poll_interval: Option<Duration>,
     pub(super) contention_wait: Option<Duration>,
     pub(super) max_attempts: u32,
@@ -110,6 +112,7 @@ impl OutboxRelay {
             clock: self.clock.clone(),
             retry_policy: self.retry_policy,
             batch_size: self.batch_size,
+            partitioning: self.partitioning,
             max_attempts: self.max_attempts,
             poll_interval,
             contention_wait: self.contention_wait.map(|wait| wait.min(poll_interval)),
@@ -176,6 +179,8 @@ pub(super) struct Shared {
     pub(super) clock: Arc<dyn Clock>,
     pub(super) retry_policy: Arc<dyn RetryPolicy>,
     pub(super) batch_size: usize,
+    /// Which stream each event goes to (its aggregate's partition of a split stream).
+    pub(super) partitioning: Partitioning,
     pub(super) max_attempts: u32,
     pub(super) poll_interval: Duration,
     /// See [`RelayBuilder::contention_wait`]; at most the poll interval.

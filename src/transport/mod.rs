@@ -5,9 +5,10 @@
 //! that another consumer read but never acknowledged. `RedisStreams` is the production
 //! implementation and [`MemoryStream`] an in-process one with the same semantics for tests and
 //! demos (`RedisStreams` needs the `redis` feature); both pass one conformance suite (`tests/transport_conformance.rs`). Implement the trait
-//! to bring another broker.
+//! to bring another broker. [`partition`] names the streams a logical stream is split into.
 
 mod memory;
+pub mod partition;
 #[cfg(feature = "redis")]
 pub(crate) mod redis_streams;
 

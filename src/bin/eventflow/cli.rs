@@ -5,6 +5,7 @@ use chrono::{DateTime, Utc};
 use clap::{Args, Parser, Subcommand};
 use eventflow::store::outbox::OutboxStatus;
 use eventflow::store::Cursor;
+use eventflow::transport::partition::{partition_stream, MAX_PARTITIONS};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -151,8 +152,9 @@ pub enum Command {
         list: Option<MigrateList>,
     },
     /// The inbox's owner, counts by status (in all and per stream) and lag, parked aggregates,
-    /// quarantined entries, the consumer group's pending entries and lag on each --stream (or
-    /// whether the stream or the group is missing), and the outbox backlog.
+    /// quarantined entries, the consumer group's pending entries and lag on each --stream and
+    /// each partition of a --partitions stream (or whether the stream or the group is
+    /// missing), and the outbox backlog.
     Status {
         #[command(flatten)]
         streams: StreamArgs,
@@ -186,6 +188,16 @@ pub enum Command {
             value_name = "STREAM"
         )]
         stream: Vec<String>,
+        /// Streams split into partitions by the relay, as STREAM=N: an event for a split
+        /// stream goes to the partition its aggregate_id hashes to, as the relay sends it.
+        #[arg(
+            long,
+            env = "EVENTFLOW_PARTITIONS",
+            value_delimiter = ',',
+            value_name = "STREAM=N[,STREAM=N...]",
+            value_parser = parse_partitions
+        )]
+        partitions: Vec<(String, u32)>,
         /// The event as a JSON object; `-` reads standard input.
         #[arg(conflicts_with = "file", required_unless_present = "file")]
         event: Option<String>,
@@ -241,6 +253,80 @@ pub struct StreamArgs {
     /// The consumer group.
     #[arg(long, env = "EVENTFLOW_GROUP")]
     pub group: Option<String>,
+
+    /// Streams split into partitions by the relay, as STREAM=N: each is shown partition by
+    /// partition (its N streams STREAM:{..}), whether or not --stream names it too.
+    #[arg(
+        long,
+        env = "EVENTFLOW_PARTITIONS",
+        value_delimiter = ',',
+        value_name = "STREAM=N[,STREAM=N...]",
+        value_parser = parse_partitions
+    )]
+    pub partitions: Vec<(String, u32)>,
+}
+
+/// One stream `status` shows: a stream as given, or one partition of a split stream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ShownStream {
+    /// The stream's name in Redis.
+    pub stream: String,
+    /// The split stream and partition number, for a partition.
+    pub partition_of: Option<(String, u32)>,
+}
+
+impl StreamArgs {
+    /// The streams to show: each `--stream` in order, a split one replaced by its partitions,
+    /// then the split streams `--stream` does not name.
+    pub fn shown(&self) -> Vec<ShownStream> {
+        let split = |stream: &str| self.partitions.iter().find(|(name, _)| name == stream);
+        let expand = |stream: &str, partitions: u32| -> Vec<ShownStream> {
+            (0..partitions)
+                .map(|partition| ShownStream {
+                    stream: partition_stream(stream, partition),
+                    partition_of: Some((stream.to_string(), partition)),
+                })
+                .collect()
+        };
+        let mut shown = Vec::new();
+        for stream in &self.stream {
+            match split(stream) {
+                Some((_, partitions)) => shown.extend(expand(stream, *partitions)),
+                None => shown.push(ShownStream {
+                    stream: stream.clone(),
+                    partition_of: None,
+                }),
+            }
+        }
+        for (stream, partitions) in &self.partitions {
+            if !self.stream.contains(stream) {
+                shown.extend(expand(stream, *partitions));
+            }
+        }
+        shown
+    }
+
+    /// Whether any stream is to be shown.
+    pub fn any(&self) -> bool {
+        !self.stream.is_empty() || !self.partitions.is_empty()
+    }
+}
+
+/// `STREAM=N`, N between 1 and the most partitions a stream may have.
+fn parse_partitions(value: &str) -> Result<(String, u32), String> {
+    let (stream, count) = value
+        .rsplit_once('=')
+        .ok_or_else(|| format!("{value:?} is not STREAM=N, e.g. orders=3"))?;
+    let count: u32 = count
+        .trim()
+        .parse()
+        .map_err(|_| format!("{count:?} in {value:?} is not a number of partitions"))?;
+    if stream.trim().is_empty() || !(1..=MAX_PARTITIONS).contains(&count) {
+        return Err(format!(
+            "{value:?}: give a stream and between 1 and {MAX_PARTITIONS} partitions"
+        ));
+    }
+    Ok((stream.to_string(), count))
 }
 
 /// What a purge deletes: rows older than an age, after asking when the age takes them all.
@@ -486,5 +572,41 @@ mod tests {
             debug.contains("rediss://default:<redacted>@cache:6380"),
             "{debug}"
         );
+    }
+
+    #[test]
+    fn split_streams_are_shown_partition_by_partition() {
+        let cli = Cli::parse_from([
+            "eventflow",
+            "status",
+            "--stream",
+            "orders,payments",
+            "--partitions",
+            "orders=2,refunds=1",
+        ]);
+        let Command::Status { streams } = cli.command else {
+            panic!("status")
+        };
+        let shown: Vec<(String, Option<(String, u32)>)> = streams
+            .shown()
+            .into_iter()
+            .map(|shown| (shown.stream, shown.partition_of))
+            .collect();
+        let part = |stream: &str, n| Some((stream.to_string(), n));
+        assert_eq!(
+            shown,
+            vec![
+                ("orders:{0a}".to_string(), part("orders", 0)),
+                ("orders:{1a}".to_string(), part("orders", 1)),
+                ("payments".to_string(), None),
+                ("refunds:{0a}".to_string(), part("refunds", 0)),
+            ]
+        );
+        for bad in ["orders", "orders=0", "orders=x", "=3", "orders=1025"] {
+            assert!(
+                Cli::try_parse_from(["eventflow", "status", "--partitions", bad]).is_err(),
+                "{bad}"
+            );
+        }
     }
 }

@@ -16,9 +16,10 @@ pub fn run(cli: &Cli) -> Result<(), Failure> {
     match &cli.command {
         Command::Publish {
             stream,
+            partitions,
             event,
             file,
-        } => return publish::run(cli, stream, event.as_deref(), file.as_deref()),
+        } => return publish::run(cli, stream, partitions, event.as_deref(), file.as_deref()),
         // The outbox needs no inbox.
         Command::Outbox(command) => {
             return outbox::run(cli, &open_outbox(&cli.connection, false)?, command)

@@ -6,6 +6,7 @@ use super::output;
 use super::text::safe;
 use super::Failure;
 use eventflow::admin::{parse_event_json, publish_event};
+use eventflow::transport::partition::{partition_of, partition_stream};
 use serde_json::json;
 use std::io::Read;
 use std::path::Path;
@@ -13,6 +14,7 @@ use std::path::Path;
 pub fn run(
     cli: &Cli,
     streams: &[String],
+    partitions: &[(String, u32)],
     inline: Option<&str>,
     file: Option<&Path>,
 ) -> Result<(), Failure> {
@@ -44,19 +46,33 @@ pub fn run(
         (None, None) => return Err(Failure::Usage("give the event as JSON, or --file".into())),
     };
     let event = parse_event_json(&text, chrono::Utc::now())?;
+    // A split stream's event goes where the relay would send it: its aggregate's partition.
+    let partition = partitions
+        .iter()
+        .find(|(split, _)| split == stream)
+        .map(|(_, count)| partition_of(&event.aggregate_id, *count));
+    let target = partition.map_or_else(
+        || stream.clone(),
+        |partition| partition_stream(stream, partition),
+    );
     let redis = open_redis(&cli.connection)?;
-    let entry_id = publish_event(&redis, stream, &event)?;
+    let entry_id = publish_event(&redis, &target, &event)?;
     if cli.json {
-        output::json(&json!({
-            "stream": stream,
+        let mut said = json!({
+            "stream": target,
             "entry_id": entry_id,
             "event_id": event.event_id,
-        }));
+        });
+        if let Some(partition) = partition {
+            said["partition_of"] = json!(stream);
+            said["partition"] = json!(partition);
+        }
+        output::json(&said);
     } else {
         say!(
             "published event {} to {} as entry {}",
             safe(&event.event_id),
-            safe(stream),
+            safe(&target),
             safe(&entry_id)
         );
     }

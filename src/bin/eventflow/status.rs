@@ -46,7 +46,10 @@ pub fn run<S: InboxStore>(
     let outbox = open_outbox(&cli.connection, false)?.status()?;
     let streams = stream_section(cli, streams)?;
     if cli.json {
-        let streams_json: Vec<Value> = streams.iter().map(stream_json).collect();
+        let streams_json: Vec<Value> = streams
+            .iter()
+            .map(|(partition_of, line)| partitioned_json(stream_json(line), partition_of))
+            .collect();
         output::json(&json!({
             "inbox": inbox_json(&inbox, &cli.connection.table, kind),
             // The first stream alone, as before several were shown; scripts reading one
@@ -62,7 +65,7 @@ pub fn run<S: InboxStore>(
         print_outbox(&outbox);
     }
     // Printed above; the exit code says a stream could not be read.
-    match streams.into_iter().find_map(|stream| match stream {
+    match streams.into_iter().find_map(|(_, stream)| match stream {
         StreamLine::Failed { error, .. } => Some(error),
         _ => None,
     }) {
@@ -71,21 +74,28 @@ pub fn run<S: InboxStore>(
     }
 }
 
-/// Each `--stream`'s group stats; none without `--group`.
-fn stream_section(cli: &Cli, streams: &StreamArgs) -> Result<Vec<StreamLine>, Failure> {
+/// The split stream and partition number a line is about, for a partition.
+type PartitionOf = Option<(String, u32)>;
+
+/// Each `--stream`'s group stats, partition by partition for a split one; none without
+/// `--group`.
+fn stream_section(
+    cli: &Cli,
+    streams: &StreamArgs,
+) -> Result<Vec<(PartitionOf, StreamLine)>, Failure> {
     let Some(group) = &streams.group else {
         return Ok(Vec::new());
     };
-    if streams.stream.is_empty() {
+    if !streams.any() {
         return Ok(Vec::new());
     }
     let redis = open_redis(&cli.connection)?;
     Ok(streams
-        .stream
-        .iter()
-        .map(|stream| {
-            let (stream, group) = (stream.clone(), group.clone());
-            match stream_status(&redis, &stream, &group) {
+        .shown()
+        .into_iter()
+        .map(|shown| {
+            let (stream, group) = (shown.stream, group.clone());
+            let line = match stream_status(&redis, &stream, &group) {
                 Ok(StreamStatus::Group(stats)) => StreamLine::Stats {
                     stream,
                     group,
@@ -98,9 +108,19 @@ fn stream_section(cli: &Cli, streams: &StreamArgs) -> Result<Vec<StreamLine>, Fa
                     group,
                     error,
                 },
-            }
+            };
+            (shown.partition_of, line)
         })
         .collect())
+}
+
+/// A stream's JSON object, with `partition_of` and `partition` when it is a partition.
+fn partitioned_json(mut stream: Value, partition_of: &PartitionOf) -> Value {
+    if let (Some((split, partition)), Some(object)) = (partition_of, stream.as_object_mut()) {
+        object.insert("partition_of".into(), json!(split));
+        object.insert("partition".into(), json!(partition));
+    }
+    stream
 }
 
 /// Counts by status as a JSON object, every status present.
@@ -269,12 +289,15 @@ fn stream_json(stream: &StreamLine) -> Value {
     }
 }
 
-fn print_streams(streams: &[StreamLine]) {
+fn print_streams(streams: &[(PartitionOf, StreamLine)]) {
     if streams.is_empty() {
         say!("stream: not shown (give --stream and --group, or EVENTFLOW_STREAM and EVENTFLOW_GROUP)");
     }
-    for stream in streams {
+    for (partition_of, stream) in streams {
         print_stream(stream);
+        if let Some((split, partition)) = partition_of {
+            say!("  partition {partition} of {}", safe(split));
+        }
     }
 }
 

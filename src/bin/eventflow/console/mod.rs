@@ -75,8 +75,8 @@ fn backends<S: InboxStore>(
     admin: Admin<S>,
     kind: &'static str,
 ) -> Result<Backends<S>, Failure> {
-    let redis = match (&streams.group, streams.stream.is_empty()) {
-        (Some(_), false) => Some(open_redis(connection)?),
+    let redis = match (&streams.group, streams.any()) {
+        (Some(_), true) => Some(open_redis(connection)?),
         _ => None,
     };
     let database_url = connection.database_url.as_deref().unwrap_or_default();
@@ -84,7 +84,12 @@ fn backends<S: InboxStore>(
         admin,
         outbox: open_outbox(connection, false)?,
         redis,
-        streams: streams.stream.clone(),
+        // A split stream's partitions, each with its own lag.
+        streams: streams
+            .shown()
+            .into_iter()
+            .map(|shown| shown.stream)
+            .collect(),
         group: streams.group.clone(),
         table: connection.table.clone(),
         kind,
