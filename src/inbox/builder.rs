@@ -99,6 +99,24 @@ pub struct StoreOptions {
 }
 
 /// Something that yields the consumer's store at `build()`.
+///
+/// The builder's store choice ([`ConsumerBuilder::postgres`], [`ConsumerBuilder::sqlite`],
+/// [`ConsumerBuilder::sqlite_in_memory`], [`ConsumerBuilder::store`]) is one; until one is
+/// made the builder holds [`NoStore`], which is not, so `.handler(..)`, `.route(..)` and
+/// `build()` are refused at compile time with a message saying to choose the store first:
+///
+/// ```compile_fail,E0277
+/// use eventflow::{HandlerResult, InboxConsumer};
+///
+/// // error[E0277]: choose the store before the handler: `NoStore` is not a store
+/// let builder = InboxConsumer::builder().handler(|_tx, _row| -> HandlerResult { Ok(()) });
+/// ```
+#[diagnostic::on_unimplemented(
+    message = "choose the store before the handler: `{Self}` is not a store",
+    label = "the store decides the handler's transaction type, so it must come first",
+    note = "call `.postgres(url)`, `.sqlite(path)`, `.sqlite_in_memory()` or `.store(store)` before `.handler(..)`, `.route(..)` or `.build()`",
+    note = "with `.postgres(..)` the handler gets `&mut eventflow::store::PgTransaction` (it derefs to `postgres::Transaction`); with `.sqlite(..)` it gets `&mut rusqlite::Transaction`"
+)]
 pub trait StoreSource {
     /// The store it yields.
     type Store: InboxStore;
@@ -237,33 +255,49 @@ impl<H> ConsumerBuilder<NoStore, H> {
     }
 
     /// Keeps the inbox in PostgreSQL at `url` (`postgresql://user@host/db` or
-    /// `host=... user=... dbname=...`). Handlers receive a `postgres::Transaction`.
+    /// `host=... user=... dbname=...`). Handlers receive a
+    /// `&mut `[`PgTransaction`](crate::store::PgTransaction), which derefs to
+    /// [`postgres::Transaction`] (so `tx.execute(sql, params)` works as usual) and adds
+    /// [`prepare_cached`](crate::store::PgTransaction::prepare_cached).
     #[cfg(feature = "postgres")]
     pub fn postgres(self, url: impl Into<String>) -> ConsumerBuilder<PostgresUrl, H> {
         self.with_source(PostgresUrl(ConnectionString::new(url)))
     }
 
-    /// Keeps the inbox in the SQLite file at `path`. Handlers receive a `rusqlite::Transaction`.
+    /// Keeps the inbox in the SQLite file at `path`. Handlers receive a
+    /// `&mut `[`rusqlite::Transaction`], which derefs to [`rusqlite::Connection`].
     #[cfg(feature = "sqlite")]
     pub fn sqlite(self, path: impl Into<PathBuf>) -> ConsumerBuilder<SqlitePath, H> {
         self.with_source(SqlitePath(Some(path.into())))
     }
 
-    /// Keeps the inbox in a private in-memory SQLite database, for tests and demos.
+    /// Keeps the inbox in a private in-memory SQLite database, for tests and demos. Handlers
+    /// receive a `&mut `[`rusqlite::Transaction`], as with [`sqlite`](Self::sqlite).
     #[cfg(feature = "sqlite")]
     pub fn sqlite_in_memory(self) -> ConsumerBuilder<SqlitePath, H> {
         self.with_source(SqlitePath(None))
     }
 
     /// Keeps the inbox in a store the application opened (to share its pool, or to query it in
-    /// tests).
+    /// tests). Handlers receive the store's [`InboxStore::Tx`]: `eventflow::store::PgTransaction`
+    /// for a `PostgresStore`, `rusqlite::Transaction` for a `SqliteStore`.
     pub fn store<S: InboxStore>(self, store: Arc<S>) -> ConsumerBuilder<Prebuilt<S>, H> {
         self.with_source(Prebuilt(store))
     }
 }
 
-impl<B: StoreSource> ConsumerBuilder<B, ()> {
+// The store bound sits on each method, not on the impl, so that calling one before choosing a
+// store reports `StoreSource`'s own message ("choose the store before the handler") rather
+// than "the method exists but its trait bounds were not satisfied".
+impl<B> ConsumerBuilder<B, ()> {
     /// The function run for each event, inside the transaction that marks it processed.
+    ///
+    /// It takes `(tx, row)`: `tx` is the store's transaction (`&mut
+    /// eventflow::store::PgTransaction`, which derefs to `postgres::Transaction`, with
+    /// `.postgres(..)`; `&mut rusqlite::Transaction` with `.sqlite(..)`; see
+    /// [`InboxStore::Tx`]) and `row` the
+    /// [`InboxRow`] being handled. The store must be chosen first, since it decides `tx`'s type;
+    /// calling `handler` on a builder with no store yet is a compile error that says so.
     ///
     /// Return `Ok(())` to commit its writes with the row; return an error (any error converts
     /// with `?`) to roll them back and retry later, or [`crate::HandlerError::give_up`] to
@@ -275,6 +309,7 @@ impl<B: StoreSource> ConsumerBuilder<B, ()> {
     /// as stored); a failure is recorded over that mark before commit.
     pub fn handler<F>(self, handler: F) -> ConsumerBuilder<B, F>
     where
+        B: StoreSource,
         F: Fn(&mut <B::Store as InboxStore>::Tx<'_>, &InboxRow) -> HandlerResult
             + Send
             + Sync
@@ -684,14 +719,14 @@ impl<B, H> ConsumerBuilder<B, H> {
     }
 }
 
-impl<B, H> ConsumerBuilder<B, H>
-where
-    B: StoreSource,
-    H: Handler<B::Store>,
-{
+impl<B, H> ConsumerBuilder<B, H> {
     /// Checks the configuration and opens the store and transport (connections are made on
     /// first use, so this succeeds while the servers are down).
-    pub fn build(self) -> Result<InboxConsumer> {
+    pub fn build(self) -> Result<InboxConsumer>
+    where
+        B: StoreSource,
+        H: Handler<B::Store>,
+    {
         let settings = self.settings;
         settings.validate()?;
         let transport: Arc<dyn Transport> = match self.transport {
@@ -749,7 +784,7 @@ where
 use super::router::{Router, UnknownEvents};
 use serde::de::DeserializeOwned;
 
-impl<B: StoreSource> ConsumerBuilder<B, ()> {
+impl<B> ConsumerBuilder<B, ()> {
     /// Runs `handler` for events of `event_type`, through a [`Router`] that this starts; add
     /// more routes with further `route` and [`route_typed`](Self::route_typed) calls. Its
     /// result means what a [`handler`](Self::handler)'s does. Each event type takes one route:
@@ -808,7 +843,10 @@ impl<B: StoreSource> ConsumerBuilder<B, ()> {
             + Send
             + Sync
             + 'static,
-    ) -> ConsumerBuilder<B, Router<B::Store>> {
+    ) -> ConsumerBuilder<B, Router<B::Store>>
+    where
+        B: StoreSource,
+    {
         self.router(Router::new()).route(event_type, handler)
     }
 
@@ -822,14 +860,20 @@ impl<B: StoreSource> ConsumerBuilder<B, ()> {
             + Send
             + Sync
             + 'static,
-    ) -> ConsumerBuilder<B, Router<B::Store>> {
+    ) -> ConsumerBuilder<B, Router<B::Store>>
+    where
+        B: StoreSource,
+    {
         self.router(Router::new()).route_typed(event_type, handler)
     }
 
     /// Handles events with `router`, built on its own; more routes can still be added with
     /// [`route`](ConsumerBuilder::route). An event type it registered twice makes `build()`
     /// fail, naming `route`.
-    pub fn router(self, router: Router<B::Store>) -> ConsumerBuilder<B, Router<B::Store>> {
+    pub fn router(self, router: Router<B::Store>) -> ConsumerBuilder<B, Router<B::Store>>
+    where
+        B: StoreSource,
+    {
         ConsumerBuilder {
             source: self.source,
             handler: router,
