@@ -81,6 +81,7 @@ mod maintenance;
 #[cfg(feature = "otel")]
 pub mod otel;
 pub mod outbox;
+mod probe;
 pub mod quarantine;
 pub mod redact;
 pub mod retry;

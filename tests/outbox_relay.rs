@@ -249,6 +249,9 @@ impl Transport for Faulty {
         self.inner.oldest_pending_before(stream, group, before)
     }
     fn ping(&self, timeout: Duration) -> Result<(), TransportError> {
+        if self.down.load(Ordering::SeqCst) {
+            return Err(TransportError::Unavailable("connection refused".into()));
+        }
         self.inner.ping(timeout)
     }
 }
@@ -339,6 +342,58 @@ fn an_unreachable_broker_counts_no_attempt_and_publishes_once_back() {
     let report = relay.shutdown(WAIT).unwrap();
     assert_eq!(report.stats.dead_lettered, 0);
     assert_eq!(events_of(&read_all(&broker.inner, "orders")), [event]);
+}
+
+#[test]
+fn a_running_relay_is_live_and_ready_not_ready_while_its_broker_is_down_and_not_live_after_shutdown(
+) {
+    let began = std::time::Instant::now();
+    let event = numbered(Uuid::new_v4(), 0);
+    let outbox = sqlite_outbox_with(&[("orders", event.clone())]);
+    let broker = Faulty::default();
+    let relay = OutboxRelay::builder()
+        .store(outbox.clone())
+        .transport(broker.clone())
+        .workers(3)
+        .trim_streams(Some(Duration::from_secs(3600)))
+        .poll_interval(Duration::from_millis(10))
+        .build()
+        .unwrap()
+        .start()
+        .unwrap();
+    assert!(support::wait_until(WAIT, || relay.stats().published == 1));
+
+    let health = relay.health();
+    assert!(health.is_live() && health.is_ready(), "{health:?}");
+    assert!(health.running);
+    let threads = |count: eventflow::inbox::ThreadCount| (count.alive, count.configured);
+    assert_eq!(threads(health.publishers), (3, 3));
+    // Retention (on by default) and stream trimming; SQLite has no listener.
+    assert_eq!(threads(health.services), (2, 2));
+    assert_eq!(
+        (health.database.clone(), health.broker.clone()),
+        (Ok(()), Ok(()))
+    );
+    // Both happened during this test, so they are younger than it.
+    let since_round = health.since_last_round.expect("a round was committed");
+    let since_publish = health.since_last_publish.expect("the event was published");
+    assert!(since_round < began.elapsed() && since_publish < began.elapsed());
+
+    // An unreachable broker: live (a restart would not help), not ready; ready again after.
+    broker.down.store(true, Ordering::SeqCst);
+    let health = relay.health();
+    assert!(health.is_live() && !health.is_ready(), "{health:?}");
+    assert_eq!(health.database, Ok(()));
+    let error = health.broker.unwrap_err();
+    assert!(error.contains("connection refused"), "{error}");
+    broker.down.store(false, Ordering::SeqCst);
+    assert!(relay.health().is_ready());
+
+    relay.shutdown(WAIT).unwrap();
+    let health = relay.health();
+    assert!(!health.is_live() && !health.is_ready(), "{health:?}");
+    assert!(!health.running);
+    assert_eq!((health.publishers.alive, health.services.alive), (0, 0));
 }
 
 #[test]

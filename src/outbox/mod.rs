@@ -39,6 +39,7 @@
 mod builder;
 mod enqueue;
 mod handle;
+mod health;
 mod listener;
 pub mod metrics;
 mod publisher;
@@ -50,4 +51,5 @@ pub use enqueue::{
 };
 pub(crate) use handle::Counters;
 pub use handle::{RelayHandle, RelayReport, RelayStats};
+pub use health::RelayHealth;
 pub use relay::OutboxRelay;
