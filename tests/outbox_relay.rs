@@ -1032,6 +1032,132 @@ fn postgres_v1_uuids_of_one_node_do_not_share_an_enqueue_lock() {
     held.commit().unwrap();
 }
 
+/// The database ending a transaction for a conflict with a concurrent one is an error that
+/// says to run the transaction again, for real on PostgreSQL: a serialization failure (40001)
+/// in two SERIALIZABLE transactions that each read the outbox and then enqueue (write skew),
+/// and a deadlock (40P01) between two transactions enqueueing for two aggregates in opposite
+/// orders, one call each. Any other error (a refused event, a lock timeout) does not.
+#[test]
+fn postgres_serialization_failures_and_deadlocks_say_retry_the_transaction() {
+    if !support::postgres_available(
+        "postgres_serialization_failures_and_deadlocks_say_retry_the_transaction",
+    ) {
+        return;
+    }
+    let table = support::unique_name("ef_rt");
+    let _cleanup = PgCleanup {
+        tables: vec![table.clone()],
+        stream: support::unique_name("ef_rt"),
+    };
+    let store = PostgresOutbox::builder(support::postgres_url())
+        .table(&table)
+        .build()
+        .unwrap();
+    store.migrate().unwrap();
+    let outbox = OutboxTable::named(&table).unwrap();
+    let connect = || postgres::Client::connect(&support::postgres_url(), postgres::NoTls).unwrap();
+    fn serializable<'c>(
+        client: &'c mut postgres::Client,
+        table: &str,
+    ) -> postgres::Transaction<'c> {
+        let mut tx = client
+            .build_transaction()
+            .isolation_level(postgres::IsolationLevel::Serializable)
+            .start()
+            .unwrap();
+        tx.query_one(&format!("SELECT count(*) FROM {table}"), &[])
+            .unwrap();
+        tx
+    }
+
+    // Write skew: both read the table, both insert into what the other read.
+    let (mut first_client, mut second_client) = (connect(), connect());
+    let mut first = serializable(&mut first_client, &table);
+    let mut second = serializable(&mut second_client, &table);
+    outbox
+        .enqueue(&mut first, "s", &numbered(Uuid::new_v4(), 0))
+        .unwrap();
+    first.commit().unwrap();
+    let error = outbox
+        .enqueue(&mut second, "s", &numbered(Uuid::new_v4(), 0))
+        .expect_err("the second transaction cannot be serialized after the first");
+    assert!(error.to_string().contains("40001"), "{error}");
+    assert!(error.is_retryable(), "{error}");
+    assert!(matches!(&error, outbox::EnqueueError::Store(store) if store.is_retryable()));
+    drop(second);
+
+    // Deadlock: each holds one aggregate's enqueue lock and waits for the other's.
+    let (a, b) = (Uuid::new_v4(), Uuid::new_v4());
+    let barrier = Arc::new(std::sync::Barrier::new(2));
+    let race = |mine: Uuid, theirs: Uuid| {
+        let (barrier, outbox, mut client) = (barrier.clone(), outbox.clone(), connect());
+        std::thread::spawn(move || {
+            let mut tx = client.transaction().unwrap();
+            outbox.enqueue(&mut tx, "s", &numbered(mine, 0)).unwrap();
+            barrier.wait();
+            let result = outbox.enqueue(&mut tx, "s", &numbered(theirs, 1));
+            if result.is_ok() {
+                tx.commit().unwrap();
+            }
+            result
+        })
+    };
+    let (one, two) = (race(a, b), race(b, a));
+    let results = [one.join().unwrap(), two.join().unwrap()];
+    let errors: Vec<_> = results.iter().filter_map(|r| r.as_ref().err()).collect();
+    assert_eq!(
+        errors.len(),
+        1,
+        "the server ends one of the two: {results:?}"
+    );
+    assert!(errors[0].to_string().contains("40P01"), "{}", errors[0]);
+    assert!(errors[0].is_retryable(), "{}", errors[0]);
+
+    // Not a conflict: a lock timeout, and an invalid event.
+    let mut holder = connect();
+    let mut held = holder.transaction().unwrap();
+    outbox.enqueue(&mut held, "s", &numbered(a, 2)).unwrap();
+    let mut other = connect();
+    let mut tx = other.transaction().unwrap();
+    tx.batch_execute("SET LOCAL lock_timeout = '100ms'")
+        .unwrap();
+    let timeout = outbox
+        .enqueue(&mut tx, "s", &numbered(a, 3))
+        .expect_err("the holder keeps the aggregate's lock");
+    assert!(timeout.to_string().contains("55P03"), "{timeout}");
+    assert!(!timeout.is_retryable(), "{timeout}");
+    drop(tx);
+    held.commit().unwrap();
+    let mut tx = other.transaction().unwrap();
+    let invalid = outbox
+        .enqueue(&mut tx, "s", &numbered(a, 4).with_event_id(" "))
+        .expect_err("an empty event id");
+    assert!(!invalid.is_retryable(), "{invalid}");
+}
+
+/// SQLite: a writer that finds the database locked by another connection past its busy
+/// timeout gets SQLITE_BUSY, which says to run the transaction again.
+#[test]
+fn sqlite_a_busy_database_says_retry_the_transaction() {
+    let path = std::env::temp_dir().join(format!("{}.db", support::unique_name("ef_busy")));
+    let outbox = SqliteOutbox::open(&path).unwrap();
+    outbox.migrate().unwrap();
+    let holder = rusqlite::Connection::open(&path).unwrap();
+    holder.execute_batch("BEGIN IMMEDIATE").unwrap();
+    let mut writer = rusqlite::Connection::open(&path).unwrap();
+    writer.busy_timeout(Duration::ZERO).unwrap();
+    let mut tx = writer.transaction().unwrap();
+    let error = outbox::enqueue(&mut tx, "s", &numbered(Uuid::new_v4(), 0))
+        .expect_err("the holder has the write lock");
+    assert!(error.is_retryable(), "{error}");
+    drop(tx);
+    holder.execute_batch("ROLLBACK").unwrap();
+    drop((holder, writer, outbox));
+    for suffix in ["", "-wal", "-shm"] {
+        let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
+    }
+}
+
 /// `url` naming database `database`, in either connection-string style.
 fn in_database(url: &str, database: &str) -> String {
     match url.split_once("://") {

@@ -33,6 +33,18 @@ pub enum EnqueueError {
     Store(#[from] StoreError),
 }
 
+impl EnqueueError {
+    /// Whether running the caller's whole transaction again is the right answer: the database
+    /// ended it for a conflict with a concurrent transaction (a serialization failure, a
+    /// deadlock; see [`StoreError::is_retryable`]). Invalid events and stream names never are.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            Self::Store(error) => error.is_retryable(),
+            _ => false,
+        }
+    }
+}
+
 /// A connection or transaction the outbox can be written through. `enqueue` never begins,
 /// commits or rolls back anything itself: the rows are part of whatever transaction the
 /// writer is in.
