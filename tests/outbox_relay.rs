@@ -1280,6 +1280,37 @@ fn sqlite_enqueue_to_streams_writes_each_event_for_its_stream() {
     );
 }
 
+/// `enqueue_batch` takes the events borrowed or owned, in any collection, and writes them in
+/// the order given.
+#[test]
+fn sqlite_enqueue_batch_takes_borrowed_or_owned_events_in_order() {
+    let db = TempDb::new();
+    let store = SqliteOutbox::open(&db.0).unwrap();
+    store.migrate().unwrap();
+    let aggregate = Uuid::new_v4();
+    let events: Vec<Event> = (0..6).map(|n| numbered(aggregate, n)).collect();
+    let mut conn = db.connect();
+    let mut tx = conn.transaction().unwrap();
+    outbox::enqueue_batch(&mut tx, "orders", [&events[0], &events[1]]).unwrap();
+    outbox::enqueue_batch(&mut tx, "orders", &events[2..3]).unwrap();
+    outbox::enqueue_batch(&mut tx, "orders", events[3..].iter().take(2)).unwrap();
+    outbox::enqueue_batch(&mut tx, "orders", vec![events[5].clone()]).unwrap();
+    outbox::enqueue_batch(&mut tx, "orders", Vec::<Event>::new()).unwrap();
+    tx.commit().unwrap();
+    let page = eventflow::store::outbox::OutboxPage {
+        status: None,
+        after_id: None,
+        limit: 10,
+    };
+    let stored: Vec<Event> = store
+        .list_rows(&page)
+        .unwrap()
+        .into_iter()
+        .map(|row| row.event)
+        .collect();
+    assert_eq!(stored, events);
+}
+
 /// While one relay holds an aggregate's due rows, another's claim comes back short and says so
 /// (`contended`), so its publisher waits for the commit rather than a poll interval; once the
 /// first commits, nothing is left and nothing is reported.
