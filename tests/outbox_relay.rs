@@ -1280,6 +1280,120 @@ fn sqlite_enqueue_to_streams_writes_each_event_for_its_stream() {
     );
 }
 
+/// The outbox table migrated on the application's own SQLite connection: inside a transaction
+/// it rolls back with it; on the connection, or in a committed transaction, it stays, recorded
+/// so that the relay's store finds nothing left to apply; running it again changes nothing.
+#[test]
+fn sqlite_the_outbox_migrates_on_the_applications_own_connection() {
+    let db = TempDb::new();
+    let table = support::unique_name("ef_om");
+    let outbox = OutboxTable::named(&table).unwrap();
+    let event = numbered(Uuid::new_v4(), 0);
+    let mut conn = db.connect();
+    let exists = |conn: &rusqlite::Connection| -> bool {
+        conn.query_row(
+            "SELECT count(*) > 0 FROM sqlite_master WHERE type = 'table' AND name = ?1",
+            [&table],
+            |row| row.get(0),
+        )
+        .unwrap()
+    };
+
+    let mut tx = conn.transaction().unwrap();
+    outbox.migrate(&mut tx).unwrap();
+    outbox.enqueue(&mut tx, "orders", &event).unwrap();
+    tx.rollback().unwrap();
+    assert!(!exists(&conn), "rolled back with the caller's transaction");
+
+    let mut tx = conn.transaction().unwrap();
+    outbox.migrate(&mut tx).unwrap();
+    outbox.enqueue(&mut tx, "orders", &event).unwrap();
+    tx.commit().unwrap();
+    outbox.migrate(&mut conn).unwrap();
+    assert!(exists(&conn));
+
+    let store = SqliteOutbox::open(&db.0)
+        .unwrap()
+        .with_table(&table)
+        .unwrap();
+    assert_eq!(store.pending_migrations().unwrap(), []);
+    store.migrate().unwrap();
+    assert_eq!(store.find_by_event_id(&event.event_id).unwrap().len(), 1);
+
+    // The default table, on a connection in no transaction.
+    let mut other = db.connect();
+    outbox::migrate(&mut other).unwrap();
+    outbox::enqueue(&mut other, "orders", &event).unwrap();
+    let default = SqliteOutbox::open(&db.0).unwrap();
+    assert_eq!(default.pending_migrations().unwrap(), []);
+    assert_eq!(default.find_by_event_id(&event.event_id).unwrap().len(), 1);
+}
+
+/// The same on PostgreSQL, on a `Client`, a `Transaction` and a connection from the
+/// application's own pool; and two applications migrating one table at once both succeed.
+#[test]
+fn postgres_the_outbox_migrates_on_the_applications_own_connection() {
+    if !support::postgres_available(
+        "postgres_the_outbox_migrates_on_the_applications_own_connection",
+    ) {
+        return;
+    }
+    let table = support::unique_name("ef_om");
+    let _cleanup = PgCleanup {
+        tables: vec![table.clone()],
+        stream: support::unique_name("ef_om"),
+    };
+    let outbox = OutboxTable::named(&table).unwrap();
+    let event = numbered(Uuid::new_v4(), 0);
+    let connect = || postgres::Client::connect(&support::postgres_url(), postgres::NoTls).unwrap();
+    let mut client = connect();
+    let exists = |client: &mut postgres::Client| -> bool {
+        client
+            .query_one("SELECT to_regclass($1) IS NOT NULL", &[&table])
+            .unwrap()
+            .get(0)
+    };
+
+    let mut tx = client.transaction().unwrap();
+    outbox.migrate(&mut tx).unwrap();
+    outbox.enqueue(&mut tx, "orders", &event).unwrap();
+    tx.rollback().unwrap();
+    assert!(
+        !exists(&mut client),
+        "rolled back with the caller's transaction"
+    );
+
+    // Two at once, on connections of their own: one migrates, the other finds it done.
+    let racers: Vec<_> = (0..2)
+        .map(|_| {
+            let (outbox, mut client) = (outbox.clone(), connect());
+            std::thread::spawn(move || {
+                let mut tx = client.transaction().unwrap();
+                outbox.migrate(&mut tx).unwrap();
+                tx.commit().unwrap();
+            })
+        })
+        .collect();
+    for racer in racers {
+        racer.join().unwrap();
+    }
+    assert!(exists(&mut client));
+    outbox.migrate(&mut client).unwrap();
+
+    // A pooled connection of the store's own pool, as an application's pool would give.
+    let store = PostgresOutbox::builder(support::postgres_url())
+        .table(&table)
+        .build()
+        .unwrap();
+    let mut pooled = store.pool().get().unwrap();
+    let client: &mut postgres::Client = &mut pooled;
+    outbox.migrate(client).unwrap();
+    outbox.enqueue(client, "orders", &event).unwrap();
+    drop(pooled);
+    assert_eq!(store.pending_migrations().unwrap(), []);
+    assert_eq!(store.find_by_event_id(&event.event_id).unwrap().len(), 1);
+}
+
 /// `enqueue_batch` takes the events borrowed or owned, in any collection, and writes them in
 /// the order given.
 #[test]

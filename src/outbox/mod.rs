@@ -42,6 +42,7 @@ mod handle;
 mod health;
 mod listener;
 pub mod metrics;
+mod migrate;
 mod publisher;
 mod relay;
 
@@ -52,4 +53,5 @@ pub use enqueue::{
 pub(crate) use handle::Counters;
 pub use handle::{RelayHandle, RelayReport, RelayStats};
 pub use health::RelayHealth;
+pub use migrate::{migrate, OutboxMigrator};
 pub use relay::OutboxRelay;

@@ -12,7 +12,8 @@ mod tls;
 
 pub use connection::{PgConnectError, PgConnection, PgManager, PgTransaction};
 pub(in crate::store) use migrate::{
-    apply_migrations, pending_migrations, MigrationTarget, DEFAULT_MIGRATION_LOCK_TIMEOUT,
+    apply_migrations, apply_migrations_on, pending_migrations, MigrationTarget,
+    DEFAULT_MIGRATION_LOCK_TIMEOUT,
 };
 use queries::Queries;
 pub use session::SessionLimits;
