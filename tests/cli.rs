@@ -156,7 +156,7 @@ impl Setup {
             .block(Duration::from_millis(100))
             .poll_interval(Duration::from_millis(50))
             .orphan_after(Duration::ZERO)
-            .max_retries(1)
+            .max_attempts(1)
             .handler(move |_tx, row| -> HandlerResult {
                 if row.event.event_type == "Broken" && !fixed.load(Ordering::SeqCst) {
                     return Err("the billing service is down".into());

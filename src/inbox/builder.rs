@@ -575,8 +575,36 @@ impl<B, H> ConsumerBuilder<B, H> {
         self
     }
 
-    /// `max_retries` of newly stored rows: the failed attempts after which a row is
-    /// dead-lettered; 0 retries for ever. Defaults to 3.
+    /// Failed attempts after which a row is dead-lettered (a handler error, a panic, an attempt
+    /// that died with its process each count one); 0 retries for ever. Stored with each new row
+    /// in the reference schema's `max_retries` column, so a row keeps the limit it was stored
+    /// with. The same name as the outbox relay's
+    /// [`max_attempts`](crate::outbox::RelayBuilder::max_attempts). Defaults to 3 (values past
+    /// `i32::MAX`, the column's range, count as `i32::MAX`).
+    ///
+    /// ```
+    /// # use eventflow::{InboxConsumer, transport::MemoryStream};
+    /// let consumer = InboxConsumer::builder()
+    ///     .transport(MemoryStream::new())
+    ///     .sqlite_in_memory()
+    ///     .stream("orders")
+    ///     .group("billing")
+    ///     .max_attempts(5) // dead-lettered at the fifth failure
+    ///     .handler(|_tx, _row| Ok(()))
+    ///     .build()?;
+    /// # Ok::<(), eventflow::Error>(())
+    /// ```
+    pub fn max_attempts(mut self, attempts: u32) -> Self {
+        self.settings.max_retries = i32::try_from(attempts).unwrap_or(i32::MAX);
+        self
+    }
+
+    /// The earlier name of [`max_attempts`](Self::max_attempts), after the reference schema's
+    /// column; a negative value fails at `build()`.
+    #[deprecated(
+        since = "0.1.0",
+        note = "renamed `max_attempts`, as the outbox relay's setting for the same idea"
+    )]
     pub fn max_retries(mut self, max_retries: i32) -> Self {
         self.settings.max_retries = max_retries;
         self
@@ -653,9 +681,11 @@ impl<B, H> ConsumerBuilder<B, H> {
     /// age. Several processes may have it on; one cleans at a time (on PostgreSQL by a
     /// per-table advisory lock). Keep rows at least as long as duplicates of an event can
     /// arrive, since a deleted row no longer stops its event being handled again. Between 1 s
-    /// and 100 years. Defaults to off (rows are kept; `eventflow purge` deletes them by hand).
-    pub fn retention(mut self, keep: Duration) -> Self {
-        self.settings.retention = Some(keep);
+    /// and 100 years. Takes a `Duration` or an `Option<Duration>` (`None` keeps rows for ever),
+    /// as the outbox relay's [`retention`](crate::outbox::RelayBuilder::retention) does.
+    /// Defaults to `None`, off (rows are kept; `eventflow purge` deletes them by hand).
+    pub fn retention(mut self, keep: impl Into<Option<Duration>>) -> Self {
+        self.settings.retention = keep.into();
         self
     }
 

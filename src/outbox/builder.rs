@@ -217,7 +217,9 @@ impl RelayBuilder {
     }
 
     /// Attempts before a row the broker keeps refusing is dead-lettered. An unreachable
-    /// broker counts no attempt. Defaults to 10.
+    /// broker counts no attempt. The same name as the consumer's
+    /// [`max_attempts`](crate::inbox::ConsumerBuilder::max_attempts); at least 1. Defaults
+    /// to 10.
     pub fn max_attempts(mut self, attempts: u32) -> Self {
         self.max_attempts = attempts;
         self
@@ -229,10 +231,12 @@ impl RelayBuilder {
         self
     }
 
-    /// How long published rows are kept before retention deletes them (in batches of 1,000);
-    /// `None` keeps them for ever. Defaults to 7 days.
-    pub fn retention(mut self, keep: Option<Duration>) -> Self {
-        self.retention = keep;
+    /// How long published rows are kept before retention deletes them (in batches of 1,000).
+    /// Takes a `Duration` or an `Option<Duration>` (`None` keeps them for ever), as the
+    /// consumer's [`retention`](crate::inbox::ConsumerBuilder::retention) does. Defaults to
+    /// 7 days.
+    pub fn retention(mut self, keep: impl Into<Option<Duration>>) -> Self {
+        self.retention = keep.into();
         self
     }
 
@@ -244,9 +248,9 @@ impl RelayBuilder {
 
     /// Trims the streams published to: entries older than `keep` that every consumer group
     /// has read and acknowledged go; unread or unacknowledged entries never do. `None` never
-    /// trims. Defaults to `None`.
-    pub fn trim_streams(mut self, keep: Option<Duration>) -> Self {
-        self.trim_after = keep;
+    /// trims. Takes a `Duration` or an `Option<Duration>`. Defaults to `None`.
+    pub fn trim_streams(mut self, keep: impl Into<Option<Duration>>) -> Self {
+        self.trim_after = keep.into();
         self
     }
 
