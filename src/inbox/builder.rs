@@ -23,6 +23,45 @@ use std::sync::Arc;
 use std::time::Duration;
 
 /// Builds an [`InboxConsumer`]. Start with [`InboxConsumer::builder`].
+///
+/// Choose the store first (it decides the handler's transaction type), then the handler or
+/// routes; every other setting can come in any order and says its default. `build()` checks
+/// the whole configuration once and names the setting at fault.
+///
+/// ```
+/// use eventflow::transport::MemoryStream;
+/// use eventflow::{Error, HandlerResult, InboxConsumer};
+/// use std::time::Duration;
+///
+/// let consumer = InboxConsumer::builder()
+///     .transport(MemoryStream::new())         // or .redis(url)
+///     .sqlite_in_memory()                     // or .postgres(url) / .sqlite(path) / .store(..)
+///     .table("billing_inbox")
+///     .streams(["orders", "payments"])
+///     .group("billing")
+///     .workers(4)
+///     .max_attempts(5)
+///     .retention(Duration::from_secs(7 * 86_400))
+///     .handler(|tx, row| -> HandlerResult {
+///         tx.execute("CREATE TABLE IF NOT EXISTS seen (event_id TEXT)", [])?;
+///         tx.execute("INSERT INTO seen VALUES (?1)", [&row.event.event_id])?;
+///         Ok(())
+///     })
+///     .build()?;
+///
+/// // A bad setting is named.
+/// let error = InboxConsumer::builder()
+///     .transport(MemoryStream::new())
+///     .sqlite_in_memory()
+///     .stream("orders")
+///     .group("billing")
+///     .workers(0)
+///     .handler(|_tx, _row| Ok(()))
+///     .build()
+///     .unwrap_err();
+/// assert!(matches!(error, Error::Config { field: "workers", .. }), "{error}");
+/// # Ok::<(), Error>(())
+/// ```
 pub struct ConsumerBuilder<B = NoStore, H = ()> {
     source: B,
     handler: H,

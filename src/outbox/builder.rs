@@ -67,7 +67,36 @@ impl std::fmt::Debug for RelayBuilder {
 }
 
 /// Settings for an [`OutboxRelay`]; see [`OutboxRelay::builder`]. Every setting has a default
-/// but the store and the transport.
+/// but the store and the transport; `build()` checks them and names the one at fault.
+///
+/// ```
+/// use eventflow::outbox::OutboxRelay;
+/// use eventflow::store::outbox::SqliteOutbox;
+/// use eventflow::transport::MemoryStream;
+/// use std::time::Duration;
+///
+/// let relay = OutboxRelay::builder()
+///     .store(SqliteOutbox::open_in_memory()?)  // or .postgres(url) / .sqlite(path)
+///     .transport(MemoryStream::new())          // or .redis(url)
+///     .workers(2)
+///     .batch_size(500)
+///     .max_attempts(10)                        // as the consumer's max_attempts
+///     .retention(Duration::from_secs(7 * 86_400))
+///     .trim_streams(Duration::from_secs(86_400))
+///     .build()?;
+/// let handle = relay.start()?;
+/// handle.shutdown(Duration::from_secs(10))?;
+///
+/// // A bad setting is named.
+/// let error = OutboxRelay::builder()
+///     .store(SqliteOutbox::open_in_memory()?)
+///     .transport(MemoryStream::new())
+///     .workers(0)
+///     .build()
+///     .unwrap_err();
+/// assert!(error.to_string().contains("workers"), "{error}");
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 #[must_use = "a builder does nothing until build() is called"]
 pub struct RelayBuilder {
     store: StoreChoice,

@@ -78,7 +78,27 @@ const COLUMNS: &str = "id, stream, event_id, event_type, aggregate_id, correlati
      causation_id, occurred_on, payload, status, attempts, next_attempt_at, created_at, \
      published_at, last_error, last_error_at, stream_entry_id, headers";
 
-/// Configures a [`PostgresOutbox`].
+/// Configures a [`PostgresOutbox`]; see [`PostgresOutbox::builder`]. Every setter says its
+/// default.
+///
+/// ```no_run
+/// use eventflow::outbox::OutboxRelay;
+/// use eventflow::store::outbox::{OutboxStore, PostgresOutbox};
+/// use std::time::Duration;
+///
+/// let outbox = PostgresOutbox::builder("host=db user=app dbname=app")
+///     .table("billing_outbox")
+///     .pool_size(4)
+///     .connect_timeout(Duration::from_secs(5))
+///     .build()?;
+/// outbox.migrate()?;
+/// let relay = OutboxRelay::builder()
+///     .store(outbox)
+///     .redis("redis://127.0.0.1:6379")
+///     .build()?
+///     .start()?;
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 #[derive(Debug, Clone)]
 pub struct PostgresOutboxBuilder {
     url: ConnectionString,
