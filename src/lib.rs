@@ -62,10 +62,10 @@
 //! (`cargo install eventflow --features cli`); the library never needs it.
 //!
 //! # Re-exported crates
-//! Your handlers and enqueuing code name types of [`postgres`], [`rusqlite`], [`serde_json`]
-//! and [`uuid`] (the transaction, a payload, an aggregate id). eventflow re-exports the versions
-//! it is built with, so `eventflow::postgres::Transaction` always matches what the handler gets,
-//! whichever version your own `Cargo.toml` names.
+//! Your handlers and enqueuing code name types of `postgres`, `rusqlite` (each with its
+//! feature), [`serde_json`] and [`uuid`] (the transaction, a payload, an aggregate id).
+//! eventflow re-exports the versions it is built with, so `eventflow::postgres::Transaction`
+//! always matches what the handler gets, whichever version your own `Cargo.toml` names.
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 

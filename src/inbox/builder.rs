@@ -139,8 +139,8 @@ pub struct StoreOptions {
 
 /// Something that yields the consumer's store at `build()`.
 ///
-/// The builder's store choice ([`ConsumerBuilder::postgres`], [`ConsumerBuilder::sqlite`],
-/// [`ConsumerBuilder::sqlite_in_memory`], [`ConsumerBuilder::store`]) is one; until one is
+/// The builder's store choice (`.postgres(url)`, `.sqlite(path)`, `.sqlite_in_memory()`,
+/// [`ConsumerBuilder::store`]) is one; until one is
 /// made the builder holds [`NoStore`], which is not, so `.handler(..)`, `.route(..)` and
 /// `build()` are refused at compile time with a message saying to choose the store first:
 ///
