@@ -17,7 +17,9 @@ use crate::store::StoreError;
 /// a relay (or `eventflow migrate --outbox`) finds them applied, and several processes may run
 /// it at once: one migrates, the others then find nothing to do. On PostgreSQL each file's DDL
 /// waits at most 2 s for its table lock, then retries after a pause, so enqueueing writers are
-/// never queued for long behind it.
+/// never queued for long behind it. Inside a caller's transaction the table's migration lock
+/// (and, on SQLite, the write lock) is held until that transaction ends: commit it before
+/// starting a relay on the same table in the same thread, which would otherwise wait for it.
 pub trait OutboxMigrator {
     /// Applies the embedded outbox migrations not yet applied to `table` (a validated name).
     fn migrate_outbox(&mut self, table: &str) -> Result<(), StoreError>;
