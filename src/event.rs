@@ -11,7 +11,7 @@ use crate::headers::{self, Headers};
 use crate::transport::StreamEntry;
 use chrono::{DateTime, NaiveDateTime, Utc};
 use serde::de::DeserializeOwned;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use uuid::Uuid;
 
@@ -21,7 +21,30 @@ pub const MAX_ID_LEN: usize = 255;
 pub const MAX_EVENT_TYPE_LEN: usize = 128;
 
 /// A domain event as producers publish it.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+///
+/// Made with [`Event::new`] and the `with_*` setters (the struct is `#[non_exhaustive]`, so
+/// fields can be added without breaking your code); its fields are public to read and change.
+/// It serializes to the JSON object producers put in an entry's `data` field, and deserializes
+/// from one with the same rules as a stream entry ([`Event::from_attributes`]): a missing
+/// `payload` is `{}`, a timestamp without an offset is UTC, and a bad field is refused with
+/// the [`EntryError`] that names it.
+///
+/// ```
+/// use eventflow::Event;
+/// use eventflow::uuid::Uuid;
+///
+/// let event = Event::new("OrderCreated", Uuid::new_v4(), serde_json::json!({"order_id": "o-1"}))
+///     .with_event_id("order-o-1-created")
+///     .with_correlation_id("checkout-42")
+///     .with_header("tenant", "acme");
+/// let json = serde_json::to_string(&event)?;
+/// let back: Event = serde_json::from_str(&json)?;
+/// assert_eq!(back, event);
+/// # Ok::<(), serde_json::Error>(())
+/// ```
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(try_from = "Map<String, Value>")]
+#[non_exhaustive]
 pub struct Event {
     /// Producer-chosen unique id; the inbox handles each `event_id` once.
     pub event_id: String,
@@ -96,6 +119,39 @@ impl Event {
             causation_id: None,
             headers: Headers::new(),
         }
+    }
+
+    /// The event with this `event_id` in place of the random one [`Event::new`] gave it: an id
+    /// derived from the business fact (`order-o-1-created`) makes a producer's retries
+    /// duplicates the inbox skips.
+    pub fn with_event_id(mut self, event_id: impl Into<String>) -> Self {
+        self.event_id = event_id.into();
+        self
+    }
+
+    /// The event with this `occurred_on` in place of the time [`Event::new`] was called.
+    pub fn with_occurred_on(mut self, occurred_on: DateTime<Utc>) -> Self {
+        self.occurred_on = occurred_on;
+        self
+    }
+
+    /// The event with this `correlation_id`: the id shared by every event of one business
+    /// operation.
+    pub fn with_correlation_id(mut self, correlation_id: impl Into<String>) -> Self {
+        self.correlation_id = Some(correlation_id.into());
+        self
+    }
+
+    /// The event with this `causation_id`: the id of the event or command that caused it.
+    pub fn with_causation_id(mut self, causation_id: impl Into<String>) -> Self {
+        self.causation_id = Some(causation_id.into());
+        self
+    }
+
+    /// The event with these headers in place of any it had.
+    pub fn with_headers(mut self, headers: Headers) -> Self {
+        self.headers = headers;
+        self
     }
 
     /// The event with header `name` set to `value` (replacing any value it had).
@@ -220,6 +276,15 @@ impl Event {
     }
 }
 
+impl TryFrom<Map<String, Value>> for Event {
+    type Error = EntryError;
+
+    /// [`Event::from_attributes`], for `Deserialize`.
+    fn try_from(attributes: Map<String, Value>) -> Result<Self, EntryError> {
+        Self::from_attributes(&attributes)
+    }
+}
+
 /// Where an event stands in the inbox. The names are the `status` column's values.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum EventStatus {
@@ -271,7 +336,12 @@ impl std::fmt::Display for EventStatus {
 }
 
 /// An event as the inbox holds it: the event plus where its handling stands.
+///
+/// The store makes these; handlers and operators read them. It is `#[non_exhaustive]`, so
+/// columns can be added without breaking your code (a test that needs one builds it with
+/// [`InboxRow::pending`] and sets the fields it cares about).
 #[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
 pub struct InboxRow {
     /// The row's own id.
     pub id: Uuid,
@@ -298,6 +368,37 @@ pub struct InboxRow {
     pub error_message: Option<String>,
     /// When the last failure happened.
     pub last_error_at: Option<DateTime<Utc>>,
+}
+
+impl InboxRow {
+    /// A row as the inbox stores a new event: a new `id`, `stream_id` `0-0` on no stream,
+    /// pending with no attempts, received now, `max_retries` 3 (the consumer's default). For
+    /// tests and tools that need a row without a store; set the fields you care about.
+    ///
+    /// ```
+    /// use eventflow::{Event, EventStatus, InboxRow};
+    ///
+    /// let event = Event::new("OrderCreated", eventflow::uuid::Uuid::nil(), serde_json::json!({}));
+    /// let mut row = InboxRow::pending(event);
+    /// row.retry_count = 2;
+    /// assert_eq!(row.status, EventStatus::Pending);
+    /// ```
+    pub fn pending(event: Event) -> Self {
+        Self {
+            id: Uuid::now_v7(),
+            stream_id: "0-0".to_string(),
+            stream: None,
+            event,
+            status: EventStatus::Pending,
+            retry_count: 0,
+            max_retries: 3,
+            received_at: Utc::now(),
+            processed_at: None,
+            next_retry_at: None,
+            error_message: None,
+            last_error_at: None,
+        }
+    }
 }
 
 fn flattened(entry: &StreamEntry) -> Result<Map<String, Value>, EntryError> {
@@ -463,6 +564,33 @@ mod tests {
         assert_eq!(event.payload, json!({"order_id": "o-123"}));
         assert_eq!(event.correlation_id.as_deref(), Some("c-1"));
         assert_eq!(event.causation_id, None);
+    }
+
+    #[test]
+    fn deserializes_what_it_serializes_and_refuses_what_an_entry_would() {
+        let event = Event::new("OrderCreated", Uuid::nil(), json!({"lines": [{"qty": 2}]}))
+            .with_event_id("e-9")
+            .with_occurred_on(DateTime::from_timestamp_micros(1_735_689_600_123_456).unwrap())
+            .with_correlation_id("c-9")
+            .with_causation_id("e-8")
+            .with_header("tenant", "acme");
+        let back: Event = serde_json::from_value(event.to_json()).unwrap();
+        assert_eq!(back, event);
+
+        // The entry rules: a missing payload is `{}`, an offset-less time is UTC.
+        let lenient: Event = serde_json::from_value(json!({"event_id": "e", "event_type": "T",
+            "aggregate_id": AGGREGATE, "occurred_on": "2025-01-01T00:00:00"}))
+        .unwrap();
+        assert_eq!(lenient.payload, json!({}));
+        assert_eq!(
+            lenient.occurred_on.to_rfc3339(),
+            "2025-01-01T00:00:00+00:00"
+        );
+
+        let refused = serde_json::from_value::<Event>(json!({"event_id": "e", "event_type": "T",
+            "aggregate_id": "not-a-uuid", "occurred_on": "2025-01-01T00:00:00Z"}))
+        .unwrap_err();
+        assert!(refused.to_string().contains("aggregate_id"), "{refused}");
     }
 
     #[test]

@@ -54,10 +54,18 @@
 //! consumer to settle what it was given.
 //!
 //! # Features
-//! `postgres`, `sqlite` and `redis` (all on by default) each enable one backend. `otel` (off by
-//! default) carries OpenTelemetry trace context from `outbox::enqueue` to the handler through
-//! the event's [`headers`](Event::headers); see the `otel` module and the README's "Tracing"
-//! section.
+//! `postgres`, `sqlite` and `redis` (on by default) each enable one backend; `tls` (on by
+//! default) adds TLS to PostgreSQL and Redis. `otel` (off by default) carries OpenTelemetry
+//! trace context from `outbox::enqueue` to the handler through the event's
+//! [`headers`](Event::headers); see the `otel` module and the README's "Tracing" section. `cli`
+//! (off by default) builds the `eventflow` operations command and its web console
+//! (`cargo install eventflow --features cli`); the library never needs it.
+//!
+//! # Re-exported crates
+//! Your handlers and enqueuing code name types of `postgres`, `rusqlite` (each with its
+//! feature), [`serde_json`] and [`uuid`] (the transaction, a payload, an aggregate id).
+//! eventflow re-exports the versions it is built with, so `eventflow::postgres::Transaction`
+//! always matches what the handler gets, whichever version your own `Cargo.toml` names.
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
@@ -73,6 +81,7 @@ mod maintenance;
 #[cfg(feature = "otel")]
 pub mod otel;
 pub mod outbox;
+mod probe;
 pub mod quarantine;
 pub mod redact;
 pub mod retry;
@@ -80,6 +89,13 @@ pub mod store;
 pub mod testing;
 pub mod tls;
 pub mod transport;
+
+#[cfg(feature = "postgres")]
+pub use postgres;
+#[cfg(feature = "sqlite")]
+pub use rusqlite;
+pub use serde_json;
+pub use uuid;
 
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use error::{Error, Result};

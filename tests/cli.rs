@@ -156,7 +156,7 @@ impl Setup {
             .block(Duration::from_millis(100))
             .poll_interval(Duration::from_millis(50))
             .orphan_after(Duration::ZERO)
-            .max_retries(1)
+            .max_attempts(1)
             .handler(move |_tx, row| -> HandlerResult {
                 if row.event.event_type == "Broken" && !fixed.load(Ordering::SeqCst) {
                     return Err("the billing service is down".into());
@@ -1189,15 +1189,15 @@ fn stored_control_characters_never_reach_the_terminal() {
 
     let store = Arc::new(SqliteStore::open(&path).unwrap());
     let aggregate = uuid::Uuid::new_v4();
-    let evil_event = |id: &str| Event {
-        event_id: format!("{id}{EVIL}"),
-        event_type: format!("Order{EVIL}Created"),
-        aggregate_id: aggregate,
-        occurred_on: chrono::Utc::now(),
-        payload: json!({ "note": EVIL, EVIL: 1 }),
-        correlation_id: Some(format!("corr{EVIL}")),
-        causation_id: Some(format!("cause{EVIL}")),
-        headers: Default::default(),
+    let evil_event = |id: &str| {
+        Event::new(
+            format!("Order{EVIL}Created"),
+            aggregate,
+            json!({ "note": EVIL, EVIL: 1 }),
+        )
+        .with_event_id(format!("{id}{EVIL}"))
+        .with_correlation_id(format!("corr{EVIL}"))
+        .with_causation_id(format!("cause{EVIL}"))
     };
     let events = [
         ReceivedEvent {

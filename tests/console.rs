@@ -349,7 +349,7 @@ impl Setup {
             .workers(1)
             .block(Duration::from_millis(100))
             .poll_interval(Duration::from_millis(50))
-            .max_retries(1)
+            .max_attempts(1)
             .handler(move |_tx, row| -> HandlerResult {
                 if row.event.event_type == "Broken" && !fixed.load(Ordering::SeqCst) {
                     return Err(format!("billing is down {IMG}").into());

@@ -1204,7 +1204,7 @@ fn the_dead_letter_hook_fires_once_per_dead_letter_after_its_commit() {
         .group(GROUP)
         .readers(1)
         .workers(1) // one worker: the panicking hook must not take it down
-        .max_retries(2)
+        .max_attempts(2)
         .clock(clock.clone())
         .poll_interval(Duration::from_millis(10))
         .retry_policy(PanicsOnce(AtomicBool::new(false)))
@@ -1544,7 +1544,7 @@ fn retention_deletes_only_processed_rows_past_their_age() {
         .stream(STREAM)
         .group(GROUP)
         .clock(clock.clone())
-        .max_retries(0)
+        .max_attempts(0)
         .retention(7 * DAY)
         .retention_interval(Duration::from_millis(5))
         .handler(|tx, row| -> HandlerResult {

@@ -80,7 +80,7 @@ fn fault_child() {
         .poll_interval(Duration::from_millis(100))
         .orphan_after(ORPHAN_AFTER)
         .retry_policy(fast_retries())
-        .max_retries(0)
+        .max_attempts(0)
         .session_limits(limits)
         .handler_timeout(IDLE_IN_TRANSACTION)
         .handler(move |tx, row| -> HandlerResult {
@@ -310,7 +310,7 @@ fn a_hung_handler_is_reported_and_its_rows_go_to_other_workers() {
             .poll_interval(Duration::from_millis(50))
             .orphan_after(Duration::from_millis(200))
             .retry_policy(fast_retries())
-            .max_retries(0)
+            .max_attempts(0)
             .handler_timeout(limit)
             .handler(move |tx, row| -> HandlerResult {
                 tx.execute(&insert, &[&row.event.event_id])?;

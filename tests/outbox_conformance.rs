@@ -383,8 +383,73 @@ fn refused_rows_wait_for_their_retry_time_then_dead_letter_and_requeue<B: Backen
     assert_eq!(b.requeue_dead_letters(Requeue::Ids(&[row.id])).unwrap(), 1);
     let row = one(b, &e.event_id);
     assert_eq!((row.status, row.attempts), (OutboxStatus::Pending, 0));
-    assert_eq!(ids_of(&publish_all(b, now, 10)), [e.event_id]);
+    assert_eq!(
+        ids_of(&publish_all(b, now, 10)),
+        std::slice::from_ref(&e.event_id)
+    );
+    assert_eq!(
+        one(b, &e.event_id).attempts,
+        1,
+        "counted afresh from the requeue: the attempt that published it"
+    );
     assert_eq!(b.requeue_dead_letters(Requeue::All).unwrap(), 0);
+}
+
+/// `attempts` counts the publish attempts the broker answered, the one that published the row
+/// included, as its doc says: 1 for a row published at once, one more per refusal before it.
+/// A batch abandoned (broker unreachable) or deferred ("try later") counts none, and a requeue
+/// starts again from 0.
+fn attempts_count_every_answered_attempt_the_publishing_one_included<B: Backend>(b: &B) {
+    let (at_once, refused) = (event(Uuid::new_v4(), 1), event(Uuid::new_v4(), 1));
+    b.enqueue("orders", &[at_once.clone(), refused.clone()], true)
+        .unwrap();
+    let now = Utc::now();
+    let round = b
+        .publish_due(&ClaimDue { limit: 10, now }, &mut |rows| {
+            Delivery::Settled(
+                rows.iter()
+                    .map(|row| {
+                        if row.event.event_id == refused.event_id {
+                            RowOutcome::Retry {
+                                error: "WRONGTYPE".into(),
+                                at: now,
+                            }
+                        } else {
+                            RowOutcome::Published {
+                                entry_id: format!("{}-0", row.id),
+                            }
+                        }
+                    })
+                    .collect(),
+            )
+        })
+        .unwrap();
+    assert_eq!((round.published, round.retried), (1, 1));
+    let row = one(b, &at_once.event_id);
+    assert_eq!((row.status, row.attempts), (OutboxStatus::Published, 1));
+    let row = one(b, &refused.event_id);
+    assert_eq!((row.status, row.attempts), (OutboxStatus::Failed, 1));
+
+    // Neither an unreachable broker nor a "try later" counts an attempt.
+    let claim = ClaimDue { limit: 10, now };
+    b.publish_due(&claim, &mut |_| Delivery::Abandoned).unwrap();
+    let deferred = RowOutcome::Deferred {
+        error: "LOADING".into(),
+    };
+    assert_eq!(settle_all(b, claim, deferred).deferred, 1);
+    assert_eq!(one(b, &refused.event_id).attempts, 1);
+
+    assert_eq!(
+        ids_of(&publish_all(b, now, 10)),
+        std::slice::from_ref(&refused.event_id)
+    );
+    let row = one(b, &refused.event_id);
+    assert_eq!(
+        (row.status, row.attempts),
+        (OutboxStatus::Published, 2),
+        "one refusal, then the attempt that published it"
+    );
+    assert_eq!(row.last_error.as_deref(), Some("WRONGTYPE"));
 }
 
 fn a_waiting_row_holds_back_the_later_rows_of_its_aggregate_only<B: Backend>(b: &B) {
@@ -657,6 +722,7 @@ conformance!(
     a_deferred_row_is_left_as_it_was_and_the_rest_recorded,
     a_wrong_number_of_outcomes_records_nothing,
     refused_rows_wait_for_their_retry_time_then_dead_letter_and_requeue,
+    attempts_count_every_answered_attempt_the_publishing_one_included,
     a_waiting_row_holds_back_the_later_rows_of_its_aggregate_only,
     held_back_rows_do_not_crowd_out_publishable_ones,
     concurrent_relays_never_share_a_row_and_keep_aggregate_order,

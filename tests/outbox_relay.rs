@@ -249,6 +249,9 @@ impl Transport for Faulty {
         self.inner.oldest_pending_before(stream, group, before)
     }
     fn ping(&self, timeout: Duration) -> Result<(), TransportError> {
+        if self.down.load(Ordering::SeqCst) {
+            return Err(TransportError::Unavailable("connection refused".into()));
+        }
         self.inner.ping(timeout)
     }
 }
@@ -339,6 +342,58 @@ fn an_unreachable_broker_counts_no_attempt_and_publishes_once_back() {
     let report = relay.shutdown(WAIT).unwrap();
     assert_eq!(report.stats.dead_lettered, 0);
     assert_eq!(events_of(&read_all(&broker.inner, "orders")), [event]);
+}
+
+#[test]
+fn a_running_relay_is_live_and_ready_not_ready_while_its_broker_is_down_and_not_live_after_shutdown(
+) {
+    let began = std::time::Instant::now();
+    let event = numbered(Uuid::new_v4(), 0);
+    let outbox = sqlite_outbox_with(&[("orders", event.clone())]);
+    let broker = Faulty::default();
+    let relay = OutboxRelay::builder()
+        .store(outbox.clone())
+        .transport(broker.clone())
+        .workers(3)
+        .trim_streams(Some(Duration::from_secs(3600)))
+        .poll_interval(Duration::from_millis(10))
+        .build()
+        .unwrap()
+        .start()
+        .unwrap();
+    assert!(support::wait_until(WAIT, || relay.stats().published == 1));
+
+    let health = relay.health();
+    assert!(health.is_live() && health.is_ready(), "{health:?}");
+    assert!(health.running);
+    let threads = |count: eventflow::inbox::ThreadCount| (count.alive, count.configured);
+    assert_eq!(threads(health.publishers), (3, 3));
+    // Retention (on by default) and stream trimming; SQLite has no listener.
+    assert_eq!(threads(health.services), (2, 2));
+    assert_eq!(
+        (health.database.clone(), health.broker.clone()),
+        (Ok(()), Ok(()))
+    );
+    // Both happened during this test, so they are younger than it.
+    let since_round = health.since_last_round.expect("a round was committed");
+    let since_publish = health.since_last_publish.expect("the event was published");
+    assert!(since_round < began.elapsed() && since_publish < began.elapsed());
+
+    // An unreachable broker: live (a restart would not help), not ready; ready again after.
+    broker.down.store(true, Ordering::SeqCst);
+    let health = relay.health();
+    assert!(health.is_live() && !health.is_ready(), "{health:?}");
+    assert_eq!(health.database, Ok(()));
+    let error = health.broker.unwrap_err();
+    assert!(error.contains("connection refused"), "{error}");
+    broker.down.store(false, Ordering::SeqCst);
+    assert!(relay.health().is_ready());
+
+    relay.shutdown(WAIT).unwrap();
+    let health = relay.health();
+    assert!(!health.is_live() && !health.is_ready(), "{health:?}");
+    assert!(!health.running);
+    assert_eq!((health.publishers.alive, health.services.alive), (0, 0));
 }
 
 #[test]
@@ -977,6 +1032,132 @@ fn postgres_v1_uuids_of_one_node_do_not_share_an_enqueue_lock() {
     held.commit().unwrap();
 }
 
+/// The database ending a transaction for a conflict with a concurrent one is an error that
+/// says to run the transaction again, for real on PostgreSQL: a serialization failure (40001)
+/// in two SERIALIZABLE transactions that each read the outbox and then enqueue (write skew),
+/// and a deadlock (40P01) between two transactions enqueueing for two aggregates in opposite
+/// orders, one call each. Any other error (a refused event, a lock timeout) does not.
+#[test]
+fn postgres_serialization_failures_and_deadlocks_say_retry_the_transaction() {
+    if !support::postgres_available(
+        "postgres_serialization_failures_and_deadlocks_say_retry_the_transaction",
+    ) {
+        return;
+    }
+    let table = support::unique_name("ef_rt");
+    let _cleanup = PgCleanup {
+        tables: vec![table.clone()],
+        stream: support::unique_name("ef_rt"),
+    };
+    let store = PostgresOutbox::builder(support::postgres_url())
+        .table(&table)
+        .build()
+        .unwrap();
+    store.migrate().unwrap();
+    let outbox = OutboxTable::named(&table).unwrap();
+    let connect = || postgres::Client::connect(&support::postgres_url(), postgres::NoTls).unwrap();
+    fn serializable<'c>(
+        client: &'c mut postgres::Client,
+        table: &str,
+    ) -> postgres::Transaction<'c> {
+        let mut tx = client
+            .build_transaction()
+            .isolation_level(postgres::IsolationLevel::Serializable)
+            .start()
+            .unwrap();
+        tx.query_one(&format!("SELECT count(*) FROM {table}"), &[])
+            .unwrap();
+        tx
+    }
+
+    // Write skew: both read the table, both insert into what the other read.
+    let (mut first_client, mut second_client) = (connect(), connect());
+    let mut first = serializable(&mut first_client, &table);
+    let mut second = serializable(&mut second_client, &table);
+    outbox
+        .enqueue(&mut first, "s", &numbered(Uuid::new_v4(), 0))
+        .unwrap();
+    first.commit().unwrap();
+    let error = outbox
+        .enqueue(&mut second, "s", &numbered(Uuid::new_v4(), 0))
+        .expect_err("the second transaction cannot be serialized after the first");
+    assert!(error.to_string().contains("40001"), "{error}");
+    assert!(error.is_retryable(), "{error}");
+    assert!(matches!(&error, outbox::EnqueueError::Store(store) if store.is_retryable()));
+    drop(second);
+
+    // Deadlock: each holds one aggregate's enqueue lock and waits for the other's.
+    let (a, b) = (Uuid::new_v4(), Uuid::new_v4());
+    let barrier = Arc::new(std::sync::Barrier::new(2));
+    let race = |mine: Uuid, theirs: Uuid| {
+        let (barrier, outbox, mut client) = (barrier.clone(), outbox.clone(), connect());
+        std::thread::spawn(move || {
+            let mut tx = client.transaction().unwrap();
+            outbox.enqueue(&mut tx, "s", &numbered(mine, 0)).unwrap();
+            barrier.wait();
+            let result = outbox.enqueue(&mut tx, "s", &numbered(theirs, 1));
+            if result.is_ok() {
+                tx.commit().unwrap();
+            }
+            result
+        })
+    };
+    let (one, two) = (race(a, b), race(b, a));
+    let results = [one.join().unwrap(), two.join().unwrap()];
+    let errors: Vec<_> = results.iter().filter_map(|r| r.as_ref().err()).collect();
+    assert_eq!(
+        errors.len(),
+        1,
+        "the server ends one of the two: {results:?}"
+    );
+    assert!(errors[0].to_string().contains("40P01"), "{}", errors[0]);
+    assert!(errors[0].is_retryable(), "{}", errors[0]);
+
+    // Not a conflict: a lock timeout, and an invalid event.
+    let mut holder = connect();
+    let mut held = holder.transaction().unwrap();
+    outbox.enqueue(&mut held, "s", &numbered(a, 2)).unwrap();
+    let mut other = connect();
+    let mut tx = other.transaction().unwrap();
+    tx.batch_execute("SET LOCAL lock_timeout = '100ms'")
+        .unwrap();
+    let timeout = outbox
+        .enqueue(&mut tx, "s", &numbered(a, 3))
+        .expect_err("the holder keeps the aggregate's lock");
+    assert!(timeout.to_string().contains("55P03"), "{timeout}");
+    assert!(!timeout.is_retryable(), "{timeout}");
+    drop(tx);
+    held.commit().unwrap();
+    let mut tx = other.transaction().unwrap();
+    let invalid = outbox
+        .enqueue(&mut tx, "s", &numbered(a, 4).with_event_id(" "))
+        .expect_err("an empty event id");
+    assert!(!invalid.is_retryable(), "{invalid}");
+}
+
+/// SQLite: a writer that finds the database locked by another connection past its busy
+/// timeout gets SQLITE_BUSY, which says to run the transaction again.
+#[test]
+fn sqlite_a_busy_database_says_retry_the_transaction() {
+    let path = std::env::temp_dir().join(format!("{}.db", support::unique_name("ef_busy")));
+    let outbox = SqliteOutbox::open(&path).unwrap();
+    outbox.migrate().unwrap();
+    let holder = rusqlite::Connection::open(&path).unwrap();
+    holder.execute_batch("BEGIN IMMEDIATE").unwrap();
+    let mut writer = rusqlite::Connection::open(&path).unwrap();
+    writer.busy_timeout(Duration::ZERO).unwrap();
+    let mut tx = writer.transaction().unwrap();
+    let error = outbox::enqueue(&mut tx, "s", &numbered(Uuid::new_v4(), 0))
+        .expect_err("the holder has the write lock");
+    assert!(error.is_retryable(), "{error}");
+    drop(tx);
+    holder.execute_batch("ROLLBACK").unwrap();
+    drop((holder, writer, outbox));
+    for suffix in ["", "-wal", "-shm"] {
+        let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
+    }
+}
+
 /// `url` naming database `database`, in either connection-string style.
 fn in_database(url: &str, database: &str) -> String {
     match url.split_once("://") {
@@ -1097,6 +1278,151 @@ fn sqlite_enqueue_to_streams_writes_each_event_for_its_stream() {
         matches!(error, outbox::EnqueueError::InvalidStream { .. }),
         "{error}"
     );
+}
+
+/// The outbox table migrated on the application's own SQLite connection: inside a transaction
+/// it rolls back with it; on the connection, or in a committed transaction, it stays, recorded
+/// so that the relay's store finds nothing left to apply; running it again changes nothing.
+#[test]
+fn sqlite_the_outbox_migrates_on_the_applications_own_connection() {
+    let db = TempDb::new();
+    let table = support::unique_name("ef_om");
+    let outbox = OutboxTable::named(&table).unwrap();
+    let event = numbered(Uuid::new_v4(), 0);
+    let mut conn = db.connect();
+    let exists = |conn: &rusqlite::Connection| -> bool {
+        conn.query_row(
+            "SELECT count(*) > 0 FROM sqlite_master WHERE type = 'table' AND name = ?1",
+            [&table],
+            |row| row.get(0),
+        )
+        .unwrap()
+    };
+
+    let mut tx = conn.transaction().unwrap();
+    outbox.migrate(&mut tx).unwrap();
+    outbox.enqueue(&mut tx, "orders", &event).unwrap();
+    tx.rollback().unwrap();
+    assert!(!exists(&conn), "rolled back with the caller's transaction");
+
+    let mut tx = conn.transaction().unwrap();
+    outbox.migrate(&mut tx).unwrap();
+    outbox.enqueue(&mut tx, "orders", &event).unwrap();
+    tx.commit().unwrap();
+    outbox.migrate(&mut conn).unwrap();
+    assert!(exists(&conn));
+
+    let store = SqliteOutbox::open(&db.0)
+        .unwrap()
+        .with_table(&table)
+        .unwrap();
+    assert_eq!(store.pending_migrations().unwrap(), []);
+    store.migrate().unwrap();
+    assert_eq!(store.find_by_event_id(&event.event_id).unwrap().len(), 1);
+
+    // The default table, on a connection in no transaction.
+    let mut other = db.connect();
+    outbox::migrate(&mut other).unwrap();
+    outbox::enqueue(&mut other, "orders", &event).unwrap();
+    let default = SqliteOutbox::open(&db.0).unwrap();
+    assert_eq!(default.pending_migrations().unwrap(), []);
+    assert_eq!(default.find_by_event_id(&event.event_id).unwrap().len(), 1);
+}
+
+/// The same on PostgreSQL, on a `Client`, a `Transaction` and a connection from the
+/// application's own pool; and two applications migrating one table at once both succeed.
+#[test]
+fn postgres_the_outbox_migrates_on_the_applications_own_connection() {
+    if !support::postgres_available(
+        "postgres_the_outbox_migrates_on_the_applications_own_connection",
+    ) {
+        return;
+    }
+    let table = support::unique_name("ef_om");
+    let _cleanup = PgCleanup {
+        tables: vec![table.clone()],
+        stream: support::unique_name("ef_om"),
+    };
+    let outbox = OutboxTable::named(&table).unwrap();
+    let event = numbered(Uuid::new_v4(), 0);
+    let connect = || postgres::Client::connect(&support::postgres_url(), postgres::NoTls).unwrap();
+    let mut client = connect();
+    let exists = |client: &mut postgres::Client| -> bool {
+        client
+            .query_one("SELECT to_regclass($1) IS NOT NULL", &[&table])
+            .unwrap()
+            .get(0)
+    };
+
+    let mut tx = client.transaction().unwrap();
+    outbox.migrate(&mut tx).unwrap();
+    outbox.enqueue(&mut tx, "orders", &event).unwrap();
+    tx.rollback().unwrap();
+    assert!(
+        !exists(&mut client),
+        "rolled back with the caller's transaction"
+    );
+
+    // Two at once, on connections of their own: one migrates, the other finds it done.
+    let racers: Vec<_> = (0..2)
+        .map(|_| {
+            let (outbox, mut client) = (outbox.clone(), connect());
+            std::thread::spawn(move || {
+                let mut tx = client.transaction().unwrap();
+                outbox.migrate(&mut tx).unwrap();
+                tx.commit().unwrap();
+            })
+        })
+        .collect();
+    for racer in racers {
+        racer.join().unwrap();
+    }
+    assert!(exists(&mut client));
+    outbox.migrate(&mut client).unwrap();
+
+    // A pooled connection of the store's own pool, as an application's pool would give.
+    let store = PostgresOutbox::builder(support::postgres_url())
+        .table(&table)
+        .build()
+        .unwrap();
+    let mut pooled = store.pool().get().unwrap();
+    let client: &mut postgres::Client = &mut pooled;
+    outbox.migrate(client).unwrap();
+    outbox.enqueue(client, "orders", &event).unwrap();
+    drop(pooled);
+    assert_eq!(store.pending_migrations().unwrap(), []);
+    assert_eq!(store.find_by_event_id(&event.event_id).unwrap().len(), 1);
+}
+
+/// `enqueue_batch` takes the events borrowed or owned, in any collection, and writes them in
+/// the order given.
+#[test]
+fn sqlite_enqueue_batch_takes_borrowed_or_owned_events_in_order() {
+    let db = TempDb::new();
+    let store = SqliteOutbox::open(&db.0).unwrap();
+    store.migrate().unwrap();
+    let aggregate = Uuid::new_v4();
+    let events: Vec<Event> = (0..6).map(|n| numbered(aggregate, n)).collect();
+    let mut conn = db.connect();
+    let mut tx = conn.transaction().unwrap();
+    outbox::enqueue_batch(&mut tx, "orders", [&events[0], &events[1]]).unwrap();
+    outbox::enqueue_batch(&mut tx, "orders", &events[2..3]).unwrap();
+    outbox::enqueue_batch(&mut tx, "orders", events[3..].iter().take(2)).unwrap();
+    outbox::enqueue_batch(&mut tx, "orders", vec![events[5].clone()]).unwrap();
+    outbox::enqueue_batch(&mut tx, "orders", Vec::<Event>::new()).unwrap();
+    tx.commit().unwrap();
+    let page = eventflow::store::outbox::OutboxPage {
+        status: None,
+        after_id: None,
+        limit: 10,
+    };
+    let stored: Vec<Event> = store
+        .list_rows(&page)
+        .unwrap()
+        .into_iter()
+        .map(|row| row.event)
+        .collect();
+    assert_eq!(stored, events);
 }
 
 /// While one relay holds an aggregate's due rows, another's claim comes back short and says so

@@ -47,7 +47,7 @@ fn poison_child() {
         // Orphans are taken after 1 s, retries after 0.2 s, 0.4 s, ... (at least 1 s: a
         // counted attempt is not due again before it would be an orphan).
         .orphan_after(Duration::from_secs(1))
-        .max_retries(MAX_RETRIES)
+        .max_attempts(MAX_RETRIES as u32)
         .retry_policy(ExponentialBackoff {
             initial: Duration::from_millis(200),
             max: Duration::from_secs(1),

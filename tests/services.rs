@@ -198,7 +198,7 @@ fn services_child() {
         .reclaim_interval(Duration::from_millis(500))
         .poll_interval(Duration::from_millis(100))
         .orphan_after(Duration::from_secs(1))
-        .max_retries(20)
+        .max_attempts(20)
         .retry_policy(RetrySoon);
     let handle = if ordered {
         let insert = format!(

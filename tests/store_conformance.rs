@@ -427,21 +427,23 @@ fn sid(n: usize) -> String {
 
 /// An event using every attribute, with a nested payload.
 fn event(id: &str) -> Event {
-    Event {
-        event_id: id.to_string(),
-        event_type: "OrderCreated".to_string(),
-        aggregate_id: Uuid::parse_str(AGGREGATE).unwrap(),
-        occurred_on: at("2025-01-02T03:04:05.678901Z"),
-        payload: json!({
+    Event::new(
+        "OrderCreated",
+        Uuid::parse_str(AGGREGATE).unwrap(),
+        json!({
             "order_id": id,
             "amount": 12.5,
             "lines": [{"sku": "a-1", "qty": 2}, {"sku": "b-2", "qty": 1}],
             "note": "ünïcødé \"quoted\" 'single'",
             "gift": null,
         }),
-        correlation_id: Some(format!("corr-{id}")),
-        causation_id: Some(format!("cause-{id}")),
-        headers: [
+    )
+    .with_event_id(id)
+    .with_occurred_on(at("2025-01-02T03:04:05.678901Z"))
+    .with_correlation_id(format!("corr-{id}"))
+    .with_causation_id(format!("cause-{id}"))
+    .with_headers(
+        [
             (
                 "traceparent",
                 "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
@@ -452,7 +454,7 @@ fn event(id: &str) -> Event {
         .into_iter()
         .map(|(name, value)| (name.to_string(), value.to_string()))
         .collect(),
-    }
+    )
 }
 
 fn received(id: &str, stream_id: &str) -> ReceivedEvent {
@@ -555,6 +557,14 @@ fn process_with<B: Backend>(
             handler,
         )
         .expect("process_claimed")
+}
+
+/// `row` with the changes `edit` makes (`InboxRow` is `#[non_exhaustive]`, so a test changes
+/// a copy rather than writing a literal).
+fn edited(row: &InboxRow, edit: impl FnOnce(&mut InboxRow)) -> InboxRow {
+    let mut row = row.clone();
+    edit(&mut row);
+    row
 }
 
 fn row<B: Backend>(store: &B, event_id: &str) -> InboxRow {
@@ -952,29 +962,15 @@ fn processed_rows_commit_with_their_handler_writes<B: Backend>(store: &B) {
         assert_eq!(s.verdict, Verdict::Processed);
         assert_eq!(
             s.row,
-            InboxRow {
-                id: sent.row_id,
-                stream_id: sent.stream_id.clone(),
-                stream: Some(STREAM.into()),
-                event: sent.event.clone(),
-                status: EventStatus::Pending,
-                retry_count: 0,
-                max_retries: MAX_RETRIES,
-                received_at: t0(),
-                processed_at: None,
-                next_retry_at: None,
-                error_message: None,
-                last_error_at: None,
-            },
+            sent.clone().into_pending_row(STREAM, t0(), MAX_RETRIES),
             "the row as claimed, event intact"
         );
         assert_eq!(
             row(store, &sent.event.event_id),
-            InboxRow {
-                status: EventStatus::Processed,
-                processed_at: Some(clock.now()),
-                ..s.row.clone()
-            }
+            edited(&s.row, |row| {
+                row.status = EventStatus::Processed;
+                row.processed_at = Some(clock.now());
+            })
         );
     }
 
@@ -1059,28 +1055,26 @@ fn failed_verdicts_roll_back_only_their_row<B: Backend>(store: &B) {
     let failed = row(store, "f-2");
     assert_eq!(
         failed,
-        InboxRow {
-            status: EventStatus::Failed,
-            retry_count: 2,
-            next_retry_at: retry.next_retry_at,
-            error_message: Some(long_error),
-            last_error_at: Some(retry.failed_at),
-            processed_at: None,
-            ..settled[1].row.clone()
-        }
+        edited(&settled[1].row, |row| {
+            row.status = EventStatus::Failed;
+            row.retry_count = 2;
+            row.next_retry_at = retry.next_retry_at;
+            row.error_message = Some(long_error);
+            row.last_error_at = Some(retry.failed_at);
+            row.processed_at = None;
+        })
     );
     let dead = row(store, "f-3");
     assert_eq!(
         dead,
-        InboxRow {
-            status: EventStatus::DeadLetter,
-            retry_count: 1,
-            next_retry_at: None,
-            error_message: Some(give_up.error_message.clone()),
-            last_error_at: Some(give_up.failed_at),
-            processed_at: None,
-            ..settled[2].row.clone()
-        }
+        edited(&settled[2].row, |row| {
+            row.status = EventStatus::DeadLetter;
+            row.retry_count = 1;
+            row.next_retry_at = None;
+            row.error_message = Some(give_up.error_message.clone());
+            row.last_error_at = Some(give_up.failed_at);
+            row.processed_at = None;
+        })
     );
     for id in ["f-1", "f-4"] {
         assert_eq!(row(store, id).status, EventStatus::Processed, "{id}");
@@ -1934,37 +1928,26 @@ fn counts_and_lookups<B: Backend>(store: &B) {
 
     assert_eq!(
         store.find_by_event_id(quoted).unwrap(),
-        Some(InboxRow {
-            id: events[1].row_id,
-            stream_id: events[1].stream_id.clone(),
-            stream: Some(STREAM.into()),
-            event: events[1].event.clone(),
-            status: EventStatus::Failed,
-            retry_count: 1,
-            max_retries: MAX_RETRIES,
-            received_at: t0(),
-            processed_at: None,
-            next_retry_at: Some(next),
-            error_message: Some("retry me".into()),
-            last_error_at: Some(clock.now()),
-        })
+        Some(edited(
+            &events[1]
+                .clone()
+                .into_pending_row(STREAM, t0(), MAX_RETRIES),
+            |row| {
+                row.status = EventStatus::Failed;
+                row.retry_count = 1;
+                row.next_retry_at = Some(next);
+                row.error_message = Some("retry me".into());
+                row.last_error_at = Some(clock.now());
+            }
+        ))
     );
     assert_eq!(
         store.find_by_event_id("k-4").unwrap(),
-        Some(InboxRow {
-            id: events[3].row_id,
-            stream_id: events[3].stream_id.clone(),
-            stream: Some(STREAM.into()),
-            event: events[3].event.clone(),
-            status: EventStatus::Pending,
-            retry_count: 0,
-            max_retries: MAX_RETRIES,
-            received_at: t0(),
-            processed_at: None,
-            next_retry_at: None,
-            error_message: None,
-            last_error_at: None,
-        })
+        Some(
+            events[3]
+                .clone()
+                .into_pending_row(STREAM, t0(), MAX_RETRIES)
+        )
     );
     for absent in ["K-4", "k-", "k-%", "%", "k-4 "] {
         assert_eq!(store.find_by_event_id(absent).unwrap(), None, "{absent:?}");
@@ -2005,20 +1988,7 @@ fn replaying_a_quarantined_entry_happens_once<B: Backend>(store: &B) {
             max_retries: 5,
         })
         .unwrap());
-    let expected_row = InboxRow {
-        id: fixed.row_id,
-        stream_id: bad_json.stream_id.clone(),
-        stream: Some(STREAM.into()),
-        event: fixed.event.clone(),
-        status: EventStatus::Pending,
-        retry_count: 0,
-        max_retries: 5,
-        received_at: now,
-        processed_at: None,
-        next_retry_at: None,
-        error_message: None,
-        last_error_at: None,
-    };
+    let expected_row = fixed.clone().into_pending_row(STREAM, now, 5);
     assert_eq!(row(store, "replayed-a"), expected_row);
     let replayed = QuarantinedEntry {
         id: bad_json.id,
@@ -4133,16 +4103,14 @@ CREATE INDEX ix_event_inbox_aggregate_received ON event_inbox(aggregate_id, rece
         let legacy = row(&*store, "legacy-1");
         assert_eq!(
             legacy.event,
-            Event {
-                event_id: "legacy-1".into(),
-                event_type: "OrderCreated".into(),
-                aggregate_id: Uuid::parse_str(AGGREGATE).unwrap(),
-                occurred_on: at("2025-01-01T00:00:00Z"),
-                payload: json!({"order_id": "o-123"}),
-                correlation_id: Some("corr-legacy".into()),
-                causation_id: None,
-                headers: Default::default(),
-            }
+            Event::new(
+                "OrderCreated",
+                Uuid::parse_str(AGGREGATE).unwrap(),
+                json!({"order_id": "o-123"})
+            )
+            .with_event_id("legacy-1")
+            .with_occurred_on(at("2025-01-01T00:00:00Z"))
+            .with_correlation_id("corr-legacy")
         );
         assert_eq!(legacy.status, EventStatus::Pending);
         assert_eq!(legacy.max_retries, 3);

@@ -860,7 +860,7 @@ impl OutboxSetup {
                 .enqueue_batch(
                     &mut tx,
                     &self.stream,
-                    &self.events(start..(start + 100).min(n)),
+                    self.events(start..(start + 100).min(n)),
                 )
                 .unwrap();
             tx.commit().unwrap();
@@ -960,7 +960,7 @@ fn relay_run(options: &Options, rate: Option<usize>) -> Outcome {
         let mut tx = client.transaction().unwrap();
         setup
             .table
-            .enqueue_batch(&mut tx, &setup.stream, &setup.events(start..end))
+            .enqueue_batch(&mut tx, &setup.stream, setup.events(start..end))
             .unwrap();
         tx.commit().unwrap();
         let now = micros_now();

@@ -64,7 +64,7 @@ fn consume(names: &Names, redis_url: &str, name: &str) -> Result<bool> {
         .poll_interval(Duration::from_millis(200))
         .orphan_after(Duration::from_secs(2))
         .retry_policy(fast_retries())
-        .max_retries(0)
+        .max_attempts(0)
         .session_limits(limits())
         .handler_timeout(Duration::from_secs(2))
         .handler(move |tx, row| -> HandlerResult {

@@ -32,6 +32,16 @@ impl<S: InboxStore> Admin<S> {
     /// Creates or upgrades the tables (idempotent; safe from several processes at once) and
     /// returns the migrations that were missing, now applied (by this call, or by a process
     /// migrating at the same time).
+    ///
+    /// ```
+    /// # use eventflow::{admin::Admin, SqliteStore};
+    /// # use std::sync::Arc;
+    /// let admin = Admin::new(Arc::new(SqliteStore::open_in_memory()?));
+    /// let applied = admin.migrate()?;
+    /// assert!(!applied.is_empty(), "a new database gets every migration");
+    /// assert!(admin.migrate()?.is_empty(), "and the second run has nothing to do");
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn migrate(&self) -> AdminResult<Vec<PendingMigration>> {
         let pending = self.store.pending_migrations()?;
         self.store.migrate()?;
@@ -40,6 +50,19 @@ impl<S: InboxStore> Admin<S> {
 
     /// The migrations [`migrate`](Self::migrate) would apply, in order, with their
     /// statements; changes nothing.
+    ///
+    /// ```
+    /// # use eventflow::{admin::Admin, SqliteStore};
+    /// # use std::sync::Arc;
+    /// let admin = Admin::new(Arc::new(SqliteStore::open_in_memory()?));
+    /// let pending = admin.pending_migrations()?;
+    /// for migration in &pending {
+    ///     println!("would apply {} ({})", migration.version, migration.name);
+    /// }
+    /// admin.migrate()?;
+    /// assert!(admin.pending_migrations()?.is_empty());
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn pending_migrations(&self) -> AdminResult<Vec<PendingMigration>> {
         Ok(self.store.pending_migrations()?)
     }

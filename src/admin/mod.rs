@@ -79,6 +79,15 @@ impl<S: InboxStore> std::fmt::Debug for Admin<S> {
 
 impl<S: InboxStore> Admin<S> {
     /// Operations on `store`'s inbox, on the system clock.
+    ///
+    /// ```
+    /// # use eventflow::{admin::Admin, SqliteStore};
+    /// # use std::sync::Arc;
+    /// let admin = Admin::new(Arc::new(SqliteStore::open_in_memory()?));
+    /// admin.migrate()?;
+    /// assert_eq!(admin.inbox_status()?.counts.total(), 0);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn new(store: Arc<S>) -> Self {
         Self {
             store,
@@ -88,6 +97,17 @@ impl<S: InboxStore> Admin<S> {
 
     /// Uses `clock` for ages, purge cut-offs and replay times. Defaults to the system clock;
     /// tests pass a [`crate::ManualClock`].
+    ///
+    /// ```
+    /// # use eventflow::{admin::Admin, ManualClock, SqliteStore};
+    /// # use std::{sync::Arc, time::Duration};
+    /// let clock = ManualClock::new(chrono::Utc::now());
+    /// let admin = Admin::new(Arc::new(SqliteStore::open_in_memory()?)).with_clock(clock.clone());
+    /// admin.migrate()?;
+    /// clock.advance(Duration::from_secs(86_400)); // ages and purge cut-offs follow this clock
+    /// assert_eq!(admin.purge_processed(Duration::from_secs(3600), &mut |_| {})?, 0);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn with_clock(mut self, clock: impl Clock) -> Self {
         self.clock = Arc::new(clock);
         self

@@ -105,6 +105,15 @@ impl std::fmt::Debug for OutboxAdmin {
 
 impl OutboxAdmin {
     /// Operations on `store`'s outbox table, on the system clock.
+    ///
+    /// ```
+    /// # use eventflow::admin::OutboxAdmin;
+    /// # use eventflow::store::outbox::SqliteOutbox;
+    /// # use std::sync::Arc;
+    /// let admin = OutboxAdmin::new(Arc::new(SqliteOutbox::open_in_memory()?));
+    /// admin.migrate()?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn new(store: Arc<dyn OutboxStore>) -> Self {
         Self {
             store,
@@ -134,11 +143,34 @@ impl OutboxAdmin {
 
     /// The migrations [`migrate`](Self::migrate) would apply, in order, with their
     /// statements; changes nothing.
+    ///
+    /// ```
+    /// # use eventflow::admin::OutboxAdmin;
+    /// # use eventflow::store::outbox::SqliteOutbox;
+    /// # use std::sync::Arc;
+    /// let admin = OutboxAdmin::new(Arc::new(SqliteOutbox::open_in_memory()?));
+    /// assert!(!admin.pending_migrations()?.is_empty());
+    /// admin.migrate()?;
+    /// assert!(admin.pending_migrations()?.is_empty());
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn pending_migrations(&self) -> AdminResult<Vec<PendingMigration>> {
         Ok(self.store.pending_migrations()?)
     }
 
     /// Every embedded migration of the outbox table, in order, and whether it is applied.
+    ///
+    /// ```
+    /// # use eventflow::admin::OutboxAdmin;
+    /// # use eventflow::store::outbox::SqliteOutbox;
+    /// # use std::sync::Arc;
+    /// let admin = OutboxAdmin::new(Arc::new(SqliteOutbox::open_in_memory()?));
+    /// admin.migrate()?;
+    /// for state in admin.migrations()? {
+    ///     println!("{} {} applied: {}", state.version, state.name, state.applied);
+    /// }
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn migrations(&self) -> AdminResult<Vec<MigrationState>> {
         let pending = self.store.pending_migrations()?;
         Ok(MigrationState::list(self.store.migrations(), &pending))
@@ -161,6 +193,25 @@ impl OutboxAdmin {
     }
 
     /// Rows in `status` (every status when `None`), `limit` of them after row id `after`.
+    ///
+    /// ```
+    /// # use eventflow::admin::OutboxAdmin;
+    /// # use eventflow::store::outbox::SqliteOutbox;
+    /// # use eventflow::{outbox, Event};
+    /// # use std::sync::Arc;
+    /// let store = Arc::new(SqliteOutbox::open_in_memory()?);
+    /// let admin = OutboxAdmin::new(store.clone());
+    /// admin.migrate()?;
+    /// let event = Event::new("OrderPlaced", eventflow::uuid::Uuid::new_v4(), serde_json::json!({}))
+    ///     .with_event_id("o-1");
+    /// store.with_connection(|conn| outbox::enqueue(conn, "orders", &event))?;
+    /// use eventflow::store::outbox::OutboxStatus;
+    ///
+    /// let page = admin.list_rows(Some(OutboxStatus::Pending), None, 50)?;
+    /// assert_eq!(page.rows.len(), 1);
+    /// assert_eq!((page.rows[0].stream.as_str(), page.next), ("orders", None));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn list_rows(
         &self,
         status: Option<OutboxStatus>,
@@ -182,6 +233,23 @@ impl OutboxAdmin {
 
     /// The rows of event `key`, in enqueue order (one event may go to several streams); or,
     /// when there are none and `key` is a number, the row with that id.
+    ///
+    /// ```
+    /// # use eventflow::admin::OutboxAdmin;
+    /// # use eventflow::store::outbox::SqliteOutbox;
+    /// # use eventflow::{outbox, Event};
+    /// # use std::sync::Arc;
+    /// let store = Arc::new(SqliteOutbox::open_in_memory()?);
+    /// let admin = OutboxAdmin::new(store.clone());
+    /// admin.migrate()?;
+    /// let event = Event::new("OrderPlaced", eventflow::uuid::Uuid::new_v4(), serde_json::json!({}))
+    ///     .with_event_id("o-1");
+    /// store.with_connection(|conn| outbox::enqueue(conn, "orders", &event))?;
+    /// let rows = admin.show("o-1")?; // an event id, or a row id
+    /// assert_eq!(rows.len(), 1);
+    /// assert_eq!(rows[0].attempts, 0);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn show(&self, key: &str) -> AdminResult<Vec<OutboxRow>> {
         let rows = self.checked(self.store.find_by_event_id(key))?;
         if !rows.is_empty() {
@@ -197,6 +265,23 @@ impl OutboxAdmin {
     }
 
     /// The row with id `id`.
+    ///
+    /// ```
+    /// # use eventflow::admin::OutboxAdmin;
+    /// # use eventflow::store::outbox::SqliteOutbox;
+    /// # use eventflow::{outbox, Event};
+    /// # use std::sync::Arc;
+    /// let store = Arc::new(SqliteOutbox::open_in_memory()?);
+    /// let admin = OutboxAdmin::new(store.clone());
+    /// admin.migrate()?;
+    /// let event = Event::new("OrderPlaced", eventflow::uuid::Uuid::new_v4(), serde_json::json!({}))
+    ///     .with_event_id("o-1");
+    /// store.with_connection(|conn| outbox::enqueue(conn, "orders", &event))?;
+    /// # let id = admin.show("o-1")?[0].id;
+    /// let row = admin.find_row(id)?;
+    /// assert_eq!(row.event.event_id, "o-1");
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn find_row(&self, id: i64) -> AdminResult<OutboxRow> {
         let page = OutboxPage {
             status: None,

@@ -42,6 +42,21 @@ pub struct ParkedList {
 impl<S: InboxStore> Admin<S> {
     /// Parked aggregates ordered by aggregate id, one page: each with the dead letter that
     /// holds it back and how many events wait behind it.
+    ///
+    /// ```
+    /// # use eventflow::{admin::Admin, SqliteStore};
+    /// # use std::sync::Arc;
+    /// let admin = Admin::new(Arc::new(SqliteStore::open_in_memory()?));
+    /// use eventflow::store::ParkedPage;
+    ///
+    /// admin.migrate()?;
+    /// let list = admin.list_parked(ParkedPage { limit: 50, after: None, aggregate_id: None })?;
+    /// for parked in &list.aggregates {
+    ///     println!("aggregate {} waits behind a dead letter", parked.aggregate_id);
+    /// }
+    /// assert!(list.aggregates.is_empty() && list.next.is_none());
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn list_parked(&self, page: ParkedPage) -> AdminResult<ParkedList> {
         let aggregates = self.store.list_parked(&page)?;
         let next = if aggregates.len() >= page.limit && page.limit > 0 {
@@ -54,6 +69,16 @@ impl<S: InboxStore> Admin<S> {
 
     /// The aggregate `aggregate_id` if it is parked: its earliest dead letter neither requeued
     /// nor skipped, and what waits behind it. `None` when it is not parked (or unknown).
+    ///
+    /// ```
+    /// # use eventflow::{admin::Admin, SqliteStore};
+    /// # use std::sync::Arc;
+    /// let admin = Admin::new(Arc::new(SqliteStore::open_in_memory()?));
+    /// admin.migrate()?;
+    /// let aggregate = eventflow::uuid::Uuid::new_v4();
+    /// assert!(admin.parked_aggregate(aggregate)?.is_none(), "nothing holds it back");
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn parked_aggregate(&self, aggregate_id: Uuid) -> AdminResult<Option<ParkedAggregate>> {
         let page = ParkedPage {
             limit: 1,
@@ -74,6 +99,19 @@ impl<S: InboxStore> Admin<S> {
     /// # Errors
     /// [`AdminError::NotFound`] when the aggregate is not parked; [`AdminError::WrongState`] when
     /// its dead letter was requeued or skipped by someone else meanwhile.
+    ///
+    /// ```
+    /// # use eventflow::{admin::Admin, SqliteStore};
+    /// # use std::sync::Arc;
+    /// let admin = Admin::new(Arc::new(SqliteStore::open_in_memory()?));
+    /// use eventflow::admin::AdminError;
+    ///
+    /// admin.migrate()?;
+    /// let aggregate = eventflow::uuid::Uuid::new_v4();
+    /// // An aggregate that is not parked cannot be released.
+    /// assert!(matches!(admin.skip_parked(aggregate), Err(AdminError::NotFound { .. })));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn skip_parked(&self, aggregate_id: Uuid) -> AdminResult<ParkedAggregate> {
         let parked = self
             .parked_aggregate(aggregate_id)?
@@ -109,6 +147,36 @@ impl<S: InboxStore> Admin<S> {
     /// # Errors
     /// [`AdminError::NotFound`] when no row matches `key`; [`AdminError::WrongState`] when the
     /// row is not a dead letter or was skipped already.
+    ///
+    /// ```
+    /// # use eventflow::transport::{MemoryStream, Transport};
+    /// # use eventflow::{admin::Admin, Event, HandlerError, HandlerResult};
+    /// # use eventflow::{InboxConsumer, SqliteStore};
+    /// # use std::{sync::Arc, time::Duration};
+    /// # let store = Arc::new(SqliteStore::open_in_memory()?);
+    /// # let stream = MemoryStream::new();
+    /// # let handle = InboxConsumer::builder().transport(stream.clone()).store(store.clone())
+    /// #     .stream("orders").group("billing")
+    /// #     .handler(|_tx, row| -> HandlerResult {
+    /// #         if row.event.event_id == "e-1" { return Err(HandlerError::give_up("bad payload")); }
+    /// #         Ok(())
+    /// #     })
+    /// #     .build()?.start()?;
+    /// # for id in ["e-1", "e-2"] {
+    /// #     let event = Event::new("OrderCreated", eventflow::uuid::Uuid::new_v4(), serde_json::json!({}))
+    /// #         .with_event_id(id);
+    /// #     stream.publish("orders", event.to_entry_fields())?;
+    /// # }
+    /// # stream.publish("orders", vec![("data".to_string(), b"{oops".to_vec())])?;
+    /// # handle.wait_idle(Duration::from_secs(10))?;
+    /// # handle.shutdown(Duration::from_secs(10))?;
+    /// // e-1 was dead-lettered (its handler gave up), e-2 processed, and one entry quarantined.
+    /// let admin = Admin::new(store);
+    /// let record = admin.skip_dead_letter("e-1")?;
+    /// assert_eq!(record.row.status, eventflow::EventStatus::DeadLetter, "it stays a dead letter");
+    /// assert!(admin.skip_dead_letter("e-1").is_err(), "skipped already");
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn skip_dead_letter(&self, key: &str) -> AdminResult<InboxRecord> {
         let found = self.find_row(key)?;
         if found.row.status != EventStatus::DeadLetter {

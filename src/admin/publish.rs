@@ -27,6 +27,21 @@ pub const EVENT_FIELDS: [&str; 8] = [
 /// `aggregate_id`, lengths), and the error names the field at fault. The payload may be any
 /// JSON value and is published as it is: the inbox keeps a payload that is not an object as
 /// it arrives.
+///
+/// ```
+/// use eventflow::admin::parse_event_json;
+///
+/// let text = r#"{"event_type": "OrderCreated",
+///                "aggregate_id": "7c8f0a6a-7b7c-4c74-9cfb-2e2e2b9b1d33",
+///                "payload": {"order_id": "o-1"}}"#;
+/// let event = parse_event_json(text, chrono::Utc::now())?;
+/// assert_eq!(event.event_type, "OrderCreated");
+/// assert!(!event.event_id.is_empty(), "filled in when missing");
+/// // A misspelt field is refused, naming the field it most likely means.
+/// let typo = parse_event_json(r#"{"evnet_type": "X"}"#, chrono::Utc::now()).unwrap_err();
+/// assert!(typo.to_string().contains("event_type"), "{typo}");
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 pub fn parse_event_json(text: &str, now: DateTime<Utc>) -> AdminResult<Event> {
     let value: Value = serde_json::from_str(text)
         .map_err(|error| AdminError::InvalidInput(format!("the event is not JSON: {error}")))?;
@@ -98,6 +113,18 @@ fn edit_distance(a: &str, b: &str) -> usize {
 /// Appends `event` to `stream` as one `data` field of JSON ([`Event::to_entry_fields`]) after
 /// checking it as the inbox would ([`Event::validate_received`]: a payload of any JSON kind
 /// is kept as it is); returns the entry id.
+///
+/// ```
+/// use eventflow::admin::publish_event;
+/// use eventflow::transport::MemoryStream;
+/// use eventflow::Event;
+///
+/// let stream = MemoryStream::new();
+/// let event = Event::new("OrderCreated", eventflow::uuid::Uuid::new_v4(), serde_json::json!({}));
+/// let entry_id = publish_event(&stream, "orders", &event)?;
+/// println!("published as {entry_id}");
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 pub fn publish_event(
     transport: &dyn Transport,
     stream: &str,

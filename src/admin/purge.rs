@@ -19,6 +19,37 @@ impl<S: InboxStore> Admin<S> {
     /// [`BATCH_ROWS`] per transaction, so the table stays available to the consumer meanwhile.
     /// Rows in any other status are kept. `progress` hears the running total after each batch.
     /// Returns how many rows went.
+    ///
+    /// ```
+    /// # use eventflow::transport::{MemoryStream, Transport};
+    /// # use eventflow::{admin::Admin, Event, HandlerError, HandlerResult};
+    /// # use eventflow::{InboxConsumer, SqliteStore};
+    /// # use std::{sync::Arc, time::Duration};
+    /// # let store = Arc::new(SqliteStore::open_in_memory()?);
+    /// # let stream = MemoryStream::new();
+    /// # let handle = InboxConsumer::builder().transport(stream.clone()).store(store.clone())
+    /// #     .stream("orders").group("billing")
+    /// #     .handler(|_tx, row| -> HandlerResult {
+    /// #         if row.event.event_id == "e-1" { return Err(HandlerError::give_up("bad payload")); }
+    /// #         Ok(())
+    /// #     })
+    /// #     .build()?.start()?;
+    /// # for id in ["e-1", "e-2"] {
+    /// #     let event = Event::new("OrderCreated", eventflow::uuid::Uuid::new_v4(), serde_json::json!({}))
+    /// #         .with_event_id(id);
+    /// #     stream.publish("orders", event.to_entry_fields())?;
+    /// # }
+    /// # stream.publish("orders", vec![("data".to_string(), b"{oops".to_vec())])?;
+    /// # handle.wait_idle(Duration::from_secs(10))?;
+    /// # handle.shutdown(Duration::from_secs(10))?;
+    /// // e-1 was dead-lettered (its handler gave up), e-2 processed, and one entry quarantined.
+    /// let admin = Admin::new(store);
+    /// // Processed rows older than a week; an age under 1 s would take every processed row.
+    /// let purged = admin.purge_processed(Duration::from_secs(7 * 86_400), &mut |_so_far| {})?;
+    /// assert_eq!(purged, 0, "e-2 was processed just now");
+    /// assert_eq!(admin.purge_processed(Duration::ZERO, &mut |_so_far| {})?, 1);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn purge_processed(
         &self,
         older_than: Duration,
@@ -49,6 +80,35 @@ impl<S: InboxStore> Admin<S> {
     /// Deletes quarantined entries, replayed or not, quarantined more than `older_than` ago,
     /// oldest first, [`BATCH_ROWS`] per transaction. `progress` hears the running total after
     /// each batch. Returns how many entries went.
+    ///
+    /// ```
+    /// # use eventflow::transport::{MemoryStream, Transport};
+    /// # use eventflow::{admin::Admin, Event, HandlerError, HandlerResult};
+    /// # use eventflow::{InboxConsumer, SqliteStore};
+    /// # use std::{sync::Arc, time::Duration};
+    /// # let store = Arc::new(SqliteStore::open_in_memory()?);
+    /// # let stream = MemoryStream::new();
+    /// # let handle = InboxConsumer::builder().transport(stream.clone()).store(store.clone())
+    /// #     .stream("orders").group("billing")
+    /// #     .handler(|_tx, row| -> HandlerResult {
+    /// #         if row.event.event_id == "e-1" { return Err(HandlerError::give_up("bad payload")); }
+    /// #         Ok(())
+    /// #     })
+    /// #     .build()?.start()?;
+    /// # for id in ["e-1", "e-2"] {
+    /// #     let event = Event::new("OrderCreated", eventflow::uuid::Uuid::new_v4(), serde_json::json!({}))
+    /// #         .with_event_id(id);
+    /// #     stream.publish("orders", event.to_entry_fields())?;
+    /// # }
+    /// # stream.publish("orders", vec![("data".to_string(), b"{oops".to_vec())])?;
+    /// # handle.wait_idle(Duration::from_secs(10))?;
+    /// # handle.shutdown(Duration::from_secs(10))?;
+    /// // e-1 was dead-lettered (its handler gave up), e-2 processed, and one entry quarantined.
+    /// let admin = Admin::new(store);
+    /// let purged = admin.purge_quarantined(Duration::ZERO, &mut |so_far| eprintln!("{so_far}"))?;
+    /// assert_eq!(purged, 1);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn purge_quarantined(
         &self,
         older_than: Duration,

@@ -67,6 +67,38 @@ impl Correction {
 
 impl<S: InboxStore> Admin<S> {
     /// Quarantined entries matching `filter`, one page.
+    ///
+    /// ```
+    /// # use eventflow::transport::{MemoryStream, Transport};
+    /// # use eventflow::{admin::Admin, Event, HandlerError, HandlerResult};
+    /// # use eventflow::{InboxConsumer, SqliteStore};
+    /// # use std::{sync::Arc, time::Duration};
+    /// # let store = Arc::new(SqliteStore::open_in_memory()?);
+    /// # let stream = MemoryStream::new();
+    /// # let handle = InboxConsumer::builder().transport(stream.clone()).store(store.clone())
+    /// #     .stream("orders").group("billing")
+    /// #     .handler(|_tx, row| -> HandlerResult {
+    /// #         if row.event.event_id == "e-1" { return Err(HandlerError::give_up("bad payload")); }
+    /// #         Ok(())
+    /// #     })
+    /// #     .build()?.start()?;
+    /// # for id in ["e-1", "e-2"] {
+    /// #     let event = Event::new("OrderCreated", eventflow::uuid::Uuid::new_v4(), serde_json::json!({}))
+    /// #         .with_event_id(id);
+    /// #     stream.publish("orders", event.to_entry_fields())?;
+    /// # }
+    /// # stream.publish("orders", vec![("data".to_string(), b"{oops".to_vec())])?;
+    /// # handle.wait_idle(Duration::from_secs(10))?;
+    /// # handle.shutdown(Duration::from_secs(10))?;
+    /// // e-1 was dead-lettered (its handler gave up), e-2 processed, and one entry quarantined.
+    /// let admin = Admin::new(store);
+    /// use eventflow::store::{Page, QuarantineFilter};
+    ///
+    /// let page = admin.list_quarantined(&QuarantineFilter::default(), Page::first(50))?;
+    /// assert_eq!(page.entries.len(), 1);
+    /// println!("{}: {}", page.entries[0].stream_id, page.entries[0].reason);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn list_quarantined(
         &self,
         filter: &QuarantineFilter,
@@ -85,6 +117,39 @@ impl<S: InboxStore> Admin<S> {
     }
 
     /// One quarantined entry.
+    ///
+    /// ```
+    /// # use eventflow::transport::{MemoryStream, Transport};
+    /// # use eventflow::{admin::Admin, Event, HandlerError, HandlerResult};
+    /// # use eventflow::{InboxConsumer, SqliteStore};
+    /// # use std::{sync::Arc, time::Duration};
+    /// # let store = Arc::new(SqliteStore::open_in_memory()?);
+    /// # let stream = MemoryStream::new();
+    /// # let handle = InboxConsumer::builder().transport(stream.clone()).store(store.clone())
+    /// #     .stream("orders").group("billing")
+    /// #     .handler(|_tx, row| -> HandlerResult {
+    /// #         if row.event.event_id == "e-1" { return Err(HandlerError::give_up("bad payload")); }
+    /// #         Ok(())
+    /// #     })
+    /// #     .build()?.start()?;
+    /// # for id in ["e-1", "e-2"] {
+    /// #     let event = Event::new("OrderCreated", eventflow::uuid::Uuid::new_v4(), serde_json::json!({}))
+    /// #         .with_event_id(id);
+    /// #     stream.publish("orders", event.to_entry_fields())?;
+    /// # }
+    /// # stream.publish("orders", vec![("data".to_string(), b"{oops".to_vec())])?;
+    /// # handle.wait_idle(Duration::from_secs(10))?;
+    /// # handle.shutdown(Duration::from_secs(10))?;
+    /// // e-1 was dead-lettered (its handler gave up), e-2 processed, and one entry quarantined.
+    /// let admin = Admin::new(store);
+    /// use eventflow::store::{Page, QuarantineFilter};
+    ///
+    /// # let id = admin.list_quarantined(&QuarantineFilter::default(), Page::first(1))?.entries[0].id;
+    /// let entry = admin.find_quarantined(id)?;
+    /// assert_eq!(entry.stream, "orders");
+    /// assert!(entry.reason.contains("data"), "{}", entry.reason);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn find_quarantined(&self, id: Uuid) -> AdminResult<QuarantinedEntry> {
         self.store
             .find_quarantined(id)?
@@ -98,6 +163,46 @@ impl<S: InboxStore> Admin<S> {
     /// pending event with `max_retries`; the entry is marked replayed in the same transaction.
     /// Returns the event id. Fails with [`AdminError::InvalidEvent`] (naming the field) when it
     /// still does not parse, and [`AdminError::NotFound`] when it was replayed already.
+    ///
+    /// ```
+    /// # use eventflow::transport::{MemoryStream, Transport};
+    /// # use eventflow::{admin::Admin, Event, HandlerError, HandlerResult};
+    /// # use eventflow::{InboxConsumer, SqliteStore};
+    /// # use std::{sync::Arc, time::Duration};
+    /// # let store = Arc::new(SqliteStore::open_in_memory()?);
+    /// # let stream = MemoryStream::new();
+    /// # let handle = InboxConsumer::builder().transport(stream.clone()).store(store.clone())
+    /// #     .stream("orders").group("billing")
+    /// #     .handler(|_tx, row| -> HandlerResult {
+    /// #         if row.event.event_id == "e-1" { return Err(HandlerError::give_up("bad payload")); }
+    /// #         Ok(())
+    /// #     })
+    /// #     .build()?.start()?;
+    /// # for id in ["e-1", "e-2"] {
+    /// #     let event = Event::new("OrderCreated", eventflow::uuid::Uuid::new_v4(), serde_json::json!({}))
+    /// #         .with_event_id(id);
+    /// #     stream.publish("orders", event.to_entry_fields())?;
+    /// # }
+    /// # stream.publish("orders", vec![("data".to_string(), b"{oops".to_vec())])?;
+    /// # handle.wait_idle(Duration::from_secs(10))?;
+    /// # handle.shutdown(Duration::from_secs(10))?;
+    /// // e-1 was dead-lettered (its handler gave up), e-2 processed, and one entry quarantined.
+    /// let admin = Admin::new(store);
+    /// use eventflow::admin::Correction;
+    /// use eventflow::store::{Page, QuarantineFilter};
+    ///
+    /// # let id = admin.list_quarantined(&QuarantineFilter::default(), Page::first(1))?.entries[0].id;
+    /// // The producer sent broken JSON; replay the entry with the event it meant.
+    /// let fixed = serde_json::json!({
+    ///     "event_id": "e-3", "event_type": "OrderCreated",
+    ///     "aggregate_id": eventflow::uuid::Uuid::new_v4(), "occurred_on": "2025-01-01T00:00:00Z",
+    ///     "payload": {"order_id": "o-3"},
+    /// });
+    /// let event_id = admin.replay_quarantined(id, Correction::Data(fixed), 3)?;
+    /// assert_eq!(event_id, "e-3");
+    /// assert_eq!(admin.find_row("e-3")?.row.status, eventflow::EventStatus::Pending);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn replay_quarantined(
         &self,
         id: Uuid,

@@ -66,6 +66,42 @@ impl<S: InboxStore> Admin<S> {
     /// pending and failed rows, the parked aggregates and the quarantined entries. Several reads, not one snapshot: on
     /// a busy inbox the totals and the per-stream counts may differ by the rows that moved
     /// in between.
+    ///
+    /// ```
+    /// # use eventflow::transport::{MemoryStream, Transport};
+    /// # use eventflow::{admin::Admin, Event, HandlerError, HandlerResult};
+    /// # use eventflow::{InboxConsumer, SqliteStore};
+    /// # use std::{sync::Arc, time::Duration};
+    /// # let store = Arc::new(SqliteStore::open_in_memory()?);
+    /// # let stream = MemoryStream::new();
+    /// # let handle = InboxConsumer::builder().transport(stream.clone()).store(store.clone())
+    /// #     .stream("orders").group("billing")
+    /// #     .handler(|_tx, row| -> HandlerResult {
+    /// #         if row.event.event_id == "e-1" { return Err(HandlerError::give_up("bad payload")); }
+    /// #         Ok(())
+    /// #     })
+    /// #     .build()?.start()?;
+    /// # for id in ["e-1", "e-2"] {
+    /// #     let event = Event::new("OrderCreated", eventflow::uuid::Uuid::new_v4(), serde_json::json!({}))
+    /// #         .with_event_id(id);
+    /// #     stream.publish("orders", event.to_entry_fields())?;
+    /// # }
+    /// # stream.publish("orders", vec![("data".to_string(), b"{oops".to_vec())])?;
+    /// # handle.wait_idle(Duration::from_secs(10))?;
+    /// # handle.shutdown(Duration::from_secs(10))?;
+    /// // e-1 was dead-lettered (its handler gave up), e-2 processed, and one entry quarantined.
+    /// let admin = Admin::new(store);
+    /// use eventflow::EventStatus;
+    ///
+    /// let status = admin.inbox_status()?;
+    /// assert_eq!(status.counts.get(EventStatus::Processed), 1);
+    /// assert_eq!(status.counts.get(EventStatus::DeadLetter), 1);
+    /// assert_eq!(status.quarantine.waiting, 1);
+    /// if let Some(lag) = status.pending_lag() {
+    ///     println!("the oldest pending row waits for {lag:?}");
+    /// }
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn inbox_status(&self) -> AdminResult<InboxStatus> {
         Ok(InboxStatus {
             owner: self.store.find_owner()?,
@@ -96,6 +132,19 @@ pub enum StreamStatus {
 
 /// Pending entries and lag of a consumer group, or whether the stream or only the group is
 /// missing. A transport that cannot tell the two apart reports [`StreamStatus::NoGroup`].
+///
+/// ```
+/// use eventflow::admin::{stream_status, StreamStatus};
+/// use eventflow::transport::{MemoryStream, Transport};
+///
+/// let stream = MemoryStream::new();
+/// stream.ensure_group("orders", "billing")?;
+/// match stream_status(&stream, "orders", "billing")? {
+///     StreamStatus::Group(stats) => println!("{} pending, lag {:?}", stats.pending, stats.lag),
+///     other => println!("{other:?}"),
+/// }
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 pub fn stream_status(
     transport: &dyn Transport,
     stream: &str,

@@ -24,6 +24,45 @@ use std::sync::Arc;
 use std::time::Duration;
 
 /// Builds an [`InboxConsumer`]. Start with [`InboxConsumer::builder`].
+///
+/// Choose the store first (it decides the handler's transaction type), then the handler or
+/// routes; every other setting can come in any order and says its default. `build()` checks
+/// the whole configuration once and names the setting at fault.
+///
+/// ```
+/// use eventflow::transport::MemoryStream;
+/// use eventflow::{Error, HandlerResult, InboxConsumer};
+/// use std::time::Duration;
+///
+/// let consumer = InboxConsumer::builder()
+///     .transport(MemoryStream::new())         // or .redis(url)
+///     .sqlite_in_memory()                     // or .postgres(url) / .sqlite(path) / .store(..)
+///     .table("billing_inbox")
+///     .streams(["orders", "payments"])
+///     .group("billing")
+///     .workers(4)
+///     .max_attempts(5)
+///     .retention(Duration::from_secs(7 * 86_400))
+///     .handler(|tx, row| -> HandlerResult {
+///         tx.execute("CREATE TABLE IF NOT EXISTS seen (event_id TEXT)", [])?;
+///         tx.execute("INSERT INTO seen VALUES (?1)", [&row.event.event_id])?;
+///         Ok(())
+///     })
+///     .build()?;
+///
+/// // A bad setting is named.
+/// let error = InboxConsumer::builder()
+///     .transport(MemoryStream::new())
+///     .sqlite_in_memory()
+///     .stream("orders")
+///     .group("billing")
+///     .workers(0)
+///     .handler(|_tx, _row| Ok(()))
+///     .build()
+///     .unwrap_err();
+/// assert!(matches!(error, Error::Config { field: "workers", .. }), "{error}");
+/// # Ok::<(), Error>(())
+/// ```
 pub struct ConsumerBuilder<B = NoStore, H = ()> {
     source: B,
     handler: H,
@@ -100,6 +139,24 @@ pub struct StoreOptions {
 }
 
 /// Something that yields the consumer's store at `build()`.
+///
+/// The builder's store choice (`.postgres(url)`, `.sqlite(path)`, `.sqlite_in_memory()`,
+/// [`ConsumerBuilder::store`]) is one; until one is
+/// made the builder holds [`NoStore`], which is not, so `.handler(..)`, `.route(..)` and
+/// `build()` are refused at compile time with a message saying to choose the store first:
+///
+/// ```compile_fail,E0277
+/// use eventflow::{HandlerResult, InboxConsumer};
+///
+/// // error[E0277]: choose the store before the handler: `NoStore` is not a store
+/// let builder = InboxConsumer::builder().handler(|_tx, _row| -> HandlerResult { Ok(()) });
+/// ```
+#[diagnostic::on_unimplemented(
+    message = "choose the store before the handler: `{Self}` is not a store",
+    label = "the store decides the handler's transaction type, so it must come first",
+    note = "call `.postgres(url)`, `.sqlite(path)`, `.sqlite_in_memory()` or `.store(store)` before `.handler(..)`, `.route(..)` or `.build()`",
+    note = "with `.postgres(..)` the handler gets `&mut eventflow::store::PgTransaction` (it derefs to `postgres::Transaction`); with `.sqlite(..)` it gets `&mut rusqlite::Transaction`"
+)]
 pub trait StoreSource {
     /// The store it yields.
     type Store: InboxStore;
@@ -238,33 +295,49 @@ impl<H> ConsumerBuilder<NoStore, H> {
     }
 
     /// Keeps the inbox in PostgreSQL at `url` (`postgresql://user@host/db` or
-    /// `host=... user=... dbname=...`). Handlers receive a `postgres::Transaction`.
+    /// `host=... user=... dbname=...`). Handlers receive a
+    /// `&mut `[`PgTransaction`](crate::store::PgTransaction), which derefs to
+    /// [`postgres::Transaction`] (so `tx.execute(sql, params)` works as usual) and adds
+    /// [`prepare_cached`](crate::store::PgTransaction::prepare_cached).
     #[cfg(feature = "postgres")]
     pub fn postgres(self, url: impl Into<String>) -> ConsumerBuilder<PostgresUrl, H> {
         self.with_source(PostgresUrl(ConnectionString::new(url)))
     }
 
-    /// Keeps the inbox in the SQLite file at `path`. Handlers receive a `rusqlite::Transaction`.
+    /// Keeps the inbox in the SQLite file at `path`. Handlers receive a
+    /// `&mut `[`rusqlite::Transaction`], which derefs to [`rusqlite::Connection`].
     #[cfg(feature = "sqlite")]
     pub fn sqlite(self, path: impl Into<PathBuf>) -> ConsumerBuilder<SqlitePath, H> {
         self.with_source(SqlitePath(Some(path.into())))
     }
 
-    /// Keeps the inbox in a private in-memory SQLite database, for tests and demos.
+    /// Keeps the inbox in a private in-memory SQLite database, for tests and demos. Handlers
+    /// receive a `&mut `[`rusqlite::Transaction`], as with [`sqlite`](Self::sqlite).
     #[cfg(feature = "sqlite")]
     pub fn sqlite_in_memory(self) -> ConsumerBuilder<SqlitePath, H> {
         self.with_source(SqlitePath(None))
     }
 
     /// Keeps the inbox in a store the application opened (to share its pool, or to query it in
-    /// tests).
+    /// tests). Handlers receive the store's [`InboxStore::Tx`]: `eventflow::store::PgTransaction`
+    /// for a `PostgresStore`, `rusqlite::Transaction` for a `SqliteStore`.
     pub fn store<S: InboxStore>(self, store: Arc<S>) -> ConsumerBuilder<Prebuilt<S>, H> {
         self.with_source(Prebuilt(store))
     }
 }
 
-impl<B: StoreSource> ConsumerBuilder<B, ()> {
+// The store bound sits on each method, not on the impl, so that calling one before choosing a
+// store reports `StoreSource`'s own message ("choose the store before the handler") rather
+// than "the method exists but its trait bounds were not satisfied".
+impl<B> ConsumerBuilder<B, ()> {
     /// The function run for each event, inside the transaction that marks it processed.
+    ///
+    /// It takes `(tx, row)`: `tx` is the store's transaction (`&mut
+    /// eventflow::store::PgTransaction`, which derefs to `postgres::Transaction`, with
+    /// `.postgres(..)`; `&mut rusqlite::Transaction` with `.sqlite(..)`; see
+    /// [`InboxStore::Tx`]) and `row` the
+    /// [`InboxRow`] being handled. The store must be chosen first, since it decides `tx`'s type;
+    /// calling `handler` on a builder with no store yet is a compile error that says so.
     ///
     /// Return `Ok(())` to commit its writes with the row; return an error (any error converts
     /// with `?`) to roll them back and retry later, or [`crate::HandlerError::give_up`] to
@@ -276,6 +349,7 @@ impl<B: StoreSource> ConsumerBuilder<B, ()> {
     /// as stored); a failure is recorded over that mark before commit.
     pub fn handler<F>(self, handler: F) -> ConsumerBuilder<B, F>
     where
+        B: StoreSource,
         F: Fn(&mut <B::Store as InboxStore>::Tx<'_>, &InboxRow) -> HandlerResult
             + Send
             + Sync
@@ -569,8 +643,36 @@ impl<B, H> ConsumerBuilder<B, H> {
         self
     }
 
-    /// `max_retries` of newly stored rows: the failed attempts after which a row is
-    /// dead-lettered; 0 retries for ever. Defaults to 3.
+    /// Failed attempts after which a row is dead-lettered (a handler error, a panic, an attempt
+    /// that died with its process each count one); 0 retries for ever. Stored with each new row
+    /// in the reference schema's `max_retries` column, so a row keeps the limit it was stored
+    /// with. The same name as the outbox relay's
+    /// [`max_attempts`](crate::outbox::RelayBuilder::max_attempts). Defaults to 3 (values past
+    /// `i32::MAX`, the column's range, count as `i32::MAX`).
+    ///
+    /// ```
+    /// # use eventflow::{InboxConsumer, transport::MemoryStream};
+    /// let consumer = InboxConsumer::builder()
+    ///     .transport(MemoryStream::new())
+    ///     .sqlite_in_memory()
+    ///     .stream("orders")
+    ///     .group("billing")
+    ///     .max_attempts(5) // dead-lettered at the fifth failure
+    ///     .handler(|_tx, _row| Ok(()))
+    ///     .build()?;
+    /// # Ok::<(), eventflow::Error>(())
+    /// ```
+    pub fn max_attempts(mut self, attempts: u32) -> Self {
+        self.settings.max_retries = i32::try_from(attempts).unwrap_or(i32::MAX);
+        self
+    }
+
+    /// The earlier name of [`max_attempts`](Self::max_attempts), after the reference schema's
+    /// column; a negative value fails at `build()`.
+    #[deprecated(
+        since = "0.1.0",
+        note = "renamed `max_attempts`, as the outbox relay's setting for the same idea"
+    )]
     pub fn max_retries(mut self, max_retries: i32) -> Self {
         self.settings.max_retries = max_retries;
         self
@@ -647,9 +749,11 @@ impl<B, H> ConsumerBuilder<B, H> {
     /// age. Several processes may have it on; one cleans at a time (on PostgreSQL by a
     /// per-table advisory lock). Keep rows at least as long as duplicates of an event can
     /// arrive, since a deleted row no longer stops its event being handled again. Between 1 s
-    /// and 100 years. Defaults to off (rows are kept; `eventflow purge` deletes them by hand).
-    pub fn retention(mut self, keep: Duration) -> Self {
-        self.settings.retention = Some(keep);
+    /// and 100 years. Takes a `Duration` or an `Option<Duration>` (`None` keeps rows for ever),
+    /// as the outbox relay's [`retention`](crate::outbox::RelayBuilder::retention) does.
+    /// Defaults to `None`, off (rows are kept; `eventflow purge` deletes them by hand).
+    pub fn retention(mut self, keep: impl Into<Option<Duration>>) -> Self {
+        self.settings.retention = keep.into();
         self
     }
 
@@ -713,14 +817,14 @@ impl<B, H> ConsumerBuilder<B, H> {
     }
 }
 
-impl<B, H> ConsumerBuilder<B, H>
-where
-    B: StoreSource,
-    H: Handler<B::Store>,
-{
+impl<B, H> ConsumerBuilder<B, H> {
     /// Checks the configuration and opens the store and transport (connections are made on
     /// first use, so this succeeds while the servers are down).
-    pub fn build(self) -> Result<InboxConsumer> {
+    pub fn build(self) -> Result<InboxConsumer>
+    where
+        B: StoreSource,
+        H: Handler<B::Store>,
+    {
         let settings = self.settings;
         settings.validate()?;
         let transport: Arc<dyn Transport> = match self.transport {
@@ -778,7 +882,7 @@ where
 use super::router::{Router, UnknownEvents};
 use serde::de::DeserializeOwned;
 
-impl<B: StoreSource> ConsumerBuilder<B, ()> {
+impl<B> ConsumerBuilder<B, ()> {
     /// Runs `handler` for events of `event_type`, through a [`Router`] that this starts; add
     /// more routes with further `route` and [`route_typed`](Self::route_typed) calls. Its
     /// result means what a [`handler`](Self::handler)'s does. Each event type takes one route:
@@ -837,7 +941,10 @@ impl<B: StoreSource> ConsumerBuilder<B, ()> {
             + Send
             + Sync
             + 'static,
-    ) -> ConsumerBuilder<B, Router<B::Store>> {
+    ) -> ConsumerBuilder<B, Router<B::Store>>
+    where
+        B: StoreSource,
+    {
         self.router(Router::new()).route(event_type, handler)
     }
 
@@ -851,14 +958,20 @@ impl<B: StoreSource> ConsumerBuilder<B, ()> {
             + Send
             + Sync
             + 'static,
-    ) -> ConsumerBuilder<B, Router<B::Store>> {
+    ) -> ConsumerBuilder<B, Router<B::Store>>
+    where
+        B: StoreSource,
+    {
         self.router(Router::new()).route_typed(event_type, handler)
     }
 
     /// Handles events with `router`, built on its own; more routes can still be added with
     /// [`route`](ConsumerBuilder::route). An event type it registered twice makes `build()`
     /// fail, naming `route`.
-    pub fn router(self, router: Router<B::Store>) -> ConsumerBuilder<B, Router<B::Store>> {
+    pub fn router(self, router: Router<B::Store>) -> ConsumerBuilder<B, Router<B::Store>>
+    where
+        B: StoreSource,
+    {
         ConsumerBuilder {
             source: self.source,
             handler: router,

@@ -1,7 +1,7 @@
 //! A configured consumer and how it starts its threads.
 
 use super::handle::{ConsumerHandle, Observed, Threads, READER_THREAD, WORKER_THREAD};
-use super::health::{Heartbeats, Probes};
+use super::health::{probes, Heartbeats};
 use super::idle::{Activity, IdleWatch};
 use super::in_flight::InFlight;
 use super::liveness::Liveness;
@@ -281,7 +281,7 @@ impl<S: InboxStore> Start for Runtime<S> {
             base_name,
             Observed {
                 heartbeats,
-                probes: Probes::new(self.store.clone(), self.transport.clone()),
+                probes: probes(self.store.clone(), self.transport.clone()),
                 readers: settings.reader_threads(),
                 workers: settings.workers,
                 in_flight,

@@ -1,10 +1,11 @@
 //! A running consumer: its threads, and stopping them.
 
-use super::health::{Health, Heartbeats, Probes, ThreadCount, PING_TIMEOUT};
+use super::health::{Health, Heartbeats, ThreadCount, PING_TIMEOUT};
 use super::idle::IdleWatch;
 use super::in_flight::InFlight;
 use super::stats::{ConsumerStats, Counters};
 use crate::error::{Error, Result};
+use crate::probe::Probes;
 use crossbeam_channel::{Receiver, Sender};
 use parking_lot::Mutex;
 use std::collections::BTreeSet;
@@ -86,7 +87,7 @@ impl Threads {
     }
 
     /// Threads whose name starts with `prefix` and that have not ended.
-    fn alive(&self, prefix: &str) -> usize {
+    pub fn alive(&self, prefix: &str) -> usize {
         self.running
             .iter()
             .filter(|(name, handle)| name.starts_with(prefix) && !handle.is_finished())

@@ -2,21 +2,16 @@
 //!
 //! Threads note when they last read the stream and last committed a batch ([`Heartbeats`]);
 //! [`ConsumerHandle::health`](super::ConsumerHandle::health) adds which threads are alive and
-//! whether the database and the broker answer now. The two pings run side by side on threads
-//! of their own and are waited for at most [`PING_TIMEOUT`], so a probe returns in bounded time
-//! even when a server hangs; a ping that has not answered by the next probe is not started twice.
+//! whether the database and the broker answer now, pinged within [`PING_TIMEOUT`] by the
+//! probes the relay's health check uses too (`crate::probe`).
 
 use super::in_flight::HungHandler;
+pub use crate::probe::PING_TIMEOUT;
+use crate::probe::{Beat, Probes};
 use crate::store::InboxStore;
 use crate::transport::Transport;
-use crossbeam_channel::Receiver;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
-
-/// How long [`ConsumerHandle::health`](super::ConsumerHandle::health) waits for the database
-/// and the broker to answer a ping: 1 s, as a Kubernetes probe's default timeout.
-pub const PING_TIMEOUT: Duration = Duration::from_secs(1);
+use std::time::Duration;
 
 /// A running consumer's health, as [`ConsumerHandle::health`](super::ConsumerHandle::health)
 /// found it.
@@ -91,122 +86,41 @@ impl Health {
 
 /// When the consumer's threads last read the stream and last committed, shared by all of them.
 pub(crate) struct Heartbeats {
-    origin: Instant,
-    /// Nanoseconds after `origin`, plus one; zero for never.
-    last_read: AtomicU64,
-    last_commit: AtomicU64,
+    last_read: Beat,
+    last_commit: Beat,
 }
 
 impl Heartbeats {
     pub fn new() -> Self {
         Self {
-            origin: Instant::now(),
-            last_read: AtomicU64::new(0),
-            last_commit: AtomicU64::new(0),
+            last_read: Beat::new(),
+            last_commit: Beat::new(),
         }
     }
 
     pub fn read(&self) {
-        self.beat(&self.last_read);
+        self.last_read.beat();
     }
 
     pub fn committed(&self) {
-        self.beat(&self.last_commit);
-    }
-
-    fn beat(&self, at: &AtomicU64) {
-        let nanos = u64::try_from(self.origin.elapsed().as_nanos()).unwrap_or(u64::MAX - 1);
-        at.fetch_max(nanos + 1, Ordering::Relaxed);
+        self.last_commit.beat();
     }
 
     pub fn since_last_read(&self) -> Option<Duration> {
-        self.since(&self.last_read)
+        self.last_read.since()
     }
 
     pub fn since_last_commit(&self) -> Option<Duration> {
-        self.since(&self.last_commit)
-    }
-
-    fn since(&self, at: &AtomicU64) -> Option<Duration> {
-        match at.load(Ordering::Relaxed) {
-            0 => None,
-            nanos => Some(
-                self.origin
-                    .elapsed()
-                    .saturating_sub(Duration::from_nanos(nanos - 1)),
-            ),
-        }
+        self.last_commit.since()
     }
 }
 
-/// Pings the consumer's database and broker with a bounded wait.
-pub(crate) struct Probes {
-    database: Arc<dyn Fn() -> Result<(), String> + Send + Sync>,
-    transport: Arc<dyn Transport>,
-    database_in_flight: Arc<AtomicBool>,
-    broker_in_flight: Arc<AtomicBool>,
-}
-
-impl Probes {
-    pub fn new<S: InboxStore>(store: Arc<S>, transport: Arc<dyn Transport>) -> Self {
-        Self {
-            database: Arc::new(move || store.ping().map_err(|error| error.to_string())),
-            transport,
-            database_in_flight: Arc::default(),
-            broker_in_flight: Arc::default(),
-        }
-    }
-
-    /// Pings both side by side; returns (database, broker) within about `timeout`.
-    pub fn ping(&self, timeout: Duration) -> (Result<(), String>, Result<(), String>) {
-        let deadline = Instant::now() + timeout;
-        let database = self.database.clone();
-        let database = spawn_ping("database", &self.database_in_flight, move || database());
-        let transport = self.transport.clone();
-        let broker = spawn_ping("broker", &self.broker_in_flight, move || {
-            transport.ping(timeout).map_err(|error| error.to_string())
-        });
-        (
-            wait_for(database, deadline, timeout),
-            wait_for(broker, deadline, timeout),
-        )
-    }
-}
-
-type Pending = Result<Receiver<Result<(), String>>, String>;
-
-/// Runs `ping` on a thread of its own, unless the previous one has not answered yet.
-fn spawn_ping(
-    what: &str,
-    in_flight: &Arc<AtomicBool>,
-    ping: impl FnOnce() -> Result<(), String> + Send + 'static,
-) -> Pending {
-    if in_flight.swap(true, Ordering::SeqCst) {
-        return Err(format!("the previous {what} ping has not answered yet"));
-    }
-    let (answer_tx, answer_rx) = crossbeam_channel::bounded(1);
-    let flag = in_flight.clone();
-    let spawned = std::thread::Builder::new()
-        .name(format!("eventflow-ping-{what}"))
-        .spawn(move || {
-            let answer = std::panic::catch_unwind(std::panic::AssertUnwindSafe(ping))
-                .unwrap_or_else(|_| Err("the ping panicked".to_string()));
-            flag.store(false, Ordering::SeqCst);
-            let _ = answer_tx.send(answer);
-        });
-    match spawned {
-        Ok(_) => Ok(answer_rx),
-        Err(error) => {
-            in_flight.store(false, Ordering::SeqCst);
-            Err(format!("cannot start the {what} ping: {error}"))
-        }
-    }
-}
-
-fn wait_for(pending: Pending, deadline: Instant, timeout: Duration) -> Result<(), String> {
-    pending?
-        .recv_deadline(deadline)
-        .unwrap_or_else(|_| Err(format!("no answer within {timeout:?}")))
+/// Pings the consumer's database (through `store`) and broker with a bounded wait.
+pub(crate) fn probes<S: InboxStore>(store: Arc<S>, transport: Arc<dyn Transport>) -> Probes {
+    Probes::new(
+        Arc::new(move || store.ping().map_err(|error| error.to_string())),
+        transport,
+    )
 }
 
 #[cfg(test)]
@@ -221,20 +135,5 @@ mod tests {
         beats.read();
         assert!(beats.since_last_read().is_some());
         assert_eq!(beats.since_last_commit(), None);
-    }
-
-    #[test]
-    fn a_ping_that_hangs_is_reported_and_not_started_twice() {
-        let in_flight = Arc::new(AtomicBool::new(false));
-        let (release_tx, release_rx) = crossbeam_channel::bounded::<()>(0);
-        let pending = spawn_ping("test", &in_flight, move || {
-            let _ = release_rx.recv();
-            Ok(())
-        });
-        let answer = wait_for(pending, Instant::now(), Duration::ZERO);
-        assert!(answer.unwrap_err().contains("no answer"));
-        let again = spawn_ping("test", &in_flight, || Ok(()));
-        assert!(again.unwrap_err().contains("has not answered yet"));
-        drop(release_tx);
     }
 }

@@ -69,7 +69,36 @@ impl std::fmt::Debug for RelayBuilder {
 }
 
 /// Settings for an [`OutboxRelay`]; see [`OutboxRelay::builder`]. Every setting has a default
-/// but the store and the transport.
+/// but the store and the transport; `build()` checks them and names the one at fault.
+///
+/// ```
+/// use eventflow::outbox::OutboxRelay;
+/// use eventflow::store::outbox::SqliteOutbox;
+/// use eventflow::transport::MemoryStream;
+/// use std::time::Duration;
+///
+/// let relay = OutboxRelay::builder()
+///     .store(SqliteOutbox::open_in_memory()?)  // or .postgres(url) / .sqlite(path)
+///     .transport(MemoryStream::new())          // or .redis(url)
+///     .workers(2)
+///     .batch_size(500)
+///     .max_attempts(10)                        // as the consumer's max_attempts
+///     .retention(Duration::from_secs(7 * 86_400))
+///     .trim_streams(Duration::from_secs(86_400))
+///     .build()?;
+/// let handle = relay.start()?;
+/// handle.shutdown(Duration::from_secs(10))?;
+///
+/// // A bad setting is named.
+/// let error = OutboxRelay::builder()
+///     .store(SqliteOutbox::open_in_memory()?)
+///     .transport(MemoryStream::new())
+///     .workers(0)
+///     .build()
+///     .unwrap_err();
+/// assert!(error.to_string().contains("workers"), "{error}");
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 #[must_use = "a builder does nothing until build() is called"]
 pub struct RelayBuilder {
     store: StoreChoice,
@@ -237,7 +266,9 @@ impl RelayBuilder {
     }
 
     /// Attempts before a row the broker keeps refusing is dead-lettered. An unreachable
-    /// broker counts no attempt. Defaults to 10.
+    /// broker counts no attempt. The same name as the consumer's
+    /// [`max_attempts`](crate::inbox::ConsumerBuilder::max_attempts); at least 1. Defaults
+    /// to 10.
     pub fn max_attempts(mut self, attempts: u32) -> Self {
         self.max_attempts = attempts;
         self
@@ -249,10 +280,12 @@ impl RelayBuilder {
         self
     }
 
-    /// How long published rows are kept before retention deletes them (in batches of 1,000);
-    /// `None` keeps them for ever. Defaults to 7 days.
-    pub fn retention(mut self, keep: Option<Duration>) -> Self {
-        self.retention = keep;
+    /// How long published rows are kept before retention deletes them (in batches of 1,000).
+    /// Takes a `Duration` or an `Option<Duration>` (`None` keeps them for ever), as the
+    /// consumer's [`retention`](crate::inbox::ConsumerBuilder::retention) does. Defaults to
+    /// 7 days.
+    pub fn retention(mut self, keep: impl Into<Option<Duration>>) -> Self {
+        self.retention = keep.into();
         self
     }
 
@@ -264,9 +297,9 @@ impl RelayBuilder {
 
     /// Trims the streams published to: entries older than `keep` that every consumer group
     /// has read and acknowledged go; unread or unacknowledged entries never do. `None` never
-    /// trims. Defaults to `None`.
-    pub fn trim_streams(mut self, keep: Option<Duration>) -> Self {
-        self.trim_after = keep;
+    /// trims. Takes a `Duration` or an `Option<Duration>`. Defaults to `None`.
+    pub fn trim_streams(mut self, keep: impl Into<Option<Duration>>) -> Self {
+        self.trim_after = keep.into();
         self
     }
 

@@ -3,6 +3,7 @@
 use crate::event::{EntryError, Event, MAX_ID_LEN};
 use crate::store::outbox::DEFAULT_OUTBOX_TABLE;
 use crate::store::{validate_table_name, StoreError};
+use std::borrow::Borrow;
 
 /// Errors from [`enqueue`]; nothing is written when one is returned.
 #[derive(Debug, thiserror::Error)]
@@ -31,6 +32,18 @@ pub enum EnqueueError {
     /// any failed statement.
     #[error("cannot write to the outbox: {0}")]
     Store(#[from] StoreError),
+}
+
+impl EnqueueError {
+    /// Whether running the caller's whole transaction again is the right answer: the database
+    /// ended it for a conflict with a concurrent transaction (a serialization failure, a
+    /// deadlock; see [`StoreError::is_retryable`]). Invalid events and stream names never are.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            Self::Store(error) => error.is_retryable(),
+            _ => false,
+        }
+    }
 }
 
 /// A connection or transaction the outbox can be written through. `enqueue` never begins,
@@ -126,16 +139,24 @@ impl OutboxTable {
         self.enqueue_batch(writer, stream, std::slice::from_ref(event))
     }
 
-    /// Writes `events`, in order, to this table in `writer`'s transaction; see
-    /// [`enqueue_batch`].
-    pub fn enqueue_batch<W: OutboxWriter + ?Sized>(
+    /// Writes `events` (owned or borrowed: `&[Event]`, `[&a, &b]`, a `Vec<Event>`, ...), in
+    /// order, to this table in `writer`'s transaction; see [`enqueue_batch`].
+    pub fn enqueue_batch<W, I>(
         &self,
         writer: &mut W,
         stream: &str,
-        events: &[Event],
-    ) -> Result<(), EnqueueError> {
+        events: I,
+    ) -> Result<(), EnqueueError>
+    where
+        W: OutboxWriter + ?Sized,
+        I: IntoIterator<Item: Borrow<Event>>,
+    {
         check_stream(stream)?;
-        let entries: Vec<(&str, &Event)> = events.iter().map(|event| (stream, event)).collect();
+        let events: Vec<I::Item> = events.into_iter().collect();
+        let entries: Vec<(&str, &Event)> = events
+            .iter()
+            .map(|event| (stream, event.borrow()))
+            .collect();
         self.write(writer, &entries)
     }
 
@@ -219,11 +240,21 @@ pub fn enqueue<W: OutboxWriter + ?Sized>(
 
 /// Writes `events` to the `event_outbox` table in order, like [`enqueue`], in one statement on
 /// PostgreSQL. Every event is validated before anything is written.
-pub fn enqueue_batch<W: OutboxWriter + ?Sized>(
-    writer: &mut W,
-    stream: &str,
-    events: &[Event],
-) -> Result<(), EnqueueError> {
+///
+/// The events may be owned or borrowed: a slice (`&events`), an array of references to
+/// events the application keeps (`[&created, &paid]`), a `Vec` it hands over, or any iterator
+/// of these; nothing needs cloning.
+///
+/// ```no_run
+/// # fn f(tx: &mut postgres::Transaction<'_>, created: &eventflow::Event, paid: &eventflow::Event) -> Result<(), Box<dyn std::error::Error>> {
+/// eventflow::outbox::enqueue_batch(tx, "orders", [created, paid])?;
+/// # Ok(()) }
+/// ```
+pub fn enqueue_batch<W, I>(writer: &mut W, stream: &str, events: I) -> Result<(), EnqueueError>
+where
+    W: OutboxWriter + ?Sized,
+    I: IntoIterator<Item: Borrow<Event>>,
+{
     OutboxTable::default().enqueue_batch(writer, stream, events)
 }
 

@@ -1,8 +1,10 @@
 //! A running relay: its totals, and stopping it.
 
+use super::health::{RelayBeats, RelayHealth};
 use super::metrics::RelayMetrics;
 use crate::error::Result;
-use crate::inbox::Threads;
+use crate::inbox::{ThreadCount, Threads, PING_TIMEOUT};
+use crate::probe::Probes;
 use crate::store::outbox::PublishRound;
 use chrono::{DateTime, Utc};
 use parking_lot::Mutex;
@@ -122,12 +124,26 @@ pub struct RelayReport {
     pub stats: RelayStats,
 }
 
+/// Publisher threads are named this, then their index.
+pub(super) const PUBLISHER_THREAD: &str = "eventflow-relay-publisher-";
+
+/// What [`RelayHandle::health`] looks at besides the threads.
+pub(super) struct Observed {
+    pub beats: Arc<RelayBeats>,
+    pub probes: Probes,
+    /// Publisher threads started.
+    pub publishers: usize,
+    /// Other threads started: listener, retention, trimming.
+    pub services: usize,
+}
+
 /// A running relay. [`shutdown`](Self::shutdown) stops it; dropping the handle does too, as a
 /// safety net.
 pub struct RelayHandle {
     running: Mutex<Option<Threads>>,
     counters: Arc<Counters>,
     table: String,
+    observed: Observed,
 }
 
 impl std::fmt::Debug for RelayHandle {
@@ -140,11 +156,67 @@ impl std::fmt::Debug for RelayHandle {
 }
 
 impl RelayHandle {
-    pub(super) fn new(threads: Threads, counters: Arc<Counters>, table: String) -> Self {
+    pub(super) fn new(
+        threads: Threads,
+        counters: Arc<Counters>,
+        table: String,
+        observed: Observed,
+    ) -> Self {
         Self {
             running: Mutex::new(Some(threads)),
             counters,
             table,
+            observed,
+        }
+    }
+
+    /// Whether the relay is live and ready, for liveness and readiness probes, as
+    /// [`ConsumerHandle::health`](crate::ConsumerHandle::health) says for a consumer: which
+    /// threads are alive, when a publisher last finished a round and last published, and
+    /// whether the database and the broker answer a ping now. See [`RelayHealth::is_live`]
+    /// and [`RelayHealth::is_ready`] for the rules.
+    ///
+    /// Returns within about [`PING_TIMEOUT`] (1 s) however the servers behave: the pings run
+    /// on threads of their own, and one that has not answered in time is reported as failed.
+    ///
+    /// ```
+    /// use eventflow::outbox::OutboxRelay;
+    /// use eventflow::store::outbox::SqliteOutbox;
+    /// use eventflow::transport::MemoryStream;
+    ///
+    /// let relay = OutboxRelay::builder()
+    ///     .store(SqliteOutbox::open_in_memory()?)
+    ///     .transport(MemoryStream::new())
+    ///     .build()?
+    ///     .start()?;
+    /// let health = relay.health();
+    /// assert!(health.is_live());
+    /// if !health.is_ready() {
+    ///     eprintln!("waiting out an outage: database {:?}, broker {:?}", health.database, health.broker);
+    /// }
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn health(&self) -> RelayHealth {
+        let observed = &self.observed;
+        let (running, publishers, all) = match self.running.lock().as_ref() {
+            Some(threads) => (true, threads.alive(PUBLISHER_THREAD), threads.alive("")),
+            None => (false, 0, 0),
+        };
+        let (database, broker) = observed.probes.ping(PING_TIMEOUT);
+        RelayHealth {
+            running,
+            publishers: ThreadCount {
+                alive: publishers,
+                configured: observed.publishers,
+            },
+            services: ThreadCount {
+                alive: all - publishers,
+                configured: observed.services,
+            },
+            since_last_round: observed.beats.round.since(),
+            since_last_publish: observed.beats.published.since(),
+            database,
+            broker,
         }
     }
 

@@ -39,8 +39,10 @@
 mod builder;
 mod enqueue;
 mod handle;
+mod health;
 mod listener;
 pub mod metrics;
+mod migrate;
 mod publisher;
 mod relay;
 
@@ -50,4 +52,6 @@ pub use enqueue::{
 };
 pub(crate) use handle::Counters;
 pub use handle::{RelayHandle, RelayReport, RelayStats};
+pub use health::RelayHealth;
+pub use migrate::{migrate, OutboxMigrator};
 pub use relay::OutboxRelay;

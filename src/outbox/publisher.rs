@@ -54,6 +54,10 @@ pub(super) fn publish_until_stopped(
                 shared
                     .counters
                     .record(&round, &enqueued, shared.clock.now());
+                shared.beats.round.beat();
+                if round.published > 0 {
+                    shared.beats.published.beat();
+                }
                 if shared.contention_wait.is_some()
                     && round.published + round.retried + round.dead_lettered > 0
                 {

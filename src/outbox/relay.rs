@@ -11,7 +11,8 @@
 //! [`RetryPolicy`]'s schedule and dead-lettered after `max_attempts`.
 
 use super::builder::RelayBuilder;
-use super::handle::{Counters, RelayHandle};
+use super::handle::{Counters, Observed, RelayHandle, PUBLISHER_THREAD};
+use super::health::RelayBeats;
 use super::listener::listen_until_stopped;
 use super::publisher::publish_until_stopped;
 use crate::clock::Clock;
@@ -20,6 +21,7 @@ use crate::inbox::Threads;
 use crate::maintenance::outbox_retention::OutboxRetention;
 use crate::maintenance::run as run_service;
 use crate::maintenance::stream_trim::StreamTrim;
+use crate::probe::Probes;
 use crate::retry::RetryPolicy;
 use crate::store::outbox::OutboxStore;
 use crate::store::{not_migrated, Migrations};
@@ -105,7 +107,9 @@ impl OutboxRelay {
         let (wakers, wake_rxs): (Vec<_>, Vec<_>) = (0..self.workers)
             .map(|_| crossbeam_channel::bounded(1))
             .unzip();
+        let beats = Arc::new(RelayBeats::new());
         let shared = Arc::new(Shared {
+            beats: beats.clone(),
             wakers: wakers.clone(),
             store: self.store.clone(),
             transport: self.transport.clone(),
@@ -121,12 +125,14 @@ impl OutboxRelay {
             streams: streams.clone(),
         });
         let mut threads = Threads::new(stopping.clone());
+        // The listener, retention and trimming threads, counted for the health check.
+        let mut services = 0;
         // Disconnects as shutdown begins, waking idle threads.
         let stop_rx = threads.stopping_signal();
         for (n, wake_rx) in wake_rxs.into_iter().enumerate() {
             let shared = shared.clone();
             let stop = stop_rx.clone();
-            threads.spawn(format!("eventflow-relay-{n}"), move || {
+            threads.spawn(format!("{PUBLISHER_THREAD}{n}"), move || {
                 publish_until_stopped(&shared, n, &wake_rx, &stop)
             })?;
         }
@@ -135,6 +141,7 @@ impl OutboxRelay {
             threads.spawn("eventflow-relay-listener".to_string(), move || {
                 listen_until_stopped(&shared, first, &wakers)
             })?;
+            services += 1;
         }
         if let Some(keep) = self.retention {
             let retention = OutboxRetention {
@@ -148,6 +155,7 @@ impl OutboxRelay {
             threads.spawn("eventflow-outbox-retention".to_string(), move || {
                 run_service(retention, stop)
             })?;
+            services += 1;
         }
         if let Some(keep) = self.trim_after {
             let trim = StreamTrim {
@@ -162,18 +170,31 @@ impl OutboxRelay {
             threads.spawn("eventflow-stream-trim".to_string(), move || {
                 run_service(trim, stop)
             })?;
+            services += 1;
         }
         tracing::info!(table = %self.store.table(), workers = self.workers, "outbox relay started");
+        let store = self.store.clone();
         Ok(RelayHandle::new(
             threads,
             counters,
             self.store.table().to_string(),
+            Observed {
+                beats,
+                probes: Probes::new(
+                    Arc::new(move || store.ping().map_err(|error| error.to_string())),
+                    self.transport.clone(),
+                ),
+                publishers: self.workers,
+                services,
+            },
         ))
     }
 }
 
 /// What every relay thread shares.
 pub(super) struct Shared {
+    /// When a publisher last finished a round and last published, for the health check.
+    pub(super) beats: Arc<RelayBeats>,
     pub(super) store: Arc<dyn OutboxStore>,
     pub(super) transport: Arc<dyn Transport>,
     pub(super) clock: Arc<dyn Clock>,

@@ -727,6 +727,54 @@ impl StoreError {
         }
     }
 
+    /// Whether running the whole transaction again is the right answer: the database ended it
+    /// for a conflict with a concurrent transaction, not for anything in it, and the same work
+    /// may well succeed next time. PostgreSQL: SQLSTATE 40001 (`serialization_failure`, also
+    /// what `REPEATABLE READ` reports for a row a concurrent transaction changed) and 40P01
+    /// (`deadlock_detected`); SQLite: `SQLITE_BUSY` (another connection held the write lock
+    /// past the busy timeout) and `SQLITE_LOCKED` (a conflict within a shared cache).
+    ///
+    /// The transaction is aborted either way: roll it back, then run it again from its
+    /// `BEGIN` (re-reading what it read), as an application does around
+    /// [`outbox::enqueue`](crate::outbox::enqueue) in a `SERIALIZABLE` transaction:
+    ///
+    /// ```no_run
+    /// # fn place_order(client: &mut postgres::Client, event: &eventflow::Event) -> Result<(), Box<dyn std::error::Error>> {
+    /// use eventflow::outbox;
+    /// use postgres::error::SqlState;
+    ///
+    /// loop {
+    ///     let mut tx = client.build_transaction()
+    ///         .isolation_level(postgres::IsolationLevel::Serializable)
+    ///         .start()?;
+    ///     match outbox::enqueue(&mut tx, "orders", event) {
+    ///         // Dropping `tx` rolls it back; the loop runs the whole transaction again.
+    ///         Err(error) if error.is_retryable() => continue,
+    ///         other => other?,
+    ///     }
+    ///     match tx.commit() {
+    ///         Err(error) if error.code() == Some(&SqlState::T_R_SERIALIZATION_FAILURE) => continue,
+    ///         other => return Ok(other?),
+    ///     }
+    /// }
+    /// # }
+    /// ```
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            #[cfg(feature = "postgres")]
+            Self::Postgres { source, .. } => source
+                .code()
+                .is_some_and(|code| sqlstate_is_transient_conflict(code.code())),
+            #[cfg(feature = "sqlite")]
+            Self::Sqlite { source, .. } => matches!(
+                source.sqlite_error_code(),
+                Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked)
+            ),
+            Self::Migration { source, .. } => source.is_retryable(),
+            _ => false,
+        }
+    }
+
     /// The SQLSTATE the server answered with, if any (PostgreSQL only), for logs.
     pub fn sqlstate(&self) -> Option<&str> {
         match self {
@@ -752,6 +800,13 @@ fn sqlstate_refuses_data(code: &str) -> bool {
 #[cfg_attr(not(feature = "postgres"), allow(dead_code))]
 fn sqlstate_refuses_work(code: &str) -> bool {
     sqlstate_refuses_data(code) || code.starts_with("54")
+}
+
+/// Whether a SQLSTATE means the transaction lost a conflict with a concurrent one and may
+/// succeed when run again: 40001 `serialization_failure`, 40P01 `deadlock_detected`.
+#[cfg_attr(not(feature = "postgres"), allow(dead_code))]
+fn sqlstate_is_transient_conflict(code: &str) -> bool {
+    matches!(code, "40001" | "40P01")
 }
 
 /// SQLite's counterpart of [`sqlstate_refuses_data`]: a constraint, a type mismatch, a value

@@ -49,8 +49,7 @@ reads_through!(
 /// use eventflow::{outbox, testing, Event};
 ///
 /// let mut conn = rusqlite::Connection::open_in_memory()?;
-/// # conn.execute_batch(include_str!("../../sql/sqlite/outbox/0001_event_outbox.sql"))?;
-/// # conn.execute_batch(include_str!("../../sql/sqlite/outbox/0002_headers.sql"))?;
+/// outbox::migrate(&mut conn)?;
 /// let mut tx = conn.transaction()?;
 /// let event = Event::new("InvoiceIssued", uuid::Uuid::new_v4(), serde_json::json!({"total": 12}));
 /// outbox::enqueue(&mut tx, "invoices", &event)?;
@@ -79,8 +78,7 @@ pub fn enqueued<R: OutboxReader + ?Sized>(
 /// use eventflow::{outbox, testing, Event};
 ///
 /// let mut conn = rusqlite::Connection::open_in_memory()?;
-/// # conn.execute_batch(include_str!("../../sql/sqlite/outbox/0001_event_outbox.sql"))?;
-/// # conn.execute_batch(include_str!("../../sql/sqlite/outbox/0002_headers.sql"))?;
+/// outbox::migrate(&mut conn)?;
 /// let mut tx = conn.transaction()?;
 /// let event = Event::new("InvoiceIssued", uuid::Uuid::new_v4(), serde_json::json!({"total": 12}));
 /// outbox::enqueue(&mut tx, "invoices", &event)?;

@@ -73,6 +73,22 @@ impl From<Verdict> for Outcome {
 
 /// How [`run_handler`] runs: the clock, the retry policy and the attempt, as the consumer's
 /// settings and the inbox row would give them. Every setter says its default.
+///
+/// ```
+/// use eventflow::testing::RunOptions;
+/// use eventflow::{ExponentialBackoff, ManualClock};
+/// use std::time::Duration;
+///
+/// // The last of five attempts, on the consumer's schedule, at a known time.
+/// let options = RunOptions::new()
+///     .clock(ManualClock::starting_now())
+///     .retry_policy(ExponentialBackoff::default())
+///     .jitter(0.0)
+///     .max_retries(5)
+///     .retry_count(4)
+///     .stream("orders");
+/// # let _ = options;
+/// ```
 #[derive(Clone)]
 pub struct RunOptions {
     clock: Arc<dyn Clock>,
@@ -147,7 +163,7 @@ impl RunOptions {
     }
 
     /// The row's `max_retries`, as given to
-    /// [`ConsumerBuilder::max_retries`](crate::inbox::ConsumerBuilder::max_retries); 0
+    /// [`ConsumerBuilder::max_attempts`](crate::inbox::ConsumerBuilder::max_attempts); 0
     /// retries for ever. Defaults to 3, the consumer's default.
     pub fn max_retries(mut self, max_retries: i32) -> Self {
         self.max_retries = max_retries;

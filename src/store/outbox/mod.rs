@@ -83,7 +83,11 @@ pub struct OutboxRow {
     pub event: Event,
     /// Where it stands.
     pub status: OutboxStatus,
-    /// Failed publish attempts so far.
+    /// Publish attempts the broker answered: each refusal, and the attempt that published the
+    /// row. So 0 for a row not yet tried, the refusals so far for a pending or failed row, 1
+    /// for a row published at once (one more per refusal before it), and the relay's
+    /// `max_attempts` for a row it dead-lettered. Attempts the broker never answered (it was
+    /// unreachable, or said "try later") are not counted; a requeue starts again from 0.
     pub attempts: i32,
     /// When a failed row is tried again; `None` means now.
     pub next_attempt_at: Option<DateTime<Utc>>,

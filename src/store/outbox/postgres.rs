@@ -20,8 +20,8 @@ use crate::headers;
 use crate::redact::ConnectionString;
 use crate::store::migrations::{Migration, PendingMigration};
 use crate::store::postgres::{
-    apply_migrations, new_manager, new_pool, parse_url, pending_migrations, pg, validate_pool,
-    MigrationTarget, PgConnection, PgConnector, Pool, SessionLimits,
+    apply_migrations, apply_migrations_on, new_manager, new_pool, parse_url, pending_migrations,
+    pg, validate_pool, MigrationTarget, PgConnection, PgConnector, Pool, SessionLimits,
     DEFAULT_MIGRATION_LOCK_TIMEOUT,
 };
 use crate::store::{validate_table_name, StoreError};
@@ -78,7 +78,27 @@ const COLUMNS: &str = "id, stream, event_id, event_type, aggregate_id, correlati
      causation_id, occurred_on, payload, status, attempts, next_attempt_at, created_at, \
      published_at, last_error, last_error_at, stream_entry_id, headers";
 
-/// Configures a [`PostgresOutbox`].
+/// Configures a [`PostgresOutbox`]; see [`PostgresOutbox::builder`]. Every setter says its
+/// default.
+///
+/// ```no_run
+/// use eventflow::outbox::OutboxRelay;
+/// use eventflow::store::outbox::{OutboxStore, PostgresOutbox};
+/// use std::time::Duration;
+///
+/// let outbox = PostgresOutbox::builder("host=db user=app dbname=app")
+///     .table("billing_outbox")
+///     .pool_size(4)
+///     .connect_timeout(Duration::from_secs(5))
+///     .build()?;
+/// outbox.migrate()?;
+/// let relay = OutboxRelay::builder()
+///     .store(outbox)
+///     .redis("redis://127.0.0.1:6379")
+///     .build()?
+///     .start()?;
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 #[derive(Debug, Clone)]
 pub struct PostgresOutboxBuilder {
     url: ConnectionString,
@@ -469,6 +489,22 @@ impl EnqueueListener for PgListener {
 /// transaction: one statement, one round trip, atomic on its own. The aggregates' locks are
 /// taken sorted by key, whatever the streams, so two transactions never wait in a circle on
 /// locks taken by one call each.
+/// Creates or upgrades outbox `table` (a validated name) on the application's `client`: a
+/// `Client` (in a transaction of its own) or a `Transaction` (in a savepoint, so it commits
+/// with the caller's transaction). Recorded in the migrations table as the relay's own
+/// migration is, so either finds the other's work done.
+pub(crate) fn migrate_on<C: GenericClient>(client: &mut C, table: &str) -> Result<(), StoreError> {
+    apply_migrations_on(
+        client,
+        &MigrationTarget {
+            target: format!("outbox:{table}"),
+            migrations: MIGRATIONS,
+            render: Box::new(|migration| migration.render_as(DEFAULT_OUTBOX_TABLE, table)),
+            lock_timeout: DEFAULT_MIGRATION_LOCK_TIMEOUT,
+        },
+    )
+}
+
 pub(crate) fn enqueue<C: GenericClient>(
     client: &mut C,
     table: &str,

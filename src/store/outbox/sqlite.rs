@@ -12,8 +12,8 @@ use crate::event::Event;
 use crate::headers;
 use crate::store::migrations::{Migration, PendingMigration};
 use crate::store::sqlite::{
-    apply_migrations, lite, open_file, open_memory, parse_opt_ts, parse_ts, parse_uuid,
-    pending_migrations, ts, wait_when_busy,
+    apply_migrations, apply_migrations_on, lite, open_file, open_memory, parse_opt_ts, parse_ts,
+    parse_uuid, pending_migrations, ts, wait_when_busy,
 };
 use crate::store::{truncate_error, validate_table_name, StoreError};
 use chrono::{DateTime, Utc};
@@ -357,6 +357,15 @@ impl OutboxStore for SqliteOutbox {
 
 /// Writes `events` to `table` bound for `stream` through the caller's connection or
 /// transaction, with statements cached on that connection.
+/// Creates or upgrades outbox `table` (a validated name) on the application's `conn`, in a
+/// transaction of its own or a savepoint of the caller's; recorded as the relay's own
+/// migration is.
+pub(crate) fn migrate_on(conn: &Connection, table: &str) -> Result<(), StoreError> {
+    apply_migrations_on(conn, &format!("outbox:{table}"), MIGRATIONS, &|migration| {
+        migration.render_as(DEFAULT_OUTBOX_TABLE, table)
+    })
+}
+
 pub(crate) fn enqueue(
     conn: &Connection,
     table: &str,

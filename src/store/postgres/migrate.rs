@@ -108,6 +108,98 @@ pub(in crate::store) fn apply_migrations(
     unlocked.map(drop)
 }
 
+/// Applies the migrations not yet recorded for the target on the application's own client or
+/// transaction, inside a transaction of its own (a savepoint when `client` is a transaction,
+/// so the migration commits or rolls back with the caller's). Only targets whose files all run
+/// in a transaction can be migrated so (the outbox's): a concurrent index build cannot.
+///
+/// One migrator per target still: the same lock key as [`apply_migrations`], taken at
+/// transaction level and polled, held until the caller's transaction ends. Each file runs in
+/// a savepoint with the migration lock timeout, retried as there after a lock wait or a lost
+/// race; the caller's `lock_timeout` is put back afterwards.
+pub(in crate::store) fn apply_migrations_on(
+    client: &mut impl postgres::GenericClient,
+    target: &MigrationTarget<'_>,
+) -> Result<(), StoreError> {
+    if let Some(migration) = target.migrations.iter().find(|m| !m.transactional()) {
+        return Err(StoreError::InvalidConfig(format!(
+            "{} cannot be migrated on a caller's connection: {} runs outside a transaction \
+             (a concurrent index build); migrate through the store's pool instead",
+            target.target, migration.name
+        )));
+    }
+    let mut tx = client.transaction().map_err(pg("begin the migration"))?;
+    loop {
+        let taken: bool = tx
+            .query_one(
+                "SELECT pg_try_advisory_xact_lock($1, hashtext($2))",
+                &[&MIGRATION_LOCK_KEY, &target.target],
+            )
+            .map_err(pg("take the migration lock"))?
+            .get(0);
+        if taken {
+            break;
+        }
+        std::thread::sleep(LOCK_POLL);
+    }
+    let saved: String = tx
+        .query_one(
+            "SELECT current_setting('lock_timeout'), set_config('lock_timeout', $1, true)",
+            &[&format!("{}ms", target.lock_timeout.as_millis().max(1))],
+        )
+        .map_err(pg("set the migration lock timeout"))?
+        .get(0);
+    let create = format!(
+        "CREATE TABLE IF NOT EXISTS {MIGRATIONS_TABLE} (
+            target VARCHAR(255) NOT NULL,
+            version INTEGER NOT NULL,
+            name VARCHAR(255) NOT NULL,
+            applied_at TIMESTAMP WITH TIME ZONE NOT NULL DEFAULT NOW(),
+            PRIMARY KEY (target, version))"
+    );
+    with_retries(None, &create, || {
+        let mut savepoint = tx.transaction()?;
+        savepoint.batch_execute(&create)?;
+        savepoint.commit()
+    })
+    .map_err(pg("create the migrations table"))?;
+    let applied: HashSet<i32> = tx
+        .query(
+            &format!("SELECT version FROM {MIGRATIONS_TABLE} WHERE target = $1"),
+            &[&target.target],
+        )
+        .map_err(pg("read applied migrations"))?
+        .iter()
+        .map(|row| row.get(0))
+        .collect();
+    for migration in target.migrations {
+        if applied.contains(&(migration.version as i32)) {
+            continue;
+        }
+        let sql = (target.render)(migration);
+        with_retries(Some(migration), "the file", || {
+            let mut savepoint = tx.transaction()?;
+            savepoint.batch_execute(&sql)?;
+            record(&mut savepoint, &target.target, migration)?;
+            savepoint.commit()
+        })
+        .map_err(|e| StoreError::Migration {
+            version: migration.version,
+            name: migration.name,
+            source: Box::new(pg("apply")(e)),
+        })?;
+        tracing::info!(
+            target_table = %target.target,
+            version = migration.version,
+            name = migration.name,
+            "applied migration on the caller's connection"
+        );
+    }
+    tx.execute("SELECT set_config('lock_timeout', $1, true)", &[&saved])
+        .map_err(pg("restore the lock timeout"))?;
+    tx.commit().map_err(pg("commit the migration"))
+}
+
 /// Waits for the session-level migration lock by polling (see the module docs for why).
 fn take_migration_lock(client: &mut Client, target: &str) -> Result<(), StoreError> {
     loop {

@@ -12,7 +12,8 @@ mod tls;
 
 pub use connection::{PgConnectError, PgConnection, PgManager, PgTransaction};
 pub(in crate::store) use migrate::{
-    apply_migrations, pending_migrations, MigrationTarget, DEFAULT_MIGRATION_LOCK_TIMEOUT,
+    apply_migrations, apply_migrations_on, pending_migrations, MigrationTarget,
+    DEFAULT_MIGRATION_LOCK_TIMEOUT,
 };
 use queries::Queries;
 pub use session::SessionLimits;
@@ -98,7 +99,32 @@ const COLUMN_COUNT: usize = 19;
 pub(super) const QUARANTINE_COLUMNS: &str =
     "id, stream, stream_id, raw_fields, reason, received_at, replayed_at, replayed_event_id";
 
-/// Configures a [`PostgresStore`].
+/// Configures a [`PostgresStore`]; see [`PostgresStore::builder`]. Every setter says its
+/// default, and `build()` checks the settings and names the one at fault.
+///
+/// ```no_run
+/// use eventflow::store::{PostgresStore, SessionLimits};
+/// use eventflow::InboxConsumer;
+/// use std::sync::Arc;
+/// use std::time::Duration;
+///
+/// let store = PostgresStore::builder("postgresql://app@db/app?sslmode=verify-full")
+///     .table("billing_inbox")
+///     .pool_size(16)
+///     .connect_timeout(Duration::from_secs(5))
+///     .session_limits(SessionLimits::default().statement_timeout(Duration::from_secs(30)))
+///     .build()?;
+/// let store = Arc::new(store);
+/// // Shared with a consumer, and queried by the application itself.
+/// let consumer = InboxConsumer::builder()
+///     .store(store.clone())
+///     .redis("redis://127.0.0.1:6379")
+///     .stream("orders")
+///     .group("billing")
+///     .handler(|_tx, _row| Ok(()))
+///     .build()?;
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 #[derive(Debug, Clone)]
 pub struct PostgresStoreBuilder {
     url: ConnectionString,

@@ -207,6 +207,49 @@ pub(in crate::store) fn apply_migrations(
     let tx = conn
         .transaction_with_behavior(TransactionBehavior::Immediate)
         .map_err(lite("begin migration"))?;
+    apply_pending(&tx, target, migrations, render)?;
+    tx.commit().map_err(lite("commit migration"))
+}
+
+/// [`apply_migrations`] on the application's own connection: in an `IMMEDIATE` transaction of
+/// its own when the connection is in none, else in a savepoint of the caller's transaction
+/// (which then holds the write lock; the migration commits or rolls back with it).
+pub(in crate::store) fn apply_migrations_on(
+    conn: &Connection,
+    target: &str,
+    migrations: &[Migration],
+    render: &dyn Fn(&Migration) -> String,
+) -> Result<(), StoreError> {
+    let (begin, commit, undo) = if conn.is_autocommit() {
+        ("BEGIN IMMEDIATE", "COMMIT", "ROLLBACK")
+    } else {
+        (
+            "SAVEPOINT eventflow_migrate",
+            "RELEASE eventflow_migrate",
+            "ROLLBACK TO eventflow_migrate; RELEASE eventflow_migrate",
+        )
+    };
+    conn.execute_batch(begin).map_err(lite("begin migration"))?;
+    match apply_pending(conn, target, migrations, render)
+        .and_then(|()| conn.execute_batch(commit).map_err(lite("commit migration")))
+    {
+        Ok(()) => Ok(()),
+        Err(error) => {
+            // Best effort: the error says what went wrong, whatever the undo does.
+            let _ = conn.execute_batch(undo);
+            Err(error)
+        }
+    }
+}
+
+/// The migrations not yet recorded for `target`, applied and recorded on `tx`, which the caller
+/// has made a transaction holding the write lock.
+fn apply_pending(
+    tx: &Connection,
+    target: &str,
+    migrations: &[Migration],
+    render: &dyn Fn(&Migration) -> String,
+) -> Result<(), StoreError> {
     tx.execute_batch(&format!(
         "CREATE TABLE IF NOT EXISTS {MIGRATIONS_TABLE} (
             target TEXT NOT NULL,
@@ -244,7 +287,7 @@ pub(in crate::store) fn apply_migrations(
         .map_err(|e| failed(lite("record")(e)))?;
         tracing::info!(target_table = %target, version = migration.version, name = migration.name, "applied migration");
     }
-    tx.commit().map_err(lite("commit migration"))
+    Ok(())
 }
 
 /// The `migrations` not yet recorded for `target`, as they would run (SQLite runs every file in

@@ -79,7 +79,29 @@ enum PingTarget {
     Cluster(cluster::ClusterSettings),
 }
 
-/// Settings for [`RedisStreams`]; see [`RedisStreams::builder`].
+/// Settings for [`RedisStreams`]; see [`RedisStreams::builder`]. Every setter says its
+/// default.
+///
+/// ```
+/// use eventflow::transport::RedisStreams;
+/// use eventflow::InboxConsumer;
+/// use std::time::Duration;
+///
+/// // Connections are made on first use, so this builds while Redis is down.
+/// let redis = RedisStreams::builder("redis://127.0.0.1:6379/0")
+///     .pool_size(16)
+///     .connect_timeout(Duration::from_secs(2))
+///     .io_timeout(Duration::from_secs(5))
+///     .build()?;
+/// let consumer = InboxConsumer::builder()
+///     .transport(redis)
+///     .sqlite_in_memory()
+///     .stream("orders")
+///     .group("billing")
+///     .handler(|_tx, _row| Ok(()))
+///     .build()?;
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 #[must_use = "a builder does nothing until build() is called"]
 pub struct RedisStreamsBuilder {
     url: ConnectionString,
