@@ -23,7 +23,7 @@ use crate::maintenance::stream_trim::StreamTrim;
 use crate::retry::RetryPolicy;
 use crate::store::outbox::OutboxStore;
 use crate::store::{not_migrated, Migrations};
-use crate::transport::Transport;
+use crate::transport::{ReplicaWait, Transport};
 use parking_lot::Mutex;
 use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -44,6 +44,7 @@ pub struct OutboxRelay {
     pub(super) retention_interval: Duration,
     pub(super) trim_after: Option<Duration>,
     pub(super) trim_interval: Duration,
+    pub(super) replica_wait: Option<ReplicaWait>,
     pub(super) clock: Arc<dyn Clock>,
     pub(super) migrations: Migrations,
 }
@@ -111,6 +112,7 @@ impl OutboxRelay {
             retry_policy: self.retry_policy,
             batch_size: self.batch_size,
             max_attempts: self.max_attempts,
+            replica_wait: self.replica_wait,
             poll_interval,
             contention_wait: self.contention_wait.map(|wait| wait.min(poll_interval)),
             stopping: stopping.clone(),
@@ -177,6 +179,8 @@ pub(super) struct Shared {
     pub(super) retry_policy: Arc<dyn RetryPolicy>,
     pub(super) batch_size: usize,
     pub(super) max_attempts: u32,
+    /// See [`RelayBuilder::wait_for_replicas`].
+    pub(super) replica_wait: Option<ReplicaWait>,
     pub(super) poll_interval: Duration,
     /// See [`RelayBuilder::contention_wait`]; at most the poll interval.
     pub(super) contention_wait: Option<Duration>,
