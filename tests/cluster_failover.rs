@@ -278,6 +278,18 @@ fn failover_run(test: &str, wait_for_replicas: bool) -> Option<Outcome> {
     }
     // Time for a second handling to show, if there were one.
     std::thread::sleep(Duration::from_secs(2));
+    // Nothing is left pending in the group: what the failover left pending on the promoted
+    // replica (deliveries and acknowledgements it had or had not received) was taken over and
+    // acknowledged.
+    let transport = RedisStreams::connect(&url).unwrap();
+    let pending = |stream: &str| transport.group_stats(stream, GROUP).unwrap().pending;
+    assert!(
+        support::wait_until(Duration::from_secs(30), || STREAMS
+            .iter()
+            .all(|stream| pending(stream) == 0)),
+        "still pending: {:?}",
+        STREAMS.map(pending)
+    );
     let stats = relay.shutdown(Duration::from_secs(30)).unwrap().stats;
     drop(consumers);
 
