@@ -617,6 +617,74 @@ mod tests {
         }
     }
 
+    /// Appends every `XADD` as entry `1-1` and answers `WAIT` with `wait`.
+    fn xadd_then_wait(name: &str, wait: &'static str) -> (&'static str, Duration) {
+        match name {
+            "XADD" => ("$3\r\n1-1\r\n", Duration::ZERO),
+            "WAIT" => (wait, Duration::ZERO),
+            _ => answer("", name),
+        }
+    }
+
+    #[test]
+    fn entries_count_as_replicated_only_when_wait_answers_enough_replicas() {
+        use crate::transport::{OutgoingEntry, ReplicaWait};
+        let fields = vec![("event_id".to_string(), b"e1".to_vec())];
+        let entries = [
+            OutgoingEntry {
+                stream: "s",
+                fields: &fields,
+            },
+            OutgoingEntry {
+                stream: "s",
+                fields: &[],
+            },
+        ];
+        let publish = |reply: fn(&str) -> (&'static str, Duration)| {
+            let (url, _) = fake_redis(reply);
+            let redis = RedisStreams::builder(url).pool_size(1).build().unwrap();
+            let wait = ReplicaWait {
+                replicas: 2,
+                timeout: Duration::from_millis(10),
+            };
+            redis.publish_entries_replicated(&entries, wait).unwrap()
+        };
+
+        let enough = publish(|name| xadd_then_wait(name, ":2\r\n"));
+        assert!(
+            matches!(&enough[..], [Ok(id), Err(TransportError::Broker(_))] if id == "1-1"),
+            "{enough:?}"
+        );
+        let short = publish(|name| xadd_then_wait(name, ":1\r\n"));
+        assert!(
+            matches!(
+                &short[..],
+                [
+                    Err(TransportError::NotReplicated {
+                        wanted: 2,
+                        acknowledged: 1
+                    }),
+                    Err(TransportError::Broker(_))
+                ]
+            ),
+            "{short:?}"
+        );
+        // Appended, but whether a replica has it is unknown: an outage, not the entry's fault.
+        let unknown = publish(|name| {
+            xadd_then_wait(name, "-ERR WAIT cannot be used with replica instances\r\n")
+        });
+        assert!(
+            matches!(
+                &unknown[..],
+                [
+                    Err(TransportError::Unavailable(_)),
+                    Err(TransportError::Broker(_))
+                ]
+            ),
+            "{unknown:?}"
+        );
+    }
+
     #[test]
     fn a_server_error_is_a_broker_error_and_keeps_the_connection() {
         let (url, accepted) = fake_redis(|name| answer("", name));
