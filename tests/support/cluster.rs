@@ -364,6 +364,14 @@ impl PrivateCluster {
 
 impl Drop for PrivateCluster {
     fn drop(&mut self) {
+        // A node a failed test left stopped (SIGSTOP) would never answer the shutdown below.
+        for port in self.base..self.base + 6 {
+            if let Ok(pid) =
+                std::fs::read_to_string(self.dir.join(port.to_string()).join("redis.pid"))
+            {
+                let _ = Command::new("kill").args(["-CONT", pid.trim()]).status();
+            }
+        }
         let _ = self.command("stop").output();
     }
 }
