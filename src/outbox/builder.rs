@@ -262,16 +262,17 @@ impl RelayBuilder {
     /// after appending a batch the relay sends `WAIT <replicas> <timeout>` (on a Redis Cluster,
     /// one per slot written to, to its master, after that slot's entries on the same
     /// connection). A row whose entry fewer replicas acknowledged within `timeout` stays
-    /// unpublished without an attempt counted ([`RelayStats::unreplicated`]
-    /// counts it, and a warning names this setting), the publisher backs off, and the row is
-    /// appended again later: its stream may then hold the entry twice, which the inbox drops by
-    /// event id.
+    /// unpublished without an attempt counted ([`RelayStats::unreplicated`] counts it, and a
+    /// warning names this setting), the publisher backs off, and the row is appended again
+    /// later: its stream may then hold the entry twice, which the inbox drops by event id.
     ///
     /// Redis replicates asynchronously, so without this an entry the master acknowledged and
     /// then lost in a failover before passing it on is gone although its row says published.
     /// With it, a row marked published survives the loss of its master as long as one of the
-    /// replicas that acknowledged it takes over (as Redis Cluster promotes the most up-to-date
-    /// one). Each batch waits for its slowest replica, up to `timeout`.
+    /// replicas that acknowledged it takes over (Redis Cluster lets the most up-to-date replica
+    /// stand for election first). Each batch waits for its slowest replica, up to `timeout`,
+    /// and a master with fewer replicas than asked for (one just promoted, say) gets nothing
+    /// published until enough are back.
     ///
     /// A broker without replicas never acknowledges: on a single Redis without replicas, or
     /// on the in-process [`MemoryStream`](crate::transport::MemoryStream), nothing is ever
