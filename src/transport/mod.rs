@@ -130,6 +130,15 @@ pub struct ReplicaWait {
     pub timeout: Duration,
 }
 
+/// What [`Transport::find_entries`] found in a stream.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct FoundEntries {
+    /// The id of the stream's oldest entry; `None` when it holds none or does not exist.
+    pub oldest: Option<String>,
+    /// For each id asked about, in order, whether the stream holds that entry.
+    pub present: Vec<bool>,
+}
+
 /// A stream entry id (`<millis>-<seq>`, or `<millis>` for `<millis>-0`) as numbers, which
 /// order as the stream does; `None` when it is not one.
 pub(crate) fn parse_entry_id(id: &str) -> Option<(u64, u64)> {
@@ -326,6 +335,20 @@ pub trait Transport: Send + Sync + 'static {
         Ok(None)
     }
 
+    /// Which of `ids` (`<millis>-<seq>`) `stream` still holds, and its oldest entry, in one
+    /// round trip (Redis `XRANGE`): an absent entry younger than the oldest was not trimmed
+    /// away, so it was lost (with a master that failed over before passing it on). Defaults
+    /// to `None`, "cannot tell", for transports wrapping another or test doubles; the Redis
+    /// and in-process transports answer.
+    fn find_entries(
+        &self,
+        stream: &str,
+        ids: &[String],
+    ) -> Result<Option<FoundEntries>, TransportError> {
+        let _ = (stream, ids);
+        Ok(None)
+    }
+
     /// The group's oldest pending entry with an id below `before` (`<millis>-<seq>`), whoever
     /// holds it (Redis `XPENDING <stream> <group> - (<before> 1`). An ordered reader waits
     /// for it before storing entries that come after it.
@@ -394,6 +417,14 @@ impl<T: Transport + ?Sized> Transport for std::sync::Arc<T> {
 
     fn stream_exists(&self, stream: &str) -> Result<Option<bool>, TransportError> {
         (**self).stream_exists(stream)
+    }
+
+    fn find_entries(
+        &self,
+        stream: &str,
+        ids: &[String],
+    ) -> Result<Option<FoundEntries>, TransportError> {
+        (**self).find_entries(stream, ids)
     }
 
     fn oldest_pending_before(

@@ -31,15 +31,15 @@ use redis::Value;
 
 use super::parse_entry_id;
 use super::{
-    GroupStats, OutgoingEntry, PendingEntry, ReadRequest, ReclaimRequest, Reclaimed, ReplicaWait,
-    StreamEntry, Transport, TransportError,
+    FoundEntries, GroupStats, OutgoingEntry, PendingEntry, ReadRequest, ReclaimRequest, Reclaimed,
+    ReplicaWait, StreamEntry, Transport, TransportError,
 };
 use connection::{
     command_error, group_error, no_group, ConnectionManager, Target, TraceConnectErrors,
 };
 use reply::{
-    into_string, malformed, parse_autoclaim, parse_count, parse_group_cursors, parse_group_stats,
-    parse_oldest_pending, parse_pending_entry, parse_read_reply, AutoClaimReply,
+    into_string, malformed, parse_autoclaim, parse_count, parse_first_id, parse_group_cursors,
+    parse_group_stats, parse_oldest_pending, parse_pending_entry, parse_read_reply, AutoClaimReply,
 };
 
 const DEFAULT_POOL_SIZE: u32 = 16;
@@ -636,6 +636,41 @@ impl Transport for RedisStreams {
         parse_count(reply)
             .map(|count| Some(count > 0))
             .ok_or_else(|| malformed("EXISTS", "count"))
+    }
+
+    /// `XRANGE <stream> - + COUNT 1` for the oldest entry, then `XRANGE <stream> <id> <id>` for
+    /// each id, in one pipeline (one stream: one node on a cluster).
+    fn find_entries(
+        &self,
+        stream: &str,
+        ids: &[String],
+    ) -> Result<Option<FoundEntries>, TransportError> {
+        let mut commands = vec![{
+            let mut oldest = redis::cmd("XRANGE");
+            oldest.arg(stream).arg("-").arg("+").arg("COUNT").arg(1);
+            oldest
+        }];
+        commands.extend(ids.iter().map(|id| {
+            let mut command = redis::cmd("XRANGE");
+            command.arg(stream).arg(id).arg(id);
+            command
+        }));
+        let sent = commands.len();
+        let mut conn = self.connection()?;
+        let replies = conn.pipeline(commands).map_err(command_error)?;
+        if replies.len() != sent {
+            return Err(malformed("XRANGE", "number of replies"));
+        }
+        let mut replies = replies
+            .into_iter()
+            .map(|reply| reply.map_err(command_error).and_then(parse_first_id));
+        let oldest = replies
+            .next()
+            .ok_or_else(|| malformed("XRANGE", "number of replies"))??;
+        let present = replies
+            .map(|found| found.map(|found| found.is_some()))
+            .collect::<Result<_, _>>()?;
+        Ok(Some(FoundEntries { oldest, present }))
     }
 
     fn oldest_pending_before(
