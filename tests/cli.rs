@@ -1055,6 +1055,7 @@ fn no_command_shows_a_secret_in_any_form() {
         vec!["outbox", "show", "nope"],
         vec!["outbox", "requeue", "--all"],
         vec!["outbox", "purge", "--older-than", "7d"],
+        vec!["outbox", "lost"],
         vec!["purge", "--older-than", "7d"],
         vec!["publish", &event],
         vec!["--help"],
@@ -1749,6 +1750,80 @@ fn outbox_status_list_show_requeue_and_purge() {
     assert_eq!(
         again.stdout.trim(),
         "deleted 0 published outbox rows older than 1d"
+    );
+}
+
+/// `outbox lost` checks published rows against Redis: an entry deleted from the middle of its
+/// stream (as a failover loses one) is listed; trimmed ones and present ones are not.
+#[test]
+fn outbox_lost_lists_published_rows_whose_entries_are_gone() {
+    if !support::redis_available("cli::outbox_lost_lists_published_rows_whose_entries_are_gone") {
+        return;
+    }
+    let path: PathBuf = std::env::temp_dir().join(format!("{}.db", unique_name("cli_lost")));
+    let url = format!("sqlite://{}", path.display());
+    let stream = unique_name("cli_lost");
+    let redis = RedisStreams::connect(&redis_url()).unwrap();
+    let ids = redis
+        .publish_batch(
+            &stream,
+            &(0..4)
+                .map(|n| vec![("n".to_string(), n.to_string().into_bytes())])
+                .collect::<Vec<_>>(),
+        )
+        .unwrap();
+    let mut raw = redis::Client::open(redis_url())
+        .unwrap()
+        .get_connection()
+        .unwrap();
+    // The first trimmed away (as retention does), the third lost.
+    let _: i64 = redis::cmd("XDEL")
+        .arg(&stream)
+        .arg(&ids[0])
+        .arg(&ids[2])
+        .query(&mut raw)
+        .unwrap();
+
+    let store = SqliteOutbox::open(&path).unwrap();
+    store.migrate().unwrap();
+    let table = OutboxTable::named("event_outbox").unwrap();
+    store.with_connection(|conn| {
+        let mut tx = conn.transaction().unwrap();
+        for n in 0..4 {
+            table
+                .enqueue(&mut tx, &stream, &outbox_event(&format!("old-{n}")))
+                .unwrap();
+        }
+        tx.commit().unwrap();
+    });
+    settle(&store, Utc::now(), |event_id| RowOutcome::Published {
+        entry_id: ids[event_id[4..].parse::<usize>().unwrap()].clone(),
+    });
+    let env = [
+        ("EVENTFLOW_DATABASE_URL", url.as_str()),
+        ("EVENTFLOW_REDIS_URL", &redis_url()),
+    ];
+    let found = eventflow(&env, &["--json", "outbox", "lost"]).ok().json();
+    let text = eventflow(&env, &["outbox", "lost"]).ok();
+    let _: i64 = redis::cmd("DEL").arg(&stream).query(&mut raw).unwrap();
+    for suffix in ["", "-wal", "-shm"] {
+        let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
+    }
+    assert_eq!(found["checked"], 4, "{found}");
+    assert_eq!(found["unknown"], 0, "{found}");
+    let lost: Vec<&str> = found["lost"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|row| row["event_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(lost, ["old-2"], "{found}");
+    assert!(text.stdout.contains("old-2"), "{}", text.stdout);
+    assert!(
+        text.stdout
+            .contains("1 of 4 published rows lost their entries"),
+        "{}",
+        text.stdout
     );
 }
 

@@ -10,15 +10,15 @@ mod support;
 use eventflow::outbox::{self, OutboxRelay, OutboxTable};
 use eventflow::store::outbox::{OutboxStatus, OutboxStore, PostgresOutbox, Requeue, SqliteOutbox};
 use eventflow::transport::{
-    GroupStats, MemoryStream, OutgoingEntry, ReadRequest, ReclaimRequest, Reclaimed, StreamEntry,
-    Transport, TransportError,
+    GroupStats, MemoryStream, OutgoingEntry, ReadRequest, ReclaimRequest, Reclaimed, RedisStreams,
+    ReplicaWait, StreamEntry, Transport, TransportError,
 };
 use eventflow::{Event, HandlerResult, InboxConsumer, ManualClock, RetryPolicy, SqliteStore};
 use parking_lot::Mutex;
 use serde_json::json;
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use uuid::Uuid;
@@ -196,6 +196,8 @@ struct Faulty {
     inner: MemoryStream,
     refuse: Arc<Mutex<Option<String>>>,
     down: Arc<AtomicBool>,
+    /// How many replicas acknowledge what it appends.
+    replicas: Arc<AtomicU32>,
 }
 
 impl Transport for Faulty {
@@ -230,6 +232,29 @@ impl Transport for Faulty {
             }
         }
         Ok(results)
+    }
+    fn publish_entries_replicated(
+        &self,
+        entries: &[OutgoingEntry<'_>],
+        wait: ReplicaWait,
+    ) -> Result<Vec<Result<String, TransportError>>, TransportError> {
+        let acknowledged = self.replicas.load(Ordering::SeqCst);
+        Ok(self
+            .publish_entries(entries)?
+            .into_iter()
+            .map(|result| {
+                result.and_then(|id| {
+                    if acknowledged >= wait.replicas {
+                        Ok(id)
+                    } else {
+                        Err(TransportError::NotReplicated {
+                            wanted: wait.replicas,
+                            acknowledged,
+                        })
+                    }
+                })
+            })
+            .collect())
     }
     fn trim(&self, stream: &str, max_len: usize) -> Result<u64, TransportError> {
         self.inner.trim(stream, max_len)
@@ -397,6 +422,72 @@ fn a_running_relay_is_live_and_ready_not_ready_while_its_broker_is_down_and_not_
 }
 
 #[test]
+fn waiting_for_replicas_publishes_only_what_enough_replicas_acknowledged() {
+    let event = numbered(Uuid::new_v4(), 0);
+    let outbox = sqlite_outbox_with(&[("orders", event.clone())]);
+    let broker = Faulty::default();
+    let relay = OutboxRelay::builder()
+        .store(outbox.clone())
+        .transport(broker.clone())
+        .workers(1)
+        .max_attempts(1)
+        .poll_interval(Duration::from_millis(10))
+        .wait_for_replicas(2, Duration::from_millis(100))
+        .build()
+        .unwrap()
+        .start()
+        .unwrap();
+    let still_pending = || {
+        let row = &outbox.find_by_event_id(&event.event_id).unwrap()[0];
+        assert_eq!((row.status, row.attempts), (OutboxStatus::Pending, 0));
+    };
+    // No replica, then one of the two asked for: appended each time, published never, and no
+    // attempt counted (with max_attempts 1 a counted one would dead-letter the row).
+    assert!(support::wait_until(WAIT, || relay.stats().unreplicated >= 2));
+    still_pending();
+    broker.replicas.store(1, Ordering::SeqCst);
+    let before = relay.stats().unreplicated;
+    assert!(support::wait_until(WAIT, || relay.stats().unreplicated > before));
+    still_pending();
+    assert_eq!(relay.stats().published, 0);
+
+    broker.replicas.store(2, Ordering::SeqCst);
+    assert!(support::wait_until(WAIT, || relay.stats().published == 1));
+    let report = relay.shutdown(WAIT).unwrap();
+    assert_eq!((report.stats.retried, report.stats.dead_lettered), (0, 0));
+    // The publishing attempt is the only one counted.
+    let row = &outbox.find_by_event_id(&event.event_id).unwrap()[0];
+    assert_eq!((row.status, row.attempts), (OutboxStatus::Published, 1));
+    // The stream holds the event once per append; the inbox stores it once by its event id.
+    let copies = events_of(&read_all(&broker.inner, "orders"));
+    assert_eq!(copies.len() as u64, report.stats.unreplicated + 1);
+    assert!(copies.iter().all(|copy| *copy == event), "{copies:?}");
+}
+
+#[test]
+fn the_in_process_stream_has_no_replicas_to_wait_for() {
+    let event = numbered(Uuid::new_v4(), 0);
+    let outbox = sqlite_outbox_with(&[("orders", event.clone())]);
+    let stream = MemoryStream::new();
+    let relay = OutboxRelay::builder()
+        .store(outbox.clone())
+        .transport(stream.clone())
+        .workers(1)
+        .poll_interval(Duration::from_millis(10))
+        .wait_for_replicas(1, Duration::from_millis(10))
+        .build()
+        .unwrap()
+        .start()
+        .unwrap();
+    assert!(support::wait_until(WAIT, || relay.stats().unreplicated >= 1));
+    let report = relay.shutdown(WAIT).unwrap();
+    assert_eq!(report.stats.published, 0);
+    let row = &outbox.find_by_event_id(&event.event_id).unwrap()[0];
+    assert_eq!((row.status, row.attempts), (OutboxStatus::Pending, 0));
+    assert!(!read_all(&stream, "orders").is_empty());
+}
+
+#[test]
 fn retention_deletes_published_rows_past_their_age_and_trimming_only_consumed_entries() {
     let events: Vec<Event> = (0..6).map(|n| numbered(Uuid::new_v4(), n)).collect();
     let pairs: Vec<(&str, Event)> = events.iter().map(|e| ("orders", e.clone())).collect();
@@ -479,6 +570,64 @@ fn build_names_the_setting_at_fault() {
     assert_eq!(error(base().poll_interval(Duration::ZERO)), "poll_interval");
     assert_eq!(error(base().retention(Some(Duration::ZERO))), "retention");
     assert_eq!(error(base().table("drop table")), "table");
+    assert_eq!(
+        error(base().wait_for_replicas(0, Duration::from_secs(1))),
+        "wait_for_replicas"
+    );
+    assert_eq!(
+        error(base().wait_for_replicas(1, Duration::ZERO)),
+        "wait_for_replicas"
+    );
+}
+
+/// `WAIT` on a Redis without replicas answers 0: the entry is appended and reported
+/// `NotReplicated`, which is why a relay waiting for replicas never publishes to one.
+#[test]
+fn a_single_redis_without_replicas_acknowledges_no_entry() {
+    if !support::redis_available("a_single_redis_without_replicas_acknowledges_no_entry") {
+        return;
+    }
+    let redis = RedisStreams::connect(&support::redis_url()).unwrap();
+    let stream = support::unique_name("ef_or_wait");
+    let fields = vec![("event_id".to_string(), b"e1".to_vec())];
+    let results = redis
+        .publish_entries_replicated(
+            &[
+                OutgoingEntry {
+                    stream: &stream,
+                    fields: &fields,
+                },
+                OutgoingEntry {
+                    stream: &stream,
+                    fields: &[],
+                },
+            ],
+            ReplicaWait {
+                replicas: 1,
+                timeout: Duration::from_millis(50),
+            },
+        )
+        .unwrap();
+    let entries = read_all(&redis, &stream);
+    let mut conn = redis::Client::open(support::redis_url())
+        .unwrap()
+        .get_connection()
+        .unwrap();
+    let _: i64 = redis::cmd("DEL").arg(&stream).query(&mut conn).unwrap();
+    assert!(
+        matches!(
+            results[..],
+            [
+                Err(TransportError::NotReplicated {
+                    wanted: 1,
+                    acknowledged: 0
+                }),
+                Err(TransportError::Broker(_))
+            ]
+        ),
+        "{results:?}"
+    );
+    assert_eq!(entries.len(), 1, "the entry was appended all the same");
 }
 
 // -- PostgreSQL + Redis ------------------------------------------------------------------------

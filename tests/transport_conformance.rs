@@ -17,8 +17,8 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use eventflow::transport::{
-    MemoryStream, OutgoingEntry, ReadRequest, ReclaimRequest, RedisStreams, StreamEntry, Transport,
-    TransportError,
+    FoundEntries, MemoryStream, OutgoingEntry, ReadRequest, ReclaimRequest, RedisStreams,
+    StreamEntry, Transport, TransportError,
 };
 
 const GROUP: &str = "workers";
@@ -700,6 +700,34 @@ impl Drop for DropClusterStreams {
     }
 }
 
+/// Entries trimmed away (older than the oldest) and entries never there (younger than the
+/// newest) are both absent; the oldest entry tells which is which.
+fn find_entries_tells_what_the_stream_holds<T: Harness>(t: &T, stream: &str) {
+    let ids = publish_numbered(t, stream, 4);
+    assert_eq!(t.trim(stream, 3).unwrap(), 1);
+    let (last_millis, _) = id_order(&ids[3]);
+    let never = format!("{}-0", last_millis + 1_000);
+    let asked = [ids[0].clone(), ids[1].clone(), ids[3].clone(), never];
+    let found = t
+        .find_entries(stream, &asked)
+        .unwrap()
+        .expect("the transport can tell");
+    assert_eq!(found.oldest.as_deref(), Some(ids[1].as_str()));
+    assert_eq!(found.present, [false, true, true, false]);
+
+    let elsewhere = t
+        .find_entries(&format!("{stream}.none"), &ids[1..2])
+        .unwrap()
+        .expect("the transport can tell");
+    assert_eq!(
+        elsewhere,
+        FoundEntries {
+            oldest: None,
+            present: vec![false]
+        }
+    );
+}
+
 fn cluster_transport() -> Arc<RedisStreams> {
     Arc::new(
         RedisStreams::builder(support::cluster::cluster_url())
@@ -778,6 +806,7 @@ conformance!(
     trim_consumed_keeps_what_a_group_has_not_read_or_acknowledged,
     ping_answers_even_while_a_read_blocks,
     oldest_pending_before_finds_the_oldest_unacknowledged_entry,
+    find_entries_tells_what_the_stream_holds,
 );
 
 /// Redis refuses an `XADD` to a key holding another type; the other entries of the pipeline

@@ -42,7 +42,7 @@ mod status;
 pub use dead_letters::RowPage;
 pub use error::{AdminError, AdminResult};
 pub use migrate::MigrationState;
-pub use outbox::{OutboxAdmin, OutboxReport, OutboxRowPage, OutboxState};
+pub use outbox::{LostEntriesPage, OutboxAdmin, OutboxReport, OutboxRowPage, OutboxState};
 pub use parked::ParkedList;
 pub use publish::{parse_event_json, publish_event};
 pub use quarantine::{Correction, QuarantinePage};

@@ -1,5 +1,5 @@
-//! The outbox, for operators: its backlog, rows listed and shown, dead letters requeued, and
-//! published rows purged in small batches.
+//! The outbox, for operators: its backlog, rows listed and shown, dead letters requeued,
+//! published rows purged in small batches, and published rows checked against their streams.
 
 use super::purge::cutoff;
 use super::status::age;
@@ -9,7 +9,10 @@ use crate::store::outbox::{
     OutboxCounts, OutboxPage, OutboxRow, OutboxStatus, OutboxStore, Requeue,
 };
 use crate::store::{PendingMigration, StoreError};
+use crate::transport::partition::Partitioning;
+use crate::transport::{parse_entry_id, FoundEntries, Transport};
 use chrono::{DateTime, Utc};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -65,6 +68,23 @@ impl OutboxReport {
 pub struct OutboxRowPage {
     /// The rows, in `id` (enqueue) order.
     pub rows: Vec<OutboxRow>,
+    /// The id the next page starts after, when this one was full.
+    pub next: Option<i64>,
+}
+
+/// One page of [`OutboxAdmin::lost_entries`].
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub struct LostEntriesPage {
+    /// Published rows whose entry their stream no longer holds although it holds older ones,
+    /// so trimming did not take it: appended and then lost, as when a Redis master fails over
+    /// before passing the entry to its replica (or deleted by hand). In `id` order.
+    pub lost: Vec<OutboxRow>,
+    /// Published rows looked at.
+    pub checked: usize,
+    /// Published rows whose stream cannot tell: it holds no entries (trimmed empty, or gone),
+    /// or the transport cannot look entries up.
+    pub unknown: usize,
     /// The id the next page starts after, when this one was full.
     pub next: Option<i64>,
 }
@@ -229,6 +249,77 @@ impl OutboxAdmin {
             None
         };
         Ok(OutboxRowPage { rows, next })
+    }
+
+    /// Checks `limit` published rows after row id `after` against their streams through
+    /// `transport`, and returns those whose entries are gone: lost in a failover that the relay
+    /// did not wait for replicas to survive (see
+    /// [`wait_for_replicas`](crate::outbox::RelayBuilder::wait_for_replicas)). Such an event
+    /// reached no consumer that had not read it before the loss; requeueing is up to the
+    /// operator, as the inbox may have it already. One `XRANGE` round trip per stream on the
+    /// page; retention's deleted rows are not checked.
+    ///
+    /// `partitioned` names the streams the relay splits, with their partition counts (as given
+    /// to [`partitioned_stream`](crate::outbox::RelayBuilder::partitioned_stream)): a row
+    /// enqueued for such a stream keeps the stream's name, and its entry is looked for in its
+    /// aggregate's partition. A split stream left out is looked for under its own name, where
+    /// there is nothing, and its rows count as `unknown`.
+    pub fn lost_entries(
+        &self,
+        transport: &dyn Transport,
+        partitioned: &[(&str, u32)],
+        after: Option<i64>,
+        limit: usize,
+    ) -> AdminResult<LostEntriesPage> {
+        let page = self.list_rows(Some(OutboxStatus::Published), after, limit)?;
+        let mut partitioning = Partitioning::default();
+        for (stream, partitions) in partitioned {
+            partitioning.insert(stream.to_string(), *partitions);
+        }
+        let mut by_stream: BTreeMap<String, Vec<(&OutboxRow, String)>> = BTreeMap::new();
+        let mut unknown = 0;
+        for row in &page.rows {
+            match &row.stream_entry_id {
+                Some(id) => by_stream
+                    .entry(
+                        partitioning
+                            .stream_for(&row.stream, &row.event.aggregate_id)
+                            .into_owned(),
+                    )
+                    .or_default()
+                    .push((row, id.clone())),
+                None => unknown += 1,
+            }
+        }
+        let mut lost = Vec::new();
+        for (stream, rows) in by_stream {
+            let ids: Vec<String> = rows.iter().map(|(_, id)| id.clone()).collect();
+            let Some(FoundEntries {
+                oldest: Some(oldest),
+                present,
+            }) = transport.find_entries(&stream, &ids)?
+            else {
+                unknown += rows.len();
+                continue;
+            };
+            let oldest = parse_entry_id(&oldest);
+            for ((row, id), present) in rows.into_iter().zip(present) {
+                // Absent and older than the oldest entry: trimmed, as it should be.
+                let younger = parse_entry_id(&id)
+                    .zip(oldest)
+                    .is_some_and(|(id, oldest)| id >= oldest);
+                if !present && younger {
+                    lost.push(row.clone());
+                }
+            }
+        }
+        lost.sort_by_key(|row| row.id);
+        Ok(LostEntriesPage {
+            lost,
+            checked: page.rows.len(),
+            unknown,
+            next: page.next,
+        })
     }
 
     /// The rows of event `key`, in enqueue order (one event may go to several streams); or,

@@ -9,7 +9,7 @@ use crate::retry::{ExponentialBackoff, RetryPolicy};
 use crate::store::outbox::{OutboxStore, DEFAULT_OUTBOX_TABLE};
 use crate::store::{validate_table_name, Migrations};
 use crate::transport::partition::{invalid_partition_count, Partitioning};
-use crate::transport::Transport;
+use crate::transport::{ReplicaWait, Transport};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -115,6 +115,7 @@ pub struct RelayBuilder {
     retention_interval: Duration,
     trim_after: Option<Duration>,
     trim_interval: Duration,
+    replica_wait: Option<ReplicaWait>,
     clock: Arc<dyn Clock>,
     migrations: Migrations,
     #[cfg(feature = "postgres")]
@@ -145,6 +146,7 @@ impl RelayBuilder {
             retention_interval: Duration::from_secs(60),
             trim_after: None,
             trim_interval: Duration::from_secs(60),
+            replica_wait: None,
             clock: Arc::new(SystemClock),
             migrations: Migrations::Apply,
             #[cfg(feature = "postgres")]
@@ -309,6 +311,34 @@ impl RelayBuilder {
         self
     }
 
+    /// Marks a row published only once `replicas` replicas of its stream's master hold its entry:
+    /// after appending a batch the relay sends `WAIT <replicas> <timeout>` (on a Redis Cluster,
+    /// one per slot written to, to its master, after that slot's entries on the same
+    /// connection). A row whose entry fewer replicas acknowledged within `timeout` stays
+    /// unpublished without an attempt counted ([`RelayStats::unreplicated`] counts it, and a
+    /// warning names this setting), the publisher backs off, and the row is appended again
+    /// later: its stream may then hold the entry twice, which the inbox drops by event id.
+    ///
+    /// Redis replicates asynchronously, so without this an entry the master acknowledged and
+    /// then lost in a failover before passing it on is gone although its row says published.
+    /// With it, a row marked published survives the loss of its master as long as one of the
+    /// replicas that acknowledged it takes over (Redis Cluster lets the most up-to-date replica
+    /// stand for election first). Each batch waits for its slowest replica, up to `timeout`,
+    /// and a master with fewer replicas than asked for (one just promoted, say) gets nothing
+    /// published until enough are back.
+    ///
+    /// A broker without replicas never acknowledges: on a single Redis without replicas, or
+    /// on the in-process [`MemoryStream`](crate::transport::MemoryStream), nothing is ever
+    /// marked published with this on (`build()` cannot tell; the warnings and
+    /// `unreplicated` do). `build()` refuses `replicas` = 0 or a zero `timeout`, naming
+    /// `wait_for_replicas`. Defaults to off.
+    ///
+    /// [`RelayStats::unreplicated`]: crate::outbox::RelayStats::unreplicated
+    pub fn wait_for_replicas(mut self, replicas: u32, timeout: Duration) -> Self {
+        self.replica_wait = Some(ReplicaWait { replicas, timeout });
+        self
+    }
+
     /// The clock for due times, retry times and retention. Defaults to the system clock.
     pub fn clock(mut self, clock: impl Clock) -> Self {
         self.clock = Arc::new(clock);
@@ -355,6 +385,20 @@ impl RelayBuilder {
         ] {
             if interval == Some(Duration::ZERO) {
                 return Err(Error::config(field, "must be longer than zero"));
+            }
+        }
+        if let Some(wait) = self.replica_wait {
+            if wait.replicas == 0 {
+                return Err(Error::config(
+                    "wait_for_replicas",
+                    "must ask for at least 1 replica (leave it unset not to wait)",
+                ));
+            }
+            if wait.timeout.is_zero() {
+                return Err(Error::config(
+                    "wait_for_replicas",
+                    "the timeout must be longer than zero",
+                ));
             }
         }
         validate_table_name(&self.table).map_err(|e| Error::config("table", e.to_string()))?;
@@ -416,6 +460,7 @@ impl RelayBuilder {
             retention_interval: self.retention_interval,
             trim_after: self.trim_after,
             trim_interval: self.trim_interval,
+            replica_wait: self.replica_wait,
             clock: self.clock,
             migrations: self.migrations,
         })

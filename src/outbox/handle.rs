@@ -21,6 +21,7 @@ pub(crate) struct Counters {
     abandoned: AtomicU64,
     deleted: AtomicU64,
     trimmed: AtomicU64,
+    unreplicated: AtomicU64,
     metrics: RelayMetrics,
 }
 
@@ -34,6 +35,7 @@ impl Counters {
             abandoned: AtomicU64::new(0),
             deleted: AtomicU64::new(0),
             trimmed: AtomicU64::new(0),
+            unreplicated: AtomicU64::new(0),
             metrics: RelayMetrics::new(table),
         }
     }
@@ -79,6 +81,12 @@ impl Counters {
         self.metrics.trimmed.increment(entries);
     }
 
+    /// Rows left unpublished because too few replicas acknowledged their entries.
+    pub(crate) fn unreplicated(&self, rows: u64) {
+        self.unreplicated.fetch_add(rows, Ordering::Relaxed);
+        self.metrics.unreplicated.increment(rows);
+    }
+
     fn snapshot(&self) -> RelayStats {
         RelayStats {
             published: self.published.load(Ordering::Relaxed),
@@ -88,6 +96,7 @@ impl Counters {
             abandoned_batches: self.abandoned.load(Ordering::Relaxed),
             deleted: self.deleted.load(Ordering::Relaxed),
             trimmed: self.trimmed.load(Ordering::Relaxed),
+            unreplicated: self.unreplicated.load(Ordering::Relaxed),
         }
     }
 }
@@ -110,6 +119,12 @@ pub struct RelayStats {
     pub deleted: u64,
     /// Stream entries trimmed.
     pub trimmed: u64,
+    /// Rows appended to their stream but left unpublished, without an attempt counted, because
+    /// fewer replicas than [`wait_for_replicas`](super::RelayBuilder::wait_for_replicas) asks
+    /// for acknowledged them in time; each is appended again later. Rising while `published`
+    /// stays put means the replicas are missing or behind (a Redis without replicas never
+    /// acknowledges).
+    pub unreplicated: u64,
 }
 
 /// What [`RelayHandle::shutdown`] did.

@@ -9,6 +9,7 @@
 //! | `eventflow_outbox_retried_total` | counter | attempts | rows the broker refused, scheduled for another attempt |
 //! | `eventflow_outbox_dead_lettered_total` | counter | events | rows dead-lettered after `max_attempts` |
 //! | `eventflow_outbox_unreachable_batches_total` | counter | batches | batches left in the outbox because the broker could not be reached |
+//! | `eventflow_outbox_unreplicated_total` | counter | events | rows appended but left unpublished because too few replicas acknowledged them (`wait_for_replicas`) |
 //! | `eventflow_outbox_deleted_total` | counter | rows | published rows deleted by retention |
 //! | `eventflow_outbox_trimmed_total` | counter | entries | stream entries trimmed after every group consumed them |
 //! | `eventflow_outbox_enqueued_to_published_seconds` | histogram | seconds | from a row's `created_at` (the database's clock at enqueue) to its publication (the relay's clock) |
@@ -27,6 +28,8 @@ pub const RETRIED: &str = "eventflow_outbox_retried_total";
 pub const DEAD_LETTERED: &str = "eventflow_outbox_dead_lettered_total";
 /// Counter: batches left in the outbox because the broker could not be reached.
 pub const UNREACHABLE_BATCHES: &str = "eventflow_outbox_unreachable_batches_total";
+/// Counter: rows appended but left unpublished because too few replicas acknowledged them.
+pub const UNREPLICATED: &str = "eventflow_outbox_unreplicated_total";
 /// Counter: published rows deleted by retention.
 pub const DELETED: &str = "eventflow_outbox_deleted_total";
 /// Counter: stream entries trimmed after every group consumed them.
@@ -43,6 +46,7 @@ pub(crate) struct RelayMetrics {
     pub retried: Counter,
     pub dead_lettered: Counter,
     pub unreachable_batches: Counter,
+    pub unreplicated: Counter,
     pub deleted: Counter,
     pub trimmed: Counter,
     enqueued_to_published: Histogram,
@@ -57,6 +61,7 @@ impl RelayMetrics {
             retried: metrics::counter!(RETRIED, &labels),
             dead_lettered: metrics::counter!(DEAD_LETTERED, &labels),
             unreachable_batches: metrics::counter!(UNREACHABLE_BATCHES, &labels),
+            unreplicated: metrics::counter!(UNREPLICATED, &labels),
             deleted: metrics::counter!(DELETED, &labels),
             trimmed: metrics::counter!(TRIMMED, &labels),
             enqueued_to_published: metrics::histogram!(ENQUEUED_TO_PUBLISHED, &labels),
@@ -87,6 +92,11 @@ fn describe() {
         UNREACHABLE_BATCHES,
         Unit::Count,
         "outbox batches left in place because the broker was unreachable"
+    );
+    describe_counter!(
+        UNREPLICATED,
+        Unit::Count,
+        "outbox rows appended but not acknowledged by enough replicas, to be appended again"
     );
     describe_counter!(
         DELETED,

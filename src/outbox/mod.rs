@@ -9,6 +9,12 @@
 //! appending and before marking publishes those events again: delivery is at least once, and an
 //! inbox consumer's `event_id` deduplication turns that into exactly-once effects.
 //!
+//! "Published" means the Redis master acknowledged the entry. Redis replicates asynchronously,
+//! so an entry whose master fails before passing it on is gone although its row says
+//! published; [`RelayBuilder::wait_for_replicas`] marks a row published only once replicas
+//! hold its entry, which closes that gap (the README's "Failover" section has the measured
+//! difference).
+//!
 //! Events of one aggregate reach the stream in the order they were enqueued, whatever the
 //! number of relay threads and processes (see [`crate::store::outbox`] for how).
 //!

@@ -4,7 +4,8 @@
 //! unreachable broker, or one that says "try later" (out of memory, loading, a failover),
 //! leaves the rows in place without an attempt counted and the thread backs off; an entry the
 //! broker refuses (a key of another type) is retried on the policy's schedule, then
-//! dead-lettered.
+//! dead-lettered. With `wait_for_replicas`, an entry too few replicas acknowledged is treated
+//! like "try later": its row stays unpublished, no attempt counted.
 
 use super::relay::Shared;
 use crate::backoff::{random_unit, Backoff};
@@ -121,7 +122,11 @@ fn deliver(shared: &Shared, rows: &[OutboxRow], now: DateTime<Utc>) -> Delivery 
         .zip(&fields)
         .map(|(stream, fields)| OutgoingEntry { stream, fields })
         .collect();
-    match shared.transport.publish_entries(&entries) {
+    let published = match shared.replica_wait {
+        Some(wait) => shared.transport.publish_entries_replicated(&entries, wait),
+        None => shared.transport.publish_entries(&entries),
+    };
+    match published {
         Err(TransportError::Unavailable(error)) => {
             tracing::warn!(%error, rows = rows.len(), "stream broker unreachable; the batch stays in the outbox");
             Delivery::Abandoned
@@ -153,7 +158,8 @@ fn deliver(shared: &Shared, rows: &[OutboxRow], now: DateTime<Utc>) -> Delivery 
         }
         Ok(results) => {
             let mut streams = shared.streams.lock();
-            Delivery::Settled(
+            let mut unreplicated = 0;
+            let delivery = Delivery::Settled(
                 rows.iter()
                     .zip(&targets)
                     .zip(results)
@@ -171,10 +177,29 @@ fn deliver(shared: &Shared, rows: &[OutboxRow], now: DateTime<Utc>) -> Delivery 
                                 error: error.to_string(),
                             }
                         }
+                        // Appended, but not yet safe from a failover: appended again later.
+                        Err(error @ TransportError::NotReplicated { .. }) => {
+                            unreplicated += 1;
+                            RowOutcome::Deferred {
+                                error: error.to_string(),
+                            }
+                        }
                         Err(error) => failed(shared, row, &error.to_string(), now),
                     })
                     .collect(),
-            )
+            );
+            if unreplicated > 0 {
+                shared.counters.unreplicated(unreplicated);
+                tracing::warn!(
+                    rows = unreplicated,
+                    wait_for_replicas = ?shared.replica_wait,
+                    "too few replicas acknowledged these events in time (wait_for_replicas); \
+                     they stay in the outbox and are appended again, and the inbox drops the \
+                     copies by event id. A Redis without replicas never acknowledges: turn \
+                     wait_for_replicas off for it"
+                );
+            }
+            delivery
         }
     }
 }

@@ -26,7 +26,7 @@ use crate::retry::RetryPolicy;
 use crate::store::outbox::OutboxStore;
 use crate::store::{not_migrated, Migrations};
 use crate::transport::partition::Partitioning;
-use crate::transport::Transport;
+use crate::transport::{ReplicaWait, Transport};
 use parking_lot::Mutex;
 use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -48,6 +48,7 @@ pub struct OutboxRelay {
     pub(super) retention_interval: Duration,
     pub(super) trim_after: Option<Duration>,
     pub(super) trim_interval: Duration,
+    pub(super) replica_wait: Option<ReplicaWait>,
     pub(super) clock: Arc<dyn Clock>,
     pub(super) migrations: Migrations,
 }
@@ -118,6 +119,7 @@ impl OutboxRelay {
             batch_size: self.batch_size,
             partitioning: self.partitioning,
             max_attempts: self.max_attempts,
+            replica_wait: self.replica_wait,
             poll_interval,
             contention_wait: self.contention_wait.map(|wait| wait.min(poll_interval)),
             stopping: stopping.clone(),
@@ -203,6 +205,8 @@ pub(super) struct Shared {
     /// Which stream each event goes to (its aggregate's partition of a split stream).
     pub(super) partitioning: Partitioning,
     pub(super) max_attempts: u32,
+    /// See [`RelayBuilder::wait_for_replicas`].
+    pub(super) replica_wait: Option<ReplicaWait>,
     pub(super) poll_interval: Duration,
     /// See [`RelayBuilder::contention_wait`]; at most the poll interval.
     pub(super) contention_wait: Option<Duration>,

@@ -16,8 +16,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use parking_lot::{Condvar, Mutex};
 
 use super::{
-    GroupStats, OutgoingEntry, PendingEntry, ReadRequest, ReclaimRequest, Reclaimed, StreamEntry,
-    Transport, TransportError,
+    FoundEntries, GroupStats, OutgoingEntry, PendingEntry, ReadRequest, ReclaimRequest, Reclaimed,
+    StreamEntry, Transport, TransportError,
 };
 
 /// How many pending entries one reclaim call looks at per entry it may return. Redis hard-codes
@@ -472,6 +472,35 @@ impl Transport for MemoryStream {
 
     fn stream_exists(&self, stream: &str) -> Result<Option<bool>, TransportError> {
         Ok(Some(self.shared.streams.lock().contains_key(stream)))
+    }
+
+    fn find_entries(
+        &self,
+        stream: &str,
+        ids: &[String],
+    ) -> Result<Option<FoundEntries>, TransportError> {
+        let wanted = ids
+            .iter()
+            .map(|id| {
+                EntryId::parse(id).ok_or_else(|| {
+                    TransportError::Broker(format!("{id:?} is not a stream entry id").into())
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let streams = self.shared.streams.lock();
+        let Some(found) = streams.get(stream) else {
+            return Ok(Some(FoundEntries {
+                oldest: None,
+                present: vec![false; ids.len()],
+            }));
+        };
+        Ok(Some(FoundEntries {
+            oldest: found.entries.keys().next().map(ToString::to_string),
+            present: wanted
+                .iter()
+                .map(|id| found.entries.contains_key(id))
+                .collect(),
+        }))
     }
 
     /// Answers when the streams' lock can be had within `timeout`: the only way this broker can

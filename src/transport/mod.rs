@@ -119,6 +119,27 @@ pub struct OutgoingEntry<'a> {
     pub fields: &'a [(String, Vec<u8>)],
 }
 
+/// How many replicas must hold appended entries before a publish counts as done, and how long to
+/// wait for them: Redis `WAIT <replicas> <timeout>` after the writes, on the connection that made
+/// them (on a cluster, per master written to). See [`Transport::publish_entries_replicated`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReplicaWait {
+    /// Replicas that must have acknowledged the entries; at least 1.
+    pub replicas: u32,
+    /// How long to wait for them; more than zero. Redis answers with the count reached when it
+    /// runs out, and the entries then count as not (yet) safe.
+    pub timeout: Duration,
+}
+
+/// What [`Transport::find_entries`] found in a stream.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct FoundEntries {
+    /// The id of the stream's oldest entry; `None` when it holds none or does not exist.
+    pub oldest: Option<String>,
+    /// For each id asked about, in order, whether the stream holds that entry.
+    pub present: Vec<bool>,
+}
+
 /// A stream entry id (`<millis>-<seq>`, or `<millis>` for `<millis>-0`) as numbers, which
 /// order as the stream does; `None` when it is not one.
 pub(crate) fn parse_entry_id(id: &str) -> Option<(u64, u64)> {
@@ -172,6 +193,21 @@ pub enum TransportError {
     /// The broker answered with an error or with a reply this transport does not understand.
     #[error("stream broker error: {0}")]
     Broker(#[source] Box<dyn std::error::Error + Send + Sync>),
+    /// The entry was appended, but fewer replicas than a [`ReplicaWait`] asked for acknowledged
+    /// it in time, so a failover of its master may lose it. Only
+    /// [`Transport::publish_entries_replicated`] reports it; the outbox relay leaves such a row
+    /// unpublished without counting an attempt and appends it again later (the copy that may
+    /// already be in the stream is dropped by the inbox by event id).
+    #[error(
+        "entry appended but acknowledged by {acknowledged} of the {wanted} replicas asked for \
+         in time; a failover could lose it"
+    )]
+    NotReplicated {
+        /// Replicas asked for.
+        wanted: u32,
+        /// Replicas that acknowledged the write in time (for a broker without replicas, 0).
+        acknowledged: u32,
+    },
 }
 
 /// Refuses a batch holding an entry without fields, before anything is sent: Redis `XADD` needs
@@ -222,6 +258,36 @@ pub trait Transport: Send + Sync + 'static {
         entries: &[OutgoingEntry<'_>],
     ) -> Result<Vec<Result<String, TransportError>>, TransportError>;
 
+    /// Appends entries like [`publish_entries`](Self::publish_entries), then waits until
+    /// `wait.replicas` replicas hold them or `wait.timeout` passes (Redis `WAIT`, sent after the
+    /// writes on the same connection; on a cluster once per slot written to, to that slot's
+    /// master). An appended entry whose replicas fell short is
+    /// [`TransportError::NotReplicated`]; the other results are as for `publish_entries`, and an
+    /// entry whose wait could not be sent (the master went away) is
+    /// [`TransportError::Unavailable`].
+    ///
+    /// Defaults to what a Redis without replicas answers: every appended entry is
+    /// `NotReplicated` with none acknowledged. The in-process [`MemoryStream`] keeps that
+    /// default, so a relay waiting for replicas on it never marks a row published.
+    fn publish_entries_replicated(
+        &self,
+        entries: &[OutgoingEntry<'_>],
+        wait: ReplicaWait,
+    ) -> Result<Vec<Result<String, TransportError>>, TransportError> {
+        let results = self.publish_entries(entries)?;
+        Ok(results
+            .into_iter()
+            .map(|result| {
+                result.and_then(|_| {
+                    Err(TransportError::NotReplicated {
+                        wanted: wait.replicas,
+                        acknowledged: 0,
+                    })
+                })
+            })
+            .collect())
+    }
+
     /// Appends entries to a stream in one round trip and returns their ids in order. An entry
     /// with no fields is refused before anything is sent; any other refused entry fails the
     /// call (entries before it may have been appended).
@@ -267,6 +333,20 @@ pub trait Transport: Send + Sync + 'static {
     /// test doubles; the Redis and in-process transports answer.
     fn stream_exists(&self, stream: &str) -> Result<Option<bool>, TransportError> {
         let _ = stream;
+        Ok(None)
+    }
+
+    /// Which of `ids` (`<millis>-<seq>`) `stream` still holds, and its oldest entry, in one
+    /// round trip (Redis `XRANGE`): an absent entry younger than the oldest was not trimmed
+    /// away, so it was lost (with a master that failed over before passing it on). Defaults
+    /// to `None`, "cannot tell", for transports wrapping another or test doubles; the Redis
+    /// and in-process transports answer.
+    fn find_entries(
+        &self,
+        stream: &str,
+        ids: &[String],
+    ) -> Result<Option<FoundEntries>, TransportError> {
+        let _ = (stream, ids);
         Ok(None)
     }
 
@@ -316,6 +396,14 @@ impl<T: Transport + ?Sized> Transport for std::sync::Arc<T> {
         (**self).publish_entries(entries)
     }
 
+    fn publish_entries_replicated(
+        &self,
+        entries: &[OutgoingEntry<'_>],
+        wait: ReplicaWait,
+    ) -> Result<Vec<Result<String, TransportError>>, TransportError> {
+        (**self).publish_entries_replicated(entries, wait)
+    }
+
     fn trim(&self, stream: &str, max_len: usize) -> Result<u64, TransportError> {
         (**self).trim(stream, max_len)
     }
@@ -330,6 +418,14 @@ impl<T: Transport + ?Sized> Transport for std::sync::Arc<T> {
 
     fn stream_exists(&self, stream: &str) -> Result<Option<bool>, TransportError> {
         (**self).stream_exists(stream)
+    }
+
+    fn find_entries(
+        &self,
+        stream: &str,
+        ids: &[String],
+    ) -> Result<Option<FoundEntries>, TransportError> {
+        (**self).find_entries(stream, ids)
     }
 
     fn oldest_pending_before(

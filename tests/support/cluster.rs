@@ -264,15 +264,79 @@ impl PrivateCluster {
     /// SIGKILLs the master holding `key`; returns its `host:port`.
     pub fn kill_master_of(&self, key: &str) -> String {
         let master = master_of(&mut raw_cluster_at(&self.url()).unwrap(), key);
-        let port = master.rsplit(':').next().unwrap();
+        self.signal_node(&master, "KILL");
+        master
+    }
+
+    /// The replica (`host:port`) of the master holding `key`.
+    pub fn replica_of(&self, key: &str) -> String {
+        let mut conn = raw_cluster_at(&self.url()).unwrap();
+        let master = master_of(&mut conn, key);
+        let master_id: String = redis::cmd("CLUSTER")
+            .arg("MYID")
+            .query(
+                &mut redis::Client::open(format!("redis://{master}"))
+                    .unwrap()
+                    .get_connection()
+                    .unwrap(),
+            )
+            .expect("CLUSTER MYID");
+        let replicas: Vec<String> = redis::cmd("CLUSTER")
+            .arg("REPLICAS")
+            .arg(&master_id)
+            .query(&mut conn)
+            .expect("CLUSTER REPLICAS");
+        // Each line is CLUSTER NODES' format: `<id> <host:port@bus> ...`.
+        let line = replicas.first().expect("the master has a replica");
+        let address = line.split(' ').nth(1).expect("a node address");
+        address.split('@').next().unwrap().to_string()
+    }
+
+    /// Closes the replication links of the master at `host:port` (`CLIENT KILL TYPE replica`):
+    /// until its replica connects again, what the master takes reaches only the master.
+    pub fn cut_replication_of(&self, master: &str) {
+        let mut conn = redis::Client::open(format!("redis://{master}"))
+            .unwrap()
+            .get_connection()
+            .unwrap();
+        let cut: i64 = redis::cmd("CLIENT")
+            .arg("KILL")
+            .arg("TYPE")
+            .arg("replica")
+            .query(&mut conn)
+            .expect("CLIENT KILL TYPE replica");
+        assert!(cut >= 1, "{master} had a replica connected");
+    }
+
+    /// Sends the signal `name` (`STOP`, `CONT`, `KILL`) to the node at `host:port`.
+    pub fn signal_node(&self, node: &str, name: &str) {
+        let port = node.rsplit(':').next().unwrap();
         let pid = std::fs::read_to_string(self.dir.join(port).join("redis.pid"))
-            .expect("the master's pid file");
-        let killed = Command::new("kill")
-            .args(["-KILL", pid.trim()])
+            .expect("the node's pid file");
+        let sent = Command::new("kill")
+            .args([format!("-{name}").as_str(), pid.trim()])
             .status()
             .expect("kill runs");
-        assert!(killed.success(), "kill -KILL {pid}");
-        master
+        assert!(sent.success(), "kill -{name} {pid}");
+    }
+
+    /// Starts again the node at `host:port` that [`kill_master_of`](Self::kill_master_of)
+    /// killed, and waits for `cluster_state:ok` on every node: a master whose slots a replica
+    /// took over rejoins as that replica's replica (empty, then synced), so the cluster is
+    /// whole again.
+    pub fn restart_node(&self, node: &str) {
+        let port = node.rsplit(':').next().unwrap();
+        let out = self
+            .command("restart-node")
+            .arg(port)
+            .output()
+            .expect(".ci/redis-cluster runs");
+        assert!(
+            out.status.success(),
+            ".ci/redis-cluster restart-node {port}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
 
     /// Waits until a replica has taken over the slot of `key` from `old_master`; returns the
@@ -300,6 +364,14 @@ impl PrivateCluster {
 
 impl Drop for PrivateCluster {
     fn drop(&mut self) {
+        // A node a failed test left stopped (SIGSTOP) would never answer the shutdown below.
+        for port in self.base..self.base + 6 {
+            if let Ok(pid) =
+                std::fs::read_to_string(self.dir.join(port.to_string()).join("redis.pid"))
+            {
+                let _ = Command::new("kill").args(["-CONT", pid.trim()]).status();
+            }
+        }
         let _ = self.command("stop").output();
     }
 }

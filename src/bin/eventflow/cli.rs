@@ -539,6 +539,27 @@ pub enum Outbox {
     },
     /// Delete published rows older than an age, 1,000 per transaction.
     Purge(PurgeArgs),
+    /// Check published rows against their streams (needs Redis) and list those whose entries
+    /// are gone although older ones remain: lost in a failover (see the README's Failover).
+    Lost {
+        /// Most published rows to check.
+        #[arg(long, default_value_t = 1_000, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+        limit: u32,
+        /// Continue after this cursor, a row id (printed at the end of a full page,
+        /// `next_cursor` in JSON).
+        #[arg(long, value_name = "CURSOR")]
+        after: Option<i64>,
+        /// Streams the relay splits into partitions, as STREAM=N (as its
+        /// `partitioned_stream`): their rows' entries are looked for in their partitions.
+        #[arg(
+            long = "partitions",
+            value_name = "STREAM=N",
+            env = "EVENTFLOW_PARTITIONS",
+            value_delimiter = ',',
+            value_parser = parse_partitions
+        )]
+        partitions: Vec<(String, u32)>,
+    },
 }
 
 /// `pending`, `failed`, `published` or `dead_letter`.

@@ -1,7 +1,8 @@
-//! `eventflow outbox list|show|requeue|purge`.
+//! `eventflow outbox list|show|requeue|purge|lost`.
 
 use super::cli::{Cli, Outbox};
 use super::confirm::purge_confirmed;
+use super::connect::open_redis;
 use super::output::{self, progress, Table};
 use super::text::{cut, format_age, format_time, headers_text, safe};
 use super::Failure;
@@ -54,6 +55,11 @@ pub fn run(cli: &Cli, admin: &OutboxAdmin, command: &Outbox) -> Result<(), Failu
             }
             Ok(())
         }
+        Outbox::Lost {
+            limit,
+            after,
+            partitions,
+        } => lost(cli, admin, partitions, *limit as usize, *after),
         Outbox::Purge(purge) => {
             purge_confirmed(purge, "published outbox row")?;
             let older_than = &purge.older_than;
@@ -118,6 +124,61 @@ fn list(
     }
     table.print();
     if let Some(next) = listed.next {
+        say!("more: --after {next}");
+    }
+    Ok(())
+}
+
+fn lost(
+    cli: &Cli,
+    admin: &OutboxAdmin,
+    partitions: &[(String, u32)],
+    limit: usize,
+    after: Option<i64>,
+) -> Result<(), Failure> {
+    let partitioned: Vec<(&str, u32)> = partitions
+        .iter()
+        .map(|(stream, count)| (stream.as_str(), *count))
+        .collect();
+    let redis = open_redis(&cli.connection)?;
+    let page = admin.lost_entries(&redis, &partitioned, after, limit)?;
+    if cli.json {
+        output::json(&json!({
+            "lost": page.lost.iter().map(row_json).collect::<Vec<_>>(),
+            "checked": page.checked,
+            "unknown": page.unknown,
+            "next_cursor": page.next.map(|cursor| cursor.to_string()),
+        }));
+        return Ok(());
+    }
+    if page.lost.is_empty() {
+        say!("no lost entries among {} published rows", page.checked);
+    } else {
+        let mut table = Table::new(&["ID", "EVENT ID", "TYPE", "STREAM", "ENTRY ID", "PUBLISHED"]);
+        for row in &page.lost {
+            table.row(vec![
+                row.id.to_string(),
+                row.event.event_id.clone(),
+                row.event.event_type.clone(),
+                row.stream.clone(),
+                row.stream_entry_id.clone().unwrap_or_default(),
+                row.published_at.map(format_time).unwrap_or_default(),
+            ]);
+        }
+        table.print();
+        say!(
+            "{} of {} published rows lost their entries",
+            page.lost.len(),
+            page.checked
+        );
+    }
+    if page.unknown > 0 {
+        say!(
+            "{} rows not checked: their streams hold no entries, or cannot be asked",
+            page.unknown
+        );
+    }
+    if let Some(next) = page.next {
         say!("more: --after {next}");
     }
     Ok(())

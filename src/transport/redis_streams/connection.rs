@@ -14,6 +14,7 @@
 use std::time::{Duration, Instant};
 
 use redis::cluster::{ClusterClient, ClusterConnection};
+use redis::cluster_routing::Slot;
 use redis::{ConnectionLike, ErrorKind, RedisError, RedisResult, Value};
 
 use crate::transport::TransportError;
@@ -130,6 +131,55 @@ impl Connection {
         result
     }
 
+    /// Sends `commands`, each writing the key beside it, followed by `wait` (a `WAIT`) on the
+    /// same socket, and returns each command's reply with the reply of the `WAIT` that followed
+    /// it. `WAIT` counts the replicas holding this connection's own writes, so it must follow
+    /// them on their socket: a single server gets one pipeline; a cluster one pipeline per slot
+    /// (all its commands go to that slot's master, and a redirection or reconnection sends the
+    /// commands and the `WAIT` again together), each with a `WAIT` of its own.
+    ///
+    /// On a cluster a pipeline's replies come back whole or not at all, so a command refused in
+    /// it (a key of another type) fails every command of its slot with that error; the others
+    /// may have been appended. A pipeline that could not be sent fails only its own slot's
+    /// commands, as an outage.
+    pub(super) fn pipeline_and_wait(
+        &mut self,
+        commands: Vec<(&str, redis::Cmd)>,
+        wait: &redis::Cmd,
+    ) -> RedisResult<Vec<(RedisResult<Value>, RedisResult<Value>)>> {
+        let started = Instant::now();
+        let result = match &mut self.link {
+            Link::Node(conn) => {
+                let mut pipeline = redis::pipe();
+                pipeline.ignore_errors();
+                for (_, command) in commands {
+                    pipeline.add_command(command);
+                }
+                pipeline.add_command(wait.clone());
+                pipeline
+                    .query::<Vec<RedisResult<Value>>>(conn)
+                    .and_then(|mut replies| {
+                        let waited = replies.pop().ok_or_else(|| {
+                            RedisError::from((ErrorKind::UnexpectedReturnType, "no WAIT reply"))
+                        })?;
+                        Ok(replies
+                            .into_iter()
+                            .map(|reply| (reply, waited.clone()))
+                            .collect())
+                    })
+            }
+            Link::Cluster(conn) => Ok(cluster_pipelines_and_wait(conn.as_mut(), commands, wait)),
+        };
+        if let Ok(replies) = &result {
+            for (reply, waited) in replies {
+                self.settle(reply, started);
+                self.settle(waited, started);
+            }
+        }
+        self.settle(&result, started);
+        result
+    }
+
     fn settle<R>(&mut self, result: &RedisResult<R>, started: Instant) {
         if let Err(error) = result {
             if is_unavailable(error) {
@@ -200,6 +250,69 @@ fn cluster_pipeline(
                 Err(error) if matches!(error.kind(), ErrorKind::Server(_)) => Ok(Err(error)),
                 Err(error) => Err(error),
             },
+        })
+        .collect()
+}
+
+/// One pipeline per slot, each ending in `wait` (see [`Connection::pipeline_and_wait`]).
+fn cluster_pipelines_and_wait(
+    conn: &mut ClusterConnection,
+    commands: Vec<(&str, redis::Cmd)>,
+    wait: &redis::Cmd,
+) -> Vec<(RedisResult<Value>, RedisResult<Value>)> {
+    let mut slots: Vec<(Slot, Vec<usize>)> = Vec::new();
+    for (index, (key, _)) in commands.iter().enumerate() {
+        let slot = Slot::for_key(key.as_bytes());
+        match slots.iter_mut().find(|(known, _)| *known == slot) {
+            Some((_, indexes)) => indexes.push(index),
+            None => slots.push((slot, vec![index])),
+        }
+    }
+    let mut replies: Vec<Option<(RedisResult<Value>, RedisResult<Value>)>> =
+        commands.iter().map(|_| None).collect();
+    for (_, indexes) in slots {
+        let mut pipeline = redis::pipe();
+        for index in &indexes {
+            pipeline.add_command(commands[*index].1.clone());
+        }
+        pipeline.add_command(wait.clone());
+        // Routed by the first command's key: every command here has that slot.
+        let sent = conn.req_packed_commands(&pipeline.get_packed_pipeline(), 0, indexes.len() + 1);
+        let mut sent = match sent {
+            Ok(mut values) if values.len() == indexes.len() + 1 => {
+                let waited = values.pop().map(Ok).unwrap_or(Ok(Value::Nil));
+                values
+                    .into_iter()
+                    .map(|value| (Ok(value), waited.clone()))
+                    .collect::<Vec<_>>()
+            }
+            Ok(_) => {
+                let error = RedisError::from((
+                    ErrorKind::UnexpectedReturnType,
+                    "a pipeline with WAIT got the wrong number of replies",
+                ));
+                indexes
+                    .iter()
+                    .map(|_| (Err(error.clone()), Err(error.clone())))
+                    .collect()
+            }
+            Err(error) => indexes
+                .iter()
+                .map(|_| (Err(error.clone()), Err(error.clone())))
+                .collect(),
+        }
+        .into_iter();
+        for index in indexes {
+            replies[index] = sent.next();
+        }
+    }
+    replies
+        .into_iter()
+        .map(|reply| {
+            reply.unwrap_or_else(|| {
+                let error = RedisError::from((ErrorKind::Client, "a command was not sent"));
+                (Err(error.clone()), Err(error))
+            })
         })
         .collect()
 }
@@ -502,6 +615,74 @@ mod tests {
                 (other, _) => panic!("{code}: expected outage={outage}, got {other:?}"),
             }
         }
+    }
+
+    /// Appends every `XADD` as entry `1-1` and answers `WAIT` with `wait`.
+    fn xadd_then_wait(name: &str, wait: &'static str) -> (&'static str, Duration) {
+        match name {
+            "XADD" => ("$3\r\n1-1\r\n", Duration::ZERO),
+            "WAIT" => (wait, Duration::ZERO),
+            _ => answer("", name),
+        }
+    }
+
+    #[test]
+    fn entries_count_as_replicated_only_when_wait_answers_enough_replicas() {
+        use crate::transport::{OutgoingEntry, ReplicaWait};
+        let fields = vec![("event_id".to_string(), b"e1".to_vec())];
+        let entries = [
+            OutgoingEntry {
+                stream: "s",
+                fields: &fields,
+            },
+            OutgoingEntry {
+                stream: "s",
+                fields: &[],
+            },
+        ];
+        let publish = |reply: fn(&str) -> (&'static str, Duration)| {
+            let (url, _) = fake_redis(reply);
+            let redis = RedisStreams::builder(url).pool_size(1).build().unwrap();
+            let wait = ReplicaWait {
+                replicas: 2,
+                timeout: Duration::from_millis(10),
+            };
+            redis.publish_entries_replicated(&entries, wait).unwrap()
+        };
+
+        let enough = publish(|name| xadd_then_wait(name, ":2\r\n"));
+        assert!(
+            matches!(&enough[..], [Ok(id), Err(TransportError::Broker(_))] if id == "1-1"),
+            "{enough:?}"
+        );
+        let short = publish(|name| xadd_then_wait(name, ":1\r\n"));
+        assert!(
+            matches!(
+                &short[..],
+                [
+                    Err(TransportError::NotReplicated {
+                        wanted: 2,
+                        acknowledged: 1
+                    }),
+                    Err(TransportError::Broker(_))
+                ]
+            ),
+            "{short:?}"
+        );
+        // Appended, but whether a replica has it is unknown: an outage, not the entry's fault.
+        let unknown = publish(|name| {
+            xadd_then_wait(name, "-ERR WAIT cannot be used with replica instances\r\n")
+        });
+        assert!(
+            matches!(
+                &unknown[..],
+                [
+                    Err(TransportError::Unavailable(_)),
+                    Err(TransportError::Broker(_))
+                ]
+            ),
+            "{unknown:?}"
+        );
     }
 
     #[test]

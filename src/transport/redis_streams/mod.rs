@@ -31,15 +31,15 @@ use redis::Value;
 
 use super::parse_entry_id;
 use super::{
-    GroupStats, OutgoingEntry, PendingEntry, ReadRequest, ReclaimRequest, Reclaimed, StreamEntry,
-    Transport, TransportError,
+    FoundEntries, GroupStats, OutgoingEntry, PendingEntry, ReadRequest, ReclaimRequest, Reclaimed,
+    ReplicaWait, StreamEntry, Transport, TransportError,
 };
 use connection::{
     command_error, group_error, no_group, ConnectionManager, Target, TraceConnectErrors,
 };
 use reply::{
-    into_string, malformed, parse_autoclaim, parse_count, parse_group_cursors, parse_group_stats,
-    parse_oldest_pending, parse_pending_entry, parse_read_reply, AutoClaimReply,
+    into_string, malformed, parse_autoclaim, parse_count, parse_first_id, parse_group_cursors,
+    parse_group_stats, parse_oldest_pending, parse_pending_entry, parse_read_reply, AutoClaimReply,
 };
 
 const DEFAULT_POOL_SIZE: u32 = 16;
@@ -309,6 +309,35 @@ fn millis(duration: Duration) -> u64 {
     u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
 }
 
+/// The `XADD` of each entry that has fields, with its stream: entries without fields never reach
+/// Redis (the caller answers for them).
+fn appended<'a>(
+    entries: &'a [OutgoingEntry<'a>],
+) -> impl Iterator<Item = (&'a str, redis::Cmd)> + 'a {
+    entries
+        .iter()
+        .filter(|entry| !entry.fields.is_empty())
+        .map(|entry| {
+            let mut command = redis::cmd("XADD");
+            command.arg(entry.stream).arg("*");
+            for (name, value) in entry.fields {
+                command.arg(name).arg(value.as_slice());
+            }
+            (entry.stream, command)
+        })
+}
+
+/// An `XADD` reply as the entry's id or the reason it was not appended.
+fn entry_id(reply: Option<redis::RedisResult<Value>>) -> Result<String, TransportError> {
+    match reply {
+        Some(Ok(reply)) => into_string(reply).ok_or_else(|| malformed("XADD", "entry id")),
+        // "Try later" (out of memory, loading, ...) for this entry is an outage, like a failed
+        // round trip; anything else refuses the entry.
+        Some(Err(error)) => Err(command_error(error)),
+        None => Err(malformed("XADD", "number of replies")),
+    }
+}
+
 impl Transport for RedisStreams {
     fn create_group(&self, stream: &str, group: &str, after: &str) -> Result<(), TransportError> {
         let mut conn = self.connection()?;
@@ -449,43 +478,88 @@ impl Transport for RedisStreams {
         // Entries without fields never reach Redis; the rest go out as one pipeline whose
         // per-command errors come back one by one instead of failing the whole round trip (on
         // a cluster, one pipeline per node that owns one of the streams).
-        let commands: Vec<redis::Cmd> = entries
-            .iter()
-            .filter(|entry| !entry.fields.is_empty())
-            .map(|entry| {
-                let mut command = redis::cmd("XADD");
-                command.arg(entry.stream).arg("*");
-                for (name, value) in entry.fields {
-                    command.arg(name).arg(value.as_slice());
-                }
-                command
-            })
-            .collect();
+        let commands: Vec<redis::Cmd> = appended(entries).map(|(_, command)| command).collect();
         let sent = commands.len();
-        let mut replies = if sent == 0 {
+        let replies = if sent == 0 {
             Vec::new()
         } else {
             let mut conn = self.connection()?;
             conn.pipeline(commands).map_err(command_error)?
-        }
-        .into_iter();
+        };
         if replies.len() != sent {
             return Err(malformed("XADD", "number of replies"));
         }
+        let mut replies = replies.into_iter();
         Ok(entries
             .iter()
             .map(|entry| {
                 if entry.fields.is_empty() {
                     return Err(super::no_fields_error());
                 }
-                match replies.next() {
-                    Some(Ok(reply)) => {
-                        into_string(reply).ok_or_else(|| malformed("XADD", "entry id"))
+                entry_id(replies.next())
+            })
+            .collect())
+    }
+
+    /// The entries' pipeline with `WAIT` after it, on the socket that carried the writes (see
+    /// `Connection::pipeline_and_wait`). The socket's read timeout is raised by the wait's
+    /// timeout meanwhile, as a blocking read raises it by its block time.
+    fn publish_entries_replicated(
+        &self,
+        entries: &[OutgoingEntry<'_>],
+        wait: ReplicaWait,
+    ) -> Result<Vec<Result<String, TransportError>>, TransportError> {
+        let commands: Vec<(&str, redis::Cmd)> = appended(entries).collect();
+        let sent = commands.len();
+        let replies = if sent == 0 {
+            Vec::new()
+        } else {
+            let mut wait_command = redis::cmd("WAIT");
+            // `WAIT n 0` would block for ever.
+            wait_command
+                .arg(wait.replicas)
+                .arg(millis(wait.timeout).max(1));
+            let mut conn = self.connection()?;
+            conn.set_read_timeout(wait.timeout.saturating_add(self.io_timeout))
+                .map_err(command_error)?;
+            let replies = conn.pipeline_and_wait(commands, &wait_command);
+            if !conn.is_broken() {
+                // As in `read_group`: a failed reset marks the connection broken.
+                let _ = conn.set_read_timeout(self.io_timeout);
+            }
+            replies.map_err(command_error)?
+        };
+        if replies.len() != sent {
+            return Err(malformed("XADD", "number of replies"));
+        }
+        let mut replies = replies.into_iter();
+        Ok(entries
+            .iter()
+            .map(|entry| {
+                if entry.fields.is_empty() {
+                    return Err(super::no_fields_error());
+                }
+                let (reply, waited) = replies
+                    .next()
+                    .ok_or_else(|| malformed("XADD", "number of replies"))?;
+                let id = entry_id(Some(reply))?;
+                match waited {
+                    Ok(count) => {
+                        let acknowledged =
+                            parse_count(count).ok_or_else(|| malformed("WAIT", "count"))?;
+                        let acknowledged = u32::try_from(acknowledged).unwrap_or(u32::MAX);
+                        if acknowledged >= wait.replicas {
+                            Ok(id)
+                        } else {
+                            Err(TransportError::NotReplicated {
+                                wanted: wait.replicas,
+                                acknowledged,
+                            })
+                        }
                     }
-                    // "Try later" (out of memory, loading, ...) for this entry is an outage,
-                    // like a failed round trip; anything else refuses the entry.
-                    Some(Err(error)) => Err(command_error(error)),
-                    None => Err(malformed("XADD", "number of replies")),
+                    // Appended, but whether it reached a replica is unknown (the master went
+                    // away, or is no longer a master): not this entry's fault, so an outage.
+                    Err(error) => Err(TransportError::Unavailable(Box::new(error))),
                 }
             })
             .collect())
@@ -584,6 +658,41 @@ impl Transport for RedisStreams {
         parse_count(reply)
             .map(|count| Some(count > 0))
             .ok_or_else(|| malformed("EXISTS", "count"))
+    }
+
+    /// `XRANGE <stream> - + COUNT 1` for the oldest entry, then `XRANGE <stream> <id> <id>` for
+    /// each id, in one pipeline (one stream: one node on a cluster).
+    fn find_entries(
+        &self,
+        stream: &str,
+        ids: &[String],
+    ) -> Result<Option<FoundEntries>, TransportError> {
+        let mut commands = vec![{
+            let mut oldest = redis::cmd("XRANGE");
+            oldest.arg(stream).arg("-").arg("+").arg("COUNT").arg(1);
+            oldest
+        }];
+        commands.extend(ids.iter().map(|id| {
+            let mut command = redis::cmd("XRANGE");
+            command.arg(stream).arg(id).arg(id);
+            command
+        }));
+        let sent = commands.len();
+        let mut conn = self.connection()?;
+        let replies = conn.pipeline(commands).map_err(command_error)?;
+        if replies.len() != sent {
+            return Err(malformed("XRANGE", "number of replies"));
+        }
+        let mut replies = replies
+            .into_iter()
+            .map(|reply| reply.map_err(command_error).and_then(parse_first_id));
+        let oldest = replies
+            .next()
+            .ok_or_else(|| malformed("XRANGE", "number of replies"))??;
+        let present = replies
+            .map(|found| found.map(|found| found.is_some()))
+            .collect::<Result<_, _>>()?;
+        Ok(Some(FoundEntries { oldest, present }))
     }
 
     fn oldest_pending_before(

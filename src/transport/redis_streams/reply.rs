@@ -98,6 +98,18 @@ fn parse_entry(value: Value, command: &str) -> Result<ParsedEntry, TransportErro
     Ok(ParsedEntry::Present(StreamEntry { id, fields }))
 }
 
+/// An `XRANGE ... COUNT 1` reply: the id of its one entry, `None` for none.
+pub(super) fn parse_first_id(value: Value) -> Result<Option<String>, TransportError> {
+    let entries = into_items(value).ok_or_else(|| malformed("XRANGE", "entries"))?;
+    match entries.into_iter().next() {
+        None => Ok(None),
+        Some(entry) => match parse_entry(entry, "XRANGE")? {
+            ParsedEntry::Present(entry) => Ok(Some(entry.id)),
+            ParsedEntry::Deleted(id) => Ok(Some(id)),
+        },
+    }
+}
+
 /// An `XREADGROUP` reply for one stream: nil on timeout, else `[[stream, [entry, ...]]]`
 /// (RESP2) or `{stream: [entry, ...]}` (RESP3).
 pub(super) fn parse_read_reply(value: Value) -> Result<Vec<StreamEntry>, TransportError> {
