@@ -96,6 +96,11 @@ impl Run {
         self.events as f64 / self.elapsed.as_secs_f64()
     }
 
+    /// CPU microseconds per event for `ticks` of CPU time.
+    fn micros_per_event(&self, ticks: u64) -> f64 {
+        ticks as f64 * 1e6 / clock_ticks() as f64 / self.events as f64
+    }
+
     /// Average cores busy over the run for `ticks` of CPU time.
     fn cores(&self, ticks: u64) -> f64 {
         ticks as f64 / clock_ticks() as f64 / self.elapsed.as_secs_f64()
@@ -216,7 +221,7 @@ pub fn run(options: &Options) {
             .join(" ")
     );
     println!(
-        "\n{:<26} {:>5} {:>9} {:>9} {:>10} {:>10} {:>7} {:>7} {:>7}",
+        "\n{:<26} {:>5} {:>9} {:>9} {:>10} {:>10} {:>7} {:>7} {:>7} {:>12}",
         "target",
         "procs",
         "events/s",
@@ -225,7 +230,8 @@ pub fn run(options: &Options) {
         "PostgreSQL",
         "Redis",
         "other",
-        "idle"
+        "idle",
+        "us/ev cons/pg"
     );
     for ((target, processes), run) in &medians {
         let cpu = run.cpu;
@@ -233,7 +239,7 @@ pub fn run(options: &Options) {
             .machine
             .saturating_sub(cpu.consumers + cpu.postgres + cpu.redis);
         println!(
-            "{:<26} {:>5} {:>9.0} {:>8.2}x {:>10.2} {:>10.2} {:>7.2} {:>7.2} {:>7.2}",
+            "{:<26} {:>5} {:>9.0} {:>8.2}x {:>10.2} {:>10.2} {:>7.2} {:>7.2} {:>7.2} {:>12}",
             target.describe(),
             processes,
             run.rate(),
@@ -243,6 +249,11 @@ pub fn run(options: &Options) {
             run.cores(cpu.redis),
             run.cores(other),
             (cores as f64 - run.cores(cpu.machine)).max(0.0),
+            format!(
+                "{:.0} / {:.0}",
+                run.micros_per_event(cpu.consumers),
+                run.micros_per_event(cpu.postgres)
+            ),
         );
     }
     println!(
@@ -250,7 +261,8 @@ pub fn run(options: &Options) {
          are cores busy on average over the run (of {cores}): the consumer processes, their \
          PostgreSQL backends with the server's WAL writer, background writer and checkpointer, \
          every Redis server process of the target, the rest of the machine's busy time, and \
-         what was left idle"
+         what was left idle; us/ev: CPU microseconds per event of the consumers and of \
+         PostgreSQL"
     );
 }
 
