@@ -14,7 +14,7 @@
 //!                                         [--rate 2000] [--repeat 3]
 //! cargo run --release --example bench -- --outbox --drains 20 [--events 20000] [...]
 //! cargo run --release --example bench -- --takeover [--events 20000] [--repeat 3]
-//! cargo run --release --example bench -- --scale [--events 40000] [--repeat 3] [--workers 4] [...]
+//! cargo run --release --example bench -- --scale [--events 40000] [--repeat 3] [--statements] [...]
 //! ```
 //! URLs come from `EVENTFLOW_DATABASE_URL` and `EVENTFLOW_REDIS_URL` (local defaults). Each
 //! flood scenario runs `--repeat` times and the median run is reported (`--baseline-events 0`
@@ -107,6 +107,8 @@ struct Options {
     takeover: bool,
     /// Measure how throughput grows with consumer processes and partitions (see `scale.rs`).
     scale: bool,
+    /// With `scale`: the cost of each SQL statement per event, from `pg_stat_statements`.
+    statements: bool,
     /// With `outbox`: drain the backlog this many times each way and report the spread.
     drains: usize,
     ordered: bool,
@@ -373,6 +375,7 @@ fn parse_options(args: Vec<String>) -> Options {
         floor_claim_batch: 512,
         takeover: false,
         scale: false,
+        statements: false,
         drains: 0,
         ordered: false,
         events: 20_000,
@@ -402,6 +405,7 @@ fn parse_options(args: Vec<String>) -> Options {
             "--ordered" => options.ordered = true,
             "--takeover" => options.takeover = true,
             "--scale" => options.scale = true,
+            "--statements" => options.statements = true,
             "--backlog" => options.backlog = true,
             "--no-floor" => options.floor = false,
             "--floor-only" => options.floor_only = true,

@@ -28,6 +28,12 @@
 //! running on the machine, so their figures include that work; "other" is the machine's busy
 //! time none of the groups accounts for.
 //!
+//! With `--statements`, the bench also reads `pg_stat_statements` (which must be loaded by the
+//! server and created in the database) before and after each run, for the statements run in the
+//! bench's database, and prints the costliest statements of each configuration's median run:
+//! calls per 1,000 events, execution time per event and rows per call. Execution time is time
+//! spent executing, waits included, not CPU.
+//!
 //! Every configuration runs `--repeat` times, round by round over all nine, so that a slow spell
 //! of the shared machine falls on them alike; the median run of each is reported.
 
@@ -94,6 +100,72 @@ struct Run {
     elapsed: Duration,
     events: usize,
     cpu: Cpu,
+    /// With `--statements`: what each statement cost over the run, costliest first.
+    statements: Vec<Statement>,
+}
+
+/// One statement's work over a run, from `pg_stat_statements`.
+#[derive(Clone, Debug)]
+struct Statement {
+    query: String,
+    calls: i64,
+    exec_ms: f64,
+    rows: i64,
+}
+
+/// How many of each run's costliest statements `--statements` prints.
+const TOP_STATEMENTS: usize = 6;
+
+/// Reads `pg_stat_statements` for the bench's own database, by query id, leaving out the
+/// bench's own reads of the statistics views.
+fn statements(db: &mut Client) -> HashMap<i64, Statement> {
+    db.query(
+        "SELECT queryid, left(regexp_replace(query, '\\s+', ' ', 'g'), 90), calls, \
+         total_exec_time, rows FROM pg_stat_statements \
+         WHERE dbid = (SELECT oid FROM pg_database WHERE datname = current_database()) \
+         AND queryid IS NOT NULL AND query NOT LIKE '%pg_stat_%'",
+        &[],
+    )
+    .unwrap_or_else(|e| {
+        panic!(
+            "--statements needs pg_stat_statements in shared_preload_libraries and \
+             CREATE EXTENSION pg_stat_statements in the bench's database: {e}"
+        )
+    })
+    .iter()
+    .map(|row| {
+        (
+            row.get(0),
+            Statement {
+                query: row.get(1),
+                calls: row.get(2),
+                exec_ms: row.get(3),
+                rows: row.get(4),
+            },
+        )
+    })
+    .collect()
+}
+
+/// What each statement did between two readings, costliest first.
+fn statements_between(
+    before: &HashMap<i64, Statement>,
+    after: HashMap<i64, Statement>,
+) -> Vec<Statement> {
+    let mut delta: Vec<Statement> = after
+        .into_iter()
+        .map(|(id, mut statement)| {
+            if let Some(earlier) = before.get(&id) {
+                statement.calls -= earlier.calls;
+                statement.exec_ms -= earlier.exec_ms;
+                statement.rows -= earlier.rows;
+            }
+            statement
+        })
+        .filter(|statement| statement.calls > 0)
+        .collect();
+    delta.sort_by(|a, b| b.exec_ms.total_cmp(&a.exec_ms));
+    delta
 }
 
 impl Run {
@@ -280,6 +352,35 @@ pub fn run(options: &Options) {
          what was left idle; us/ev: CPU microseconds per event of the consumers and of \
          PostgreSQL"
     );
+    if options.statements {
+        print_statements(&medians);
+    }
+}
+
+/// The costliest statements of each configuration's median run, per event.
+fn print_statements(medians: &[((Target, usize), Run)]) {
+    for ((target, processes), run) in medians {
+        let events = run.events as f64;
+        let total: f64 = run.statements.iter().map(|s| s.exec_ms).sum();
+        println!(
+            "\n{}, {processes} processes: {:.0} us of statement execution per event; costliest:",
+            target.describe(),
+            total * 1000.0 / events
+        );
+        println!(
+            "{:>12} {:>10} {:>9}  query",
+            "calls/1000ev", "us/event", "rows/call"
+        );
+        for statement in run.statements.iter().take(TOP_STATEMENTS) {
+            println!(
+                "{:>12.1} {:>10.1} {:>9.1}  {}",
+                statement.calls as f64 * 1000.0 / events,
+                statement.exec_ms * 1000.0 / events,
+                statement.rows as f64 / statement.calls as f64,
+                statement.query
+            );
+        }
+    }
 }
 
 /// One run: `processes` consumers drain a backlog of `--events` on `target`.
@@ -357,6 +458,7 @@ fn drain(
         machine_busy_ticks(),
     );
 
+    let statements_before = options.statements.then(|| statements(&mut db));
     let started = Instant::now();
     for (_, stdin, _) in &mut children {
         stdin.write_all(b"go\n").unwrap();
@@ -394,6 +496,9 @@ fn drain(
         redis: ticks_of(&redis_pids).saturating_sub(before.1),
         machine: machine_busy_ticks().saturating_sub(before.2),
     };
+    let statements = statements_before
+        .map(|before| statements_between(&before, statements(&mut db)))
+        .unwrap_or_default();
 
     for (mut child, stdin, _) in children {
         drop(stdin);
@@ -430,6 +535,7 @@ fn drain(
         elapsed,
         events: options.events,
         cpu,
+        statements,
     }
 }
 
