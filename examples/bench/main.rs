@@ -14,6 +14,7 @@
 //!                                         [--rate 2000] [--repeat 3]
 //! cargo run --release --example bench -- --outbox --drains 20 [--events 20000] [...]
 //! cargo run --release --example bench -- --takeover [--events 20000] [--repeat 3]
+//! cargo run --release --example bench -- --scale [--events 40000] [--repeat 3] [--statements] [...]
 //! ```
 //! URLs come from `EVENTFLOW_DATABASE_URL` and `EVENTFLOW_REDIS_URL` (local defaults). Each
 //! flood scenario runs `--repeat` times and the median run is reported (`--baseline-events 0`
@@ -61,9 +62,14 @@
 //!
 //! **Takeover.** With `--takeover`, how soon the rows a killed consumer process stored are
 //! taken by the survivor, with process leases and without (see `takeover.rs`).
+//!
+//! **Scale.** With `--scale`, the rate at which 1, 2 and 4 consumer processes drain a backlog on
+//! the single Redis and on the Redis Cluster with 1 and 3 partitions, as a multiple of the
+//! single node's 1-process rate, with the CPU each process group used (see `scale.rs`).
 
 mod backlog;
 mod floor;
+mod scale;
 mod takeover;
 
 use eventflow::outbox::{OutboxRelay, OutboxTable};
@@ -99,6 +105,10 @@ struct Options {
     floor_claim_batch: usize,
     /// Measure how soon a killed consumer's stored rows are taken over (see `takeover.rs`).
     takeover: bool,
+    /// Measure how throughput grows with consumer processes and partitions (see `scale.rs`).
+    scale: bool,
+    /// With `scale`: the cost of each SQL statement per event, from `pg_stat_statements`.
+    statements: bool,
     /// With `outbox`: drain the backlog this many times each way and report the spread.
     drains: usize,
     ordered: bool,
@@ -177,9 +187,15 @@ fn main() {
     if args.first().map(String::as_str) == Some("--takeover-child") {
         takeover::child(&args[1..], &parse_options(Vec::new()));
     }
+    if args.first().map(String::as_str) == Some("--scale-child") {
+        scale::child(&args[1..]);
+    }
     let options = parse_options(args);
     if options.takeover {
         return takeover::run(&options);
+    }
+    if options.scale {
+        return scale::run(&options);
     }
     if options.backlog {
         return backlog::run(&options);
@@ -358,6 +374,8 @@ fn parse_options(args: Vec<String>) -> Options {
         floor_read_batch: 500,
         floor_claim_batch: 512,
         takeover: false,
+        scale: false,
+        statements: false,
         drains: 0,
         ordered: false,
         events: 20_000,
@@ -386,6 +404,8 @@ fn parse_options(args: Vec<String>) -> Options {
             "--outbox" => options.outbox = true,
             "--ordered" => options.ordered = true,
             "--takeover" => options.takeover = true,
+            "--scale" => options.scale = true,
+            "--statements" => options.statements = true,
             "--backlog" => options.backlog = true,
             "--no-floor" => options.floor = false,
             "--floor-only" => options.floor_only = true,
