@@ -34,7 +34,7 @@ use eventflow::transport::{OutgoingEntry, RedisStreams, ReplicaWait, Transport, 
 use eventflow::{Event, HandlerResult, InboxConsumer};
 use postgres::{Client, NoTls};
 use serde_json::json;
-use support::child::ChildProcess;
+use support::child::{report_until_killed, ChildProcess};
 use support::cluster::{self, PrivateCluster};
 use uuid::Uuid;
 
@@ -94,10 +94,11 @@ fn failover_consumer() {
         .unwrap()
         .start()
         .unwrap();
-    loop {
-        std::thread::sleep(Duration::from_secs(2));
-        eprintln!("failover consumer {prefix}: {:?}", handle.stats());
-    }
+    report_until_killed(
+        &format!("failover consumer {prefix}"),
+        Duration::from_secs(2),
+        || handle.stats(),
+    )
 }
 
 /// The PostgreSQL tables and SQLite file of one run, removed when it ends.

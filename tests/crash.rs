@@ -11,7 +11,7 @@ use eventflow::transport::{RedisStreams, Transport};
 use eventflow::{HandlerResult, InboxConsumer};
 use postgres::Client;
 use std::time::{Duration, Instant};
-use support::child::ChildProcess;
+use support::child::{report_until_killed, ChildProcess};
 use support::pipeline::{publish, Pipeline};
 use support::{postgres_url, redis_url, wait_until};
 
@@ -60,10 +60,11 @@ fn crash_child() {
         .unwrap()
         .start()
         .unwrap();
-    loop {
-        std::thread::sleep(Duration::from_millis(500));
-        eprintln!("child {prefix}: {:?}", handle.stats());
-    }
+    report_until_killed(
+        &format!("child {prefix}"),
+        Duration::from_millis(500),
+        || handle.stats(),
+    )
 }
 
 fn spawn_child(stream: &str, table: &str, prefix: &str) -> ChildProcess {

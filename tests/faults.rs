@@ -12,7 +12,7 @@ use postgres::{Client, NoTls};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use support::child::ChildProcess;
+use support::child::{report_until_killed, ChildProcess};
 use support::pipeline::{publish, Pipeline};
 use support::{postgres_url, redis_url, unique_name, wait_until};
 
@@ -94,10 +94,9 @@ fn fault_child() {
         .unwrap()
         .start()
         .unwrap();
-    loop {
-        std::thread::sleep(Duration::from_millis(500));
-        eprintln!("child {name}: {:?}", handle.stats());
-    }
+    report_until_killed(&format!("child {name}"), Duration::from_millis(500), || {
+        handle.stats()
+    })
 }
 
 fn count(client: &mut Client, sql: &str) -> i64 {

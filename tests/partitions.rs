@@ -21,7 +21,7 @@ use eventflow::transport::partition::{partition_of, partition_stream, partition_
 use eventflow::transport::{MemoryStream, ReadRequest, RedisStreams, Transport};
 use eventflow::{Error, Event, HandlerResult, InboxConsumer, InboxStore, SqliteStore};
 use serde_json::json;
-use support::child::ChildProcess;
+use support::child::{report_until_killed, ChildProcess};
 use support::cluster;
 use uuid::Uuid;
 
@@ -400,10 +400,11 @@ fn partitioned_consumer_child() {
         .unwrap()
         .start()
         .unwrap();
-    loop {
-        std::thread::sleep(Duration::from_secs(2));
-        eprintln!("partitioned consumer {process}: {:?}", handle.stats());
-    }
+    report_until_killed(
+        &format!("partitioned consumer {process}"),
+        Duration::from_secs(2),
+        || handle.stats(),
+    )
 }
 
 /// The PostgreSQL tables and cluster streams of the cluster test, removed when it ends.

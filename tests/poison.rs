@@ -12,7 +12,7 @@ use eventflow::store::{InboxStore, NEVER_FINISHED};
 use eventflow::transport::Transport;
 use eventflow::{ExponentialBackoff, HandlerResult, InboxConsumer};
 use std::time::{Duration, Instant};
-use support::child::ChildProcess;
+use support::child::{report_until_killed, ChildProcess};
 use support::pipeline::{publish, Pipeline};
 use support::{postgres_url, redis_url};
 
@@ -65,10 +65,7 @@ fn poison_child() {
         .unwrap()
         .start()
         .unwrap();
-    loop {
-        std::thread::sleep(Duration::from_millis(500));
-        eprintln!("child: {:?}", handle.stats());
-    }
+    report_until_killed("child", Duration::from_millis(500), || handle.stats())
 }
 
 fn spawn_child(stream: &str, table: &str, generation: usize) -> ChildProcess {

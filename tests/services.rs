@@ -18,7 +18,7 @@ use serde_json::json;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::hash::{Hash, Hasher};
 use std::time::Duration;
-use support::child::ChildProcess;
+use support::child::{report_until_killed, ChildProcess};
 use support::{postgres_url, redis_url, unique_name, wait_until};
 use uuid::Uuid;
 
@@ -245,10 +245,9 @@ fn services_child() {
             .start()
             .unwrap()
     };
-    loop {
-        std::thread::sleep(Duration::from_millis(1000));
-        eprintln!("child {prefix}: {:?}", handle.stats());
-    }
+    report_until_killed(&format!("child {prefix}"), Duration::from_secs(1), || {
+        handle.stats()
+    })
 }
 
 /// Retries after 20 ms, so a test sees its failures retried without waiting out the schedule.

@@ -1,7 +1,9 @@
 //! Consumer processes for crash tests: the test binary itself, run again to execute one of its
 //! ignored tests (the child's body), so a test needs nothing built beyond itself.
 
+use std::fmt::Debug;
 use std::process::{Child, Command};
+use std::time::Duration;
 
 /// A child process running one ignored test of this binary; SIGKILLed when dropped, so a
 /// failing test leaves none behind.
@@ -48,5 +50,14 @@ impl Drop for ChildProcess {
         // A stopped process dies of SIGKILL too, but say so in case a test left it stopped.
         let _ = self.0.kill();
         let _ = self.0.wait();
+    }
+}
+
+/// The end of a child's body once its consumer runs: prints `label` and the consumer's stats
+/// every `every`, for the test's output, until the test kills the process.
+pub fn report_until_killed<T: Debug>(label: &str, every: Duration, stats: impl Fn() -> T) -> ! {
+    loop {
+        std::thread::sleep(every);
+        eprintln!("{label}: {:?}", stats());
     }
 }

@@ -149,14 +149,7 @@ pub(in crate::store) fn apply_migrations_on(
         )
         .map_err(pg("set the migration lock timeout"))?
         .get(0);
-    let create = format!(
-        "CREATE TABLE IF NOT EXISTS {MIGRATIONS_TABLE} (
-            target VARCHAR(255) NOT NULL,
-            version INTEGER NOT NULL,
-            name VARCHAR(255) NOT NULL,
-            applied_at TIMESTAMP WITH TIME ZONE NOT NULL DEFAULT NOW(),
-            PRIMARY KEY (target, version))"
-    );
+    let create = create_migrations_table();
     with_retries(None, &create, || {
         let mut savepoint = tx.transaction()?;
         savepoint.batch_execute(&create)?;
@@ -219,14 +212,7 @@ fn take_migration_lock(client: &mut Client, target: &str) -> Result<(), StoreErr
 
 fn apply_locked(client: &mut Client, target: &MigrationTarget<'_>) -> Result<(), StoreError> {
     let lock_timeout = format!("{}ms", target.lock_timeout.as_millis().max(1));
-    let create = format!(
-        "CREATE TABLE IF NOT EXISTS {MIGRATIONS_TABLE} (
-            target VARCHAR(255) NOT NULL,
-            version INTEGER NOT NULL,
-            name VARCHAR(255) NOT NULL,
-            applied_at TIMESTAMP WITH TIME ZONE NOT NULL DEFAULT NOW(),
-            PRIMARY KEY (target, version))"
-    );
+    let create = create_migrations_table();
     with_retries(None, &create, || client.batch_execute(&create))
         .map_err(pg("create the migrations table"))?;
     let applied = applied_versions(client, &target.target)?;
@@ -435,6 +421,19 @@ pub(in crate::store) fn pending_migrations(
         .filter(|m| !applied.contains(&(m.version as i32)))
         .map(|m| PendingMigration::new(m, &(target.render)(m), m.transactional()))
         .collect())
+}
+
+/// The table that records applied migrations, shared by every target (inbox tables, outbox
+/// tables), made when the first migration runs.
+fn create_migrations_table() -> String {
+    format!(
+        "CREATE TABLE IF NOT EXISTS {MIGRATIONS_TABLE} (
+            target VARCHAR(255) NOT NULL,
+            version INTEGER NOT NULL,
+            name VARCHAR(255) NOT NULL,
+            applied_at TIMESTAMP WITH TIME ZONE NOT NULL DEFAULT NOW(),
+            PRIMARY KEY (target, version))"
+    )
 }
 
 #[cfg(test)]
