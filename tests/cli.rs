@@ -14,6 +14,7 @@ use eventflow::store::{
     AfterDeadLetter, Claim, ClaimParams, Failure, InboxStore, PostgresStore, ReceivedBatch,
     ReceivedEvent, RowHandler, SqliteStore, Verdict,
 };
+use eventflow::transport::partition::{partition_of, partition_stream};
 use eventflow::transport::{MemoryStream, RedisStreams, Transport};
 use eventflow::{
     ConsumerHandle, Event, EventStatus, HandlerError, HandlerResult, InboxConsumer, InboxRow,
@@ -1824,6 +1825,101 @@ fn outbox_lost_lists_published_rows_whose_entries_are_gone() {
             .contains("1 of 4 published rows lost their entries"),
         "{}",
         text.stdout
+    );
+}
+
+/// `outbox lost --partitions`: rows enqueued for a stream the relay splits keep the stream's
+/// name, and their entries are looked for in their aggregates' partitions; an entry deleted
+/// there (older ones remaining) is listed. Without the flag nothing is found under the
+/// stream's own name, and the rows are counted as unknown, not as lost.
+#[test]
+fn outbox_lost_looks_for_a_split_streams_entries_in_their_partitions() {
+    if !support::redis_available(
+        "cli::outbox_lost_looks_for_a_split_streams_entries_in_their_partitions",
+    ) {
+        return;
+    }
+    let path: PathBuf = std::env::temp_dir().join(format!("{}.db", unique_name("cli_lost")));
+    let url = format!("sqlite://{}", path.display());
+    let stream = unique_name("cli_lost");
+    let redis = RedisStreams::connect(&redis_url()).unwrap();
+    // Two events in each of two partitions, each published to its aggregate's partition.
+    let mut entry_ids = std::collections::HashMap::new();
+    let mut events = Vec::new();
+    for partition in 0..2 {
+        let target = partition_stream(&stream, partition);
+        for n in 0..2 {
+            let mut event = outbox_event(&format!("p{partition}-{n}"));
+            while partition_of(&event.aggregate_id, 2) != partition {
+                event.aggregate_id = uuid::Uuid::new_v4();
+            }
+            let id = redis
+                .publish_batch(&target, &[vec![("n".to_string(), b"x".to_vec())]])
+                .unwrap()
+                .remove(0);
+            entry_ids.insert(event.event_id.clone(), id);
+            events.push(event);
+        }
+    }
+    let mut raw = redis::Client::open(redis_url())
+        .unwrap()
+        .get_connection()
+        .unwrap();
+    // Partition 0's second entry is lost; its first, older one remains.
+    let _: i64 = redis::cmd("XDEL")
+        .arg(partition_stream(&stream, 0))
+        .arg(&entry_ids["p0-1"])
+        .query(&mut raw)
+        .unwrap();
+
+    let store = SqliteOutbox::open(&path).unwrap();
+    store.migrate().unwrap();
+    let table = OutboxTable::named("event_outbox").unwrap();
+    store.with_connection(|conn| {
+        let mut tx = conn.transaction().unwrap();
+        for event in &events {
+            table.enqueue(&mut tx, &stream, event).unwrap();
+        }
+        tx.commit().unwrap();
+    });
+    settle(&store, Utc::now(), |event_id| RowOutcome::Published {
+        entry_id: entry_ids[event_id].clone(),
+    });
+    let env = [
+        ("EVENTFLOW_DATABASE_URL", url.as_str()),
+        ("EVENTFLOW_REDIS_URL", &redis_url()),
+    ];
+    let split = format!("{stream}=2");
+    let found = eventflow(&env, &["--json", "outbox", "lost", "--partitions", &split])
+        .ok()
+        .json();
+    let unsplit = eventflow(&env, &["--json", "outbox", "lost"]).ok().json();
+    for partition in 0..2 {
+        let _: i64 = redis::cmd("DEL")
+            .arg(partition_stream(&stream, partition))
+            .query(&mut raw)
+            .unwrap();
+    }
+    for suffix in ["", "-wal", "-shm"] {
+        let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
+    }
+    assert_eq!(
+        (&found["checked"], &found["unknown"]),
+        (&json!(4), &json!(0)),
+        "{found}"
+    );
+    let lost: Vec<&str> = found["lost"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|row| row["event_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(lost, ["p0-1"], "{found}");
+    assert_eq!(unsplit["unknown"], 4, "{unsplit}");
+    assert_eq!(
+        unsplit["lost"].as_array().map(Vec::len),
+        Some(0),
+        "{unsplit}"
     );
 }
 
