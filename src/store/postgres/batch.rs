@@ -35,17 +35,20 @@ const RELEASE_AND_RENEW: &str = "RELEASE SAVEPOINT eventflow_row; SAVEPOINT even
 const RELEASE: &str = "RELEASE SAVEPOINT eventflow_row";
 const ROLLBACK_TO: &str = "ROLLBACK TO SAVEPOINT eventflow_row";
 
-/// The statements a batch uses, prepared on its connection, and the one it plans afresh.
+/// The statements a batch uses: prepared on its connection, or (as text) planned afresh on
+/// every call. Those that find rows by id are planned afresh: a plan cached while the table was
+/// small (or had no statistics yet) reads the whole table per call once it has grown, while a
+/// plan made for the call's ids and the table's current size probes the primary key.
 struct Prepared<'s> {
     claim_heads: &'s str,
     claim_heads_among: Statement,
-    claim_rows: Statement,
-    claim_fresh: Statement,
+    claim_rows: &'s str,
+    claim_fresh: &'s str,
     claim_due: Statement,
-    claim_counted: Statement,
+    claim_counted: &'s str,
     claim_unfinished_heads: &'s str,
-    mark_processed: Statement,
-    record_failures: Statement,
+    mark_processed: &'s str,
+    record_failures: &'s str,
     dead_letter: Statement,
 }
 
@@ -228,13 +231,13 @@ fn prepare<'s>(
     Ok(Prepared {
         claim_heads: &store.sql.claim_heads,
         claim_heads_among: statement(&store.sql.claim_heads_among)?,
-        claim_rows: statement(&store.sql.claim_rows)?,
-        claim_fresh: statement(&store.sql.claim_fresh)?,
+        claim_rows: &store.sql.claim_rows,
+        claim_fresh: &store.sql.claim_fresh,
         claim_due: statement(&store.sql.claim_due)?,
-        claim_counted: statement(&store.sql.claim_counted)?,
+        claim_counted: &store.sql.claim_counted,
         claim_unfinished_heads: &store.sql.claim_unfinished_heads,
-        mark_processed: statement(&store.sql.mark_processed)?,
-        record_failures: statement(&store.sql.record_failures)?,
+        mark_processed: &store.sql.mark_processed,
+        record_failures: &store.sql.record_failures,
         dead_letter: statement(&store.sql.dead_letter)?,
     })
 }
@@ -250,7 +253,10 @@ fn claim(
     let rows = match claim {
         Claim::Fresh(rows) => return claim_fresh(tx, prepared, rows, now).map(|rows| (rows, true)),
         Claim::Counted(rows) => return claim_counted(tx, prepared, rows).map(|rows| (rows, false)),
-        Claim::Rows(ids) => tx.query(&prepared.claim_rows, &[&ids, &now]),
+        Claim::Rows(ids) => tx.query_typed(
+            prepared.claim_rows,
+            &[(&ids, Type::UUID_ARRAY), (&now, Type::TIMESTAMPTZ)],
+        ),
         Claim::Due {
             limit,
             orphan_after,
@@ -332,7 +338,7 @@ fn claim_counted(
 ) -> Result<Vec<InboxRow>, StoreError> {
     let ids: Vec<Uuid> = rows.iter().map(|row| row.id).collect();
     let claimed: std::collections::HashMap<Uuid, i32> = tx
-        .query(&prepared.claim_counted, &[&ids])
+        .query_typed(prepared.claim_counted, &[(&ids, Type::UUID_ARRAY)])
         .map_err(pg("claim counted rows"))?
         .iter()
         .map(|row| (row.get(0), row.get(1)))
@@ -356,7 +362,10 @@ fn claim_fresh(
 ) -> Result<Vec<InboxRow>, StoreError> {
     let ids: Vec<Uuid> = rows.iter().map(|row| row.id).collect();
     let claimed: HashSet<Uuid> = tx
-        .query(&prepared.claim_fresh, &[&ids, &now])
+        .query_typed(
+            prepared.claim_fresh,
+            &[(&ids, Type::UUID_ARRAY), (&now, Type::TIMESTAMPTZ)],
+        )
         .map_err(pg("claim fresh rows"))?
         .iter()
         .map(|row| row.get(0))
@@ -474,8 +483,14 @@ fn complete(
         .map(|s| s.row.id)
         .collect();
     if !processed.is_empty() && !marked {
-        tx.execute(&prepared.mark_processed, &[&processed, &finished_at])
-            .map_err(pg("mark rows processed"))?;
+        tx.query_typed(
+            prepared.mark_processed,
+            &[
+                (&processed, Type::UUID_ARRAY),
+                (&finished_at, Type::TIMESTAMPTZ),
+            ],
+        )
+        .map_err(pg("mark rows processed"))?;
     }
     // The handlers' times are the host clock's: moved onto the database's.
     let failures: Vec<(Uuid, Failure)> = settled
@@ -566,9 +581,16 @@ fn record_failures(
             .map(|(_, f)| f.error_message.as_str())
             .collect();
         let at: Vec<DateTime<Utc>> = failures.iter().map(|(_, f)| f.failed_at).collect();
-        tx.execute(
-            &prepared.record_failures,
-            &[&ids, &statuses, &counts, &next, &errors, &at],
+        tx.query_typed(
+            prepared.record_failures,
+            &[
+                (&ids, Type::UUID_ARRAY),
+                (&statuses, Type::VARCHAR_ARRAY),
+                (&counts, Type::INT4_ARRAY),
+                (&next, Type::TIMESTAMPTZ_ARRAY),
+                (&errors, Type::TEXT_ARRAY),
+                (&at, Type::TIMESTAMPTZ_ARRAY),
+            ],
         )
         .map_err(pg("record failed attempts"))?;
     }

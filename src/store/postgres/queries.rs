@@ -72,6 +72,17 @@ fn order_columns(alias: &str) -> String {
     format!("coalesce({alias}.seq, 0), {alias}.received_at, {alias}.id")
 }
 
+/// `condition`, written so that the planner cannot match it to a partial index's predicate.
+/// For statements that find rows by id: a status test such as `status = 'pending'` proves the
+/// open-rows index's predicate, and on a table not yet analyzed (a new table, a flood between
+/// two runs of autovacuum, a server with autovacuum off) the planner takes that index as a few
+/// rows and reads every open row for each claim: on a flood of 100,000 events, claims by id read
+/// 25 buffers per row that way. Kept out of the planner's sight, the primary key is the only
+/// index the statement can use.
+fn by_id_only(condition: &str) -> String {
+    format!("(CASE WHEN {condition} THEN true ELSE false END)")
+}
+
 /// Whether row `p` holds back the later rows of its aggregate: it is open, or dead-lettered
 /// while `$park` says dead letters park their aggregate and nobody skipped it.
 fn holds_back(p: &str, park: &str) -> String {
@@ -161,16 +172,17 @@ impl Queries {
                  ON CONFLICT (stream, stream_id) DO NOTHING"
             ),
             claim_rows: format!(
-                "SELECT {COLUMNS} FROM {t} WHERE id = ANY($1) AND {DUE}$2) \
-                 ORDER BY received_at, id FOR UPDATE SKIP LOCKED"
+                "SELECT {COLUMNS} FROM {t} WHERE id = ANY($1) AND {} \
+                 ORDER BY received_at, id FOR UPDATE SKIP LOCKED",
+                by_id_only(&format!("{DUE}$2)"))
             ),
             // The claim and the move to processed in one write: a failure is recorded over it
             // in the same transaction. Only rows exactly as stored qualify, so the retry count
             // the reader handed over is the row's.
             claim_fresh: format!(
                 "UPDATE {t} SET status = 'processed', processed_at = $2 \
-                 WHERE id = ANY($1) AND status = 'pending' AND retry_count = 0 \
-                 AND next_retry_at IS NULL RETURNING id"
+                 WHERE id = ANY($1) AND {} RETURNING id",
+                by_id_only("status = 'pending' AND retry_count = 0 AND next_retry_at IS NULL")
             ),
             // Retries and orphans, counted before they run. `processing` is a status only the
             // reference toolkit writes, left by its process dying mid-handler: an orphan too.
@@ -186,8 +198,9 @@ impl Queries {
             // Nobody holding one of these rows waits for another, so in id order nobody waits
             // in a circle.
             claim_counted: format!(
-                "SELECT id, retry_count FROM {t} WHERE id = ANY($1) AND status = 'failed' \
-                 ORDER BY id FOR UPDATE"
+                "SELECT id, retry_count FROM {t} WHERE id = ANY($1) AND {} \
+                 ORDER BY id FOR UPDATE",
+                by_id_only("status = 'failed'")
             ),
             claim_unfinished_heads: format!(
                 "SELECT {COLUMNS} FROM {t} AS o WHERE {UNFINISHED}$1) \
@@ -269,14 +282,15 @@ impl Queries {
                  WHERE o.aggregate_id = a.id AND {} ORDER BY {} LIMIT 1) AS h \
                  WHERE h.status = 'pending' AND (h.next_retry_at IS NULL OR h.next_retry_at <= $1)), \
                  claimed AS MATERIALIZED (SELECT c.* FROM heads CROSS JOIN LATERAL \
-                 (SELECT {COLUMNS} FROM {t} WHERE id = heads.id AND {DUE}$1) \
+                 (SELECT {COLUMNS} FROM {t} WHERE id = heads.id AND {due} \
                  OFFSET 0 FOR UPDATE SKIP LOCKED) AS c ORDER BY c.received_at, c.id LIMIT $2) \
                  UPDATE {t} AS t SET status = 'processed', processed_at = $1, retry_count = 0, \
                  next_retry_at = NULL, error_message = NULL, last_error_at = NULL \
                  FROM claimed AS c WHERE t.id = c.id RETURNING {}",
                 holds_back("o", "$3"),
                 order_columns("o"),
-                qualified(COLUMNS, "c")
+                qualified(COLUMNS, "c"),
+                due = by_id_only(&format!("{DUE}$1)")),
             ),
             // DO UPDATE (to the same value), not DO NOTHING: it returns the row that won, even
             // one another adopter committed after this statement's snapshot was taken, which a
