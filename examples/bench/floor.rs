@@ -80,6 +80,7 @@ pub fn run(options: &Options, handler: Handler, aggregates: Option<Vec<uuid::Uui
         "CREATE TABLE {table}_effects (event_id TEXT NOT NULL)"
     ))
     .expect("the effects table");
+    super::checkpoint(&mut db);
     let redis = redis::Client::open(options.redis_url.as_str()).expect("a Redis URL");
     let mut conn = redis.get_connection().expect("Redis");
     let created: redis::RedisResult<()> = conn.xgroup_create_mkstream(&stream, "bench", "0");

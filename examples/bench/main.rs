@@ -15,6 +15,7 @@
 //! cargo run --release --example bench -- --outbox --drains 20 [--events 20000] [...]
 //! cargo run --release --example bench -- --takeover [--events 20000] [--repeat 3]
 //! cargo run --release --example bench -- --scale [--events 40000] [--repeat 3] [--statements] [...]
+//! cargo run --release --example bench -- --writes [--events 20000] [...]
 //! ```
 //! URLs come from `EVENTFLOW_DATABASE_URL` and `EVENTFLOW_REDIS_URL` (local defaults). Each
 //! flood scenario runs `--repeat` times and the median run is reported (`--baseline-events 0`
@@ -71,6 +72,7 @@ mod backlog;
 mod floor;
 mod scale;
 mod takeover;
+mod writes;
 
 use eventflow::outbox::{OutboxRelay, OutboxTable};
 use eventflow::store::outbox::{OutboxStore, PostgresOutbox};
@@ -107,6 +109,8 @@ struct Options {
     takeover: bool,
     /// Measure how throughput grows with consumer processes and partitions (see `scale.rs`).
     scale: bool,
+    /// Count what PostgreSQL writes per event, from its WAL (see `writes.rs`).
+    writes: bool,
     /// With `scale`: the cost of each SQL statement per event, from `pg_stat_statements`.
     statements: bool,
     /// With `outbox`: drain the backlog this many times each way and report the spread.
@@ -199,6 +203,9 @@ fn main() {
     }
     if options.backlog {
         return backlog::run(&options);
+    }
+    if options.writes {
+        return writes::run(&options);
     }
     let repeat = |run: &dyn Fn() -> Outcome| median((0..options.repeat).map(|_| run()).collect());
     let mut outcomes = Vec::new();
@@ -376,6 +383,7 @@ fn parse_options(args: Vec<String>) -> Options {
         takeover: false,
         scale: false,
         statements: false,
+        writes: false,
         drains: 0,
         ordered: false,
         events: 20_000,
@@ -406,6 +414,7 @@ fn parse_options(args: Vec<String>) -> Options {
             "--takeover" => options.takeover = true,
             "--scale" => options.scale = true,
             "--statements" => options.statements = true,
+            "--writes" => options.writes = true,
             "--backlog" => options.backlog = true,
             "--no-floor" => options.floor = false,
             "--floor-only" => options.floor_only = true,
@@ -565,6 +574,13 @@ fn panic_text(panic: &(dyn std::any::Any + Send)) -> String {
         .unwrap_or_default()
 }
 
+/// From the event's XADD to the moment its reader's read returned (`received_at`, from the
+/// reader's clock).
+fn read_latency_of(row: &InboxRow) -> u64 {
+    let sent = row.event.payload["sent_at_us"].as_u64().unwrap_or(0);
+    (row.received_at.timestamp_micros().max(0) as u64).saturating_sub(sent)
+}
+
 fn latency_of(row: &InboxRow) -> u64 {
     let sent = row.event.payload["sent_at_us"].as_u64().unwrap_or(0);
     micros_now().saturating_sub(sent)
@@ -599,18 +615,25 @@ fn setup(options: &Options, prefix: &str) -> Setup {
             .unwrap(),
     );
     store.migrate().unwrap();
-    Client::connect(&options.database_url, NoTls)
-        .unwrap()
-        .batch_execute(&format!(
-            "CREATE TABLE {table}_effects (event_id TEXT NOT NULL)"
-        ))
-        .unwrap();
+    let mut db = Client::connect(&options.database_url, NoTls).unwrap();
+    db.batch_execute(&format!(
+        "CREATE TABLE {table}_effects (event_id TEXT NOT NULL)"
+    ))
+    .unwrap();
+    checkpoint(&mut db);
     Setup {
         stream: format!("{table}_stream"),
         table,
         store,
         redis: RedisStreams::connect(&options.redis_url).unwrap(),
     }
+}
+
+/// Starts a run on a fresh checkpoint where the role may (a superuser, or `pg_checkpoint`), so
+/// that no run is slowed by a checkpoint that an earlier run's WAL set off, and each pays alike
+/// for the full-page images of the pages it is first to change after one.
+fn checkpoint(db: &mut Client) {
+    let _ = db.batch_execute("CHECKPOINT");
 }
 
 /// One eventflow inbox scenario.
@@ -661,6 +684,10 @@ fn eventflow_run(options: &Options, scenario: Scenario) -> Outcome {
     } = setup(options, "bench");
     let latencies = Arc::new(Mutex::new(Vec::with_capacity(options.events)));
     let seen = latencies.clone();
+    // Of each latency, the part before the reader had the event (XADD to `received_at`, taken
+    // as the read returned), to show where a paced run's time goes.
+    let read_latencies = Arc::new(Mutex::new(Vec::with_capacity(options.events)));
+    let read_seen = read_latencies.clone();
     // The last event index each aggregate's handler saw, to check the order ordered mode keeps.
     let last_seen = Arc::new(Mutex::new(HashMap::<uuid::Uuid, u64>::new()));
     let out_of_order = Arc::new(AtomicU64::new(0));
@@ -683,6 +710,7 @@ fn eventflow_run(options: &Options, scenario: Scenario) -> Outcome {
         .ordered(ordered)
         .handler(move |tx, row| -> HandlerResult {
             seen.lock().push(latency_of(row));
+            read_seen.lock().push(read_latency_of(row));
             if ordered {
                 let i = row.event.payload["i"].as_u64().unwrap_or(0);
                 // A rolled-back batch runs its handlers again (same index): only an earlier
@@ -714,6 +742,21 @@ fn eventflow_run(options: &Options, scenario: Scenario) -> Outcome {
         "ordered mode handled {out_of_order} events before an earlier one of their aggregate"
     );
     let latencies_us = std::mem::take(&mut *latencies.lock());
+    if scenario.rate.is_some() {
+        let read = Outcome {
+            name: String::new(),
+            events: options.events,
+            elapsed,
+            latencies_us: std::mem::take(&mut *read_latencies.lock()),
+            role: Role::Measured(None),
+        };
+        eprintln!(
+            "{}: XADD to read p50 {} ms, p99 {} ms (the rest is storing and handing over)",
+            scenario.name(options),
+            read.percentile_ms(0.5),
+            read.percentile_ms(0.99)
+        );
+    }
     Outcome {
         name: scenario.name(options),
         events: options.events,
