@@ -2072,7 +2072,7 @@ fn migrate_dry_run_changes_nothing_and_verify_passes_after_migrate() {
     };
 
     let plan = eventflow(&env, &["migrate", "--dry-run"]).ok().stdout;
-    assert!(plan.contains("8 migration(s) would run"), "{plan}");
+    assert!(plan.contains("9 migration(s) would run"), "{plan}");
     assert!(
         plan.contains("0007 0007_live_consumers.sql (in one transaction)"),
         "{plan}"
@@ -2115,7 +2115,7 @@ fn migrate_dry_run_changes_nothing_and_verify_passes_after_migrate() {
         .ok()
         .json();
     let pending = json["tables"][0]["pending"].as_array().unwrap();
-    assert_eq!(pending.len(), 8, "{json}");
+    assert_eq!(pending.len(), 9, "{json}");
     assert_eq!(pending[1]["transactional"], false);
     assert!(!exists(&mut client), "the dry run created nothing");
 
@@ -2150,11 +2150,11 @@ fn migrate_dry_run_changes_nothing_and_verify_passes_after_migrate() {
     // `migrate list` names every file, none applied yet; it creates nothing either.
     let listed = eventflow(&env, &["--json", "migrate", "list"]).ok().json();
     let migrations = listed["migrations"].as_array().unwrap();
-    assert_eq!(migrations.len(), 8, "{listed}");
+    assert_eq!(migrations.len(), 9, "{listed}");
     assert_eq!(migrations[0]["name"], "0001_event_inbox.sql");
     assert!(migrations.iter().all(|m| m["applied"] == false), "{listed}");
     let human = eventflow(&env, &["migrate", "list"]).ok().stdout;
-    assert!(human.contains("8 not applied"), "{human}");
+    assert!(human.contains("9 not applied"), "{human}");
     assert!(line(&human, "  0003").ends_with(" no"), "{human}");
     assert!(!exists(&mut client), "listing created nothing");
 
@@ -2162,14 +2162,14 @@ fn migrate_dry_run_changes_nothing_and_verify_passes_after_migrate() {
     let migrated = eventflow(&env, &["migrate"]).ok().stdout;
     assert!(
         migrated.contains(&format!(
-            "migrated {} (PostgreSQL): applied 8 migrations\n  0001 0001_event_inbox.sql\n",
+            "migrated {} (PostgreSQL): applied 9 migrations\n  0001 0001_event_inbox.sql\n",
             table.0
         )),
         "{migrated}"
     );
     assert!(
         migrated.contains(
-            "  0006 0006_one_unique_index.sql\n  0007 0007_live_consumers.sql\n  0008 0008_headers.sql"
+            "  0006 0006_one_unique_index.sql\n  0007 0007_live_consumers.sql\n  0008 0008_headers.sql\n  0009 0009_open_rows_index.sql"
         ),
         "{migrated}"
     );

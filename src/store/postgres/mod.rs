@@ -84,6 +84,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "0008_headers.sql",
         sql: include_str!("../../../sql/postgres/inbox/0008_headers.sql"),
     },
+    Migration {
+        version: 9,
+        name: "0009_open_rows_index.sql",
+        sql: include_str!("../../../sql/postgres/inbox/0009_open_rows_index.sql"),
+    },
 ];
 
 /// The first key of the per-table cleanup lock (`pg_try_advisory_xact_lock(key, hashtext(table))`);

@@ -340,7 +340,12 @@ impl Queries {
                 "UPDATE {t} SET skipped_at = $2 \
                  WHERE id = $1 AND status = 'dead_letter' AND skipped_at IS NULL"
             ),
-            oldest_received: format!("SELECT min(received_at) FROM {t} WHERE status = $1"),
+            // The status list is the open-rows index's predicate, written out so that the statement's
+            // one plan can read that index, oldest first, for whichever status it is given.
+            oldest_received: format!(
+                "SELECT min(received_at) FROM {t} \
+                 WHERE status IN ('pending', 'failed', 'processing') AND status = $1"
+            ),
             // FOR UPDATE re-checks a row another requeue or a worker changed meanwhile, so a
             // row is requeued once even when two operators run the same command.
             requeue_dead_letters: format!(
