@@ -146,8 +146,6 @@ pub trait InboxStore: Send + Sync + 'static {
 
     /// The `received_at` of the oldest row in `status`, if there is one: how far behind the
     /// workers are (`pending`), or how long the oldest retry has been waiting (`failed`).
-    /// Only for a status of rows still to run (`pending`, `failed`, `processing`), which the
-    /// PostgreSQL store reads from its open-rows index; for another it finds none.
     fn oldest_received(&self, status: EventStatus) -> Result<Option<DateTime<Utc>>, StoreError>;
 
     /// Moves up to `limit` dead letters matching the filter, oldest first, back to `pending`

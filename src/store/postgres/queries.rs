@@ -340,11 +340,17 @@ impl Queries {
                 "UPDATE {t} SET skipped_at = $2 \
                  WHERE id = $1 AND status = 'dead_letter' AND skipped_at IS NULL"
             ),
-            // The status list is the open-rows index's predicate, written out so that the statement's
-            // one plan can read that index, oldest first, for whichever status it is given.
+            // Each status read through its own partial index, written out (a status given as a
+            // parameter proves no index's predicate, so the statement's one plan would read the
+            // table); only the branch for the given status runs.
             oldest_received: format!(
-                "SELECT min(received_at) FROM {t} \
-                 WHERE status IN ('pending', 'failed', 'processing') AND status = $1"
+                "SELECT CASE $1::varchar \
+                 WHEN 'dead_letter' THEN (SELECT min(received_at) FROM {t} \
+                 WHERE status = 'dead_letter') \
+                 WHEN 'processed' THEN (SELECT min(received_at) FROM {t} \
+                 WHERE status = 'processed') \
+                 ELSE (SELECT min(received_at) FROM {t} \
+                 WHERE status IN ('pending', 'failed', 'processing') AND status = $1) END"
             ),
             // FOR UPDATE re-checks a row another requeue or a worker changed meanwhile, so a
             // row is requeued once even when two operators run the same command.
