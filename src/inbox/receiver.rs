@@ -156,15 +156,39 @@ impl<S: InboxStore> Reader<S> {
             block: settings.block,
         };
         match self.transport.read_group(&request) {
-            Ok(entries) => {
+            Ok(mut entries) => {
                 self.heartbeats.read();
                 backoff.reset();
                 if !entries.is_empty() {
+                    self.read_more(&request, &mut entries);
                     let _busy = self.activity.busy();
                     self.take(entries, true);
                 }
             }
             Err(error) => *group_ready = self.on_transport_error(error, backoff),
+        }
+    }
+
+    /// Adds to a batch the entries that arrived while its read was answered. A blocking read
+    /// returns as soon as the first entry lands, though the producer may be writing more right
+    /// behind it (a pipelined batch, a burst): without this, those wait until the first is
+    /// stored, a transaction later. One more read, which does not block, costs a round trip to
+    /// Redis only when the first came back short of its count. If it fails, the batch goes on
+    /// as it is; what it missed is read next time.
+    fn read_more(&self, request: &ReadRequest<'_>, entries: &mut Vec<StreamEntry>) {
+        if request.block.is_zero() || entries.len() >= request.count {
+            return;
+        }
+        let more = ReadRequest {
+            count: request.count - entries.len(),
+            block: Duration::ZERO,
+            ..*request
+        };
+        match self.transport.read_group(&more) {
+            Ok(more) => entries.extend(more),
+            Err(error) => {
+                tracing::debug!(%error, consumer = %self.consumer, "a read for more entries failed; storing the batch as it is")
+            }
         }
     }
 
