@@ -175,8 +175,12 @@ impl<S: InboxStore> Reader<S> {
     /// stored, a transaction later. One more read, which does not block, costs a round trip to
     /// Redis only when the first came back short of its count. If it fails, the batch goes on
     /// as it is; what it missed is read next time.
+    ///
+    /// Not in ordered mode: there a batch must be a run of consecutive entries, since it is
+    /// stored once nothing before its first entry is pending (see `wait_for_earlier`), and a
+    /// sibling reader may have been handed the entries between the two reads.
     fn read_more(&self, request: &ReadRequest<'_>, entries: &mut Vec<StreamEntry>) {
-        if request.block.is_zero() || entries.len() >= request.count {
+        if self.settings.ordered || request.block.is_zero() || entries.len() >= request.count {
             return;
         }
         let more = ReadRequest {
