@@ -176,14 +176,19 @@ impl Outcome {
 
     /// The `p` quantile in milliseconds, or "-" when the run measured no latency.
     fn percentile_ms(&self, p: f64) -> String {
-        let mut sorted = self.latencies_us.clone();
-        sorted.sort_unstable();
-        let index = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-        sorted.get(index).map_or_else(
-            || "-".to_string(),
-            |us| format!("{:.1}", *us as f64 / 1000.0),
-        )
+        percentile_ms(&self.latencies_us, p)
     }
+}
+
+/// The `p` quantile of latencies in microseconds, in milliseconds, or "-" when there are none.
+fn percentile_ms(latencies_us: &[u64], p: f64) -> String {
+    let mut sorted = latencies_us.to_vec();
+    sorted.sort_unstable();
+    let index = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted.get(index).map_or_else(
+        || "-".to_string(),
+        |us| format!("{:.1}", *us as f64 / 1000.0),
+    )
 }
 
 fn main() {
@@ -743,18 +748,12 @@ fn eventflow_run(options: &Options, scenario: Scenario) -> Outcome {
     );
     let latencies_us = std::mem::take(&mut *latencies.lock());
     if scenario.rate.is_some() {
-        let read = Outcome {
-            name: String::new(),
-            events: options.events,
-            elapsed,
-            latencies_us: std::mem::take(&mut *read_latencies.lock()),
-            role: Role::Measured(None),
-        };
+        let read = read_latencies.lock();
         eprintln!(
             "{}: XADD to read p50 {} ms, p99 {} ms (the rest is storing and handing over)",
             scenario.name(options),
-            read.percentile_ms(0.5),
-            read.percentile_ms(0.99)
+            percentile_ms(&read, 0.5),
+            percentile_ms(&read, 0.99)
         );
     }
     Outcome {

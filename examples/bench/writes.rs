@@ -63,9 +63,9 @@ pub fn run(options: &Options) {
     let wal_dir = format!("{}/pg_wal", setting(&mut db, "data_directory"));
     let n = options.events;
     let mut measure = |name: &str, run: &dyn Fn()| {
-        let start = lsn(&mut db, "pg_current_wal_flush_lsn()");
+        let start = flushed_lsn(&mut db);
         run();
-        let end = lsn(&mut db, "pg_current_wal_flush_lsn()");
+        let end = flushed_lsn(&mut db);
         let wal_bytes: i64 = db
             .query_one(
                 "SELECT pg_wal_lsn_diff($1::text::pg_lsn, $2::text::pg_lsn)::int8",
@@ -137,8 +137,9 @@ fn setting(db: &mut Client, name: &str) -> String {
         .get(0)
 }
 
-fn lsn(db: &mut Client, function: &str) -> String {
-    db.query_one(&format!("SELECT {function}::text"), &[])
+/// How far the server's WAL is flushed: every commit of a finished run is before it.
+fn flushed_lsn(db: &mut Client) -> String {
+    db.query_one("SELECT pg_current_wal_flush_lsn()::text", &[])
         .unwrap()
         .get(0)
 }
