@@ -80,7 +80,7 @@ impl Default for Settings {
             consumer_prefix: "eventflow".to_string(),
             readers: 2,
             workers: 4,
-            read_batch: 100,
+            read_batch: 500,
             max_entry_bytes: DEFAULT_MAX_ENTRY_BYTES,
             max_batch_bytes: DEFAULT_MAX_BATCH_BYTES,
             block: Duration::from_millis(1000),
