@@ -17,7 +17,11 @@
 //! cargo run --release --example bench -- --scale [--events 40000] [--repeat 3] [--statements] [...]
 //! cargo run --release --example bench -- --writes [--events 20000] [...]
 //! ```
-//! URLs come from `EVENTFLOW_DATABASE_URL` and `EVENTFLOW_REDIS_URL` (local defaults). Each
+//! URLs come from `EVENTFLOW_DATABASE_URL` and `EVENTFLOW_REDIS_URL` (local defaults). The
+//! floor, the baseline and the naive relay connect to PostgreSQL without TLS, while eventflow
+//! uses TLS wherever the server offers it (`sslmode=prefer`, as libpq), so the default database
+//! URL says `sslmode=disable` to compare like with like; a URL that leaves TLS on against a
+//! server that offers it gets a warning (see [`warn_if_tls_differs`]). Each
 //! flood scenario runs `--repeat` times and the median run is reported (`--baseline-events 0`
 //! skips the baseline); a last run paces the producer at `--rate` events per second to show the
 //! latency of a consumer (or relay) that keeps up, since under a flood latency is mostly time
@@ -200,6 +204,7 @@ fn main() {
         scale::child(&args[1..]);
     }
     let options = parse_options(args);
+    warn_if_tls_differs(&options.database_url);
     if options.takeover {
         return takeover::run(&options);
     }
@@ -377,6 +382,29 @@ fn median(mut runs: Vec<Outcome>) -> Outcome {
     runs.swap_remove(runs.len() / 2)
 }
 
+/// Warns when eventflow's connections would use TLS and the hand-written comparisons' (which
+/// connect with `NoTls`) would not: on the 2-core benchmark machine, TLS to a local server cost
+/// eventflow about a fifth of its one-row rate, in its own process and in the server's, which is
+/// the bottleneck.
+fn warn_if_tls_differs(database_url: &str) {
+    let Ok(config) = database_url.parse::<postgres::Config>() else {
+        return;
+    };
+    if config.get_ssl_mode() == postgres::config::SslMode::Disable {
+        return;
+    }
+    let server_offers_tls = Client::connect(database_url, NoTls)
+        .and_then(|mut db| db.query_one("SHOW ssl", &[]))
+        .is_ok_and(|row| row.get::<_, String>(0) == "on");
+    if server_offers_tls {
+        eprintln!(
+            "warning: eventflow connects with TLS (the server offers it and the URL does not say \
+             sslmode=disable), while the floor, the baseline and the naive relay connect without; \
+             add sslmode=disable to the URL to compare like with like"
+        );
+    }
+}
+
 fn parse_options(args: Vec<String>) -> Options {
     let mut options = Options {
         outbox: false,
@@ -402,7 +430,7 @@ fn parse_options(args: Vec<String>) -> Options {
         relay_workers: 2,
         relay_batch: 500,
         database_url: std::env::var("EVENTFLOW_DATABASE_URL")
-            .unwrap_or_else(|_| "host=127.0.0.1 user=postgres dbname=test".into()),
+            .unwrap_or_else(|_| "host=127.0.0.1 user=postgres dbname=test sslmode=disable".into()),
         redis_url: std::env::var("EVENTFLOW_REDIS_URL")
             .unwrap_or_else(|_| "redis://127.0.0.1:6379".into()),
     };
