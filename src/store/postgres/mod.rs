@@ -15,6 +15,7 @@ pub(in crate::store) use migrate::{
     apply_migrations, apply_migrations_on, pending_migrations, MigrationTarget,
     DEFAULT_MIGRATION_LOCK_TIMEOUT,
 };
+pub(crate) use queries::by_id_only;
 use queries::Queries;
 pub use session::SessionLimits;
 pub(in crate::store) use tls::PgConnector;

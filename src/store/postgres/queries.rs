@@ -79,7 +79,7 @@ fn order_columns(alias: &str) -> String {
 /// rows and reads every open row for each claim: on a flood of 100,000 events, claims by id read
 /// 25 buffers per row that way. Kept out of the planner's sight, the primary key is the only
 /// index the statement can use.
-fn by_id_only(condition: &str) -> String {
+pub(crate) fn by_id_only(condition: &str) -> String {
     format!("(CASE WHEN {condition} THEN true ELSE false END)")
 }
 
