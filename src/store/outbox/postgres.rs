@@ -59,14 +59,15 @@ const CANDIDATES_PER_ROW: i64 = 4;
 
 /// The planner's choices for a claim's transaction. A claim's only good plan is a walk of the
 /// due-rows index in id order that stops at its limit, and a primary-key or index probe for
-/// each row it keeps; every other plan reads every due row. Without statistics (a new table, a flood between two runs of autovacuum, a
-/// server with autovacuum off) the planner expects a few due rows where there are many, and
-/// chose to read and sort them all, or to hash them, for each claim: on 70,000 due rows,
-/// 60 ms per claim of 500 planned for the call, and 8 s with a plan cached while the table was
-/// empty. With these scans and joins priced out, the claim takes its good plan whatever the
-/// statistics say: 5 ms and 9 ms on the same rows. `SET LOCAL` ends with the transaction.
-/// Sorts stay allowed (the batch is sorted by id at the end, which no plan avoids) so that no
-/// plan carries a disabled node's cost, which would set off JIT compilation.
+/// each row it keeps; every other plan reads every due row. Without statistics (a new table, a
+/// flood between two runs of autovacuum, a server with autovacuum off) the planner expects a
+/// few due rows where there are many, and chose to read and sort them all, or to hash them, for
+/// each claim: on 70,000 due rows, 60 ms per claim of 500, planned for the call as the relay's
+/// sessions plan every statement (8 s with a generic plan made on the empty table). With these
+/// scans and joins priced out, the claim takes its good plan whatever the statistics say: 5 ms
+/// on the same rows (9 ms generic). `SET LOCAL` ends with the transaction. Sorts stay allowed
+/// (the batch is sorted by id at the end, which no plan avoids) so that no plan carries a
+/// disabled node's cost, which would set off JIT compilation.
 const CLAIM_PLANNER: &str = "SET LOCAL enable_seqscan = off; SET LOCAL enable_bitmapscan = off; \
      SET LOCAL enable_hashjoin = off; SET LOCAL enable_mergejoin = off";
 
