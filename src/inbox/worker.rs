@@ -324,8 +324,8 @@ struct Attempt<'a, S: InboxStore> {
     in_flight: (&'a InFlight, usize),
     /// Keeps a suspect's attempt apart from the process's other counted attempts.
     suspects: &'a SuspectGate,
-    /// The turn taken at the gate and not yet given back (a suspect's or not), released on
-    /// drop if a panic skipped `counted_end`.
+    /// The admission taken at the gate and not yet given back (a suspect's or not), released
+    /// on drop if an error or a panic skipped `counted_end`.
     entered: Option<bool>,
 }
 
@@ -358,13 +358,20 @@ impl<S: InboxStore> RowHandler<S> for Attempt<'_, S> {
         self.rules().failure(row, error, false)
     }
 
-    fn counted_begin(&mut self, suspect: bool) {
-        self.suspects.enter(suspect);
-        self.entered = Some(suspect);
+    fn admit(&mut self, suspect: bool) -> bool {
+        // One admission at a time per claim: `pick` asks once per count.
+        if let Some(held) = self.entered.take() {
+            self.suspects.leave(held);
+        }
+        let admitted = self.suspects.try_admit(suspect);
+        if admitted {
+            self.entered = Some(suspect);
+        }
+        admitted
     }
 
-    fn counted_end(&mut self, suspect: bool) {
-        if self.entered.take().is_some() {
+    fn counted_end(&mut self) {
+        if let Some(suspect) = self.entered.take() {
             self.suspects.leave(suspect);
         }
     }

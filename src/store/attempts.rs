@@ -19,12 +19,12 @@
 //! with its last attempt used is dead-lettered with [`NEVER_FINISHED`] without running.
 //!
 //! A row whose counted attempt never finished is counted alone, just before it runs alone, in
-//! transactions of its own (and, through [`RowHandler::counted_begin`], with no other counted
-//! attempt of its process running beside it), so that a poison event does not take other rows
-//! down with it again
-//! and again (they would be counted too, and dead-lettered for its sake); plain retries and
-//! orphans are counted and run together, so the rows that shared a poison event's batch are
-//! counted once for it (a `max_retries` of 1 dead-letters them: keep it at 2 or more).
+//! transactions of its own (and, through [`RowHandler::admit`], with no other counted attempt
+//! of its process unfinished beside it), so that a poison event does not take other rows down
+//! with it again and again (they would be counted too, and dead-lettered for its sake); plain
+//! retries and orphans are counted and run together, so the rows that shared a poison event's
+//! batch are counted once for it (a `max_retries` of 1 dead-letters them: keep it at 2 or
+//! more).
 
 use super::refusal::{split_refused, Retry};
 use super::{Claim, ClaimParams, Failure, InboxStore, RowHandler, Settled, StoreError};
@@ -98,14 +98,28 @@ pub(crate) fn count<S: InboxStore>(
     Count::Run(handler.attempt_started(row, now))
 }
 
-/// The rows of a claim to count now: every plain retry and orphan, and the first row whose
-/// last attempt never finished. The others stay as they are, for the next count: counted together, they would
-/// all be counted again each time one of them kills the process before the rest have run.
-pub(crate) fn pick(rows: Vec<InboxRow>) -> Vec<InboxRow> {
-    let mut suspect = false;
-    rows.into_iter()
-        .filter(|row| !may_have_died(row) || !std::mem::replace(&mut suspect, true))
-        .collect()
+/// The rows of a claim to count now, if the process admits them (see [`RowHandler::admit`]):
+/// the first row whose last attempt never finished, alone; else every plain retry and orphan.
+/// Rows not picked stay as they are, for a later count: counted together, suspects would all
+/// be counted again each time one of them kills the process before the rest have run, and a
+/// suspect counted beside other unfinished counted attempts would take them with it.
+pub(crate) fn pick<S: InboxStore>(
+    rows: Vec<InboxRow>,
+    handler: &mut dyn RowHandler<S>,
+) -> Vec<InboxRow> {
+    let (suspects, plain): (Vec<InboxRow>, Vec<InboxRow>) =
+        rows.into_iter().partition(may_have_died);
+    if let Some(suspect) = suspects.into_iter().next() {
+        // While a suspect waits for its turn, this worker counts nothing else either.
+        return match handler.admit(true) {
+            true => vec![suspect],
+            false => Vec::new(),
+        };
+    }
+    match !plain.is_empty() && handler.admit(false) {
+        true => plain,
+        false => Vec::new(),
+    }
 }
 
 /// Runs `params`: a claim of retries and orphans ([`Claim::Due`], [`Claim::Heads`] over any
@@ -132,26 +146,23 @@ pub(crate) fn process<S: InboxStore>(
             ..*params
         };
         let Counted { settled: dead, run } = backend.count_attempts(&count, handler)?;
-        if dead.is_empty() && run.is_empty() {
-            break;
-        }
+        let found = !(dead.is_empty() && run.is_empty());
         settled.extend(dead);
-        // A row whose counted attempt never finished runs in a transaction of its own: if it
-        // kills its process again, it must not take the attempts of other rows with it.
-        let (alone, together): (Vec<InboxRow>, Vec<InboxRow>) =
-            run.into_iter().partition(may_have_died);
-        let batches = std::iter::once((together, false))
-            .filter(|(rows, _)| !rows.is_empty())
-            .chain(alone.into_iter().map(|row| (vec![row], true)));
-        for (rows, suspect) in batches {
+        // A suspect was picked alone, so it runs in a transaction of its own: if it kills its
+        // process again, it must not take the attempts of other rows with it.
+        if !run.is_empty() {
             let counted = ClaimParams {
-                claim: Claim::Counted(&rows),
+                claim: Claim::Counted(&run),
                 ..*params
             };
-            handler.counted_begin(suspect);
             let outcome = split_refused(backend, &counted, handler);
-            handler.counted_end(suspect);
+            handler.counted_end();
             settled.extend(outcome?);
+        } else {
+            handler.counted_end();
+        }
+        if !found {
+            break;
         }
     }
     if settled.is_empty() && matches!(params.claim, Claim::Heads { .. }) {
@@ -185,5 +196,98 @@ fn with_limit(claim: Claim<'_>, limit: usize) -> Claim<'_> {
             orphan_after,
         },
         other => other,
+    }
+}
+
+#[cfg(all(test, feature = "sqlite"))]
+mod tests {
+    use super::*;
+    use crate::event::Event;
+    use crate::store::SqliteStore;
+    use crate::store::Verdict;
+
+    /// Admits what `admit` says, and notes what it was asked.
+    struct Gate {
+        admit: bool,
+        asked: Vec<bool>,
+    }
+
+    impl RowHandler<SqliteStore> for Gate {
+        fn handle(&mut self, _: &mut rusqlite::Transaction<'_>, _: &InboxRow) -> Verdict {
+            Verdict::Processed
+        }
+
+        fn failed_after(&mut self, _: &InboxRow, _: String) -> Verdict {
+            Verdict::Processed
+        }
+
+        fn admit(&mut self, suspect: bool) -> bool {
+            self.asked.push(suspect);
+            self.admit
+        }
+    }
+
+    fn row(event_id: &str, never_finished: bool) -> InboxRow {
+        let mut row = InboxRow::pending(Event::new(
+            "OrderCreated",
+            uuid::Uuid::nil(),
+            serde_json::json!({}),
+        ));
+        row.event.event_id = event_id.to_string();
+        if never_finished {
+            row.status = EventStatus::Failed;
+            row.retry_count = 1;
+            row.error_message = Some(NEVER_FINISHED.to_string());
+        }
+        row
+    }
+
+    fn ids(rows: &[InboxRow]) -> Vec<&str> {
+        rows.iter().map(|row| row.event.event_id.as_str()).collect()
+    }
+
+    #[test]
+    fn a_suspect_is_picked_alone_and_only_when_admitted() {
+        let claim = || vec![row("plain", false), row("s1", true), row("s2", true)];
+        let mut admitting = Gate {
+            admit: true,
+            asked: Vec::new(),
+        };
+        assert_eq!(ids(&pick(claim(), &mut admitting)), ["s1"]);
+        assert_eq!(admitting.asked, [true]);
+
+        // Turned away, the suspect stays uncounted, and so do the plain rows beside it: the
+        // process counts nothing else until the suspect has had its turn.
+        let mut refusing = Gate {
+            admit: false,
+            asked: Vec::new(),
+        };
+        assert!(pick(claim(), &mut refusing).is_empty());
+        assert_eq!(refusing.asked, [true]);
+    }
+
+    #[test]
+    fn plain_retries_and_orphans_are_picked_together_when_admitted() {
+        let claim = || vec![row("a", false), row("b", false)];
+        let mut admitting = Gate {
+            admit: true,
+            asked: Vec::new(),
+        };
+        assert_eq!(ids(&pick(claim(), &mut admitting)), ["a", "b"]);
+        assert_eq!(admitting.asked, [false]);
+        let mut refusing = Gate {
+            admit: false,
+            asked: Vec::new(),
+        };
+        assert!(pick(claim(), &mut refusing).is_empty());
+        let mut untouched = Gate {
+            admit: true,
+            asked: Vec::new(),
+        };
+        assert!(pick(Vec::new(), &mut untouched).is_empty());
+        assert!(
+            untouched.asked.is_empty(),
+            "nothing to count, nothing asked"
+        );
     }
 }

@@ -291,21 +291,22 @@ pub trait RowHandler<S: InboxStore> {
         }
     }
 
-    /// Called before the handlers of counted attempts run: `suspect` for a single row whose
-    /// last counted attempt never finished (it may kill the process again), otherwise for a
-    /// batch of plain retries and orphans. Always followed by [`counted_end`](Self::counted_end)
-    /// with the same `suspect`. A consumer runs a suspect with no other counted attempt of its
-    /// process beside it, so that if it dies again it takes no other row's attempt with it.
-    /// Defaults to nothing.
-    fn counted_begin(&mut self, suspect: bool) {
+    /// Asked before retries and orphans are counted: may this process count, and then run,
+    /// `suspect` (a single row whose last counted attempt never finished, which may kill the
+    /// process again) or otherwise a batch of plain retries and orphans? Refused rows are left
+    /// due, uncounted, for a later claim. An admission lasts until
+    /// [`counted_end`](Self::counted_end). A consumer admits a suspect only while no other
+    /// counted attempt of its process is unfinished, and nothing else while a suspect is, so
+    /// that a suspect that dies again takes no other row's counted attempt with it. Defaults
+    /// to admitting everything.
+    fn admit(&mut self, suspect: bool) -> bool {
         let _ = suspect;
+        true
     }
 
-    /// Called once the counted attempts announced by [`counted_begin`](Self::counted_begin)
-    /// are settled (or failed to be). Defaults to nothing.
-    fn counted_end(&mut self, suspect: bool) {
-        let _ = suspect;
-    }
+    /// Called once the attempts counted after an [`admit`](Self::admit) are settled (or failed
+    /// to be, or turned out to have nothing to run). Defaults to nothing.
+    fn counted_end(&mut self) {}
 }
 
 /// A read batch to store: parsed events and entries that did not parse.

@@ -154,7 +154,7 @@ impl Retry<PostgresStore> for Batches<'_> {
             }
             _ => return Ok(Counted::default()),
         };
-        let rows = attempts::pick(rows);
+        let rows = attempts::pick(rows, handler);
         if rows.is_empty() {
             return Ok(Counted::default());
         }
