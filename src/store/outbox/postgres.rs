@@ -299,17 +299,19 @@ impl PostgresOutbox {
             return Ok(set_aside_round(claimed, ids.len()));
         }
         // A short claim: are due rows left that another relay holds (or that wait behind one
-        // it holds)? They become claimable when it commits.
-        let contended = claimed < claim.limit && {
+        // it holds)? They become claimable when it commits. Asked after publishing, so that
+        // the round trip is not between an enqueueing commit and its event's arrival.
+        let short = claimed < claim.limit;
+        let due_left = |tx: &mut crate::store::PgTransaction<'_>, rows: &[OutboxRow]| {
             let ids: Vec<i64> = rows.iter().map(|row| row.id).collect();
-            tx.query_one(&self.sql.due_left, &[&claim.now, &ids])
-                .map_err(pg("look for due outbox rows left"))?
-                .try_get::<_, bool>(0)
-                .map_err(pg("look for due outbox rows left"))?
+            let params: [&(dyn ToSql + Sync); 2] = [&claim.now, &ids];
+            tx.query_one(&self.sql.due_left, &params)
+                .and_then(|row| row.try_get::<_, bool>(0))
+                .map_err(pg("look for due outbox rows left"))
         };
         if rows.is_empty() {
             return Ok(PublishRound {
-                contended,
+                contended: short && due_left(&mut tx, &rows)?,
                 ..PublishRound::default()
             });
         }
@@ -318,6 +320,7 @@ impl PostgresOutbox {
             // Dropping the transaction rolls it back and frees the rows.
             HandedOver::Abandoned(round) => return Ok(round),
         };
+        let contended = short && due_left(&mut tx, &rows)?;
         let mut ids = Vec::with_capacity(rows.len());
         let mut statuses = Vec::with_capacity(rows.len());
         let mut entry_ids = Vec::with_capacity(rows.len());
