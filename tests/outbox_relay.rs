@@ -190,12 +190,13 @@ fn sqlite_end_to_end_with_the_in_process_stream() {
 }
 
 /// A transport that refuses every entry for one stream, as Redis does when that key holds
-/// another type, until `fixed`; or is unreachable while `down`.
+/// another type, until `fixed`; or is unreachable while `down`; or takes `delay` to append.
 #[derive(Clone, Default)]
 struct Faulty {
     inner: MemoryStream,
     refuse: Arc<Mutex<Option<String>>>,
     down: Arc<AtomicBool>,
+    delay: Arc<Mutex<Duration>>,
     /// How many replicas acknowledge what it appends.
     replicas: Arc<AtomicU32>,
 }
@@ -220,6 +221,7 @@ impl Transport for Faulty {
         if self.down.load(Ordering::SeqCst) {
             return Err(TransportError::Unavailable("connection refused".into()));
         }
+        std::thread::sleep(*self.delay.lock());
         let refused = self.refuse.lock().clone();
         let mut results = Vec::new();
         for entry in entries {
@@ -1737,5 +1739,71 @@ fn postgres_a_backlog_is_claimed_without_reading_every_due_row_per_claim() {
     assert!(
         per_event < 30.0,
         "the relay's claims read {per_event:.1} rows of the outbox table per event published"
+    );
+}
+
+/// With polling out of the picture (a poll interval of a minute), only commit notices wake the
+/// relay's publishers: a notice that comes while every publisher is busy must still be heard,
+/// or its rows would wait for the poll. Appending takes 30 ms here, and each round commits
+/// three transactions 8 ms apart for two publishers, so the third commit's notice finds both
+/// busy.
+#[test]
+fn postgres_a_notice_while_every_publisher_is_busy_is_heard() {
+    if !support::postgres_available("postgres_a_notice_while_every_publisher_is_busy_is_heard") {
+        return;
+    }
+    const ROUNDS: usize = 10;
+    const PER_ROUND: usize = 3;
+    let table = support::unique_name("ef_ob");
+    let _cleanup = PgCleanup {
+        tables: vec![table.clone()],
+        stream: support::unique_name("ef_ob"),
+    };
+    let store = Arc::new(
+        PostgresOutbox::builder(support::postgres_url())
+            .table(&table)
+            .build()
+            .unwrap(),
+    );
+    store.migrate().unwrap();
+    let broker = Faulty::default();
+    *broker.delay.lock() = Duration::from_millis(30);
+    let relay = OutboxRelay::builder()
+        .store(store.clone())
+        .transport(broker.clone())
+        .workers(2)
+        .poll_interval(Duration::from_secs(60))
+        // No short waits after a claim that met rows another publisher held either.
+        .contention_wait(None)
+        .build()
+        .unwrap()
+        .start()
+        .unwrap();
+    let outbox = OutboxTable::named(&table).unwrap();
+    let mut client = postgres::Client::connect(&support::postgres_url(), postgres::NoTls).unwrap();
+    let mut expected = 0;
+    for _ in 0..ROUNDS {
+        for _ in 0..PER_ROUND {
+            outbox
+                .enqueue(&mut client, "orders", &numbered(Uuid::new_v4(), 0))
+                .unwrap();
+            expected += 1;
+            // Long enough for a woken publisher to claim it, well within the 30 ms append.
+            std::thread::sleep(Duration::from_millis(8));
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(
+        support::wait_until(Duration::from_secs(20), || relay.stats().published
+            == expected),
+        "published {} of {expected} without a poll: {:?}",
+        relay.stats().published,
+        relay.stats()
+    );
+    relay.shutdown(WAIT).unwrap();
+    assert_eq!(
+        events_of(&read_all(&broker.inner, "orders")).len() as u64,
+        expected,
+        "each event once"
     );
 }

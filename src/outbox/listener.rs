@@ -1,12 +1,11 @@
-//! The listener thread: waits for the store's notices that rows were committed and wakes every
-//! publisher; while the notice channel is down it reconnects with back-off, and the publishers
-//! poll.
+//! The listener thread: waits for the store's notices that rows were committed and wakes a
+//! waiting publisher (each one, when all are publishing; see `Shared::wake_for_notice`); while
+//! the notice channel is down it reconnects with back-off, and the publishers poll.
 
 use super::relay::Shared;
 use crate::backoff::Backoff;
 use crate::store::outbox::EnqueueListener;
 use crate::store::StoreError;
-use crossbeam_channel::Sender;
 use std::time::Duration;
 
 /// How long a listener waits before looking at the stop flag again.
@@ -15,13 +14,8 @@ const LISTEN_SLICE: Duration = Duration::from_millis(250);
 pub(super) fn listen_until_stopped(
     shared: &Shared,
     first: std::result::Result<Box<dyn EnqueueListener>, StoreError>,
-    wakers: &[Sender<()>],
 ) {
-    let wake_all = || {
-        for waker in wakers {
-            let _ = waker.try_send(()); // a full channel already has a wake-up queued
-        }
-    };
+    let wake_all = || shared.wake_all();
     let mut backoff = Backoff::new();
     let mut listener = match first {
         Ok(listener) => Some(listener),
@@ -47,7 +41,7 @@ pub(super) fn listen_until_stopped(
             continue;
         };
         match active.wait(LISTEN_SLICE) {
-            Ok(true) => wake_all(),
+            Ok(true) => shared.wake_for_notice(),
             Ok(false) => {}
             Err(error) => {
                 tracing::warn!(%error, "outbox listener lost; reconnecting");

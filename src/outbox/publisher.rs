@@ -78,15 +78,18 @@ pub(super) fn publish_until_stopped(
                 }
                 // Due rows another relay holds become claimable when it commits: wait for
                 // that (a sibling in this process wakes this one), not a whole poll interval.
+                let contended = shared.contention_wait.is_some() && round.contended;
                 let pause = match shared.contention_wait {
-                    Some(wait) if round.contended => wait,
+                    Some(wait) if contended => wait,
                     _ => shared.poll_interval,
                 };
+                shared.waiting(index, contended);
                 crossbeam_channel::select! {
                     recv(wake) -> _ => {}
                     recv(stop) -> _ => return,
                     default(pause) => {}
                 }
+                shared.working(index);
             }
             Ok(Err(error)) => {
                 tracing::warn!(%error, "outbox relay cannot publish; backing off");

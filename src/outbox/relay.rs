@@ -29,7 +29,7 @@ use crate::transport::partition::Partitioning;
 use crate::transport::{ReplicaWait, Transport};
 use parking_lot::Mutex;
 use std::collections::BTreeSet;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -105,13 +105,16 @@ impl OutboxRelay {
         let stopping = Arc::new(AtomicBool::new(false));
         let counters = Arc::new(Counters::new(self.store.table()));
         let streams = Arc::new(Mutex::new(BTreeSet::new()));
-        let (wakers, wake_rxs): (Vec<_>, Vec<_>) = (0..self.workers)
-            .map(|_| crossbeam_channel::bounded(1))
+        let (publishers, wake_rxs): (Vec<_>, Vec<_>) = (0..self.workers)
+            .map(|_| {
+                let (wake, wake_rx) = crossbeam_channel::bounded(1);
+                (Publisher::new(wake), wake_rx)
+            })
             .unzip();
         let beats = Arc::new(RelayBeats::new());
         let shared = Arc::new(Shared {
             beats: beats.clone(),
-            wakers: wakers.clone(),
+            publishers,
             store: self.store.clone(),
             transport: self.transport.clone(),
             clock: self.clock.clone(),
@@ -141,7 +144,7 @@ impl OutboxRelay {
         if let Some(first) = first_listener {
             let shared = shared.clone();
             threads.spawn("eventflow-relay-listener".to_string(), move || {
-                listen_until_stopped(&shared, first, &wakers)
+                listen_until_stopped(&shared, first)
             })?;
             services += 1;
         }
@@ -213,8 +216,46 @@ pub(super) struct Shared {
     pub(super) stopping: Arc<AtomicBool>,
     pub(super) counters: Arc<Counters>,
     pub(super) streams: Arc<Mutex<BTreeSet<String>>>,
-    /// Wakes each publisher thread, by index.
-    pub(super) wakers: Vec<crossbeam_channel::Sender<()>>,
+    /// Each publisher thread's wake-up and what it waits for, by index.
+    pub(super) publishers: Vec<Publisher>,
+}
+
+/// A publisher thread's wake-up, and whether it is waiting for one: so that a commit's notice
+/// wakes one waiting publisher rather than all (the others would claim nothing, and their
+/// empty rounds take the CPU and round trips the one with rows needs), and a sibling's commit
+/// wakes only the publishers whose claim came back short of rows another publisher held.
+pub(super) struct Publisher {
+    wake: crossbeam_channel::Sender<()>,
+    state: AtomicU8,
+}
+
+/// Publishing, or woken and about to: a wake-up sent now is taken at the end of the round.
+const WORKING: u8 = 0;
+/// Waiting for a notice or the poll interval.
+const WAITING: u8 = 1;
+/// Waiting for a sibling to commit: its last claim came back short of rows another held.
+const CONTENDED: u8 = 2;
+
+impl Publisher {
+    fn new(wake: crossbeam_channel::Sender<()>) -> Self {
+        Self {
+            wake,
+            state: AtomicU8::new(WORKING),
+        }
+    }
+
+    /// Wakes this publisher if it waits in one of `states`, and says whether it did.
+    fn wake_if(&self, states: &[u8]) -> bool {
+        let woken = states.iter().any(|&state| {
+            self.state
+                .compare_exchange(state, WORKING, Ordering::SeqCst, Ordering::SeqCst)
+                .is_ok()
+        });
+        if woken {
+            let _ = self.wake.try_send(()); // a full channel already has a wake-up queued
+        }
+        woken
+    }
 }
 
 impl Shared {
@@ -222,13 +263,47 @@ impl Shared {
         self.stopping.load(Ordering::SeqCst)
     }
 
-    /// Wakes every publisher thread but `index`: it committed a batch, which may free rows
-    /// they could not claim. A thread already due to wake keeps its one pending wake-up.
+    /// Wakes the publisher threads but `index` that wait for a sibling's commit: `index`
+    /// committed a batch, which may free rows they could not claim.
     pub(super) fn wake_siblings(&self, index: usize) {
-        for (n, waker) in self.wakers.iter().enumerate() {
+        for (n, publisher) in self.publishers.iter().enumerate() {
             if n != index {
-                let _ = waker.try_send(());
+                publisher.wake_if(&[CONTENDED]);
             }
         }
+    }
+
+    /// For a commit's notice: wakes one waiting publisher, or, when every one is publishing,
+    /// gives each a wake-up for the end of its round (its claim may have missed the new rows).
+    pub(super) fn wake_for_notice(&self) {
+        let woke_one = self
+            .publishers
+            .iter()
+            .any(|publisher| publisher.wake_if(&[WAITING, CONTENDED]));
+        if !woke_one {
+            self.wake_all();
+        }
+    }
+
+    /// Gives every publisher a wake-up (notices may have been lost).
+    pub(super) fn wake_all(&self) {
+        for publisher in &self.publishers {
+            publisher.state.store(WORKING, Ordering::SeqCst);
+            let _ = publisher.wake.try_send(());
+        }
+    }
+
+    /// Publisher `index` is about to wait: for a sibling's commit when `contended`, otherwise
+    /// for a notice or the poll interval.
+    pub(super) fn waiting(&self, index: usize, contended: bool) {
+        let state = if contended { CONTENDED } else { WAITING };
+        self.publishers[index].state.store(state, Ordering::SeqCst);
+    }
+
+    /// Publisher `index` woke (by a wake-up, or its wait ran out) and starts a round.
+    pub(super) fn working(&self, index: usize) {
+        self.publishers[index]
+            .state
+            .store(WORKING, Ordering::SeqCst);
     }
 }
