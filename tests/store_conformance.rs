@@ -331,6 +331,9 @@ struct TestHandler<F> {
     calls: Vec<String>,
     /// `(event_id, error)` of each `failed_after` call.
     failed_after: Vec<(String, String)>,
+    /// Refuse every admission to count retries and orphans, as a consumer does while another
+    /// worker of its process runs a suspect.
+    refuse_counting: bool,
 }
 
 impl<B: Backend, F> RowHandler<B> for TestHandler<F>
@@ -346,6 +349,10 @@ where
         self.failed_after
             .push((row.event.event_id.clone(), error.clone()));
         Verdict::Failed(failure_after(row, error))
+    }
+
+    fn admit(&mut self, _suspect: bool) -> bool {
+        !self.refuse_counting
     }
 }
 
@@ -368,6 +375,7 @@ where
         handle,
         calls: Vec::new(),
         failed_after: Vec::new(),
+        refuse_counting: false,
     }
 }
 
@@ -1703,6 +1711,60 @@ fn attempts_that_never_finished_run_alone<B: Backend>(store: &B) {
     assert_eq!((ok.status, ok.retry_count), (EventStatus::Processed, 0));
     let died = row(store, "s-die");
     assert_eq!((died.status, died.retry_count), (EventStatus::Failed, 2));
+}
+
+/// A suspect the process does not admit now is neither counted nor run: not by a due claim,
+/// and not by a claim of heads over any aggregate, which would otherwise take it as a pending
+/// head and run it uncounted.
+fn a_suspect_not_admitted_is_neither_counted_nor_run<B: Backend>(store: &B) {
+    let clock = ManualClock::new(t0() + secs(30));
+    store_events(store, &["n-die"], t0());
+    let mut dies = handler::<B, _>(|_, _| panic!("the attempt dies with its process"));
+    let died = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        store.process_claimed(
+            &ClaimParams {
+                claim: due(10),
+                clock: &clock,
+                optimistic: true,
+            },
+            &mut dies,
+        )
+    }));
+    assert!(died.is_err());
+    let suspect = row(store, "n-die");
+    assert_eq!(
+        (suspect.status, suspect.retry_count),
+        (EventStatus::Failed, 1)
+    );
+    assert_eq!(suspect.error_message.as_deref(), Some(NEVER_FINISHED));
+    clock.set(clock.now() + secs(120));
+
+    let heads = Claim::Heads {
+        limit: 10,
+        after_dead_letter: AfterDeadLetter::Park,
+        aggregates: None,
+        orphan_after: std::time::Duration::ZERO,
+    };
+    for claim in [due(10), heads] {
+        let mut refusing = marking(store, HashMap::new());
+        refusing.refuse_counting = true;
+        let settled = process(store, claim, &clock, &mut refusing);
+        assert!(settled.is_empty(), "{claim:?}: {:?}", event_ids(&settled));
+        assert!(refusing.calls.is_empty(), "{claim:?}: {:?}", refusing.calls);
+        let unchanged = row(store, "n-die");
+        assert_eq!(
+            (unchanged.status, unchanged.retry_count),
+            (EventStatus::Failed, 1),
+            "{claim:?}"
+        );
+    }
+    // Admitted, it is counted and runs.
+    let mut admitting = marking(store, HashMap::new());
+    assert_eq!(
+        event_ids(&process(store, due(10), &clock, &mut admitting)),
+        ["n-die"]
+    );
+    assert_eq!(row(store, "n-die").status, EventStatus::Processed);
 }
 
 /// The row `event_id` as stored now with `status`, changed by `edit` back to how a claim saw it.
@@ -4773,6 +4835,7 @@ conformance!(
         attempts_that_never_finish_are_counted,
         counted_attempts_that_end_are_recorded_once,
         attempts_that_never_finished_run_alone,
+        a_suspect_not_admitted_is_neither_counted_nor_run,
         rows_left_processing_are_taken_over,
         a_dead_processs_rows_are_orphans_at_once_and_a_live_ones_are_not,
         fresh_and_due_claims_are_exclusive_under_concurrency,

@@ -42,6 +42,9 @@ pub(crate) struct Counted {
     pub settled: Vec<Settled>,
     /// Rows whose attempt is counted, as they were before, to run now.
     pub run: Vec<InboxRow>,
+    /// Retries or orphans were found, but the process did not admit them now (see
+    /// [`RowHandler::admit`]): they stay due, and nothing else is claimed in their place.
+    pub refused: bool,
 }
 
 /// What to record for a claimed retry or orphan before anything runs.
@@ -100,25 +103,23 @@ pub(crate) fn count<S: InboxStore>(
 
 /// The rows of a claim to count now, if the process admits them (see [`RowHandler::admit`]):
 /// the first row whose last attempt never finished, alone; else every plain retry and orphan.
-/// Rows not picked stay as they are, for a later count: counted together, suspects would all
-/// be counted again each time one of them kills the process before the rest have run, and a
-/// suspect counted beside other unfinished counted attempts would take them with it.
+/// `None` when the process refused them. Rows not picked stay as they are, for a later count:
+/// counted together, suspects would all be counted again each time one of them kills the
+/// process before the rest have run, and a suspect counted beside other unfinished counted
+/// attempts would take them with it.
 pub(crate) fn pick<S: InboxStore>(
     rows: Vec<InboxRow>,
     handler: &mut dyn RowHandler<S>,
-) -> Vec<InboxRow> {
+) -> Option<Vec<InboxRow>> {
     let (suspects, plain): (Vec<InboxRow>, Vec<InboxRow>) =
         rows.into_iter().partition(may_have_died);
     if let Some(suspect) = suspects.into_iter().next() {
         // While a suspect waits for its turn, this worker counts nothing else either.
-        return match handler.admit(true) {
-            true => vec![suspect],
-            false => Vec::new(),
-        };
+        return handler.admit(true).then(|| vec![suspect]);
     }
-    match !plain.is_empty() && handler.admit(false) {
-        true => plain,
-        false => Vec::new(),
+    match plain.is_empty() {
+        true => Some(plain),
+        false => handler.admit(false).then_some(plain),
     }
 }
 
@@ -145,7 +146,15 @@ pub(crate) fn process<S: InboxStore>(
             claim: with_limit(params.claim, limit - settled.len()),
             ..*params
         };
-        let Counted { settled: dead, run } = backend.count_attempts(&count, handler)?;
+        let Counted {
+            settled: dead,
+            run,
+            refused,
+        } = backend.count_attempts(&count, handler)?;
+        if refused {
+            // Not even the pending heads: one of them may be the refused suspect.
+            return Ok(settled);
+        }
         let found = !(dead.is_empty() && run.is_empty());
         settled.extend(dead);
         // A suspect was picked alone, so it runs in a transaction of its own: if it kills its
@@ -253,7 +262,7 @@ mod tests {
             admit: true,
             asked: Vec::new(),
         };
-        assert_eq!(ids(&pick(claim(), &mut admitting)), ["s1"]);
+        assert_eq!(ids(&pick(claim(), &mut admitting).unwrap()), ["s1"]);
         assert_eq!(admitting.asked, [true]);
 
         // Turned away, the suspect stays uncounted, and so do the plain rows beside it: the
@@ -262,7 +271,7 @@ mod tests {
             admit: false,
             asked: Vec::new(),
         };
-        assert!(pick(claim(), &mut refusing).is_empty());
+        assert!(pick(claim(), &mut refusing).is_none());
         assert_eq!(refusing.asked, [true]);
     }
 
@@ -273,18 +282,21 @@ mod tests {
             admit: true,
             asked: Vec::new(),
         };
-        assert_eq!(ids(&pick(claim(), &mut admitting)), ["a", "b"]);
+        assert_eq!(ids(&pick(claim(), &mut admitting).unwrap()), ["a", "b"]);
         assert_eq!(admitting.asked, [false]);
         let mut refusing = Gate {
             admit: false,
             asked: Vec::new(),
         };
-        assert!(pick(claim(), &mut refusing).is_empty());
+        assert!(pick(claim(), &mut refusing).is_none());
         let mut untouched = Gate {
             admit: true,
             asked: Vec::new(),
         };
-        assert!(pick(Vec::new(), &mut untouched).is_empty());
+        assert_eq!(
+            pick(Vec::new(), &mut untouched).map(|rows| rows.len()),
+            Some(0)
+        );
         assert!(
             untouched.asked.is_empty(),
             "nothing to count, nothing asked"

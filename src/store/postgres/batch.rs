@@ -154,7 +154,12 @@ impl Retry<PostgresStore> for Batches<'_> {
             }
             _ => return Ok(Counted::default()),
         };
-        let rows = attempts::pick(rows, handler);
+        let Some(rows) = attempts::pick(rows, handler) else {
+            return Ok(Counted {
+                refused: true,
+                ..Counted::default()
+            });
+        };
         if rows.is_empty() {
             return Ok(Counted::default());
         }

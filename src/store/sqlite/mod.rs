@@ -1140,7 +1140,12 @@ impl SqliteStore {
         let tx = conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .map_err(lite("begin counting attempts"))?;
-        let rows = attempts::pick(self.read_claimed(&tx, sql, args, &now)?, handler);
+        let Some(rows) = attempts::pick(self.read_claimed(&tx, sql, args, &now)?, handler) else {
+            return Ok(Counted {
+                refused: true,
+                ..Counted::default()
+            });
+        };
         let mut counted = Counted::default();
         for row in rows {
             let (failure, run) = match attempts::count(&row, handler, clock_now) {
