@@ -1649,6 +1649,23 @@ fn postgres_a_short_claim_reports_rows_another_relay_holds() {
     assert_eq!((after.claimed, after.contended), (0, false));
 }
 
+/// A new outbox table, migrated, with its store; the table is dropped with the guard.
+fn migrated_outbox() -> (String, Arc<PostgresOutbox>, PgCleanup) {
+    let table = support::unique_name("ef_ob");
+    let cleanup = PgCleanup {
+        tables: vec![table.clone()],
+        stream: support::unique_name("ef_ob"),
+    };
+    let store = Arc::new(
+        PostgresOutbox::builder(support::postgres_url())
+            .table(&table)
+            .build()
+            .unwrap(),
+    );
+    store.migrate().unwrap();
+    (table, store, cleanup)
+}
+
 /// Rows the relay's statements read from the outbox table, by sequential and index scans, as
 /// PostgreSQL's statistics count them once every backend that read has reported.
 fn tuples_read(client: &mut postgres::Client, table: &str) -> i64 {
@@ -1689,18 +1706,7 @@ fn postgres_a_backlog_is_claimed_without_reading_every_due_row_per_claim() {
         return;
     }
     const EVENTS: u64 = 20_000;
-    let table = support::unique_name("ef_ob");
-    let _cleanup = PgCleanup {
-        tables: vec![table.clone()],
-        stream: support::unique_name("ef_ob"),
-    };
-    let store = Arc::new(
-        PostgresOutbox::builder(support::postgres_url())
-            .table(&table)
-            .build()
-            .unwrap(),
-    );
-    store.migrate().unwrap();
+    let (table, store, _cleanup) = migrated_outbox();
     let broker = MemoryStream::new();
     let relay = OutboxRelay::builder()
         .store(store.clone())
@@ -1754,18 +1760,7 @@ fn postgres_a_notice_while_every_publisher_is_busy_is_heard() {
     }
     const ROUNDS: usize = 10;
     const PER_ROUND: usize = 3;
-    let table = support::unique_name("ef_ob");
-    let _cleanup = PgCleanup {
-        tables: vec![table.clone()],
-        stream: support::unique_name("ef_ob"),
-    };
-    let store = Arc::new(
-        PostgresOutbox::builder(support::postgres_url())
-            .table(&table)
-            .build()
-            .unwrap(),
-    );
-    store.migrate().unwrap();
+    let (table, store, _cleanup) = migrated_outbox();
     let broker = Faulty::default();
     *broker.delay.lock() = Duration::from_millis(30);
     let relay = OutboxRelay::builder()
