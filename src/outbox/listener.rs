@@ -15,7 +15,6 @@ pub(super) fn listen_until_stopped(
     shared: &Shared,
     first: std::result::Result<Box<dyn EnqueueListener>, StoreError>,
 ) {
-    let wake_all = || shared.wake_all();
     let mut backoff = Backoff::new();
     let mut listener = match first {
         Ok(listener) => Some(listener),
@@ -33,7 +32,7 @@ pub(super) fn listen_until_stopped(
                 Ok(Some(fresh)) => {
                     listener = Some(fresh);
                     backoff.reset();
-                    wake_all(); // notices sent while it was down are lost
+                    shared.wake_all(); // notices sent while it was down are lost
                 }
                 Ok(None) => return,
                 Err(error) => tracing::warn!(%error, "outbox listener still unavailable"),
@@ -46,7 +45,7 @@ pub(super) fn listen_until_stopped(
             Err(error) => {
                 tracing::warn!(%error, "outbox listener lost; reconnecting");
                 listener = None;
-                wake_all();
+                shared.wake_all();
             }
         }
     }

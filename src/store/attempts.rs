@@ -159,16 +159,16 @@ pub(crate) fn process<S: InboxStore>(
         settled.extend(dead);
         // A suspect was picked alone, so it runs in a transaction of its own: if it kills its
         // process again, it must not take the attempts of other rows with it.
-        if !run.is_empty() {
+        let outcome = (!run.is_empty()).then(|| {
             let counted = ClaimParams {
                 claim: Claim::Counted(&run),
                 ..*params
             };
-            let outcome = split_refused(backend, &counted, handler);
-            handler.counted_end();
+            split_refused(backend, &counted, handler)
+        });
+        handler.counted_end();
+        if let Some(outcome) = outcome {
             settled.extend(outcome?);
-        } else {
-            handler.counted_end();
         }
         if !found {
             break;
