@@ -2189,6 +2189,46 @@ fn migrate_dry_run_changes_nothing_and_verify_passes_after_migrate() {
     );
     let human = eventflow(&env, &["migrate", "list"]).ok().stdout;
     assert!(human.contains("up to date"), "{human}");
+    // What ordered consumers need comes apart, with --ordered.
+    let ordered = eventflow(&env, &["--json", "migrate", "list", "--ordered"])
+        .ok()
+        .json();
+    assert_eq!(
+        ordered["migrations"],
+        json!([{"version": 1, "name": "inbox_ordered/0001_aggregate_order_index.sql", "applied": false}]),
+        "{ordered}"
+    );
+    let human = eventflow(&env, &["migrate", "list", "--ordered"])
+        .ok()
+        .stdout;
+    assert!(
+        human.contains("1 not applied (`eventflow migrate --ordered` applies them)"),
+        "{human}"
+    );
+    let planned = eventflow(&env, &["migrate", "--ordered", "--dry-run"])
+        .ok()
+        .stdout;
+    assert!(
+        planned
+            .contains("0001 inbox_ordered/0001_aggregate_order_index.sql (outside a transaction")
+            && planned.contains(&format!(
+                "CREATE INDEX CONCURRENTLY IF NOT EXISTS ix_{}_aggregate_order",
+                table.0
+            )),
+        "{planned}"
+    );
+    let migrated = eventflow(&env, &["migrate", "--ordered"]).ok().stdout;
+    assert!(
+        migrated.contains(&format!(
+            "migrated {} (PostgreSQL): applied 1 migration\n  0001 inbox_ordered/0001_aggregate_order_index.sql",
+            table.0
+        )),
+        "{migrated}"
+    );
+    let human = eventflow(&env, &["migrate", "list", "--ordered"])
+        .ok()
+        .stdout;
+    assert!(human.contains("up to date"), "{human}");
     // The outbox's, in a table never created there.
     let outbox = unique_name("cli_dry_out");
     let outbox_list = eventflow(

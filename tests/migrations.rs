@@ -82,6 +82,16 @@ impl Table {
             .map(|rows| rows.iter().map(|row| row.get(0)).collect())
             .unwrap_or_default()
     }
+
+    fn recorded_ordered(&self, client: &mut Client) -> Vec<i32> {
+        client
+            .query(
+                "SELECT version FROM eventflow_migrations WHERE target = $1 ORDER BY version",
+                &[&format!("inbox-ordered:{}", self.0)],
+            )
+            .map(|rows| rows.iter().map(|row| row.get(0)).collect())
+            .unwrap_or_default()
+    }
 }
 
 impl Drop for Table {
@@ -125,13 +135,135 @@ fn racing_migrators_apply_each_file_once() {
     let versions = table.recorded(&mut client);
     assert_eq!(versions, (1..=versions.len() as i32).collect::<Vec<_>>());
     assert!(versions.len() >= 4, "{versions:?}");
-    for suffix in ["open", "dead_letter", "processed", "aggregate_order"] {
+    for suffix in ["open", "dead_letter", "processed"] {
         let index = format!("ix_{}_{suffix}", table.0);
         let (valid, _) = table.index_state(&mut client, &index).expect("index built");
         assert!(valid, "{index} valid");
     }
+    let ordered_index = format!("ix_{}_aggregate_order", table.0);
+    assert_eq!(
+        table.index_state(&mut client, &ordered_index),
+        None,
+        "only ordered consumers need the aggregate index"
+    );
     assert_eq!(stores[0].pending_migrations().unwrap(), vec![]);
+    assert_eq!(stores[0].pending_ordered_migrations().unwrap().len(), 1);
+
+    // The ordered migrations race the same way, and are recorded apart.
+    let results: Vec<Result<(), StoreError>> = std::thread::scope(|scope| {
+        let runs: Vec<_> = stores
+            .iter()
+            .map(|store| {
+                scope.spawn(|| {
+                    start.wait();
+                    store.migrate_ordered()
+                })
+            })
+            .collect();
+        runs.into_iter()
+            .map(|run| run.join().expect("migrator"))
+            .collect()
+    });
+    for result in &results {
+        assert!(result.is_ok(), "{results:?}");
+    }
+    assert_eq!(table.recorded_ordered(&mut client), vec![1]);
+    assert_eq!(
+        table.recorded(&mut client),
+        versions,
+        "the inbox's own untouched"
+    );
+    let (valid, _) = table
+        .index_state(&mut client, &ordered_index)
+        .expect("ordered index built");
+    assert!(valid, "{ordered_index} valid");
+    assert_eq!(stores[1].pending_ordered_migrations().unwrap(), vec![]);
     assert_eq!(stores[0].count_by_status().unwrap().total(), 1_000);
+}
+
+/// A consumer applies the ordered migrations only when it is ordered; with
+/// `Migrations::Verify` an ordered consumer refuses a table that lacks them, and says the
+/// command that applies them; a table that got the aggregate index from an older
+/// `0004_services.sql` just has the file recorded.
+#[test]
+fn only_ordered_consumers_apply_the_ordered_migrations() {
+    if !postgres_available("only_ordered_consumers_apply_the_ordered_migrations") {
+        return;
+    }
+    let table = Table::new("mig_ordered");
+    let mut client = connect();
+    table.create_reference(&mut client, 10);
+    let consumer = |ordered: bool, migrations: Migrations| {
+        InboxConsumer::builder()
+            .transport(MemoryStream::new())
+            .store(Arc::new(table.store()))
+            .stream("orders")
+            .group(&table.0)
+            .readers(1)
+            .workers(1)
+            .ordered(ordered)
+            .migrations(migrations)
+            .handler(|_tx, _row| -> HandlerResult { Ok(()) })
+            .build()
+            .expect("build")
+    };
+    let index = format!("ix_{}_aggregate_order", table.0);
+
+    let unordered = consumer(false, Migrations::Apply).start().expect("starts");
+    unordered
+        .shutdown(Duration::from_secs(10))
+        .expect("shutdown");
+    assert_eq!(table.index_state(&mut client, &index), None);
+    assert_eq!(table.recorded_ordered(&mut client), Vec::<i32>::new());
+
+    let error = consumer(true, Migrations::Verify)
+        .start()
+        .expect_err("no ordered migrations yet");
+    match &error {
+        eventflow::Error::Store(StoreError::NotMigrated {
+            missing, command, ..
+        }) => {
+            assert_eq!(
+                missing,
+                &["inbox_ordered/0001_aggregate_order_index.sql".to_string()]
+            );
+            assert_eq!(
+                command,
+                &format!("eventflow migrate --table {} --ordered", table.0)
+            );
+        }
+        other => panic!("expected NotMigrated, got {other:?}"),
+    }
+    // Verifying an unordered consumer asks nothing of the sort.
+    let unordered = consumer(false, Migrations::Verify).start().expect("starts");
+    unordered
+        .shutdown(Duration::from_secs(10))
+        .expect("shutdown");
+
+    let ordered = consumer(true, Migrations::Apply).start().expect("starts");
+    ordered.shutdown(Duration::from_secs(10)).expect("shutdown");
+    let (valid, definition) = table.index_state(&mut client, &index).expect("built");
+    assert!(valid && definition.contains("WHERE"), "{definition}");
+    assert_eq!(table.recorded_ordered(&mut client), vec![1]);
+    let ordered = consumer(true, Migrations::Verify).start().expect("starts");
+    ordered.shutdown(Duration::from_secs(10)).expect("shutdown");
+
+    // A table migrated when 0004 still made the index: the file finds it there.
+    let older = Table::new("mig_ordered_old");
+    older.create_reference(&mut client, 10);
+    older.store().migrate().expect("migrate");
+    let older_index = format!("ix_{}_aggregate_order", older.0);
+    client
+        .batch_execute(&format!(
+            "CREATE INDEX {older_index} ON {t}(aggregate_id, (coalesce(seq, 0)), received_at, id) \
+             WHERE status <> 'processed'",
+            t = older.0
+        ))
+        .expect("the index as 0004 made it");
+    let before = older.index_state(&mut client, &older_index);
+    older.store().migrate_ordered().expect("migrate ordered");
+    assert_eq!(older.index_state(&mut client, &older_index), before);
+    assert_eq!(older.recorded_ordered(&mut client), vec![1]);
 }
 
 /// A concurrent build that failed half-way leaves an INVALID index under the name the

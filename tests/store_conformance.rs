@@ -242,8 +242,8 @@ impl Backend for PostgresStore {
             "DROP TABLE IF EXISTS {t}_markers, {t}_quarantine, {t}"
         ));
         let _ = conn.execute(
-            "DELETE FROM eventflow_migrations WHERE target = $1",
-            &[&format!("inbox:{t}")],
+            "DELETE FROM eventflow_migrations WHERE target IN ($1, $2)",
+            &[&format!("inbox:{t}"), &format!("inbox-ordered:{t}")],
         );
         let _ = conn.execute(
             "DELETE FROM eventflow_inbox_owners WHERE inbox_table = $1",
@@ -305,9 +305,14 @@ impl<B: Backend> Drop for TestStore<B> {
     }
 }
 
-/// Migrates `store` and creates its marker table.
+/// Migrates `store` as an ordered consumer's `start()` does, so the ordered claims below run
+/// on the schema they have in production (unordered claims do not mind the extra index), and
+/// creates its marker table.
 fn setup<B: Backend>(store: &B) {
     store.migrate().expect("migrate");
+    store
+        .migrate_ordered()
+        .expect("migrate for ordered consumers");
     store.create_markers();
 }
 

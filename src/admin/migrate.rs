@@ -86,4 +86,41 @@ impl<S: InboxStore> Admin<S> {
         let pending = self.store.pending_migrations()?;
         Ok(MigrationState::list(self.store.migrations(), &pending))
     }
+
+    /// Applies what only consumers with per-aggregate order need (see
+    /// [`InboxStore::migrate_ordered`]; on PostgreSQL an index, built concurrently), after
+    /// [`migrate`](Self::migrate), and returns the migrations that were missing, now applied.
+    /// For deployments that migrate before rolling out ordered consumers built with
+    /// `.migrations(Migrations::Verify)`.
+    ///
+    /// ```
+    /// # use eventflow::{admin::Admin, SqliteStore};
+    /// # use std::sync::Arc;
+    /// let admin = Admin::new(Arc::new(SqliteStore::open_in_memory()?));
+    /// admin.migrate()?;
+    /// // SQLite's inbox migrations already make all that ordered claims need.
+    /// assert!(admin.migrate_ordered()?.is_empty());
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn migrate_ordered(&self) -> AdminResult<Vec<PendingMigration>> {
+        let pending = self.store.pending_ordered_migrations()?;
+        self.store.migrate_ordered()?;
+        Ok(pending)
+    }
+
+    /// The migrations [`migrate_ordered`](Self::migrate_ordered) would apply, in order, with
+    /// their statements; changes nothing.
+    pub fn pending_ordered_migrations(&self) -> AdminResult<Vec<PendingMigration>> {
+        Ok(self.store.pending_ordered_migrations()?)
+    }
+
+    /// Every migration of [`migrate_ordered`](Self::migrate_ordered), in order, and whether it
+    /// is applied.
+    pub fn ordered_migrations(&self) -> AdminResult<Vec<MigrationState>> {
+        let pending = self.store.pending_ordered_migrations()?;
+        Ok(MigrationState::list(
+            self.store.ordered_migrations(),
+            &pending,
+        ))
+    }
 }

@@ -474,6 +474,12 @@ impl<B, H> ConsumerBuilder<B, H> {
     /// benchmark machine; one reader per stream, `.readers(1)`, lowers the latency and may cost
     /// up to a sixth of that), and a crashed consumer's unstored entries hold back the storing of
     /// later entries of their stream until `reclaim_idle` passes. Defaults to off.
+    ///
+    /// The probe reads an index that only ordered consumers need (on PostgreSQL), so `start()`
+    /// of an ordered consumer makes it ([`InboxStore::migrate_ordered`], a concurrent build,
+    /// slow on a large table only the first time); with
+    /// [`Migrations::Verify`](crate::Migrations::Verify), `start()` fails until
+    /// `eventflow migrate --ordered` has made it.
     pub fn ordered(mut self, ordered: bool) -> Self {
         self.settings.ordered = ordered;
         self

@@ -85,13 +85,24 @@ pub(crate) struct Runtime<S: InboxStore> {
 impl<S: InboxStore> Start for Runtime<S> {
     fn start(self: Box<Self>) -> Result<ConsumerHandle> {
         let settings = &self.settings;
+        // Per-aggregate order needs more of the schema (an index) than a consumer without it,
+        // which would pay for that index on every stored row.
         match settings.migrations {
-            Migrations::Apply => self.store.migrate()?,
+            Migrations::Apply => {
+                self.store.migrate()?;
+                if settings.ordered {
+                    self.store.migrate_ordered()?;
+                }
+            }
             Migrations::Verify => {
                 let table = self.store.table();
-                let pending = self.store.pending_migrations()?;
+                let mut pending = self.store.pending_migrations()?;
+                let mut command = format!("eventflow migrate --table {table}");
+                if settings.ordered {
+                    pending.extend(self.store.pending_ordered_migrations()?);
+                    command.push_str(" --ordered");
+                }
                 if !pending.is_empty() {
-                    let command = format!("eventflow migrate --table {table}");
                     return Err(not_migrated(table, &pending, command).into());
                 }
             }

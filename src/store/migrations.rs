@@ -69,12 +69,16 @@ impl PendingMigration {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 #[non_exhaustive]
 pub enum Migrations {
-    /// Apply the migrations not yet applied (idempotent, safe from several processes at once).
+    /// Apply the migrations not yet applied (idempotent, safe from several processes at once),
+    /// for a consumer with per-aggregate order its ordered ones too.
     #[default]
     Apply,
     /// Apply nothing, but fail `start()` if a migration is missing, with an error naming the
-    /// missing files and the command that applies them (`eventflow migrate`). For deployments
-    /// that migrate from the command line before rolling out.
+    /// missing files and the command that applies them (`eventflow migrate`; for a consumer
+    /// with per-aggregate order, whose migrations include
+    /// [`InboxStore::migrate_ordered`](super::InboxStore::migrate_ordered)'s,
+    /// `eventflow migrate --ordered`). For deployments that migrate from the command line
+    /// before rolling out.
     Verify,
     /// Neither apply nor check.
     Skip,

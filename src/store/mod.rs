@@ -69,6 +69,26 @@ pub trait InboxStore: Send + Sync + 'static {
         &[]
     }
 
+    /// Applies the migrations that only consumers with per-aggregate order need, not yet
+    /// applied, after [`Self::migrate`]'s: on PostgreSQL the index an ordered claim probes, which
+    /// would cost a table consumed without order an entry per stored row. A consumer built with
+    /// `.ordered(true)` calls it at `start()`; `eventflow migrate --ordered` too. Idempotent, and
+    /// safe from several processes at once. Defaults to nothing, for stores whose
+    /// [`Self::migrate`] makes all that ordered claims need.
+    fn migrate_ordered(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
+
+    /// The migrations [`Self::migrate_ordered`] would apply, in order; changes nothing.
+    fn pending_ordered_migrations(&self) -> Result<Vec<PendingMigration>, StoreError> {
+        Ok(Vec::new())
+    }
+
+    /// Every migration of [`Self::migrate_ordered`], applied or not, in order.
+    fn ordered_migrations(&self) -> &'static [Migration] {
+        &[]
+    }
+
     /// The inbox table's name.
     fn table(&self) -> &str;
 

@@ -155,7 +155,7 @@ pub fn drop_inbox_table(db: &mut postgres::Client, table: &str, extra: &[&str]) 
         "DROP TABLE IF EXISTS {table}_quarantine; DROP TABLE IF EXISTS {table}"
     ));
     for forget in [
-        "DELETE FROM eventflow_migrations WHERE target = 'inbox:' || $1",
+        "DELETE FROM eventflow_migrations WHERE target IN ('inbox:' || $1, 'inbox-ordered:' || $1)",
         "DELETE FROM eventflow_inbox_owners WHERE inbox_table = $1",
         "DELETE FROM eventflow_inbox_streams WHERE inbox_table = $1",
         "DELETE FROM eventflow_consumer_processes WHERE inbox_table = $1",

@@ -144,6 +144,11 @@ pub enum Command {
         /// Also create or upgrade the outbox table (--outbox-table).
         #[arg(long)]
         outbox: bool,
+        /// Also apply what consumers with per-aggregate order need (on PostgreSQL, the index
+        /// their claims probe, which a table consumed without order is better off without).
+        /// Ordered consumers apply it at start unless built with Migrations::Verify.
+        #[arg(long)]
+        ordered: bool,
         /// Print what would run (version, file, whether it runs in a transaction or
         /// concurrently, and its statements) and change nothing.
         #[arg(long)]
@@ -233,8 +238,11 @@ pub enum MigrateList {
     /// Every migration, in order, and whether the table has it.
     List {
         /// The outbox table's migrations (--outbox-table) instead of the inbox's.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "ordered")]
         outbox: bool,
+        /// The inbox's migrations for per-aggregate order (see `migrate --ordered`) instead.
+        #[arg(long)]
+        ordered: bool,
     },
 }
 

@@ -25,7 +25,7 @@ pub fn run(cli: &Cli) -> Result<(), Failure> {
             return outbox::run(cli, &open_outbox(&cli.connection, false)?, command)
         }
         Command::Migrate {
-            list: Some(MigrateList::List { outbox: true }),
+            list: Some(MigrateList::List { outbox: true, .. }),
             ..
         } => return migrate::list_outbox(cli),
         _ => {}
@@ -53,13 +53,19 @@ pub fn run(cli: &Cli) -> Result<(), Failure> {
 
 fn with_store<S: InboxStore>(cli: &Cli, admin: &Admin<S>, kind: &str) -> Result<(), Failure> {
     match &cli.command {
-        Command::Migrate { list: Some(_), .. } => migrate::list_inbox(cli, admin, kind),
+        Command::Migrate {
+            list: Some(MigrateList::List { ordered, .. }),
+            ..
+        } => migrate::list_inbox(cli, admin, *ordered, kind),
         Command::Migrate {
             outbox,
+            ordered,
             dry_run: true,
             ..
-        } => migrate::dry_run(cli, admin, *outbox, kind),
-        Command::Migrate { outbox, .. } => migrate::apply(cli, admin, *outbox, kind),
+        } => migrate::dry_run(cli, admin, *outbox, *ordered, kind),
+        Command::Migrate {
+            outbox, ordered, ..
+        } => migrate::apply(cli, admin, *outbox, *ordered, kind),
         Command::Status { streams } => status::run(cli, admin, kind, streams),
         Command::DeadLetters(command) => dead_letters::run(cli, admin, command),
         Command::Quarantine(command) => quarantine::run(cli, admin, command),

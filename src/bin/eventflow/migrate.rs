@@ -9,15 +9,21 @@ use eventflow::admin::{Admin, MigrationState};
 use eventflow::store::{InboxStore, PendingMigration};
 use serde_json::{json, Value};
 
-/// Applies the inbox's migrations (and the outbox's with `outbox`) and prints what ran.
+/// Applies the inbox's migrations (with `ordered`, those for per-aggregate order too; and the
+/// outbox's with `outbox`) and prints what ran.
 pub fn apply<S: InboxStore>(
     cli: &Cli,
     admin: &Admin<S>,
     outbox: bool,
+    ordered: bool,
     kind: &str,
 ) -> Result<(), Failure> {
     let table = cli.connection.table.as_str();
     let mut applied = vec![(table, "", admin.migrate()?)];
+    if ordered {
+        // Listed under the inbox table, as its own files are.
+        applied[0].2.extend(admin.migrate_ordered()?);
+    }
     if outbox {
         let outbox_table = cli.connection.outbox_table.as_str();
         let ran = open_outbox(&cli.connection, true)?.migrate()?;
@@ -58,9 +64,19 @@ pub fn apply<S: InboxStore>(
     Ok(())
 }
 
-/// Prints every inbox migration and whether the table has it.
-pub fn list_inbox<S: InboxStore>(cli: &Cli, admin: &Admin<S>, kind: &str) -> Result<(), Failure> {
-    print_list(cli, &cli.connection.table, kind, &admin.migrations()?);
+/// Prints every inbox migration (with `ordered`, every one for per-aggregate order) and
+/// whether the table has it.
+pub fn list_inbox<S: InboxStore>(
+    cli: &Cli,
+    admin: &Admin<S>,
+    ordered: bool,
+    kind: &str,
+) -> Result<(), Failure> {
+    let (migrations, command) = match ordered {
+        true => (admin.ordered_migrations()?, "eventflow migrate --ordered"),
+        false => (admin.migrations()?, "eventflow migrate"),
+    };
+    print_list(cli, &cli.connection.table, kind, &migrations, command);
     Ok(())
 }
 
@@ -68,11 +84,18 @@ pub fn list_inbox<S: InboxStore>(cli: &Cli, admin: &Admin<S>, kind: &str) -> Res
 pub fn list_outbox(cli: &Cli) -> Result<(), Failure> {
     let kind = database_kind(&cli.connection)?;
     let migrations = open_outbox(&cli.connection, false)?.migrations()?;
-    print_list(cli, &cli.connection.outbox_table, kind, &migrations);
+    let command = "eventflow migrate --outbox";
+    print_list(
+        cli,
+        &cli.connection.outbox_table,
+        kind,
+        &migrations,
+        command,
+    );
     Ok(())
 }
 
-fn print_list(cli: &Cli, table: &str, kind: &str, migrations: &[MigrationState]) {
+fn print_list(cli: &Cli, table: &str, kind: &str, migrations: &[MigrationState], command: &str) {
     if cli.json {
         output::json(&json!({
             "database": kind,
@@ -88,7 +111,7 @@ fn print_list(cli: &Cli, table: &str, kind: &str, migrations: &[MigrationState])
     let pending = migrations.iter().filter(|m| !m.applied).count();
     match pending {
         0 => say!("{table} ({kind}): up to date"),
-        n => say!("{table} ({kind}): {n} not applied (`eventflow migrate` applies them)"),
+        n => say!("{table} ({kind}): {n} not applied (`{command}` applies them)"),
     }
     let mut rows = Table::new(&["  VERSION", "NAME", "APPLIED"]);
     for migration in migrations {
@@ -101,14 +124,19 @@ fn print_list(cli: &Cli, table: &str, kind: &str, migrations: &[MigrationState])
     rows.print();
 }
 
-/// Prints the inbox's pending migrations (and the outbox's with `outbox`); changes nothing.
+/// Prints the inbox's pending migrations (with `ordered`, those for per-aggregate order too;
+/// and the outbox's with `outbox`); changes nothing.
 pub fn dry_run<S: InboxStore>(
     cli: &Cli,
     admin: &Admin<S>,
     outbox: bool,
+    ordered: bool,
     kind: &str,
 ) -> Result<(), Failure> {
     let mut plans = vec![(cli.connection.table.clone(), admin.pending_migrations()?)];
+    if ordered {
+        plans[0].1.extend(admin.pending_ordered_migrations()?);
+    }
     if outbox {
         let pending = open_outbox(&cli.connection, false)?.pending_migrations()?;
         plans.push((cli.connection.outbox_table.clone(), pending));

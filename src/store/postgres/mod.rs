@@ -92,6 +92,16 @@ pub const MIGRATIONS: &[Migration] = &[
     },
 ];
 
+/// The embedded migrations that only consumers with per-aggregate order need, from
+/// `sql/postgres/inbox_ordered/`: applied by [`InboxStore::migrate_ordered`], recorded apart
+/// from [`MIGRATIONS`] (as `inbox-ordered:<table>`), so a table consumed without order never
+/// gets them.
+pub const ORDERED_MIGRATIONS: &[Migration] = &[Migration {
+    version: 1,
+    name: "inbox_ordered/0001_aggregate_order_index.sql",
+    sql: include_str!("../../../sql/postgres/inbox_ordered/0001_aggregate_order_index.sql"),
+}];
+
 /// The first key of the per-table cleanup lock (`pg_try_advisory_xact_lock(key, hashtext(table))`);
 /// the two-key form never collides with the migration lock's one-key form.
 const CLEANUP_LOCK_KEY: i32 = 0x6566_636c; // "efcl"
@@ -464,6 +474,15 @@ impl PostgresStore {
             lock_timeout: self.migration_lock_timeout,
         }
     }
+
+    fn ordered_migration_target(&self) -> MigrationTarget<'_> {
+        MigrationTarget {
+            target: format!("inbox-ordered:{}", self.table),
+            migrations: ORDERED_MIGRATIONS,
+            render: Box::new(|migration| migration.render(&self.table)),
+            lock_timeout: self.migration_lock_timeout,
+        }
+    }
 }
 
 impl InboxStore for PostgresStore {
@@ -479,6 +498,18 @@ impl InboxStore for PostgresStore {
 
     fn migrations(&self) -> &'static [Migration] {
         MIGRATIONS
+    }
+
+    fn migrate_ordered(&self) -> Result<(), StoreError> {
+        apply_migrations(&self.pool, &self.ordered_migration_target())
+    }
+
+    fn pending_ordered_migrations(&self) -> Result<Vec<PendingMigration>, StoreError> {
+        pending_migrations(&self.pool, &self.ordered_migration_target())
+    }
+
+    fn ordered_migrations(&self) -> &'static [Migration] {
+        ORDERED_MIGRATIONS
     }
 
     fn table(&self) -> &str {

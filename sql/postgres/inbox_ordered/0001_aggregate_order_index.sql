@@ -1,0 +1,23 @@
+-- eventflow: no-transaction
+-- Runs outside a transaction, one statement at a time (each safe to run again), so its index
+-- builds concurrently without blocking writers on a large live table; recorded once it ran.
+--
+-- What only consumers with per-aggregate order (`.ordered(true)`) need, applied by their
+-- `start()` after the inbox's own migrations, or by `eventflow migrate --ordered`. Until
+-- 0004_services.sql stopped making it, every inbox table got this index; tables that have it
+-- keep it, and this file records it as there.
+--
+-- An ordered claim asks, for each candidate, whether an earlier row of its aggregate is still
+-- open, "earlier" by the order key (coalesce(seq, 0), received_at, id). This partial index holds
+-- only open rows, keyed by that order, so a probe reads just the rows before the candidate and
+-- stops at the first, not the aggregate's whole history. (On an index of (aggregate_id, seq) the
+-- coalesce cannot bound the probe: on 20,000 pending rows over 1,000 aggregates a claim of 64
+-- heads read 1,528 buffers in 3-4 ms, against 312 buffers in under 1 ms with this one.)
+--
+-- Why only for them: each stored row adds an entry, at a random place when aggregates are many,
+-- and the entry stays until a vacuum after the row is processed. On a backlog of 1,000,000
+-- events with an aggregate each, it was the index read most from outside shared buffers (77 MB
+-- by the end), and the rate of the last 100,000 fell to 57-79 % of the first 100,000 with it
+-- against 84-103 % without it.
+CREATE INDEX CONCURRENTLY IF NOT EXISTS ix_event_inbox_aggregate_order
+    ON event_inbox(aggregate_id, (coalesce(seq, 0)), received_at, id) WHERE status <> 'processed';
