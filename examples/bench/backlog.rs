@@ -94,8 +94,12 @@ pub fn run(options: &Options) {
     let rss_peak = sampler.join().expect("the memory sampler");
     let hwm = memory_kib("VmHWM");
     handle.shutdown(Duration::from_secs(30)).unwrap();
+    // Closes the pool's sessions, which report their statistics as they end.
+    drop(store);
+    std::thread::sleep(Duration::from_millis(500));
 
     let mut db = Client::connect(&options.database_url, NoTls).unwrap();
+    let indexes = index_use(&mut db, &table);
     let mut count = |sql: String| -> i64 { db.query_one(&sql, &[]).unwrap().get(0) };
     let effects = count(format!("SELECT count(*) FROM {table}_effects"));
     let processed = count(format!(
@@ -137,6 +141,30 @@ pub fn run(options: &Options) {
         SAMPLE_EVERY.as_millis(),
         mib(hwm)
     );
+    let per_event: Vec<String> = indexes
+        .iter()
+        .map(|(name, buffers, scans)| {
+            let short = name.replace(&format!("{table}_"), "").replace(&table, "");
+            format!("{short} {:.2} ({scans} scans)", *buffers as f64 / n as f64)
+        })
+        .collect();
+    println!("index buffers per event: {}", per_event.join(", "));
+}
+
+/// Each index of `table`: its name, the buffers read through it (from shared buffers or not;
+/// walks, probes and the insertion of entries alike) and its scans, as the server counted them.
+fn index_use(db: &mut Client, table: &str) -> Vec<(String, i64, i64)> {
+    db.query(
+        "SELECT io.indexrelname::text, coalesce(io.idx_blks_hit + io.idx_blks_read, 0), \
+         coalesce(st.idx_scan, 0) FROM pg_statio_user_indexes AS io \
+         JOIN pg_stat_user_indexes AS st USING (indexrelid) \
+         WHERE io.relname = $1 ORDER BY 2 DESC",
+        &[&table],
+    )
+    .unwrap()
+    .iter()
+    .map(|row| (row.get(0), row.get(1), row.get(2)))
+    .collect()
 }
 
 /// A `kB` line of `/proc/self/status` (`VmRSS`, `VmHWM`), in KiB.

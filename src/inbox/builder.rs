@@ -600,7 +600,9 @@ impl<B, H> ConsumerBuilder<B, H> {
 
     /// How often idle workers look for due rows: retries whose time has come, rows left by a
     /// crashed process, rows stored by other processes. New rows read by this process reach
-    /// workers at once, not on this tick. Defaults to 500 ms.
+    /// workers at once, not on this tick. Each worker ticks on its own, but a poll that found
+    /// nothing due answers for the process's other workers until the next interval, as each poll
+    /// walks the index of open rows. Defaults to 500 ms.
     pub fn poll_interval(mut self, interval: Duration) -> Self {
         self.settings.poll_interval = interval;
         self

@@ -6,6 +6,7 @@ use super::idle::{Activity, IdleWatch};
 use super::in_flight::InFlight;
 use super::liveness::Liveness;
 use super::metrics::{InboxMetrics, ParkedGauges};
+use super::polls::EmptyPolls;
 use super::receiver::{Reader, StoredSignal};
 use super::settings::Settings;
 use super::stats::Counters;
@@ -153,6 +154,7 @@ impl<S: InboxStore> Start for Runtime<S> {
         // taken now is taken by the watch later, rows stored meanwhile being found by age.
         let liveness = Arc::new(Liveness::default());
         let suspects = Arc::new(SuspectGate::default());
+        let polls = Arc::new(EmptyPolls::new());
         let waiting = Arc::new(WaitingAggregates::default());
         let lease = match settings
             .process_leases
@@ -192,6 +194,7 @@ impl<S: InboxStore> Start for Runtime<S> {
                 liveness: liveness.clone(),
                 suspects: suspects.clone(),
                 waiting: waiting.clone(),
+                polls: polls.clone(),
             };
             threads.spawn(format!("{WORKER_THREAD}{index}"), move || worker.run())?;
         }

@@ -28,6 +28,7 @@ mod idle;
 pub(crate) mod in_flight;
 pub(crate) mod liveness;
 pub mod metrics;
+mod polls;
 mod receiver;
 mod router;
 mod settings;

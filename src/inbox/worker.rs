@@ -13,6 +13,7 @@ use super::idle::{Activity, SweepRequest, Swept};
 use super::in_flight::InFlight;
 use super::liveness::Liveness;
 use super::metrics::{Busy, InboxMetrics};
+use super::polls::EmptyPolls;
 use super::settings::Settings;
 use super::stats::Counters;
 use super::suspects::SuspectGate;
@@ -65,6 +66,8 @@ pub(crate) struct Worker<S: InboxStore> {
     pub suspects: Arc<SuspectGate>,
     /// Ordered mode: aggregates stored while every worker was busy, to top claims up with.
     pub waiting: Arc<WaitingAggregates>,
+    /// Shared by the process's workers: when one last polled and found nothing due.
+    pub polls: Arc<EmptyPolls>,
     /// Told when a hand-over or a claim begins and ends, for `ConsumerHandle::wait_idle`.
     pub activity: Arc<Activity>,
     /// Requests from `ConsumerHandle::wait_idle` to claim every due row now.
@@ -107,9 +110,14 @@ impl<S: InboxStore> Worker<S> {
                     Err(_) => break,
                 },
                 recv(tick) -> _ => {
-                    let mut busy = self.activity.busy();
-                    let swept = self.sweep(&mut backoff, self.settings.orphan_after);
-                    busy.did_something(swept.settled > 0);
+                    // Another worker's poll that just found nothing due answers for this one.
+                    let interval = self.settings.poll_interval;
+                    if !self.polls.recently_empty(Instant::now(), interval) {
+                        let mut busy = self.activity.busy();
+                        let swept = self.sweep(&mut backoff, self.settings.orphan_after);
+                        self.polls.record(Instant::now(), swept.settled > 0);
+                        busy.did_something(swept.settled > 0);
+                    }
                 }
                 // Asked by `ConsumerHandle::wait_idle` once readers and hand-overs are quiet:
                 // then every pending row is one a hand-over left behind (a replayed quarantine
