@@ -102,6 +102,29 @@ impl Drop for Table {
     }
 }
 
+/// Runs `migrate` on every store at the same moment, one thread each; every run must succeed.
+fn race(stores: &[PostgresStore], migrate: fn(&PostgresStore) -> Result<(), StoreError>) {
+    let start = Barrier::new(stores.len());
+    let results: Vec<Result<(), StoreError>> = std::thread::scope(|scope| {
+        let runs: Vec<_> = stores
+            .iter()
+            .map(|store| {
+                let start = &start;
+                scope.spawn(move || {
+                    start.wait();
+                    migrate(store)
+                })
+            })
+            .collect();
+        runs.into_iter()
+            .map(|run| run.join().expect("migrator"))
+            .collect()
+    });
+    for result in &results {
+        assert!(result.is_ok(), "{results:?}");
+    }
+}
+
 /// Two processes' stores migrating one reference table at the same moment: both succeed (a
 /// second run of a non-transactional file would fail recording its version twice), every
 /// version is recorded once, and every index is built and valid.
@@ -114,24 +137,7 @@ fn racing_migrators_apply_each_file_once() {
     let mut client = connect();
     table.create_reference(&mut client, 1_000);
     let stores = [table.store(), table.store()];
-    let start = Barrier::new(stores.len());
-    let results: Vec<Result<(), StoreError>> = std::thread::scope(|scope| {
-        let runs: Vec<_> = stores
-            .iter()
-            .map(|store| {
-                scope.spawn(|| {
-                    start.wait();
-                    store.migrate()
-                })
-            })
-            .collect();
-        runs.into_iter()
-            .map(|run| run.join().expect("migrator"))
-            .collect()
-    });
-    for result in &results {
-        assert!(result.is_ok(), "{results:?}");
-    }
+    race(&stores, PostgresStore::migrate);
     let versions = table.recorded(&mut client);
     assert_eq!(versions, (1..=versions.len() as i32).collect::<Vec<_>>());
     assert!(versions.len() >= 4, "{versions:?}");
@@ -150,23 +156,7 @@ fn racing_migrators_apply_each_file_once() {
     assert_eq!(stores[0].pending_ordered_migrations().unwrap().len(), 1);
 
     // The ordered migrations race the same way, and are recorded apart.
-    let results: Vec<Result<(), StoreError>> = std::thread::scope(|scope| {
-        let runs: Vec<_> = stores
-            .iter()
-            .map(|store| {
-                scope.spawn(|| {
-                    start.wait();
-                    store.migrate_ordered()
-                })
-            })
-            .collect();
-        runs.into_iter()
-            .map(|run| run.join().expect("migrator"))
-            .collect()
-    });
-    for result in &results {
-        assert!(result.is_ok(), "{results:?}");
-    }
+    race(&stores, PostgresStore::migrate_ordered);
     assert_eq!(table.recorded_ordered(&mut client), vec![1]);
     assert_eq!(
         table.recorded(&mut client),
