@@ -112,10 +112,10 @@ impl<S: InboxStore> Worker<S> {
                 recv(tick) -> _ => {
                     // Another worker's poll that just found nothing due answers for this one.
                     let interval = self.settings.poll_interval;
-                    if !self.polls.recently_empty(Instant::now(), interval) {
+                    if !self.polls.recently_empty(self.index, Instant::now(), interval) {
                         let mut busy = self.activity.busy();
                         let swept = self.sweep(&mut backoff, self.settings.orphan_after);
-                        self.polls.record(Instant::now(), swept.settled > 0);
+                        self.polls.record(self.index, Instant::now(), swept.settled > 0);
                         busy.did_something(swept.settled > 0);
                     }
                 }
