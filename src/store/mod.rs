@@ -74,7 +74,8 @@ pub trait InboxStore: Send + Sync + 'static {
     /// would cost a table consumed without order an entry per stored row. A consumer built with
     /// `.ordered(true)` calls it at `start()`; `eventflow migrate --ordered` too. Idempotent, and
     /// safe from several processes at once. Defaults to nothing, for stores whose
-    /// [`Self::migrate`] makes all that ordered claims need.
+    /// [`Self::migrate`] makes all that ordered claims need; a store wrapping another should
+    /// forward this and the two methods below to the inner one.
     fn migrate_ordered(&self) -> Result<(), StoreError> {
         Ok(())
     }
