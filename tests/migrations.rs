@@ -73,21 +73,21 @@ impl Table {
             .map(|row| (row.get(0), row.get(1)))
     }
 
+    /// The versions recorded for the table's inbox migrations.
     fn recorded(&self, client: &mut Client) -> Vec<i32> {
-        client
-            .query(
-                "SELECT version FROM eventflow_migrations WHERE target = $1 ORDER BY version",
-                &[&format!("inbox:{}", self.0)],
-            )
-            .map(|rows| rows.iter().map(|row| row.get(0)).collect())
-            .unwrap_or_default()
+        self.recorded_for(client, "inbox")
     }
 
+    /// The versions recorded for the table's migrations for ordered consumers.
     fn recorded_ordered(&self, client: &mut Client) -> Vec<i32> {
+        self.recorded_for(client, "inbox-ordered")
+    }
+
+    fn recorded_for(&self, client: &mut Client, kind: &str) -> Vec<i32> {
         client
             .query(
                 "SELECT version FROM eventflow_migrations WHERE target = $1 ORDER BY version",
-                &[&format!("inbox-ordered:{}", self.0)],
+                &[&format!("{kind}:{}", self.0)],
             )
             .map(|rows| rows.iter().map(|row| row.get(0)).collect())
             .unwrap_or_default()

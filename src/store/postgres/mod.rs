@@ -467,18 +467,18 @@ impl PostgresStore {
 
 impl PostgresStore {
     fn migration_target(&self) -> MigrationTarget<'_> {
-        MigrationTarget {
-            target: format!("inbox:{}", self.table),
-            migrations: MIGRATIONS,
-            render: Box::new(|migration| migration.render(&self.table)),
-            lock_timeout: self.migration_lock_timeout,
-        }
+        self.target("inbox", MIGRATIONS)
     }
 
     fn ordered_migration_target(&self) -> MigrationTarget<'_> {
+        self.target("inbox-ordered", ORDERED_MIGRATIONS)
+    }
+
+    /// `migrations` for this table, recorded as `<kind>:<table>`.
+    fn target(&self, kind: &str, migrations: &'static [Migration]) -> MigrationTarget<'_> {
         MigrationTarget {
-            target: format!("inbox-ordered:{}", self.table),
-            migrations: ORDERED_MIGRATIONS,
+            target: format!("{kind}:{}", self.table),
+            migrations,
             render: Box::new(|migration| migration.render(&self.table)),
             lock_timeout: self.migration_lock_timeout,
         }
