@@ -1,9 +1,10 @@
 //! Reader threads: stream → inbox table.
 //!
 //! A reader reads a batch with the consumer group, stores it in one transaction (new events as
-//! pending rows, duplicates skipped, malformed entries quarantined), acknowledges the whole batch
-//! only after that commits, and hands the new rows to the workers. On a database error the batch
-//! stays unacknowledged and is retried; on a broker error the reader backs off and reconnects.
+//! pending rows, duplicates skipped, malformed entries quarantined), hands the new rows to the
+//! workers and acknowledges the whole batch, both only after that commits. On a database error
+//! the batch stays unacknowledged and is retried; on a broker error the reader backs off and
+//! reconnects.
 //! Every `reclaim_interval` it also takes over entries that a dead consumer read but never
 //! acknowledged. A consumer group found missing is created again after the newest entry the
 //! inbox has stored from the stream, so the stream's history is not handled again.
@@ -339,7 +340,8 @@ impl<S: InboxStore> Reader<S> {
         }
     }
 
-    /// Stores a batch, acknowledges it once stored, and hands the new rows to the workers.
+    /// Stores a batch, hands the new rows to the workers and acknowledges the batch once stored
+    /// (in ordered mode, acknowledges it first: a sibling reader waits for that).
     fn store_and_ack(&self, entries: Vec<StreamEntry>) {
         let settings = &self.settings;
         self.counters.received(&self.stream, entries.len());
@@ -390,11 +392,8 @@ impl<S: InboxStore> Reader<S> {
                 "skipped events already in the inbox"
             );
         }
-        if let Err(error) = self.transport.ack(&self.stream, &settings.group, &ids) {
-            // Stored already: redelivery after reclaim is absorbed as duplicates.
-            tracing::warn!(%error, entries = ids.len(), "acknowledging a stored batch failed; it will be reclaimed and deduplicated");
-        }
         if settings.ordered {
+            self.ack(&ids);
             // A sibling reader may be waiting for this batch (see `wait_for_earlier`).
             self.stored.ring();
             // Idle workers claim the heads of the aggregates just stored (these rows, or earlier
@@ -438,8 +437,20 @@ impl<S: InboxStore> Reader<S> {
             if self.work.send(Work::Rows(rows.to_vec())).is_err() {
                 self.counters.metrics.queued(-(rows.len() as i64));
                 self.activity.leave(false);
-                return; // workers halted; the rows stay pending for the next start
+                break; // workers halted; the rows stay pending for the next start
             }
+        }
+        // After the hand-over, so the rows' handlers need not wait for Redis: they are
+        // committed, and an entry left unacknowledged by a crash now is read again and
+        // absorbed as a duplicate.
+        self.ack(&ids);
+    }
+
+    /// Acknowledges stored entries.
+    fn ack(&self, ids: &[String]) {
+        if let Err(error) = self.transport.ack(&self.stream, &self.settings.group, ids) {
+            // Stored already: redelivery after reclaim is absorbed as duplicates.
+            tracing::warn!(%error, entries = ids.len(), "acknowledging a stored batch failed; it will be reclaimed and deduplicated");
         }
     }
 

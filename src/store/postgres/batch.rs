@@ -12,6 +12,7 @@
 
 use super::connection::PgConnection;
 use super::connection::PgTransaction;
+use super::queries::Queries;
 use super::{is_aborted, pg, PostgresStore};
 use crate::clock::Clock;
 use crate::event::InboxRow;
@@ -23,7 +24,7 @@ use crate::store::{
 };
 use chrono::{DateTime, Utc};
 use postgres::types::Type;
-use postgres::Statement;
+use postgres::{SimpleQueryMessage, Statement};
 use std::collections::HashSet;
 use uuid::Uuid;
 
@@ -43,7 +44,8 @@ struct Prepared<'s> {
     claim_heads: &'s str,
     claim_heads_among: Statement,
     claim_rows: &'s str,
-    claim_fresh: &'s str,
+    /// The fresh claim is sent as text with its values in it (see [`Queries::claim_fresh`]).
+    queries: &'s Queries,
     claim_due: Statement,
     claim_counted: &'s str,
     claim_unfinished_heads: &'s str,
@@ -106,7 +108,13 @@ impl Retry<PostgresStore> for Batches<'_> {
             .transaction()
             .map_err(pg("begin recording a refusal"))?;
         let time = ClaimTime::of(self.store, &mut tx, params.claim, params.clock)?;
-        let (rows, _) = claim(&mut tx, &prepared, one_row(params.claim, &id), time.now)?;
+        let (rows, _) = claim(
+            &mut tx,
+            &prepared,
+            one_row(params.claim, &id),
+            time.now,
+            None,
+        )?;
         let Some(row) = rows.into_iter().next() else {
             return Ok(None); // settled meanwhile by someone else
         };
@@ -130,7 +138,7 @@ impl Retry<PostgresStore> for Batches<'_> {
             .map_err(pg("begin counting attempts"))?;
         let now = ClaimTime::of(self.store, &mut tx, params.claim, params.clock)?.now;
         let rows = match params.claim {
-            Claim::Due { .. } => claim(&mut tx, &prepared, params.claim, now)?.0,
+            Claim::Due { .. } => claim(&mut tx, &prepared, params.claim, now, None)?.0,
             // Unnamed, planned for these values every time, as the other claim over any
             // aggregate.
             Claim::Heads {
@@ -197,15 +205,26 @@ fn run(
     let prepared = prepare(store, conn)?;
     let mut tx = conn.transaction().map_err(pg("begin a claim"))?;
     let time = ClaimTime::of(store, &mut tx, params.claim, params.clock)?;
-    let (rows, marked) = claim(&mut tx, &prepared, params.claim, time.now)?;
+    // The handlers' time limit is set before their savepoint, which a rollback to must not lift.
+    let savepoint = match params.optimistic {
+        true => BATCH_SAVEPOINT,
+        false => SAVEPOINT,
+    };
+    let before_handlers = match &store.handler_statement {
+        Some(limits) => format!("{limits}; {savepoint}"),
+        None => savepoint.to_string(),
+    };
+    let (rows, marked) = claim(
+        &mut tx,
+        &prepared,
+        params.claim,
+        time.now,
+        Some(&before_handlers),
+    )?;
     if rows.is_empty() {
         return Ok(Vec::new());
     }
     claimed.extend(rows.iter().map(|row| row.id));
-    if let Some(limits) = &store.handler_statement {
-        tx.batch_execute(limits)
-            .map_err(pg("set the handler time limit"))?;
-    }
     let settled = match params.optimistic {
         true => match optimistic(&mut tx, &rows, handler)? {
             Some(verdicts) => rows
@@ -218,6 +237,7 @@ fn run(
                 // A handler's cached statement may have gone stale (its table altered): the
                 // redo prepares afresh.
                 tx.forget_statements();
+                tx.batch_execute(SAVEPOINT).map_err(pg("set a savepoint"))?;
                 isolated(&mut tx, rows, handler)?
             }
         },
@@ -237,7 +257,7 @@ fn prepare<'s>(
         claim_heads: &store.sql.claim_heads,
         claim_heads_among: statement(&store.sql.claim_heads_among)?,
         claim_rows: &store.sql.claim_rows,
-        claim_fresh: &store.sql.claim_fresh,
+        queries: &store.sql,
         claim_due: statement(&store.sql.claim_due)?,
         claim_counted: &store.sql.claim_counted,
         claim_unfinished_heads: &store.sql.claim_unfinished_heads,
@@ -247,8 +267,28 @@ fn prepare<'s>(
     })
 }
 
-/// Locks the claimed rows; returns them, and whether they are already marked processed.
+/// Locks the claimed rows; returns them, and whether they are already marked processed. When
+/// rows were claimed, `then` runs after the claim (in the same round trip, for a fresh claim).
 fn claim(
+    tx: &mut PgTransaction<'_>,
+    prepared: &Prepared<'_>,
+    claim: Claim<'_>,
+    now: DateTime<Utc>,
+    then: Option<&str>,
+) -> Result<(Vec<InboxRow>, bool), StoreError> {
+    if let Claim::Fresh(rows) = claim {
+        return claim_fresh(tx, prepared, rows, now, then).map(|rows| (rows, true));
+    }
+    let (rows, marked) = claim_locked(tx, prepared, claim, now)?;
+    if let (Some(then), false) = (then, rows.is_empty()) {
+        tx.batch_execute(then).map_err(pg("set a savepoint"))?;
+    }
+    Ok((rows, marked))
+}
+
+/// Locks the rows of a claim other than a fresh one; returns them, and whether they are
+/// already marked processed.
+fn claim_locked(
     tx: &mut PgTransaction<'_>,
     prepared: &Prepared<'_>,
     claim: Claim<'_>,
@@ -256,7 +296,7 @@ fn claim(
 ) -> Result<(Vec<InboxRow>, bool), StoreError> {
     let mut marked = false;
     let rows = match claim {
-        Claim::Fresh(rows) => return claim_fresh(tx, prepared, rows, now).map(|rows| (rows, true)),
+        Claim::Fresh(_) => unreachable!("fresh claims are made by `claim_fresh`"),
         Claim::Counted(rows) => return claim_counted(tx, prepared, rows).map(|rows| (rows, false)),
         Claim::Rows(ids) => tx.query_typed(
             prepared.claim_rows,
@@ -358,23 +398,26 @@ fn claim_counted(
 /// Claims fresh rows by marking them processed: one write per row instead of a lock and then
 /// an update. A row another worker holds (a poller that found it due) makes this wait for that
 /// worker's commit, after which the row is no longer fresh and is skipped; pollers skip locked
-/// rows, so nobody waits in a circle.
+/// rows, so nobody waits in a circle. `then` is sent with the claim, in one round trip.
 fn claim_fresh(
     tx: &mut PgTransaction<'_>,
     prepared: &Prepared,
     rows: &[InboxRow],
     now: DateTime<Utc>,
+    then: Option<&str>,
 ) -> Result<Vec<InboxRow>, StoreError> {
     let ids: Vec<Uuid> = rows.iter().map(|row| row.id).collect();
-    let claimed: HashSet<Uuid> = tx
-        .query_typed(
-            prepared.claim_fresh,
-            &[(&ids, Type::UUID_ARRAY), (&now, Type::TIMESTAMPTZ)],
-        )
-        .map_err(pg("claim fresh rows"))?
-        .iter()
-        .map(|row| row.get(0))
-        .collect();
+    let text = prepared.queries.claim_fresh(&ids, now, then.unwrap_or(""));
+    let mut claimed = HashSet::with_capacity(ids.len());
+    for message in tx.simple_query(&text).map_err(pg("claim fresh rows"))? {
+        if let SimpleQueryMessage::Row(row) = message {
+            let id = row.get(0).and_then(|id| Uuid::parse_str(id).ok());
+            claimed.insert(id.ok_or_else(|| StoreError::Corrupt {
+                row: "a freshly claimed row".to_string(),
+                reason: format!("the claim returned {:?} for an id", row.get(0)),
+            })?);
+        }
+    }
     Ok(rows
         .iter()
         .filter(|row| claimed.contains(&row.id))
@@ -382,15 +425,13 @@ fn claim_fresh(
         .collect())
 }
 
-/// Runs every handler under one savepoint; `None` when the batch must be redone isolated (it
-/// has been rolled back to the savepoint, the row locks kept).
+/// Runs every handler under one savepoint, set by the claim; `None` when the batch must be
+/// redone isolated (it has been rolled back to the savepoint, the row locks kept).
 fn optimistic(
     tx: &mut PgTransaction<'_>,
     rows: &[InboxRow],
     handler: &mut dyn RowHandler<PostgresStore>,
 ) -> Result<Option<Vec<Verdict>>, StoreError> {
-    tx.batch_execute(BATCH_SAVEPOINT)
-        .map_err(pg("set a savepoint"))?;
     let mut verdicts = Vec::with_capacity(rows.len());
     for row in rows {
         let verdict = handler.handle(tx, row);
@@ -413,6 +454,7 @@ fn optimistic(
     }
 }
 
+/// Runs every handler under a savepoint of its own; the first row's is set already.
 fn isolated(
     tx: &mut PgTransaction<'_>,
     rows: Vec<InboxRow>,
@@ -423,7 +465,6 @@ fn isolated(
     // new savepoint, one round trip per row. A release that finds the transaction aborted means
     // that handler swallowed a database error: its row fails instead.
     let mut unreleased: Option<usize> = None;
-    tx.batch_execute(SAVEPOINT).map_err(pg("set a savepoint"))?;
     for row in rows {
         if let Some(index) = unreleased.take() {
             release(tx, RELEASE_AND_RENEW, &mut settled[index], handler)?;

@@ -2,6 +2,8 @@
 
 use super::{COLUMNS, QUARANTINE_COLUMNS};
 use crate::store::qualified;
+use chrono::{DateTime, SecondsFormat, Utc};
+use uuid::Uuid;
 
 /// Every statement, with the table names filled in once.
 pub(super) struct Queries {
@@ -120,6 +122,26 @@ fn row_filter(p: usize) -> String {
 }
 
 impl Queries {
+    /// The fresh claim of rows `ids` at `now`, then `then`, as one text of statements sent in
+    /// one round trip: the claim and the savepoint the handlers run under would otherwise be
+    /// two, on every event's way to its handler. Only values of these types are written into
+    /// the text (a UUID's and a time's own formats), so nothing from outside can reach it.
+    pub fn claim_fresh(&self, ids: &[Uuid], now: DateTime<Utc>, then: &str) -> String {
+        let mut list = String::with_capacity(ids.len() * 37);
+        for (at, id) in ids.iter().enumerate() {
+            if at > 0 {
+                list.push(',');
+            }
+            list.push_str(&id.hyphenated().to_string());
+        }
+        let now = now.to_rfc3339_opts(SecondsFormat::Micros, true);
+        let claim = self
+            .claim_fresh
+            .replacen("$now", &now, 1)
+            .replacen("$ids", &list, 1);
+        format!("{claim}; {then}")
+    }
+
     pub fn new(t: &str) -> Self {
         const DUE: &str =
             "status IN ('pending', 'failed') AND (next_retry_at IS NULL OR next_retry_at <= ";
@@ -178,10 +200,11 @@ impl Queries {
             ),
             // The claim and the move to processed in one write: a failure is recorded over it
             // in the same transaction. Only rows exactly as stored qualify, so the retry count
-            // the reader handed over is the row's.
+            // the reader handed over is the row's. Sent as text with its values written in
+            // (see `claim_fresh`), hence `$now` and `$ids`.
             claim_fresh: format!(
-                "UPDATE {t} SET status = 'processed', processed_at = $2 \
-                 WHERE id = ANY($1) AND {} RETURNING id",
+                "UPDATE {t} SET status = 'processed', processed_at = '$now'::timestamptz \
+                 WHERE id = ANY('{{$ids}}'::uuid[]) AND {} RETURNING id",
                 by_id_only("status = 'pending' AND retry_count = 0 AND next_retry_at IS NULL")
             ),
             // Retries and orphans, counted before they run. `processing` is a status only the
@@ -429,5 +452,29 @@ impl Queries {
                 valid = STREAM_ID_VALID,
             ),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_fresh_claim_writes_its_ids_and_time_into_the_text() {
+        let ids = [
+            Uuid::parse_str("01a24df2-8de2-7000-b968-58c84af8cec4").unwrap(),
+            Uuid::parse_str("01a24df2-8de2-7000-b968-58c925bbb284").unwrap(),
+        ];
+        let now = DateTime::parse_from_rfc3339("2026-12-07T01:02:03.456789Z")
+            .unwrap()
+            .with_timezone(&Utc);
+        let text = Queries::new("orders_inbox").claim_fresh(&ids, now, "SAVEPOINT sp");
+        assert!(text.starts_with("UPDATE orders_inbox SET status = 'processed', processed_at = '2026-12-07T01:02:03.456789Z'::timestamptz"), "{text}");
+        assert!(
+            text.contains("id = ANY('{01a24df2-8de2-7000-b968-58c84af8cec4,01a24df2-8de2-7000-b968-58c925bbb284}'::uuid[])"),
+            "{text}"
+        );
+        assert!(text.ends_with("RETURNING id; SAVEPOINT sp"), "{text}");
+        assert!(!text.contains('$'), "no placeholder left: {text}");
     }
 }
