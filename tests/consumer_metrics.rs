@@ -16,8 +16,8 @@ use eventflow::inbox::metrics::{
 use eventflow::outbox::metrics as relay;
 use eventflow::quarantine::QuarantinedEntry;
 use eventflow::store::{
-    ClaimParams, InboxStore, QuarantineReplay, ReceivedBatch, RowHandler, Settled, SqliteStore,
-    StatusCounts, StoreError, Stored, Verdict,
+    Claim, ClaimParams, InboxStore, QuarantineReplay, ReceivedBatch, RowHandler, Settled,
+    SqliteStore, StatusCounts, StoreError, Stored, Verdict,
 };
 use eventflow::transport::{MemoryStream, ReadRequest, Transport};
 use eventflow::{
@@ -215,10 +215,15 @@ fn counters_and_histograms_count_what_happened_to_every_entry() {
 }
 
 /// A SQLite store whose workers wait at a gate before each claim, outside any transaction,
-/// until the test opens it (drops the sender); the readers can store meanwhile.
+/// until the test opens it (drops the sender); the readers can store meanwhile. It says when a
+/// worker reaches the gate, how many rows each claim of handed-over rows holds, and how many
+/// rows were stored.
 struct Gated {
     inner: SqliteStore,
     gate: crossbeam_channel::Receiver<()>,
+    arrived: crossbeam_channel::Sender<()>,
+    fresh_claims: parking_lot::Mutex<Vec<usize>>,
+    stored: AtomicUsize,
 }
 
 struct Forward<'a>(&'a mut dyn RowHandler<Gated>);
@@ -241,13 +246,20 @@ impl InboxStore for Gated {
         self.inner.pending_migrations()
     }
     fn store_received(&self, batch: &ReceivedBatch<'_>) -> Result<Stored, StoreError> {
-        self.inner.store_received(batch)
+        let stored = self.inner.store_received(batch)?;
+        self.stored
+            .fetch_add(stored.inserted.len(), Ordering::SeqCst);
+        Ok(stored)
     }
     fn process_claimed(
         &self,
         claim: &ClaimParams<'_>,
         handler: &mut dyn RowHandler<Self>,
     ) -> Result<Vec<Settled>, StoreError> {
+        if let Claim::Fresh(rows) = claim.claim {
+            self.fresh_claims.lock().push(rows.len());
+        }
+        let _ = self.arrived.try_send(());
         let _ = self.gate.recv();
         self.inner.process_claimed(claim, &mut Forward(handler))
     }
@@ -355,9 +367,13 @@ fn gauges_show_queued_rows_and_busy_workers_and_return_to_zero() {
     let stream = MemoryStream::new();
     let (open_gate, gate) = crossbeam_channel::bounded::<()>(0);
     let (release, released) = crossbeam_channel::bounded::<()>(0);
+    let (arrived_tx, arrived) = crossbeam_channel::unbounded();
     let store = Arc::new(Gated {
         inner: SqliteStore::open_in_memory().unwrap(),
         gate,
+        arrived: arrived_tx,
+        fresh_claims: parking_lot::Mutex::new(Vec::new()),
+        stored: AtomicUsize::new(0),
     });
     let handle = InboxConsumer::builder()
         .transport(stream.clone())
@@ -368,6 +384,7 @@ fn gauges_show_queued_rows_and_busy_workers_and_return_to_zero() {
         .workers(1)
         .read_batch(1)
         .block(Duration::from_millis(20))
+        .poll_interval(Duration::from_millis(20))
         .handler(move |_tx, row| -> HandlerResult {
             if row.event.event_type == "Blocks" {
                 let _ = released.recv(); // until the test lets go
@@ -378,26 +395,38 @@ fn gauges_show_queued_rows_and_busy_workers_and_return_to_zero() {
         .unwrap()
         .start()
         .unwrap();
+    // The worker's first poll waits at the gate before anything is published.
+    arrived.recv_timeout(WAIT).expect("the worker polls");
     let now = Utc::now();
     let mut entries = vec![event("blocks", "Blocks", now).to_entry_fields()];
     entries.extend((0..3).map(|i| event(&format!("q-{i}"), "T", now).to_entry_fields()));
     stream.publish_batch(&stream_name, &entries).unwrap();
 
-    // One row per read. The worker takes the first and waits at the gate; the channel holds
-    // two more (two per worker) and the reader the last, counted before it waits to hand it
-    // over.
+    // One row per read. The channel holds two hand-overs (two per worker) and the reader the
+    // third, counted before it waits to hand it over; the fourth is not read yet.
     let gauges = || (gauge(QUEUED_ROWS, s), gauge(BUSY_WORKERS, s));
     assert!(
         wait_until(WAIT, || gauges() == (3.0, 0.0)),
         "{:?}",
         gauges()
     );
-    // Through the gate, the worker runs the blocking handler.
+    // Through the gate, the worker takes the queued hand-overs (two, or three if the reader's
+    // refill came in time) into one claim and runs the blocking handler first. The rows stored
+    // and not in that claim stay queued. (The fourth may not be stored yet: the in-memory
+    // SQLite store's one connection is the worker's until it commits.)
     drop(open_gate);
+    assert!(wait_until(WAIT, || gauges().1 == 1.0), "{:?}", gauges());
+    let first_claim = store.fresh_claims.lock().first().copied().unwrap();
     assert!(
-        wait_until(WAIT, || gauges() == (3.0, 1.0)),
-        "{:?}",
-        gauges()
+        first_claim >= 2,
+        "the queued hand-overs joined the first claim: {first_claim}"
+    );
+    let left = || (store.stored.load(Ordering::SeqCst) - first_claim) as f64;
+    assert!(
+        wait_until(WAIT, || gauges() == (left(), 1.0)),
+        "{:?}, {first_claim} rows taken, {} left",
+        gauges(),
+        left()
     );
     drop(release);
     handle.wait_idle(WAIT).unwrap();

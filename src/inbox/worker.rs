@@ -88,24 +88,7 @@ impl<S: InboxStore> Worker<S> {
         loop {
             select! {
                 recv(self.work) -> work => match work {
-                    Ok(Work::Rows(rows)) => {
-                        self.counters.metrics.queued(-(rows.len() as i64));
-                        self.handle_fresh(&rows, &mut backoff);
-                        self.activity.leave(true);
-                    }
-                    Ok(Work::Aggregates(aggregates)) => {
-                        // A chain that moved a full batch at some step met a backlog. Its
-                        // aggregates were all handed over or queued in `waiting`, and the
-                        // chain drained that, unless it overflowed: then look for heads of
-                        // any aggregate before waiting for the next hand-over or tick.
-                        if self.follow_heads(aggregates, &mut backoff) >= self.settings.claim_batch
-                            && self.waiting.overflowed()
-                        {
-                            self.drain_due(&mut backoff, self.settings.orphan_after);
-                        }
-                        self.activity.leave(true);
-                    }
-                    Ok(Work::Sweep) => self.drain_due(&mut backoff, self.settings.orphan_after),
+                    Ok(work) => self.take(work, &mut backoff),
                     // Every reader has stopped and the queue is drained.
                     Err(_) => break,
                 },
@@ -135,6 +118,36 @@ impl<S: InboxStore> Worker<S> {
             }
         }
         tracing::debug!("worker stopped");
+    }
+
+    /// Does what a reader or the process liveness check sent.
+    fn take(&self, work: Work, backoff: &mut Backoff) {
+        match work {
+            Work::Rows(rows) => {
+                let (rows, hand_overs, next) = gather(&self.work, rows, self.settings.claim_batch);
+                self.counters.metrics.queued(-(rows.len() as i64));
+                self.handle_fresh(&rows, backoff);
+                for _ in 0..hand_overs {
+                    self.activity.leave(true);
+                }
+                if let Some(next) = next {
+                    self.take(next, backoff);
+                }
+            }
+            Work::Aggregates(aggregates) => {
+                // A chain that moved a full batch at some step met a backlog. Its aggregates
+                // were all handed over or queued in `waiting`, and the chain drained that,
+                // unless it overflowed: then look for heads of any aggregate before waiting
+                // for the next hand-over or tick.
+                if self.follow_heads(aggregates, backoff) >= self.settings.claim_batch
+                    && self.waiting.overflowed()
+                {
+                    self.drain_due(backoff, self.settings.orphan_after);
+                }
+                self.activity.leave(true);
+            }
+            Work::Sweep => self.drain_due(backoff, self.settings.orphan_after),
+        }
     }
 
     /// Handles rows a reader handed over. A batch that fails on a database error is tried again
@@ -413,6 +426,29 @@ impl<S: InboxStore> Attempt<'_, S> {
     }
 }
 
+/// Adds to `rows` the rows of hand-overs queued behind it in `work`, until it holds `limit`:
+/// they queue while every worker is busy, and one transaction for them all costs the database
+/// less than one each, which is what lets the workers catch up. Returns the rows, how many
+/// hand-overs they came in, and other work taken from the queue on the way.
+fn gather(
+    work: &Receiver<Work>,
+    mut rows: Vec<InboxRow>,
+    limit: usize,
+) -> (Vec<InboxRow>, usize, Option<Work>) {
+    let mut hand_overs = 1;
+    while rows.len() < limit {
+        match work.try_recv() {
+            Ok(Work::Rows(more)) => {
+                rows.extend(more);
+                hand_overs += 1;
+            }
+            Ok(other) => return (rows, hand_overs, Some(other)),
+            Err(_) => break,
+        }
+    }
+    (rows, hand_overs, None)
+}
+
 /// `ids` without repeats, in their first order.
 fn distinct(ids: Vec<Uuid>) -> Vec<Uuid> {
     let mut seen = std::collections::HashSet::with_capacity(ids.len());
@@ -425,4 +461,41 @@ pub(crate) fn panic_message(panic: &(dyn Any + Send)) -> String {
         .map(|s| s.to_string())
         .or_else(|| panic.downcast_ref::<String>().cloned())
         .unwrap_or_else(|| "a non-string panic payload".to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::Event;
+
+    fn rows(n: usize) -> Vec<InboxRow> {
+        (0..n)
+            .map(|_| InboxRow::pending(Event::new("t", Uuid::now_v7(), serde_json::json!({}))))
+            .collect()
+    }
+
+    #[test]
+    fn queued_hand_overs_join_the_claim_up_to_a_batch() {
+        let (tx, rx) = crossbeam_channel::unbounded();
+        for n in [3, 4, 5] {
+            tx.send(Work::Rows(rows(n))).unwrap();
+        }
+        let (gathered, hand_overs, next) = gather(&rx, rows(2), 8);
+        // 2 + 3 + 4 reached 8: the third queued hand-over waits for the next claim.
+        assert_eq!((gathered.len(), hand_overs), (9, 3));
+        assert!(next.is_none());
+        assert!(matches!(rx.try_recv(), Ok(Work::Rows(left)) if left.len() == 5));
+    }
+
+    #[test]
+    fn other_work_met_on_the_way_is_returned_not_lost() {
+        let (tx, rx) = crossbeam_channel::unbounded();
+        tx.send(Work::Rows(rows(1))).unwrap();
+        tx.send(Work::Sweep).unwrap();
+        tx.send(Work::Rows(rows(1))).unwrap();
+        let (gathered, hand_overs, next) = gather(&rx, rows(1), 64);
+        assert_eq!((gathered.len(), hand_overs), (2, 2));
+        assert!(matches!(next, Some(Work::Sweep)));
+        assert_eq!(rx.len(), 1, "the rows behind the sweep stay queued");
+    }
 }
