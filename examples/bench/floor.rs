@@ -68,9 +68,16 @@ impl Wake {
 }
 
 /// One floor run of `options.events` events with `handler` (the one-row write inserts a row, as
-/// the eventflow scenario's handler does); `aggregates` spreads the events as in `--ordered`.
-/// Measured like the eventflow runs: from the first XADD to the last row committed.
-pub fn run(options: &Options, handler: Handler, aggregates: Option<Vec<uuid::Uuid>>) -> Outcome {
+/// the eventflow scenario's handler does); `aggregates` spreads the events as in `--ordered`;
+/// `rate` paces the producer, as in eventflow's paced run, to show the hand-written loop's
+/// latency when it keeps up. Measured like the eventflow runs: from the first XADD to the last
+/// row committed.
+pub fn run(
+    options: &Options,
+    handler: Handler,
+    aggregates: Option<Vec<uuid::Uuid>>,
+    rate: Option<usize>,
+) -> Outcome {
     let table = unique("bench_floor");
     let stream = format!("{table}_stream");
     let mut db = Client::connect(&options.database_url, NoTls).expect("PostgreSQL");
@@ -120,7 +127,7 @@ pub fn run(options: &Options, handler: Handler, aggregates: Option<Vec<uuid::Uui
 
     // The producer is the bench's own, the same for every scenario.
     let producer = RedisStreams::connect(&options.redis_url).expect("Redis");
-    let elapsed = produce(&producer, &stream, n, None, aggregates)
+    let elapsed = produce(&producer, &stream, n, rate, aggregates)
         .wait_for(n, || done.load(Ordering::Relaxed));
     stop.store(true, Ordering::Relaxed);
     wake.stored();
@@ -132,16 +139,21 @@ pub fn run(options: &Options, handler: Handler, aggregates: Option<Vec<uuid::Uui
     ));
     let _: redis::RedisResult<()> = conn.del(&stream);
     let latencies_us = std::mem::take(&mut *latencies.lock());
+    let paced = rate.map_or(String::new(), |rate| format!(", paced {rate}/s"));
     Outcome {
         name: format!(
-            "floor: hand-written, {} workers, {} handler",
+            "floor: hand-written, {} workers, {} handler{paced}",
             options.workers,
             handler.describe()
         ),
         events: n,
         elapsed,
         latencies_us,
-        role: Role::Floor(handler),
+        // A paced run's rate is the producer's pace: not a floor to divide by.
+        role: match rate {
+            Some(_) => Role::Measured(None),
+            None => Role::Floor(handler),
+        },
     }
 }
 

@@ -25,7 +25,8 @@
 //! flood scenario runs `--repeat` times and the median run is reported (`--baseline-events 0`
 //! skips the baseline); a last run paces the producer at `--rate` events per second to show the
 //! latency of a consumer (or relay) that keeps up, since under a flood latency is mostly time
-//! spent queued.
+//! spent queued. Unless `--no-floor`, the floor's one-row loop is paced the same way just
+//! before it (unordered inbox runs), so the latency has a hand-written reference too.
 //!
 //! **Inbox.** The baseline is the one-transaction-per-event design of the reference toolkit
 //! (store each entry in its own transaction and acknowledge it alone; claim, handle and commit
@@ -240,7 +241,7 @@ fn main() {
             move || {
                 options
                     .floor
-                    .then(|| floor::run(options, handler, aggregates.clone()))
+                    .then(|| floor::run(options, handler, aggregates.clone(), None))
             }
         };
         let measured = |scenario| {
@@ -287,6 +288,10 @@ fn main() {
                 ],
                 options.repeat,
             ));
+            if options.rate > 0 && options.floor {
+                let rate = Some(options.rate);
+                outcomes.push(floor::run(&options, Handler::OneRow, None, rate));
+            }
             if options.rate > 0 && !options.floor_only {
                 let paced = Scenario {
                     write: true,

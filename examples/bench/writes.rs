@@ -78,7 +78,7 @@ pub fn run(options: &Options) {
         (name.to_string(), writes)
     };
     let floor_writes = measure("floor: hand-written, reference table", &|| {
-        floor::run(options, Handler::NoOp, None);
+        floor::run(options, Handler::NoOp, None, None);
     });
     let eventflow_writes = measure("eventflow", &|| {
         eventflow_run(
