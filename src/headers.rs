@@ -92,6 +92,7 @@ pub(crate) fn from_column(value: Option<Value>) -> Result<Headers, String> {
 }
 
 /// Reads a SQLite `headers` column (JSON text); null is none.
+#[cfg_attr(not(feature = "sqlite"), allow(dead_code))]
 pub(crate) fn from_column_text(text: Option<&str>) -> Result<Headers, String> {
     match text {
         None => Ok(Headers::new()),

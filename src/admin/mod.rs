@@ -44,7 +44,7 @@ pub use error::{AdminError, AdminResult};
 pub use migrate::MigrationState;
 pub use outbox::{LostEntriesPage, OutboxAdmin, OutboxReport, OutboxRowPage, OutboxState};
 pub use parked::ParkedList;
-pub use publish::{parse_event_json, publish_event};
+pub use publish::{parse_event_json, publish_event, EVENT_FIELDS};
 pub use quarantine::{Correction, QuarantinePage};
 pub use status::{stream_status, InboxStatus, StreamStatus};
 

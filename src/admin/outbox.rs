@@ -459,7 +459,7 @@ fn not_found(key: &str) -> AdminError {
     }
 }
 
-#[cfg(test)]
+#[cfg(all(test, feature = "sqlite"))]
 mod tests {
     use super::*;
     use crate::outbox::OutboxTable;
