@@ -410,6 +410,10 @@ fn gauges_show_queued_rows_and_busy_workers_and_return_to_zero() {
         "{:?}",
         gauges()
     );
+    // Stored, so acknowledged, the third too: a reader acknowledges before it waits for busy
+    // workers, or slow handlers would leave its entries pending for others to reclaim.
+    let pending = || stream.group_stats(s, GROUP).unwrap().pending;
+    assert!(wait_until(WAIT, || pending() == 0), "{} pending", pending());
     // Through the gate, the worker takes the queued hand-overs (two, or three if the reader's
     // refill came in time) into one claim and runs the blocking handler first. The rows stored
     // and not in that claim stay queued. (The fourth may not be stored yet: the in-memory

@@ -39,7 +39,7 @@ use crate::transport::{
     parse_entry_id, ReadRequest, ReclaimRequest, StreamEntry, Transport, TransportError,
 };
 use chrono::{DateTime, Utc};
-use crossbeam_channel::Sender;
+use crossbeam_channel::{Sender, TrySendError};
 use parking_lot::{Condvar, Mutex};
 use std::cell::Cell;
 use std::collections::HashSet;
@@ -430,20 +430,36 @@ impl<S: InboxStore> Reader<S> {
             .len()
             .div_ceil(settings.workers)
             .clamp(1, settings.claim_batch);
+        // Acknowledged after the hand-over, so the rows' handlers need not wait for Redis: they
+        // are committed, and an entry a crash leaves unacknowledged is read again and absorbed
+        // as a duplicate. But before waiting for busy workers: an entry left pending that long
+        // (slow handlers) would be reclaimed by other consumers and stored again for nothing.
+        let mut acknowledged = false;
         for rows in fresh.chunks(chunk) {
             // Counted before the send, so a worker never takes rows not yet counted.
             self.counters.metrics.queued(rows.len() as i64);
             self.activity.enter();
-            if self.work.send(Work::Rows(rows.to_vec())).is_err() {
+            let work = match self.work.try_send(Work::Rows(rows.to_vec())) {
+                Ok(()) => continue,
+                Err(TrySendError::Full(work)) => Ok(work),
+                Err(TrySendError::Disconnected(_)) => Err(()),
+            };
+            let sent = work.and_then(|work| {
+                if !acknowledged {
+                    self.ack(&ids);
+                    acknowledged = true;
+                }
+                self.work.send(work).map_err(drop)
+            });
+            if sent.is_err() {
                 self.counters.metrics.queued(-(rows.len() as i64));
                 self.activity.leave(false);
                 break; // workers halted; the rows stay pending for the next start
             }
         }
-        // After the hand-over, so the rows' handlers need not wait for Redis: they are
-        // committed, and an entry left unacknowledged by a crash now is read again and
-        // absorbed as a duplicate.
-        self.ack(&ids);
+        if !acknowledged {
+            self.ack(&ids);
+        }
     }
 
     /// Acknowledges stored entries.
