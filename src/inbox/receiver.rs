@@ -439,18 +439,17 @@ impl<S: InboxStore> Reader<S> {
             // Counted before the send, so a worker never takes rows not yet counted.
             self.counters.metrics.queued(rows.len() as i64);
             self.activity.enter();
-            let work = match self.work.try_send(Work::Rows(rows.to_vec())) {
-                Ok(()) => continue,
-                Err(TrySendError::Full(work)) => Ok(work),
+            let sent = match self.work.try_send(Work::Rows(rows.to_vec())) {
+                Ok(()) => Ok(()),
+                Err(TrySendError::Full(work)) => {
+                    if !acknowledged {
+                        self.ack(&ids);
+                        acknowledged = true;
+                    }
+                    self.work.send(work).map_err(drop)
+                }
                 Err(TrySendError::Disconnected(_)) => Err(()),
             };
-            let sent = work.and_then(|work| {
-                if !acknowledged {
-                    self.ack(&ids);
-                    acknowledged = true;
-                }
-                self.work.send(work).map_err(drop)
-            });
             if sent.is_err() {
                 self.counters.metrics.queued(-(rows.len() as i64));
                 self.activity.leave(false);

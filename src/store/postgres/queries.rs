@@ -128,11 +128,12 @@ impl Queries {
     /// the text (a UUID's and a time's own formats), so nothing from outside can reach it.
     pub fn claim_fresh(&self, ids: &[Uuid], now: DateTime<Utc>, then: &str) -> String {
         let mut list = String::with_capacity(ids.len() * 37);
+        let mut buffer = Uuid::encode_buffer();
         for (at, id) in ids.iter().enumerate() {
             if at > 0 {
                 list.push(',');
             }
-            list.push_str(&id.hyphenated().to_string());
+            list.push_str(id.hyphenated().encode_lower(&mut buffer));
         }
         let now = now.to_rfc3339_opts(SecondsFormat::Micros, true);
         let claim = self
