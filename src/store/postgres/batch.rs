@@ -296,7 +296,10 @@ fn claim_locked(
 ) -> Result<(Vec<InboxRow>, bool), StoreError> {
     let mut marked = false;
     let rows = match claim {
-        Claim::Fresh(_) => unreachable!("fresh claims are made by `claim_fresh`"),
+        // `claim` sends these with what follows them; alone, nothing follows.
+        Claim::Fresh(rows) => {
+            return claim_fresh(tx, prepared, rows, now, None).map(|rows| (rows, true))
+        }
         Claim::Counted(rows) => return claim_counted(tx, prepared, rows).map(|rows| (rows, false)),
         Claim::Rows(ids) => tx.query_typed(
             prepared.claim_rows,
