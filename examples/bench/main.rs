@@ -16,6 +16,7 @@
 //! cargo run --release --example bench -- --takeover [--events 20000] [--repeat 3]
 //! cargo run --release --example bench -- --scale [--events 40000] [--repeat 3] [--statements] [...]
 //! cargo run --release --example bench -- --writes [--events 20000] [...]
+//! cargo run --release --example bench -- --shapes [--events 100000] [--workers 4] [--read-batch 500] [--repeat 3]
 //! ```
 //! URLs come from `EVENTFLOW_DATABASE_URL` and `EVENTFLOW_REDIS_URL` (local defaults). The
 //! floor, the baseline and the naive relay connect to PostgreSQL without TLS, while eventflow
@@ -72,10 +73,15 @@
 //! **Scale.** With `--scale`, the rate at which 1, 2 and 4 consumer processes drain a backlog on
 //! the single Redis and on the Redis Cluster with 1 and 3 partitions, as a multiple of the
 //! single node's 1-process rate, with the CPU each process group used (see `scale.rs`).
+//!
+//! **Shapes.** With `--shapes`, what PostgreSQL alone pays for the same rows written in
+//! today's shape (stored pending, then marked processed), in that shape with a HOT update, and
+//! written once, as multiples of today's (see `shapes.rs`).
 
 mod backlog;
 mod floor;
 mod scale;
+mod shapes;
 mod takeover;
 mod writes;
 
@@ -116,6 +122,8 @@ struct Options {
     scale: bool,
     /// Count what PostgreSQL writes per event, from its WAL (see `writes.rs`).
     writes: bool,
+    /// Measure what PostgreSQL alone pays for three shapes of writes (see `shapes.rs`).
+    shapes: bool,
     /// With `scale`: the cost of each SQL statement per event, from `pg_stat_statements`.
     statements: bool,
     /// With `outbox`: drain the backlog this many times each way and report the spread.
@@ -218,6 +226,9 @@ fn main() {
     if options.writes {
         return writes::run(&options);
     }
+    if options.shapes {
+        return shapes::run(&options);
+    }
     let repeat = |run: &dyn Fn() -> Outcome| median((0..options.repeat).map(|_| run()).collect());
     let mut outcomes = Vec::new();
     let mut ordered_share = None;
@@ -254,6 +265,7 @@ fn main() {
                 spread: true,
                 ordered,
                 rate,
+                hot: false,
             };
             let floods = alternate(
                 &[
@@ -422,6 +434,7 @@ fn parse_options(args: Vec<String>) -> Options {
         scale: false,
         statements: false,
         writes: false,
+        shapes: false,
         drains: 0,
         ordered: false,
         events: 20_000,
@@ -453,6 +466,7 @@ fn parse_options(args: Vec<String>) -> Options {
             "--scale" => options.scale = true,
             "--statements" => options.statements = true,
             "--writes" => options.writes = true,
+            "--shapes" => options.shapes = true,
             "--backlog" => options.backlog = true,
             "--no-floor" => options.floor = false,
             "--floor-only" => options.floor_only = true,
@@ -685,6 +699,10 @@ struct Scenario {
     ordered: bool,
     /// Events per second the producer is paced to; else as fast as it can.
     rate: Option<usize>,
+    /// The table's partial indexes on `status` are dropped before the run, so the update that
+    /// marks a row processed is HOT (see `shapes.rs`). Not a table eventflow supports (its
+    /// sweeps and operations need those indexes): the most writing less could win end to end.
+    hot: bool,
 }
 
 impl Scenario {
@@ -709,6 +727,9 @@ impl Scenario {
         if let Some(rate) = self.rate {
             name += &format!(", paced {rate}/s");
         }
+        if self.hot {
+            name += ", HOT (no status indexes)";
+        }
         name
     }
 }
@@ -720,6 +741,9 @@ fn eventflow_run(options: &Options, scenario: Scenario) -> Outcome {
         store,
         redis,
     } = setup(options, "bench");
+    if scenario.hot {
+        shapes::drop_status_indexes(&options.database_url, &table);
+    }
     let latencies = Arc::new(Mutex::new(Vec::with_capacity(options.events)));
     let seen = latencies.clone();
     // Of each latency, the part before the reader had the event (XADD to `received_at`, taken
