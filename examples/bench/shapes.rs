@@ -28,7 +28,9 @@
 //! The fresh claims take rows by id and need none of those indexes; the sweeps would, but a
 //! flood has nothing for them to find.
 
-use super::{alternate, checkpoint, eventflow_run, print_table, unique, Options, Scenario};
+use super::{
+    alternate, checkpoint, cleanup, eventflow_run, print_table, unique, Options, Scenario,
+};
 use eventflow::store::{InboxStore, PostgresStore};
 use postgres::{Client, NoTls};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -203,10 +205,8 @@ fn run_shape(options: &Options, shape: Shape) -> Measured {
             &[&table],
         )
         .expect("the table's statistics");
-    let _ = db.batch_execute(&format!(
-        "DROP TABLE IF EXISTS {table}_open; DROP TABLE {table}; DROP TABLE {table}_quarantine; \
-         DELETE FROM eventflow_migrations WHERE target = 'inbox:{table}'"
-    ));
+    let _ = db.batch_execute(&format!("DROP TABLE IF EXISTS {table}_open"));
+    cleanup(options, &table, &format!("{table}_stream"));
     Measured {
         rate,
         updates: counts.get(0),
