@@ -76,7 +76,8 @@
 //!
 //! **Shapes.** With `--shapes`, what PostgreSQL alone pays for the same rows written in
 //! today's shape (stored pending, then marked processed), in that shape with a HOT update, and
-//! written once, as multiples of today's (see `shapes.rs`).
+//! written once, as multiples of today's; then the consumer's floods on a table as migrated and
+//! on one whose updates are HOT, the bound of that design end to end (see `shapes.rs`).
 
 mod backlog;
 mod floor;
@@ -122,7 +123,8 @@ struct Options {
     scale: bool,
     /// Count what PostgreSQL writes per event, from its WAL (see `writes.rs`).
     writes: bool,
-    /// Measure what PostgreSQL alone pays for three shapes of writes (see `shapes.rs`).
+    /// Measure what three shapes of writes cost PostgreSQL alone, and the HOT one's bound end
+    /// to end (see `shapes.rs`).
     shapes: bool,
     /// With `scale`: the cost of each SQL statement per event, from `pg_stat_statements`.
     statements: bool,
